@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates .venv when it is missing and installs kreg with its test extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.kreg-installed
+
+.PHONY: demo test test-tensorflow test-jax test-torch bench
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(INSTALLED)
+	$(VENV)/bin/kreg demo
+
+# Everything runs on TensorFlow; the layer tests run again on JAX and PyTorch.
+# KERAS_BACKEND is read once, at import, so each backend is its own pytest run.
+test: test-tensorflow test-jax test-torch
+
+test-tensorflow: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+
+test-jax: $(INSTALLED)
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers
+
+test-torch: $(INSTALLED)
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers
+
+bench: $(INSTALLED)
+	$(PY) bench/weight_drop_speed.py
+	$(PY) bench/recurrent_regularization.py

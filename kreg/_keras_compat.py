@@ -1,0 +1,49 @@
+"""The only module in kreg that touches Keras internals.
+
+Each name here is something kreg cannot do through the public API of Keras 3.15.
+`tests/test_keras_compat.py` checks every one of them, so a Keras upgrade that
+moves or changes one fails that test loudly instead of silently turning a kreg
+regularizer into a no-op.
+"""
+
+import contextlib
+
+from keras.src import backend as _backend
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+# `keras.layers.RNN` draws a cell's dropout masks once per sequence, before its
+# time loop, and clears them afterwards, only for cells that inherit this mixin
+# (`RNN._maybe_config_dropout_masks`). `ConsistentDropoutCell` inherits it so that
+# any custom cell gets the same per-sequence masks under a plain `keras.layers.RNN`.
+__all__ = ["DropoutRNNCell", "fused_rnn_kernels", "recurrent_kernel_replaced"]
+
+
+def fused_rnn_kernels():
+    """Returns the module whose `lstm` / `gru` functions are the fused kernels.
+
+    `LSTM.inner_loop` and `GRU.inner_loop` call `backend.lstm` / `backend.gru`
+    (cuDNN on TensorFlow and JAX GPUs, cuDNN or a native loop on PyTorch) and fall
+    back to the generic step-by-step loop when those raise `NotImplementedError`.
+    Tests patch these functions to check that weight dropout keeps the fused path.
+    """
+    return _backend
+
+
+@contextlib.contextmanager
+def recurrent_kernel_replaced(cell, kernel):
+    """Makes `cell.recurrent_kernel` read as `kernel` for the duration of the block.
+
+    `LSTM`/`GRU.inner_loop` read `self.cell.recurrent_kernel` when they hand the
+    weights to the fused kernel, and the cell's `call` reads the same attribute at
+    every step of the generic loop. Replacing the attribute for one `inner_loop`
+    therefore gives both paths the same (masked) kernel, with no copy of either.
+    This is the same pattern as Keras's own dropout masks, which live on the cell
+    for the length of one call. `object.__setattr__` bypasses Keras's attribute
+    tracking: the tensor is not a weight and must not be tracked as one.
+    """
+    variable = cell.recurrent_kernel
+    object.__setattr__(cell, "recurrent_kernel", kernel)
+    try:
+        yield
+    finally:
+        object.__setattr__(cell, "recurrent_kernel", variable)
