@@ -1,0 +1,241 @@
+import functools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kreg import _keras_compat
+from kreg.layers import WeightDropGRU
+from kreg.layers import WeightDropLSTM
+from layer_test_case import run_layer_test
+
+PAIRS = [(WeightDropLSTM, keras.layers.LSTM), (WeightDropGRU, keras.layers.GRU)]
+PAIR_IDS = ["lstm", "gru"]
+
+
+def _numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def _inputs(shape=(6, 7, 3), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _twins(kreg_cls, keras_cls, x, **kwargs):
+    """A kreg layer and its Keras counterpart, built, with the same weights."""
+    ours = kreg_cls(5, **kwargs)
+    ours(x)
+    theirs = keras_cls(5, **{k: v for k, v in kwargs.items() if not k.startswith("weight_")})
+    theirs(x)
+    theirs.set_weights(ours.get_weights())
+    return ours, theirs
+
+
+def _capture_dropped_kernels(layer):
+    """Records every dropped recurrent kernel the layer draws."""
+    captured = []
+    draw = layer._dropped_recurrent_kernel
+
+    def recording_draw():
+        kernel = draw()
+        captured.append(kernel)
+        return kernel
+
+    layer._dropped_recurrent_kernel = recording_draw
+    return captured
+
+
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+@pytest.mark.parametrize(
+    "kwargs, expected_shape",
+    [
+        ({"weight_dropout": 0.25}, (4, 6)),
+        ({"weight_dropout": 0.5, "weight_dropout_mode": "weight", "return_sequences": True}, (4, 5, 6)),
+        ({"weight_dropout": 0.3, "dropout": 0.2, "go_backwards": True, "seed": 4}, (4, 6)),
+        ({"weight_dropout": 0.3, "return_state": True, "unroll": True}, (4, 6)),
+    ],
+)
+def test_layer_contract(kreg_cls, kwargs, expected_shape, tmp_path):
+    run_layer_test(
+        functools.partial(kreg_cls, 6, **kwargs),
+        input_shape=(4, 5, 3),
+        expected_output_shape=expected_shape,
+        tmp_path=tmp_path,
+        supports_masking=True,
+    )
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"return_sequences": True, "go_backwards": True},
+        {"return_state": True},
+        {"use_cudnn": False, "unroll": True},
+    ],
+)
+def test_without_weight_dropout_matches_keras_exactly(kreg_cls, keras_cls, kwargs):
+    x = _inputs()
+    ours, theirs = _twins(kreg_cls, keras_cls, x, weight_dropout=0.0, **kwargs)
+    for training in (False, True):
+        for a, b in zip(
+            keras.tree.flatten(ours(x, training=training)),
+            keras.tree.flatten(theirs(x, training=training)),
+        ):
+            np.testing.assert_array_equal(_numpy(a), _numpy(b))
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_with_weight_dropout_training_differs_and_inference_matches_keras(kreg_cls, keras_cls):
+    x = _inputs()
+    ours, theirs = _twins(kreg_cls, keras_cls, x, weight_dropout=0.5, seed=1)
+    reference = _numpy(theirs(x))
+    np.testing.assert_array_equal(_numpy(ours(x)), reference)
+    np.testing.assert_array_equal(_numpy(ours(x, training=False)), reference)
+    assert not np.allclose(_numpy(ours(x, training=True)), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("mode", ["unit", "weight"])
+def test_training_equals_keras_with_one_masked_kernel_for_all_timesteps(kreg_cls, keras_cls, mode):
+    """The whole sequence runs on a single dropped kernel, drawn once per batch."""
+    x = _inputs((6, 9, 3))
+    ours, theirs = _twins(
+        kreg_cls, keras_cls, x, weight_dropout=0.4, weight_dropout_mode=mode,
+        return_sequences=True, seed=2,
+    )
+    captured = _capture_dropped_kernels(ours)
+    trained = _numpy(ours(x, training=True))
+    assert len(captured) == 1, "the mask must be drawn once per batch"
+
+    kernel, recurrent_kernel, *rest = ours.get_weights()
+    theirs.set_weights([kernel, _numpy(captured[0]), *rest])
+    np.testing.assert_allclose(trained, _numpy(theirs(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+def test_unit_mode_drops_whole_rows_with_inverted_scaling(kreg_cls):
+    rate, units = 0.3, 256
+    layer = kreg_cls(units, weight_dropout=rate, seed=5)
+    x = _inputs((2, 2, 3))
+    layer(x)
+    captured = _capture_dropped_kernels(layer)
+    layer(x, training=True)
+    layer(x, training=True)
+    original = _numpy(layer.cell.recurrent_kernel)
+    ratio = _numpy(captured[0]) / original  # per entry: 0 or 1 / (1 - rate)
+
+    row_kept = ratio[:, 0] != 0
+    np.testing.assert_allclose(ratio[row_kept], 1 / (1 - rate), rtol=1e-5)
+    np.testing.assert_array_equal(ratio[~row_kept], 0.0)
+    kept = row_kept.mean()
+    assert abs(kept - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / units), kept
+    assert not np.array_equal(_numpy(captured[0]), _numpy(captured[1])), (
+        "each batch must draw a new mask"
+    )
+
+
+def test_weight_mode_drops_single_weights():
+    rate = 0.5
+    layer = WeightDropLSTM(64, weight_dropout=rate, weight_dropout_mode="weight", seed=3)
+    x = _inputs((2, 2, 3))
+    layer(x)
+    captured = _capture_dropped_kernels(layer)
+    layer(x, training=True)
+    dropped = _numpy(captured[0]) == 0
+    # Rows are neither all kept nor all dropped, and about half is dropped.
+    assert 0 < dropped.sum(axis=1).min() and dropped.sum(axis=1).max() < dropped.shape[1]
+    n = dropped.size
+    assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_fused_kernel_receives_the_masked_kernel(kreg_cls, keras_cls, monkeypatch):
+    """The backend's fused kernel stays in use, and gets the dropped weights.
+
+    Keras's `recurrent_dropout` never reaches the fused kernel at all; that is the
+    slowdown weight dropout avoids.
+    """
+    kernels = _keras_compat.fused_rnn_kernels()
+    name = keras_cls.__name__.lower()
+    fused = getattr(kernels, name)
+    received = []
+
+    def spy(*args, **kwargs):
+        received.append(_numpy(kwargs["recurrent_kernel"]))
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, name, spy)
+    x = _inputs()
+    ours = kreg_cls(8, weight_dropout=0.5, seed=0)
+    ours(x)
+    captured = _capture_dropped_kernels(ours)
+    ours(x, training=True)
+    assert len(received) == 2  # the build call, then the training call
+    np.testing.assert_array_equal(received[1], _numpy(captured[0]))
+    assert (received[1] == 0).all(axis=1).any(), "no row of the kernel was dropped"
+    ours(x, training=False)
+    np.testing.assert_array_equal(received[2], _numpy(ours.cell.recurrent_kernel))
+
+    received.clear()
+    keras_cls(8, recurrent_dropout=0.5)(x, training=True)
+    assert received == [], "Keras's recurrent_dropout was expected to skip the fused kernel"
+
+
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+def test_fused_and_generic_paths_compute_the_same(kreg_cls):
+    """Same seed, same weights: the fused path and the step loop agree.
+
+    On PyTorch the fused function runs on the CPU too; on TensorFlow and JAX it
+    needs a GPU, and both layers take the generic loop.
+    """
+    x = _inputs()
+    fused = kreg_cls(5, weight_dropout=0.5, seed=9, use_cudnn="auto")
+    generic = kreg_cls(5, weight_dropout=0.5, seed=9, use_cudnn=False)
+    fused(x)
+    generic(x)
+    generic.set_weights(fused.get_weights())
+    np.testing.assert_allclose(
+        _numpy(fused(x, training=True)), _numpy(generic(x, training=True)), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_masking_and_stateful_keep_working(kreg_cls, keras_cls):
+    x = _inputs((4, 6, 3))
+    x[:, 4:] = 0.0
+    inputs = keras.Input((6, 3), batch_size=4)
+    masked = keras.layers.Masking(0.0)(inputs)
+    ours = keras.Model(inputs, kreg_cls(5, weight_dropout=0.5, stateful=True)(masked))
+    theirs = keras.Model(inputs, keras_cls(5, stateful=True)(masked))
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(_numpy(ours(x)), _numpy(theirs(x)), rtol=1e-6)
+    # Stateful: the second call starts from the state the first one left.
+    np.testing.assert_allclose(_numpy(ours(x)), _numpy(theirs(x)), rtol=1e-6)
+    ours(x, training=True)  # masked steps and dropped kernel together run
+
+
+def test_config_keeps_every_keras_argument_and_adds_its_own():
+    ours = WeightDropLSTM(4, weight_dropout=0.2, weight_dropout_mode="weight", dropout=0.1)
+    theirs = keras.layers.LSTM(4, dropout=0.1)
+    config = ours.get_config()
+    assert set(config) - set(theirs.get_config()) == {"weight_dropout", "weight_dropout_mode"}
+    assert config["weight_dropout"] == 0.2 and config["weight_dropout_mode"] == "weight"
+    assert config["dropout"] == 0.1
+
+
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weight_dropout": 1.0}, r"`weight_dropout`.*\[0, 1\).*weight_dropout=1.0"),
+        ({"weight_dropout": float("nan")}, r"`weight_dropout`.*nan"),
+        ({"weight_dropout": "high"}, r"`weight_dropout`.*'high'.*str"),
+        ({"weight_dropout_mode": "row"}, r"`weight_dropout_mode`.*'unit', 'weight'.*'row'"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kreg_cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kreg_cls(4, **kwargs)
