@@ -1,0 +1,50 @@
+"""kreg's layers under tf.distribute.MirroredStrategy with two logical CPUs."""
+
+import keras
+import numpy as np
+import pytest
+
+import kreg
+
+pytestmark = pytest.mark.tensorflow_only
+
+
+def _model():
+    inputs = keras.Input((6, 3))
+    x = kreg.ConsistentDropout(0.2, seed=1)(inputs)
+    x = kreg.WeightDropLSTM(8, weight_dropout=0.3, return_sequences=True, seed=2)(x)
+    x = keras.layers.RNN(
+        kreg.ConsistentDropoutCell(keras.layers.SimpleRNNCell(6), dropout=0.2, recurrent_dropout=0.2),
+        return_sequences=True,
+    )(x)
+    x = kreg.WeightDropGRU(4, weight_dropout=0.3, weight_dropout_mode="weight", seed=3)(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def test_trains_on_two_replicas_and_predicts_like_one_device():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    x = np.random.default_rng(0).standard_normal((32, 6, 3)).astype("float32")
+    y = x.sum(axis=(1, 2))[:, None]
+
+    with strategy.scope():
+        model = _model()
+        model.compile("adam", "mse")
+    before = [w.copy() for w in model.get_weights()]
+    losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    for variable in model.trainable_variables:
+        replicas = [v.numpy() for v in variable.value.values]  # the tf MirroredVariable
+        np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+
+    single = _model()
+    single.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(x, batch_size=8, verbose=0),
+        single.predict(x, batch_size=8, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -1,0 +1,58 @@
+"""Fails loudly when a Keras upgrade moves what kreg/_keras_compat.py relies on."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kreg import _keras_compat
+
+
+def test_dropout_mixin_is_the_one_keras_rnn_draws_masks_for():
+    mixin = _keras_compat.DropoutRNNCell
+    assert issubclass(keras.layers.LSTMCell, mixin)
+    for method in ("get_dropout_mask", "get_recurrent_dropout_mask", "reset_dropout_mask"):
+        assert callable(getattr(mixin, method, None)), f"DropoutRNNCell.{method} is gone"
+    # RNN draws the masks of mixin cells before its time loop (per sequence).
+    source = inspect.getsource(keras.layers.RNN)
+    assert "_maybe_config_dropout_masks" in source and "DropoutRNNCell" in source
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_fused_kernels_exist_and_take_the_recurrent_kernel(name):
+    fused = getattr(_keras_compat.fused_rnn_kernels(), name)
+    assert "recurrent_kernel" in inspect.signature(fused).parameters
+    layer_source = inspect.getsource(getattr(keras.layers, name.upper()).inner_loop)
+    assert f"backend.{name}(" in layer_source
+    assert "recurrent_kernel=self.cell.recurrent_kernel" in layer_source
+
+
+@pytest.mark.parametrize("layer_cls", [keras.layers.LSTM, keras.layers.GRU])
+def test_replaced_recurrent_kernel_is_what_the_layer_computes_with(layer_cls):
+    x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype("float32")
+    layer = layer_cls(5)
+    layer(x)
+    reference = layer_cls(5)
+    reference(x)
+    kernel, recurrent_kernel, *rest = layer.get_weights()
+    zeros = np.zeros_like(recurrent_kernel)
+    reference.set_weights([kernel, zeros, *rest])
+
+    variable = layer.cell.recurrent_kernel
+    with _keras_compat.recurrent_kernel_replaced(layer.cell, ops.convert_to_tensor(zeros)):
+        replaced = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(replaced, ops.convert_to_numpy(reference(x)), rtol=1e-6)
+    assert layer.cell.recurrent_kernel is variable
+
+
+def test_replacement_is_undone_when_the_block_raises():
+    layer = keras.layers.LSTM(2)
+    layer.build((None, 3, 1))
+    variable = layer.cell.recurrent_kernel
+    with pytest.raises(RuntimeError):
+        with _keras_compat.recurrent_kernel_replaced(layer.cell, ops.zeros((2, 8))):
+            raise RuntimeError("interrupted")
+    assert layer.cell.recurrent_kernel is variable
+    assert len(layer.trainable_weights) == 3, "the replacement must not be tracked"
