@@ -25,10 +25,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=400)
+    parser.add_argument("--mode", choices=["unit", "weight"], default="unit")
     args = parser.parse_args()
     print(
         f"backend={keras.backend.backend()} LSTM({args.units}), rate {args.rate}, "
-        f"{args.epochs} epochs, {args.train_size} training digits, {args.seeds} seeds",
+        f"weight_dropout_mode={args.mode!r}, {args.epochs} epochs, {args.train_size} training digits, {args.seeds} seeds",
         flush=True,
     )
     results = recurrent_regularization_study(
@@ -37,6 +38,7 @@ def main():
         epochs=args.epochs,
         seeds=tuple(range(args.seeds)),
         train_size=args.train_size,
+        mode=args.mode,
         log=lambda line: print(line, flush=True),
     )
     print("\n" + summarize(results))

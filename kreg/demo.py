@@ -27,7 +27,7 @@ class RunResult:
     seconds: float
 
 
-def recurrent_variants(rate, units):
+def recurrent_variants(rate, units, mode="unit"):
     """The recurrent layers compared, by name: the same LSTM, regularized three ways."""
     return {
         "no dropout": lambda: keras.layers.LSTM(units),
@@ -35,7 +35,7 @@ def recurrent_variants(rate, units):
             units, recurrent_dropout=rate
         ),
         f"kreg WeightDropLSTM(weight_dropout={rate})": lambda: WeightDropLSTM(
-            units, weight_dropout=rate
+            units, weight_dropout=rate, weight_dropout_mode=mode
         ),
     }
 
@@ -67,11 +67,26 @@ def _train_once(make_layer, data, seed, epochs, batch_size):
 
 
 def recurrent_regularization_study(
-    rate=0.25, units=128, epochs=60, seeds=(0, 1, 2), train_size=400, batch_size=32, log=print
+    rate=0.25,
+    units=128,
+    epochs=60,
+    seeds=(0, 1, 2),
+    train_size=400,
+    batch_size=32,
+    mode="unit",
+    variants=None,
+    log=print,
 ):
-    """Trains each variant once per seed; returns one `RunResult` per run."""
+    """Trains each variant once per seed; returns one `RunResult` per run.
+
+    `variants` picks some of `recurrent_variants` by name (all by default).
+    """
     data = load_digit_sequences(train_size=train_size)
-    variants = recurrent_variants(rate, units)
+    variants = {
+        name: make
+        for name, make in recurrent_variants(rate, units, mode).items()
+        if variants is None or name in variants
+    }
     results = []
     total = len(variants) * len(seeds)
     for seed in seeds:

@@ -44,7 +44,7 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
     >>> rnn = keras.layers.RNN(
     ...     ConsistentDropoutCell(cell, dropout=0.2, recurrent_dropout=0.2, seed=0)
     ... )
-    >>> rnn(keras.ops.ones((2, 5, 3)), training=True).shape
+    >>> tuple(rnn(keras.ops.ones((2, 5, 3)), training=True).shape)
     (2, 16)
 
     Reference:

@@ -45,7 +45,7 @@ _WEIGHT_DROP_DOC = """
     Example:
 
     >>> layer = {name}(8, weight_dropout=0.25, return_sequences=True, seed=0)
-    >>> layer(keras.ops.ones((2, 5, 3)), training=True).shape
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
     (2, 5, 8)
 
     Reference:

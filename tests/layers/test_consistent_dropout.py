@@ -112,37 +112,6 @@ def test_masked_lstm_downstream_sees_the_same_mask_at_valid_steps():
     np.testing.assert_allclose(_numpy(model(x)), _numpy(model(y)))
 
 
-def test_works_in_sequential_functional_and_subclassed_models():
-    x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype("float32")
-    target = np.zeros((8, 1), dtype="float32")
-
-    sequential = keras.Sequential(
-        [keras.Input((5, 3)), ConsistentDropout(0.3), keras.layers.LSTM(4), keras.layers.Dense(1)]
-    )
-    inputs = keras.Input((5, 3))
-    functional = keras.Model(
-        inputs, keras.layers.Dense(1)(keras.layers.GRU(4)(ConsistentDropout(0.3)(inputs)))
-    )
-
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dropout = ConsistentDropout(0.3)
-            self.rnn = keras.layers.LSTM(4)
-            self.head = keras.layers.Dense(1)
-
-        def call(self, x, training=False):
-            return self.head(self.rnn(self.dropout(x, training=training)))
-
-    for model in (sequential, functional, Subclassed()):
-        model.compile("adam", "mse")
-        loss = model.fit(x, target, epochs=1, verbose=0).history["loss"][0]
-        assert np.isfinite(loss)
-        np.testing.assert_allclose(
-            _numpy(model(x, training=False)), model.predict(x, verbose=0), rtol=1e-5
-        )
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -1,0 +1,28 @@
+"""The `Example:` in every public docstring runs and prints what it claims."""
+
+import doctest
+import importlib
+
+import keras
+import pytest
+
+import kreg
+
+MODULES = [
+    "kreg.layers.consistent_dropout",
+    "kreg.layers.consistent_dropout_cell",
+    "kreg.layers.weight_drop_rnn",
+]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples(module_name):
+    module = importlib.import_module(module_name)
+    globs = {"keras": keras, **{name: getattr(kreg, name) for name in kreg.__all__}}
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(module, globs=globs) if t.examples]
+    assert tests, f"{module_name} has no docstring examples"
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} docstring examples failed"
