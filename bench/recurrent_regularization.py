@@ -4,7 +4,7 @@ Trains the same LSTM three ways (no dropout, Keras `recurrent_dropout`, kreg
 `WeightDropLSTM` at the same rate) on 400 digits read row by row, several seeds,
 and prints a Markdown table of the best and final validation loss.
 
-    python bench/recurrent_regularization.py --rate 0.25 --epochs 60
+    python bench/recurrent_regularization.py --rate 0.25 --epochs 120
 """
 
 import argparse
@@ -22,7 +22,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.25)
     parser.add_argument("--units", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=400)
     parser.add_argument("--mode", choices=["unit", "weight"], default="unit")
