@@ -6,6 +6,11 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 
 from kreg.layers import ConsistentDropout
 from kreg.layers import ConsistentDropoutCell
+from kreg.layers import Conv1DBatchNorm
+from kreg.layers import Conv2DBatchNorm
+from kreg.layers import Conv3DBatchNorm
+from kreg.layers import DenseBatchNorm
+from kreg.layers import DepthwiseConv2DBatchNorm
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 
@@ -14,6 +19,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ConsistentDropout",
     "ConsistentDropoutCell",
+    "Conv1DBatchNorm",
+    "Conv2DBatchNorm",
+    "Conv3DBatchNorm",
+    "DenseBatchNorm",
+    "DepthwiseConv2DBatchNorm",
     "WeightDropGRU",
     "WeightDropLSTM",
 ]

@@ -2,12 +2,22 @@
 
 from kreg.layers.consistent_dropout import ConsistentDropout
 from kreg.layers.consistent_dropout_cell import ConsistentDropoutCell
+from kreg.layers.conv_batch_norm import Conv1DBatchNorm
+from kreg.layers.conv_batch_norm import Conv2DBatchNorm
+from kreg.layers.conv_batch_norm import Conv3DBatchNorm
+from kreg.layers.conv_batch_norm import DenseBatchNorm
+from kreg.layers.conv_batch_norm import DepthwiseConv2DBatchNorm
 from kreg.layers.weight_drop_rnn import WeightDropGRU
 from kreg.layers.weight_drop_rnn import WeightDropLSTM
 
 __all__ = [
     "ConsistentDropout",
     "ConsistentDropoutCell",
+    "Conv1DBatchNorm",
+    "Conv2DBatchNorm",
+    "Conv3DBatchNorm",
+    "DenseBatchNorm",
+    "DepthwiseConv2DBatchNorm",
     "WeightDropGRU",
     "WeightDropLSTM",
 ]
