@@ -4,6 +4,8 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 `model.fit` in `kreg.callbacks`, and keras-tuner search spaces in `kreg.tuning`.
 """
 
+from kreg.fold import FoldReport
+from kreg.fold import fold_batch_norms
 from kreg.layers import ConsistentDropout
 from kreg.layers import ConsistentDropoutCell
 from kreg.layers import Conv1DBatchNorm
@@ -17,6 +19,8 @@ from kreg.layers import WeightDropLSTM
 __version__ = "0.1.0"
 
 __all__ = [
+    "FoldReport",
+    "fold_batch_norms",
     "ConsistentDropout",
     "ConsistentDropoutCell",
     "Conv1DBatchNorm",

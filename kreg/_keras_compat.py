@@ -15,7 +15,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 # time loop, and clears them afterwards, only for cells that inherit this mixin
 # (`RNN._maybe_config_dropout_masks`). `ConsistentDropoutCell` inherits it so that
 # any custom cell gets the same per-sequence masks under a plain `keras.layers.RNN`.
-__all__ = ["DropoutRNNCell", "fused_rnn_kernels", "recurrent_kernel_replaced"]
+__all__ = ["DropoutRNNCell", "fused_rnn_kernels", "is_functional", "recurrent_kernel_replaced"]
 
 
 def fused_rnn_kernels():
@@ -47,3 +47,14 @@ def recurrent_kernel_replaced(cell, kernel):
         yield
     finally:
         object.__setattr__(cell, "recurrent_kernel", variable)
+
+
+def is_functional(model):
+    """Whether `model` is a graph (functional) model whose layer graph can be read.
+
+    `keras.Model(inputs, outputs)` returns the private `Functional` class; a
+    subclassed model does not inherit it. `Sequential` is checked separately.
+    """
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
