@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(VENV)/bin/kreg demo
 
-# Everything runs on TensorFlow; the layer tests run again on JAX and PyTorch.
+# Everything runs on TensorFlow; the layer and fold tests run again on JAX and PyTorch.
 # KERAS_BACKEND is read once, at import, so each backend is its own pytest run.
 test: test-tensorflow test-jax test-torch
 
@@ -24,10 +24,10 @@ test-tensorflow: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py
 
 test-torch: $(INSTALLED)
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py
 
 bench: $(INSTALLED)
 	$(PY) bench/weight_drop_speed.py

@@ -27,6 +27,7 @@ _FOLDABLE = {
     keras.layers.SeparableConv1D: ("pointwise_kernel", (-1,)),
     keras.layers.SeparableConv2D: ("pointwise_kernel", (-1,)),
 }
+_MODEL_INPUT = "<model input>"
 _MODEL_OUTPUT = "<model output>"
 
 
@@ -162,7 +163,7 @@ def _sequential_graph(model):
     names = [layer.name for layer in model.layers]
     inputs, consumers = {}, {}
     for i, name in enumerate(names):
-        inputs[(name, 0)] = [(names[i - 1], 0)] if i else []
+        inputs[(name, 0)] = [(names[i - 1], 0) if i else (_MODEL_INPUT, 0)]
         consumers[(name, 0)] = [(names[i + 1], 0)] if i + 1 < len(names) else [(_MODEL_OUTPUT, 0)]
     return _Graph(inputs, consumers)
 
@@ -271,7 +272,7 @@ def _plan_pairs(model, graph, report):
             report.skipped.append((bn_call, "it is called on several tensors"))
             continue
         if producers[0][0] not in layers:
-            report.skipped.append((bn_call, f"it follows the model input `{producers[0][0]}`"))
+            report.skipped.append((bn_call, "it normalizes the model input, not a layer's output"))
             continue
         producer = layers[producers[0][0]]
         if producer.name in pairs:

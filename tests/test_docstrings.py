@@ -12,6 +12,8 @@ MODULES = [
     "kreg.layers.consistent_dropout",
     "kreg.layers.consistent_dropout_cell",
     "kreg.layers.weight_drop_rnn",
+    "kreg.layers.conv_batch_norm",
+    "kreg.fold",
 ]
 
 

@@ -56,3 +56,15 @@ def test_replacement_is_undone_when_the_block_raises():
             raise RuntimeError("interrupted")
     assert layer.cell.recurrent_kernel is variable
     assert len(layer.trainable_weights) == 3, "the replacement must not be tracked"
+
+
+def test_functional_check_tells_graph_models_from_subclassed_ones():
+    inputs = keras.Input((3,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    assert _keras_compat.is_functional(functional)
+    assert not _keras_compat.is_functional(Subclassed())
