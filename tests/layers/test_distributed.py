@@ -48,3 +48,39 @@ def test_trains_on_two_replicas_and_predicts_like_one_device():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def _fused_cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = kreg.Conv2DBatchNorm(4, 3, activation="relu")(inputs)
+    x = kreg.DepthwiseConv2DBatchNorm(3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, kreg.DenseBatchNorm(1)(x))
+
+
+def test_fused_batch_norm_layers_train_on_two_replicas():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x = np.random.default_rng(1).standard_normal((32, 8, 8, 3)).astype("float32")
+    y = x.mean(axis=(1, 2, 3))[:, None]
+    with strategy.scope():
+        model = _fused_cnn()
+        model.compile("adam", "mse")
+    losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    moving_mean = model.layers[1].batch_norm.moving_mean
+    assert not np.allclose(moving_mean.numpy(), 0.0), "moving statistics were not updated"
+
+    single = _fused_cnn()
+    single.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(x, batch_size=8, verbose=0),
+        single.predict(x, batch_size=8, verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    folded = kreg.fold_batch_norms(model)
+    np.testing.assert_allclose(
+        folded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
