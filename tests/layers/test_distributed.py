@@ -9,6 +9,19 @@ import kreg
 pytestmark = pytest.mark.tensorflow_only
 
 
+@pytest.fixture(scope="module")
+def strategy():
+    """One strategy for the module: TensorFlow's collective ops number their
+    instances per strategy, and a second MirroredStrategy in the same process
+    can pair its all-reduces with the first one's ("Shape mismatch in the
+    collective instance")."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
 def _model():
     inputs = keras.Input((6, 3))
     x = kreg.ConsistentDropout(0.2, seed=1)(inputs)
@@ -21,11 +34,7 @@ def _model():
     return keras.Model(inputs, keras.layers.Dense(1)(x))
 
 
-def test_trains_on_two_replicas_and_predicts_like_one_device():
-    import tensorflow as tf
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
+def test_trains_on_two_replicas_and_predicts_like_one_device(strategy):
     x = np.random.default_rng(0).standard_normal((32, 6, 3)).astype("float32")
     y = x.sum(axis=(1, 2))[:, None]
 
@@ -51,17 +60,16 @@ def test_trains_on_two_replicas_and_predicts_like_one_device():
 
 
 def _fused_cnn():
+    # synchronized=True, as for Keras's BatchNormalization: without it each replica
+    # keeps its own moving statistics and the replicas' predictions differ.
     inputs = keras.Input((8, 8, 3))
-    x = kreg.Conv2DBatchNorm(4, 3, activation="relu")(inputs)
-    x = kreg.DepthwiseConv2DBatchNorm(3, activation="relu")(x)
+    x = kreg.Conv2DBatchNorm(4, 3, activation="relu", synchronized=True)(inputs)
+    x = kreg.DepthwiseConv2DBatchNorm(3, activation="relu", synchronized=True)(x)
     x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, kreg.DenseBatchNorm(1)(x))
+    return keras.Model(inputs, kreg.DenseBatchNorm(1, synchronized=True)(x))
 
 
-def test_fused_batch_norm_layers_train_on_two_replicas():
-    import tensorflow as tf
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_fused_batch_norm_layers_train_on_two_replicas(strategy):
     x = np.random.default_rng(1).standard_normal((32, 8, 8, 3)).astype("float32")
     y = x.mean(axis=(1, 2, 3))[:, None]
     with strategy.scope():
