@@ -1,7 +1,17 @@
 """Callbacks for `model.fit`, installed as `kreg.callbacks`.
 
 This folder sits at the top of the repository and installs as a subpackage of
-kreg (see `package-dir` in pyproject.toml). Its callbacks arrive with later work.
+kreg (see `package-dir` in pyproject.toml).
 """
 
-__all__ = []
+from kreg.callbacks.early_stopping_with_checkpoint import EarlyStoppingWithCheckpoint
+from kreg.callbacks.early_stopping_with_checkpoint import StopReason
+from kreg.callbacks.overfitting_detector import OverfittingDetector
+from kreg.callbacks.plotting import plot_training_curves
+
+__all__ = [
+    "EarlyStoppingWithCheckpoint",
+    "OverfittingDetector",
+    "StopReason",
+    "plot_training_curves",
+]

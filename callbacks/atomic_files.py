@@ -1,0 +1,75 @@
+"""Writing files so that the path on disk always holds a complete file.
+
+A file is written under a temporary name in the same folder, flushed to disk,
+then renamed over the target: `os.replace` is atomic on POSIX and Windows, so a
+process killed at any moment leaves either the old complete file or the new
+one, plus at worst a stray temporary file that `remove_stale_temporaries` clears.
+"""
+
+import glob
+import json
+import os
+import tempfile
+
+_TEMPORARY_MARK = ".tmp-"
+
+
+def _suffix(path):
+    """The extension Keras checks: `.weights.h5` counts as one."""
+    name = os.path.basename(path)
+    return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
+
+
+def _temporary_prefix(path):
+    return f".{os.path.basename(path)}{_TEMPORARY_MARK}"
+
+
+def _fsync_path(path, directory=False):
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # some platforms cannot open folders; the rename still stands
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path, write):
+    """Calls `write(temporary_path)`, then moves the result to `path` atomically.
+
+    The temporary file has the same extension as `path`, so writers that check
+    extensions (`model.save`, `model.save_weights`) accept it.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(
+        prefix=_temporary_prefix(path), suffix=_suffix(path), dir=directory
+    )
+    os.close(fd)
+    try:
+        write(temporary)
+        _fsync_path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    _fsync_path(directory, directory=True)
+
+
+def write_json_atomically(path, data):
+    def write(temporary):
+        with open(temporary, "w") as file:
+            json.dump(data, file, indent=2)
+            file.flush()
+
+    write_atomically(path, write)
+
+
+def remove_stale_temporaries(path):
+    """Deletes temporary files a killed writer of `path` left behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")
+    for stale in glob.glob(pattern):
+        os.remove(stale)

@@ -1,0 +1,51 @@
+"""Training curves with the overfitting onset and the best epoch marked."""
+
+import os
+
+
+def plot_training_curves(
+    history, path, metrics=("loss", "val_loss"), onset_epoch=None, best_epoch=None, title=None
+):
+    """Draws `history`'s curves to a PNG file and returns its path.
+
+    Args:
+        history: A `keras.callbacks.History` (what `fit` returns) or its
+            `.history` dict of per-epoch lists.
+        path: The PNG file to write (folders are created).
+        metrics: The keys of `history` to draw.
+        onset_epoch: 0-based epoch where overfitting began
+            (`OverfittingDetector.onset_epoch`), drawn as a dashed line.
+        best_epoch: 0-based epoch whose weights were kept
+            (`EarlyStoppingWithCheckpoint.best_epoch`), drawn as a dotted line.
+        title: Optional figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    curves = getattr(history, "history", history)
+    missing = [metric for metric in metrics if metric not in curves]
+    if missing:
+        raise ValueError(
+            f"Invalid value received for argument `metrics`: {missing} not in the "
+            f"history. Available: {sorted(curves)}"
+        )
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for metric in metrics:
+        values = curves[metric]
+        axes.plot(range(1, len(values) + 1), values, label=metric)
+    if onset_epoch is not None:
+        axes.axvline(onset_epoch + 1, color="tab:red", linestyle="--", label=f"overfitting onset ({onset_epoch + 1})")
+    if best_epoch is not None:
+        axes.axvline(best_epoch + 1, color="tab:green", linestyle=":", label=f"best epoch ({best_epoch + 1})")
+    axes.set_xlabel("epoch")
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,225 @@
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kreg.callbacks import EarlyStoppingWithCheckpoint
+from kreg.callbacks import StopReason
+from scripted import fit_scripted
+from scripted import tiny_data
+from scripted import tiny_model
+
+NAN = math.nan
+
+# (monitored values, EarlyStopping arguments, expected stopped epoch (None: ran
+# to the end), expected best epoch). Epochs are 0-based, as in Keras.
+TABLE = [
+    ([1.0, 0.9, 0.8, 0.7, 0.6], {"patience": 1}, None, 4),
+    ([1.0, 0.9, 0.95, 0.97, 0.5], {"patience": 2}, 3, 1),
+    ([1.0, 0.9, 0.95, 0.85, 0.99, 0.98], {"patience": 2}, 5, 3),
+    ([1.0, 1.0, 1.0, 1.0], {"patience": 0}, 1, 0),
+    ([1.0, 0.99, 0.98, 0.97, 0.96], {"patience": 1, "min_delta": 0.05}, 1, 0),
+    ([0.5, 0.6, 0.7, 0.8, 0.9], {"patience": 2, "mode": "max", "monitor": "val_accuracy"}, None, 4),
+    ([0.9, 0.8, 0.85, 0.7, 0.6], {"patience": 1, "mode": "max", "monitor": "val_accuracy"}, 1, 0),
+    # Keras semantics: an improvement never stops training, even short of the baseline.
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], {"patience": 2, "baseline": 0.55}, None, 5),
+    ([1.0, 1.1, 1.2, 1.3], {"patience": 2, "baseline": 0.5}, 1, 0),
+    ([1.0, 2.0, 3.0, 0.1, 5.0, 6.0], {"patience": 1, "start_from_epoch": 2}, 4, 3),
+]
+
+
+def _run(values, kwargs, callback_cls, tmp_path, epochs=None):
+    kwargs = dict(kwargs)
+    monitor = kwargs.setdefault("monitor", "val_loss")
+    if callback_cls is EarlyStoppingWithCheckpoint:
+        callback = callback_cls(str(tmp_path / "best.keras"), **kwargs)
+    else:
+        callback = callback_cls(restore_best_weights=True, **kwargs)
+    model = tiny_model()
+    script = fit_scripted(model, callback, epochs or len(values), **{monitor: values})
+    return model, callback, script
+
+
+@pytest.mark.parametrize("values, kwargs, stopped, best", TABLE)
+def test_scripted_runs_stop_restore_and_save_the_best_epoch(values, kwargs, stopped, best, tmp_path):
+    model, callback, script = _run(values, kwargs, EarlyStoppingWithCheckpoint, tmp_path)
+    assert callback.best_epoch == best
+    if stopped is None:
+        assert callback.stop_reason is StopReason.COMPLETED
+        assert len(script.weights) == len(values)
+    else:
+        assert callback.stop_reason is StopReason.PATIENCE
+        assert callback.stopped_epoch == stopped and len(script.weights) == stopped + 1
+    for restored, expected in zip(model.get_weights(), script.weights[best]):
+        np.testing.assert_array_equal(restored, expected)
+    saved = keras.saving.load_model(tmp_path / "best.keras")
+    for on_disk, expected in zip(saved.get_weights(), script.weights[best]):
+        np.testing.assert_array_equal(on_disk, expected)
+
+
+@pytest.mark.parametrize("values, kwargs, stopped, best", TABLE)
+def test_decisions_match_keras_early_stopping(values, kwargs, stopped, best, tmp_path):
+    _, ours, _ = _run(values, kwargs, EarlyStoppingWithCheckpoint, tmp_path)
+    _, theirs, _ = _run(values, kwargs, keras.callbacks.EarlyStopping, tmp_path)
+    assert (ours.stopped_epoch, ours.best_epoch, ours.wait) == (
+        theirs.stopped_epoch, theirs.best_epoch, theirs.wait
+    )
+    assert ours.best == theirs.best
+
+
+def test_checkpoint_is_only_written_on_improvement(tmp_path, monkeypatch):
+    saved_at = []
+    original = EarlyStoppingWithCheckpoint._save_checkpoint
+    monkeypatch.setattr(
+        EarlyStoppingWithCheckpoint, "_save_checkpoint",
+        lambda self, epoch: (saved_at.append(epoch), original(self, epoch)),
+    )
+    _run([1.0, 0.8, 0.9, 0.7, 0.75, 0.75], {"patience": 5}, EarlyStoppingWithCheckpoint, tmp_path)
+    assert saved_at == [0, 1, 3]
+
+
+def test_weights_only_checkpoint(tmp_path):
+    path = tmp_path / "best.weights.h5"
+    callback = EarlyStoppingWithCheckpoint(str(path), save_weights_only=True, patience=1)
+    model = tiny_model()
+    script = fit_scripted(model, callback, 4, val_loss=[1.0, 0.5, 0.7, 0.8])
+    fresh = tiny_model()
+    fresh.load_weights(path)
+    for loaded, expected in zip(fresh.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(loaded, expected)
+
+
+@pytest.mark.parametrize("bad_key", ["loss", "val_loss"])
+@pytest.mark.parametrize("bad_value", [NAN, math.inf])
+def test_non_finite_loss_stops_and_restores_the_best_weights(bad_key, bad_value, tmp_path):
+    scripts = {"loss": [1.0, 0.9, 0.8, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9, 0.7, 0.6]}
+    scripts[bad_key] = list(scripts[bad_key])
+    scripts[bad_key][2] = bad_value
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=10)
+    model = tiny_model()
+    script = fit_scripted(model, callback, 5, **scripts)
+    assert callback.stop_reason is StopReason.NON_FINITE_LOSS
+    assert callback.stopped_epoch == 2 and len(script.weights) == 3
+    assert callback.best_epoch == 1
+    for restored, expected in zip(model.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(restored, expected)
+
+
+def test_real_nan_loss_stops_within_the_epoch(tmp_path):
+    x, y = tiny_data(64)
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), monitor="loss", patience=10)
+    model = tiny_model()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    good = model.get_weights()
+    y_bad = y.copy()
+    y_bad[20] = np.nan  # the second batch's loss is NaN
+    model.fit(x, y_bad, epochs=5, batch_size=16, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback.stop_reason is StopReason.NON_FINITE_LOSS
+    assert callback.stopped_epoch == 0
+    # No epoch of this fit was finite: the weights it started from come back.
+    for restored, expected in zip(model.get_weights(), good):
+        np.testing.assert_array_equal(restored, expected)
+
+
+def test_strict_missing_metric_fails_early_and_lists_the_available_ones(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="accuracy")
+    with pytest.raises(ValueError, match=r"`accuracy`.*Available: loss"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss")
+    with pytest.raises(ValueError, match=r"`val_loss`.*Available: loss.*validation data"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
+    lenient = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss", strict=False)
+    with pytest.warns(UserWarning, match="val_loss"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[lenient])
+
+
+def test_state_resets_between_fit_calls_on_the_same_callback(tmp_path):
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=1)
+    values = [1.0, 0.9, 0.95, 0.97, 0.5]
+    model = tiny_model()
+    fit_scripted(model, callback, 5, val_loss=values)
+    first = (callback.stopped_epoch, callback.best_epoch, callback.best)
+    fit_scripted(model, callback, 5, val_loss=values)
+    assert (callback.stopped_epoch, callback.best_epoch, callback.best) == first
+    assert not callback.resumed
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Crash()
+
+
+def test_a_crashed_run_resumes_its_patience(tmp_path):
+    path = str(tmp_path / "best.keras")
+    model = tiny_model()
+    with pytest.raises(_Crash):
+        x, y = tiny_data()
+        from scripted import ScriptedMetrics
+
+        model.fit(
+            x, y, validation_data=(x, y), epochs=5, verbose=0,
+            callbacks=[ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
+                       EarlyStoppingWithCheckpoint(path, patience=3), _CrashAt(2)],
+        )
+    state = json.loads(open(path + ".state.json").read())
+    assert state == {
+        "monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 1,
+        "finished": False, "stop_reason": "RUNNING",
+    }
+    # The restarted run (epochs 3 and 4 in the original numbering) has already
+    # waited one epoch: two more without improvement exhaust patience 3.
+    resumed = EarlyStoppingWithCheckpoint(path, patience=3)
+    restarted = tiny_model()
+    fit_scripted(restarted, resumed, 3, val_loss=[0.9, 0.9, 0.9])
+    assert resumed.resumed
+    assert resumed.stop_reason is StopReason.PATIENCE and resumed.stopped_epoch == 1
+    # The best weights are the first run's, read back from the checkpoint.
+    for restored, expected in zip(restarted.get_weights(), keras.saving.load_model(path).get_weights()):
+        np.testing.assert_array_equal(restored, expected)
+    assert json.loads(open(path + ".state.json").read())["finished"] is True
+
+
+def test_config_round_trip(tmp_path):
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "b.keras"), patience=4, mode="min", min_delta=0.1)
+    config = callback.get_config()
+    revived = EarlyStoppingWithCheckpoint.from_config(config)
+    assert revived.get_config() == config
+    assert keras.saving.get_registered_name(EarlyStoppingWithCheckpoint) == "kreg>EarlyStoppingWithCheckpoint"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "maximum"}, r"`mode`.*'auto', 'min', 'max'.*'maximum'"),
+        ({"patience": -1}, r"`patience`.*>= 0.*patience=-1"),
+        ({"patience": 2.5}, r"`patience`.*integer"),
+        ({"min_delta": -0.1}, r"`min_delta`.*>= 0.*min_delta=-0.1"),
+        ({"filepath": "best.h5"}, r"`filepath`.*must end in `.keras`.*best.h5"),
+        ({"filepath": "best.keras", "save_weights_only": True}, r"`filepath`.*`.weights.h5`"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message, tmp_path):
+    kwargs = {"filepath": "best.keras", **kwargs}
+    kwargs["filepath"] = str(tmp_path / kwargs["filepath"])
+    with pytest.raises(ValueError, match=message):
+        EarlyStoppingWithCheckpoint(**kwargs)
+
+
+def test_unwritable_folder_fails_at_construction(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"`filepath`.*cannot be created"):
+        EarlyStoppingWithCheckpoint(str(blocker / "best.keras"))
