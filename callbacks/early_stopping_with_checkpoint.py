@@ -38,15 +38,18 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       a complete, loadable checkpoint, even if the process is killed mid-save;
     - the best weights are restored at the end of training whether or not
       patience ran out (from memory, without reading the file back);
-    - training stops, and the best weights come back, as soon as the loss or the
-      monitored value becomes NaN or infinite;
+    - training stops, and the best weights come back, at the end of the epoch in
+      which the loss or the monitored value becomes NaN or infinite (checked per
+      epoch, not per batch: batch hooks would make Keras fetch the logs to the
+      host after every batch);
     - the stopping state (best value, best epoch, wait counter) is saved beside
       the checkpoint (`filepath + ".state.json"`): a killed and restarted `fit`
       continues the same patience instead of starting over. A `fit` that ended
       normally marks its state finished, so the next `fit` starts fresh;
     - with `strict=True` a monitored metric that does not exist is an error, not a
-      warning, raised after the first batch (training metrics) or the first
-      epoch (validation metrics), listing the metrics that do exist;
+      warning, raised before the first batch when the model's metrics are built
+      by then (a misspelled name), else after the first epoch (a validation
+      metric without validation data), listing the metrics that do exist;
     - `stop_reason` (a `StopReason`) says why training ended; it is also logged.
 
     Every argument of `keras.callbacks.EarlyStopping` keeps its meaning; only
@@ -182,6 +185,8 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
+        if self.strict:
+            self._check_monitor_known()
         self._metric_checked = False
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
@@ -200,17 +205,23 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 self.monitor, self.best, self.best_epoch + 1, self.wait,
             )
 
-    def on_train_batch_end(self, batch, logs=None):
-        # Training metrics exist after the first batch: check them before an
-        # epoch of work is spent. Validation metrics wait for the epoch's end.
-        if not self._metric_checked and not self.monitor.startswith("val_"):
-            self._check_monitor_present(logs)
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self.model.stop_training = True  # the epoch's end restores and records
+    def _check_monitor_known(self):
+        """Fails before the first batch when `monitor` names no metric of the model.
+
+        The compiled metrics are known once `fit` has built them (not always by
+        `on_train_begin`: then the check waits for the first epoch's logs).
+        Whether validation metrics exist depends on validation data, which only
+        the first epoch's logs tell.
+        """
+        try:
+            known = set(self.model.get_metrics_result())
+        except ValueError:  # a metric not built yet
+            return
+        name = self.monitor[len("val_"):] if self.monitor.startswith("val_") else self.monitor
+        if name not in known:
+            self._check_monitor_present({**{key: None for key in known}, **{f"val_{key}": None for key in known}})
 
     def _check_monitor_present(self, logs):
-        self._metric_checked = True
         logs = logs or {}
         if self.strict and self.monitor not in logs:
             raise ValueError(
@@ -223,6 +234,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if not self._metric_checked:
+            self._metric_checked = True
             self._check_monitor_present(logs)
         watched = {key: logs.get(key) for key in ("loss", self.monitor)}
         if any(value is not None and not math.isfinite(value) for value in watched.values()):

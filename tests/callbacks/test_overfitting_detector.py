@@ -90,7 +90,7 @@ def test_warn_action_warns_and_state_resets_between_fits():
 def test_missing_validation_metric_is_an_error():
     x = np.ones((8, 3), "float32")
     model = tiny_model()
-    with pytest.raises(ValueError, match=r"`val_loss`.*Available: loss.*validation data"):
+    with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
         model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
 
 

@@ -1,0 +1,89 @@
+"""Per-epoch cost: kreg's EarlyStoppingWithCheckpoint vs EarlyStopping + ModelCheckpoint.
+
+Both save the best model every time the monitored loss improves (here, every
+epoch) and keep the best weights in memory for the restore; kreg also writes
+atomically (temporary file, fsync, rename) and saves its patience state. One
+process; fits interleaved round by round; medians and minima of the time per
+epoch, and ratios to the Keras pair.
+
+    python bench/checkpoint_overhead.py --rounds 7
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kreg.callbacks import EarlyStoppingWithCheckpoint  # noqa: E402
+
+
+def make_model(width):
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(width, activation="relu"),
+         keras.layers.Dense(width, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def variants(folder):
+    keras_path = os.path.join(folder, "keras.keras")
+    kreg_path = os.path.join(folder, "kreg.keras")
+    return {
+        "no callbacks": lambda: [],
+        "Keras EarlyStopping + ModelCheckpoint": lambda: [
+            keras.callbacks.EarlyStopping(monitor="loss", patience=100, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(keras_path, monitor="loss", save_best_only=True),
+        ],
+        "kreg EarlyStoppingWithCheckpoint": lambda: [
+            EarlyStoppingWithCheckpoint(kreg_path, monitor="loss", patience=100, resume=False)
+        ],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.samples, 64)).astype("float32")
+    y = rng.integers(0, 10, args.samples)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = variants(folder)
+        models = {name: make_model(args.width) for name in runs}
+        params = models["no callbacks"].count_params()
+        print(
+            f"backend={keras.backend.backend()} MLP 64-{args.width}-{args.width}-10 "
+            f"({params} parameters), {args.samples} samples, {args.epochs} epochs per fit, "
+            f"{args.rounds} rounds",
+            flush=True,
+        )
+        for name, model in models.items():
+            model.fit(x, y, epochs=1, verbose=0, callbacks=runs[name]())  # warm up
+        times = {name: [] for name in runs}
+        for round_index in range(args.rounds):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model.fit(x, y, epochs=args.epochs, batch_size=256, verbose=0, callbacks=runs[name]())
+                times[name].append((time.perf_counter() - start) / args.epochs)
+            print(f"  round {round_index + 1}/{args.rounds}", flush=True)
+    keras_pair = "Keras EarlyStopping + ModelCheckpoint"
+    for statistic in (statistics.median, min):
+        print(f"\n{statistic.__name__} over rounds: ms/epoch, ratio to the Keras pair")
+        reference = statistic(times[keras_pair])
+        for name, values in times.items():
+            value = statistic(values)
+            print(f"  {name:40s} {value * 1e3:8.1f} {value / reference:7.3f}x")
+
+
+if __name__ == "__main__":
+    main()
