@@ -21,6 +21,13 @@ def test_demo_quick_trains_all_variants_and_writes_its_report(tmp_path):
         assert variant in result.stdout
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("# kreg demo") and "| kreg WeightDropLSTM" in report
+    assert "| stop reason |" in report
+    png = (tmp_path / "out" / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    checkpoint = tmp_path / "out" / "best_mlp.keras"
+    import keras
+
+    assert keras.saving.load_model(checkpoint).count_params() > 0
 
 
 def test_unknown_command_fails_with_usage(tmp_path):
