@@ -10,6 +10,7 @@ whose validation loss never turns up, that it raised no alarm).
 """
 
 import argparse
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -76,20 +77,23 @@ def run(name, epochs, seed):
     val = history["val_loss"]
     states = history["overfitting_state"]
     detected = states.index(1.0) if 1.0 in states else None
-    return int(np.argmin(val)), detector.onset_epoch, detected
+    return int(np.argmin(val)), detector.onset_epoch, detected, history
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--save-histories", help="write every run's curves to this JSON file")
     args = parser.parse_args()
+    histories = {}
     print(f"backend={keras.backend.backend()}, {args.epochs} epochs, seeds 0-{args.seeds - 1}", flush=True)
     print("\n| run | seed | min val loss epoch | onset reported | detected at | verdict |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in RUNS:
         for seed in range(args.seeds):
-            minimum, onset, detected = run(name, args.epochs, seed)
+            minimum, onset, detected, history = run(name, args.epochs, seed)
+            histories[f"{name} / seed {seed}"] = {key: history[key] for key in ("loss", "val_loss")}
             overfits = minimum < args.epochs - 3  # validation turned up before the end
             if onset is None:
                 verdict = "missed" if overfits else "no alarm (correct)"
@@ -102,6 +106,9 @@ def main():
                 f"| {name} | {seed} | {minimum + 1} | {show(onset)} | {show(detected)} | {verdict} |",
                 flush=True,
             )
+    if args.save_histories:
+        with open(args.save_histories, "w") as file:
+            json.dump(histories, file)
 
 
 if __name__ == "__main__":

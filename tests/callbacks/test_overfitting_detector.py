@@ -122,3 +122,14 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
     with pytest.raises(ValueError, match=r"`metrics`.*val_accuracy.*Available"):
         plot_training_curves(history, tmp_path / "x.png", metrics=("val_accuracy",))
+
+
+def test_a_plateau_followed_by_a_new_best_is_forgotten():
+    train = FALLING + [0.48, 0.46, 0.44]
+    # Plateau and bump at epochs 4-7 (detected), then validation improves again.
+    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.05, 1.0, 0.98, 0.97, 0.96, 0.95, 0.94]
+    calls = []
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, e: calls.append((e, d.onset_epoch)))
+    states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
+    assert states[7] == "overfitting" and calls == [] and states[8:] == ["learning"] * 7
+    assert detector.onset_epoch is None
