@@ -9,6 +9,7 @@ import pytest
 from keras import ops
 
 import kreg
+from batch_norm_testing import randomize_batch_norm
 from kreg import fold_batch_norms
 
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
@@ -37,17 +38,9 @@ def _numpy(x):
 
 
 def _randomize_batch_norms(model, seed=0):
-    """Non-trivial moving statistics and affine parameters in every batch norm."""
-    rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.moving_mean.shape
-            layer.moving_mean.assign(rng.standard_normal(shape).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, shape).astype("float32"))
-            if layer.scale:
-                layer.gamma.assign(rng.standard_normal(shape).astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.standard_normal(shape).astype("float32"))
+    batch_norms = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    for index, layer in enumerate(batch_norms):
+        randomize_batch_norm(layer, seed + index)  # each its own statistics
 
 
 def _inputs(shape, batch=3, seed=1):

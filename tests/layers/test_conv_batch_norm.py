@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 import kreg
+from batch_norm_testing import randomize_batch_norm
 from layer_test_case import run_layer_test
 
 # (fused class, Keras layer, its arguments, input shape, output shape)
@@ -47,18 +48,6 @@ def _cases(channels_first=False):
     return params
 
 
-def _randomize_batch_norm(bn, seed=0):
-    """Non-trivial statistics and affine parameters, as after real training."""
-    rng = np.random.default_rng(seed)
-    shape = bn.moving_mean.shape
-    bn.moving_mean.assign(rng.standard_normal(shape).astype("float32"))
-    bn.moving_variance.assign(rng.uniform(0.2, 3.0, shape).astype("float32"))
-    if bn.scale:
-        bn.gamma.assign(rng.standard_normal(shape).astype("float32"))
-    if bn.center:
-        bn.beta.assign(rng.standard_normal(shape).astype("float32"))
-
-
 def _reference(base, kwargs, fused, x):
     """Keras's conv/dense (no bias) and BatchNormalization with the fused layer's weights."""
     bn_config = fused.batch_norm.get_config()
@@ -86,7 +75,7 @@ def test_inference_is_conv_then_batch_norm(cls, base, kwargs, input_shape, outpu
     x = np.random.default_rng(1).standard_normal(input_shape).astype("float32")
     fused = cls(**kwargs, center=center, scale=scale, activation="tanh")
     fused(x)
-    _randomize_batch_norm(fused.batch_norm)
+    randomize_batch_norm(fused.batch_norm)
     expected = np.tanh(_numpy(_reference(base, kwargs, fused, x)(x, training=False)))
     np.testing.assert_allclose(_numpy(fused(x)), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_numpy(fused.to_plain_layer()(x)), expected, rtol=1e-5, atol=1e-5)
@@ -128,7 +117,7 @@ def test_frozen_layer_runs_in_inference_mode_like_keras_batch_norm():
     x = np.random.default_rng(5).standard_normal((4, 5)).astype("float32")
     layer = kreg.DenseBatchNorm(3)
     layer(x)
-    _randomize_batch_norm(layer.batch_norm)
+    randomize_batch_norm(layer.batch_norm)
     layer.trainable = False
     mean_before = _numpy(layer.batch_norm.moving_mean).copy()
     np.testing.assert_allclose(_numpy(layer(x, training=True)), _numpy(layer(x, training=False)), rtol=1e-6)

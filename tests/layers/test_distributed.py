@@ -92,3 +92,23 @@ def test_fused_batch_norm_layers_train_on_two_replicas(strategy):
     np.testing.assert_allclose(
         folded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_callbacks_under_two_replicas(strategy, tmp_path):
+    """Kept here, beside the module's one strategy (see the fixture)."""
+    from kreg.callbacks import EarlyStoppingWithCheckpoint
+    from kreg.callbacks import OverfittingDetector
+
+    x = np.random.default_rng(2).standard_normal((32, 8, 8, 3)).astype("float32")
+    y = x.mean(axis=(1, 2, 3))[:, None]
+    with strategy.scope():
+        model = _fused_cnn()
+        model.compile("adam", "mse")
+    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=2)
+    detector = OverfittingDetector(action=lambda *_: None)
+    history = model.fit(
+        x, y, validation_split=0.25, batch_size=8, epochs=3, verbose=0, callbacks=[detector, stopper]
+    ).history
+    assert len(history["generalization_gap"]) == len(history["loss"])
+    saved = keras.saving.load_model(tmp_path / "best.keras")
+    assert len(saved.get_weights()) == len(model.get_weights())
