@@ -199,6 +199,8 @@ def _functional_graph(model):
 
 def _output_entries(output_layers):
     """The `[name, node, tensor]` triples of a (possibly nested) output spec."""
+    if isinstance(output_layers, dict):
+        output_layers = list(output_layers.values())
     if (
         isinstance(output_layers, (list, tuple))
         and len(output_layers) == 3
@@ -206,6 +208,8 @@ def _output_entries(output_layers):
         and isinstance(output_layers[1], int)
     ):
         return [output_layers]
+    if not isinstance(output_layers, (list, tuple)):
+        return []
     return [entry for item in output_layers for entry in _output_entries(item)]
 
 

@@ -243,3 +243,17 @@ def test_bad_models_are_refused_with_the_reason():
     unbuilt = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match=r"not built"):
         fold_batch_norms(unbuilt)
+
+
+def test_dict_outputs_and_a_conv_that_is_also_a_model_output():
+    inputs = keras.Input((6, 6, 3))
+    conv = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    bn = keras.layers.BatchNormalization(name="bn")(conv)
+    model = keras.Model(inputs, {"raw": conv, "normalized": bn})
+    _randomize_batch_norms(model)
+    with pytest.warns(UserWarning):
+        folded, report = fold_batch_norms(model, return_report=True)
+    assert not report.folded and "also feeds" in dict(report.skipped)["bn"]
+    x = _inputs((6, 6, 3))
+    for key in ("raw", "normalized"):
+        np.testing.assert_allclose(_numpy(folded(x)[key]), _numpy(model(x)[key]), rtol=1e-6)
