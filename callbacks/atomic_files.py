@@ -36,6 +36,12 @@ def _fsync_path(path, directory=False):
         os.close(fd)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path, write):
     """Calls `write(temporary_path)`, then moves the result to `path` atomically.
 
@@ -48,6 +54,8 @@ def write_atomically(path, write):
     )
     os.close(fd)
     try:
+        # mkstemp makes the file private (0600); a checkpoint gets the usual mode.
+        os.chmod(temporary, 0o666 & ~_umask())
         write(temporary)
         _fsync_path(temporary)
         os.replace(temporary, path)

@@ -47,9 +47,9 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       continues the same patience instead of starting over. A `fit` that ended
       normally marks its state finished, so the next `fit` starts fresh;
     - with `strict=True` a monitored metric that does not exist is an error, not a
-      warning, raised before the first batch when the model's metrics are built
-      by then (a misspelled name), else after the first epoch (a validation
-      metric without validation data), listing the metrics that do exist;
+      warning, raised at the end of the first epoch (the first logs that list
+      every metric, validation ones and keys added by a custom `train_step`
+      included), naming the metrics that do exist;
     - `stop_reason` (a `StopReason`) says why training ended; it is also logged.
 
     Every argument of `keras.callbacks.EarlyStopping` keeps its meaning; only
@@ -185,8 +185,6 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
-        if self.strict:
-            self._check_monitor_known()
         self._metric_checked = False
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
@@ -204,22 +202,6 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 "Resuming early stopping on %s: best %s at epoch %d, waited %d epoch(s)",
                 self.monitor, self.best, self.best_epoch + 1, self.wait,
             )
-
-    def _check_monitor_known(self):
-        """Fails before the first batch when `monitor` names no metric of the model.
-
-        The compiled metrics are known once `fit` has built them (not always by
-        `on_train_begin`: then the check waits for the first epoch's logs).
-        Whether validation metrics exist depends on validation data, which only
-        the first epoch's logs tell.
-        """
-        try:
-            known = set(self.model.get_metrics_result())
-        except ValueError:  # a metric not built yet
-            return
-        name = self.monitor[len("val_"):] if self.monitor.startswith("val_") else self.monitor
-        if name not in known:
-            self._check_monitor_present({**{key: None for key in known}, **{f"val_{key}": None for key in known}})
 
     def _check_monitor_present(self, logs):
         logs = logs or {}

@@ -168,6 +168,8 @@ class OverfittingDetector(keras.callbacks.Callback):
             # onset. Forget it; a later rise is detected (and acted on) afresh.
             self.state, self.onset_epoch = LEARNING, None
             self._fired.discard(OVERFITTING)
+            self._rise_count = self._gap_count = 0
+            self._best_smooth_val = smooth_val
         if self.state != OVERFITTING and max(self._rise_count, self._gap_count) >= self.patience:
             self.state = OVERFITTING
             best = min(range(len(self._raw_val)), key=self._raw_val.__getitem__)

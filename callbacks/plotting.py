@@ -19,10 +19,9 @@ def plot_training_curves(
             (`EarlyStoppingWithCheckpoint.best_epoch`), drawn as a dotted line.
         title: Optional figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs),
+    # no display needed.
+    from matplotlib.figure import Figure
 
     curves = getattr(history, "history", history)
     missing = [metric for metric in metrics if metric not in curves]
@@ -31,7 +30,8 @@ def plot_training_curves(
             f"Invalid value received for argument `metrics`: {missing} not in the "
             f"history. Available: {sorted(curves)}"
         )
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     for metric in metrics:
         values = curves[metric]
         axes.plot(range(1, len(values) + 1), values, label=metric)
@@ -47,5 +47,4 @@ def plot_training_curves(
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
-    plt.close(figure)
     return path

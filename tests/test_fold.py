@@ -19,6 +19,7 @@ PAIRS = {
     "dense": (keras.layers.Dense, {"units": 6}, (5,)),
     "dense_3d": (keras.layers.Dense, {"units": 6}, (4, 5)),
     "conv1d": (keras.layers.Conv1D, {"filters": 6, "kernel_size": 3}, (9, 3)),
+    "conv1d_causal": (keras.layers.Conv1D, {"filters": 6, "kernel_size": 3, "padding": "causal"}, (9, 3)),
     "conv2d": (keras.layers.Conv2D, {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same"}, (8, 8, 3)),
     "conv2d_grouped": (keras.layers.Conv2D, {"filters": 6, "kernel_size": 3, "groups": 3}, (8, 8, 3)),
     "conv3d": (keras.layers.Conv3D, {"filters": 4, "kernel_size": 2}, (4, 4, 4, 3)),

@@ -60,6 +60,19 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
                 "a layer with a `call(inputs, states)` method and a `state_size` "
                 f"attribute. Received: cell={cell!r}"
             )
+        own_rates = {
+            name: getattr(cell, name, 0.0) for name in ("dropout", "recurrent_dropout")
+        }
+        if isinstance(cell, DropoutRNNCell) and any(own_rates.values()):
+            # keras.layers.RNN prepares and clears the masks of the outermost cell
+            # only: the inner cell's masks would be drawn inside the time loop.
+            rates = ", ".join(f"{name}={rate}" for name, rate in own_rates.items())
+            raise ValueError(
+                "Invalid value received for argument `cell`: it draws dropout masks of "
+                f"its own ({rates}), which keras.layers.RNN cannot manage inside a "
+                "wrapper. Set those rates to 0 on the cell and pass them to "
+                f"ConsistentDropoutCell instead. Received: cell={cell!r}"
+            )
         super().__init__(**kwargs)
         self.cell = cell
         # The names `dropout`, `recurrent_dropout` and `seed_generator` are the

@@ -232,6 +232,24 @@ class Conv1DBatchNorm(_ConvBatchNorm):
     )
     base_class = keras.layers.Conv1D
 
+    def _apply_kernel(self, inputs, kernel):
+        layer = self.base_layer
+        if layer.padding != "causal":
+            return super()._apply_kernel(inputs, kernel)
+        # As Conv1D.call does: pad the past only, then a "valid" convolution
+        # (ops.conv itself knows no "causal").
+        padding = [[0, 0], [0, 0], [0, 0]]
+        time_axis = 1 if layer.data_format == "channels_last" else 2
+        padding[time_axis] = [layer.dilation_rate[0] * (layer.kernel_size[0] - 1), 0]
+        return ops.conv(
+            ops.pad(inputs, padding),
+            kernel,
+            strides=list(layer.strides),
+            padding="valid",
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+
 
 @keras.saving.register_keras_serializable(package="kreg")
 class Conv2DBatchNorm(_ConvBatchNorm):

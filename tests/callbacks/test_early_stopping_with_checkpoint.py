@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -80,6 +81,14 @@ def test_checkpoint_is_only_written_on_improvement(tmp_path, monkeypatch):
     assert saved_at == [0, 1, 3]
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    _run([1.0, 0.5], {"patience": 1}, EarlyStoppingWithCheckpoint, tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("best.keras", "best.keras.state.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
 def test_weights_only_checkpoint(tmp_path):
     path = tmp_path / "best.weights.h5"
     callback = EarlyStoppingWithCheckpoint(str(path), save_weights_only=True, patience=1)
@@ -127,11 +136,10 @@ def test_strict_missing_metric_fails_early_and_lists_the_available_ones(tmp_path
     x, y = tiny_data()
     model = tiny_model()
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_acuracy")
-    # Before the first step where the backend has built the metrics by then,
-    # else after the first epoch; in both cases before a second epoch.
+    # At the end of the first epoch, before a second one.
     with pytest.raises(ValueError, match=r"`val_acuracy`.*Available: accuracy, loss"):
         model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
-    assert model.optimizer.iterations.numpy() <= len(x) // 8
+    assert model.optimizer.iterations.numpy() == len(x) // 8
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss")
     with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])

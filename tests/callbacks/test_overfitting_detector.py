@@ -133,3 +133,12 @@ def test_a_plateau_followed_by_a_new_best_is_forgotten():
     states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
     assert states[7] == "overfitting" and calls == [] and states[8:] == ["learning"] * 7
     assert detector.onset_epoch is None
+
+
+def test_withdrawn_detection_does_not_fire_again_at_the_new_best():
+    train = [1.0 - 0.05 * epoch for epoch in range(12)]
+    val = [1.0, 0.8, 0.7, 0.9, 1.0, 1.1, 0.69, 0.68, 0.67, 0.66, 0.65, 0.64]
+    detector = OverfittingDetector(patience=3, smoothing=0.6, action=lambda *_: None)
+    states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
+    assert "overfitting" in states[:6]
+    assert states[6:] == ["learning"] * 6 and detector.onset_epoch is None

@@ -147,6 +147,7 @@ def test_wraps_a_keras_cell_with_a_training_argument():
         ({"dropout": 1.5}, r"`dropout`.*\[0, 1\).*dropout=1.5"),
         ({"recurrent_dropout": -0.5}, r"`recurrent_dropout`.*recurrent_dropout=-0.5"),
         ({"recurrent_dropout": "0.2"}, r"`recurrent_dropout`.*'0.2'"),
+        ({"cell": keras.layers.LSTMCell(4, dropout=0.5)}, r"`cell`.*masks of its own \(dropout=0.5, recurrent_dropout=0.0\)"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):

@@ -12,6 +12,7 @@ from layer_test_case import run_layer_test
 # (fused class, Keras layer, its arguments, input shape, output shape)
 CASES = {
     "conv1d": (kreg.Conv1DBatchNorm, keras.layers.Conv1D, {"filters": 6, "kernel_size": 3}, (4, 9, 3), (4, 7, 6)),
+    "conv1d_causal": (kreg.Conv1DBatchNorm, keras.layers.Conv1D, {"filters": 6, "kernel_size": 3, "padding": "causal", "dilation_rate": 2}, (4, 9, 3), (4, 9, 6)),
     "conv2d": (kreg.Conv2DBatchNorm, keras.layers.Conv2D, {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same"}, (4, 8, 8, 3), (4, 4, 4, 6)),
     "conv3d": (kreg.Conv3DBatchNorm, keras.layers.Conv3D, {"filters": 4, "kernel_size": 2}, (2, 4, 4, 4, 3), (2, 3, 3, 3, 4)),
     "depthwise": (kreg.DepthwiseConv2DBatchNorm, keras.layers.DepthwiseConv2D, {"kernel_size": 3, "depth_multiplier": 2}, (4, 7, 7, 3), (4, 5, 5, 6)),
