@@ -22,6 +22,7 @@ class StopReason(enum.Enum):
     COMPLETED = "completed all epochs"
     PATIENCE = "no improvement for `patience` epochs"
     NON_FINITE_LOSS = "the loss became NaN or infinite"
+    OTHER_CALLBACK = "another callback stopped training"
 
 
 @keras.saving.register_keras_serializable(package="kreg")
@@ -226,24 +227,26 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             self._save_state(finished=False)
             return
         previous_best = self.best
+        already_stopping = self.model.stop_training
         super().on_epoch_end(epoch, logs)
         # EarlyStopping changes `best` exactly when the value improved (strictly,
         # and NaN never reaches it).
         if self.best is not None and self.best != previous_best:
             self._save_checkpoint(epoch)
-        if self.model.stop_training and self.stop_reason is StopReason.RUNNING:
+        if self.model.stop_training and not already_stopping:
             self.stop_reason = StopReason.PATIENCE
         self._save_state(finished=False)
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:
-            self.stop_reason = StopReason.COMPLETED
+            stopped = self.model.stop_training
+            self.stop_reason = StopReason.OTHER_CALLBACK if stopped else StopReason.COMPLETED
         if self.stop_reason is StopReason.NON_FINITE_LOSS and self.best_weights is None:
             self.best_weights = self._start_weights
         super().on_train_end(logs)
         self._save_state(finished=True)
         ended = self.stop_reason.value
-        if self.stop_reason is not StopReason.COMPLETED:
+        if self.stop_reason in (StopReason.PATIENCE, StopReason.NON_FINITE_LOSS):
             ended += f" (stopped at epoch {self.stopped_epoch + 1})"
         message = (
             f"Training ended: {ended}; best {self.monitor} {self.best} at epoch "

@@ -8,6 +8,7 @@ import pytest
 
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks import StopReason
+from scripted import ScriptedMetrics
 from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
@@ -148,6 +149,22 @@ def test_strict_missing_metric_fails_early_and_lists_the_available_ones(tmp_path
         model.fit(x, y, epochs=2, verbose=0, callbacks=[lenient])
 
 
+def test_a_stop_by_another_callback_is_not_called_patience(tmp_path):
+    from kreg.callbacks import OverfittingDetector
+
+    x, y = tiny_data()
+    detector = OverfittingDetector(patience=2, smoothing=0.0, action="stop")
+    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=10)
+    script = ScriptedMetrics(
+        loss=[2, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4]
+    )
+    tiny_model().fit(
+        x, y, validation_data=(x, y), epochs=8, verbose=0, callbacks=[script, detector, callback]
+    )
+    assert callback.stop_reason is StopReason.OTHER_CALLBACK
+    assert callback.best_epoch == 2 and len(script.weights) == 5
+
+
 def test_state_resets_between_fit_calls_on_the_same_callback(tmp_path):
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=1)
     values = [1.0, 0.9, 0.95, 0.97, 0.5]
@@ -178,8 +195,6 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
     model = tiny_model()
     with pytest.raises(_Crash):
         x, y = tiny_data()
-        from scripted import ScriptedMetrics
-
         model.fit(
             x, y, validation_data=(x, y), epochs=5, verbose=0,
             callbacks=[ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
