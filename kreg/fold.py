@@ -4,7 +4,6 @@ import dataclasses
 import warnings
 
 import keras
-import numpy as np
 
 from kreg import _keras_compat
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
