@@ -7,7 +7,7 @@ import os
 import keras
 
 from kreg._validation import check_choice
-from kreg._validation import check_non_negative
+from kreg._validation import check_at_least
 from kreg.callbacks.atomic_files import remove_stale_temporaries
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
@@ -104,9 +104,9 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         strict=True,
         resume=True,
     ):
-        check_non_negative("min_delta", min_delta)
-        check_non_negative("patience", patience, integer=True)
-        check_non_negative("start_from_epoch", start_from_epoch, integer=True)
+        check_at_least("min_delta", min_delta)
+        check_at_least("patience", patience, integer=True)
+        check_at_least("start_from_epoch", start_from_epoch, integer=True)
         check_choice("mode", mode, ("auto", "min", "max"))
         filepath = os.fspath(filepath)
         extension = ".weights.h5" if save_weights_only else ".keras"

@@ -1,11 +1,10 @@
 import math
-import numbers
 import warnings
 
 import keras
 
 from kreg._validation import check_choice
-from kreg._validation import check_non_negative
+from kreg._validation import check_at_least
 from kreg._validation import check_rate
 
 LEARNING, OVERFITTING, UNDERFITTING = "learning", "overfitting", "underfitting"
@@ -93,18 +92,13 @@ class OverfittingDetector(keras.callbacks.Callback):
         start_from_epoch=0,
     ):
         super().__init__()
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(
-                "Invalid value received for argument `patience`. Expected an "
-                f"integer >= 1. Received: patience={patience!r}"
-            )
         self.monitor = monitor
         self.train_monitor = train_monitor
-        self.patience = int(patience)
-        self.min_delta = check_non_negative("min_delta", min_delta)
-        self.min_gap = check_non_negative("min_gap", min_gap)
+        self.patience = int(check_at_least("patience", patience, integer=True, minimum=1))
+        self.min_delta = check_at_least("min_delta", min_delta)
+        self.min_gap = check_at_least("min_gap", min_gap)
         self.smoothing = check_rate("smoothing", smoothing)
-        self.underfit_tolerance = check_non_negative("underfit_tolerance", underfit_tolerance)
+        self.underfit_tolerance = check_at_least("underfit_tolerance", underfit_tolerance)
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         if not (callable(action) or action in ("warn", "stop")):
             raise ValueError(
@@ -112,7 +106,7 @@ class OverfittingDetector(keras.callbacks.Callback):
                 f"'stop' or a callable. Received: action={action!r}"
             )
         self.action = action
-        self.start_from_epoch = check_non_negative("start_from_epoch", start_from_epoch, integer=True)
+        self.start_from_epoch = check_at_least("start_from_epoch", start_from_epoch, integer=True)
         self.reset()
 
     def reset(self):

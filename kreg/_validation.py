@@ -50,18 +50,18 @@ def check_int(name, value):
     return int(value)
 
 
-def check_non_negative(name, value, integer=False):
-    """Returns `value` if it is a number (an integer if `integer`) that is >= 0."""
+def check_at_least(name, value, integer=False, minimum=0):
+    """Returns `value` if it is a number (an integer if `integer`) >= `minimum`."""
     kind = "an integer" if integer else "a number"
     valid_type = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, valid_type):
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected {kind} >= 0. "
+            f"Invalid value received for argument `{name}`. Expected {kind} >= {minimum}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
-    if math.isnan(value) or value < 0:
+    if math.isnan(value) or value < minimum:
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected {kind} >= 0. "
+            f"Invalid value received for argument `{name}`. Expected {kind} >= {minimum}. "
             f"Received: {name}={value}"
         )
     return value

@@ -6,26 +6,11 @@ import warnings
 import keras
 
 from kreg import _keras_compat
+from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
 from kreg.layers.conv_batch_norm import _FusedBatchNormLayer
 
-# Layers a following batch norm can be folded into, with the kernel that takes
-# the scale and the axes of that kernel that index output channels. Exact types
-# only: a subclass may change what `call` computes.
-_FOLDABLE = {
-    keras.layers.Dense: ("kernel", (-1,)),
-    keras.layers.Conv1D: ("kernel", (-1,)),
-    keras.layers.Conv2D: ("kernel", (-1,)),
-    keras.layers.Conv3D: ("kernel", (-1,)),
-    keras.layers.Conv1DTranspose: ("kernel", (-2,)),
-    keras.layers.Conv2DTranspose: ("kernel", (-2,)),
-    keras.layers.Conv3DTranspose: ("kernel", (-2,)),
-    keras.layers.DepthwiseConv1D: ("kernel", (-2, -1)),
-    keras.layers.DepthwiseConv2D: ("kernel", (-2, -1)),
-    keras.layers.SeparableConv1D: ("pointwise_kernel", (-1,)),
-    keras.layers.SeparableConv2D: ("pointwise_kernel", (-1,)),
-}
 _MODEL_INPUT = "<model input>"
 _MODEL_OUTPUT = "<model output>"
 
@@ -106,9 +91,8 @@ def fold_batch_norms(model, return_report=False):
         - [Jacob et al., 2018](https://arxiv.org/abs/1712.05877), batch norm
           folding for integer-arithmetic inference.
     """
-    _check_model(model)
     report = FoldReport()
-    folded = _fold_model(model, report)
+    folded = _fold_model(model, report)  # checks the model before anything else
     for bn, reason in report.skipped:
         warnings.warn(f"fold_batch_norms left `{bn}` in place: {reason}", stacklevel=2)
     return (folded, report) if return_report else folded
@@ -243,8 +227,8 @@ def _why_not_foldable_into(producer, producer_calls, bn, graph):
     if isinstance(producer, keras.Model):
         return f"it follows the nested model `{producer.name}`; pairs are not folded across model boundaries"
     kind = type(producer)
-    if kind not in _FOLDABLE:
-        parents = [cls.__name__ for cls in _FOLDABLE if isinstance(producer, cls)]
+    if kind not in FOLDABLE_KERNELS:
+        parents = [cls.__name__ for cls in FOLDABLE_KERNELS if isinstance(producer, cls)]
         if parents:
             return f"`{producer.name}` subclasses {parents[0]}; its call may differ"
         return f"it follows `{producer.name}` ({kind.__name__}), not a conv or dense layer"
@@ -299,7 +283,7 @@ def _plan_pairs(model, graph, report):
 
 def _folded_layer(conv, scale, shift):
     """A new layer of `conv`'s type, with bias, computing conv-then-batch-norm."""
-    kernel_name, output_axes = _FOLDABLE[type(conv)]
+    kernel_name, output_axes = FOLDABLE_KERNELS[type(conv)]
     weights = {w.name: keras.ops.convert_to_numpy(w) for w in conv.weights}
     kernel, bias = fold_scale_and_shift(
         weights[kernel_name], weights.get("bias"), scale, shift, output_axes

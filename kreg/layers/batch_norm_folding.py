@@ -10,7 +10,25 @@ so a conv or dense layer `x -> x @ W + b` followed by it equals one layer with
 these two functions, on backend tensors and on NumPy arrays alike.
 """
 
+import keras
 from keras import ops
+
+# Layers a following batch norm folds into: the kernel that takes the scale and
+# the axes of that kernel that index output channels (see `fold_scale_and_shift`).
+# Exact types only: a subclass may change what `call` computes.
+FOLDABLE_KERNELS = {
+    keras.layers.Dense: ("kernel", (-1,)),
+    keras.layers.Conv1D: ("kernel", (-1,)),
+    keras.layers.Conv2D: ("kernel", (-1,)),
+    keras.layers.Conv3D: ("kernel", (-1,)),
+    keras.layers.Conv1DTranspose: ("kernel", (-2,)),
+    keras.layers.Conv2DTranspose: ("kernel", (-2,)),
+    keras.layers.Conv3DTranspose: ("kernel", (-2,)),
+    keras.layers.DepthwiseConv1D: ("kernel", (-2, -1)),
+    keras.layers.DepthwiseConv2D: ("kernel", (-2, -1)),
+    keras.layers.SeparableConv1D: ("pointwise_kernel", (-1,)),
+    keras.layers.SeparableConv2D: ("pointwise_kernel", (-1,)),
+}
 
 
 def batch_norm_scale_and_shift(mean, variance, epsilon, gamma=None, beta=None):

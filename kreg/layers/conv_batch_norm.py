@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
 
@@ -59,10 +60,8 @@ _DOC = """
 class _FusedBatchNormLayer(keras.layers.Layer):
     """What the fused layers share; subclasses name their Keras layer and its op."""
 
-    # The Keras layer the batch norm follows, and the axes of its kernel that index
-    # output channels (see `fold_scale_and_shift`).
+    # The Keras layer the batch norm follows; its kernel layout is in FOLDABLE_KERNELS.
     base_class = None
-    kernel_output_axes = (-1,)
 
     def __init__(
         self,
@@ -134,7 +133,7 @@ class _FusedBatchNormLayer(keras.layers.Layer):
             beta=bn.beta if bn.center else None,
         )
         return fold_scale_and_shift(
-            self.base_layer.kernel, None, scale, shift, self.kernel_output_axes
+            self.base_layer.kernel, None, scale, shift, FOLDABLE_KERNELS[self.base_class][1]
         )
 
     def _apply_kernel(self, inputs, kernel):
@@ -295,8 +294,6 @@ class DepthwiseConv2DBatchNorm(_FusedBatchNormLayer):
         "(2, 8, 8, 8)",
     )
     base_class = keras.layers.DepthwiseConv2D
-    # Output channel c * depth_multiplier + m comes from kernel[..., c, m].
-    kernel_output_axes = (-2, -1)
 
     def _apply_kernel(self, inputs, kernel):
         layer = self.base_layer
