@@ -6,13 +6,11 @@ import warnings
 import keras
 
 from kreg import _keras_compat
+from kreg import _model_graph
 from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
 from kreg.layers.conv_batch_norm import _FusedBatchNormLayer
-
-_MODEL_INPUT = "<model input>"
-_MODEL_OUTPUT = "<model output>"
 
 
 @dataclasses.dataclass
@@ -121,7 +119,7 @@ def _check_model(model):
 def _fold_model(model, report):
     """Folds one (possibly nested) Sequential or functional model."""
     _check_model(model)
-    graph = _sequential_graph(model) if isinstance(model, keras.Sequential) else _functional_graph(model)
+    graph = _model_graph.read_graph(model)
     pairs = _plan_pairs(model, graph, report)
     copies = _LayerCopies(pairs, report)
     if isinstance(model, keras.Sequential):
@@ -130,70 +128,6 @@ def _fold_model(model, report):
         folded = _rewrite_functional(model, pairs, copies)
     copies.copy_remaining_weights()
     return folded
-
-
-# The graph, read from the public config: for each call of a layer (its node),
-# the calls that consume its output, and for each call the tensor it consumes.
-
-
-@dataclasses.dataclass
-class _Graph:
-    inputs: dict  # (layer name, node index) -> [(producer name, node index), ...]
-    consumers: dict  # (layer name, node index) -> [(consumer name, node index), ...]
-
-
-def _sequential_graph(model):
-    names = [layer.name for layer in model.layers]
-    inputs, consumers = {}, {}
-    for i, name in enumerate(names):
-        inputs[(name, 0)] = [(names[i - 1], 0) if i else (_MODEL_INPUT, 0)]
-        consumers[(name, 0)] = [(names[i + 1], 0)] if i + 1 < len(names) else [(_MODEL_OUTPUT, 0)]
-    return _Graph(inputs, consumers)
-
-
-def _tensor_histories(structure):
-    """Every `keras_history` (layer name, node index) in a serialized call."""
-    if isinstance(structure, dict):
-        if structure.get("class_name") == "__keras_tensor__":
-            name, node, _ = structure["config"]["keras_history"]
-            return [(name, node)]
-        return [h for value in structure.values() for h in _tensor_histories(value)]
-    if isinstance(structure, (list, tuple)):
-        return [h for value in structure for h in _tensor_histories(value)]
-    return []
-
-
-def _functional_graph(model):
-    config = model.get_config()
-    inputs = {}
-    consumers = {}
-    for layer_config in config["layers"]:
-        name = layer_config["name"]
-        for node_index, node in enumerate(layer_config["inbound_nodes"]):
-            producers = _tensor_histories(node)
-            inputs[(name, node_index)] = producers
-            consumers.setdefault((name, node_index), [])
-            for producer in producers:
-                consumers.setdefault(producer, []).append((name, node_index))
-    for name, node_index, _ in _output_entries(config["output_layers"]):
-        consumers.setdefault((name, node_index), []).append((_MODEL_OUTPUT, 0))
-    return _Graph(inputs, consumers)
-
-
-def _output_entries(output_layers):
-    """The `[name, node, tensor]` triples of a (possibly nested) output spec."""
-    if isinstance(output_layers, dict):
-        output_layers = list(output_layers.values())
-    if (
-        isinstance(output_layers, (list, tuple))
-        and len(output_layers) == 3
-        and isinstance(output_layers[0], str)
-        and isinstance(output_layers[1], int)
-    ):
-        return [output_layers]
-    if not isinstance(output_layers, (list, tuple)):
-        return []
-    return [entry for item in output_layers for entry in _output_entries(item)]
 
 
 # Which conv/dense layer folds into which batch norm.
