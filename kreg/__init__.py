@@ -4,8 +4,12 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 `model.fit` in `kreg.callbacks`, and keras-tuner search spaces in `kreg.tuning`.
 """
 
+from kreg.adapt import AdaptationReport
+from kreg.adapt import adapt_batchnorm
+from kreg.adapt import set_test_time_mode
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
+from kreg.layers import AdaptiveBatchNormalization
 from kreg.layers import ConsistentDropout
 from kreg.layers import ConsistentDropoutCell
 from kreg.layers import Conv1DBatchNorm
@@ -19,8 +23,12 @@ from kreg.layers import WeightDropLSTM
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptationReport",
+    "adapt_batchnorm",
+    "set_test_time_mode",
     "FoldReport",
     "fold_batch_norms",
+    "AdaptiveBatchNormalization",
     "ConsistentDropout",
     "ConsistentDropoutCell",
     "Conv1DBatchNorm",

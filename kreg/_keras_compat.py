@@ -15,7 +15,14 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 # time loop, and clears them afterwards, only for cells that inherit this mixin
 # (`RNN._maybe_config_dropout_masks`). `ConsistentDropoutCell` inherits it so that
 # any custom cell gets the same per-sequence masks under a plain `keras.layers.RNN`.
-__all__ = ["DropoutRNNCell", "fused_rnn_kernels", "is_functional", "recurrent_kernel_replaced"]
+__all__ = [
+    "DropoutRNNCell",
+    "all_sublayers",
+    "call_replaced",
+    "fused_rnn_kernels",
+    "is_functional",
+    "recurrent_kernel_replaced",
+]
 
 
 def fused_rnn_kernels():
@@ -58,3 +65,28 @@ def is_functional(model):
     from keras.src.models.functional import Functional
 
     return isinstance(model, Functional)
+
+
+def all_sublayers(layer):
+    """Every layer inside `layer`, recursively (nested models, composite layers).
+
+    `model.layers` lists only the top level; Keras's own recursive walk is the
+    private `_flatten_layers`.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+@contextlib.contextmanager
+def call_replaced(layer, call):
+    """Makes `layer(...)` run `call` instead of `layer.call` for the block.
+
+    `Layer.__call__` (through `Operation.__call__`) looks up `self.call` on every
+    call, so an instance attribute shadows the method, inside compiled functions
+    traced in the block too. The layer's weights, config and call signature are
+    untouched. `object.__setattr__` keeps Keras's attribute tracking out of it.
+    """
+    object.__setattr__(layer, "call", call)
+    try:
+        yield
+    finally:
+        object.__delattr__(layer, "call")

@@ -1,5 +1,6 @@
 """kreg's Keras layers. Each is registered under the `kreg` package for saving."""
 
+from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.consistent_dropout import ConsistentDropout
 from kreg.layers.consistent_dropout_cell import ConsistentDropoutCell
 from kreg.layers.conv_batch_norm import Conv1DBatchNorm
@@ -11,6 +12,7 @@ from kreg.layers.weight_drop_rnn import WeightDropGRU
 from kreg.layers.weight_drop_rnn import WeightDropLSTM
 
 __all__ = [
+    "AdaptiveBatchNormalization",
     "ConsistentDropout",
     "ConsistentDropoutCell",
     "Conv1DBatchNorm",

@@ -1,0 +1,218 @@
+import keras
+from keras import ops
+
+from kreg._validation import check_at_least
+from kreg._validation import check_choice
+from kreg._validation import check_rate
+from kreg.layers.batch_statistics import batch_moments
+
+# The index of each mode is what the `test_time_mode` variable holds.
+TEST_TIME_MODES = ("running", "batch", "mixed", "online")
+_RUNNING, _BATCH, _MIXED, _ONLINE = range(len(TEST_TIME_MODES))
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization whose inference statistics can follow the test data.
+
+    With the default `test_time_mode="running"` this is
+    `keras.layers.BatchNormalization`: the same arguments, the same training, the
+    same weights and the same outputs. At inference (`training=False`, or a frozen
+    layer) three other modes re-estimate the statistics from the data the model
+    meets, which recovers much of the accuracy a covariate shift (noise, blur,
+    another camera) costs:
+
+    - `"batch"`: normalize with the statistics of the current batch (AdaBN /
+      prediction-time BN).
+    - `"mixed"`: a prior-weighted mix of the running (source) statistics and the
+      batch's: with `n` samples in the batch,
+      `mean = N / (N + n) * running_mean + n / (N + n) * batch_mean`, and the same
+      for the variance, where `N = prior_strength` (Schneider et al., 2020).
+    - `"online"`: update the running statistics from every inference batch,
+      `running = online_momentum * running + (1 - online_momentum) * batch`, and
+      normalize with the updated statistics: for a stream whose distribution
+      drifts.
+
+    A batch with a single value per channel (a batch of one after a dense layer)
+    has no variance to estimate; every mode then uses the running statistics for
+    that batch, rather than dividing by a variance of zero.
+
+    The mode lives in a non-trainable integer variable that `call` reads, so
+    switching it on a model that has already run (`layer.test_time_mode =
+    "batch"`, or `kreg.set_test_time_mode(model, "batch")`) takes effect on the
+    next `predict` without re-tracing. That variable is the layer's one weight
+    beyond `BatchNormalization`'s, and it is saved with the model.
+
+    Args:
+        axis, momentum, epsilon, center, scale, beta_initializer,
+        gamma_initializer, moving_mean_initializer, moving_variance_initializer,
+        beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
+        renorm, renorm_clipping, renorm_momentum, synchronized: As in
+            `keras.layers.BatchNormalization`, with the same defaults. With
+            `synchronized=True` (TensorFlow), the batch statistics of the test-time
+            modes are also taken over all replicas.
+        test_time_mode: One of `"running"` (default), `"batch"`, `"mixed"`,
+            `"online"`: which statistics normalize at inference.
+        prior_strength: Number >= 0, `N` of the `"mixed"` mode: how many samples
+            the running statistics count as. `0` is the `"batch"` mode; large
+            values approach `"running"`. Defaults to `16`.
+        online_momentum: Float in `[0, 1)`, the momentum of the `"online"` mode's
+            updates. Defaults to `0.9`: there are fewer batches at test time than
+            in training, so it forgets faster than `momentum`.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: Input tensor of any rank.
+        training: Python boolean. `True` normalizes with the batch's statistics
+            and updates the running ones, exactly as `BatchNormalization`; `False`
+            (or a layer with `trainable=False`) uses the test-time mode.
+        mask: Optional boolean tensor of rank `inputs` - 1; masked positions are
+            left out of the batch statistics.
+
+    Example:
+
+    >>> layer = AdaptiveBatchNormalization()
+    >>> x = keras.random.normal((32, 4), mean=3.0, seed=1)
+    >>> y = layer(x)  # "running": the initial statistics (mean 0, variance 1)
+    >>> round(float(keras.ops.mean(y)), 1)
+    3.0
+    >>> layer.test_time_mode = "batch"
+    >>> round(float(keras.ops.mean(layer(x))), 1)  # the batch's own statistics
+    0.0
+
+    Reference:
+        - [Li et al., 2016](https://arxiv.org/abs/1603.04779), AdaBN: batch norm
+          statistics re-estimated on the target domain.
+        - [Nado et al., 2020](https://arxiv.org/abs/2006.10963), prediction-time
+          batch normalization.
+        - [Schneider et al., 2020](https://arxiv.org/abs/2006.16971), source and
+          target statistics mixed with a prior strength `N`.
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
+        test_time_mode="running",
+        prior_strength=16,
+        online_momentum=0.9,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            momentum=momentum,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            moving_mean_initializer=moving_mean_initializer,
+            moving_variance_initializer=moving_variance_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            renorm=renorm,
+            renorm_clipping=renorm_clipping,
+            renorm_momentum=renorm_momentum,
+            synchronized=synchronized,
+            **kwargs,
+        )
+        self._test_time_mode = check_choice("test_time_mode", test_time_mode, TEST_TIME_MODES)
+        self.prior_strength = float(check_at_least("prior_strength", prior_strength))
+        self.online_momentum = check_rate("online_momentum", online_momentum)
+        self._mode_index = None
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._mode_index = self.add_weight(
+            shape=(),
+            name="test_time_mode",
+            dtype="int32",
+            initializer=keras.initializers.Constant(TEST_TIME_MODES.index(self._test_time_mode)),
+            trainable=False,
+            autocast=False,
+        )
+
+    @property
+    def test_time_mode(self):
+        """The statistics used at inference: one of `TEST_TIME_MODES`."""
+        if self._mode_index is not None:
+            return TEST_TIME_MODES[int(ops.convert_to_numpy(self._mode_index))]
+        return self._test_time_mode
+
+    @test_time_mode.setter
+    def test_time_mode(self, mode):
+        self._test_time_mode = check_choice("test_time_mode", mode, TEST_TIME_MODES)
+        if self._mode_index is not None:
+            self._mode_index.assign(TEST_TIME_MODES.index(mode))
+
+    def call(self, inputs, training=None, mask=None):
+        if training and self.trainable:
+            return super().call(inputs, training=training, mask=mask)
+        # As in `BatchNormalization`: statistics in float32 even under mixed precision.
+        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        moving_mean = ops.cast(self.moving_mean, inputs.dtype)
+        moving_variance = ops.cast(self.moving_variance, inputs.dtype)
+        mode = self._mode_index
+
+        def adapted_statistics():
+            mean, variance, count = batch_moments(inputs, self.axis, mask, self.synchronized)
+            samples = ops.cast(ops.shape(inputs)[0], inputs.dtype)
+            # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
+            # differ only in the weight given to the running statistics.
+            running_weight = ops.where(
+                mode == _MIXED,
+                self.prior_strength / (self.prior_strength + samples),
+                ops.where(mode == _ONLINE, self.online_momentum, 0.0),
+            )
+            # One value per channel has no variance: keep the running statistics.
+            running_weight = ops.where(count > 1, running_weight, 1.0)
+            running_weight = ops.cast(running_weight, inputs.dtype)
+            return (
+                running_weight * moving_mean + (1.0 - running_weight) * mean,
+                running_weight * moving_variance + (1.0 - running_weight) * variance,
+            )
+
+        mean, variance = ops.cond(
+            mode == _RUNNING, lambda: (moving_mean, moving_variance), adapted_statistics
+        )
+        # The write is outside `cond` because JAX cannot assign state inside a
+        # branch; in any other mode it writes back the unchanged values.
+        is_online = mode == _ONLINE
+        self.moving_mean.assign(ops.where(is_online, mean, moving_mean))
+        self.moving_variance.assign(ops.where(is_online, variance, moving_variance))
+
+        outputs = ops.batch_normalization(
+            x=inputs,
+            mean=mean,
+            variance=variance,
+            axis=self.axis,
+            offset=None if self.beta is None else ops.cast(self.beta, inputs.dtype),
+            scale=None if self.gamma is None else ops.cast(self.gamma, inputs.dtype),
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "test_time_mode": self.test_time_mode,
+            "prior_strength": self.prior_strength,
+            "online_momentum": self.online_momentum,
+        }
