@@ -7,6 +7,7 @@ import keras
 
 from kreg import _keras_compat
 from kreg import _model_graph
+from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
@@ -135,7 +136,14 @@ def _fold_model(model, report):
 
 def _batch_norm_scale_and_shift(bn, producer):
     """`(scale, shift)` of `bn` after `producer`'s output, or `_NotFoldable`."""
-    if type(bn) is not keras.layers.BatchNormalization:
+    if type(bn) is AdaptiveBatchNormalization:
+        # Only the running statistics are fixed numbers a kernel can absorb.
+        if bn.test_time_mode != "running":
+            raise _NotFoldable(
+                f"its test_time_mode is {bn.test_time_mode!r}: its statistics change "
+                "with every batch (fold it in mode 'running')"
+            )
+    elif type(bn) is not keras.layers.BatchNormalization:
         raise _NotFoldable(f"`{type(bn).__name__}` is not a foldable batch norm")
     rank = len(producer.compute_output_shape(producer.get_build_config()["input_shape"]))
     data_format = getattr(producer, "data_format", None)

@@ -1,0 +1,268 @@
+"""AdaptiveBatchNormalization: a drop-in BatchNormalization with test-time modes."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from layer_test_case import JIT_BACKENDS
+from layer_test_case import run_layer_test
+from kreg.layers import AdaptiveBatchNormalization
+
+MODES = ("running", "batch", "mixed", "online")
+EPSILON = 1e-3
+
+
+def _numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def _normalize(x, mean, variance, gamma, beta, epsilon=EPSILON):
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def _layer_with_statistics(channels=3, **kwargs):
+    """A built layer with non-trivial weights: gamma, beta and running statistics."""
+    layer = AdaptiveBatchNormalization(**kwargs)
+    layer.build((None, channels))
+    rng = np.random.default_rng(7)
+    layer.gamma.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+    layer.beta.assign(rng.normal(size=channels).astype("float32"))
+    layer.moving_mean.assign(rng.normal(size=channels).astype("float32"))
+    layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+    return layer
+
+
+def _weights(layer):
+    return {w.name: _numpy(w).copy() for w in layer.weights}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "input_shape", [(6, 4), (2, 5, 5, 3)], ids=["dense", "conv"]
+)
+def test_layer_contract(mode, input_shape, tmp_path):
+    run_layer_test(
+        functools.partial(AdaptiveBatchNormalization, test_time_mode=mode),
+        input_shape,
+        input_shape,
+        tmp_path,
+        supports_masking=True,
+    )
+
+
+# Drop-in: default settings behave exactly as keras.layers.BatchNormalization.
+
+
+BN_SETTINGS = [
+    {},
+    {"axis": 1, "momentum": 0.9, "epsilon": 1e-5},
+    {"center": False, "scale": False},
+    {"renorm": True, "renorm_clipping": {"rmax": 2.0, "rmin": 0.5, "dmax": 1.0}},
+]
+
+
+def _twin_models(settings, input_shape):
+    inputs = keras.Input(input_shape[1:])
+    outputs = []
+    for bn in (keras.layers.BatchNormalization, AdaptiveBatchNormalization):
+        keras.utils.set_random_seed(3)
+        hidden = keras.layers.Dense(4, kernel_initializer="glorot_uniform")(inputs)
+        outputs.append(keras.Model(inputs, keras.layers.Dense(1)(bn(**settings)(hidden))))
+    return outputs
+
+
+@pytest.mark.parametrize("settings", BN_SETTINGS, ids=["defaults", "axis1", "no_affine", "renorm"])
+def test_default_mode_reproduces_batch_normalization(settings):
+    keras_model, kreg_model = _twin_models(settings, (None, 5))
+    # The same starting weights (the extra mode variable comes last in the BN's).
+    for source, target in zip(keras_model.layers, kreg_model.layers):
+        for a, b in zip(source.weights, target.weights):
+            b.assign(_numpy(a))  # a copy: JAX donates the buffers it trains
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (64, 5)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    for model in (keras_model, kreg_model):
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+
+    keras_bn, kreg_bn = keras_model.layers[2], kreg_model.layers[2]
+    keras_weights, kreg_weights = _weights(keras_bn), _weights(kreg_bn)
+    assert kreg_weights.pop("test_time_mode") == 0  # "running"
+    assert keras_weights.keys() == kreg_weights.keys()
+    for name, value in keras_weights.items():
+        np.testing.assert_allclose(kreg_weights[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            _numpy(kreg_model(x, training=training)),
+            _numpy(keras_model(x, training=training)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    keras_config, kreg_config = keras_bn.get_config(), kreg_bn.get_config()
+    added = {key: kreg_config.pop(key) for key in ("test_time_mode", "prior_strength", "online_momentum")}
+    assert added == {"test_time_mode": "running", "prior_strength": 16.0, "online_momentum": 0.9}
+    keras_config.pop("name"), kreg_config.pop("name")
+    assert kreg_config == keras_config
+
+
+def test_frozen_layer_uses_its_test_time_mode_in_training_like_batch_normalization():
+    layer = _layer_with_statistics(test_time_mode="batch")
+    layer.trainable = False
+    x = np.random.default_rng(1).normal(4.0, 2.0, (32, 3)).astype("float32")
+    before = _weights(layer)
+    output = _numpy(layer(x, training=True))
+    expected = _normalize(x, x.mean(0), x.var(0), before["gamma"], before["beta"])
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(_weights(layer)["moving_mean"], before["moving_mean"])
+
+
+# Each mode against a NumPy reference.
+
+
+def test_batch_mode_normalizes_with_the_batch_statistics():
+    layer = _layer_with_statistics(test_time_mode="batch")
+    w = _weights(layer)
+    x = np.random.default_rng(1).normal(4.0, 2.0, (32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        _numpy(layer(x)), _normalize(x, x.mean(0), x.var(0), w["gamma"], w["beta"]), rtol=1e-4, atol=1e-4
+    )
+    assert _weights(layer)["moving_mean"].tolist() == w["moving_mean"].tolist()
+
+
+def test_batch_mode_reduces_every_axis_but_the_channels():
+    layer = AdaptiveBatchNormalization(axis=1, test_time_mode="batch", center=False, scale=False)
+    x = np.random.default_rng(2).normal(1.0, 3.0, (4, 3, 5, 5)).astype("float32")
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    variance = x.var(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(_numpy(layer(x)), (x - mean) / np.sqrt(variance + EPSILON), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_mode_leaves_masked_timesteps_out_of_the_statistics():
+    layer = AdaptiveBatchNormalization(test_time_mode="batch", center=False, scale=False)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 6, 2)).astype("float32")
+    mask = np.ones((4, 6), bool)
+    mask[:, 4:] = False
+    x[:, 4:] = 1000.0  # padding that must not move the statistics
+    kept = x[mask]
+    output = _numpy(layer(x, mask=mask))
+    expected = (x - kept.mean(0)) / np.sqrt(kept.var(0) + EPSILON)
+    np.testing.assert_allclose(output[mask], expected[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("prior_strength", [0.0, 8.0, 100.0])
+def test_mixed_mode_weights_running_and_batch_statistics_by_the_prior(prior_strength):
+    layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=prior_strength)
+    w = _weights(layer)
+    x = np.random.default_rng(4).normal(-2.0, 0.5, (16, 3)).astype("float32")
+    source_weight = prior_strength / (prior_strength + len(x))
+    mean = source_weight * w["moving_mean"] + (1 - source_weight) * x.mean(0)
+    variance = source_weight * w["moving_variance"] + (1 - source_weight) * x.var(0)
+    np.testing.assert_allclose(
+        _numpy(layer(x)), _normalize(x, mean, variance, w["gamma"], w["beta"]), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_online_mode_updates_the_running_statistics_and_normalizes_with_them():
+    layer = _layer_with_statistics(test_time_mode="online", online_momentum=0.8)
+    w = _weights(layer)
+    mean, variance = w["moving_mean"].astype("float64"), w["moving_variance"].astype("float64")
+    rng = np.random.default_rng(5)
+    for step in range(4):
+        x = rng.normal(step, 1.0 + step, (20, 3)).astype("float32")
+        mean = 0.8 * mean + 0.2 * x.mean(0)
+        variance = 0.8 * variance + 0.2 * x.var(0)
+        output = _numpy(layer(x))
+        np.testing.assert_allclose(
+            output, _normalize(x, mean, variance, w["gamma"], w["beta"]), rtol=1e-4, atol=1e-4
+        )
+    np.testing.assert_allclose(_weights(layer)["moving_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(_weights(layer)["moving_variance"], variance, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["batch", "mixed", "online"])
+def test_a_batch_of_one_falls_back_to_the_running_statistics(mode):
+    layer = _layer_with_statistics(test_time_mode=mode)
+    w = _weights(layer)
+    x = np.full((1, 3), 5.0, "float32")
+    output = _numpy(layer(x))
+    assert np.all(np.isfinite(output))
+    np.testing.assert_allclose(
+        output, _normalize(x, w["moving_mean"], w["moving_variance"], w["gamma"], w["beta"]), rtol=1e-5
+    )
+    np.testing.assert_array_equal(_weights(layer)["moving_variance"], w["moving_variance"])
+
+
+# Switching the mode of a model that has already run.
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_switching_the_mode_after_predict_takes_effect_on_the_next_predict(jit_compile):
+    if jit_compile and keras.backend.backend() not in JIT_BACKENDS:
+        pytest.skip("no jit_compile on this backend")
+    layer = AdaptiveBatchNormalization()
+    model = keras.Sequential([keras.Input((3,)), layer])
+    model.compile(jit_compile=jit_compile)
+    x = np.random.default_rng(6).normal(5.0, 2.0, (32, 3)).astype("float32")
+    running = model.predict(x, batch_size=32, verbose=0)
+    np.testing.assert_allclose(running, x / np.sqrt(1 + EPSILON), rtol=1e-5)
+
+    layer.test_time_mode = "batch"
+    batch = model.predict(x, batch_size=32, verbose=0)
+    np.testing.assert_allclose(batch.mean(0), 0.0, atol=1e-4)
+
+    layer.test_time_mode = "running"
+    np.testing.assert_allclose(model.predict(x, batch_size=32, verbose=0), running, rtol=1e-6)
+
+
+def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
+    layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
+    model = keras.Sequential([keras.Input((3,)), layer])
+    x = np.random.default_rng(8).normal(3.0, 1.0, (10, 3)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    loaded_layer = loaded.layers[0]
+    assert loaded_layer.test_time_mode == "mixed" and loaded_layer.prior_strength == 4.0
+    np.testing.assert_array_equal(_numpy(loaded(x)), _numpy(model(x)))
+
+    loaded_layer.test_time_mode = "running"
+    layer.test_time_mode = "running"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded_layer.get_config()["test_time_mode"] == "running"
+
+
+def test_a_mode_switched_before_saving_is_the_mode_loaded(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), AdaptiveBatchNormalization()])
+    model.predict(np.ones((2, 3), "float32"), verbose=0)
+    model.layers[0].test_time_mode = "online"
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").layers[0].test_time_mode == "online"
+
+
+# Bad input.
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_time_mode": "adaptive"}, "test_time_mode"),
+        ({"test_time_mode": None}, "test_time_mode"),
+        ({"prior_strength": -1}, "prior_strength"),
+        ({"prior_strength": "16"}, "prior_strength"),
+        ({"online_momentum": 1.0}, "online_momentum"),
+        ({"online_momentum": -0.1}, "online_momentum"),
+    ],
+)
+def test_bad_arguments_fail_at_construction_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptiveBatchNormalization(**kwargs)
+
+
+def test_setting_an_unknown_mode_fails_and_keeps_the_old_one():
+    layer = _layer_with_statistics(test_time_mode="batch")
+    with pytest.raises(ValueError, match="'running', 'batch', 'mixed', 'online'.*'tent'"):
+        layer.test_time_mode = "tent"
+    assert layer.test_time_mode == "batch"
