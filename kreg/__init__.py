@@ -7,6 +7,8 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 from kreg.adapt import AdaptationReport
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode
+from kreg.diagnose import Finding
+from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
 from kreg.layers import AdaptiveBatchNormalization
@@ -23,6 +25,8 @@ from kreg.layers import WeightDropLSTM
 __version__ = "0.1.0"
 
 __all__ = [
+    "Finding",
+    "diagnose",
     "AdaptationReport",
     "adapt_batchnorm",
     "set_test_time_mode",

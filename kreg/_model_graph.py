@@ -21,6 +21,12 @@ MODEL_OUTPUT = "<model output>"
 class Graph:
     inputs: dict  # (layer name, node index) -> [(producer name, node index), ...]
     consumers: dict  # (layer name, node index) -> [(consumer name, node index), ...]
+    # The names that stand for the model's inputs, in order: its InputLayers, or
+    # MODEL_INPUT for a Sequential model (whose config has no InputLayer).
+    input_names: list = dataclasses.field(default_factory=lambda: [MODEL_INPUT])
+    # (layer name, node index) -> the keyword arguments of that call, e.g.
+    # {"training": True}; a Sequential model's config records none.
+    call_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
 def is_graph_model(model):
@@ -58,17 +64,21 @@ def functional_graph(model):
     config = model.get_config()
     inputs = {}
     consumers = {}
+    call_kwargs = {}
     for layer_config in config["layers"]:
         name = layer_config["name"]
         for node_index, node in enumerate(layer_config["inbound_nodes"]):
             producers = tensor_histories(node)
             inputs[(name, node_index)] = producers
+            if isinstance(node, dict):
+                call_kwargs[(name, node_index)] = node.get("kwargs", {})
             consumers.setdefault((name, node_index), [])
             for producer in producers:
                 consumers.setdefault(producer, []).append((name, node_index))
     for name, node_index, _ in output_entries(config["output_layers"]):
         consumers.setdefault((name, node_index), []).append((MODEL_OUTPUT, 0))
-    return Graph(inputs, consumers)
+    input_names = [name for name, _, _ in output_entries(config["input_layers"])]
+    return Graph(inputs, consumers, input_names, call_kwargs)
 
 
 def output_entries(output_layers):

@@ -1,0 +1,31 @@
+"""An activation before batch norm (Conv -> ReLU -> BN instead of Conv -> BN -> ReLU)."""
+
+from kreg.rules import _roles
+
+ID = "activation-before-batch-norm"
+SEVERITY = "warning"
+
+
+def check(view):
+    for node in view.nodes:
+        if not _roles.is_batch_norm(node.layer):
+            continue
+        # Dropout between the activation and the batch norm changes nothing here.
+        for producer in view.before(node, lambda layer: not _roles.is_dropout(layer)):
+            activation = _roles.activation_name(getattr(producer, "layer", None))
+            if activation is None:
+                continue
+            fused = [
+                _roles.fused_alternative(n.layer)
+                for n in [producer, *view.before(producer, _roles.is_anchor)]
+                if hasattr(n, "layer") and _roles.fused_alternative(n.layer)
+            ]
+            yield (
+                [producer.path, node.path],
+                f"batch norm `{node.path}` normalizes the output of activation "
+                f"{activation!r} (`{producer.path}`): the activation clips or skews the "
+                "distribution batch norm assumes; batch norm belongs before the non-linearity",
+                "order the block Conv/Dense(activation=None) -> BatchNormalization -> "
+                "Activation"
+                + (f", or use {fused[0]}(..., activation={activation!r})" if fused else ""),
+            )
