@@ -8,6 +8,7 @@ to make the predictions confident (Tent). `set_test_time_mode` switches every
 
 import contextlib
 import dataclasses
+import threading
 
 import keras
 import numpy as np
@@ -176,27 +177,31 @@ def adapt_batchnorm(
             f"The model `{model.name}` has no BatchNormalization layer: there are no "
             "statistics for adapt_batchnorm to adapt."
         )
-    saved = [[ops.convert_to_numpy(w) for w in layer.weights] for layer in layers]
+    # Every variable, not only the batch norms': on JAX, a `predict` or `fit` that
+    # raises midway leaves all of the model's variables emptied (Keras moves them
+    # into the compiled function's state and puts them back only at the end).
+    saved = [ops.convert_to_numpy(v) for v in model.variables]
+    if _is_empty(data):
+        raise _no_data_error()
     predict_options = dict(steps=steps, batch_size=batch_size, verbose=verbose)
     try:
         if method == "tent":
             _minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options)
         statistics, samples = _collect_statistics(model, layers, data, predict_options)
     except BaseException:
-        for layer, weights in zip(layers, saved):
-            for variable, value in zip(layer.weights, weights):
-                variable.assign(value)
+        for variable, value in zip(model.variables, saved):
+            variable.assign(value)
         raise
     changes = []
-    for layer, weights, (mean, variance, count) in zip(layers, saved, statistics):
-        old = dict(zip((w.name for w in layer.weights), weights))
+    for layer, (mean, variance, _) in zip(layers, statistics):
+        old_mean, old_variance = (ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance))
         _assign_statistics(layer, mean, variance)
-        old_std = np.sqrt(old["moving_variance"] + layer.epsilon)
+        old_std = np.sqrt(old_variance + layer.epsilon)
         changes.append(
             LayerChange(
                 name=layer.path,
-                mean_shift=float(np.mean(np.abs(mean - old["moving_mean"]) / old_std)),
-                variance_ratio=float(np.mean((variance + layer.epsilon) / (old["moving_variance"] + layer.epsilon))),
+                mean_shift=float(np.mean(np.abs(mean - old_mean) / old_std)),
+                variance_ratio=float(np.mean((variance + layer.epsilon) / (old_variance + layer.epsilon))),
             )
         )
     return AdaptationReport(
@@ -248,15 +253,30 @@ def _normalize_with_batch_statistics(layer, inputs, mask, synchronized):
     return ops.cast(outputs, layer.compute_dtype), (mean, variance, count)
 
 
+class _Recorder(threading.local):
+    """The statistics each batch norm call computed, per thread.
+
+    Under `tf.distribute.MirroredStrategy` every replica runs the model in its own
+    thread at the same time, so each keeps its own record.
+    """
+
+    calls = None  # [(layer, (mean, variance, count))] while recording
+
+
 @contextlib.contextmanager
-def _batch_statistics_used(model, layers, record=None):
+def _batch_statistics_used(model, layers, recorder=None):
+    """Makes every batch norm in `layers` normalize with its batch's statistics.
+
+    Entered once around the whole `predict` / `fit`, not inside a replica's call:
+    replicas run concurrently and must not swap the layers' `call` under each other.
+    """
     synchronized = _replicated(model)
 
     def batch_statistics_call(layer):
         def call(inputs, training=None, mask=None):
             outputs, moments = _normalize_with_batch_statistics(layer, inputs, mask, synchronized)
-            if record is not None:
-                record.append((layer, moments))
+            if recorder is not None and recorder.calls is not None:
+                recorder.calls.append((layer, moments))
             return outputs
 
         return call
@@ -274,20 +294,23 @@ class _StatisticsCollector(keras.Model):
     progress bar, compilation and distribution. Each statistic is shaped
     `(1, channels)`, so `predict` stacks them into one row per batch (per replica,
     under a strategy). Keys are `"<layer index>/<call index>/<statistic>"`: a
-    shared layer is called more than once per batch.
+    shared layer is called more than once per batch. Run it inside
+    `_batch_statistics_used(model, layers, collector.recorder)`.
     """
 
     def __init__(self, model, layers):
         super().__init__(name=f"{model.name}_statistics")
         self.model = model
         self.bn_layers = layers
+        self.recorder = _Recorder()
         self.built = True
 
     def call(self, inputs):
-        record = []
-        with _batch_statistics_used(self.model, self.bn_layers, record):
-            self.model(inputs, training=False)
-        outputs, calls = {"samples": ops.reshape(ops.shape(keras.tree.flatten(inputs)[0])[0], (1, 1))}, {}
+        self.recorder.calls = []
+        self.model(inputs, training=False)
+        record, self.recorder.calls = self.recorder.calls, None
+        batch_size = ops.shape(keras.tree.flatten(inputs)[0])[0]
+        outputs, calls = {"samples": ops.reshape(batch_size, (1, 1))}, {}
         for layer, (mean, variance, count) in record:
             index = next(i for i, candidate in enumerate(self.bn_layers) if candidate is layer)
             call = calls[index] = calls.get(index, -1) + 1
@@ -308,6 +331,25 @@ def _combine(means, variances, counts):
     return mean, squares / total, total
 
 
+def _no_data_error():
+    return ValueError(
+        "adapt_batchnorm received data that yields no batch: there is nothing to "
+        "estimate statistics from."
+    )
+
+
+def _is_empty(data):
+    """Whether `data` certainly yields nothing (arrays, PyDataset, tf.data)."""
+    if isinstance(data, keras.utils.PyDataset):
+        return len(data) == 0
+    cardinality = getattr(data, "cardinality", None)  # a tf.data.Dataset
+    if callable(cardinality):
+        return int(cardinality()) == 0
+    leaves = keras.tree.flatten(data)
+    shape = getattr(leaves[0], "shape", None) if leaves else None
+    return bool(shape) and shape[0] == 0
+
+
 class _BatchCounter(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -325,13 +367,13 @@ def _collect_statistics(model, layers, data, predict_options):
         collector = _StatisticsCollector(model, layers)
     counter = _BatchCounter()
     try:
-        outputs = collector.predict(data, callbacks=[counter], **predict_options)
-    except Exception as error:
+        with _batch_statistics_used(model, layers, collector.recorder):
+            outputs = collector.predict(data, callbacks=[counter], **predict_options)
+    except UnboundLocalError as error:
+        # What Keras 3.15's `predict` raises when the data runs out before the
+        # first batch (`batch_outputs` is never set).
         if counter.batches == 0:
-            raise ValueError(
-                "adapt_batchnorm received data that yields no batch: there is "
-                "nothing to estimate statistics from."
-            ) from error
+            raise _no_data_error() from error
         raise
     statistics = []
     samples = int(np.sum(outputs["samples"]))
@@ -364,8 +406,8 @@ class _EntropyMinimizer(keras.Model):
         self.built = True
 
     def call(self, inputs, training=False):
-        with _batch_statistics_used(self.model, self.bn_layers):
-            return self.model(inputs, training=False)
+        # Dropout stays off; the batch norms use batch statistics (see `fit` below).
+        return self.model(inputs, training=False)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         outputs = keras.tree.flatten(y_pred)[0]
@@ -405,7 +447,7 @@ def _only_batch_norm_affine_trainable(model, layers):
 
 def _minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options):
     scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
-    with _only_batch_norm_affine_trainable(model, layers), scope:
+    with _only_batch_norm_affine_trainable(model, layers), _batch_statistics_used(model, layers), scope:
         minimizer = _EntropyMinimizer(model, layers, from_logits)
         minimizer.compile(optimizer=keras.optimizers.Adam(learning_rate))
         minimizer.fit(

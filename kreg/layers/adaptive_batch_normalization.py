@@ -171,8 +171,8 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         mode = self._mode_index
 
-        def adapted_statistics():
-            mean, variance, count = batch_moments(inputs, self.axis, mask, self.synchronized)
+        def adapted_statistics(moments):
+            mean, variance, count = moments()
             samples = ops.cast(ops.shape(inputs)[0], inputs.dtype)
             # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
             # differ only in the weight given to the running statistics.
@@ -189,9 +189,25 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
                 running_weight * moving_variance + (1.0 - running_weight) * variance,
             )
 
-        mean, variance = ops.cond(
-            mode == _RUNNING, lambda: (moving_mean, moving_variance), adapted_statistics
-        )
+        def moments():
+            return batch_moments(inputs, self.axis, mask, self.synchronized)
+
+        if self.synchronized:
+            # A cross-replica all-reduce cannot sit inside a `cond` branch under
+            # tf.distribute, so synchronized layers compute the batch moments on
+            # every call and select.
+            synchronized_moments = moments()
+            adapted = adapted_statistics(lambda: synchronized_moments)
+            is_running = mode == _RUNNING
+            mean = ops.where(is_running, moving_mean, adapted[0])
+            variance = ops.where(is_running, moving_variance, adapted[1])
+        else:
+            # Only the modes that need them pay for the batch moments.
+            mean, variance = ops.cond(
+                mode == _RUNNING,
+                lambda: (moving_mean, moving_variance),
+                lambda: adapted_statistics(moments),
+            )
         # The write is outside `cond` because JAX cannot assign state inside a
         # branch; in any other mode it writes back the unchanged values.
         is_online = mode == _ONLINE

@@ -112,3 +112,49 @@ def test_callbacks_under_two_replicas(strategy, tmp_path):
     assert len(history["generalization_gap"]) == len(history["loss"])
     saved = keras.saving.load_model(tmp_path / "best.keras")
     assert len(saved.get_weights()) == len(model.get_weights())
+
+
+def _adaptive_cnn(synchronized=False):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = kreg.AdaptiveBatchNormalization(synchronized=synchronized)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 3)(x)
+    x = keras.layers.BatchNormalization(synchronized=synchronized)(x)  # Keras's, adapted too
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def test_adapt_batchnorm_on_two_replicas_gives_the_statistics_of_one_device(strategy):
+    """Each replica sees half of every batch; the re-estimated statistics, of both
+    layers, must still be those of the whole batches, as on one device."""
+    x = np.random.default_rng(3).normal(2.0, 3.0, (40, 8, 8, 3)).astype("float32")
+    with strategy.scope():
+        replicated = _adaptive_cnn()
+    single = _adaptive_cnn()
+    single.set_weights(replicated.get_weights())
+    kreg.adapt_batchnorm(replicated, x, batch_size=8, verbose=0)
+    kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
+    for index in (2, 5):
+        for name in ("moving_mean", "moving_variance"):
+            variable = getattr(replicated.layers[index], name)
+            replicas = [v.numpy() for v in variable.value.values]
+            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+            expected = getattr(single.layers[index], name).numpy()
+            np.testing.assert_allclose(replicas[0], expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+
+
+def test_synchronized_batch_mode_normalizes_with_the_global_batch(strategy):
+    x = np.random.default_rng(4).normal(1.0, 2.0, (16, 8, 8, 3)).astype("float32")
+    with strategy.scope():
+        replicated = _adaptive_cnn(synchronized=True)
+    single = _adaptive_cnn(synchronized=True)
+    single.set_weights(replicated.get_weights())
+    for model in (replicated, single):
+        kreg.set_test_time_mode(model, "batch")
+    np.testing.assert_allclose(
+        replicated.predict(x, batch_size=16, verbose=0),
+        single.predict(x, batch_size=16, verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )

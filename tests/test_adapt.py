@@ -1,0 +1,240 @@
+"""adapt_batchnorm and set_test_time_mode."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kreg
+from kreg import adapt_batchnorm
+from kreg import set_test_time_mode
+
+
+def _numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def _cnn(bn=keras.layers.BatchNormalization):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    x = bn(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 3)(x)
+    x = bn(name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def _target(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(1.5, 2.0, (n, 8, 8, 1)).astype("float32")
+
+
+def _inputs_of(model, layer_name, x):
+    """What `layer_name` receives when `model` runs in inference mode."""
+    layer = model.get_layer(layer_name)
+    return _numpy(keras.Model(model.inputs[0], layer.input)(x, training=False))
+
+
+def _statistics(layer):
+    return _numpy(layer.moving_mean), _numpy(layer.moving_variance)
+
+
+def _all_weights(model):
+    return {w.path: _numpy(w).copy() for w in model.weights}
+
+
+def test_reestimate_gives_the_exact_statistics_of_the_whole_data():
+    model = _cnn()
+    x = _target()
+    features = _inputs_of(model, "bn1", x).reshape(-1, 4)
+    report = adapt_batchnorm(model, x, batch_size=7, verbose=0)  # 96 = 13 batches of 7 + 5
+    mean, variance = _statistics(model.get_layer("bn1"))
+    np.testing.assert_allclose(mean, features.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, features.var(0), rtol=1e-5, atol=1e-6)
+    assert report.method == "reestimate" and report.samples == 96
+    assert [change.name for change in report.layers] == ["bn1", "bn2"]
+    assert report.layers[0].mean_shift > 0.1  # the source statistics were zeros/ones
+
+
+def test_reestimate_with_one_batch_matches_the_adapted_models_own_inputs():
+    # With the whole data in one batch, each layer upstream normalizes with exactly
+    # the statistics it ends up with, so every layer's estimate is that of its
+    # inputs in the adapted model.
+    model = _cnn()
+    x = _target()
+    adapt_batchnorm(model, x, batch_size=len(x), verbose=0)
+    for name, channels in (("bn1", 4), ("bn2", 5)):
+        features = _inputs_of(model, name, x).reshape(-1, channels)
+        mean, variance = _statistics(model.get_layer(name))
+        np.testing.assert_allclose(mean, features.mean(0), rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(variance, features.var(0), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_reestimate_changes_only_the_moving_statistics():
+    model = _cnn(kreg.layers.AdaptiveBatchNormalization)
+    before = _all_weights(model)
+    adapt_batchnorm(model, _target(), verbose=0)
+    after = _all_weights(model)
+    changed = sorted(path for path in before if not np.array_equal(before[path], after[path]))
+    assert changed == ["bn1/moving_mean", "bn1/moving_variance", "bn2/moving_mean", "bn2/moving_variance"]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, batch_size, fail_at=None):
+        super().__init__()
+        self.x, self.batch_size, self.fail_at = x, batch_size, fail_at
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        if index == self.fail_at:
+            raise RuntimeError("the camera was unplugged")
+        batch = self.x[index * self.batch_size : (index + 1) * self.batch_size]
+        return batch, np.zeros(len(batch))  # targets are ignored
+
+
+def test_a_py_dataset_and_steps_are_accepted_like_predict():
+    x = _target()
+    from_arrays, from_dataset = _cnn(), _cnn()
+    from_dataset.set_weights(from_arrays.get_weights())
+    adapt_batchnorm(from_arrays, x[:32], batch_size=16, verbose=0)
+    report = adapt_batchnorm(from_dataset, _Batches(x, 16), steps=2, verbose=0)
+    assert report.samples == 32
+    for name in ("bn1", "bn2"):
+        for a, b in zip(_statistics(from_arrays.get_layer(name)), _statistics(from_dataset.get_layer(name))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.tensorflow_only
+def test_a_tf_data_dataset_with_targets_is_accepted():
+    import tensorflow as tf
+
+    x = _target()
+    from_arrays, from_dataset = _cnn(), _cnn()
+    from_dataset.set_weights(from_arrays.get_weights())
+    adapt_batchnorm(from_arrays, x, batch_size=10, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(10)
+    adapt_batchnorm(from_dataset, dataset, verbose=0)
+    for a, b in zip(_statistics(from_arrays.get_layer("bn2")), _statistics(from_dataset.get_layer("bn2"))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["reestimate", "tent"])
+def test_a_failure_midway_leaves_the_model_unchanged(method):
+    model = _cnn()
+    before = _all_weights(model)
+    # TensorFlow wraps the error of a PyDataset in its own type.
+    with pytest.raises(Exception, match="unplugged"):
+        adapt_batchnorm(model, _Batches(_target(), 16, fail_at=3), method=method, verbose=0)
+    after = _all_weights(model)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert all(w.trainable for w in model.trainable_weights)
+
+
+def _entropy(probabilities):
+    return float(np.mean(-np.sum(probabilities * np.log(probabilities + 1e-12), axis=-1)))
+
+
+def test_tent_lowers_the_prediction_entropy_by_training_only_scale_and_shift():
+    model = _cnn()
+    x = _target(n=128)
+    reestimated = _cnn()
+    reestimated.set_weights(model.get_weights())
+    adapt_batchnorm(reestimated, x, verbose=0)
+    before = _all_weights(model)
+
+    report = adapt_batchnorm(model, x, method="tent", epochs=5, learning_rate=0.05, verbose=0)
+    assert report.method == "tent" and report.affine_updated
+    changed = {path for path in before if not np.array_equal(before[path], _all_weights(model)[path])}
+    assert {"bn1/gamma", "bn1/beta", "bn2/gamma", "bn2/beta"} <= changed
+    assert all(path.startswith(("bn1/", "bn2/")) for path in changed), changed
+    assert _entropy(model.predict(x, verbose=0)) < _entropy(reestimated.predict(x, verbose=0))
+
+
+def test_nested_models_and_shared_layers_are_adapted():
+    shared = keras.layers.BatchNormalization(name="shared")
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="inner_bn")(inner_in), name="inner")
+    inputs = keras.Input((4,))
+    a = shared(inputs)
+    b = shared(keras.layers.Lambda(lambda t: t * 3.0 + 1.0)(inputs))
+    model = keras.Model(inputs, keras.layers.Add()([inner(a), b]))
+    x = np.random.default_rng(1).normal(size=(50, 4)).astype("float32")
+    adapt_batchnorm(model, x, verbose=0)
+    # The shared layer saw both of its inputs.
+    both = np.concatenate([x, x * 3.0 + 1.0])
+    np.testing.assert_allclose(_numpy(shared.moving_mean), both.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_numpy(shared.moving_variance), both.var(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(_numpy(inner.get_layer("inner_bn").moving_variance), 1.0)
+
+
+def test_set_test_time_mode_switches_every_adaptive_layer_and_only_those():
+    inner = keras.Sequential([keras.Input((4,)), kreg.layers.AdaptiveBatchNormalization()], name="inner")
+    model = keras.Sequential(
+        [keras.Input((4,)), kreg.layers.AdaptiveBatchNormalization(), keras.layers.BatchNormalization(), inner]
+    )
+    assert set_test_time_mode(model, "mixed") == 2
+    assert model.layers[0].test_time_mode == "mixed" and inner.layers[0].test_time_mode == "mixed"
+
+
+# Bad input.
+
+
+def test_bad_arguments_are_refused_with_the_cause():
+    model = _cnn()
+    with pytest.raises(ValueError, match="method.*'reestimate', 'tent'.*'adabn'"):
+        adapt_batchnorm(model, _target(), method="adabn")
+    with pytest.raises(ValueError, match="epochs"):
+        adapt_batchnorm(model, _target(), method="tent", epochs=0)
+    with pytest.raises(TypeError, match="built `keras.Model`"):
+        adapt_batchnorm(keras.layers.BatchNormalization(), _target())
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="plain")
+    with pytest.raises(ValueError, match="`plain` has no BatchNormalization"):
+        adapt_batchnorm(plain, np.ones((4, 3)))
+    with pytest.raises(ValueError, match="no `AdaptiveBatchNormalization`"):
+        set_test_time_mode(plain, "batch")
+    with pytest.raises(ValueError, match="mode"):
+        set_test_time_mode(model, "tent")
+
+
+def test_data_that_yields_nothing_is_an_error_and_changes_nothing():
+    model = _cnn()
+    before = _all_weights(model)
+    with pytest.raises(ValueError, match="yields no batch"):
+        adapt_batchnorm(model, _target()[:0], verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(model)[path], value)
+
+
+def test_tent_refuses_a_model_whose_batch_norms_are_frozen():
+    model = _cnn()
+    for name in ("bn1", "bn2"):
+        model.get_layer(name).trainable = False
+    with pytest.raises(ValueError, match="method='reestimate'"):
+        adapt_batchnorm(model, _target(), method="tent", verbose=0)
+
+
+def test_fold_folds_adaptive_layers_in_running_mode_only():
+    def model(mode):
+        return keras.Sequential(
+            [
+                keras.Input((5,)),
+                keras.layers.Dense(4),
+                kreg.layers.AdaptiveBatchNormalization(test_time_mode=mode),
+            ]
+        )
+
+    x = np.random.default_rng(2).normal(size=(16, 5)).astype("float32")
+    running = model("running")
+    adapt_batchnorm(running, x * 2 + 1, verbose=0)
+    folded, report = kreg.fold_batch_norms(running, return_report=True)
+    assert len(report.folded) == 1 and len(folded.layers) == 1
+    np.testing.assert_allclose(_numpy(folded(x)), _numpy(running(x)), rtol=1e-5, atol=1e-5)
+
+    with pytest.warns(UserWarning, match="test_time_mode is 'batch'"):
+        _, report = kreg.fold_batch_norms(model("batch"), return_report=True)
+    assert not report.folded
