@@ -4,6 +4,7 @@ import doctest
 import importlib
 
 import keras
+import numpy as np
 import pytest
 
 import kreg
@@ -13,14 +14,16 @@ MODULES = [
     "kreg.layers.consistent_dropout_cell",
     "kreg.layers.weight_drop_rnn",
     "kreg.layers.conv_batch_norm",
+    "kreg.layers.adaptive_batch_normalization",
     "kreg.fold",
+    "kreg.adapt",
 ]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples(module_name):
     module = importlib.import_module(module_name)
-    globs = {"keras": keras, **{name: getattr(kreg, name) for name in kreg.__all__}}
+    globs = {"keras": keras, "np": np, **{name: getattr(kreg, name) for name in kreg.__all__}}
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     tests = [t for t in finder.find(module, globs=globs) if t.examples]
