@@ -34,3 +34,153 @@ def test_unknown_command_fails_with_usage(tmp_path):
     result = _kreg("unfold", cwd=tmp_path)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+# `kreg diagnose` and `kreg fold`. Each subprocess imports TensorFlow (seconds), so
+# the runs start together once per module and the tests read their results.
+
+import json  # noqa: E402
+import zipfile  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kreg import cli  # noqa: E402
+from tests.batch_norm_testing import randomize_batch_norm  # noqa: E402
+
+L = keras.layers
+
+
+@keras.saving.register_keras_serializable(package="kreg_test_unimportable")
+class _Unimportable(L.Layer):
+    """Registered only in this test process: the `kreg` subprocess cannot load it."""
+
+    def call(self, inputs):
+        return inputs
+
+
+def _save_models(folder):
+    flawed = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        L.Conv2D(4, 3, activation="relu"), L.BatchNormalization(), L.Dropout(0.4),
+        L.Flatten(), L.Dense(3, activation="softmax"), L.Dropout(0.3),
+    ])  # fmt: skip
+    clean = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        L.Conv2D(4, 3, use_bias=False), L.BatchNormalization(), L.ReLU(),
+        L.Flatten(), L.Dense(3, activation="softmax"),
+    ])  # fmt: skip
+    randomize_batch_norm(clean.layers[1])
+    custom = keras.Sequential([keras.Input((4,)), _Unimportable(), L.Dense(2)])
+    for name, model in (("flawed", flawed), ("clean", clean), ("custom", custom)):
+        model.save(folder / f"{name}.keras")
+    return clean
+
+
+RUNS = {
+    "flawed": ("diagnose", "flawed.keras"),
+    "flawed_json": ("diagnose", "flawed.keras", "--json"),
+    "clean": ("diagnose", "clean.keras", "--batch-size", "64"),
+    "fold": ("fold", "clean.keras", "folded.keras", "--batch-size", "8"),
+    "custom": ("diagnose", "custom.keras"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    clean = _save_models(folder)
+    executable = shutil.which("kreg", path=os.path.dirname(sys.executable))
+    assert executable, "the `kreg` entry point is not installed next to this Python"
+    processes = {
+        name: subprocess.Popen(
+            [executable, *args], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, args in RUNS.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return folder, clean, results
+
+
+def test_diagnose_prints_a_table_and_fails_on_errors(runs):
+    _, _, results = runs
+    result = results["flawed"]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "1 error, 2 warnings" in result.stdout
+    for rule in ("dropout-on-output", "early-conv-dropout", "activation-before-batch-norm"):
+        assert rule in result.stdout
+    assert "kreg.layers.Conv2DBatchNorm" in result.stdout  # the fix names the layer
+
+
+def test_diagnose_json(runs):
+    _, _, results = runs
+    result = results["flawed_json"]
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"error": 1, "warning": 2, "info": 0}
+    [output_dropout] = [f for f in report["findings"] if f["rule"] == "dropout-on-output"]
+    assert output_dropout["severity"] == "error" and output_dropout["layers"] == ["dropout_1"]
+    assert set(output_dropout) == {"rule", "severity", "layers", "message", "fix"}
+
+
+def test_diagnose_clean_model_exits_zero(runs):
+    _, _, results = runs
+    result = results["clean"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0 errors, 0 warnings, 1 info" in result.stdout
+    assert "foldable-batch-norm" in result.stdout
+
+
+def test_fold_writes_a_loadable_model_with_the_same_outputs(runs):
+    folder, clean, results = runs
+    result = results["fold"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "folded 1 batch norm(s)" in result.stdout
+    assert "speed-up" in result.stdout and "per batch of 8" in result.stdout
+    folded = keras.saving.load_model(folder / "folded.keras")
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in folded.layers)
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(x), clean.predict_on_batch(x), atol=1e-5)
+
+
+def test_custom_objects_that_cannot_be_imported(runs):
+    _, _, results = runs
+    result = results["custom"]
+    assert result.returncode == 2
+    assert "needs the custom class '_Unimportable'" in result.stderr and "--import" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# Input checked before any model is loaded: in-process, the same `main`.
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["diagnose", "missing.keras"], "missing.keras: no such file"),
+        (["diagnose", "notes.keras"], "not a Keras model"),
+        (["diagnose", "model.h5"], "expected a .keras file"),
+        (["fold", "notes.keras", "out.txt"], "out.txt: expected a .keras file"),
+        (["fold", "missing.keras", "out.keras"], "missing.keras: no such file"),
+        (["diagnose", "empty.keras", "--import", "kreg_no_such_module"], "No module named"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.keras").write_text("not a zip archive")
+    (tmp_path / "model.h5").write_text("")
+    zipfile.ZipFile(tmp_path / "empty.keras", "w").close()
+    assert cli.main(args) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert message in stderr and len(stderr.splitlines()) == 1, stderr
+
+
+def test_bad_batch_size_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["diagnose", "model.keras", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch-size: expected an integer >= 1" in capsys.readouterr().err
