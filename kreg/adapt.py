@@ -320,6 +320,22 @@ class _StatisticsCollector(keras.Model):
         return outputs
 
 
+def _statistics_collector(model, layers):
+    """The model's collector, made once so that its compiled `predict` is reused.
+
+    Kept on the model (outside Keras's attribute tracking, so it is neither a
+    sublayer nor saved): adapting the same model again, as a stream of target
+    data comes in, costs one `predict`, not one trace and one `predict`.
+    """
+    collector = getattr(model, "_kreg_statistics_collector", None)
+    if collector is None:
+        scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
+        with scope:
+            collector = _StatisticsCollector(model, layers)
+        object.__setattr__(model, "_kreg_statistics_collector", collector)
+    return collector
+
+
 def _combine(means, variances, counts):
     """Exact mean and population variance of the union of the batches (Chan et al.)."""
     means, variances, counts = (np.asarray(a, np.float64) for a in (means, variances, counts))
@@ -362,9 +378,7 @@ class _BatchCounter(keras.callbacks.Callback):
 def _collect_statistics(model, layers, data, predict_options):
     """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
     and the number of samples seen."""
-    scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
-    with scope:
-        collector = _StatisticsCollector(model, layers)
+    collector = _statistics_collector(model, layers)
     counter = _BatchCounter()
     try:
         with _batch_statistics_used(model, layers, collector.recorder):

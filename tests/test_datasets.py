@@ -26,3 +26,38 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_train_size_out_of_range(train_size):
     with pytest.raises(ValueError, match=rf"`train_size`.*train_size={train_size}"):
         load_digit_sequences(train_size=train_size)
+
+
+def test_digit_images_have_one_channel():
+    from kreg.datasets import load_digit_images
+
+    (x_train, y_train), (x_test, y_test) = load_digit_images(train_size=1000)
+    assert x_train.shape == (1000, 8, 8, 1) and x_test.shape == (797, 8, 8, 1)
+    assert y_train.shape == (1000,) and y_test.dtype == np.int32
+
+
+def test_corruptions_grow_with_severity_and_keep_the_range():
+    from kreg.datasets import CORRUPTIONS
+    from kreg.datasets import corrupt_images
+    from kreg.datasets import load_digit_images
+
+    _, (x, _) = load_digit_images()
+    for corruption in CORRUPTIONS:
+        distances = []
+        for severity in range(1, 6):
+            shifted = corrupt_images(x, corruption, severity)
+            assert shifted.shape == x.shape and shifted.dtype == np.float32
+            assert 0.0 <= shifted.min() and shifted.max() <= 1.0
+            distances.append(np.abs(shifted - x).mean())
+        assert all(a < b for a, b in zip(distances, distances[1:])), (corruption, distances)
+    blurred = corrupt_images(x, "blur", 3)
+    np.testing.assert_allclose(blurred.mean(), x.mean(), rtol=0.05)  # blur keeps the ink
+
+
+def test_unknown_corruption_or_severity():
+    from kreg.datasets import corrupt_images
+
+    with pytest.raises(ValueError, match="corruption.*'fog'"):
+        corrupt_images(np.zeros((1, 8, 8, 1)), "fog", 1)
+    with pytest.raises(ValueError, match="severity.*6"):
+        corrupt_images(np.zeros((1, 8, 8, 1)), "noise", 6)
