@@ -115,6 +115,10 @@ VARIANTS = [
     ("activation-before-batch-norm", IMAGE, lambda: [conv(), L.ReLU(), L.BatchNormalization()]),
     ("activation-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.Activation("tanh"), L.Dropout(0.1), L.BatchNormalization()]),
     ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.BatchNormalization()]),
+    ("bias-before-batch-norm", IMAGE, lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=1)]),
+    # kreg's AdaptiveBatchNormalization is a batch norm to every rule.
+    ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), kreg.layers.AdaptiveBatchNormalization()]),
+    ("batch-norm-on-recurrent-state", SEQUENCE, lambda: [lstm(), kreg.layers.AdaptiveBatchNormalization()]),
     ("dropout-on-output", FEATURES, lambda: [L.Dense(3), L.Dropout(0.3), L.Softmax()]),
     ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [L.Bidirectional(lstm()), L.GaussianDropout(0.2), L.GRU(4)]),
     ("dropout-rate-range", IMAGE, lambda: [*conv_block(), *conv_block(), L.Dropout(0.5), L.Flatten(), L.Dense(2)]),
@@ -128,8 +132,10 @@ NEAR_MISSES = [
     # Late conv dropout in its usual range; classifier dropout after Flatten.
     ("dropout-rate-range", IMAGE, lambda: [*conv_block(), *conv_block(), L.SpatialDropout2D(0.2), L.Flatten(), L.Dropout(0.5), L.Dense(2)]),
     ("early-conv-dropout", IMAGE, lambda: [conv(), L.Flatten(), L.Dropout(0.5), L.Dense(2)]),
-    # A bias is not cancelled where the conv output also feeds something else.
+    # A bias with an activation after it is not cancelled by the batch norm.
     ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.Dense(4, activation="relu"), L.BatchNormalization(axis=-1)]),
+    # Batch norm over another axis than the channels does not cancel the bias.
+    ("bias-before-batch-norm", IMAGE, lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=-1)]),
     # Dropout that shares its mask over time is what the rule recommends.
     ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [lstm(), L.SpatialDropout1D(0.3), L.LSTM(4)]),
     ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [L.Dropout(0.3), L.LSTM(4)]),
@@ -166,6 +172,13 @@ def test_rule_silent_on_near_miss(rule, input_shape, layers):
 def test_every_rule_has_a_case():
     tested = set(CASES) | {"batch-norm-small-batch", "training-true-call", "monte-carlo-dropout"}
     assert {rule.ID for rule in RULES} == tested
+
+
+def test_bias_is_kept_where_the_layer_also_feeds_something_else():
+    inputs = keras.Input(FEATURES)
+    x = L.Dense(4)(inputs)
+    model = keras.Model(inputs, L.Add()([L.BatchNormalization()(x), x]))
+    assert "bias-before-batch-norm" not in rules_found(model)
 
 
 def test_batch_norm_small_batch_fires_only_for_small_batches():

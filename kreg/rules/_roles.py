@@ -145,28 +145,16 @@ def fused_alternative(layer):
     return None if name is None else f"kreg.layers.{name}"
 
 
-def channel_axis(layer):
-    """The channel axis of `layer`'s output as a negative index, or `None` if unknown."""
-    layer = unwrap(layer)
-    if getattr(layer, "data_format", None) != "channels_first":
-        return -1
-    try:
-        rank = len(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None  # not called yet, or called more than once with other ranks
-    return 1 - rank
-
-
 def normalizes_channels_of(bn, producer):
     """Whether batch norm `bn` normalizes the channel axis of `producer`'s output."""
-    axis = channel_axis(producer)
-    if axis is None:
-        return False
+    producer = unwrap(producer)
     try:
         rank = len(producer.output.shape)
     except (AttributeError, ValueError):
-        return bn.axis in (axis, -1) if axis == -1 else False
-    return bn.axis % rank == axis % rank
+        rank = None  # not called yet: only a channels_last -1 is certain
+    if getattr(producer, "data_format", None) == "channels_first":
+        return rank is not None and bn.axis % rank == 1
+    return bn.axis == -1 or (rank is not None and bn.axis % rank == rank - 1)
 
 
 # The usual dropout rates by the role of the layer before the dropout (seeds 000:

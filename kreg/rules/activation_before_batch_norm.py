@@ -1,6 +1,7 @@
 """An activation before batch norm (Conv -> ReLU -> BN instead of Conv -> BN -> ReLU)."""
 
 from kreg.rules import _roles
+from kreg.rules._view import INPUT
 
 ID = "activation-before-batch-norm"
 SEVERITY = "warning"
@@ -12,14 +13,12 @@ def check(view):
             continue
         # Dropout between the activation and the batch norm changes nothing here.
         for producer in view.before(node, lambda layer: not _roles.is_dropout(layer)):
-            activation = _roles.activation_name(getattr(producer, "layer", None))
+            activation = None if producer is INPUT else _roles.activation_name(producer.layer)
             if activation is None:
                 continue
-            fused = [
-                _roles.fused_alternative(n.layer)
-                for n in [producer, *view.before(producer, _roles.is_anchor)]
-                if hasattr(n, "layer") and _roles.fused_alternative(n.layer)
-            ]
+            convs = [producer, *view.before(producer, _roles.is_anchor)]
+            fused = [_roles.fused_alternative(n.layer) for n in convs if n is not INPUT]
+            fused = [name for name in fused if name]
             yield (
                 [producer.path, node.path],
                 f"batch norm `{node.path}` normalizes the output of activation "
