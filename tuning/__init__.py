@@ -2,7 +2,28 @@
 
 This folder sits at the top of the repository and installs as a subpackage of
 kreg (see `package-dir` in pyproject.toml). keras-tuner is imported only here.
-Its search space arrives with later work.
 """
 
-__all__ = []
+from kreg.tuning.hypermodels import CNNHyperModel
+from kreg.tuning.hypermodels import RecurrentHyperModel
+from kreg.tuning.hypermodels import RegularizedHyperModel
+from kreg.tuning.pruning import OverfittingPruning
+from kreg.tuning.pruning import pruning_detector
+from kreg.tuning.regularization_space import DEFAULT_DROPOUT_RANGES
+from kreg.tuning.regularization_space import NORMS
+from kreg.tuning.regularization_space import ROLES
+from kreg.tuning.regularization_space import RegularizationSpace
+from kreg.tuning.regularization_space import make_norm
+
+__all__ = [
+    "CNNHyperModel",
+    "DEFAULT_DROPOUT_RANGES",
+    "NORMS",
+    "OverfittingPruning",
+    "ROLES",
+    "RecurrentHyperModel",
+    "RegularizationSpace",
+    "RegularizedHyperModel",
+    "make_norm",
+    "pruning_detector",
+]
