@@ -1,0 +1,242 @@
+"""kreg's hypermodels under keras-tuner's searches: tuners, failed trials, pruning, gains."""
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from kreg.datasets import load_digit_sequences
+from kreg.layers import ConsistentDropout
+from kreg.tuning import CNNHyperModel
+from kreg.tuning import OverfittingPruning
+from kreg.tuning import RecurrentHyperModel
+from kreg.tuning import RegularizationSpace
+from kreg.tuning import RegularizedHyperModel
+from kreg.tuning import pruning_detector
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digit_sequences(train_size=400, seed=0)
+
+
+def _small(digits, n_train=160, n_val=160):
+    (x, y), (x_val, y_val) = digits
+    return (x[:n_train], y[:n_train]), (x_val[:n_val], y_val[:n_val])
+
+
+def test_hypermodels_build_with_defaults_and_train_a_step(digits):
+    (x, y), _ = _small(digits, 32)
+    for hypermodel, names in [
+        (CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16),
+         ["norm", "norm_groups", "early_conv_dropout", "late_conv_dropout", "dense_dropout"]),
+        (RecurrentHyperModel((8, 8), 10, units=(8, 8), dense_units=8),
+         ["norm", "norm_groups", "recurrent_dropout", "dense_dropout"]),
+    ]:
+        hp = keras_tuner.HyperParameters()
+        model = hypermodel.build(hp)
+        assert [p.name for p in hp.space] == names, [p.name for p in hp.space]
+        assert model.output_shape == (None, 10)
+        loss = model.train_on_batch(x, y)
+        assert np.all(np.isfinite(loss)), loss
+    assert hp.get("norm") == "layer", "recurrent models default to layer norm"
+    assert sum(isinstance(layer, ConsistentDropout) for layer in model.layers) == 2
+
+
+def test_hypermodel_default_space_keeps_group_counts_that_divide():
+    hypermodel = RecurrentHyperModel((8, 6), 3)
+    assert hypermodel.space.groups == (2,)
+    hypermodel = RecurrentHyperModel((8, 5), 3)
+    assert "group" not in hypermodel.space.norms
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: CNNHyperModel((8,), 10), r"input_shape=\(8,\)"),
+        (lambda: CNNHyperModel((8, 8), 1), "num_classes=1"),
+        (lambda: RecurrentHyperModel((8, 8), 10, cell="rnn"), "cell='rnn'"),
+        (lambda: CNNHyperModel((8, 8), 10, space="default"), "space='default'"),
+        (lambda: CNNHyperModel((8, 8), 10, learning_rate=0), "learning_rate=0"),
+        # The space's group counts are checked against the filters when the tuner starts.
+        (lambda: CNNHyperModel((8, 8), 10, filters=(6,), space=RegularizationSpace(groups=4))
+         .build(keras_tuner.HyperParameters()), "4 does not divide 6"),
+    ],
+)
+def test_hypermodel_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+class _GroupsBreakSomeModels(RegularizedHyperModel):
+    """Six channels: group norm with 4 groups cannot be built; 2 groups or layer norm can."""
+
+    def build_model(self, hp):
+        model = keras.Sequential([
+            keras.Input((4, 6)),
+            self.space.norm(hp),  # no `channels`: the mismatch shows only when building
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ])
+        return self.compile_model(model)
+
+
+def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
+    # keras-tuner builds each conditional branch once with its default when the
+    # tuner starts (2 groups here, which builds); the 4-group trial fails later.
+    space = RegularizationSpace(norms=("group", "layer"), groups=(2, 4))
+    tuner = keras_tuner.GridSearch(
+        _GroupsBreakSomeModels(space=space), objective="val_loss", max_trials=3,
+        directory=tmp_path, project_name="fail",
+    )
+    x = np.random.default_rng(0).normal(size=(16, 4, 6)).astype("float32")
+    y = np.arange(16) % 3
+    tuner.search(x, y, validation_data=(x, y), epochs=1, verbose=0)
+    trials = {space.describe(t.hyperparameters): t for t in tuner.oracle.trials.values()}
+    assert set(trials) == {"group norm (2 groups)", "group norm (4 groups)", "layer norm"}, trials
+    failed = trials.pop("group norm (4 groups)")
+    assert failed.status == "FAILED", failed.status
+    assert "Number of groups (4)" in failed.message, failed.message
+    assert "cannot build a model for group norm (4 groups)" in failed.message, failed.message
+    assert all(t.status == "COMPLETED" for t in trials.values()), [t.status for t in trials.values()]
+    assert tuner.get_best_hyperparameters()[0].values.get("norm_groups") != 4
+
+
+@pytest.mark.parametrize("tuner_name", ["RandomSearch", "BayesianOptimization", "Hyperband"])
+def test_each_tuner_runs_a_tiny_search(digits, tmp_path, tuner_name):
+    (x, y), (x_val, y_val) = _small(digits)
+    hypermodel = RecurrentHyperModel((8, 8), 10, units=(16,), dense_units=16, seed=1)
+    tuner_class = getattr(keras_tuner, tuner_name)
+    budget = {"max_epochs": 3, "factor": 3} if tuner_name == "Hyperband" else {"max_trials": 3}
+    if tuner_name == "BayesianOptimization":
+        budget["num_initial_points"] = 2
+    tuner = tuner_class(
+        hypermodel, objective="val_accuracy", seed=1, directory=tmp_path, project_name=tuner_name, **budget,
+    )
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=2, verbose=0)
+    trials = list(tuner.oracle.trials.values())
+    completed = [t for t in trials if t.status == "COMPLETED"]
+    assert len(completed) >= 2 and len(completed) == len(trials), [t.status for t in trials]
+    best = tuner.get_best_hyperparameters()[0]
+    words = hypermodel.space.describe(best)
+    assert "recurrent dropout" in words and "dense dropout" in words and "norm" in words, words
+    assert tuner.get_best_models()[0].predict(x_val[:4], verbose=0).shape == (4, 10)
+
+
+# -- pruning -------------------------------------------------------------------------
+
+SEEN = []  # every epoch's logs of every trial (the recorder is deep-copied per trial)
+
+
+class _Recorder(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        SEEN.append([])
+
+    def on_epoch_end(self, epoch, logs=None):
+        SEEN[-1].append(dict(logs))
+
+
+class _Memorizer(RegularizedHyperModel):
+    """A wide MLP that memorizes noise: validation loss rises within a few epochs."""
+
+    def build_model(self, hp):
+        model = keras.Sequential([
+            keras.Input((64,)),
+            keras.layers.Dense(256, activation="relu"),
+            self.space.dropout(hp, "dense"),
+            keras.layers.Dense(4, activation="softmax"),
+        ])
+        model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+
+class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
+    pass
+
+
+def _noise(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 64)).astype("float32"), rng.integers(0, 4, n)
+
+
+def test_pruning_ends_overfitting_trials_and_keeps_the_best_epoch_score(tmp_path):
+    SEEN.clear()
+    x, y = _noise(128, 0)
+    x_val, y_val = _noise(128, 1)
+    space = RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})
+    tuner = PrunedRandomSearch(
+        _Memorizer(space=space, seed=2), objective="val_accuracy", max_trials=2, seed=2,
+        directory=tmp_path, project_name="pruned", detector_kwargs={"patience": 2, "smoothing": 0.0},
+    )
+    epochs = 40
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0, callbacks=[_Recorder()])
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+    assert len(trials) == 2 and len(SEEN) == 2
+    assert set(tuner.pruned_trials) == {t.trial_id for t in trials}, tuner.pruned_trials
+    for trial, logs in zip(trials, SEEN):
+        assert len(logs) < epochs / 2, f"trial {trial.trial_id} ran {len(logs)} epochs"
+        assert tuner.trial_epochs[trial.trial_id] == len(logs)
+        assert tuner.pruned_trials[trial.trial_id] == len(logs) - 1
+        val_acc = [epoch_logs["val_accuracy"] for epoch_logs in logs]
+        # The score is the best epoch seen, not the epoch it was stopped at.
+        assert trial.score == pytest.approx(max(val_acc)), (trial.score, val_acc)
+        assert trial.best_step == int(np.argmax(val_acc))
+    assert tuner.total_epochs == sum(len(logs) for logs in SEEN)
+
+
+def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
+    SEEN.clear()
+    x, y = _noise(128, 0)
+    x_val, y_val = _noise(128, 1)
+    tuner = keras_tuner.RandomSearch(
+        _Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2),
+        objective="val_loss", max_trials=1, directory=tmp_path, project_name="cb",
+    )
+    detector = pruning_detector(patience=2, smoothing=0.0)
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=40, verbose=0, callbacks=[detector, _Recorder()])
+    assert 0 < len(SEEN[0]) < 20, len(SEEN[0])
+    assert detector.states == [], "keras-tuner trains a deep copy; the template stays fresh"
+    trial = list(tuner.oracle.trials.values())[0]
+    assert trial.score == pytest.approx(min(logs["val_loss"] for logs in SEEN[0]))
+
+
+def test_pruning_needs_validation_data(tmp_path):
+    x, y = _noise(32, 0)
+    tuner = PrunedRandomSearch(
+        _Memorizer(), objective="loss", max_trials=1, directory=tmp_path, project_name="noval",
+    )
+    with pytest.raises(ValueError, match="validation_data"):
+        tuner.search(x, y, epochs=1, verbose=0)
+
+
+def test_pruning_bad_arguments():
+    with pytest.raises(ValueError, match="prune_on=\\('overfit',\\)"):
+        pruning_detector(prune_on="overfit")
+    with pytest.raises(ValueError, match="action='warn'"):
+        pruning_detector(action="warn")
+
+
+# -- a search beats the untuned default --------------------------------------------
+
+
+def test_small_search_on_shipped_data_beats_the_untuned_default(digits, tmp_path):
+    (x, y), (x_val, y_val) = digits
+    epochs = 8
+
+    def hypermodel():
+        return CNNHyperModel((8, 8), 10, filters=(16, 32), dense_units=64, seed=0)
+
+    default_model = hypermodel().build(keras_tuner.HyperParameters())
+    history = default_model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0)
+    default_score = max(history.history["val_accuracy"])
+
+    tuner = keras_tuner.RandomSearch(
+        hypermodel(), objective="val_accuracy", max_trials=4, seed=5,
+        directory=tmp_path, project_name="gain",
+    )
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0)
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert best.score > default_score + 0.02, (
+        f"search best {best.score:.4f} ({tuner.hypermodel.space.describe(best.hyperparameters)}) "
+        f"vs untuned default {default_score:.4f}"
+    )
