@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from kreg.demo import recurrent_regularization_study  # noqa: E402
-from kreg.demo import summarize  # noqa: E402
+from kreg.demo.recurrent import recurrent_regularization_study  # noqa: E402
+from kreg.demo.recurrent import summarize  # noqa: E402
 
 
 def main():

@@ -1,11 +1,7 @@
-"""`kreg demo`: kreg's tools on data that ships with the install.
+"""Demo: recurrent regularizers on digits read row by row.
 
-1. Recurrent regularizers on digits read row by row: no dropout, Keras's
-   `recurrent_dropout`, and kreg's `WeightDropLSTM`, which regularizes the same
-   connections while keeping the fused LSTM kernel.
-2. An over-large MLP on few digits, watched by `OverfittingDetector` and
-   `EarlyStoppingWithCheckpoint`: where overfitting began, which epoch was kept,
-   and the training curves drawn with both marked.
+No dropout, Keras's `recurrent_dropout`, and kreg's `WeightDropLSTM`, which
+regularizes the same connections while keeping the fused LSTM kernel.
 """
 
 import dataclasses
@@ -126,73 +122,3 @@ def summarize(results):
             f"| {statistics.mean(r.seconds for r in runs):.0f} |"
         )
     return "\n".join(lines)
-
-
-def overfitting_watch(out, epochs=40, log=print):
-    """Trains an MLP that overfits, with kreg's two callbacks; returns a summary."""
-    from kreg.callbacks import EarlyStoppingWithCheckpoint
-    from kreg.callbacks import OverfittingDetector
-    from kreg.callbacks import plot_training_curves
-
-    (x_train, y_train), (x_val, y_val) = load_digit_sequences(train_size=300)
-    x_train, x_val = x_train.reshape(-1, 64), x_val.reshape(-1, 64)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
-         keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10, activation="softmax")]
-    )
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    detector = OverfittingDetector(action=lambda detector, epoch: log(
-        f"  overfitting detected at epoch {epoch + 1}, onset epoch {detector.onset_epoch + 1}"
-    ))
-    stopper = EarlyStoppingWithCheckpoint(
-        str(out / "best_mlp.keras"), patience=max(3, epochs // 4), resume=False
-    )
-    history = model.fit(
-        x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=32,
-        verbose=0, callbacks=[detector, stopper],
-    )
-    plot = plot_training_curves(
-        history, out / "training_curves.png", onset_epoch=detector.onset_epoch,
-        best_epoch=stopper.best_epoch, title="MLP 512x2 on 300 digits",
-    )
-    onset = "none" if detector.onset_epoch is None else str(detector.onset_epoch + 1)
-    summary = (
-        "| what | value |\n| --- | --- |\n"
-        f"| epochs run | {len(history.history['loss'])} of {epochs} |\n"
-        f"| overfitting onset (detector) | {onset} |\n"
-        f"| best epoch (restored, saved to best_mlp.keras) | {stopper.best_epoch + 1} |\n"
-        f"| stop reason | {stopper.stop_reason.value} |\n"
-        f"| best val loss | {stopper.best:.4f} |"
-    )
-    log(f"  wrote {plot}")
-    return summary
-
-
-def run(quick=False, out=None, log=print):
-    """Runs the demo; `quick` shrinks it to seconds (for tests)."""
-    import pathlib
-
-    out = pathlib.Path("kreg-demo" if out is None else out)
-    out.mkdir(parents=True, exist_ok=True)
-    # 100 epochs: the regularized LSTMs reach their best validation loss late
-    # (epochs 76-116 in docs/BENCHMARKS.md), so a shorter run compares them unfinished.
-    settings = dict(epochs=3, seeds=(0,), units=16) if quick else dict(epochs=100, seeds=(0,))
-    log(
-        "kreg demo 1/2: recurrent regularization on digits read row by row "
-        f"(backend {keras.backend.backend()})"
-    )
-    results = recurrent_regularization_study(log=log, **settings)
-    table = summarize(results)
-    log("\n" + table)
-    log("\nkreg demo 2/2: an MLP that overfits, watched by OverfittingDetector and EarlyStoppingWithCheckpoint")
-    watch = overfitting_watch(out, epochs=4 if quick else 40, log=log)
-    log("\n" + watch)
-    report = out / "report.md"
-    report.write_text(
-        "# kreg demo\n\n## Recurrent regularization\n\n" + table
-        + "\n\n## Overfitting, detected and stopped\n\n" + watch
-        + "\n\n![training curves](training_curves.png)\n"
-    )
-    log(f"\nwrote {report}")
-    return results
