@@ -241,13 +241,6 @@ def _normalize_with_batch_statistics(layer, inputs, mask, synchronized):
         # All replicas normalize with the global batch's statistics, so the layers
         # after this one see what they would see on one device.
         norm_mean, norm_variance, _ = batch_moments(inputs, layer.axis, synchronized=True)
-    # A batch with one value per channel (a last batch of one after a dense layer)
-    # has no variance: normalize it with the running statistics, as
-    # AdaptiveBatchNormalization does, so it does not feed the next layers a
-    # constant. Its own values still count in this layer's statistics.
-    has_variance = count > 1
-    norm_mean = ops.where(has_variance, norm_mean, ops.cast(layer.moving_mean, inputs.dtype))
-    norm_variance = ops.where(has_variance, norm_variance, ops.cast(layer.moving_variance, inputs.dtype))
     outputs = ops.batch_normalization(
         inputs,
         norm_mean,

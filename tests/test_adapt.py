@@ -238,20 +238,3 @@ def test_fold_folds_adaptive_layers_in_running_mode_only():
     with pytest.warns(UserWarning, match="test_time_mode is 'batch'"):
         _, report = kreg.fold_batch_norms(model("batch"), return_report=True)
     assert not report.folded
-
-
-def test_a_last_batch_of_one_does_not_feed_the_next_layers_a_constant():
-    model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(3), keras.layers.BatchNormalization()]
-    )
-    x = np.random.default_rng(3).normal(2.0, 1.0, (33, 4)).astype("float32")
-    with_single, without = model, keras.models.clone_model(model)
-    without.set_weights(with_single.get_weights())
-    adapt_batchnorm(with_single, x, batch_size=32, verbose=0)  # 32 + 1
-    adapt_batchnorm(without, x[:32], batch_size=32, verbose=0)
-    np.testing.assert_allclose(_numpy(with_single.layers[0].moving_mean), x.mean(0), rtol=1e-5)
-    # The single sample, normalized with running statistics, is one sample among 33
-    # in the second layer's statistics, not a constant that drags them.
-    np.testing.assert_allclose(
-        _numpy(with_single.layers[2].moving_variance), _numpy(without.layers[2].moving_variance), rtol=0.2
-    )
