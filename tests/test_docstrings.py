@@ -17,6 +17,7 @@ MODULES = [
     "kreg.layers.adaptive_batch_normalization",
     "kreg.fold",
     "kreg.adapt",
+    "kreg.diagnose",
 ]
 
 

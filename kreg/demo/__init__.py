@@ -12,6 +12,7 @@ import keras
 from kreg.demo.cnn_training import digit_data
 from kreg.demo.cnn_training import train_with_and_without_callbacks
 from kreg.demo.folding import fold_and_time
+from kreg.demo.linting import lint_flawed_model
 from kreg.demo.recurrent import recurrent_regularization_study
 from kreg.demo.recurrent import summarize
 from kreg.demo.shift import adaptation_under_shift
@@ -32,7 +33,7 @@ def run(quick=False, out=None, log=print):
     def section(number, title):
         log(f"\n[{number}/{TOTAL}] {title}")
 
-    TOTAL = 4
+    TOTAL = 5
     log(f"kreg demo on the {keras.backend.backend()} backend; report in {out}/")
 
     section(1, "A small CNN on 300 digits, with and without kreg's callbacks")
@@ -51,7 +52,12 @@ def run(quick=False, out=None, log=print):
     sections.append(("Folded batch norm: faster inference", table))
     summary += rows
 
-    section(4, "Recurrent regularization on digits read row by row")
+    section(4, "The linter on a model with classic mistakes")
+    table, rows = lint_flawed_model(log=log)
+    sections.append(("Linting: mistakes found before training", table))
+    summary += rows
+
+    section(5, "Recurrent regularization on digits read row by row")
     # 100 epochs: the regularized LSTMs reach their best validation loss late
     # (epochs 76-116 in docs/BENCHMARKS.md), so a shorter run compares them unfinished.
     settings = dict(epochs=3, seeds=(0,), units=16) if quick else dict(epochs=100, seeds=(0,))
