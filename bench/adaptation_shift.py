@@ -15,6 +15,7 @@ Then the cost: inference time of the `"batch"` and `"mixed"` modes against
 
     python bench/adaptation_shift.py                 # 3 training seeds
     python bench/adaptation_shift.py --seeds 1 --epochs 10
+    python bench/adaptation_shift.py --skip-accuracy        # the cost tables only
 """
 
 import argparse
@@ -121,12 +122,29 @@ def timed(function, rounds):
     return times
 
 
-def print_cost(rounds):
+def wide_cnn(batch_norm=kreg.AdaptiveBatchNormalization, blocks=5, channels=64):
+    """`blocks` x (Conv 3x3, BN, ReLU) on 16x16x3 images: convs weigh more than BN."""
+    inputs = keras.Input((16, 16, 3))
+    x = inputs
+    for _ in range(blocks):
+        x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
+        x = batch_norm()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def print_cost(rounds, model="digits"):
     """Inference cost of the modes, and of one re-estimation, side by side."""
-    _, (x, _) = load_digit_images(train_size=1200, seed=0)
-    x = np.concatenate([x] * 8)  # ~6400 images, enough for stable timings
-    adaptive = cnn()
-    standard = cnn(keras.layers.BatchNormalization)
+    if model == "digits":
+        _, (x, _) = load_digit_images(train_size=1200, seed=0)
+        x = np.concatenate([x] * 8)  # ~4800 images, enough for stable timings
+        build = cnn
+    else:
+        x = np.random.default_rng(0).random((1024, 16, 16, 3), dtype=np.float32)
+        build = wide_cnn
+    adaptive = build()
+    standard = build(keras.layers.BatchNormalization)
     for source, target in zip(adaptive.layers, standard.layers):
         for a, b in zip(source.weights, target.weights):
             b.assign(keras.ops.convert_to_numpy(a))
@@ -159,7 +177,7 @@ def print_cost(rounds):
         for name in order:
             times[name] += timed(variants[name], 1)
 
-    print(f"\ncost: {len(x)} images, batch {BATCH_SIZE}, {rounds} interleaved rounds")
+    print(f"\ncost, {model} CNN: {len(x)} images, batch {BATCH_SIZE}, {rounds} interleaved rounds")
     print("| variant | min (s) | median (s) | ratio of mins | ratio of medians |")
     print("| --- | --- | --- | --- | --- |")
     for name, baseline in (
@@ -182,13 +200,16 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     severities = (1, 3, 5)
     print(f"backend {keras.backend.backend()}; training {args.seeds} seed(s), {args.epochs} epochs")
-    table = accuracy_table(range(args.seeds), args.epochs, severities)
-    print_accuracy(table, severities)
+    if not args.skip_accuracy:
+        table = accuracy_table(range(args.seeds), args.epochs, severities)
+        print_accuracy(table, severities)
     if not args.skip_cost:
-        print_cost(args.rounds)
+        for model in ("digits", "wide"):
+            print_cost(args.rounds, model)
 
 
 if __name__ == "__main__":
