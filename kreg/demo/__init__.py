@@ -16,6 +16,7 @@ from kreg.demo.linting import lint_flawed_model
 from kreg.demo.recurrent import recurrent_regularization_study
 from kreg.demo.recurrent import summarize
 from kreg.demo.shift import adaptation_under_shift
+from kreg.demo.tuning import short_search
 
 __all__ = ["recurrent_regularization_study", "run", "summarize"]
 
@@ -33,7 +34,7 @@ def run(quick=False, out=None, log=print):
     def section(number, title):
         log(f"\n[{number}/{TOTAL}] {title}")
 
-    TOTAL = 5
+    TOTAL = 6
     log(f"kreg demo on the {keras.backend.backend()} backend; report in {out}/")
 
     section(1, "A small CNN on 300 digits, with and without kreg's callbacks")
@@ -57,7 +58,14 @@ def run(quick=False, out=None, log=print):
     sections.append(("Linting: mistakes found before training", table))
     summary += rows
 
-    section(5, "Recurrent regularization on digits read row by row")
+    section(5, "A short keras-tuner search over dropout rates and normalization")
+    table, rows = short_search(
+        data, out, trials=2 if quick else 6, epochs=2 if quick else 30, quick=quick, log=log
+    )
+    sections.append(("Tuning: regularization as a search space", table))
+    summary += rows
+
+    section(6, "Recurrent regularization on digits read row by row")
     # 100 epochs: the regularized LSTMs reach their best validation loss late
     # (epochs 76-116 in docs/BENCHMARKS.md), so a shorter run compares them unfinished.
     settings = dict(epochs=3, seeds=(0,), units=16) if quick else dict(epochs=100, seeds=(0,))
