@@ -51,15 +51,19 @@ def check_int(name, value):
 
 
 def check_at_least(name, value, integer=False, minimum=0):
-    """Returns `value` if it is a number (an integer if `integer`) >= `minimum`."""
-    kind = "an integer" if integer else "a number"
+    """Returns `value` if it is a finite number (an integer if `integer`) >= `minimum`.
+
+    Infinity is refused: no argument checked here means anything at infinity, and
+    in arithmetic it turns into NaN (`inf / (inf + n)`).
+    """
+    kind = "an integer" if integer else "a finite number"
     valid_type = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, valid_type):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected {kind} >= {minimum}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
-    if math.isnan(value) or value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected {kind} >= {minimum}. "
             f"Received: {name}={value}"

@@ -143,7 +143,8 @@ def adapt_batchnorm(
         epochs: `"tent"` only: passes of entropy minimization. Defaults to 1.
         learning_rate: `"tent"` only: Adam's learning rate. Defaults to `1e-3`.
         from_logits: `"tent"` only: whether the model outputs logits (else
-            probabilities, as after a softmax).
+            probabilities, as after a softmax or, for one unit, a sigmoid). The
+            entropy is that of the first output of a multi-output model.
 
     Returns:
         An `AdaptationReport`: the method, the number of samples, and how much
@@ -165,7 +166,11 @@ def adapt_batchnorm(
     """
     check_choice("method", method, METHODS)
     check_at_least("epochs", epochs, integer=True, minimum=1)
-    check_at_least("learning_rate", learning_rate)
+    if check_at_least("learning_rate", learning_rate) == 0:
+        raise ValueError(
+            "Invalid value received for argument `learning_rate`. Expected a number > 0. "
+            "Received: learning_rate=0"
+        )
     if not isinstance(model, keras.Model) or not model.built:
         raise TypeError(
             "Invalid value received for argument `model`. Expected a built "
@@ -216,8 +221,13 @@ def _assign_statistics(layer, mean, variance):
     layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
     layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
     if layer.renorm:
-        # Batch renormalization keeps the standard deviation it normalizes with.
-        layer.moving_stddev.assign(np.sqrt(variance).astype(layer.moving_stddev.dtype))
+        # Batch renormalization also keeps the standard deviation, with epsilon in
+        # it (Keras sets moving_variance = moving_stddev**2 - epsilon), and its own
+        # training-time averages, which restart from the new statistics.
+        stddev = np.sqrt(variance + layer.epsilon)
+        layer.moving_stddev.assign(stddev.astype(layer.moving_stddev.dtype))
+        layer.renorm_mean.assign(mean.astype(layer.renorm_mean.dtype))
+        layer.renorm_stddev.assign(stddev.astype(layer.renorm_stddev.dtype))
 
 
 # Both methods run the model with every batch norm normalizing by its batch's
@@ -307,12 +317,16 @@ class _StatisticsCollector(keras.Model):
 
     def call(self, inputs):
         self.recorder.calls = []
-        self.model(inputs, training=False)
-        record, self.recorder.calls = self.recorder.calls, None
+        try:
+            self.model(inputs, training=False)
+            record = self.recorder.calls
+        finally:
+            self.recorder.calls = None
+        index_of = {id(layer): i for i, layer in enumerate(self.bn_layers)}
         batch_size = ops.shape(keras.tree.flatten(inputs)[0])[0]
         outputs, calls = {"samples": ops.reshape(batch_size, (1, 1))}, {}
         for layer, (mean, variance, count) in record:
-            index = next(i for i, candidate in enumerate(self.bn_layers) if candidate is layer)
+            index = index_of[id(layer)]
             call = calls[index] = calls.get(index, -1) + 1
             outputs[f"{index}/{call}/mean"] = mean[None]
             outputs[f"{index}/{call}/variance"] = variance[None]
@@ -320,20 +334,28 @@ class _StatisticsCollector(keras.Model):
         return outputs
 
 
-def _statistics_collector(model, layers):
-    """The model's collector, made once so that its compiled `predict` is reused.
+class _CachedCollector:
+    """Holds a model's collector. A plain object on purpose: Keras's saving walks
+    every attribute of a model that is a Keras object, and a collector (a model
+    containing the model) reached that way would recurse forever."""
 
-    Kept on the model (outside Keras's attribute tracking, so it is neither a
-    sublayer nor saved): adapting the same model again, as a stream of target
-    data comes in, costs one `predict`, not one trace and one `predict`.
-    """
-    collector = getattr(model, "_kreg_statistics_collector", None)
-    if collector is None:
+    def __init__(self, collector, layers):
+        self.collector = collector
+        self.layer_ids = tuple(id(layer) for layer in layers)
+
+
+def _statistics_collector(model, layers):
+    """The model's collector, made once so that its compiled `predict` is reused:
+    adapting the same model again, as a stream of target data comes in, costs one
+    `predict`, not one trace and one `predict`. Rebuilt when the model's batch
+    norms change (a layer added to a Sequential model)."""
+    cached = getattr(model, "_kreg_statistics_collector", None)
+    if cached is None or cached.layer_ids != tuple(id(layer) for layer in layers):
         scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
         with scope:
-            collector = _StatisticsCollector(model, layers)
-        object.__setattr__(model, "_kreg_statistics_collector", collector)
-    return collector
+            cached = _CachedCollector(_StatisticsCollector(model, layers), layers)
+        object.__setattr__(model, "_kreg_statistics_collector", cached)
+    return cached.collector
 
 
 def _combine(means, variances, counts):
@@ -341,6 +363,8 @@ def _combine(means, variances, counts):
     means, variances, counts = (np.asarray(a, np.float64) for a in (means, variances, counts))
     counts = counts.reshape(-1, 1)
     total = counts.sum()
+    if total == 0:
+        return means[0], variances[0], total
     mean = (counts * means).sum(axis=0) / total
     # Sum of squares about the global mean: within-batch plus between-batch parts.
     squares = (counts * (variances + np.square(means - mean))).sum(axis=0)
@@ -357,7 +381,10 @@ def _no_data_error():
 def _is_empty(data):
     """Whether `data` certainly yields nothing (arrays, PyDataset, tf.data)."""
     if isinstance(data, keras.utils.PyDataset):
-        return len(data) == 0
+        try:
+            return data.num_batches == 0  # None when unknown
+        except (TypeError, NotImplementedError):
+            return False
     cardinality = getattr(data, "cardinality", None)  # a tf.data.Dataset
     if callable(cardinality):
         return int(cardinality()) == 0
@@ -398,14 +425,18 @@ def _collect_statistics(model, layers, data, predict_options):
                 f"The batch norm layer `{layer.path}` is never called when `{model.name}` "
                 "runs, so adapt_batchnorm cannot estimate its statistics."
             )
-        statistics.append(
-            _combine(
-                *(
-                    np.concatenate([outputs[f"{index}/{call}/{name}"] for call in calls])
-                    for name in ("mean", "variance", "count")
-                )
+        mean, variance, count = _combine(
+            *(
+                np.concatenate([outputs[f"{index}/{call}/{name}"] for call in calls])
+                for name in ("mean", "variance", "count")
             )
         )
+        if count == 0:
+            raise ValueError(
+                f"Every position the batch norm layer `{layer.path}` saw in the data was "
+                "masked: there are no values to estimate its statistics from."
+            )
+        statistics.append((mean, variance, count))
     return statistics, samples
 
 
@@ -424,13 +455,18 @@ class _EntropyMinimizer(keras.Model):
         return self.model(inputs, training=False)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        outputs = keras.tree.flatten(y_pred)[0]
-        outputs = ops.cast(outputs, "float32")
-        if self.from_logits:
-            log_probabilities = ops.log_softmax(outputs, axis=-1)
+        # The first output (of a multi-output model, in Keras's flattening order)
+        # is taken as the classifier's.
+        outputs = ops.cast(keras.tree.flatten(y_pred)[0], "float32")
+        if outputs.shape[-1] == 1:
+            # One sigmoid unit: the entropy of the two classes (1 - p, p).
+            p = ops.sigmoid(outputs) if self.from_logits else outputs
+            probabilities = ops.concatenate([1.0 - p, p], axis=-1)
+        elif self.from_logits:
+            probabilities = ops.softmax(outputs, axis=-1)
         else:
-            log_probabilities = ops.log(ops.clip(outputs, 1e-7, 1.0))
-        probabilities = ops.exp(log_probabilities)
+            probabilities = outputs
+        log_probabilities = ops.log(ops.clip(probabilities, 1e-7, 1.0))
         return -ops.mean(ops.sum(probabilities * log_probabilities, axis=-1))
 
 

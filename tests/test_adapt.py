@@ -238,3 +238,76 @@ def test_fold_folds_adaptive_layers_in_running_mode_only():
     with pytest.warns(UserWarning, match="test_time_mode is 'batch'"):
         _, report = kreg.fold_batch_norms(model("batch"), return_report=True)
     assert not report.folded
+
+
+def test_an_adapted_model_still_saves_and_loads_weights(tmp_path):
+    model = _cnn()
+    source = _all_weights(model)
+    model.save_weights(tmp_path / "source.weights.h5")
+    adapt_batchnorm(model, _target(), verbose=0)
+    model.load_weights(tmp_path / "source.weights.h5")  # back to the source model
+    np.testing.assert_array_equal(_all_weights(model)["bn1/moving_mean"], source["bn1/moving_mean"])
+    model.save(tmp_path / "adapted.keras")
+    loaded = keras.saving.load_model(tmp_path / "adapted.keras")
+    assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
+
+
+def test_adapting_again_after_adding_a_batch_norm_covers_the_new_layer():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="first")])
+    x = np.random.default_rng(4).normal(3.0, 2.0, (40, 3)).astype("float32")
+    adapt_batchnorm(model, x, verbose=0)
+    model.add(keras.layers.Dense(2))
+    model.add(keras.layers.BatchNormalization(name="second"))
+    report = adapt_batchnorm(model, x, verbose=0)
+    assert [change.name.split("/")[-1] for change in report.layers] == ["first", "second"]
+    assert not np.allclose(_numpy(model.get_layer("second").moving_variance), 1.0)
+
+
+class _CountedBatches(keras.utils.PyDataset):
+    """A PyDataset written the newer way: `num_batches`, no `__len__`."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    @property
+    def num_batches(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.x[index * 20 : (index + 1) * 20]
+
+
+def test_a_py_dataset_with_num_batches_only_is_accepted():
+    report = adapt_batchnorm(_cnn(), _CountedBatches(_target(40)), verbose=0)
+    assert report.samples == 40
+
+
+def test_fully_masked_data_is_an_error_not_nan_statistics():
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.Masking(0.0), keras.layers.BatchNormalization()])
+    before = _all_weights(model)
+    with pytest.raises(ValueError, match="masked"):
+        adapt_batchnorm(model, np.zeros((8, 5, 3), "float32"), verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(model)[path], value)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_tent_entropy_of_a_single_sigmoid_unit_counts_both_classes(from_logits):
+    from kreg.adapt import _EntropyMinimizer
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    minimizer = _EntropyMinimizer(model, [model.layers[0]], from_logits=from_logits)
+    p = np.array([[0.5], [0.9]], "float32")
+    y_pred = np.log(p / (1 - p)) if from_logits else p
+    expected = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+    np.testing.assert_allclose(_numpy(minimizer.compute_loss(y_pred=y_pred)), expected, rtol=1e-5)
+
+
+def test_nonfinite_or_zero_rates_are_refused():
+    with pytest.raises(ValueError, match="learning_rate"):
+        adapt_batchnorm(_cnn(), _target(), method="tent", learning_rate=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        adapt_batchnorm(_cnn(), _target(), method="tent", learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="prior_strength"):
+        kreg.layers.AdaptiveBatchNormalization(prior_strength=float("inf"))

@@ -68,3 +68,28 @@ def test_functional_check_tells_graph_models_from_subclassed_ones():
 
     assert _keras_compat.is_functional(functional)
     assert not _keras_compat.is_functional(Subclassed())
+
+
+def test_all_sublayers_reaches_nested_models_and_composite_layers():
+    import kreg
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner")
+    model = keras.Sequential([keras.Input((4,)), inner, kreg.DenseBatchNorm(2, name="fused")])
+    names = {layer.name for layer in _keras_compat.all_sublayers(model)}
+    assert {"inner", "inner_dense", "fused"} <= names
+    fused = model.get_layer("fused")
+    assert fused.batch_norm.name in names and fused.base_layer.name in names
+    assert model.name not in names
+
+
+def test_call_replaced_runs_the_replacement_inside_compiled_predict_and_restores():
+    layer = keras.layers.Dense(2, kernel_initializer="ones")
+    model = keras.Sequential([keras.Input((3,)), layer])
+    x = np.ones((4, 3), "float32")
+    original = model.predict(x, verbose=0)
+    with _keras_compat.call_replaced(layer, lambda inputs, **kwargs: inputs[:, :2] * 0.0 - 1.0):
+        model.make_predict_function(force=True)
+        np.testing.assert_array_equal(model.predict(x, verbose=0), -np.ones((4, 2)))
+    model.make_predict_function(force=True)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), original)
+    assert "call" not in vars(layer)

@@ -41,7 +41,15 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
     switching it on a model that has already run (`layer.test_time_mode =
     "batch"`, or `kreg.set_test_time_mode(model, "batch")`) takes effect on the
     next `predict` without re-tracing. That variable is the layer's one weight
-    beyond `BatchNormalization`'s, and it is saved with the model.
+    beyond `BatchNormalization`'s, and it is saved with the model;
+    `layer.set_weights(batch_norm.get_weights())` still works and leaves the
+    mode as it is.
+
+    Under `tf.distribute`, as for `BatchNormalization`, the batch statistics of
+    each replica are its own share of the batch, and `"online"` updates each
+    replica's copy of the running statistics from it, unless
+    `synchronized=True`, which takes them over all replicas (and then computes
+    them on every call, since an all-reduce cannot sit inside a conditional).
 
     Args:
         axis, momentum, epsilon, center, scale, beta_initializer,
@@ -208,11 +216,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
                 lambda: (moving_mean, moving_variance),
                 lambda: adapted_statistics(moments),
             )
-        # The write is outside `cond` because JAX cannot assign state inside a
-        # branch; in any other mode it writes back the unchanged values.
-        is_online = mode == _ONLINE
-        self.moving_mean.assign(ops.where(is_online, mean, moving_mean))
-        self.moving_variance.assign(ops.where(is_online, variance, moving_variance))
+        self._write_online_statistics(mode == _ONLINE, mean, variance)
 
         outputs = ops.batch_normalization(
             x=inputs,
@@ -224,6 +228,30 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             epsilon=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)
+
+    def _write_online_statistics(self, is_online, mean, variance):
+        """Stores the `"online"` mode's updated statistics; other modes write nothing."""
+        if keras.backend.backend() == "jax":
+            # JAX cannot assign state inside a `cond` branch: write on every call,
+            # the unchanged values outside the online mode.
+            for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                variable.assign(ops.where(is_online, value, ops.convert_to_tensor(variable)))
+            return
+
+        def write():
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+            return ops.ones((), "bool")
+
+        ops.cond(is_online, write, lambda: ops.zeros((), "bool"))
+
+    def set_weights(self, weights):
+        # A `BatchNormalization`'s weights (no mode) are accepted too, so that a
+        # trained Keras layer's weights move into this one; the mode stays.
+        weights = list(weights)
+        if self._mode_index is not None and len(weights) == len(self.weights) - 1:
+            weights.append(ops.convert_to_numpy(self._mode_index))
+        super().set_weights(weights)
 
     def get_config(self):
         return {

@@ -38,13 +38,13 @@ def batch_moments(inputs, axis, mask=None, synchronized=False):
         shape = ops.shape(inputs)
         count = ops.cast(ops.prod(ops.stack([shape[i] for i in axes])), inputs.dtype)
         return ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,)), count
-    weights = ops.cast(ops.broadcast_to(ops.expand_dims(mask, -1), ops.shape(inputs)), inputs.dtype)
-    weight_sum = ops.sum(weights, axis=axes, keepdims=True)
-    # Guard the division only; a fully masked batch has count 0 and callers treat
-    # it as carrying no information.
-    mean = ops.sum(inputs * weights, axis=axes, keepdims=True) / ops.maximum(weight_sum, 1.0)
-    variance = ops.sum(ops.square(inputs - mean) * weights, axis=axes, keepdims=True) / ops.maximum(
-        weight_sum, 1.0
-    )
+    kept = ops.broadcast_to(ops.expand_dims(ops.cast(mask, "bool"), -1), ops.shape(inputs))
+    weight_sum = ops.sum(ops.cast(kept, inputs.dtype), axis=axes, keepdims=True)
+    # `where`, not a product with the mask: a NaN or inf in a padded position must
+    # not reach the statistics. The division is guarded only; a fully masked batch
+    # has count 0 and callers treat it as carrying no information.
+    mean = ops.sum(ops.where(kept, inputs, 0.0), axis=axes, keepdims=True) / ops.maximum(weight_sum, 1.0)
+    squares = ops.where(kept, ops.square(inputs - mean), 0.0)
+    variance = ops.sum(squares, axis=axes, keepdims=True) / ops.maximum(weight_sum, 1.0)
     count = ops.reshape(weight_sum, (-1,))[0]
     return ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,)), count

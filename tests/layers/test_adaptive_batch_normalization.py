@@ -266,3 +266,25 @@ def test_setting_an_unknown_mode_fails_and_keeps_the_old_one():
     with pytest.raises(ValueError, match="'running', 'batch', 'mixed', 'online'.*'tent'"):
         layer.test_time_mode = "tent"
     assert layer.test_time_mode == "batch"
+
+
+def test_batch_normalization_weights_load_into_the_adaptive_layer_keeping_its_mode():
+    keras_layer = keras.layers.BatchNormalization()
+    keras_layer.build((None, 3))
+    keras_layer.moving_mean.assign(np.array([1.0, 2.0, 3.0], "float32"))
+    layer = AdaptiveBatchNormalization(test_time_mode="batch")
+    layer.build((None, 3))
+    layer.set_weights(keras_layer.get_weights())
+    assert layer.test_time_mode == "batch"
+    np.testing.assert_array_equal(_numpy(layer.moving_mean), [1.0, 2.0, 3.0])
+    layer.set_weights([*keras_layer.get_weights(), np.int32(0)])  # its own 5 weights
+    assert layer.test_time_mode == "running"
+
+
+def test_padded_positions_holding_nan_do_not_reach_the_statistics():
+    layer = AdaptiveBatchNormalization(test_time_mode="batch", center=False, scale=False)
+    x = np.random.default_rng(9).normal(size=(2, 4, 3)).astype("float32")
+    mask = np.array([[True, True, True, False]] * 2)
+    x[:, 3] = np.nan
+    output = _numpy(layer(x, mask=mask))
+    assert np.all(np.isfinite(output[mask]))
