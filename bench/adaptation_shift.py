@@ -143,28 +143,29 @@ def print_cost(rounds, model="digits"):
     else:
         x = np.random.default_rng(0).random((1024, 16, 16, 3), dtype=np.float32)
         build = wide_cnn
-    adaptive = build()
     standard = build(keras.layers.BatchNormalization)
-    for source, target in zip(adaptive.layers, standard.layers):
-        for a, b in zip(source.weights, target.weights):
-            b.assign(keras.ops.convert_to_numpy(a))
+    weights = [keras.ops.convert_to_numpy(w) for w in standard.weights]
+    adaptive = {}
+    for mode in ("running", "batch", "mixed"):  # one model per mode: no switch in the timing
+        adaptive[mode] = build()
+        for layer, source in zip(adaptive[mode].layers, standard.layers):
+            if source.weights:
+                layer.set_weights(source.get_weights())
+        kreg.set_test_time_mode(adaptive[mode], mode)
+    adapted = build(keras.layers.BatchNormalization)  # re-estimated; `standard` stays as is
+    adapted.set_weights(weights)
 
-    def predict_with(model, mode=None):
-        def run():
-            if mode:
-                kreg.set_test_time_mode(model, mode)
-            model.predict(x, batch_size=BATCH_SIZE, verbose=0)
-
-        return run
+    def predict_with(model):
+        return lambda: model.predict(x, batch_size=BATCH_SIZE, verbose=0)
 
     variants = {
         "keras BatchNormalization": predict_with(standard),
-        "kreg running": predict_with(adaptive, "running"),
-        "kreg batch": predict_with(adaptive, "batch"),
-        "kreg mixed": predict_with(adaptive, "mixed"),
-        "predict (one pass, keras BN)": predict_with(standard),
+        "kreg running": predict_with(adaptive["running"]),
+        "kreg batch": predict_with(adaptive["batch"]),
+        "kreg mixed": predict_with(adaptive["mixed"]),
+        "predict (one pass, keras BN)": predict_with(adapted),
         "adapt_batchnorm reestimate": lambda: kreg.adapt_batchnorm(
-            standard, x, batch_size=BATCH_SIZE, verbose=0
+            adapted, x, batch_size=BATCH_SIZE, verbose=0
         ),
     }
     for run in variants.values():  # compile every function once
