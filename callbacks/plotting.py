@@ -2,9 +2,17 @@
 
 import os
 
+from kreg._validation import check_choice
+
 
 def plot_training_curves(
-    history, path, metrics=("loss", "val_loss"), onset_epoch=None, best_epoch=None, title=None
+    history,
+    path,
+    metrics=("loss", "val_loss"),
+    onset_epoch=None,
+    best_epoch=None,
+    title=None,
+    yscale="linear",
 ):
     """Draws `history`'s curves to a PNG file and returns its path.
 
@@ -18,11 +26,14 @@ def plot_training_curves(
         best_epoch: 0-based epoch whose weights were kept
             (`EarlyStoppingWithCheckpoint.best_epoch`), drawn as a dotted line.
         title: Optional figure title.
+        yscale: `"linear"` (default) or `"log"`, which keeps a large first-epoch
+            loss from flattening the rest of the curves.
     """
     # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs),
     # no display needed.
     from matplotlib.figure import Figure
 
+    check_choice("yscale", yscale, ("linear", "log"))
     curves = getattr(history, "history", history)
     missing = [metric for metric in metrics if metric not in curves]
     if missing:
@@ -40,6 +51,7 @@ def plot_training_curves(
     if best_epoch is not None:
         axes.axvline(best_epoch + 1, color="tab:green", linestyle=":", label=f"best epoch ({best_epoch + 1})")
     axes.set_xlabel("epoch")
+    axes.set_yscale(yscale)
     axes.legend()
     if title:
         axes.set_title(title)

@@ -100,6 +100,7 @@ def train_with_and_without_callbacks(data, out, epochs, quick=False, log=print):
         onset_epoch=detector.onset_epoch,
         best_epoch=stopper.best_epoch,
         title=f"CNN on {len(data.x_train)} digits: overfitting onset and kept epoch",
+        yscale="log",
     )
     log(f"    wrote {plot}")
 

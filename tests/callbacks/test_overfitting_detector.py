@@ -122,6 +122,10 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
     with pytest.raises(ValueError, match=r"`metrics`.*val_accuracy.*Available"):
         plot_training_curves(history, tmp_path / "x.png", metrics=("val_accuracy",))
+    log_path = plot_training_curves(history, tmp_path / "log.png", yscale="log")
+    assert open(log_path, "rb").read() != data  # a different picture, same curves
+    with pytest.raises(ValueError, match=r"`yscale`.*'symlog'"):
+        plot_training_curves(history, tmp_path / "x.png", yscale="symlog")
 
 
 def test_a_plateau_followed_by_a_new_best_is_forgotten():
