@@ -1,4 +1,4 @@
-"""One process of a distributed keras-tuner search (chief or worker), for test_distributed.py.
+"""One process of a distributed keras-tuner search (chief or worker), for test_distributed_search.py.
 
 keras-tuner reads its role from the environment: KERASTUNER_TUNER_ID ("chief"
 serves the oracle, anything else is a worker), KERASTUNER_ORACLE_IP and
