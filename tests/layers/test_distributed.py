@@ -158,3 +158,17 @@ def test_synchronized_batch_mode_normalizes_with_the_global_batch(strategy):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_online_mode_runs_on_two_replicas_and_moves_the_statistics(strategy):
+    x = np.random.default_rng(5).normal(3.0, 2.0, (16, 8, 8, 3)).astype("float32")
+    with strategy.scope():
+        model = _adaptive_cnn(synchronized=True)
+    kreg.set_test_time_mode(model, "online")
+    first = model.predict(x, batch_size=16, verbose=0)
+    second = model.predict(x, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(first)) and not np.allclose(first, second)
+    moving_mean = model.layers[2].moving_mean
+    replicas = [v.numpy() for v in moving_mean.value.values]
+    np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-5)  # synchronized: one update
+    assert not np.allclose(replicas[0], 0.0)
