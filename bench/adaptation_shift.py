@@ -32,6 +32,7 @@ import kreg  # noqa: E402
 from kreg.datasets import CORRUPTIONS  # noqa: E402
 from kreg.datasets import corrupt_images  # noqa: E402
 from kreg.datasets import load_digit_images  # noqa: E402
+from kreg.demo.shift import accuracy_after  # noqa: E402
 
 METHODS = ("running", "batch", "mixed", "online", "reestimate", "tent")
 BATCH_SIZE = 64
@@ -60,18 +61,6 @@ def train(seed, epochs, data):
     return model
 
 
-def accuracy_after(method, model, trained_weights, x, y):
-    """Accuracy on `(x, y)` after adapting `model` with `method` (from the trained weights)."""
-    model.set_weights(trained_weights)
-    mode = method if method in ("batch", "mixed", "online") else "running"
-    if method in ("reestimate", "tent"):
-        kreg.adapt_batchnorm(model, x, method=method, batch_size=BATCH_SIZE, verbose=0)
-    kreg.set_test_time_mode(model, mode)
-    predictions = model.predict(x, batch_size=BATCH_SIZE, verbose=0)
-    kreg.set_test_time_mode(model, "running")
-    return float(np.mean(predictions.argmax(-1) == y))
-
-
 def accuracy_table(seeds, epochs, severities):
     data = load_digit_images(train_size=1200, seed=0)
     _, (x_test, y_test) = data
@@ -86,7 +75,7 @@ def accuracy_table(seeds, epochs, severities):
         weights = model.get_weights()
         for key, x in test_sets.items():
             for method in METHODS:
-                table[key][method].append(accuracy_after(method, model, weights, x, y_test))
+                table[key][method].append(accuracy_after(model, weights, method, x, y_test, BATCH_SIZE))
         print(f"  seed {seed}: trained and evaluated in {time.perf_counter() - started:.0f} s", flush=True)
     return {key: {m: 100 * statistics.mean(v) for m, v in row.items()} for key, row in table.items()}
 

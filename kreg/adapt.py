@@ -20,6 +20,8 @@ from kreg._validation import check_choice
 from kreg.layers.adaptive_batch_normalization import TEST_TIME_MODES
 from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.batch_statistics import batch_moments
+from kreg.layers.batch_statistics import in_statistics_dtype
+from kreg.layers.batch_statistics import normalize
 
 METHODS = ("reestimate", "tent")
 
@@ -185,9 +187,9 @@ def adapt_batchnorm(
     # Every variable, not only the batch norms': on JAX, a `predict` or `fit` that
     # raises midway leaves all of the model's variables emptied (Keras moves them
     # into the compiled function's state and puts them back only at the end).
-    saved = [ops.convert_to_numpy(v) for v in model.variables]
     if _is_empty(data):
         raise _no_data_error()
+    saved = [ops.convert_to_numpy(v) for v in model.variables]
     predict_options = dict(steps=steps, batch_size=batch_size, verbose=verbose)
     try:
         if method == "tent":
@@ -242,25 +244,21 @@ def _replicated(model):
     return strategy is not None and strategy.num_replicas_in_sync > 1
 
 
+def _strategy_scope(model):
+    """The model's strategy scope, for the helper models built around it."""
+    return model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
+
+
 def _normalize_with_batch_statistics(layer, inputs, mask, synchronized):
     """`layer`'s output with its batch's statistics; also returns the local ones."""
-    inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+    inputs = in_statistics_dtype(inputs)
     mean, variance, count = batch_moments(inputs, layer.axis, mask)
     norm_mean, norm_variance = mean, variance
     if synchronized and mask is None:
         # All replicas normalize with the global batch's statistics, so the layers
         # after this one see what they would see on one device.
         norm_mean, norm_variance, _ = batch_moments(inputs, layer.axis, synchronized=True)
-    outputs = ops.batch_normalization(
-        inputs,
-        norm_mean,
-        norm_variance,
-        axis=layer.axis,
-        offset=None if layer.beta is None else ops.cast(layer.beta, inputs.dtype),
-        scale=None if layer.gamma is None else ops.cast(layer.gamma, inputs.dtype),
-        epsilon=layer.epsilon,
-    )
-    return ops.cast(outputs, layer.compute_dtype), (mean, variance, count)
+    return normalize(layer, inputs, norm_mean, norm_variance), (mean, variance, count)
 
 
 class _Recorder(threading.local):
@@ -351,8 +349,7 @@ def _statistics_collector(model, layers):
     norms change (a layer added to a Sequential model)."""
     cached = getattr(model, "_kreg_statistics_collector", None)
     if cached is None or cached.layer_ids != tuple(id(layer) for layer in layers):
-        scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
-        with scope:
+        with _strategy_scope(model):
             cached = _CachedCollector(_StatisticsCollector(model, layers), layers)
         object.__setattr__(model, "_kreg_statistics_collector", cached)
     return cached.collector
@@ -443,10 +440,9 @@ def _collect_statistics(model, layers, data, predict_options):
 class _EntropyMinimizer(keras.Model):
     """Trains the wrapped model's batch norm scale and shift to minimize entropy."""
 
-    def __init__(self, model, layers, from_logits):
+    def __init__(self, model, from_logits):
         super().__init__(name=f"{model.name}_tent")
         self.model = model
-        self.bn_layers = layers
         self.from_logits = from_logits
         self.built = True
 
@@ -496,9 +492,12 @@ def _only_batch_norm_affine_trainable(model, layers):
 
 
 def _minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options):
-    scope = model.distribute_strategy.scope() if _replicated(model) else contextlib.nullcontext()
-    with _only_batch_norm_affine_trainable(model, layers), _batch_statistics_used(model, layers), scope:
-        minimizer = _EntropyMinimizer(model, layers, from_logits)
+    with (
+        _only_batch_norm_affine_trainable(model, layers),
+        _batch_statistics_used(model, layers),
+        _strategy_scope(model),
+    ):
+        minimizer = _EntropyMinimizer(model, from_logits)
         minimizer.compile(optimizer=keras.optimizers.Adam(learning_rate))
         minimizer.fit(
             data,

@@ -297,7 +297,7 @@ def test_tent_entropy_of_a_single_sigmoid_unit_counts_both_classes(from_logits):
     from kreg.adapt import _EntropyMinimizer
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    minimizer = _EntropyMinimizer(model, [model.layers[0]], from_logits=from_logits)
+    minimizer = _EntropyMinimizer(model, from_logits=from_logits)
     p = np.array([[0.5], [0.9]], "float32")
     y_pred = np.log(p / (1 - p)) if from_logits else p
     expected = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from kreg.adapt import METHODS as ADAPTATION_METHODS
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode
 from kreg.datasets import CORRUPTIONS
@@ -10,21 +11,27 @@ from kreg.datasets import corrupt_images
 
 # What is compared on each corrupted test set (all start from the trained weights).
 METHODS = {
-    "no adaptation": None,
+    "no adaptation": "running",
     'test_time_mode="batch"': "batch",
     'adapt_batchnorm("reestimate")': "reestimate",
 }
 
 
-def _accuracy(model, weights, method, x, y):
+def accuracy_after(model, weights, method, x, y, batch_size=64):
+    """Accuracy on `(x, y)` of `model` reset to `weights`, then adapted by `method`.
+
+    `method` is a test-time mode (`"running"` is no adaptation) or an
+    `adapt_batchnorm` method (which adapts on `x` itself, then predicts in the
+    running mode). The model is left in the running mode.
+    """
     model.set_weights(weights)
-    if method == "reestimate":
-        adapt_batchnorm(model, x, batch_size=64, verbose=0)
-    elif method is not None:
+    if method in ADAPTATION_METHODS:
+        adapt_batchnorm(model, x, method=method, batch_size=batch_size, verbose=0)
+    else:
         set_test_time_mode(model, method)
-    accuracy = float(np.mean(model.predict(x, batch_size=64, verbose=0).argmax(-1) == y))
+    predictions = model.predict(x, batch_size=batch_size, verbose=0)
     set_test_time_mode(model, "running")
-    return accuracy
+    return float(np.mean(predictions.argmax(-1) == y))
 
 
 def adaptation_under_shift(model, data, out, severity=5, log=print):
@@ -35,7 +42,7 @@ def adaptation_under_shift(model, data, out, severity=5, log=print):
         test_sets[f"{corruption} {severity}"] = corrupt_images(data.x_test, corruption, severity, seed=1)
     accuracy = {}
     for name, x in test_sets.items():
-        accuracy[name] = {label: _accuracy(model, weights, m, x, data.y_test) for label, m in METHODS.items()}
+        accuracy[name] = {label: accuracy_after(model, weights, m, x, data.y_test) for label, m in METHODS.items()}
         log(f"  {name}: " + ", ".join(f"{label} {value:.3f}" for label, value in accuracy[name].items()))
     model.set_weights(weights)
 

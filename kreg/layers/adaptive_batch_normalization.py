@@ -5,6 +5,8 @@ from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
 from kreg.layers.batch_statistics import batch_moments
+from kreg.layers.batch_statistics import in_statistics_dtype
+from kreg.layers.batch_statistics import normalize
 
 # The index of each mode is what the `test_time_mode` variable holds.
 TEST_TIME_MODES = ("running", "batch", "mixed", "online")
@@ -173,14 +175,12 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable:
             return super().call(inputs, training=training, mask=mask)
-        # As in `BatchNormalization`: statistics in float32 even under mixed precision.
-        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        inputs = in_statistics_dtype(inputs)
         moving_mean = ops.cast(self.moving_mean, inputs.dtype)
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         mode = self._mode_index
 
-        def adapted_statistics(moments):
-            mean, variance, count = moments()
+        def adapted_statistics(mean, variance, count):
             samples = ops.cast(ops.shape(inputs)[0], inputs.dtype)
             # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
             # differ only in the weight given to the running statistics.
@@ -204,8 +204,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
             # tf.distribute, so synchronized layers compute the batch moments on
             # every call and select.
-            synchronized_moments = moments()
-            adapted = adapted_statistics(lambda: synchronized_moments)
+            adapted = adapted_statistics(*moments())
             is_running = mode == _RUNNING
             mean = ops.where(is_running, moving_mean, adapted[0])
             variance = ops.where(is_running, moving_variance, adapted[1])
@@ -214,20 +213,10 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             mean, variance = ops.cond(
                 mode == _RUNNING,
                 lambda: (moving_mean, moving_variance),
-                lambda: adapted_statistics(moments),
+                lambda: adapted_statistics(*moments()),
             )
         self._write_online_statistics(mode == _ONLINE, mean, variance)
-
-        outputs = ops.batch_normalization(
-            x=inputs,
-            mean=mean,
-            variance=variance,
-            axis=self.axis,
-            offset=None if self.beta is None else ops.cast(self.beta, inputs.dtype),
-            scale=None if self.gamma is None else ops.cast(self.gamma, inputs.dtype),
-            epsilon=self.epsilon,
-        )
-        return ops.cast(outputs, self.compute_dtype)
+        return normalize(self, inputs, mean, variance)
 
     def _write_online_statistics(self, is_online, mean, variance):
         """Stores the `"online"` mode's updated statistics; other modes write nothing."""

@@ -2,16 +2,38 @@
 
 Shared by `AdaptiveBatchNormalization` (its test-time modes) and
 `kreg.adapt_batchnorm` (which re-estimates any batch norm's statistics), so that
-both reduce the same axes, honour a Keras mask the same way and count the same
-number of values.
+both reduce the same axes, honour a Keras mask the same way, count the same
+number of values and normalize with the same arithmetic.
 """
 
+import keras
 from keras import ops
 
 
 def reduction_axes(rank, axis):
     """Every axis of a rank-`rank` tensor but the normalized `axis`."""
     return [i for i in range(rank) if i != axis % rank]
+
+
+def in_statistics_dtype(inputs):
+    """`inputs` in at least float32, as `BatchNormalization` computes statistics
+    (float16 overflows in sums of squares)."""
+    return ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+
+
+def normalize(layer, inputs, mean, variance):
+    """`layer`'s batch norm of `inputs` (from `in_statistics_dtype`) with the given
+    statistics and the layer's own scale and shift, in its compute dtype."""
+    outputs = ops.batch_normalization(
+        inputs,
+        mean,
+        variance,
+        axis=layer.axis,
+        offset=None if layer.beta is None else ops.cast(layer.beta, inputs.dtype),
+        scale=None if layer.gamma is None else ops.cast(layer.gamma, inputs.dtype),
+        epsilon=layer.epsilon,
+    )
+    return ops.cast(outputs, layer.compute_dtype)
 
 
 def batch_moments(inputs, axis, mask=None, synchronized=False):
