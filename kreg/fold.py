@@ -11,7 +11,7 @@ from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
-from kreg.layers.conv_batch_norm import _FusedBatchNormLayer
+from kreg.layers.conv_batch_norm import FusedBatchNormLayer
 
 
 @dataclasses.dataclass
@@ -257,7 +257,7 @@ class _LayerCopies:
             _, bn, scale, shift = self.pairs[layer.name]
             copy = _folded_layer(layer, scale, shift)
             self.absorbs[id(copy)] = bn
-        elif isinstance(layer, _FusedBatchNormLayer):
+        elif isinstance(layer, FusedBatchNormLayer):
             copy = layer.to_plain_layer()
             self.report.converted.append(layer.name)
         elif isinstance(layer, keras.Sequential) or _keras_compat.is_functional(layer):

@@ -57,7 +57,7 @@ _DOC = """
 """
 
 
-class _FusedBatchNormLayer(keras.layers.Layer):
+class FusedBatchNormLayer(keras.layers.Layer):
     """What the fused layers share; subclasses name their Keras layer and its op."""
 
     # The Keras layer the batch norm follows; its kernel layout is in FOLDABLE_KERNELS.
@@ -203,7 +203,7 @@ class _FusedBatchNormLayer(keras.layers.Layer):
         return {**base_config, **layer_config, **config}
 
 
-class _ConvBatchNorm(_FusedBatchNormLayer):
+class _ConvBatchNorm(FusedBatchNormLayer):
     def _apply_kernel(self, inputs, kernel):
         return self.base_layer.convolution_op(inputs, kernel)
 
@@ -279,7 +279,7 @@ class Conv3DBatchNorm(_ConvBatchNorm):
 
 
 @keras.saving.register_keras_serializable(package="kreg")
-class DepthwiseConv2DBatchNorm(_FusedBatchNormLayer):
+class DepthwiseConv2DBatchNorm(FusedBatchNormLayer):
     __doc__ = (
         "`DepthwiseConv2D` and `BatchNormalization` as one layer, one depthwise conv "
         "at inference.\n"
@@ -308,7 +308,7 @@ class DepthwiseConv2DBatchNorm(_FusedBatchNormLayer):
 
 
 @keras.saving.register_keras_serializable(package="kreg")
-class DenseBatchNorm(_FusedBatchNormLayer):
+class DenseBatchNorm(FusedBatchNormLayer):
     __doc__ = "`Dense` and `BatchNormalization` as one layer, one matmul at inference.\n" + _doc(
         "Dense",
         "DenseBatchNorm",

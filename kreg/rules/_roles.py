@@ -9,7 +9,7 @@ of the layer they wrap.
 import keras
 
 from kreg.layers import ConsistentDropout
-from kreg.layers.conv_batch_norm import _FusedBatchNormLayer
+from kreg.layers.conv_batch_norm import FusedBatchNormLayer
 from kreg.rules._view import INPUT
 
 L = keras.layers
@@ -57,7 +57,7 @@ def unwrap(layer):
 
 def is_fused_batch_norm(layer):
     """kreg's conv/dense + batch norm layers (`Conv2DBatchNorm`, ...)."""
-    return isinstance(unwrap(layer), _FusedBatchNormLayer)
+    return isinstance(unwrap(layer), FusedBatchNormLayer)
 
 
 def is_conv(layer):
