@@ -17,12 +17,20 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 # any custom cell gets the same per-sequence masks under a plain `keras.layers.RNN`.
 __all__ = [
     "DropoutRNNCell",
+    "PREDICT_ERROR_WITHOUT_BATCHES",
     "all_sublayers",
     "call_replaced",
     "fused_rnn_kernels",
     "is_functional",
     "recurrent_kernel_replaced",
 ]
+
+# What `Model.predict` raises when its data runs out before the first batch:
+# Keras 3.15's predict loop (`keras/src/backend/tensorflow/trainer.py`, and the
+# jax and torch trainers alike) returns `batch_outputs`, which only the first
+# batch assigns, so an empty iterator ends in this error rather than a clear one.
+# `adapt_batchnorm` turns it into its own "no batch" error.
+PREDICT_ERROR_WITHOUT_BATCHES = UnboundLocalError
 
 
 def fused_rnn_kernels():

@@ -210,6 +210,15 @@ def test_data_that_yields_nothing_is_an_error_and_changes_nothing():
         np.testing.assert_array_equal(_all_weights(model)[path], value)
 
 
+def test_a_pipeline_that_turns_out_empty_is_the_same_error():
+    import tensorflow as tf
+
+    model = _cnn()
+    empty = tf.data.Dataset.from_tensor_slices(_target(8)).filter(lambda x: False).batch(4)
+    with pytest.raises(ValueError, match="yields no batch"):
+        adapt_batchnorm(model, empty, verbose=0)
+
+
 def test_tent_refuses_a_model_whose_batch_norms_are_frozen():
     model = _cnn()
     for name in ("bn1", "bn2"):
@@ -294,10 +303,10 @@ def test_fully_masked_data_is_an_error_not_nan_statistics():
 
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_tent_entropy_of_a_single_sigmoid_unit_counts_both_classes(from_logits):
-    from kreg.adapt import _EntropyMinimizer
+    from kreg.adapt.entropy import EntropyMinimizer
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    minimizer = _EntropyMinimizer(model, from_logits=from_logits)
+    minimizer = EntropyMinimizer(model, from_logits=from_logits)
     p = np.array([[0.5], [0.9]], "float32")
     y_pred = np.log(p / (1 - p)) if from_logits else p
     expected = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))

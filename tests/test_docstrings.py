@@ -16,7 +16,8 @@ MODULES = [
     "kreg.layers.conv_batch_norm",
     "kreg.layers.adaptive_batch_normalization",
     "kreg.fold",
-    "kreg.adapt",
+    "kreg.adapt.adaptation",
+    "kreg.adapt.test_time_mode",
     "kreg.diagnose",
 ]
 

@@ -93,3 +93,15 @@ def test_call_replaced_runs_the_replacement_inside_compiled_predict_and_restores
     model.make_predict_function(force=True)
     np.testing.assert_array_equal(model.predict(x, verbose=0), original)
     assert "call" not in vars(layer)
+
+
+def test_predict_on_data_without_batches_raises_the_error_adapt_catches():
+    # A tf.data pipeline whose length is unknown and turns out empty: Keras's
+    # predict loop never assigns its outputs. If Keras starts raising a clear error
+    # instead, `adapt_batchnorm` must catch that one (see PREDICT_ERROR_WITHOUT_BATCHES).
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    empty = tf.data.Dataset.from_tensor_slices(np.ones((4, 3), "float32")).filter(lambda x: False).batch(2)
+    with pytest.raises(_keras_compat.PREDICT_ERROR_WITHOUT_BATCHES):
+        model.predict(empty, verbose=0)

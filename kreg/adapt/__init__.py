@@ -1,0 +1,27 @@
+"""Adapt a trained model's batch normalization to the data it meets.
+
+`adapt_batchnorm(model, data)` re-estimates every batch norm's statistics on the
+data the model will meet (AdaBN); `method="tent"` also tunes their scale and shift
+to make the predictions confident (Tent). `set_test_time_mode` switches every
+`AdaptiveBatchNormalization` of a model to a test-time mode.
+
+One module per job: `test_time_mode` (switching modes), `reestimation` (the exact
+one-pass statistics), `entropy` (entropy minimization), `batch_statistics_pass`
+(what both methods run the model with), `report` (what changed).
+"""
+
+from kreg.adapt.adaptation import METHODS
+from kreg.adapt.adaptation import adapt_batchnorm
+from kreg.adapt.batch_norm_layers import batch_norm_layers
+from kreg.adapt.report import AdaptationReport
+from kreg.adapt.report import LayerChange
+from kreg.adapt.test_time_mode import set_test_time_mode
+
+__all__ = [
+    "METHODS",
+    "AdaptationReport",
+    "LayerChange",
+    "adapt_batchnorm",
+    "batch_norm_layers",
+    "set_test_time_mode",
+]

@@ -1,0 +1,134 @@
+"""`adapt_batchnorm`: adapt a trained model's batch norms to unlabeled target data."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kreg._validation import check_at_least
+from kreg._validation import check_choice
+from kreg.adapt.batch_norm_layers import batch_norm_layers
+from kreg.adapt.entropy import minimize_entropy
+from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import collect_statistics
+from kreg.adapt.reestimation import is_empty
+from kreg.adapt.reestimation import no_data_error
+from kreg.adapt.report import AdaptationReport
+from kreg.adapt.report import LayerChange
+
+METHODS = ("reestimate", "tent")
+
+
+def adapt_batchnorm(
+    model,
+    data,
+    method="reestimate",
+    steps=None,
+    batch_size=None,
+    verbose="auto",
+    epochs=1,
+    learning_rate=1e-3,
+    from_logits=False,
+):
+    """Adapts a trained model's batch norms to unlabeled target data, in place.
+
+    `"reestimate"` (AdaBN) replaces the moving mean and variance of every
+    `BatchNormalization` in the model (Keras's and kreg's, nested models too) by
+    the exact mean and variance of its inputs over `data`, in one pass. During the
+    pass each batch norm normalizes with its batch's statistics, as in training,
+    so that each layer's statistics are those of inputs normalized by statistics
+    of the target data, not the stale source ones. No other weight changes.
+
+    `"tent"` first trains only the batch norms' scale and shift (`gamma`,
+    `beta`) to minimize the entropy of the model's predictions on `data`, with
+    batch statistics, for `epochs` passes; then re-estimates the statistics as
+    above, so the adapted model needs no special inference mode.
+
+    The model is changed only when the whole adaptation has succeeded: if it
+    fails midway (bad data, an interrupt), every weight is as it was.
+
+    Under a `tf.distribute` strategy the statistics are those of all replicas'
+    samples together, the same as on one device.
+
+    Args:
+        model: A built Keras model with at least one batch norm layer.
+        data: What `model.predict` accepts: arrays, a `tf.data.Dataset`, a
+            `keras.utils.PyDataset`. Targets in the data are ignored.
+        method: `"reestimate"` (default) or `"tent"`.
+        steps: Optional number of batches to use per pass, as in `predict`.
+        batch_size: Optional batch size for array data (default 32, as `predict`).
+        verbose: Progress bar, as in `predict` / `fit`.
+        epochs: `"tent"` only: passes of entropy minimization. Defaults to 1.
+        learning_rate: `"tent"` only: Adam's learning rate. Defaults to `1e-3`.
+        from_logits: `"tent"` only: whether the model outputs logits (else
+            probabilities, as after a softmax or, for one unit, a sigmoid). The
+            entropy is that of the first output of a multi-output model.
+
+    Returns:
+        An `AdaptationReport`: the method, the number of samples, and how much
+        each layer's statistics moved.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    >>> target = np.random.default_rng(0).normal(5.0, 2.0, (256, 3))
+    >>> report = adapt_batchnorm(model, target, verbose=0)
+    >>> moving_mean = keras.ops.convert_to_numpy(model.layers[0].moving_mean)
+    >>> np.allclose(moving_mean, target.mean(axis=0))
+    True
+
+    Reference:
+        - [Li et al., 2016](https://arxiv.org/abs/1603.04779), AdaBN.
+        - [Wang et al., 2021](https://arxiv.org/abs/2006.10726), Tent: fully
+          test-time adaptation by entropy minimization.
+    """
+    check_choice("method", method, METHODS)
+    check_at_least("epochs", epochs, integer=True, minimum=1)
+    if check_at_least("learning_rate", learning_rate) == 0:
+        raise ValueError(
+            "Invalid value received for argument `learning_rate`. Expected a number > 0. "
+            "Received: learning_rate=0"
+        )
+    if not isinstance(model, keras.Model) or not model.built:
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a built "
+            f"`keras.Model`. Received: model={model!r}"
+        )
+    layers = batch_norm_layers(model)
+    if not layers:
+        raise ValueError(
+            f"The model `{model.name}` has no BatchNormalization layer: there are no "
+            "statistics for adapt_batchnorm to adapt."
+        )
+    # Every variable, not only the batch norms': on JAX, a `predict` or `fit` that
+    # raises midway leaves all of the model's variables emptied (Keras moves them
+    # into the compiled function's state and puts them back only at the end).
+    if is_empty(data):
+        raise no_data_error()
+    saved = [ops.convert_to_numpy(v) for v in model.variables]
+    predict_options = dict(steps=steps, batch_size=batch_size, verbose=verbose)
+    try:
+        if method == "tent":
+            minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options)
+        statistics, samples = collect_statistics(model, layers, data, predict_options)
+    except BaseException:
+        for variable, value in zip(model.variables, saved):
+            variable.assign(value)
+        raise
+    changes = []
+    for layer, (mean, variance, _) in zip(layers, statistics):
+        old_mean, old_variance = (ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance))
+        assign_statistics(layer, mean, variance)
+        old_std = np.sqrt(old_variance + layer.epsilon)
+        changes.append(
+            LayerChange(
+                name=layer.path,
+                mean_shift=float(np.mean(np.abs(mean - old_mean) / old_std)),
+                variance_ratio=float(np.mean((variance + layer.epsilon) / (old_variance + layer.epsilon))),
+            )
+        )
+    return AdaptationReport(
+        method=method,
+        samples=samples,
+        layers=changes,
+        affine_updated=method == "tent",
+    )

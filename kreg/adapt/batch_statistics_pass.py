@@ -1,0 +1,77 @@
+"""Running a model with every batch norm normalizing by its batch's statistics.
+
+Both adaptation methods need it: the re-estimation pass records each batch
+norm's input statistics on the way, entropy minimization trains through it.
+"""
+
+import contextlib
+import threading
+
+from kreg import _keras_compat
+from kreg.layers.batch_statistics import batch_moments
+from kreg.layers.batch_statistics import in_statistics_dtype
+from kreg.layers.batch_statistics import normalize
+
+# Both methods run the model with every batch norm normalizing by its batch's
+# statistics, whatever its mode or training flag, and the rest of the model in
+# inference mode (dropout off). Each batch norm's `call` is replaced for the
+# duration; `_keras_compat.call_replaced` restores it.
+
+
+def replicated(model):
+    """Whether the model runs on several replicas of a `tf.distribute` strategy."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy is not None and strategy.num_replicas_in_sync > 1
+
+
+def strategy_scope(model):
+    """The model's strategy scope, for the helper models built around it."""
+    return model.distribute_strategy.scope() if replicated(model) else contextlib.nullcontext()
+
+
+def _normalize_with_batch_statistics(layer, inputs, mask, synchronized):
+    """`layer`'s output with its batch's statistics; also returns the local ones."""
+    inputs = in_statistics_dtype(inputs)
+    mean, variance, count = batch_moments(inputs, layer.axis, mask)
+    norm_mean, norm_variance = mean, variance
+    if synchronized and mask is None:
+        # All replicas normalize with the global batch's statistics, so the layers
+        # after this one see what they would see on one device.
+        norm_mean, norm_variance, _ = batch_moments(inputs, layer.axis, synchronized=True)
+    return normalize(layer, inputs, norm_mean, norm_variance), (mean, variance, count)
+
+
+class Recorder(threading.local):
+    """The statistics each batch norm call computed, per thread.
+
+    Under `tf.distribute.MirroredStrategy` every replica runs the model in its own
+    thread at the same time, so each keeps its own record.
+    """
+
+    calls = None  # [(layer, (mean, variance, count))] while recording
+
+
+@contextlib.contextmanager
+def batch_statistics_used(model, layers, recorder=None):
+    """Makes every batch norm in `layers` normalize with its batch's statistics.
+
+    Entered once around the whole `predict` / `fit`, not inside a replica's call:
+    replicas run concurrently and must not swap the layers' `call` under each other.
+    """
+    synchronized = replicated(model)
+
+    def batch_statistics_call(layer):
+        def call(inputs, training=None, mask=None):
+            outputs, moments = _normalize_with_batch_statistics(layer, inputs, mask, synchronized)
+            if recorder is not None and recorder.calls is not None:
+                recorder.calls.append((layer, moments))
+            return outputs
+
+        return call
+
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(_keras_compat.call_replaced(layer, batch_statistics_call(layer)))
+        yield
+
+

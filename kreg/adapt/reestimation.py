@@ -1,0 +1,165 @@
+"""The one-pass, exact re-estimation of every batch norm's statistics (AdaBN)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kreg import _keras_compat
+from kreg.adapt.batch_statistics_pass import Recorder
+from kreg.adapt.batch_statistics_pass import batch_statistics_used
+from kreg.adapt.batch_statistics_pass import strategy_scope
+
+
+def assign_statistics(layer, mean, variance):
+    layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+    layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
+    if layer.renorm:
+        # Batch renormalization also keeps the standard deviation, with epsilon in
+        # it (Keras sets moving_variance = moving_stddev**2 - epsilon), and its own
+        # training-time averages, which restart from the new statistics.
+        stddev = np.sqrt(variance + layer.epsilon)
+        layer.moving_stddev.assign(stddev.astype(layer.moving_stddev.dtype))
+        layer.renorm_mean.assign(mean.astype(layer.renorm_mean.dtype))
+        layer.renorm_stddev.assign(stddev.astype(layer.renorm_stddev.dtype))
+
+
+class _StatisticsCollector(keras.Model):
+    """Outputs, per batch, every batch norm's input statistics (not the prediction).
+
+    Running it through `predict` keeps Keras's handling of every data type,
+    progress bar, compilation and distribution. Each statistic is shaped
+    `(1, channels)`, so `predict` stacks them into one row per batch (per replica,
+    under a strategy). Keys are `"<layer index>/<call index>/<statistic>"`: a
+    shared layer is called more than once per batch. Run it inside
+    `batch_statistics_used(model, layers, collector.recorder)`.
+    """
+
+    def __init__(self, model, layers):
+        super().__init__(name=f"{model.name}_statistics")
+        self.model = model
+        self.bn_layers = layers
+        self.recorder = Recorder()
+        self.built = True
+
+    def call(self, inputs):
+        self.recorder.calls = []
+        try:
+            self.model(inputs, training=False)
+            record = self.recorder.calls
+        finally:
+            self.recorder.calls = None
+        index_of = {id(layer): i for i, layer in enumerate(self.bn_layers)}
+        batch_size = ops.shape(keras.tree.flatten(inputs)[0])[0]
+        outputs, calls = {"samples": ops.reshape(batch_size, (1, 1))}, {}
+        for layer, (mean, variance, count) in record:
+            index = index_of[id(layer)]
+            call = calls[index] = calls.get(index, -1) + 1
+            outputs[f"{index}/{call}/mean"] = mean[None]
+            outputs[f"{index}/{call}/variance"] = variance[None]
+            outputs[f"{index}/{call}/count"] = ops.reshape(count, (1, 1))
+        return outputs
+
+
+class _CachedCollector:
+    """Holds a model's collector. A plain object on purpose: Keras's saving walks
+    every attribute of a model that is a Keras object, and a collector (a model
+    containing the model) reached that way would recurse forever."""
+
+    def __init__(self, collector, layers):
+        self.collector = collector
+        self.layer_ids = tuple(id(layer) for layer in layers)
+
+
+def _statistics_collector(model, layers):
+    """The model's collector, made once so that its compiled `predict` is reused:
+    adapting the same model again, as a stream of target data comes in, costs one
+    `predict`, not one trace and one `predict`. Rebuilt when the model's batch
+    norms change (a layer added to a Sequential model)."""
+    cached = getattr(model, "_kreg_statistics_collector", None)
+    if cached is None or cached.layer_ids != tuple(id(layer) for layer in layers):
+        with strategy_scope(model):
+            cached = _CachedCollector(_StatisticsCollector(model, layers), layers)
+        object.__setattr__(model, "_kreg_statistics_collector", cached)
+    return cached.collector
+
+
+def _combine(means, variances, counts):
+    """Exact mean and population variance of the union of the batches (Chan et al.)."""
+    means, variances, counts = (np.asarray(a, np.float64) for a in (means, variances, counts))
+    counts = counts.reshape(-1, 1)
+    total = counts.sum()
+    if total == 0:
+        return means[0], variances[0], total
+    mean = (counts * means).sum(axis=0) / total
+    # Sum of squares about the global mean: within-batch plus between-batch parts.
+    squares = (counts * (variances + np.square(means - mean))).sum(axis=0)
+    return mean, squares / total, total
+
+
+def no_data_error():
+    return ValueError(
+        "adapt_batchnorm received data that yields no batch: there is nothing to "
+        "estimate statistics from."
+    )
+
+
+def is_empty(data):
+    """Whether `data` certainly yields nothing (arrays, PyDataset, tf.data)."""
+    if isinstance(data, keras.utils.PyDataset):
+        try:
+            return data.num_batches == 0  # None when unknown
+        except (TypeError, NotImplementedError):
+            return False
+    cardinality = getattr(data, "cardinality", None)  # a tf.data.Dataset
+    if callable(cardinality):
+        return int(cardinality()) == 0
+    leaves = keras.tree.flatten(data)
+    shape = getattr(leaves[0], "shape", None) if leaves else None
+    return bool(shape) and shape[0] == 0
+
+
+class _BatchCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def collect_statistics(model, layers, data, predict_options):
+    """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
+    and the number of samples seen."""
+    collector = _statistics_collector(model, layers)
+    counter = _BatchCounter()
+    try:
+        with batch_statistics_used(model, layers, collector.recorder):
+            outputs = collector.predict(data, callbacks=[counter], **predict_options)
+    except _keras_compat.PREDICT_ERROR_WITHOUT_BATCHES as error:
+        if counter.batches == 0:
+            raise no_data_error() from error
+        raise
+    statistics = []
+    samples = int(np.sum(outputs["samples"]))
+    for index, layer in enumerate(layers):
+        calls = sorted({key.split("/")[1] for key in outputs if key.startswith(f"{index}/")})
+        if not calls:
+            raise ValueError(
+                f"The batch norm layer `{layer.path}` is never called when `{model.name}` "
+                "runs, so adapt_batchnorm cannot estimate its statistics."
+            )
+        mean, variance, count = _combine(
+            *(
+                np.concatenate([outputs[f"{index}/{call}/{name}"] for call in calls])
+                for name in ("mean", "variance", "count")
+            )
+        )
+        if count == 0:
+            raise ValueError(
+                f"Every position the batch norm layer `{layer.path}` saw in the data was "
+                "masked: there are no values to estimate its statistics from."
+            )
+        statistics.append((mean, variance, count))
+    return statistics, samples
+
+

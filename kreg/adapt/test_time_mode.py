@@ -1,0 +1,44 @@
+"""Switching every `AdaptiveBatchNormalization` of a model to a test-time mode."""
+
+from kreg import _keras_compat
+from kreg._validation import check_choice
+from kreg.layers.adaptive_batch_normalization import TEST_TIME_MODES
+from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
+
+
+def set_test_time_mode(model, mode):
+    """Switches every `AdaptiveBatchNormalization` in `model` to `mode`.
+
+    Takes effect on the next call or `predict`, with no re-tracing. Keras's own
+    `BatchNormalization` layers are not changed.
+
+    Args:
+        model: A Keras model (or layer) containing `AdaptiveBatchNormalization`s.
+        mode: One of `"running"`, `"batch"`, `"mixed"`, `"online"`.
+
+    Returns:
+        The number of layers switched.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), AdaptiveBatchNormalization()])
+    >>> set_test_time_mode(model, "batch")
+    1
+    """
+    check_choice("mode", mode, TEST_TIME_MODES)
+    layers = [
+        layer
+        for layer in _keras_compat.all_sublayers(model)
+        if isinstance(layer, AdaptiveBatchNormalization)
+    ]
+    if not layers:
+        raise ValueError(
+            f"`{model.name}` has no `AdaptiveBatchNormalization` layer to switch to "
+            f"mode {mode!r}. Build the model with kreg.layers.AdaptiveBatchNormalization, "
+            "or use kreg.adapt_batchnorm, which adapts any batch norm."
+        )
+    for layer in layers:
+        layer.test_time_mode = mode
+    return len(layers)
+
+
