@@ -1,23 +1,32 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Each creates .venv when it is missing and installs kreg with its test extras.
+# Each creates .venv when it is missing and installs kreg with the extras it needs:
+# `make demo` the demo's ([demo]), `make test` everything ([all,docs,test]).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
+DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
 .PHONY: demo test test-tensorflow test-jax test-torch bench
 
-$(INSTALLED): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+
+$(INSTALLED): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[all,docs,test]"
+	touch $@ $(DEMO_INSTALLED)
+
+$(DEMO_INSTALLED): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[demo]"
 	touch $@
 
-demo: $(INSTALLED)
+demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/kreg demo
 
-# Everything runs on TensorFlow; the layer and fold tests run again on JAX and PyTorch.
-# KERAS_BACKEND is read once, at import, so each backend is its own pytest run.
+# Everything runs on TensorFlow; the layer, fold and adapt tests run again on JAX
+# and PyTorch. KERAS_BACKEND is read once, at import, so each
+# backend is its own pytest run.
 test: test-tensorflow test-jax test-torch
 
 test-tensorflow: $(INSTALLED)

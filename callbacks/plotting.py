@@ -2,6 +2,7 @@
 
 import os
 
+from kreg._extras import require
 from kreg._validation import check_choice
 
 
@@ -31,7 +32,7 @@ def plot_training_curves(
     """
     # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs),
     # no display needed.
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", extra="plot", feature="plot_training_curves").Figure
 
     check_choice("yscale", yscale, ("linear", "log"))
     curves = getattr(history, "history", history)

@@ -22,7 +22,7 @@ from kreg.layers import DepthwiseConv2DBatchNorm
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 
-__version__ = "0.1.0"
+from kreg._version import __version__
 
 __all__ = [
     "Finding",

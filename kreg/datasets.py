@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from kreg._extras import require
 from kreg._validation import check_choice
 
 
@@ -42,7 +43,7 @@ def load_digit_images(train_size=1200, seed=0):
 
 
 def _split_digits(train_size, seed):
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", extra="demo", feature="kreg.datasets").load_digits
 
     digits = load_digits()
     n = len(digits.target)

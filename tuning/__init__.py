@@ -4,6 +4,11 @@ This folder sits at the top of the repository and installs as a subpackage of
 kreg (see `package-dir` in pyproject.toml). keras-tuner is imported only here.
 """
 
+from kreg._extras import require
+
+# keras-tuner is an extra: without it, one line saying how to install it.
+require("keras_tuner", extra="tuning", feature="kreg.tuning")
+
 from kreg.tuning.hypermodels import CNNHyperModel
 from kreg.tuning.hypermodels import RecurrentHyperModel
 from kreg.tuning.hypermodels import RegularizedHyperModel

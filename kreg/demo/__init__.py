@@ -9,6 +9,7 @@ import time
 
 import keras
 
+from kreg._extras import require
 from kreg.demo.cnn_training import digit_data
 from kreg.demo.cnn_training import train_with_and_without_callbacks
 from kreg.demo.folding import fold_and_time
@@ -26,6 +27,9 @@ def run(quick=False, out=None, log=print):
 
     Returns the summary rows `[(what, result)]`.
     """
+    # Checked before the first section runs, not minutes later when one needs it.
+    for module in ("keras_tuner", "matplotlib", "sklearn"):
+        require(module, extra="demo", feature="kreg demo")
     out = pathlib.Path("kreg-demo" if out is None else out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -1,0 +1,36 @@
+"""Optional dependencies: import one, or say which kreg extra installs it.
+
+`pip install kreg` brings Keras and NumPy only (pyproject.toml). A feature that
+needs more imports it through `require`, so a user who lacks it reads the one
+command that fixes it instead of a bare `No module named 'keras_tuner'`.
+"""
+
+import importlib
+
+
+class MissingExtraError(ImportError):
+    """A kreg feature needs a package that its extra installs, and it is missing."""
+
+
+def require(module, extra, feature):
+    """Imports `module` and returns it; raises `MissingExtraError` naming `extra`.
+
+    Args:
+        module: The module to import, e.g. `"keras_tuner"`.
+        extra: The kreg extra that installs it (pyproject.toml's
+            `optional-dependencies`; tests/test_extras.py checks the name).
+        feature: What needs it, as the user calls it, e.g. `"kreg.tuning"`.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        # Only the module itself (or its own package) missing means the extra is not
+        # installed; a module that is there but fails inside is a different problem.
+        missing = getattr(error, "name", None)
+        if missing is None or module.split(".")[0] != missing.split(".")[0]:
+            raise
+        raise MissingExtraError(
+            f"{feature} needs {missing!r}, which is not installed. "
+            f'Install it with: pip install "kreg[{extra}]"',
+            name=missing,
+        ) from error

@@ -1,0 +1,87 @@
+"""Features whose dependencies are extras say which extra to install when one is missing."""
+
+import ast
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+from kreg._extras import MissingExtraError
+from kreg._extras import require
+
+REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _declared_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(REPOSITORY / "pyproject.toml", "rb") as f:
+        return set(tomllib.load(f)["project"]["optional-dependencies"])
+
+
+def _require_calls():
+    """(file, extra) for every `require(..., extra=...)` in kreg's sources."""
+    for folder in ("kreg", "callbacks", "tuning"):
+        for path in sorted((REPOSITORY / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+                    extra = next(k.value for k in node.keywords if k.arg == "extra")
+                    yield path.relative_to(REPOSITORY), extra.value
+
+
+def test_every_required_extra_is_declared_in_pyproject():
+    calls = list(_require_calls())
+    assert len(calls) >= 4  # tuning, plotting, datasets, demo
+    declared = _declared_extras()
+    for path, extra in calls:
+        assert extra in declared, f"{path} names extra {extra!r}, not in pyproject.toml: {sorted(declared)}"
+
+
+def test_missing_module_names_the_extra_to_install():
+    with pytest.raises(MissingExtraError, match=r'some feature needs .*kreg_absent_module.*pip install "kreg\[plot\]"'):
+        require("kreg_absent_module.sub", extra="plot", feature="some feature")
+
+
+def test_a_module_that_fails_inside_keeps_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "kreg_broken_module.py").write_text("import kreg_its_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as raised:
+        require("kreg_broken_module", extra="plot", feature="some feature")
+    assert not isinstance(raised.value, MissingExtraError)
+    assert raised.value.name == "kreg_its_missing_dependency"
+
+
+def _forget(monkeypatch, module):
+    """Drops `module` and its submodules from sys.modules (restored after the test)."""
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + "."):
+            monkeypatch.delitem(sys.modules, name)
+
+
+def _hide(monkeypatch, module):
+    """Makes `import module` fail as if it were not installed (None in sys.modules)."""
+    _forget(monkeypatch, module)
+    monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_kreg_tuning_without_keras_tuner(monkeypatch):
+    _forget(monkeypatch, "kreg.tuning")
+    _hide(monkeypatch, "keras_tuner")
+    with pytest.raises(MissingExtraError, match=r'kreg.tuning needs .keras_tuner.*pip install "kreg\[tuning\]"'):
+        importlib.import_module("kreg.tuning")
+
+
+def test_plot_training_curves_without_matplotlib(monkeypatch, tmp_path):
+    from kreg.callbacks import plot_training_curves
+
+    _hide(monkeypatch, "matplotlib")
+    with pytest.raises(MissingExtraError, match=r'pip install "kreg\[plot\]"'):
+        plot_training_curves({"loss": [1.0], "val_loss": [1.0]}, tmp_path / "curves.png")
+
+
+def test_digits_without_scikit_learn(monkeypatch):
+    from kreg.datasets import load_digit_images
+
+    _hide(monkeypatch, "sklearn")
+    with pytest.raises(MissingExtraError, match=r'pip install "kreg\[demo\]"'):
+        load_digit_images()
