@@ -20,9 +20,16 @@ __all__ = [
     "PREDICT_ERROR_WITHOUT_BATCHES",
     "all_sublayers",
     "call_replaced",
+    "functional_nodes",
+    "fused_rnn_arguments_ok",
     "fused_rnn_kernels",
     "is_functional",
+    "node_arguments",
+    "node_index",
+    "node_is_input",
+    "node_operation",
     "recurrent_kernel_replaced",
+    "tensor_history",
 ]
 
 # What `Model.predict` raises when its data runs out before the first batch:
@@ -98,3 +105,64 @@ def call_replaced(layer, call):
         yield
     finally:
         object.__delattr__(layer, "call")
+
+
+# A functional model's graph. Keras keeps it as `Node` objects (keras/src/ops/node.py):
+# one per call of an operation, listed on the operation (`_inbound_nodes`) and, for
+# the nodes that belong to a model, by depth on the model (`Function._nodes_by_depth`,
+# keras/src/ops/function.py); each symbolic tensor names the node that made it
+# (`_keras_history`). `model.get_config()` is no substitute: keras-hub models
+# serialize their constructor arguments, not their layers.
+
+
+def functional_nodes(model):
+    """The nodes of a functional `model`, each after the nodes it consumes."""
+    by_depth = model._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def node_operation(node):
+    """The operation (layer, nested model or op) the node is a call of."""
+    return node.operation
+
+
+def node_index(node):
+    """Which call of its operation the node is (the index `_keras_history` uses)."""
+    return next(i for i, n in enumerate(node.operation._inbound_nodes) if n is node)
+
+
+def node_arguments(node):
+    """`(args, kwargs)` the operation was called with, symbolic tensors included."""
+    return node.arguments.args, node.arguments.kwargs
+
+
+def node_is_input(node):
+    """Whether the node is an `InputLayer`'s, a model input."""
+    return node.is_input
+
+
+def tensor_history(tensor):
+    """`(operation, node index, output index)` of the call that made `tensor`."""
+    history = tensor._keras_history
+    return history.operation, history.node_index, history.tensor_index
+
+
+def fused_rnn_arguments_ok(layer):
+    """Whether an `LSTM`/`GRU`'s arguments allow Keras's fused (cuDNN) kernel,
+    whatever its dropout and whether a GPU is present.
+
+    The conditions of `cudnn_ok` in keras/src/backend/tensorflow/rnn.py (and
+    the JAX and PyTorch equivalents), which are private and also ask for a GPU,
+    plus the layer's own `use_cudnn` switch (keras/src/layers/rnn/lstm.py).
+    """
+    import keras
+
+    serialize = keras.activations.serialize
+    return (
+        layer.use_cudnn in ("auto", True)
+        and serialize(layer.cell.activation) == "tanh"
+        and serialize(layer.cell.recurrent_activation) == "sigmoid"
+        and not layer.unroll
+        and layer.cell.use_bias
+        and (not isinstance(layer, keras.layers.GRU) or layer.cell.reset_after)
+    )

@@ -5,12 +5,21 @@ import dataclasses
 
 import keras
 
-from kreg import _model_graph
+from kreg import model_graph
 from kreg._validation import check_at_least
 from kreg.rules import RULES
-from kreg.rules._view import ModelView
 
 SEVERITIES = ("error", "warning", "info")
+
+
+class ModelView(model_graph.FlatGraph):
+    """What every rule reads: the model's calls as one graph (nested models
+    opened up, see `kreg.model_graph.FlatGraph`) and the training batch size
+    (`batch_size`, `None` if not given)."""
+
+    def __init__(self, model, batch_size=None):
+        super().__init__(model)
+        self.batch_size = batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +91,7 @@ def diagnose(model, batch_size=None):
             "Invalid value received for argument `model`. Expected a "
             f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
         )
-    if not _model_graph.is_graph_model(model):
+    if not model_graph.is_graph_model(model):
         raise TypeError(
             "diagnose reads the layer graph of Sequential and functional models; "
             f"`{type(model).__name__}` is a subclassed model whose graph cannot be "

@@ -313,3 +313,22 @@ def test_docstring_example():
 
 def test_exported_from_kreg():
     assert kreg.diagnose is diagnose and kreg.Finding is Finding
+
+
+def test_operation_nodes_are_read_and_keras_ops_activations_recognized():
+    inputs = keras.Input(IMAGE)
+    h = keras.ops.relu(conv(use_bias=False)(inputs) * 2.0)  # an activation as a keras.ops call
+    outputs = L.Flatten()(L.BatchNormalization(name="bn")(h))
+    findings = diagnose(keras.Model(inputs, outputs))
+    [finding] = [f for f in findings if f.rule == "activation-before-batch-norm"]
+    assert finding.layers[1] == "bn" and "'relu'" in finding.message
+
+
+@pytest.mark.parametrize("name", ["ConvNeXtTiny", "MobileNetV3Small"])
+def test_applications_with_operation_nodes(name):
+    """Both build their blocks with tensor arithmetic (`x + 3.0`, layer scale)."""
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=4)
+    findings = diagnose(model)
+    assert all(f.severity != "error" for f in findings), findings
+    if name == "MobileNetV3Small":
+        assert "foldable-batch-norm" in {f.rule for f in findings}

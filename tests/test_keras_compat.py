@@ -105,3 +105,57 @@ def test_predict_on_data_without_batches_raises_the_error_adapt_catches():
     empty = tf.data.Dataset.from_tensor_slices(np.ones((4, 3), "float32")).filter(lambda x: False).batch(2)
     with pytest.raises(_keras_compat.PREDICT_ERROR_WITHOUT_BATCHES):
         model.predict(empty, verbose=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="compares with the TensorFlow backend's private check")
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras.layers.LSTM(2),
+        keras.layers.LSTM(2, activation="relu"),
+        keras.layers.LSTM(2, recurrent_activation="hard_sigmoid"),
+        keras.layers.LSTM(2, unroll=True),
+        keras.layers.LSTM(2, use_bias=False),
+        keras.layers.GRU(2),
+        keras.layers.GRU(2, reset_after=False),
+        keras.layers.GRU(2, activation="relu"),
+    ],
+    ids=lambda layer: f"{type(layer).__name__}-{layer.cell.activation.__name__}-{layer.unroll}",
+)
+def test_fused_rnn_arguments_match_keras_cudnn_conditions(layer):
+    import importlib
+
+    # `keras.src.backend.tensorflow.rnn` the attribute is the function `rnn`.
+    rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+
+    arguments = dict(
+        activation=layer.cell.activation,
+        recurrent_activation=layer.cell.recurrent_activation,
+        unroll=layer.unroll,
+        use_bias=layer.cell.use_bias,
+    )
+    if isinstance(layer, keras.layers.GRU):
+        expected = rnn._do_gru_arguments_support_cudnn(**arguments, reset_after=layer.cell.reset_after)
+    else:
+        expected = rnn._do_lstm_arguments_support_cudnn(**arguments)
+    assert _keras_compat.fused_rnn_arguments_ok(layer) == expected
+    assert "cudnn_ok" in inspect.getsource(type(layer).inner_loop) or "use_cudnn" in inspect.getsource(type(layer))
+
+
+def test_functional_nodes_history_and_arguments():
+    inputs = keras.Input((3,), name="x")
+    dense = keras.layers.Dense(3, name="dense")
+    hidden = dense(inputs)
+    outputs = dense(inputs=keras.ops.relu(hidden) + 1.0)
+    model = keras.Model(inputs, outputs)
+    nodes = _keras_compat.functional_nodes(model)
+    operations = [_keras_compat.node_operation(node) for node in nodes]
+    assert _keras_compat.node_is_input(nodes[0]) and operations[0].name == "x"
+    assert [op.name for op in operations if op is dense] == ["dense", "dense"]
+    last = nodes[-1]
+    assert _keras_compat.node_index(last) == 1
+    args, kwargs = _keras_compat.node_arguments(last)
+    assert args == () and set(kwargs) == {"inputs"}
+    operation, node_index, tensor_index = _keras_compat.tensor_history(kwargs["inputs"])
+    assert type(operation).__name__ == "Add" and (node_index, tensor_index) == (0, 0)
+    assert _keras_compat.tensor_history(outputs)[:2] == (dense, 1)

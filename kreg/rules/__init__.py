@@ -8,8 +8,10 @@ A rule module defines three names:
 - `check(view)`: yields `(layers, message, fix)` for each place the rule finds,
   where `layers` lists layer paths, `message` says in one line what is wrong and
   why, and `fix` names the Keras or kreg layer (or call) to use instead.
-  `view` is a `kreg.rules._view.ModelView`: the model's layer calls as one graph,
-  nested models opened up; `kreg.rules._roles` says what part a layer plays.
+  `view` is a `kreg.diagnose.ModelView`: the model's calls (layers and
+  `keras.ops` operations) as one graph, nested models opened up (a
+  `kreg.model_graph.FlatGraph`), and the training batch size;
+  `kreg.rules._roles` says what part a layer plays.
 
 To add a rule: write `kreg/rules/<your_rule>.py` with those three names, add its
 module name to `RULE_MODULES` below, and add a model with the mistake and its

@@ -10,7 +10,7 @@ import keras
 
 from kreg.layers import ConsistentDropout
 from kreg.layers.conv_batch_norm import FusedBatchNormLayer
-from kreg.rules._view import INPUT
+from kreg.model_graph import INPUT
 
 L = keras.layers
 
@@ -123,8 +123,21 @@ def is_anchor(layer):
     )
 
 
+# Activation functions by their name without underscores ("hardsigmoid"), to
+# recognize the operation nodes that `keras.ops.relu(x)` and friends leave in a
+# functional model (classes `Relu`, `HardSigmoid`, ... in keras/src/ops/nn.py).
+_ACTIVATION_NAMES = {
+    name.replace("_", ""): name
+    for name in dir(keras.activations)
+    if not name.startswith("_") and name not in ("get", "serialize", "deserialize", "linear")
+}
+
+
 def activation_name(layer):
-    """The non-linearity `layer` applies last, or `None` (linear or none)."""
+    """The non-linearity `layer` (or a `keras.ops` operation) applies last, or
+    `None` (linear or none)."""
+    if not isinstance(layer, keras.layers.Layer):
+        return _ACTIVATION_NAMES.get(type(layer).__name__.lower()) if layer is not None else None
     if isinstance(layer, L.Activation):
         name = keras.activations.serialize(layer.activation)
         return None if name == "linear" else name

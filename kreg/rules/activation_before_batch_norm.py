@@ -1,19 +1,19 @@
 """An activation before batch norm (Conv -> ReLU -> BN instead of Conv -> BN -> ReLU)."""
 
 from kreg.rules import _roles
-from kreg.rules._view import INPUT
+from kreg.model_graph import INPUT
 
 ID = "activation-before-batch-norm"
 SEVERITY = "warning"
 
 
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_batch_norm(node.layer):
             continue
         # Dropout between the activation and the batch norm changes nothing here.
         for producer in view.before(node, lambda layer: not _roles.is_dropout(layer)):
-            activation = None if producer is INPUT else _roles.activation_name(producer.layer)
+            activation = None if producer is INPUT else _roles.activation_name(producer.operation)
             if activation is None:
                 continue
             convs = [producer, *view.before(producer, _roles.is_anchor)]

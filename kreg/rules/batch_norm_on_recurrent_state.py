@@ -7,7 +7,7 @@ SEVERITY = "warning"
 
 
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_batch_norm(node.layer):
             continue
         for anchor in view.before(node, _roles.is_anchor):

@@ -7,7 +7,7 @@ SEVERITY = "warning"
 
 
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_batch_norm(node.layer) or len(node.inputs) != 1:
             continue
         producer = node.inputs[0]

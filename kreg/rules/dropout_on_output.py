@@ -1,7 +1,7 @@
 """Dropout after the final classifier, on the model's output."""
 
 from kreg.rules import _roles
-from kreg.rules._view import OUTPUT
+from kreg.model_graph import OUTPUT
 
 ID = "dropout-on-output"
 SEVERITY = "error"
@@ -15,7 +15,7 @@ def _passes_output_on(layer):
 
 
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_dropout(node.layer) or node.layer.rate == 0:
             continue
         if OUTPUT in view.after(node, lambda layer: not _passes_output_on(layer)):

@@ -9,7 +9,7 @@ _RNN_RATES = ("dropout", "recurrent_dropout", "weight_dropout")
 
 def check(view):
     early = _roles.early_convs(view)
-    for node in view.nodes:
+    for node in view.calls:
         if _roles.is_dropout(node.layer):
             role, anchor = _roles.dropout_role(view, node, early)
             if role is None or role == "early conv":  # early-conv-dropout says it better

@@ -9,7 +9,7 @@ MAX_RATE = 0.1
 
 def check(view):
     early = _roles.early_convs(view)
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_dropout(node.layer) or node.layer.rate <= MAX_RATE:
             continue
         role, conv = _roles.dropout_role(view, node, early)

@@ -12,7 +12,7 @@ def _is_sequence_rnn(node):
 
 
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         if not _roles.is_per_timestep_dropout(node.layer):
             continue
         rnn_before = [n for n in view.before(node, _roles.is_anchor) if _is_sequence_rnn(n)]

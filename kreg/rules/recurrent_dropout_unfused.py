@@ -2,6 +2,7 @@
 
 import keras
 
+from kreg import _keras_compat
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 from kreg.rules import _roles
@@ -10,26 +11,13 @@ ID = "recurrent-dropout-unfused"
 SEVERITY = "warning"
 
 
-def _fused_kernel_possible(layer):
-    """Keras's conditions for the cuDNN kernel (`backend.cudnn_ok`), minus dropout."""
-    serialize = keras.activations.serialize
-    return (
-        layer.use_cudnn in ("auto", True)
-        and serialize(layer.cell.activation) == "tanh"
-        and serialize(layer.cell.recurrent_activation) == "sigmoid"
-        and not layer.unroll
-        and layer.cell.use_bias
-        and (not isinstance(layer, keras.layers.GRU) or layer.cell.reset_after)
-    )
-
-
 def check(view):
-    for node in view.nodes:
+    for node in view.calls:
         layer = _roles.unwrap(node.layer)
         if not isinstance(layer, (keras.layers.LSTM, keras.layers.GRU)):
             continue
         rate = layer.recurrent_dropout
-        if not rate or not _fused_kernel_possible(layer):
+        if not rate or not _keras_compat.fused_rnn_arguments_ok(layer):
             continue
         if isinstance(layer, (WeightDropLSTM, WeightDropGRU)):
             fix = f"recurrent_dropout=0 and weight_dropout={rate:g} on `{node.path}`"
