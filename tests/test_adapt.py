@@ -320,3 +320,67 @@ def test_nonfinite_or_zero_rates_are_refused():
         adapt_batchnorm(_cnn(), _target(), method="tent", learning_rate=float("inf"))
     with pytest.raises(ValueError, match="prior_strength"):
         kreg.layers.AdaptiveBatchNormalization(prior_strength=float("inf"))
+
+
+# Everywhere: fused layers, and data that cannot give statistics.
+
+
+def test_the_batch_norms_inside_fused_layers_are_adapted():
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            kreg.Conv2DBatchNorm(4, 3, activation="relu", name="conv_bn"),
+            keras.layers.Flatten(),
+            kreg.DenseBatchNorm(3, name="dense_bn"),
+        ]
+    )
+    x = _target()
+    conv_out = _numpy(model.get_layer("conv_bn").base_layer(x)).reshape(-1, 4)
+    report = adapt_batchnorm(model, x, batch_size=len(x), verbose=0)
+    assert [change.name.split("/")[-2] for change in report.layers] == ["conv_bn", "dense_bn"]
+    bn = model.get_layer("conv_bn").batch_norm
+    np.testing.assert_allclose(_numpy(bn.moving_mean), conv_out.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_numpy(bn.moving_variance), conv_out.var(0), rtol=1e-5, atol=1e-5)
+    # The adapted inference (folded kernel) normalizes the dense layer's inputs.
+    outputs = _numpy(model.predict(x, batch_size=len(x), verbose=0))
+    np.testing.assert_allclose(outputs.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(outputs.var(0), 1.0, rtol=1e-2)
+
+
+def test_tent_trains_the_scale_and_shift_of_fused_layers():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), kreg.Conv2DBatchNorm(4, 3, name="conv_bn"), keras.layers.Flatten(),
+         keras.layers.Dense(3, activation="softmax")]
+    )
+    gamma = _numpy(model.get_layer("conv_bn").batch_norm.gamma).copy()
+    adapt_batchnorm(model, _target(), method="tent", learning_rate=0.05, verbose=0)
+    assert not np.array_equal(_numpy(model.get_layer("conv_bn").batch_norm.gamma), gamma)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_data_is_an_error_and_changes_nothing(bad):
+    model = _cnn()
+    before = _all_weights(model)
+    x = _target()
+    x[5, 3, 3, 0] = bad
+    with pytest.raises(ValueError, match="not finite.*NaN or infinite"):
+        adapt_batchnorm(model, x, verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(model)[path], value, err_msg=path)
+
+
+def test_one_value_per_channel_is_an_error_not_a_zero_variance():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn")])
+    before = _all_weights(model)
+    with pytest.raises(ValueError, match="bn` saw 1 value per channel.*at least two"):
+        adapt_batchnorm(model, np.ones((1, 3), "float32"), verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(model)[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("not_a_model", ["a string", None, np.ones(3)])
+def test_a_non_model_is_a_type_error_naming_model(not_a_model):
+    with pytest.raises(TypeError, match="argument `model`"):
+        adapt_batchnorm(not_a_model, _target())
+    with pytest.raises(TypeError, match="argument `model`"):
+        set_test_time_mode(not_a_model, "batch")

@@ -11,11 +11,14 @@ from kreg import _keras_compat
 from kreg.layers.batch_statistics import batch_moments
 from kreg.layers.batch_statistics import in_statistics_dtype
 from kreg.layers.batch_statistics import normalize
+from kreg.layers.conv_batch_norm import FusedBatchNormLayer
 
 # Both methods run the model with every batch norm normalizing by its batch's
 # statistics, whatever its mode or training flag, and the rest of the model in
 # inference mode (dropout off). Each batch norm's `call` is replaced for the
-# duration; `_keras_compat.call_replaced` restores it.
+# duration; `_keras_compat.call_replaced` restores it. kreg's fused layers
+# (`Conv2DBatchNorm`...) never call their batch norm at inference (they fold it
+# into the kernel), so theirs is replaced by the unfolded path as well.
 
 
 def replicated(model):
@@ -69,9 +72,23 @@ def batch_statistics_used(model, layers, recorder=None):
 
         return call
 
+    def unfolded_call(fused):
+        def call(inputs, training=None):
+            return fused.unfolded_call(inputs, training=False)
+
+        return call
+
+    batch_norm_ids = {id(layer) for layer in layers}
+    fused_layers = [
+        layer
+        for layer in _keras_compat.all_sublayers(model)
+        if isinstance(layer, FusedBatchNormLayer) and id(layer.batch_norm) in batch_norm_ids
+    ]
     with contextlib.ExitStack() as stack:
         for layer in layers:
             stack.enter_context(_keras_compat.call_replaced(layer, batch_statistics_call(layer)))
+        for fused in fused_layers:
+            stack.enter_context(_keras_compat.call_replaced(fused, unfolded_call(fused)))
         yield
 
 

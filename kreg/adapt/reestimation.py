@@ -159,6 +159,19 @@ def collect_statistics(model, layers, data, predict_options):
                 f"Every position the batch norm layer `{layer.path}` saw in the data was "
                 "masked: there are no values to estimate its statistics from."
             )
+        if count < 2:
+            # A variance of one value is 0: the layer would divide by sqrt(epsilon).
+            raise ValueError(
+                f"The batch norm layer `{layer.path}` saw {int(count)} value per channel "
+                "in the data: a variance needs at least two. Adapt on more samples (a "
+                "batch norm after a dense layer sees one value per sample)."
+            )
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
+            raise ValueError(
+                f"The statistics of the batch norm layer `{layer.path}` over the data are "
+                "not finite: the data holds NaN or infinite values (or the model overflows "
+                "on it). The model was left unchanged; remove or replace those samples."
+            )
         statistics.append((mean, variance, count))
     return statistics, samples
 

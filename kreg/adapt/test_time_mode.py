@@ -1,5 +1,7 @@
 """Switching every `AdaptiveBatchNormalization` of a model to a test-time mode."""
 
+import keras
+
 from kreg import _keras_compat
 from kreg._validation import check_choice
 from kreg.layers.adaptive_batch_normalization import TEST_TIME_MODES
@@ -25,6 +27,11 @@ def set_test_time_mode(model, mode):
     >>> set_test_time_mode(model, "batch")
     1
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a Keras model or "
+            f"layer. Received: model={model!r} (of type {type(model).__name__})"
+        )
     check_choice("mode", mode, TEST_TIME_MODES)
     layers = [
         layer

@@ -139,18 +139,25 @@ class FusedBatchNormLayer(keras.layers.Layer):
     def _apply_kernel(self, inputs, kernel):
         raise NotImplementedError
 
+    def unfolded_call(self, inputs, training=False):
+        """The conv/dense, then the batch norm layer itself, then the activation.
+
+        What training runs; `kreg.adapt_batchnorm` and `PreciseBatchNorm` run it at
+        inference too, so that the batch norm sees (and records) its inputs.
+        """
+        return self.activation(self.batch_norm(self.base_layer(inputs), training=training))
+
     def call(self, inputs, training=False):
         if training and self.trainable:
-            outputs = self.batch_norm(self.base_layer(inputs), training=True)
-        else:
-            kernel, bias = self.folded_kernel_and_bias()
-            # Folded in float32 (the statistics' dtype), run in the compute dtype.
-            kernel = ops.cast(kernel, self.compute_dtype)
-            bias = ops.cast(bias, self.compute_dtype)
-            outputs = self._apply_kernel(inputs, kernel)
-            if self._channel_axis == 1:
-                bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2))
-            outputs = ops.add(outputs, bias)
+            return self.unfolded_call(inputs, training=True)
+        kernel, bias = self.folded_kernel_and_bias()
+        # Folded in float32 (the statistics' dtype), run in the compute dtype.
+        kernel = ops.cast(kernel, self.compute_dtype)
+        bias = ops.cast(bias, self.compute_dtype)
+        outputs = self._apply_kernel(inputs, kernel)
+        if self._channel_axis == 1:
+            bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2))
+        outputs = ops.add(outputs, bias)
         return self.activation(outputs)
 
     def compute_output_shape(self, input_shape):
