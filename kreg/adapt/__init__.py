@@ -7,12 +7,14 @@ to make the predictions confident (Tent). `set_test_time_mode` switches every
 
 One module per job: `test_time_mode` (switching modes), `reestimation` (the exact
 one-pass statistics), `entropy` (entropy minimization), `batch_statistics_pass`
-(what both methods run the model with), `report` (what changed).
+(what both methods run the model with), `report` (what changed). The batch
+norms are found by `kreg.model_graph.batch_norm_layers`, the reader fold and
+diagnose share.
 """
 
 from kreg.adapt.adaptation import METHODS
 from kreg.adapt.adaptation import adapt_batchnorm
-from kreg.adapt.batch_norm_layers import batch_norm_layers
+from kreg.model_graph import batch_norm_layers
 from kreg.adapt.report import AdaptationReport
 from kreg.adapt.report import LayerChange
 from kreg.adapt.test_time_mode import set_test_time_mode

@@ -6,7 +6,7 @@ from keras import ops
 
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
-from kreg.adapt.batch_norm_layers import batch_norm_layers
+from kreg.model_graph import batch_norm_layers
 from kreg.adapt.entropy import minimize_entropy
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics

@@ -8,6 +8,7 @@ import contextlib
 import threading
 
 from kreg import _keras_compat
+from kreg import model_graph
 from kreg.layers.batch_statistics import batch_moments
 from kreg.layers.batch_statistics import in_statistics_dtype
 from kreg.layers.batch_statistics import normalize
@@ -81,7 +82,7 @@ def batch_statistics_used(model, layers, recorder=None):
     batch_norm_ids = {id(layer) for layer in layers}
     fused_layers = [
         layer
-        for layer in _keras_compat.all_sublayers(model)
+        for layer in model_graph.sublayers(model)
         if isinstance(layer, FusedBatchNormLayer) and id(layer.batch_norm) in batch_norm_ids
     ]
     with contextlib.ExitStack() as stack:

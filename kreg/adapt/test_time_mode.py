@@ -2,7 +2,7 @@
 
 import keras
 
-from kreg import _keras_compat
+from kreg import model_graph
 from kreg._validation import check_choice
 from kreg.layers.adaptive_batch_normalization import TEST_TIME_MODES
 from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
@@ -35,7 +35,7 @@ def set_test_time_mode(model, mode):
     check_choice("mode", mode, TEST_TIME_MODES)
     layers = [
         layer
-        for layer in _keras_compat.all_sublayers(model)
+        for layer in model_graph.sublayers(model)
         if isinstance(layer, AdaptiveBatchNormalization)
     ]
     if not layers:
