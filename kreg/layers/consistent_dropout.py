@@ -2,11 +2,13 @@ import keras
 from keras import ops
 
 from kreg._validation import check_int
-from kreg._validation import check_rate
+from kreg.layers.adjustable_rates import AdjustableRates
+from kreg.layers.adjustable_rates import dropout
+from kreg.layers.adjustable_rates import rate_property
 
 
 @keras.saving.register_keras_serializable(package="kreg")
-class ConsistentDropout(keras.layers.Layer):
+class ConsistentDropout(AdjustableRates, keras.layers.Layer):
     """Dropout with one mask per sequence, shared by every timestep.
 
     Ordinary `Dropout` draws a new mask at every timestep, so a recurrent model
@@ -20,7 +22,10 @@ class ConsistentDropout(keras.layers.Layer):
     and a Keras mask passes through unchanged.
 
     Args:
-        rate: Float in `[0, 1)`. Fraction of the features to drop.
+        rate: Float in `[0, 1)`. Fraction of the features to drop. Held in a
+            variable that `call` reads, so `layer.rate = 0.4` on a trained
+            model applies at the next step without a retrace (a layer built
+            with rate 0 never drops and cannot be raised later).
         time_axis: Integer. The axis of the input that is time. The mask has size
             1 along it (it is broadcast over the timesteps). Any axis but the
             batch axis (0); negative values count from the end. Defaults to `1`,
@@ -51,7 +56,7 @@ class ConsistentDropout(keras.layers.Layer):
 
     def __init__(self, rate, time_axis=1, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rate = check_rate("rate", rate)
+        self.add_rate("rate", rate)
         self.time_axis = check_int("time_axis", time_axis)
         if self.time_axis == 0:
             raise ValueError(
@@ -61,6 +66,8 @@ class ConsistentDropout(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+
+    rate = rate_property("rate", "The current dropout rate (a float; assign to change it).")
 
     def _normalized_time_axis(self, rank):
         if rank < 3:
@@ -84,12 +91,12 @@ class ConsistentDropout(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         time_axis = self._normalized_time_axis(len(inputs.shape))
-        if not training or self.rate == 0.0:
+        if not training or not self.rate_in_use("rate"):
             return inputs
         noise_shape = list(ops.shape(inputs))
         noise_shape[time_axis] = 1
-        return keras.random.dropout(
-            inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator
+        return dropout(
+            inputs, self.rate_variable("rate"), noise_shape=noise_shape, seed=self.seed_generator
         )
 
     def compute_output_shape(self, input_shape):

@@ -6,6 +6,9 @@ from keras import ops
 from kreg._keras_compat import recurrent_kernel_replaced
 from kreg._validation import check_choice
 from kreg._validation import check_rate
+from kreg.layers.adjustable_rates import AdjustableRates
+from kreg.layers.adjustable_rates import dropout
+from kreg.layers.adjustable_rates import rate_property
 
 WEIGHT_DROPOUT_MODES = ("unit", "weight")
 
@@ -26,7 +29,9 @@ _WEIGHT_DROP_DOC = """
         units: Positive integer, dimensionality of the output space.
         weight_dropout: Float in `[0, 1)`. Fraction of the recurrent kernel to
             drop during training. Kept entries are scaled by
-            `1 / (1 - weight_dropout)`. Defaults to `0.0`.
+            `1 / (1 - weight_dropout)`. Defaults to `0.0`. Held in a variable
+            read at call time: `layer.weight_dropout = 0.4` applies at the next
+            step without a retrace (unless the layer was built with 0).
         weight_dropout_mode: `"unit"` (default) drops whole rows of the recurrent
             kernel: a dropped hidden unit feeds none of the gates at the next
             step, the same for every timestep of the batch. `"weight"` drops
@@ -57,8 +62,10 @@ _WEIGHT_DROP_DOC = """
 """
 
 
-class _WeightDropMixin:
+class _WeightDropMixin(AdjustableRates):
     """What `WeightDropLSTM` and `WeightDropGRU` share: the mask and its config."""
+
+    weight_dropout = rate_property("weight_dropout", "The current weight-dropout rate.")
 
     def __init__(self, units, weight_dropout=0.0, weight_dropout_mode="unit", **kwargs):
         # Checked before the parent builds its cell, so a bad rate fails first.
@@ -67,7 +74,7 @@ class _WeightDropMixin:
             "weight_dropout_mode", weight_dropout_mode, WEIGHT_DROPOUT_MODES
         )
         super().__init__(units, **kwargs)
-        self.weight_dropout = weight_dropout
+        self.add_rate("weight_dropout", weight_dropout)
         self.weight_dropout_mode = weight_dropout_mode
 
     def _dropped_recurrent_kernel(self):
@@ -80,15 +87,15 @@ class _WeightDropMixin:
             mask_shape = kernel.shape
         # The cell's own seed generator: the layer keeps exactly the variables of
         # the plain Keras layer, so weights transfer both ways.
-        mask = keras.random.dropout(
+        mask = dropout(
             ops.ones(mask_shape, dtype=cell.compute_dtype),
-            self.weight_dropout,
+            self.rate_variable("weight_dropout"),
             seed=cell.seed_generator,
         )
         return kernel * mask
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if not training or self.weight_dropout == 0.0:
+        if not training or not self.rate_in_use("weight_dropout"):
             return super().inner_loop(
                 sequences, initial_state, mask=mask, training=training
             )
