@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kreg import cli  # noqa: E402
-from tests.batch_norm_testing import randomize_batch_norm  # noqa: E402
+from batch_norm_testing import randomize_batch_norm  # noqa: E402
 
 L = keras.layers
 

@@ -25,8 +25,10 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
     ConsistentDropoutCell(b)])` draws masks for each cell.
 
     Args:
-        cell: The cell to wrap: a layer with `call(inputs, states)` and
-            `state_size`, as `keras.layers.RNN` expects.
+        cell: The cell to wrap: a `keras.layers.Layer` with
+            `call(inputs, states)` and `state_size`, as `keras.layers.RNN`
+            expects. It must be a layer (not any object with a `call`) so that
+            it saves with the model and receives `training`.
         dropout: Float in `[0, 1)`. Fraction of the input features to drop.
         recurrent_dropout: Float in `[0, 1)`. Fraction of the first state's
             features to drop.
@@ -54,7 +56,14 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
     """
 
     def __init__(self, cell, dropout=0.0, recurrent_dropout=0.0, seed=None, **kwargs):
-        if not callable(getattr(cell, "call", None)) or not hasattr(cell, "state_size"):
+        if not isinstance(cell, keras.layers.Layer):
+            raise TypeError(
+                "Invalid type for argument `cell`. Expected an RNN cell that is a "
+                "`keras.layers.Layer`, with a `call(inputs, states)` method and a "
+                f"`state_size` attribute. Received: cell={cell!r} of type "
+                f"{type(cell).__name__}"
+            )
+        if not hasattr(cell, "state_size"):
             raise ValueError(
                 "Invalid value received for argument `cell`. Expected an RNN cell: "
                 "a layer with a `call(inputs, states)` method and a `state_size` "
@@ -112,9 +121,10 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
         if training and self.recurrent_dropout > 0.0:
             states = list(states) if isinstance(states, (list, tuple)) else [states]
             states[0] = states[0] * self.get_recurrent_dropout_mask(states[0])
-        if self.cell._call_has_training_arg:
-            return self.cell(inputs, states, training=training)
-        return self.cell(inputs, states)
+        # `Layer.__call__` hands `training` to a cell whose `call` accepts it and
+        # drops it for one whose `call` does not (`CallSpec` in
+        # keras/src/layers/layer.py), so every layer cell can be called alike.
+        return self.cell(inputs, states, training=training)
 
     def get_config(self):
         base_config = super().get_config()

@@ -121,7 +121,49 @@ def test_identity_at_inference_and_new_masks_each_call():
     assert not np.allclose(first, _numpy(rnn(x, training=True))), "masks must change per batch"
 
 
-def test_stacked_cells_each_get_masks_and_train():
+def test_stacked_cells_each_get_their_own_input_masks_once_per_sequence():
+    # Inputs of ones, zero states. The first cell's output is t * m1 (its input mask
+    # m1, held over time); the second cell sums its masked inputs m2 * t * m1, so
+    # its output at step t is t(t+1)/2 * m2 * m1 when both masks hold over time.
+    rnn = keras.layers.RNN(
+        [
+            ConsistentDropoutCell(RecordingCell(32), dropout=0.5, seed=5),
+            ConsistentDropoutCell(RecordingCell(32), dropout=0.5, seed=6),
+        ],
+        return_sequences=True,
+        return_state=True,
+    )
+    y, first_state, _ = (_numpy(t) for t in rnn(np.ones((16, 4, 32), dtype="float32"), training=True))
+    triangular = np.array([1, 3, 6, 10], dtype="float32")[None, :, None]
+    np.testing.assert_allclose(y, triangular * y[:, :1], rtol=1e-6)
+    assert set(np.unique(y[:, 0])) == {0.0, 4.0}, "each cell scales what it keeps by 1 / (1 - 0.5)"
+    first_kept, kept = first_state != 0, y[:, -1] != 0
+    assert not np.any(kept & ~first_kept), "the second cell sees the first cell's zeros"
+    # The second cell's own mask drops about half of what the first kept.
+    assert 0.3 < (first_kept & ~kept).sum() / first_kept.sum() < 0.7
+
+
+def test_stacked_cells_each_get_their_own_state_mask_once_per_sequence():
+    # Input 1 at step 0 only: the first cell (no dropout) outputs 1 at every step;
+    # the second outputs 1 + m * previous, with its state mask m in {0, 2}: each
+    # unit follows 1, 3, 7, 15 (kept) or 1, 1, 1, 1 (dropped), never a mix.
+    rnn = keras.layers.RNN(
+        [
+            ConsistentDropoutCell(RecordingCell(32)),
+            ConsistentDropoutCell(RecordingCell(32), recurrent_dropout=0.5, seed=7),
+        ],
+        return_sequences=True,
+    )
+    x = np.zeros((16, 4, 32), dtype="float32")
+    x[:, 0] = 1.0
+    units = _numpy(rnn(x, training=True)).transpose(0, 2, 1)  # (sample, unit, step)
+    kept = units[:, :, -1] != 1.0
+    assert 0.3 < kept.mean() < 0.7
+    np.testing.assert_array_equal(units[kept], np.tile([1.0, 3.0, 7.0, 15.0], (kept.sum(), 1)))
+    np.testing.assert_array_equal(units[~kept], 1.0)
+
+
+def test_stacked_cells_train_every_weight():
     cells = [
         ConsistentDropoutCell(MinimalRNNCell(6), dropout=0.2, recurrent_dropout=0.2),
         ConsistentDropoutCell(MinimalRNNCell(4), recurrent_dropout=0.3),
@@ -129,8 +171,27 @@ def test_stacked_cells_each_get_masks_and_train():
     model = keras.Sequential([keras.Input((5, 3)), keras.layers.RNN(cells), keras.layers.Dense(1)])
     model.compile("adam", "mse")
     x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype("float32")
-    loss = model.fit(x, np.zeros((8, 1)), epochs=2, verbose=0).history["loss"]
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.fit(x, np.ones((8, 1)), epochs=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(loss))
+    changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
+    assert all(changed), "every weight of both cells gets a gradient"
+
+
+@keras.saving.register_keras_serializable(package="kreg_tests")
+class TrainingFlagCell(RecordingCell):
+    """Adds 1 to its output when called with `training=True`."""
+
+    def call(self, inputs, states, training=False):
+        output = inputs + states[0] + (1.0 if training else 0.0)
+        return output, [output]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_wrapped_cell_receives_training(training):
+    rnn = keras.layers.RNN(ConsistentDropoutCell(TrainingFlagCell(2)))
+    y = _numpy(rnn(np.zeros((1, 3, 2), dtype="float32"), training=training))
+    np.testing.assert_array_equal(y, 3.0 if training else 0.0)
 
 
 def test_wraps_a_keras_cell_with_a_training_argument():
@@ -142,7 +203,6 @@ def test_wraps_a_keras_cell_with_a_training_argument():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"cell": "lstm"}, r"`cell`.*RNN cell.*'lstm'"),
         ({"cell": keras.layers.Dense(3)}, r"`cell`.*state_size"),
         ({"dropout": 1.5}, r"`dropout`.*\[0, 1\).*dropout=1.5"),
         ({"recurrent_dropout": -0.5}, r"`recurrent_dropout`.*recurrent_dropout=-0.5"),
@@ -154,3 +214,21 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
     kwargs = {"cell": MinimalRNNCell(3), **kwargs}
     with pytest.raises(ValueError, match=message):
         ConsistentDropoutCell(**kwargs)
+
+
+class PlainObjectCell:
+    """Has what `keras.layers.RNN` reads of a cell, but is not a Keras layer."""
+
+    state_size = 3
+
+    def call(self, inputs, states):
+        return inputs, states
+
+
+@pytest.mark.parametrize(
+    "cell, received",
+    [("lstm", r"cell='lstm' of type str"), (PlainObjectCell(), r"of type PlainObjectCell")],
+)
+def test_a_cell_that_is_not_a_layer_is_a_type_error(cell, received):
+    with pytest.raises(TypeError, match=r"`cell`.*keras.layers.Layer.*" + received):
+        ConsistentDropoutCell(cell)

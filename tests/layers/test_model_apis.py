@@ -1,4 +1,5 @@
-"""Every kreg layer inside Sequential, functional and subclassed models."""
+"""Every kreg layer (every name in `kreg.layers.__all__`) inside Sequential,
+functional and subclassed models. The layers come from tests/layer_examples.py."""
 
 import keras
 import numpy as np
@@ -6,50 +7,63 @@ import pytest
 from keras import ops
 
 import kreg
+from kreg._keras_compat import all_sublayers
+from layer_examples import EXAMPLES
+from layer_examples import missing_examples
 
-# Each factory returns a fresh sequence-to-vector stack around one kreg layer.
-STACKS = {
-    "ConsistentDropout": lambda: [kreg.ConsistentDropout(0.3), keras.layers.LSTM(4)],
-    "WeightDropLSTM": lambda: [kreg.WeightDropLSTM(4, weight_dropout=0.3)],
-    "WeightDropGRU": lambda: [kreg.WeightDropGRU(4, weight_dropout=0.3)],
-    "ConsistentDropoutCell": lambda: [
-        keras.layers.RNN(
-            kreg.ConsistentDropoutCell(keras.layers.SimpleRNNCell(4), dropout=0.3, recurrent_dropout=0.3)
-        )
-    ],
-}
+
+def test_every_public_layer_has_an_example():
+    missing = missing_examples()
+    assert not missing, (
+        f"kreg.layers.__all__ has layers without an example: {missing}. "
+        "Add a row for each to EXAMPLES in tests/layer_examples.py."
+    )
+
+
+def test_every_example_uses_its_layer():
+    for name, example in EXAMPLES.items():
+        model = example.model()
+        used = {type(layer).__name__ for layer in all_sublayers(model)}
+        assert name in used, f"EXAMPLES[{name!r}] builds {sorted(used)}, not {name}"
 
 
 class Subclassed(keras.Model):
     def __init__(self, stack):
         super().__init__()
         self.stack = stack
+        self.flatten = keras.layers.Flatten()
         self.head = keras.layers.Dense(1)
 
     def call(self, x, training=False):
         for layer in self.stack:
             x = layer(x, training=training)
-        return self.head(x)
+        return self.head(self.flatten(x))
 
 
-def _models(stack_factory):
-    sequential = keras.Sequential([keras.Input((5, 3)), *stack_factory(), keras.layers.Dense(1)])
-    inputs = keras.Input((5, 3))
-    x = inputs
-    for layer in stack_factory():
-        x = layer(x)
-    functional = keras.Model(inputs, keras.layers.Dense(1)(x))
-    return {"sequential": sequential, "functional": functional, "subclassed": Subclassed(stack_factory())}
+def _models(example):
+    sequential = keras.Sequential(
+        [keras.Input(example.input_shape), *example.stack(), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    return {"sequential": sequential, "functional": example.model(), "subclassed": Subclassed(example.stack())}
 
 
-@pytest.mark.parametrize("name", sorted(STACKS))
+@pytest.mark.parametrize("name", sorted(kreg.layers.__all__))
 def test_trains_and_predicts_in_every_model_api(name):
-    x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype("float32")
-    target = np.zeros((8, 1), dtype="float32")
-    for api, model in _models(STACKS[name]).items():
+    if name not in EXAMPLES:
+        pytest.fail(f"{name} has no example in tests/layer_examples.py")
+    example = EXAMPLES[name]
+    x = example.inputs(8)
+    target = np.ones((8, 1), dtype="float32")
+    for api, model in _models(example).items():
         model.compile("adam", "mse")
+        before = None
+        if model.built:
+            before = [w.copy() for w in model.get_weights()]
         loss = model.fit(x, target, epochs=1, verbose=0).history["loss"][0]
         assert np.isfinite(loss), f"{api}: loss {loss}"
+        if before is not None:
+            moved = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
+            assert any(moved), f"{api}: one step of fit changed no weight"
         # Inference is deterministic: predict agrees with a direct call.
         np.testing.assert_allclose(
             ops.convert_to_numpy(model(x, training=False)),

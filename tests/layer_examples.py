@@ -1,0 +1,77 @@
+"""One small working example of every public kreg layer: THE table to extend.
+
+Adding a layer to `kreg.layers.__all__`? Add a row here. Every test that must
+cover every layer reads this table (tests/layers/test_model_apis.py, the
+multi-device tests in tests/distributed/), and tests/layers/test_model_apis.py
+fails, naming the layer, when `kreg.layers.__all__` has a name without a row.
+"""
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+
+import kreg
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerExample:
+    """A kreg layer in the smallest stack where it does its job.
+
+    Attributes:
+        input_shape: Shape of one sample (no batch axis).
+        stack: Returns fresh layers, the kreg layer among them; a model puts
+            them between its input and a `Flatten` + `Dense(1)` head.
+        vocabulary: For integer inputs (token ids), the number of ids; `None`
+            for float inputs.
+    """
+
+    input_shape: tuple
+    stack: Callable[[], list]
+    vocabulary: int = None
+
+    def inputs(self, batch_size, seed=0):
+        """A batch of inputs the stack accepts."""
+        rng = np.random.default_rng(seed)
+        shape = (batch_size, *self.input_shape)
+        if self.vocabulary is not None:
+            return rng.integers(0, self.vocabulary, size=shape).astype("int32")
+        return rng.standard_normal(shape).astype("float32")
+
+    def model(self, seed=None):
+        """A functional model: input, the stack, `Flatten`, `Dense(1)`."""
+        inputs = keras.Input(self.input_shape, dtype="int32" if self.vocabulary else "float32")
+        x = inputs
+        for layer in self.stack():
+            x = layer(x)
+        x = keras.layers.Flatten()(x)
+        return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+EXAMPLES = {
+    "AdaptiveBatchNormalization": LayerExample(
+        (4, 4, 3), lambda: [keras.layers.Conv2D(4, 3, use_bias=False), kreg.AdaptiveBatchNormalization()]
+    ),
+    "ConsistentDropout": LayerExample((5, 3), lambda: [kreg.ConsistentDropout(0.3, seed=1), keras.layers.LSTM(4)]),
+    "ConsistentDropoutCell": LayerExample(
+        (5, 3),
+        lambda: [
+            keras.layers.RNN(
+                kreg.ConsistentDropoutCell(keras.layers.SimpleRNNCell(4), dropout=0.3, recurrent_dropout=0.3, seed=2)
+            )
+        ],
+    ),
+    "Conv1DBatchNorm": LayerExample((8, 3), lambda: [kreg.Conv1DBatchNorm(4, 3, activation="relu")]),
+    "Conv2DBatchNorm": LayerExample((6, 6, 3), lambda: [kreg.Conv2DBatchNorm(4, 3, activation="relu")]),
+    "Conv3DBatchNorm": LayerExample((4, 4, 4, 2), lambda: [kreg.Conv3DBatchNorm(3, 2, activation="relu")]),
+    "DenseBatchNorm": LayerExample((6,), lambda: [kreg.DenseBatchNorm(4, activation="relu")]),
+    "DepthwiseConv2DBatchNorm": LayerExample((6, 6, 3), lambda: [kreg.DepthwiseConv2DBatchNorm(3, activation="relu")]),
+    "WeightDropGRU": LayerExample((5, 3), lambda: [kreg.WeightDropGRU(4, weight_dropout=0.3, seed=3)]),
+    "WeightDropLSTM": LayerExample((5, 3), lambda: [kreg.WeightDropLSTM(4, weight_dropout=0.3, seed=4)]),
+}
+
+
+def missing_examples():
+    """Names in `kreg.layers.__all__` that have no row in `EXAMPLES`."""
+    return sorted(set(kreg.layers.__all__) - set(EXAMPLES))
