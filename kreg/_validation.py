@@ -69,3 +69,98 @@ def check_at_least(name, value, integer=False, minimum=0):
             f"Received: {name}={value}"
         )
     return value
+
+
+def check_positive(name, value):
+    """Returns `value` as a float if it is a finite number > 0 (a learning rate, a decay)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a finite number > 0. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a finite number > 0. "
+            f"Received: {name}={value}"
+        )
+    return float(value)
+
+
+def check_sizes(name, value):
+    """Returns a positive integer or a non-empty tuple/list of them as a tuple of ints."""
+    values = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if (
+        not isinstance(values, (tuple, list))
+        or not values
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values)
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a positive integer "
+            f"or a non-empty tuple of them. Received: {name}={value!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def check_shape(name, value, ranks):
+    """Returns `value` as a tuple if it is a shape (no batch axis) of one of `ranks`."""
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) not in ranks
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in value)
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a tuple of "
+            f"{' or '.join(map(str, ranks))} positive integers (no batch axis). "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(int(d) for d in value)
+
+
+def check_interval(name, value, check_bound, allowed):
+    """Returns `(low, high)` floats if `value` is a pair with `low <= high`.
+
+    `check_bound(name, bound)` checks each bound (e.g. `check_rate`); `allowed`
+    says in words what a bound may be, for the message.
+    """
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a pair (low, high) "
+            f"of {allowed} with low <= high. Received: {name}={value!r}"
+        )
+    try:
+        low, high = (check_bound(name, bound) for bound in value)
+    except ValueError:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected both bounds to be "
+            f"{allowed}. Received: {name}={value!r}"
+        ) from None
+    if low > high:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected low <= high; the "
+            f"range is inverted. Received: {name}={value!r}"
+        )
+    return float(low), float(high)
+
+
+def check_seed(name, value):
+    """Returns `value` if it is `None` or an integer >= 1.
+
+    0 is refused: keras-tuner's tuners and oracles read `seed=0` as "no seed"
+    (`self.seed = seed or random.randint(...)`, keras_tuner/src/engine/oracle.py),
+    so a search seeded with 0 is not reproducible. Refusing it everywhere in kreg
+    keeps one seed meaning the same thing in the tuner and in the hypermodel.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        hint = (
+            " keras-tuner reads seed=0 as 'no seed' (it draws a random one), so kreg "
+            "refuses 0: pass 1 or more."
+            if not isinstance(value, bool) and value == 0
+            else ""
+        )
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected an integer >= 1 or "
+            f"None. Received: {name}={value!r}.{hint}"
+        )
+    return int(value)

@@ -1,7 +1,8 @@
-"""keras-tuner search spaces over regularization, installed as `kreg.tuning`.
+"""Search spaces over regularization for keras-tuner and Optuna, installed as `kreg.tuning`.
 
 This folder sits at the top of the repository and installs as a subpackage of
-kreg (see `package-dir` in pyproject.toml). keras-tuner is imported only here.
+kreg (see `package-dir` in pyproject.toml). keras-tuner is imported only here;
+Optuna (the optional `optuna` extra) only when an Optuna function is called.
 """
 
 from kreg._extras import require
@@ -12,6 +13,7 @@ require("keras_tuner", extra="tuning", feature="kreg.tuning")
 from kreg.tuning.hypermodels import CNNHyperModel
 from kreg.tuning.hypermodels import RecurrentHyperModel
 from kreg.tuning.hypermodels import RegularizedHyperModel
+from kreg.tuning.losses import SparseCategoricalCrossentropy
 from kreg.tuning.pruning import OverfittingPruning
 from kreg.tuning.pruning import pruning_detector
 from kreg.tuning.regularization_space import DEFAULT_DROPOUT_RANGES
@@ -29,6 +31,7 @@ __all__ = [
     "RecurrentHyperModel",
     "RegularizationSpace",
     "RegularizedHyperModel",
+    "SparseCategoricalCrossentropy",
     "make_norm",
     "pruning_detector",
 ]

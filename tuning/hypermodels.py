@@ -1,81 +1,61 @@
-import numbers
-
 import keras
 import keras_tuner
 
+from kreg._validation import check_at_least
+from kreg._validation import check_choice
+from kreg._validation import check_positive
+from kreg._validation import check_seed
+from kreg._validation import check_shape
+from kreg._validation import check_sizes
+from kreg.dropout_ranges import early_conv_count
+from kreg.rules import missing_normalization
 from kreg.tuning.regularization_space import DEFAULT_NORMS
 from kreg.tuning.regularization_space import RegularizationSpace
+from kreg.tuning.search_engine import is_optuna_trial
 
 
-def _check_shape(input_shape, ranks):
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) not in ranks
-        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape)
-    ):
-        raise ValueError(
-            "Invalid value received for argument `input_shape`. Expected a tuple of "
-            f"{' or '.join(map(str, ranks))} positive integers (no batch axis). "
-            f"Received: input_shape={input_shape!r}"
-        )
-    return tuple(int(d) for d in input_shape)
+def _default_space(channels, default_norm, convolutions=0):
+    """The default space, with only the group counts that divide every channel count.
 
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a positive "
-            f"integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _check_sizes(name, value):
-    """A positive integer or a non-empty tuple of them, as a tuple."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not value:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a non-empty "
-            f"tuple of positive integers. Received: {name}={value!r}"
-        )
-    return tuple(_check_positive(name, v) for v in value)
-
-
-def _check_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-        raise ValueError(
-            "Invalid value received for argument `num_classes`. Expected an "
-            f"integer >= 2. Received: num_classes={num_classes!r}"
-        )
-    return int(num_classes)
-
-
-def _default_space(channels, default_norm):
-    """The default space, with only the group counts that divide every channel count."""
+    A stack of as many convolutions as `kreg.diagnose`'s `missing-normalization`
+    rule counts as deep never goes without a norm, so every choice passes the linter.
+    """
     groups = tuple(g for g in (2, 4, 8) if all(c % g == 0 for c in channels))
     norms = DEFAULT_NORMS if groups else tuple(n for n in DEFAULT_NORMS if n != "group")
+    if convolutions >= missing_normalization.MIN_CONVS:
+        norms = tuple(n for n in norms if n != "none")
     return RegularizationSpace(norms=norms, default_norm=default_norm, groups=groups or (1,))
 
 
 class RegularizedHyperModel(keras_tuner.HyperModel):
     """A `keras_tuner.HyperModel` whose regularization comes from a `RegularizationSpace`.
 
-    Subclasses write `build_model(hp)` with `self.space.dropout(...)` and
-    `self.space.norm(...)`. A model that cannot be built for some
-    hyperparameters (a `ValueError` while building, e.g. a shape the chosen
-    layers cannot take) makes keras-tuner's `FailedTrialError`: the trial is
-    reported as failed, not retried, and the search goes on. Mistakes that
+    Subclasses write `build_model(hp)` with `self.space.dropout(...)`,
+    `self.space.norm(...)` (and `self.space.kernel_regularizer(hp)` on their
+    kernels when the space searches L2 weight decay), and end with
+    `self.compile_model(model, hp)`, which picks the optimizer (AdamW when the
+    space searches decoupled weight decay) and the loss (with the tuned label
+    smoothing). `build(hp)` takes keras-tuner's `HyperParameters` or an Optuna
+    trial.
+
+    A model that cannot be built for some hyperparameters (a `ValueError`
+    while building, e.g. a shape the chosen layers cannot take) makes
+    keras-tuner's `FailedTrialError`: the trial is reported as failed, not
+    retried, and the search goes on (under Optuna it stays a `ValueError`:
+    pass `catch=(ValueError,)` to `study.optimize` to go on). Mistakes that
     would fail every trial (an unknown role, a group count that does not divide
-    the channels) stay `ValueError`s that end the search at once.
+    the channels) end the search at once.
 
     Args:
         space: The `RegularizationSpace`. Defaults to `RegularizationSpace()`.
         learning_rate: Adam's learning rate. Defaults to 1e-3.
-        seed: Optional integer. When given, Keras's global random state is
+        seed: Optional integer >= 1. When given, Keras's global random state is
             seeded at every build, so the same hyperparameters train the same
-            way in every trial (comparable searches, reproducible tests).
+            way in every trial (comparable searches, reproducible tests). 0 is
+            refused, because keras-tuner's tuners read `seed=0` as "no seed":
+            one seed value means the same in the tuner and the hypermodel.
         name: Optional name of the hypermodel.
+        tunable: As in `keras_tuner.HyperModel`.
 
     Example:
 
@@ -84,11 +64,12 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
         def build_model(self, hp):
             model = keras.Sequential([
                 keras.Input((64,)),
-                keras.layers.Dense(256, activation="relu"),
+                keras.layers.Dense(256, activation="relu",
+                                   kernel_regularizer=self.space.kernel_regularizer(hp)),
                 self.space.dropout(hp, "dense"),
                 keras.layers.Dense(10, activation="softmax"),
             ])
-            return self.compile_model(model)
+            return self.compile_model(model, hp)
     ```
     """
 
@@ -100,18 +81,8 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
                 f"kreg.tuning.RegularizationSpace or None. Received: space={space!r}"
             )
         self.space = space if space is not None else RegularizationSpace()
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
-            raise ValueError(
-                "Invalid value received for argument `learning_rate`. Expected a "
-                f"float > 0. Received: learning_rate={learning_rate!r}"
-            )
-        self.learning_rate = float(learning_rate)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(
-                "Invalid value received for argument `seed`. Expected an integer >= 0 "
-                f"or None. Received: seed={seed!r}"
-            )
-        self.seed = None if seed is None else int(seed)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
+        self.seed = check_seed("seed", seed)
 
     def build(self, hp):
         """Builds the model for `hp`; an unbuildable model fails only its trial."""
@@ -122,39 +93,75 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
         except keras_tuner.errors.FatalError:
             raise
         except ValueError as error:
-            raise keras_tuner.errors.FailedTrialError(
+            message = (
                 f"{type(self).__name__} cannot build a model for "
-                f"{self.space.describe(hp) or hp.values}: {error}"
-            ) from error
+                f"{self.space.describe(hp) or hp}: {error}"
+            )
+            if is_optuna_trial(hp):
+                raise ValueError(message) from error
+            raise keras_tuner.errors.FailedTrialError(message) from error
 
     def build_model(self, hp):
         """Returns the compiled model for `hp`. Subclasses implement it."""
         raise NotImplementedError
 
-    def compile_model(self, model):
-        """Compiles `model` for classification with integer labels (Adam, accuracy)."""
-        model.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+    def compile_model(self, model, hp=None):
+        """Compiles `model` for classification with integer labels, with accuracy.
+
+        The optimizer is `space.optimizer(hp, learning_rate)` (Adam, or AdamW
+        with the tuned weight decay) and the loss `space.loss(hp)` (sparse
+        categorical cross-entropy with the tuned label smoothing). `hp` is
+        needed when the space searches weight decay or label smoothing.
+        """
+        space = self.space
+        if hp is None:
+            if space.weight_decay_method is not None or space.label_smoothing_range is not None:
+                raise keras_tuner.errors.FatalValueError(
+                    "Invalid value received for argument `hp`. The space searches "
+                    "weight decay or label smoothing: call compile_model(model, hp). "
+                    "Received: hp=None"
+                )
+            optimizer, loss = keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy"
+        else:
+            optimizer, loss = space.optimizer(hp, self.learning_rate), space.loss(hp)
+        if space.weight_decay_method == "l2" and not model.losses:
+            raise keras_tuner.errors.FatalValueError(
+                "The space searches L2 weight decay, but no layer of the model has "
+                "`kernel_regularizer=space.kernel_regularizer(hp)`: the decay would be "
+                f"ignored. Received: a model `{model.name}` with no regularization loss"
+            )
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
         return model
+
+
+def _cancels_bias(norm):
+    """Whether `norm` subtracts a per-channel mean, which cancels a conv bias before it."""
+    if isinstance(norm, keras.layers.BatchNormalization):
+        return True
+    return isinstance(norm, keras.layers.GroupNormalization) and norm.groups == -1
 
 
 class CNNHyperModel(RegularizedHyperModel):
     """A CNN image classifier whose dropout rates and normalization are tuned.
 
     One block per entry of `filters`: `Conv2D(3x3) -> norm -> ReLU ->
-    MaxPooling2D -> dropout`, the first block's dropout with the
-    `"early_conv"` range, the others with `"late_conv"`; then `Flatten ->
+    MaxPooling2D -> dropout`, the first half of the blocks' dropout (at least
+    the first's) with the `"early_conv"` range, the others with
+    `"late_conv"`, as `kreg.diagnose` tells them apart; then `Flatten ->
     Dense(dense_units, relu) -> dropout ("dense") -> Dense(num_classes,
     softmax)`. One norm choice (`"norm"`, with `"norm_groups"` when it is
     `"group"`) is used after every convolution, as the tutorials put it
-    (Conv -> BN -> ReLU). Compiled with Adam and sparse categorical
-    cross-entropy, with accuracy.
+    (Conv -> BN -> ReLU); the convolution has no bias when the norm subtracts
+    each channel's mean (batch and instance norm), which would cancel it.
+    Compiled with `compile_model`: Adam (AdamW when the space searches
+    decoupled weight decay), sparse categorical cross-entropy (with the tuned
+    label smoothing), accuracy. Every model in the default space passes
+    `kreg.diagnose` without a warning (a stack of four convolutions or more is
+    never searched without a norm).
 
-    Hyperparameters: `early_conv_dropout`, `late_conv_dropout` (with two blocks
-    or more), `dense_dropout`, `norm`, `norm_groups`.
+    Hyperparameters: `norm`, `norm_groups`, `early_conv_dropout`,
+    `late_conv_dropout` (with two blocks or more), `dense_dropout`, and when
+    the space searches them `weight_decay` and `label_smoothing`.
 
     Args:
         input_shape: `(height, width, channels)`, or `(height, width)` for
@@ -166,13 +173,15 @@ class CNNHyperModel(RegularizedHyperModel):
         filters: Filters of each block. Defaults to `(32, 64)`.
         dense_units: Units of the hidden dense layer. Defaults to 128.
         learning_rate: Adam's learning rate. Defaults to 1e-3.
-        seed: Optional integer seeding every build (see `RegularizedHyperModel`).
+        seed: Optional integer >= 1 seeding every build (see `RegularizedHyperModel`).
+        name: Optional name of the hypermodel.
+        tunable: As in `keras_tuner.HyperModel`.
 
     Example:
 
     ```python
     hypermodel = kreg.tuning.CNNHyperModel(input_shape=(8, 8, 1), num_classes=10)
-    tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy", max_trials=10)
+    tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy", max_trials=10, seed=1)
     tuner.search(x, y, validation_data=(x_val, y_val), epochs=20)
     print(hypermodel.space.describe(tuner.get_best_hyperparameters()[0]))
     ```
@@ -194,30 +203,39 @@ class CNNHyperModel(RegularizedHyperModel):
         name=None,
         tunable=True,
     ):
-        self.input_shape = _check_shape(input_shape, (2, 3))
-        self.filters = _check_sizes("filters", filters)
+        self.input_shape = check_shape("input_shape", input_shape, (2, 3))
+        self.filters = check_sizes("filters", filters)
         if space is None:
-            space = _default_space(self.filters, "batch")
+            space = _default_space(self.filters, "batch", convolutions=len(self.filters))
         super().__init__(space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable)
-        self.num_classes = _check_classes(num_classes)
-        self.dense_units = _check_positive("dense_units", dense_units)
+        self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
+        self.dense_units = check_at_least("dense_units", dense_units, integer=True, minimum=1)
 
     def build_model(self, hp):
         inputs = keras.Input(self.input_shape)
         x = inputs
         if len(self.input_shape) == 2:
             x = keras.layers.Reshape(self.input_shape + (1,))(x)
+        early_blocks = early_conv_count(len(self.filters))
         for block, filters in enumerate(self.filters):
-            x = keras.layers.Conv2D(filters, 3, padding="same")(x)
-            x = self.space.norm(hp, channels=filters)(x)
+            norm = self.space.norm(hp, channels=filters)
+            conv = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=not _cancels_bias(norm),
+                kernel_regularizer=self.space.kernel_regularizer(hp),
+            )
+            x = norm(conv(x))
             x = keras.layers.ReLU()(x)
             x = keras.layers.MaxPooling2D()(x)
-            x = self.space.dropout(hp, "early_conv" if block == 0 else "late_conv")(x)
+            x = self.space.dropout(hp, "early_conv" if block < early_blocks else "late_conv")(x)
         x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(self.dense_units, activation="relu")(x)
+        x = keras.layers.Dense(
+            self.dense_units, activation="relu", kernel_regularizer=self.space.kernel_regularizer(hp)
+        )(x)
         x = self.space.dropout(hp, "dense")(x)
-        outputs = keras.layers.Dense(self.num_classes, activation="softmax")(x)
-        return self.compile_model(keras.Model(inputs, outputs, name="kreg_cnn"))
+        outputs = keras.layers.Dense(
+            self.num_classes, activation="softmax", kernel_regularizer=self.space.kernel_regularizer(hp)
+        )(x)
+        return self.compile_model(keras.Model(inputs, outputs, name="kreg_cnn"), hp)
 
 
 class RecurrentHyperModel(RegularizedHyperModel):
@@ -231,9 +249,10 @@ class RecurrentHyperModel(RegularizedHyperModel):
     small-batch models). The recurrent dropout is kreg's `ConsistentDropout`:
     one mask per sequence on each recurrent layer's inputs, which keeps Keras's
     fused LSTM/GRU kernel (`recurrent_dropout` would turn it off). Compiled
-    with Adam and sparse categorical cross-entropy, with accuracy.
+    with `compile_model` (see `CNNHyperModel`).
 
-    Hyperparameters: `norm`, `norm_groups`, `recurrent_dropout`, `dense_dropout`.
+    Hyperparameters: `norm`, `norm_groups`, `recurrent_dropout`, `dense_dropout`,
+    and when the space searches them `weight_decay` and `label_smoothing`.
 
     Args:
         input_shape: `(timesteps, features)`.
@@ -245,7 +264,9 @@ class RecurrentHyperModel(RegularizedHyperModel):
         cell: `"lstm"` (default) or `"gru"`.
         dense_units: Units of the hidden dense layer. Defaults to 64.
         learning_rate: Adam's learning rate. Defaults to 3e-3.
-        seed: Optional integer seeding every build (see `RegularizedHyperModel`).
+        seed: Optional integer >= 1 seeding every build (see `RegularizedHyperModel`).
+        name: Optional name of the hypermodel.
+        tunable: As in `keras_tuner.HyperModel`.
 
     Example:
 
@@ -276,19 +297,14 @@ class RecurrentHyperModel(RegularizedHyperModel):
         name=None,
         tunable=True,
     ):
-        self.input_shape = _check_shape(input_shape, (2,))
-        self.units = _check_sizes("units", units)
-        if cell not in ("lstm", "gru"):
-            raise ValueError(
-                "Invalid value received for argument `cell`. Expected 'lstm' or "
-                f"'gru'. Received: cell={cell!r}"
-            )
-        self.cell = cell
+        self.input_shape = check_shape("input_shape", input_shape, (2,))
+        self.units = check_sizes("units", units)
+        self.cell = check_choice("cell", cell, ("lstm", "gru"))
         if space is None:
             space = _default_space((self.input_shape[-1],), "layer")
         super().__init__(space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable)
-        self.num_classes = _check_classes(num_classes)
-        self.dense_units = _check_positive("dense_units", dense_units)
+        self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
+        self.dense_units = check_at_least("dense_units", dense_units, integer=True, minimum=1)
 
     def build_model(self, hp):
         inputs = keras.Input(self.input_shape)
@@ -296,8 +312,15 @@ class RecurrentHyperModel(RegularizedHyperModel):
         layer = keras.layers.LSTM if self.cell == "lstm" else keras.layers.GRU
         for index, units in enumerate(self.units):
             x = self.space.dropout(hp, "recurrent")(x)
-            x = layer(units, return_sequences=index < len(self.units) - 1)(x)
-        x = keras.layers.Dense(self.dense_units, activation="relu")(x)
+            x = layer(
+                units, return_sequences=index < len(self.units) - 1,
+                kernel_regularizer=self.space.kernel_regularizer(hp),
+            )(x)
+        x = keras.layers.Dense(
+            self.dense_units, activation="relu", kernel_regularizer=self.space.kernel_regularizer(hp)
+        )(x)
         x = self.space.dropout(hp, "dense")(x)
-        outputs = keras.layers.Dense(self.num_classes, activation="softmax")(x)
-        return self.compile_model(keras.Model(inputs, outputs, name="kreg_rnn"))
+        outputs = keras.layers.Dense(
+            self.num_classes, activation="softmax", kernel_regularizer=self.space.kernel_regularizer(hp)
+        )(x)
+        return self.compile_model(keras.Model(inputs, outputs, name="kreg_rnn"), hp)

@@ -2,6 +2,8 @@ import copy
 
 import keras_tuner
 
+from kreg._validation import check_choice
+from kreg._validation import check_seed
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import STATE_CODES
@@ -15,11 +17,7 @@ def _check_prune_on(prune_on):
         prune_on = (prune_on,)
     prune_on = tuple(prune_on)
     for state in prune_on:
-        if state not in PRUNABLE_STATES:
-            raise ValueError(
-                "Invalid value received for argument `prune_on`. Expected states among "
-                f"{', '.join(map(repr, PRUNABLE_STATES))}. Received: prune_on={prune_on!r}"
-            )
+        check_choice("prune_on", state, PRUNABLE_STATES)
     return prune_on
 
 
@@ -94,7 +92,9 @@ class OverfittingPruning:
             (default) and/or `"underfitting"`. `()` only watches and counts.
         detector_kwargs: Optional dict of `OverfittingDetector` arguments
             (`patience`, `smoothing`, ...), except `action`.
-        *args, **kwargs: The tuner's own arguments.
+        *args, **kwargs: The tuner's own arguments. Its `seed` must be an
+            integer >= 1 or `None`: keras-tuner reads `seed=0` as "no seed"
+            and draws a random one, so 0 is refused here.
 
     Example:
 
@@ -109,6 +109,7 @@ class OverfittingPruning:
     """
 
     def __init__(self, *args, prune_on=(OVERFITTING,), detector_kwargs=None, **kwargs):
+        check_seed("seed", kwargs.get("seed"))
         self.detector = pruning_detector(prune_on, **dict(detector_kwargs or {}))
         self.trial_epochs = {}
         self.pruned_trials = {}

@@ -1,27 +1,21 @@
 import math
-import numbers
 
 import keras
 
+from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_interval
+from kreg._validation import check_positive
+from kreg._validation import check_rate
+from kreg._validation import check_sizes
+from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.tuning.search_engine import as_hyperparameters
+from kreg.tuning.search_engine import fatal_value_error
+from kreg.tuning.search_engine import values_of
 
-# Dropout ranges by where the dropout sits, from the seed tutorials' table
-# ("Dropout Rate Guidelines"): early convolutions keep their low-level features,
-# late convolutions get mild regularization, dense layers (where memorization
-# happens) strong regularization. "recurrent" is kreg's ConsistentDropout on
-# sequences (one mask per sequence, shared by every timestep): 0.1-0.4, centred
-# on 0.25, the rate Gal & Ghahramani (2016) and AWD-LSTM (dropouth=0.25) use
-# between LSTM layers and the rate bench/recurrent_regularization.py found to
-# beat no dropout clearly on the digit sequences. A locked mask removes a feature
-# from every timestep of the sequence, a stronger perturbation than per-step
-# dropout at the same rate, so the range stops at AWD-LSTM's output rate (0.4)
-# rather than the dense layers' 0.5.
-DEFAULT_DROPOUT_RANGES = {
-    "early_conv": (0.0, 0.1),
-    "late_conv": (0.1, 0.3),
-    "dense": (0.3, 0.5),
-    "recurrent": (0.1, 0.4),
-}
+# The tuner searches the usual rates of kreg/dropout_ranges.py, the table the
+# linter (`kreg.diagnose`) warns against: every rate the search can pick passes it.
+DEFAULT_DROPOUT_RANGES = USUAL_DROPOUT_RANGES
 ROLES = tuple(DEFAULT_DROPOUT_RANGES)
 NORMS = ("batch", "adaptive_batch", "layer", "group", "instance", "none")
 # "adaptive_batch" trains exactly like "batch" and, with its default test-time
@@ -35,44 +29,16 @@ NORM_WORDS = {
     "instance": "instance norm",
     "none": "no norm",
 }
-
-
-def _fatal_value_error(message):
-    """A `ValueError` that also ends a keras-tuner search at once.
-
-    Raised while a hypermodel builds, an ordinary `ValueError` would fail the
-    trial and the next ones alike; keras-tuner's `FatalValueError` (a subclass
-    of `ValueError`) stops the search with the message instead.
-    """
-    from keras_tuner.errors import FatalValueError
-
-    return FatalValueError(message)
-
-
-def _check_range(role, value):
-    name = f"dropout_ranges[{role!r}]"
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a pair "
-            f"(low, high) of floats in [0, 1) with low <= high. Received: {name}={value!r}"
-        )
-    low, high = float(value[0]), float(value[1])
-    for bound in (low, high):
-        if math.isnan(bound) or not 0.0 <= bound < 1.0:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected both bounds "
-                f"in [0, 1) (a rate of 1 drops everything). Received: {name}={value!r}"
-            )
-    if low > high:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected low <= high; "
-            f"the range is inverted. Received: {name}={value!r}"
-        )
-    return low, high
+BATCH_NORMS = ("batch", "adaptive_batch")
+# Weight decay searched log-uniformly. Decoupled (AdamW, Loshchilov & Hutter 2019,
+# https://arxiv.org/abs/1711.05101): Keras's AdamW defaults to 0.004, PyTorch's
+# to 0.01. As an L2 penalty added to the loss: 1e-4 to 5e-4 in the usual CNN recipes.
+# Each range is centred (log scale) near those values.
+WEIGHT_DECAYS = ("adamw", "l2")
+DEFAULT_WEIGHT_DECAY_RANGES = {"adamw": (1e-4, 1e-1), "l2": (1e-5, 1e-2)}
+WEIGHT_DECAY_WORDS = {"adamw": "AdamW weight decay", "l2": "L2"}
+# Label smoothing around Szegedy et al.'s 0.1 (2016, https://arxiv.org/abs/1512.00567).
+DEFAULT_LABEL_SMOOTHING_RANGE = (0.0, 0.2)
 
 
 def _snap(value, low, step):
@@ -83,32 +49,40 @@ def _snap(value, low, step):
 
 
 class RegularizationSpace:
-    """A keras-tuner search space over dropout rates and normalization layers.
+    """A search space over dropout, normalization, weight decay and label smoothing.
 
-    Declares, once, which dropout rates and which normalization a model may use;
-    inside a hypermodel's `build(hp)`, `dropout(hp, role)` and `norm(hp)` return
-    ready Keras layers and register the hyperparameters that choose them. The
-    dropout range depends on where the dropout sits (its role); the defaults
-    are the seed tutorials' starting points:
+    Declares, once, which dropout rates, normalization and (optionally) weight
+    decay and label smoothing a model may use; inside a hypermodel's
+    `build(hp)`, `dropout(hp, role)` and `norm(hp)` return ready Keras layers,
+    `weight_decay(hp)` and `label_smoothing(hp)` return values, and each call
+    registers the hyperparameter that chooses it. `hp` is keras-tuner's
+    `HyperParameters` or an Optuna trial (`optuna.Trial`): both get the same
+    names, ranges and conditions.
+
+    The dropout range depends on where the dropout sits (its role); the
+    defaults are the usual rates of `kreg.dropout_ranges`, the table
+    `kreg.diagnose` warns against, so no rate the search picks is flagged:
 
     | role | default range | default value | layer |
     | --- | --- | --- | --- |
     | `"early_conv"` | 0.0-0.1 | 0.05 | `keras.layers.Dropout` |
     | `"late_conv"` | 0.1-0.3 | 0.2 | `keras.layers.Dropout` |
     | `"dense"` | 0.3-0.5 | 0.4 | `keras.layers.Dropout` |
-    | `"recurrent"` | 0.1-0.4 | 0.25 | `kreg.layers.ConsistentDropout` |
+    | `"recurrent"` | 0.1-0.5 | 0.3 | `kreg.layers.ConsistentDropout` |
 
-    The recurrent range is centred on 0.25, the rate used between LSTM layers
-    by Gal & Ghahramani and AWD-LSTM; a mask held for the whole sequence removes
-    a feature from every timestep, so it stops at 0.4, below the dense layers.
-    A hyperparameter's default is the middle of its range.
+    The recurrent range spans AWD-LSTM's rates (0.25 between LSTM layers, 0.4
+    on inputs and outputs, 0.5 on the recurrent weights). A hyperparameter's
+    keras-tuner default is the middle of its range (log scale for weight
+    decay).
 
     Hyperparameters are named predictably: `dropout(hp, "dense")` registers
     `"dense_dropout"` (`name="head"` registers `"head_dropout"`), `norm(hp)`
     registers `"norm"` (`name="block1"` registers `"block1_norm"`), and the
-    group count `"norm_groups"` (`"block1_norm_groups"`) is registered under
-    `hp.conditional_scope`, so oracles vary it only when the norm is `"group"`.
-    A hyperparameter fixed beforehand with `hp.Fixed(name, value)` is used as is.
+    group count `"norm_groups"` (`"block1_norm_groups"`) only while the norm is
+    `"group"` (keras-tuner's `conditional_scope`; Optuna is simply not asked);
+    `weight_decay(hp)` registers `"weight_decay"` and `label_smoothing(hp)`
+    `"label_smoothing"`. A value fixed beforehand (`hp.Fixed(name, value)`,
+    Optuna's `study.enqueue_trial`) is used as is.
 
     Args:
         dropout_ranges: Optional dict `{role: (low, high)}` that overrides the
@@ -126,17 +100,25 @@ class RegularizationSpace:
             first of `norms`.
         groups: Group count(s) choices of `"group"`, positive integers; the
             first is the default. Defaults to `(2, 4, 8)`.
-        step: Grid step of the dropout rates, or `None` for a continuous range.
-            Defaults to 0.05.
+        step: Grid step of the dropout rates and label smoothing, or `None`
+            for continuous ranges. Defaults to 0.05.
         adaptive_batch_kwargs: Optional dict of extra constructor arguments for
             `AdaptiveBatchNormalization` (e.g. `{"test_time_mode": ...}`).
+        weight_decay: `None` (default: not searched), `"adamw"` (decoupled
+            weight decay: `optimizer(hp)` returns `keras.optimizers.AdamW`) or
+            `"l2"` (a penalty in the loss: `kernel_regularizer(hp)` returns
+            `keras.regularizers.L2`).
+        weight_decay_range: `(low, high)`, positive, searched log-uniformly.
+            Defaults to 1e-4-1e-1 for `"adamw"` and 1e-5-1e-2 for `"l2"`.
+        label_smoothing: `False` (default: not searched), `True` (the range
+            0.0-0.2, around the usual 0.1) or a `(low, high)` range in `[0, 1)`.
 
     Example:
 
     ```python
-    space = kreg.tuning.RegularizationSpace(dropout_ranges={"dense": (0.2, 0.6)})
+    space = kreg.tuning.RegularizationSpace(weight_decay="adamw", label_smoothing=True)
 
-    def build(hp):
+    def build(hp):  # hp: keras_tuner.HyperParameters or optuna.Trial
         inputs = keras.Input((8, 8, 1))
         x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
         x = space.norm(hp, channels=32)(x)
@@ -145,13 +127,14 @@ class RegularizationSpace:
         x = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(x))
         x = space.dropout(hp, "dense")(x)
         model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(space.optimizer(hp, 1e-3), space.loss(hp), metrics=["accuracy"])
         return model
 
-    tuner = keras_tuner.RandomSearch(build, objective="val_accuracy", max_trials=10)
+    tuner = keras_tuner.RandomSearch(build, objective="val_accuracy", max_trials=10, seed=1)
     tuner.search(x, y, validation_split=0.2, epochs=20)
     print(space.describe(tuner.get_best_hyperparameters()[0]))
-    # early conv dropout 0.05, dense dropout 0.45, group norm (4 groups)
+    # early conv dropout 0.05, dense dropout 0.45, group norm (4 groups),
+    # AdamW weight decay 3.2e-03, label smoothing 0.10
     ```
 
     Reference:
@@ -161,6 +144,10 @@ class RegularizationSpace:
           masks shared across time in recurrent networks.
         - [Wu & He, 2018](https://arxiv.org/abs/1803.08494), Group
           Normalization (layer and instance norm as its two extremes).
+        - [Loshchilov & Hutter, 2019](https://arxiv.org/abs/1711.05101),
+          Decoupled Weight Decay Regularization.
+        - [Szegedy et al., 2016](https://arxiv.org/abs/1512.00567), label
+          smoothing.
     """
 
     def __init__(
@@ -171,6 +158,9 @@ class RegularizationSpace:
         groups=(2, 4, 8),
         step=0.05,
         adaptive_batch_kwargs=None,
+        weight_decay=None,
+        weight_decay_range=None,
+        label_smoothing=False,
     ):
         ranges = dict(DEFAULT_DROPOUT_RANGES)
         if dropout_ranges is not None:
@@ -180,13 +170,10 @@ class RegularizationSpace:
                     f"dict {{role: (low, high)}}. Received: dropout_ranges={dropout_ranges!r}"
                 )
             for role, value in dropout_ranges.items():
-                if role not in ROLES:
-                    raise ValueError(
-                        "Invalid value received for argument `dropout_ranges`. Expected "
-                        f"roles among {', '.join(map(repr, ROLES))}. Received the role "
-                        f"{role!r}"
-                    )
-                ranges[role] = _check_range(role, value)
+                check_choice("dropout_ranges", role, ROLES)
+                ranges[role] = check_interval(
+                    f"dropout_ranges[{role!r}]", value, check_rate, "floats in [0, 1)"
+                )
         self.dropout_ranges = ranges
 
         if isinstance(norms, str):
@@ -208,30 +195,44 @@ class RegularizationSpace:
         if default_norm is None:
             default_norm = "batch" if "batch" in norms else norms[0]
         self.default_norm = check_choice("default_norm", default_norm, norms)
+        self.groups = check_sizes("groups", groups)
 
-        if isinstance(groups, numbers.Integral) and not isinstance(groups, bool):
-            groups = (groups,)
-        groups = tuple(groups) if isinstance(groups, (tuple, list)) else groups
-        if (
-            not isinstance(groups, tuple)
-            or not groups
-            or any(isinstance(g, bool) or not isinstance(g, numbers.Integral) or g < 1 for g in groups)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `groups`. Expected a positive "
-                f"integer or a non-empty tuple of them. Received: groups={groups!r}"
-            )
-        self.groups = tuple(int(g) for g in groups)
-
-        if step is not None and (
-            isinstance(step, bool) or not isinstance(step, numbers.Real) or not 0 < step < 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `step`. Expected a float in "
-                f"(0, 1) or None. Received: step={step!r}"
-            )
-        self.step = None if step is None else float(step)
+        if step is not None:
+            step = check_positive("step", step)
+            if step >= 1:
+                raise ValueError(
+                    "Invalid value received for argument `step`. Expected a float in "
+                    f"(0, 1) or None. Received: step={step!r}"
+                )
+        self.step = step
         self.adaptive_batch_kwargs = dict(adaptive_batch_kwargs or {})
+
+        if weight_decay is not None:
+            check_choice("weight_decay", weight_decay, WEIGHT_DECAYS + (None,))
+        self.weight_decay_method = weight_decay
+        if weight_decay_range is not None:
+            if weight_decay is None:
+                raise ValueError(
+                    "Invalid value received for argument `weight_decay_range`. It is "
+                    "searched only with weight_decay='adamw' or 'l2'. Received: "
+                    f"weight_decay_range={weight_decay_range!r} with weight_decay=None"
+                )
+            weight_decay_range = check_interval(
+                "weight_decay_range", weight_decay_range, check_positive, "finite numbers > 0"
+            )
+        elif weight_decay is not None:
+            weight_decay_range = DEFAULT_WEIGHT_DECAY_RANGES[weight_decay]
+        self.weight_decay_range = weight_decay_range
+
+        if label_smoothing is True:
+            label_smoothing = DEFAULT_LABEL_SMOOTHING_RANGE
+        elif label_smoothing is False or label_smoothing is None:
+            label_smoothing = None
+        else:
+            label_smoothing = check_interval(
+                "label_smoothing", label_smoothing, check_rate, "floats in [0, 1)"
+            )
+        self.label_smoothing_range = label_smoothing
 
     # -- dropout ---------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class RegularizationSpace:
         """Registers (or reads) the dropout rate of `role` in `hp` and returns it.
 
         Args:
-            hp: The `keras_tuner.HyperParameters` of the trial.
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
             role: One of `"early_conv"`, `"late_conv"`, `"dense"`, `"recurrent"`.
             name: Optional prefix of the hyperparameter name; defaults to `role`.
                 Two calls with the same name share one rate.
@@ -253,16 +254,12 @@ class RegularizationSpace:
             The rate, a float.
         """
         if role not in ROLES:
-            raise _fatal_value_error(
+            raise fatal_value_error(
                 "Invalid value received for argument `role`. Expected one of "
                 f"{', '.join(map(repr, ROLES))}. Received: role={role!r}"
             )
-        hp_name = self.dropout_name(role, name)
         low, high = self.dropout_ranges[role]
-        if low == high:
-            return float(hp.Fixed(hp_name, low))
-        default = _snap((low + high) / 2, low, self.step)
-        return float(hp.Float(hp_name, low, high, step=self.step, default=default))
+        return self._float(hp, self.dropout_name(role, name), low, high)
 
     def dropout(self, hp, role, name=None, seed=None):
         """Returns the dropout layer of `role` with a tuned rate.
@@ -272,7 +269,7 @@ class RegularizationSpace:
         `"recurrent"`, which expects `(batch, time, features)` inputs.
 
         Args:
-            hp: The `keras_tuner.HyperParameters` of the trial.
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
             role: One of `"early_conv"`, `"late_conv"`, `"dense"`, `"recurrent"`.
             name: Optional prefix of the hyperparameter name (`"{name}_dropout"`);
                 defaults to `role`.
@@ -288,6 +285,14 @@ class RegularizationSpace:
             return ConsistentDropout(rate, seed=seed)
         return keras.layers.Dropout(rate, seed=seed)
 
+    def _float(self, hp, hp_name, low, high):
+        """A float hyperparameter on the grid of `step`; fixed when `low == high`."""
+        hp = as_hyperparameters(hp)
+        if low == high:
+            return float(hp.Fixed(hp_name, low))
+        default = _snap((low + high) / 2, low, self.step)
+        return float(hp.Float(hp_name, low, high, step=self.step, default=default))
+
     # -- normalization ---------------------------------------------------------
 
     def norm_name(self, name=None):
@@ -301,27 +306,27 @@ class RegularizationSpace:
         Arguments as in `norm`.
         """
         if channels is not None:
-            if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
-                raise _fatal_value_error(
-                    "Invalid value received for argument `channels`. Expected a "
-                    f"positive integer. Received: channels={channels!r}"
-                )
+            try:
+                channels = check_at_least("channels", channels, integer=True, minimum=1)
+            except ValueError as error:
+                raise fatal_value_error(str(error)) from None
             if "group" in self.norms:
                 for count in self.groups:
                     if channels % count:
-                        raise _fatal_value_error(
+                        raise fatal_value_error(
                             "Invalid value received for argument `groups`. Every group "
                             f"count must divide the channels ({channels}). Received: "
                             f"groups={self.groups!r}, of which {count} does not divide "
                             f"{channels}."
                         )
+        hp = as_hyperparameters(hp)
         hp_name = self.norm_name(name)
         if len(self.norms) == 1:
             norm = hp.Fixed(hp_name, self.norms[0])
         else:
             norm = hp.Choice(hp_name, list(self.norms), default=self.default_norm)
         if norm not in NORMS:
-            raise _fatal_value_error(
+            raise fatal_value_error(
                 f"Invalid value received for hyperparameter `{hp_name}`. Expected one "
                 f"of {', '.join(map(repr, NORMS))}. Received: {hp_name}={norm!r}"
             )
@@ -346,7 +351,7 @@ class RegularizationSpace:
         """Returns the chosen normalization layer (`keras.layers.Identity` for `"none"`).
 
         Args:
-            hp: The `keras_tuner.HyperParameters` of the trial.
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
             name: Optional prefix of the hyperparameter name (`"{name}_norm"`);
                 defaults to the single shared choice `"norm"`. Calls with the
                 same name share one choice.
@@ -362,6 +367,91 @@ class RegularizationSpace:
         return make_norm(norm, groups=groups, axis=axis, **(
             self.adaptive_batch_kwargs if norm == "adaptive_batch" else {}))
 
+    # -- weight decay and label smoothing --------------------------------------
+
+    def weight_decay(self, hp):
+        """Registers (or reads) `"weight_decay"`, log-uniform over `weight_decay_range`.
+
+        Only for a space built with `weight_decay="adamw"` or `"l2"` (a
+        `ValueError` otherwise). `optimizer(hp, ...)` and
+        `kernel_regularizer(hp)` use the value as the method says.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+
+        Returns:
+            The weight decay, a float.
+        """
+        if self.weight_decay_method is None:
+            raise fatal_value_error(
+                "This RegularizationSpace searches no weight decay. Build it with "
+                "weight_decay='adamw' or weight_decay='l2'. Received: weight_decay=None"
+            )
+        low, high = self.weight_decay_range
+        hp = as_hyperparameters(hp)
+        if low == high:
+            return float(hp.Fixed("weight_decay", low))
+        default = float(f"{math.sqrt(low * high):.3g}")
+        return float(hp.Float("weight_decay", low, high, sampling="log", default=default))
+
+    def optimizer(self, hp, learning_rate=1e-3):
+        """Adam, or AdamW with the tuned decay when the space has `weight_decay="adamw"`.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+            learning_rate: The learning rate. Defaults to 1e-3.
+
+        Returns:
+            A `keras.optimizers.Adam` or `keras.optimizers.AdamW`.
+        """
+        if self.weight_decay_method == "adamw":
+            return keras.optimizers.AdamW(learning_rate, weight_decay=self.weight_decay(hp))
+        return keras.optimizers.Adam(learning_rate)
+
+    def kernel_regularizer(self, hp):
+        """`keras.regularizers.L2(tuned decay)` when the space has `weight_decay="l2"`, else `None`.
+
+        Pass it as `kernel_regularizer=` of every Conv/Dense/recurrent layer.
+        """
+        if self.weight_decay_method == "l2":
+            return keras.regularizers.L2(self.weight_decay(hp))
+        return None
+
+    def label_smoothing(self, hp):
+        """Registers (or reads) `"label_smoothing"` and returns it (0.0 when not searched).
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+
+        Returns:
+            The label smoothing, a float.
+        """
+        if self.label_smoothing_range is None:
+            return 0.0
+        low, high = self.label_smoothing_range
+        return self._float(hp, "label_smoothing", low, high)
+
+    def loss(self, hp, sparse=True):
+        """The classification cross-entropy with the tuned label smoothing.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+            sparse: Whether labels are class indices (default) or one-hot.
+
+        Returns:
+            `"sparse_categorical_crossentropy"` without label smoothing, else a
+            loss that smooths the labels (`kreg.tuning.SparseCategoricalCrossentropy`
+            for class indices, Keras's `CategoricalCrossentropy` for one-hot).
+        """
+        smoothing = self.label_smoothing(hp)
+        if sparse:
+            if not smoothing:
+                return "sparse_categorical_crossentropy"
+            from kreg.tuning.losses import SparseCategoricalCrossentropy
+
+            return SparseCategoricalCrossentropy(label_smoothing=smoothing)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
     # -- reporting -------------------------------------------------------------
 
     def describe(self, hp):
@@ -369,15 +459,13 @@ class RegularizationSpace:
 
         Args:
             hp: A `keras_tuner.HyperParameters` (e.g.
-                `tuner.get_best_hyperparameters()[0]`) or a dict of values.
+                `tuner.get_best_hyperparameters()[0]`), an Optuna trial (e.g.
+                `study.best_trial`) or a dict of values (`study.best_params`).
 
         Returns:
             A string such as `"dense dropout 0.42, group norm (4 groups)"`.
         """
-        if hasattr(hp, "values") and hasattr(hp, "is_active"):
-            values = {k: v for k, v in hp.values.items() if hp.is_active(k)}
-        else:
-            values = dict(hp)
+        values = values_of(hp)
         words = []
         for key, value in values.items():
             if key.endswith("_dropout"):
@@ -389,6 +477,11 @@ class RegularizationSpace:
                 if value == "group" and f"{key}_groups" in values:
                     text += f" ({values[key + '_groups']} groups)"
                 words.append(text)
+        if "weight_decay" in values:
+            label = WEIGHT_DECAY_WORDS.get(self.weight_decay_method, "weight decay")
+            words.append(f"{label} {values['weight_decay']:.1e}")
+        if "label_smoothing" in values:
+            words.append(f"label smoothing {values['label_smoothing']:.2f}")
         return ", ".join(words)
 
     def get_config(self):
@@ -399,6 +492,11 @@ class RegularizationSpace:
             "groups": list(self.groups),
             "step": self.step,
             "adaptive_batch_kwargs": dict(self.adaptive_batch_kwargs),
+            "weight_decay": self.weight_decay_method,
+            "weight_decay_range": None if self.weight_decay_range is None else list(self.weight_decay_range),
+            "label_smoothing": (
+                False if self.label_smoothing_range is None else list(self.label_smoothing_range)
+            ),
         }
 
     @classmethod
@@ -407,6 +505,9 @@ class RegularizationSpace:
         config["dropout_ranges"] = {k: tuple(v) for k, v in config["dropout_ranges"].items()}
         config["norms"] = tuple(config["norms"])
         config["groups"] = tuple(config["groups"])
+        for key in ("weight_decay_range", "label_smoothing"):
+            if isinstance(config.get(key), list):
+                config[key] = tuple(config[key])
         return cls(**config)
 
 
@@ -439,11 +540,7 @@ def make_norm(norm, groups=None, axis=-1, **kwargs):
     if norm == "layer":
         return keras.layers.LayerNormalization(axis=axis, **kwargs)
     if norm == "group":
-        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-            raise ValueError(
-                "Invalid value received for argument `groups`. Expected a positive "
-                f"integer with norm='group'. Received: groups={groups!r}"
-            )
+        groups = check_at_least("groups", groups, integer=True, minimum=1)
         return keras.layers.GroupNormalization(groups=int(groups), axis=axis, **kwargs)
     if norm == "instance":
         # GroupNormalization with one group per channel is instance normalization.

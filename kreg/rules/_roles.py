@@ -8,6 +8,7 @@ of the layer they wrap.
 
 import keras
 
+from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
 from kreg.layers import ConsistentDropout
 from kreg.layers.conv_batch_norm import FusedBatchNormLayer
 from kreg.model_graph import INPUT
@@ -170,14 +171,10 @@ def normalizes_channels_of(bn, producer):
     return bn.axis == -1 or (rank is not None and bn.axis % rank == rank - 1)
 
 
-# The usual dropout rates by the role of the layer before the dropout (seeds 000:
-# "Dropout Rate Guidelines"); recurrent stacks use up to 0.5 (AWD-LSTM's weight drop).
-USUAL_RATES = {
-    "early conv": (0.0, 0.1),
-    "late conv": (0.1, 0.3),
-    "dense": (0.3, 0.5),
-    "recurrent": (0.0, 0.5),
-}
+# The usual dropout rates by the role of the layer before the dropout, keyed by
+# the role in words ("early conv"); the one table lives in kreg/dropout_ranges.py,
+# which the tuner's search ranges read too.
+USUAL_RATES = {role.replace("_", " "): rates for role, rates in USUAL_DROPOUT_RANGES.items()}
 
 
 def early_convs(view):

@@ -1,10 +1,11 @@
 """Dropout right after the first convolutions (seeds 000: "the #1 CNN mistake")."""
 
+from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
 from kreg.rules import _roles
 
 ID = "early-conv-dropout"
 SEVERITY = "warning"
-MAX_RATE = 0.1
+MAX_RATE = USUAL_DROPOUT_RANGES["early_conv"][1]
 
 
 def check(view):

@@ -32,7 +32,7 @@ def test_defaults_read_back_with_hp_get():
         "early_conv_dropout": 0.05,
         "late_conv_dropout": 0.2,
         "dense_dropout": 0.4,
-        "recurrent_dropout": 0.25,
+        "recurrent_dropout": 0.3,
     }
     for name, value in expected.items():
         assert hp.get(name) == pytest.approx(value), f"{name}: {hp.get(name)} != {value}"
@@ -42,7 +42,7 @@ def test_defaults_read_back_with_hp_get():
         "early_conv_dropout": (0.0, 0.1),
         "late_conv_dropout": (0.1, 0.3),
         "dense_dropout": (0.3, 0.5),
-        "recurrent_dropout": (0.1, 0.4),
+        "recurrent_dropout": (0.1, 0.5),
     }
     norm_choices = [p for p in hp.space if p.name == "norm"][0].values
     assert norm_choices == ["batch", "layer", "group", "instance", "none"]
@@ -83,7 +83,7 @@ def test_recurrent_role_gives_consistent_dropout():
     hp = keras_tuner.HyperParameters()
     layer = space.dropout(hp, "recurrent")
     assert isinstance(layer, ConsistentDropout), type(layer)
-    assert layer.rate == pytest.approx(0.25)
+    assert layer.rate == pytest.approx(0.3)
     assert type(space.dropout(hp, "dense")) is keras.layers.Dropout
 
 
@@ -203,11 +203,20 @@ def test_config_round_trip():
         ({"dropout_ranges": {"dense": (-0.1, 0.2)}}, r"\(-0\.1, 0\.2\)"),
         ({"dropout_ranges": {"dense": (0.5, 0.3)}}, r"inverted.*\(0\.5, 0\.3\)"),
         ({"dropout_ranges": {"dense": 0.3}}, "dense'.*0.3"),
+        ({"dropout_ranges": {"dense": (0.1, float("nan"))}}, "nan"),
+        ({"dropout_ranges": {"dense": (True, 0.2)}}, "True"),
         ({"norms": ("batch", "weight")}, "'weight'"),
         ({"norms": ()}, "norms=()"),
         ({"norms": ("layer",), "default_norm": "batch"}, "default_norm='batch'"),
         ({"groups": (2, 0)}, r"groups=\(2, 0\)"),
         ({"step": 0.0}, "step=0.0"),
+        ({"step": 1.0}, "step=1.0"),
+        ({"weight_decay": "l1"}, "weight_decay='l1'"),
+        ({"weight_decay_range": (1e-4, 1e-2)}, "weight_decay=None"),
+        ({"weight_decay": "adamw", "weight_decay_range": (0.0, 1e-2)}, r"weight_decay_range=\(0\.0"),
+        ({"weight_decay": "l2", "weight_decay_range": (1e-2, 1e-4)}, "inverted"),
+        ({"label_smoothing": (0.1, 1.0)}, r"label_smoothing=\(0\.1, 1\.0\)"),
+        ({"label_smoothing": 0.1}, "label_smoothing=0.1"),
     ],
 )
 def test_bad_construction_arguments(kwargs, match):
