@@ -11,6 +11,7 @@ from kreg.diagnose import Finding
 from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
+from kreg.layers import ActivationRegularization
 from kreg.layers import AdaptiveBatchNormalization
 from kreg.layers import ConsistentDropout
 from kreg.layers import ConsistentDropoutCell
@@ -19,8 +20,11 @@ from kreg.layers import Conv2DBatchNorm
 from kreg.layers import Conv3DBatchNorm
 from kreg.layers import DenseBatchNorm
 from kreg.layers import DepthwiseConv2DBatchNorm
+from kreg.layers import EmbeddingDropout
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
+from kreg.layers import ZoneoutGRU
+from kreg.layers import ZoneoutLSTM
 
 from kreg._version import __version__
 
@@ -32,6 +36,7 @@ __all__ = [
     "set_test_time_mode",
     "FoldReport",
     "fold_batch_norms",
+    "ActivationRegularization",
     "AdaptiveBatchNormalization",
     "ConsistentDropout",
     "ConsistentDropoutCell",
@@ -40,6 +45,9 @@ __all__ = [
     "Conv3DBatchNorm",
     "DenseBatchNorm",
     "DepthwiseConv2DBatchNorm",
+    "EmbeddingDropout",
     "WeightDropGRU",
     "WeightDropLSTM",
+    "ZoneoutGRU",
+    "ZoneoutLSTM",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "node_operation",
     "recurrent_kernel_replaced",
     "tensor_history",
+    "step_loop",
 ]
 
 # What `Model.predict` raises when its data runs out before the first batch:
@@ -49,6 +50,18 @@ def fused_rnn_kernels():
     Tests patch these functions to check that weight dropout keeps the fused path.
     """
     return _backend
+
+
+def step_loop(step_function, inputs, initial_states, **kwargs):
+    """Keras's generic recurrent loop, `backend.rnn`, the one `RNN.inner_loop` runs.
+
+    It handles masking (a masked step keeps the previous states), `go_backwards`,
+    `unroll` and returning all outputs the same way on every backend (a
+    `tf.while_loop`, `jax.lax.scan`, a Python loop on torch). A layer that needs
+    its own step function (zoneout mixes old and new states after the cell) calls
+    it with the same arguments as `keras.layers.RNN.inner_loop`.
+    """
+    return _backend.rnn(step_function, inputs, initial_states, **kwargs)
 
 
 @contextlib.contextmanager

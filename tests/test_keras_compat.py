@@ -159,3 +159,19 @@ def test_functional_nodes_history_and_arguments():
     operation, node_index, tensor_index = _keras_compat.tensor_history(kwargs["inputs"])
     assert type(operation).__name__ == "Add" and (node_index, tensor_index) == (0, 0)
     assert _keras_compat.tensor_history(outputs)[:2] == (dense, 1)
+
+
+def test_step_loop_is_the_loop_keras_rnn_runs():
+    assert "backend.rnn(" in inspect.getsource(keras.layers.RNN.inner_loop)
+    parameters = inspect.signature(_keras_compat._backend.rnn).parameters
+    for name in ("go_backwards", "mask", "unroll", "input_length", "zero_output_for_mask", "return_all_outputs"):
+        assert name in parameters, f"backend.rnn lost its `{name}` argument"
+
+    def cumulative_sum(inputs, states):
+        total = states[0] + inputs
+        return total, [total]
+
+    x = np.ones((2, 3, 1), dtype="float32")
+    last, outputs, states = _keras_compat.step_loop(cumulative_sum, ops.convert_to_tensor(x), [ops.zeros((2, 1))])
+    np.testing.assert_allclose(ops.convert_to_numpy(outputs)[0, :, 0], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(ops.convert_to_numpy(last), 3.0)

@@ -1,5 +1,6 @@
 """kreg's Keras layers. Each is registered under the `kreg` package for saving."""
 
+from kreg.layers.activation_regularization import ActivationRegularization
 from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.consistent_dropout import ConsistentDropout
 from kreg.layers.consistent_dropout_cell import ConsistentDropoutCell
@@ -8,10 +9,14 @@ from kreg.layers.conv_batch_norm import Conv2DBatchNorm
 from kreg.layers.conv_batch_norm import Conv3DBatchNorm
 from kreg.layers.conv_batch_norm import DenseBatchNorm
 from kreg.layers.conv_batch_norm import DepthwiseConv2DBatchNorm
+from kreg.layers.embedding_dropout import EmbeddingDropout
 from kreg.layers.weight_drop_rnn import WeightDropGRU
 from kreg.layers.weight_drop_rnn import WeightDropLSTM
+from kreg.layers.zoneout_rnn import ZoneoutGRU
+from kreg.layers.zoneout_rnn import ZoneoutLSTM
 
 __all__ = [
+    "ActivationRegularization",
     "AdaptiveBatchNormalization",
     "ConsistentDropout",
     "ConsistentDropoutCell",
@@ -20,6 +25,9 @@ __all__ = [
     "Conv3DBatchNorm",
     "DenseBatchNorm",
     "DepthwiseConv2DBatchNorm",
+    "EmbeddingDropout",
     "WeightDropGRU",
     "WeightDropLSTM",
+    "ZoneoutGRU",
+    "ZoneoutLSTM",
 ]

@@ -2,8 +2,10 @@
 
 import keras
 from keras import ops
+from keras import tree
 
 from kreg._keras_compat import recurrent_kernel_replaced
+from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
@@ -14,7 +16,8 @@ WEIGHT_DROPOUT_MODES = ("unit", "weight")
 
 _WEIGHT_DROP_DOC = """
     During training, one DropConnect mask over the recurrent kernel is drawn per
-    batch and used at every timestep; inference uses the full kernel. Because the
+    batch (per group of samples with `mask_groups`) and used at every timestep;
+    inference uses the full kernel. Because the
     mask lives in the weights rather than in the step function, the layer keeps
     the fused kernel (cuDNN on GPUs) wherever `keras.layers.{base}` would use it,
     unlike `recurrent_dropout`, which turns the fused kernel off on every
@@ -36,6 +39,13 @@ _WEIGHT_DROP_DOC = """
             kernel: a dropped hidden unit feeds none of the gates at the next
             step, the same for every timestep of the batch. `"weight"` drops
             single weights, as in AWD-LSTM.
+        mask_groups: Positive integer. The batch is split into this many groups
+            of consecutive samples, each with its own mask and its own call of
+            the fused kernel (or loop). One mask per batch (`1`, the default)
+            regularizes less per step than Keras's per-sample masks; more
+            groups regularize more, at the cost of `mask_groups` smaller kernel
+            calls per step. A batch smaller than `mask_groups` gets one mask
+            per sample. Measured in `bench/char_lm.py` (docs/BENCHMARKS.md).
         **kwargs: Every other argument of `keras.layers.{base}` (`dropout`,
             `recurrent_dropout`, `return_sequences`, `return_state`,
             `go_backwards`, `stateful`, `use_cudnn`, `seed`, ...). `seed` also
@@ -67,15 +77,19 @@ class _WeightDropMixin(AdjustableRates):
 
     weight_dropout = rate_property("weight_dropout", "The current weight-dropout rate.")
 
-    def __init__(self, units, weight_dropout=0.0, weight_dropout_mode="unit", **kwargs):
+    def __init__(
+        self, units, weight_dropout=0.0, weight_dropout_mode="unit", mask_groups=1, **kwargs
+    ):
         # Checked before the parent builds its cell, so a bad rate fails first.
         weight_dropout = check_rate("weight_dropout", weight_dropout)
         weight_dropout_mode = check_choice(
             "weight_dropout_mode", weight_dropout_mode, WEIGHT_DROPOUT_MODES
         )
+        mask_groups = int(check_at_least("mask_groups", mask_groups, integer=True, minimum=1))
         super().__init__(units, **kwargs)
         self.add_rate("weight_dropout", weight_dropout)
         self.weight_dropout_mode = weight_dropout_mode
+        self.mask_groups = mask_groups
 
     def _dropped_recurrent_kernel(self):
         cell = self.cell
@@ -94,21 +108,79 @@ class _WeightDropMixin(AdjustableRates):
         )
         return kernel * mask
 
+    def _masked_inner_loop(self, sequences, initial_state, mask, training):
+        dropped = self._dropped_recurrent_kernel()
+        with recurrent_kernel_replaced(self.cell, dropped):
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not training or not self.rate_in_use("weight_dropout"):
             return super().inner_loop(
                 sequences, initial_state, mask=mask, training=training
             )
-        dropped = self._dropped_recurrent_kernel()
-        with recurrent_kernel_replaced(self.cell, dropped):
-            return super().inner_loop(
-                sequences, initial_state, mask=mask, training=training
-            )
+        if self.mask_groups == 1:
+            return self._masked_inner_loop(sequences, initial_state, mask, training)
+        if tree.is_nested(mask):
+            mask = mask[0]
+        # Consecutive slices of the batch, one mask and one kernel call each.
+        static_batch = sequences.shape[0]
+        if static_batch is not None:
+            # A batch smaller than `mask_groups` (a last, partial one) gets one
+            # mask per sample: Keras's kernels refuse empty batches.
+            groups = min(self.mask_groups, static_batch)
+            bounds = [(i * static_batch) // groups for i in range(groups + 1)]
+            results = [
+                self._masked_inner_loop(*self._group(sequences, initial_state, mask, a, b), training)
+                for a, b in zip(bounds[:-1], bounds[1:])
+            ]
+        else:
+            # Batch size known only when the graph runs (TensorFlow, a traced
+            # function that accepts any batch size): an empty group is skipped
+            # by a conditional instead.
+            batch = ops.shape(sequences)[0]
+            bounds = [(i * batch) // self.mask_groups for i in range(self.mask_groups + 1)]
+            results = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                group = self._group(sequences, initial_state, mask, a, b)
+                results.append(
+                    ops.cond(
+                        b > a,
+                        lambda group=group: self._as_list_of_states(
+                            self._masked_inner_loop(*group, training)
+                        ),
+                        lambda group=group: self._empty_result(*group),
+                    )
+                )
+        return tree.map_structure(lambda *parts: ops.concatenate(parts, axis=0), *results)
+
+    @staticmethod
+    def _as_list_of_states(result):
+        last_output, outputs, states = result
+        return last_output, outputs, list(states)
+
+    @staticmethod
+    def _group(sequences, initial_state, mask, start, stop):
+        return (
+            sequences[start:stop],
+            [state[start:stop] for state in initial_state],
+            None if mask is None else mask[start:stop],
+        )
+
+    def _empty_result(self, sequences, initial_state, mask):
+        """What `inner_loop` returns for a group of no samples."""
+        empty = ops.zeros((0, self.units), dtype=sequences.dtype)
+        outputs = (
+            ops.zeros((0, sequences.shape[1] or ops.shape(sequences)[1], self.units), dtype=sequences.dtype)
+            if self.return_sequences
+            else ops.zeros((0, 1, self.units), dtype=sequences.dtype)
+        )
+        return empty, outputs, [ops.zeros((0, self.units), dtype=state.dtype) for state in initial_state]
 
     def get_config(self):
         config = {
             "weight_dropout": self.weight_dropout,
             "weight_dropout_mode": self.weight_dropout_mode,
+            "mask_groups": self.mask_groups,
         }
         return {**super().get_config(), **config}
 

@@ -172,3 +172,30 @@ def test_online_mode_runs_on_two_replicas_and_moves_the_statistics(strategy):
     replicas = [v.numpy() for v in moving_mean.value.values]
     np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-5)  # synchronized: one update
     assert not np.allclose(replicas[0], 0.0)
+
+
+def _recurrent_recipe_model():
+    inputs = keras.Input((6,), dtype="int32")
+    x = kreg.EmbeddingDropout(12, 4, rate=0.2, mask_zero=True, seed=1)(inputs)
+    x = kreg.ZoneoutLSTM(6, cell_zoneout=0.3, hidden_zoneout=0.1, return_sequences=True, seed=2)(x)
+    x = kreg.ActivationRegularization(ar=1.0, tar=1.0)(x)
+    x = kreg.ZoneoutGRU(4, hidden_zoneout=0.2, seed=3)(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def test_recurrent_regularizers_train_on_two_replicas(strategy):
+    x = np.random.default_rng(6).integers(1, 12, (32, 6)).astype("int32")
+    y = (x.sum(axis=1, keepdims=True) / 30.0).astype("float32")
+    with strategy.scope():
+        model = _recurrent_recipe_model()
+        model.compile("adam", "mse")
+    losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    for variable in model.trainable_variables:
+        replicas = [v.numpy() for v in variable.value.values]
+        np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+    single = _recurrent_recipe_model()
+    single.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
+    )

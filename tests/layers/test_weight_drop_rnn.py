@@ -26,7 +26,7 @@ def _twins(kreg_cls, keras_cls, x, **kwargs):
     """A kreg layer and its Keras counterpart, built, with the same weights."""
     ours = kreg_cls(5, **kwargs)
     ours(x)
-    theirs = keras_cls(5, **{k: v for k, v in kwargs.items() if not k.startswith("weight_")})
+    theirs = keras_cls(5, **{k: v for k, v in kwargs.items() if not k.startswith("weight_") and k != "mask_groups"})
     theirs(x)
     theirs.set_weights(ours.get_weights())
     return ours, theirs
@@ -54,6 +54,8 @@ def _capture_dropped_kernels(layer):
         ({"weight_dropout": 0.5, "weight_dropout_mode": "weight", "return_sequences": True}, (4, 5, 6)),
         ({"weight_dropout": 0.3, "dropout": 0.2, "go_backwards": True, "seed": 4}, (4, 6)),
         ({"weight_dropout": 0.3, "return_state": True, "unroll": True}, (4, 6)),
+        ({"weight_dropout": 0.3, "mask_groups": 2, "return_sequences": True}, (4, 5, 6)),
+        ({"weight_dropout": 0.3, "mask_groups": 3, "return_state": True}, (4, 6)),
     ],
 )
 def test_layer_contract(kreg_cls, kwargs, expected_shape, tmp_path):
@@ -221,7 +223,7 @@ def test_config_keeps_every_keras_argument_and_adds_its_own():
     ours = WeightDropLSTM(4, weight_dropout=0.2, weight_dropout_mode="weight", dropout=0.1)
     theirs = keras.layers.LSTM(4, dropout=0.1)
     config = ours.get_config()
-    assert set(config) - set(theirs.get_config()) == {"weight_dropout", "weight_dropout_mode"}
+    assert set(config) - set(theirs.get_config()) == {"weight_dropout", "weight_dropout_mode", "mask_groups"}
     assert config["weight_dropout"] == 0.2 and config["weight_dropout_mode"] == "weight"
     assert config["dropout"] == 0.1
 
@@ -234,8 +236,72 @@ def test_config_keeps_every_keras_argument_and_adds_its_own():
         ({"weight_dropout": float("nan")}, r"`weight_dropout`.*nan"),
         ({"weight_dropout": "high"}, r"`weight_dropout`.*'high'.*str"),
         ({"weight_dropout_mode": "row"}, r"`weight_dropout_mode`.*'unit', 'weight'.*'row'"),
+        ({"mask_groups": 0}, r"`mask_groups`.*integer >= 1.*mask_groups=0"),
+        ({"mask_groups": 2.0}, r"`mask_groups`.*integer.*float"),
+        ({"mask_groups": True}, r"`mask_groups`.*bool"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kreg_cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         kreg_cls(4, **kwargs)
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("mode", ["unit", "weight"])
+def test_mask_groups_give_each_slice_of_the_batch_its_own_mask(kreg_cls, keras_cls, mode):
+    """Group g of the batch runs exactly Keras's layer with the g-th dropped kernel."""
+    x = _inputs((9, 6, 3))
+    ours, theirs = _twins(
+        kreg_cls, keras_cls, x, weight_dropout=0.5, weight_dropout_mode=mode,
+        mask_groups=3, return_sequences=True, seed=4,
+    )
+    captured = _capture_dropped_kernels(ours)
+    trained = _numpy(ours(x, training=True))
+    assert len(captured) == 3, "one mask per group"
+    assert not np.array_equal(_numpy(captured[0]), _numpy(captured[1]))
+    kernel, _, *rest = ours.get_weights()
+    for group, dropped in enumerate(captured):
+        theirs.set_weights([kernel, _numpy(dropped), *rest])
+        rows = slice(3 * group, 3 * group + 3)
+        np.testing.assert_allclose(trained[rows], _numpy(theirs(x[rows])), rtol=1e-5, atol=1e-6)
+    captured.clear()
+    np.testing.assert_array_equal(_numpy(ours(x)), _numpy(ours(x, training=False)))
+    assert captured == [], "inference draws no mask"
+
+
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+def test_mask_groups_split_uneven_and_small_batches(kreg_cls):
+    layer = kreg_cls(4, weight_dropout=0.5, mask_groups=4, return_state=True, seed=0)
+    x = _inputs((7, 5, 3))
+    layer(x)
+    captured = _capture_dropped_kernels(layer)
+    for batch, masks in ((7, 4), (2, 2), (1, 1)):
+        captured.clear()
+        outputs = layer(x[:batch], training=True)
+        assert all(tuple(o.shape)[0] == batch for o in outputs)
+        assert len(captured) == masks
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
+def test_mask_groups_with_a_batch_size_known_only_at_run_time(kreg_cls):
+    import tensorflow as tf
+
+    layer = kreg_cls(4, weight_dropout=0.5, mask_groups=3, return_sequences=True, seed=0)
+    x = _inputs((8, 5, 3))
+    layer(x)
+    traced = tf.function(
+        lambda batch: layer(batch, training=True), input_signature=[tf.TensorSpec((None, 5, 3))]
+    )
+    for batch in (8, 2, 1):
+        assert tuple(traced(x[:batch]).shape) == (batch, 5, 4)
+
+
+def test_mask_groups_train_in_a_model_with_a_partial_last_batch():
+    model = keras.Sequential(
+        [keras.Input((5, 3)), WeightDropLSTM(6, weight_dropout=0.4, mask_groups=4), keras.layers.Dense(1)]
+    )
+    model.compile("adam", "mse")
+    x = _inputs((10, 5, 3))
+    losses = model.fit(x, x.sum(axis=(1, 2))[:, None], batch_size=8, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))

@@ -1,0 +1,203 @@
+"""LSTM and GRU with zoneout: state units that keep their previous value."""
+
+import keras
+from keras import ops
+from keras import tree
+
+from kreg._keras_compat import step_loop
+from kreg._validation import check_rate
+
+_ZONEOUT_DOC = """
+    Zoneout regularizes the recurrent state the way dropout regularizes
+    activations, but instead of setting a unit to zero it keeps the unit's
+    previous value: during training, at every timestep, each unit of {states}
+    keeps its value from the previous step with probability `z` and takes its
+    new value otherwise, with a new random choice per sample, unit and
+    timestep. At inference every unit is the expected value,
+    `z * previous + (1 - z) * new`. Gradients and information flow through the
+    kept units unchanged, so long-range dependencies survive the noise. {output}
+
+    Cost: zoneout mixes the previous and the new state after every step, an
+    operation no fused kernel implements, so the layer always runs Keras's
+    generic step loop, at inference too, never cuDNN. Where plain
+    `keras.layers.{base}` runs the same loop anyway (TensorFlow and JAX on CPU),
+    the cost is a few elementwise operations per step plus one random draw per
+    batch; on a GPU the layer forgoes the fused kernel, which is several times
+    faster. `bench/char_lm.py` measures the step time next to plain
+    `keras.layers.{base}` (docs/BENCHMARKS.md).
+
+    Every argument of `keras.layers.{base}` keeps its meaning (`dropout` and
+    `recurrent_dropout` combine with zoneout), and the layer has exactly the
+    weights of `keras.layers.{base}`: `set_weights` works both ways, and with
+    every zoneout rate at 0 it computes what `keras.layers.{base}` computes.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+{args}        **kwargs: Every other argument of `keras.layers.{base}` (`dropout`,
+            `return_sequences`, `return_state`, `go_backwards`, `stateful`,
+            `unroll`, `seed`, ...) except `use_cudnn=True`: there is no fused
+            zoneout kernel. `seed` also seeds the zoneout choices.
+
+    Call arguments:
+        sequences: A 3D tensor `(batch, timesteps, features)`.
+        initial_state: Optional list of initial state tensors.
+        mask: Optional boolean tensor `(batch, timesteps)`; masked steps keep
+            the previous state, as in `keras.layers.{base}`.
+        training: Python boolean. Whether to draw the zoneout choices (`True`
+            in `fit`) or use the expected value (`False`).
+
+    Example:
+
+    >>> layer = {example}
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Krueger et al., 2017](https://arxiv.org/abs/1606.01305), Zoneout:
+          Regularizing RNNs by Randomly Preserving Hidden Activations.
+"""
+
+
+class _ZoneoutMixin:
+    """What `ZoneoutLSTM` and `ZoneoutGRU` share: the step loop and the config.
+
+    `_state_rates()` lists the zoneout rate of each state tensor, in the order
+    the cell's `state_size` lists them.
+    """
+
+    def __init__(self, units, **kwargs):
+        if kwargs.get("use_cudnn") is True:
+            raise ValueError(
+                "Invalid value received for argument `use_cudnn`. Zoneout mixes the "
+                "states after every step, which no fused (cuDNN) kernel does; expected "
+                "'auto' or False. Received: use_cudnn=True"
+            )
+        super().__init__(units, **kwargs)
+
+    def _zoneout_keep_masks(self, sequences, rates):
+        """One 0/1 tensor `(batch, timesteps, units)` per zoned state: 1 keeps."""
+        shape = (ops.shape(sequences)[0], ops.shape(sequences)[1], self.units)
+        return [
+            ops.cast(
+                keras.random.uniform(shape, seed=self.cell.seed_generator) < rate,
+                sequences.dtype,
+            )
+            for rate in rates
+            if rate > 0.0
+        ]
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if tree.is_nested(mask):
+            mask = mask[0]
+        rates = self._state_rates()
+        if not any(rates):
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+        features = sequences.shape[-1]
+        if training:
+            # The random choices of every step are drawn here, before the loop,
+            # and travel with the inputs: a random draw inside the loop would
+            # update the seed state inside `lax.scan` / `tf.while_loop`. Keras
+            # draws its dropout masks before the loop for the same reason.
+            keep_masks = self._zoneout_keep_masks(sequences, rates)
+            sequences = ops.concatenate([sequences, *keep_masks], axis=-1)
+        cell = self.cell
+
+        def step(inputs, states):
+            if training:
+                keep = iter(
+                    [
+                        inputs[:, features + i * self.units : features + (i + 1) * self.units]
+                        for i in range(len(keep_masks))
+                    ]
+                )
+                inputs = inputs[:, :features]
+            if keras.backend.backend() == "torch" and self.stateful:
+                # As in `keras.layers.RNN.inner_loop`: no in-place update of a
+                # state autograd still needs.
+                states = tree.map_structure(ops.copy, states)
+            _, new_states = cell(inputs, states, training=training)
+            if not tree.is_nested(new_states):
+                new_states = [new_states]
+            zoned = []
+            for rate, previous, new in zip(rates, states, new_states):
+                if rate == 0.0:
+                    zoned.append(new)
+                elif training:
+                    zoned.append(new + next(keep) * (previous - new))
+                else:
+                    zoned.append(new + rate * (previous - new))
+            # The output of an LSTM or GRU step is its hidden state: the zoned one.
+            return zoned[0], zoned
+
+        return step_loop(
+            step,
+            sequences,
+            list(initial_state) if tree.is_nested(initial_state) else [initial_state],
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
+    __doc__ = "LSTM whose hidden and cell state units randomly keep their previous value.\n" + (
+        _ZONEOUT_DOC.format(
+            base="LSTM",
+            states="the hidden state `h` and of the cell state `c`",
+            output="The layer's output at each step is the zoned hidden state.",
+            args=(
+                "        cell_zoneout: Float in `[0, 1)`. Probability that a unit of the\n"
+                "            cell state `c` keeps its previous value. Defaults to `0.0`;\n"
+                "            the paper uses 0.5 for character-level language models.\n"
+                "        hidden_zoneout: Float in `[0, 1)`. The same for the hidden state\n"
+                "            `h` (the output). Defaults to `0.0`; the paper uses 0.05.\n"
+            ),
+            example="ZoneoutLSTM(8, cell_zoneout=0.5, hidden_zoneout=0.05, return_sequences=True)",
+        )
+    )
+
+    def __init__(self, units, cell_zoneout=0.0, hidden_zoneout=0.0, **kwargs):
+        # Checked before the parent builds its cell, so a bad rate fails first.
+        cell_zoneout = check_rate("cell_zoneout", cell_zoneout)
+        hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
+        super().__init__(units, **kwargs)
+        self.cell_zoneout = cell_zoneout
+        self.hidden_zoneout = hidden_zoneout
+
+    def _state_rates(self):
+        return [self.hidden_zoneout, self.cell_zoneout]  # LSTMCell's states: [h, c]
+
+    def get_config(self):
+        config = {"cell_zoneout": self.cell_zoneout, "hidden_zoneout": self.hidden_zoneout}
+        return {**super().get_config(), **config}
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
+    __doc__ = "GRU whose hidden state units randomly keep their previous value.\n" + (
+        _ZONEOUT_DOC.format(
+            base="GRU",
+            states="the hidden state `h` (the GRU's only state)",
+            output="The layer's output at each step is the zoned hidden state.",
+            args=(
+                "        hidden_zoneout: Float in `[0, 1)`. Probability that a unit of the\n"
+                "            hidden state keeps its previous value. Defaults to `0.0`.\n"
+            ),
+            example="ZoneoutGRU(8, hidden_zoneout=0.1, return_sequences=True)",
+        )
+    )
+
+    def __init__(self, units, hidden_zoneout=0.0, **kwargs):
+        hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
+        super().__init__(units, **kwargs)
+        self.hidden_zoneout = hidden_zoneout
+
+    def _state_rates(self):
+        return [self.hidden_zoneout]
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_zoneout": self.hidden_zoneout}
