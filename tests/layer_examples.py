@@ -50,6 +50,9 @@ class LayerExample:
 
 
 EXAMPLES = {
+    "ActivationRegularization": LayerExample(
+        (5, 3), lambda: [keras.layers.LSTM(4, return_sequences=True), kreg.ActivationRegularization(ar=2.0, tar=1.0)]
+    ),
     "AdaptiveBatchNormalization": LayerExample(
         (4, 4, 3), lambda: [keras.layers.Conv2D(4, 3, use_bias=False), kreg.AdaptiveBatchNormalization()]
     ),
@@ -67,8 +70,15 @@ EXAMPLES = {
     "Conv3DBatchNorm": LayerExample((4, 4, 4, 2), lambda: [kreg.Conv3DBatchNorm(3, 2, activation="relu")]),
     "DenseBatchNorm": LayerExample((6,), lambda: [kreg.DenseBatchNorm(4, activation="relu")]),
     "DepthwiseConv2DBatchNorm": LayerExample((6, 6, 3), lambda: [kreg.DepthwiseConv2DBatchNorm(3, activation="relu")]),
+    "EmbeddingDropout": LayerExample(
+        (6,), lambda: [kreg.EmbeddingDropout(10, 4, rate=0.2, mask_zero=True, seed=5), keras.layers.LSTM(3)], vocabulary=10
+    ),
     "WeightDropGRU": LayerExample((5, 3), lambda: [kreg.WeightDropGRU(4, weight_dropout=0.3, seed=3)]),
     "WeightDropLSTM": LayerExample((5, 3), lambda: [kreg.WeightDropLSTM(4, weight_dropout=0.3, seed=4)]),
+    "ZoneoutGRU": LayerExample((5, 3), lambda: [kreg.ZoneoutGRU(4, hidden_zoneout=0.2, seed=6)]),
+    "ZoneoutLSTM": LayerExample(
+        (5, 3), lambda: [kreg.ZoneoutLSTM(4, cell_zoneout=0.3, hidden_zoneout=0.1, seed=7)]
+    ),
 }
 
 
