@@ -14,6 +14,7 @@ from kreg.tuning.hypermodels import CNNHyperModel
 from kreg.tuning.hypermodels import RecurrentHyperModel
 from kreg.tuning.hypermodels import RegularizedHyperModel
 from kreg.tuning.losses import SparseCategoricalCrossentropy
+from kreg.tuning.optuna_pruning import optuna_pruning_callback
 from kreg.tuning.pruning import OverfittingPruning
 from kreg.tuning.pruning import pruning_detector
 from kreg.tuning.regularization_space import DEFAULT_DROPOUT_RANGES
@@ -33,5 +34,6 @@ __all__ = [
     "RegularizedHyperModel",
     "SparseCategoricalCrossentropy",
     "make_norm",
+    "optuna_pruning_callback",
     "pruning_detector",
 ]

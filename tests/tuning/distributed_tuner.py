@@ -8,7 +8,6 @@ KERASTUNER_ORACLE_PORT. Usage: python distributed_tuner.py DIRECTORY RESULT_JSON
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,6 +16,7 @@ import keras_tuner  # noqa: E402
 from kreg.datasets import load_digit_sequences  # noqa: E402
 from kreg.tuning import OverfittingPruning  # noqa: E402
 from kreg.tuning import RecurrentHyperModel  # noqa: E402
+from search_helpers import wait_for_each_other  # noqa: E402
 
 MAX_TRIALS = 4
 
@@ -43,13 +43,7 @@ def main():
     )
     (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
     if tuner_id != "chief":
-        # Both workers ask for trials at about the same time, so each gets some.
-        open(os.path.join(directory, f"ready_{tuner_id}"), "w").close()
-        deadline = time.time() + 120
-        while len([f for f in os.listdir(directory) if f.startswith("ready_")]) < 2:
-            if time.time() > deadline:
-                raise TimeoutError("the other worker never started")
-            time.sleep(0.2)
+        wait_for_each_other(directory, tuner_id, count=2)
     tuner.search(x, y, validation_data=(x_val[:200], y_val[:200]), epochs=3, verbose=0)
     result = {"tuner_id": tuner_id, "ran": tuner.ran}
     if tuner_id == "chief":

@@ -3,10 +3,10 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
+from search_helpers import run_processes
 
 pytest.importorskip("grpc", reason="keras-tuner's distributed mode needs grpcio")
 
@@ -21,7 +21,7 @@ def _free_port():
 
 def test_chief_and_two_workers_on_loopback(tmp_path):
     port = _free_port()
-    processes = {}
+    commands = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = dict(
             os.environ,
@@ -32,25 +32,10 @@ def test_chief_and_two_workers_on_loopback(tmp_path):
             TF_NUM_INTRAOP_THREADS="1",
             TF_NUM_INTEROP_THREADS="1",
         )
-        log = open(tmp_path / f"{tuner_id}.log", "w")
-        processes[tuner_id] = (subprocess.Popen(
-            [sys.executable, SCRIPT, str(tmp_path), str(tmp_path / f"{tuner_id}.json")],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        ), log)
-    try:
-        for tuner_id, (process, log) in processes.items():
-            code = process.wait(timeout=240)
-            log.close()
-            tail = (tmp_path / f"{tuner_id}.log").read_text()[-3000:]
-            assert code == 0, f"{tuner_id} exited with {code}:\n{tail}"
-    finally:
-        for process, log in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
+        commands[tuner_id] = ([sys.executable, SCRIPT, str(tmp_path), str(tmp_path / f"{tuner_id}.json")], env)
+    run_processes(commands, tmp_path)
 
-    results = {t: json.loads((tmp_path / f"{t}.json").read_text()) for t in processes}
+    results = {t: json.loads((tmp_path / f"{t}.json").read_text()) for t in commands}
     chief = results["chief"]
     assert len(chief["trials"]) == 4, chief["trials"]
     assert set(chief["trials"].values()) == {"COMPLETED"}, chief["trials"]

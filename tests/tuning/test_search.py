@@ -11,8 +11,10 @@ from kreg.tuning import CNNHyperModel
 from kreg.tuning import OverfittingPruning
 from kreg.tuning import RecurrentHyperModel
 from kreg.tuning import RegularizationSpace
-from kreg.tuning import RegularizedHyperModel
 from kreg.tuning import pruning_detector
+from search_helpers import GroupsBreakSomeModels
+from search_helpers import Memorizer
+from search_helpers import noise
 
 
 @pytest.fixture(scope="module")
@@ -68,25 +70,12 @@ def test_hypermodel_bad_arguments(make, match):
         make()
 
 
-class _GroupsBreakSomeModels(RegularizedHyperModel):
-    """Six channels: group norm with 4 groups cannot be built; 2 groups or layer norm can."""
-
-    def build_model(self, hp):
-        model = keras.Sequential([
-            keras.Input((4, 6)),
-            self.space.norm(hp),  # no `channels`: the mismatch shows only when building
-            keras.layers.Flatten(),
-            keras.layers.Dense(3, activation="softmax"),
-        ])
-        return self.compile_model(model)
-
-
 def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     # keras-tuner builds each conditional branch once with its default when the
     # tuner starts (2 groups here, which builds); the 4-group trial fails later.
     space = RegularizationSpace(norms=("group", "layer"), groups=(2, 4))
     tuner = keras_tuner.GridSearch(
-        _GroupsBreakSomeModels(space=space), objective="val_loss", max_trials=3,
+        GroupsBreakSomeModels(space=space), objective="val_loss", max_trials=3,
         directory=tmp_path, project_name="fail",
     )
     x = np.random.default_rng(0).normal(size=(16, 4, 6)).astype("float32")
@@ -136,36 +125,17 @@ class _Recorder(keras.callbacks.Callback):
         SEEN[-1].append(dict(logs))
 
 
-class _Memorizer(RegularizedHyperModel):
-    """A wide MLP that memorizes noise: validation loss rises within a few epochs."""
-
-    def build_model(self, hp):
-        model = keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(256, activation="relu"),
-            self.space.dropout(hp, "dense"),
-            keras.layers.Dense(4, activation="softmax"),
-        ])
-        model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        return model
-
-
 class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
     pass
 
 
-def _noise(n, seed):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 64)).astype("float32"), rng.integers(0, 4, n)
-
-
 def test_pruning_ends_overfitting_trials_and_keeps_the_best_epoch_score(tmp_path):
     SEEN.clear()
-    x, y = _noise(128, 0)
-    x_val, y_val = _noise(128, 1)
+    x, y = noise(128, 0)
+    x_val, y_val = noise(128, 1)
     space = RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})
     tuner = PrunedRandomSearch(
-        _Memorizer(space=space, seed=2), objective="val_accuracy", max_trials=2, seed=2,
+        Memorizer(space=space, seed=2), objective="val_accuracy", max_trials=2, seed=2,
         directory=tmp_path, project_name="pruned", detector_kwargs={"patience": 2, "smoothing": 0.0},
     )
     epochs = 40
@@ -186,10 +156,10 @@ def test_pruning_ends_overfitting_trials_and_keeps_the_best_epoch_score(tmp_path
 
 def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
     SEEN.clear()
-    x, y = _noise(128, 0)
-    x_val, y_val = _noise(128, 1)
+    x, y = noise(128, 0)
+    x_val, y_val = noise(128, 1)
     tuner = keras_tuner.RandomSearch(
-        _Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2),
+        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2),
         objective="val_loss", max_trials=1, directory=tmp_path, project_name="cb",
     )
     detector = pruning_detector(patience=2, smoothing=0.0)
@@ -201,9 +171,9 @@ def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
 
 
 def test_pruning_needs_validation_data(tmp_path):
-    x, y = _noise(32, 0)
+    x, y = noise(32, 0)
     tuner = PrunedRandomSearch(
-        _Memorizer(), objective="loss", max_trials=1, directory=tmp_path, project_name="noval",
+        Memorizer(), objective="loss", max_trials=1, directory=tmp_path, project_name="noval",
     )
     with pytest.raises(ValueError, match="validation_data"):
         tuner.search(x, y, epochs=1, verbose=0)

@@ -1,0 +1,188 @@
+"""kreg's space, hypermodels and pruning under Optuna: same names and ranges, pruning, studies."""
+
+import sys
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from kreg.datasets import load_digit_sequences
+from kreg.tuning import CNNHyperModel
+from kreg.tuning import RecurrentHyperModel
+from kreg.tuning import RegularizationSpace
+from kreg.tuning import optuna_pruning_callback
+from search_helpers import GroupsBreakSomeModels
+from search_helpers import Memorizer
+from search_helpers import noise
+
+optuna = pytest.importorskip("optuna")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _keras_tuner_ranges(hypermodel):
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    ranges = {}
+    for p in hp.space:
+        if hasattr(p, "min_value"):
+            ranges[p.name] = ("float", p.min_value, p.max_value, p.step, p.sampling == "log")
+        elif hasattr(p, "values"):
+            ranges[p.name] = ("choice", tuple(p.values))
+        else:
+            ranges[p.name] = ("choice", (p.value,))
+    return ranges
+
+
+def _optuna_range(distribution):
+    if isinstance(distribution, optuna.distributions.FloatDistribution):
+        return ("float", distribution.low, distribution.high, distribution.step, distribution.log)
+    return ("choice", tuple(distribution.choices))
+
+
+@pytest.mark.parametrize("make", [
+    lambda space: CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=8, space=space),
+    lambda space: RecurrentHyperModel((8, 8), 10, units=(8,), dense_units=8, space=space),
+])
+def test_same_names_ranges_and_conditions_as_keras_tuner(make):
+    space = RegularizationSpace(groups=(2, 4), weight_decay="adamw", label_smoothing=True)
+    hypermodel = make(space)
+    expected = _keras_tuner_ranges(hypermodel)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    study.optimize(lambda trial: float(hypermodel.build(trial).count_params() > 0), n_trials=12)
+    seen = set()
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE, trial
+        # The group count is asked for only when the norm is "group".
+        assert ("norm_groups" in trial.params) == (trial.params["norm"] == "group"), trial.params
+        for name, distribution in trial.distributions.items():
+            assert _optuna_range(distribution) == expected[name], name
+        seen |= set(trial.params)
+        assert set(trial.params) >= set(expected) - {"norm_groups"}
+        assert "weight decay" in space.describe(trial) and "label smoothing" in space.describe(trial)
+    assert seen == set(expected), "12 random trials reach every hyperparameter, norm_groups included"
+    assert space.describe(study.best_trial) == space.describe(study.best_params)
+
+
+def test_fixed_values_are_used_as_is():
+    space = RegularizationSpace()
+    trial = optuna.trial.FixedTrial({"norm": "group", "norm_groups": 4, "dense_dropout": 0.35})
+    assert space.dropout(trial, "dense").rate == pytest.approx(0.35)
+    norm = space.norm(trial, channels=8)
+    assert isinstance(norm, keras.layers.GroupNormalization) and norm.groups == 4
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
+    return (x, y), (x_val[:160], y_val[:160])
+
+
+def test_a_study_of_several_trials_with_the_pruning_callback(digits):
+    (x, y), (x_val, y_val) = digits
+    hypermodel = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1)
+    reported = {}
+
+    def objective(trial):
+        model = hypermodel.build(trial)
+        callback = optuna_pruning_callback(trial, "val_accuracy")
+        history = hypermodel.fit(trial, model, x, y, validation_data=(x_val, y_val), epochs=3,
+                                 batch_size=32, verbose=0, callbacks=[callback])
+        reported[trial.number] = history.history["val_accuracy"]
+        assert callback.best == pytest.approx(max(history.history["val_accuracy"]))
+        return callback.best
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(objective, n_trials=3)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        # One intermediate value per epoch, the epoch's val_accuracy.
+        assert trial.intermediate_values == pytest.approx(dict(enumerate(reported[trial.number])))
+    assert 0.1 < study.best_value <= 1.0
+    assert "norm" in hypermodel.space.describe(study.best_trial)
+
+
+def test_the_study_pruner_prunes(digits):
+    (x, y), (x_val, y_val) = digits
+
+    def objective(trial):
+        model = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1).build(trial)
+        model.fit(x, y, validation_data=(x_val, y_val), epochs=5, verbose=0,
+                  callbacks=[optuna_pruning_callback(trial)])
+        return 0.0
+
+    # Prunes any trial whose val_loss is above 1e-3 at epoch 2 or later.
+    pruner = optuna.pruners.ThresholdPruner(upper=1e-3, n_warmup_steps=1)
+    study = optuna.create_study(pruner=pruner)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [0, 1], "pruned after the second epoch"
+
+
+@pytest.mark.parametrize("on_overfitting", ["stop", "prune"])
+def test_overfitting_ends_the_trial(on_overfitting):
+    x, y = noise(128, 0)
+    x_val, y_val = noise(128, 1)
+    hypermodel = Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2)
+    epochs = []
+
+    def objective(trial):
+        callback = optuna_pruning_callback(
+            trial, on_overfitting=on_overfitting, detector_kwargs={"patience": 2, "smoothing": 0.0})
+        model = hypermodel.build(trial)
+        history = model.fit(x, y, validation_data=(x_val, y_val), epochs=40, verbose=0, callbacks=[callback])
+        epochs.append(len(history.epoch))
+        return min(history.history["val_loss"])
+
+    study = optuna.create_study()  # no pruner of its own would stop these trials
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    stopped = trial.user_attrs["stopped_after_epoch"]
+    assert 2 <= stopped < 20 and trial.user_attrs["overfitting_onset_epoch"] < stopped
+    assert max(trial.intermediate_values) == stopped
+    if on_overfitting == "stop":
+        # Stopped, not pruned: the trial keeps its best score and can be the study's best.
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert epochs == [stopped + 1]
+        assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
+    else:
+        assert trial.state == optuna.trial.TrialState.PRUNED and epochs == []
+
+
+def test_unbuildable_trial_fails_alone():
+    hypermodel = GroupsBreakSomeModels(space=RegularizationSpace(norms=("group",), groups=(2, 4)))
+    study = optuna.create_study()
+    study.enqueue_trial({"norm_groups": 4})
+    study.enqueue_trial({"norm_groups": 2})
+    study.optimize(lambda trial: float(hypermodel.build(trial).count_params()), n_trials=2, catch=(ValueError,))
+    failed, completed = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL and completed.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_bad_arguments():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    with pytest.raises(ValueError, match="on_overfitting='rollback'"):
+        optuna_pruning_callback(trial, on_overfitting="rollback")
+    with pytest.raises(ValueError, match="mode='up'"):
+        optuna_pruning_callback(trial, mode="up")
+    with pytest.raises(ValueError, match="action='warn'"):
+        optuna_pruning_callback(trial, detector_kwargs={"action": "warn"})
+    with pytest.raises(TypeError, match="trial=3"):
+        optuna_pruning_callback(3)
+    # The study maximizes; val_loss is minimized: refused when fit starts.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    data = np.zeros((4, 2)), np.zeros((4, 1))
+    with pytest.raises(ValueError, match="direction='maximize'.*monitor='val_loss'"):
+        model.fit(*data, validation_data=data, epochs=1, verbose=0, callbacks=[optuna_pruning_callback(trial)])
+    with pytest.raises(ValueError, match="val_acc.*not in the epoch's logs"):
+        model.fit(*data, validation_data=data, epochs=1, verbose=0,
+                  callbacks=[optuna_pruning_callback(trial, "val_acc")])
+
+
+def test_missing_optuna_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "kreg\[optuna\]"'):
+        optuna_pruning_callback(object())
