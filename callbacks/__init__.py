@@ -8,10 +8,12 @@ from kreg.callbacks.early_stopping_with_checkpoint import EarlyStoppingWithCheck
 from kreg.callbacks.early_stopping_with_checkpoint import StopReason
 from kreg.callbacks.overfitting_detector import OverfittingDetector
 from kreg.callbacks.plotting import plot_training_curves
+from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
 
 __all__ = [
     "EarlyStoppingWithCheckpoint",
     "OverfittingDetector",
+    "PreciseBatchNorm",
     "StopReason",
     "plot_training_curves",
 ]

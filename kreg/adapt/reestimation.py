@@ -7,6 +7,7 @@ from keras import ops
 from kreg import _keras_compat
 from kreg.adapt.batch_statistics_pass import Recorder
 from kreg.adapt.batch_statistics_pass import batch_statistics_used
+from kreg.adapt.batch_statistics_pass import replicated
 from kreg.adapt.batch_statistics_pass import strategy_scope
 
 
@@ -127,14 +128,44 @@ class _BatchCounter(keras.callbacks.Callback):
         self.batches += 1
 
 
+def is_arrays(data):
+    """Whether `data` is a NumPy array or a structure of them (inputs only)."""
+    leaves = keras.tree.flatten(data)
+    return bool(leaves) and all(isinstance(leaf, np.ndarray) for leaf in leaves)
+
+
+def _predict_in_batches(collector, data, batch_size, steps):
+    """`collector.predict(data)` for arrays, one `predict_on_batch` per batch.
+
+    `predict` builds a data pipeline and an iterator on every call, which costs
+    more than the whole pass on a small training set (about 130 ms against 6 ms
+    for 300 digits on TensorFlow, CPU): `PreciseBatchNorm` re-estimates every
+    epoch. The compiled function is the same.
+    """
+    samples = keras.tree.flatten(data)[0].shape[0]
+    starts = list(range(0, samples, batch_size or 32))[:steps]
+    if not starts:
+        raise no_data_error()
+    batches = [
+        collector.predict_on_batch(keras.tree.map_structure(lambda a: a[start : start + (batch_size or 32)], data))
+        for start in starts
+    ]
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+
+
 def collect_statistics(model, layers, data, predict_options):
     """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
     and the number of samples seen."""
     collector = _statistics_collector(model, layers)
     counter = _BatchCounter()
+    # Without a progress bar to show, arrays on one device skip `predict`'s set-up.
+    quick = predict_options["verbose"] == 0 and is_arrays(data) and not replicated(model)
     try:
         with batch_statistics_used(model, layers, collector.recorder):
-            outputs = collector.predict(data, callbacks=[counter], **predict_options)
+            if quick:
+                outputs = _predict_in_batches(collector, data, predict_options["batch_size"], predict_options["steps"])
+            else:
+                outputs = collector.predict(data, callbacks=[counter], **predict_options)
     except _keras_compat.PREDICT_ERROR_WITHOUT_BATCHES as error:
         if counter.batches == 0:
             raise no_data_error() from error

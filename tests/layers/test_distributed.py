@@ -125,6 +125,16 @@ def _adaptive_cnn(synchronized=False):
     return keras.Model(inputs, keras.layers.Dense(2)(x))
 
 
+def _assert_both_replicas_hold_the_single_device_statistics(replicated, single):
+    for index in (2, 5):
+        for name in ("moving_mean", "moving_variance"):
+            variable = getattr(replicated.layers[index], name)
+            replicas = [v.numpy() for v in variable.value.values]
+            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+            expected = getattr(single.layers[index], name).numpy()
+            np.testing.assert_allclose(replicas[0], expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+
+
 def test_adapt_batchnorm_on_two_replicas_gives_the_statistics_of_one_device(strategy):
     """Each replica sees half of every batch; the re-estimated statistics, of both
     layers, must still be those of the whole batches, as on one device."""
@@ -135,13 +145,7 @@ def test_adapt_batchnorm_on_two_replicas_gives_the_statistics_of_one_device(stra
     single.set_weights(replicated.get_weights())
     kreg.adapt_batchnorm(replicated, x, batch_size=8, verbose=0)
     kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
-    for index in (2, 5):
-        for name in ("moving_mean", "moving_variance"):
-            variable = getattr(replicated.layers[index], name)
-            replicas = [v.numpy() for v in variable.value.values]
-            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
-            expected = getattr(single.layers[index], name).numpy()
-            np.testing.assert_allclose(replicas[0], expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+    _assert_both_replicas_hold_the_single_device_statistics(replicated, single)
 
 
 def test_synchronized_batch_mode_normalizes_with_the_global_batch(strategy):
@@ -199,3 +203,24 @@ def test_recurrent_regularizers_train_on_two_replicas(strategy):
     np.testing.assert_allclose(
         model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_precise_batch_norm_during_fit_on_two_replicas_gives_one_devices_statistics(strategy):
+    """PreciseBatchNorm's re-estimation inside `fit` under the strategy: the
+    statistics of both layers are those of all replicas' samples together."""
+    from kreg.callbacks import PreciseBatchNorm
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, (32, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    with strategy.scope():
+        replicated = _adaptive_cnn()
+        replicated.compile("sgd", "mse")
+    replicated.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x, y),
+        callbacks=[PreciseBatchNorm(x, batch_size=8)],
+    )
+    single = _adaptive_cnn()
+    single.set_weights(replicated.get_weights())
+    kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
+    _assert_both_replicas_hold_the_single_device_statistics(replicated, single)

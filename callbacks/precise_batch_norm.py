@@ -1,0 +1,171 @@
+"""PreciseBatchNorm: exact batch norm statistics for every validation during `fit`."""
+
+import time
+
+import keras
+import numpy as np
+
+from kreg._validation import check_at_least
+from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import collect_statistics
+from kreg.adapt.reestimation import is_arrays
+from kreg.adapt.reestimation import is_empty
+from kreg.adapt.reestimation import no_data_error
+from kreg.model_graph import batch_norm_layers
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Re-estimates every batch norm's statistics exactly, before validation.
+
+    A batch norm's moving statistics are an exponential average over training
+    steps taken with ever-changing weights: with `momentum=0.99` they need a few
+    hundred steps to forget, so on a small training set (ten steps per epoch) the
+    statistics used by validation and `predict` are those of weights long gone,
+    and the validation curve measures that lag, not the model. This callback
+    replaces them at the end of every `every_n_epochs`-th epoch, before that
+    epoch's validation, by the exact statistics of the current weights over
+    `data` (the training data): the one-pass estimate of `kreg.adapt_batchnorm`,
+    with each batch norm normalizing by its batch's statistics as in training.
+    The last epoch's statistics are re-estimated too (at the end of training if
+    that epoch was not due), so the trained model leaves `fit` with them.
+
+    Training itself is unchanged: it normalizes with batch statistics, and the
+    moving statistics carry on from the re-estimated values. Batch norms with
+    `trainable=False` (frozen, as in fine-tuning) are left alone. Every
+    `keras.layers.BatchNormalization` is re-estimated, kreg's
+    `AdaptiveBatchNormalization` and fused layers (`Conv2DBatchNorm`...) and
+    nested and shared layers included. Under a `tf.distribute` strategy the
+    statistics are those of all replicas' samples together.
+
+    Cost: one inference pass over `steps` batches of `data` per re-estimation.
+    The estimate of the first batch norm is exact at any batch size, so a large
+    `batch_size` (the whole training set, when it fits) makes the pass cheapest.
+
+    Args:
+        data: The samples to estimate from, as `model.predict` takes them: an
+            array (or a structure of arrays) of inputs, a `tf.data.Dataset` or a
+            `keras.utils.PyDataset` (targets in it are ignored). Usually the
+            training inputs. Not part of `get_config`.
+        steps: Optional number of batches per re-estimation (`K` of Wu & Johnson).
+            Defaults to all of `data`. With arrays, each re-estimation draws a new
+            random subset of `steps * batch_size` samples; a dataset yields its
+            first `steps` batches (shuffle it for a new subset each time). A
+            `data` that repeats forever needs `steps`.
+        batch_size: Batch size for array `data`. Defaults to 32, as `predict`.
+        every_n_epochs: Positive integer: re-estimate at the end of every
+            `every_n_epochs`-th epoch. Defaults to 1.
+        seed: Optional integer, the seed of the random subsets of array data.
+        verbose: 0 (silent, default) or 1 (one line per re-estimation).
+
+    Example:
+
+    >>> from kreg.callbacks import PreciseBatchNorm
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (64, 4)).astype("float32")
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
+    ...                           keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> precise = PreciseBatchNorm(x, batch_size=64)
+    >>> _ = model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[precise])
+    >>> moving_mean = keras.ops.convert_to_numpy(model.layers[0].moving_mean)
+    >>> bool(np.allclose(moving_mean, x.mean(axis=0), atol=1e-4))
+    True
+
+    Reference:
+        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576), Rethinking
+          "Batch" in BatchNorm: precise batch norm statistics (PreciseBN), as in
+          fvcore's `update_bn_stats` and detectron2's `PreciseBN` hook.
+    """
+
+    def __init__(self, data, steps=None, batch_size=None, every_n_epochs=1, seed=None, verbose=0):
+        super().__init__()
+        self.data = data
+        self.steps = None if steps is None else check_at_least("steps", steps, integer=True, minimum=1)
+        self.batch_size = (
+            None if batch_size is None else check_at_least("batch_size", batch_size, integer=True, minimum=1)
+        )
+        self.every_n_epochs = check_at_least("every_n_epochs", every_n_epochs, integer=True, minimum=1)
+        self.seed = seed
+        self.verbose = check_at_least("verbose", verbose, integer=True)
+        if is_empty(data):
+            raise no_data_error()
+        if _repeats_forever(data) and steps is None:
+            raise ValueError(
+                "Invalid value received for argument `steps`. `data` repeats forever, "
+                "so PreciseBatchNorm needs the number of batches to estimate from. "
+                "Received: steps=None"
+            )
+        self._rng = np.random.default_rng(seed)
+        self._epoch = None
+        self._estimated_epoch = None  # the last epoch whose weights were estimated
+        self._in_fit = False
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+        self._epoch = self._estimated_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_test_begin(self, logs=None):
+        # `fit` calls `evaluate` (which starts with this) before `on_epoch_end`.
+        if self._in_fit and self._due(self._epoch):
+            self._reestimate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._due(epoch):
+            self._reestimate()
+
+    def on_train_end(self, logs=None):
+        if self._epoch is not None and self._estimated_epoch != self._epoch:
+            self._reestimate()
+        self._in_fit = False
+
+    def _due(self, epoch):
+        return epoch is not None and self._estimated_epoch != epoch and (epoch + 1) % self.every_n_epochs == 0
+
+    def _reestimate(self):
+        start = time.perf_counter()
+        layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
+        if layers:
+            options = dict(steps=self.steps, batch_size=self.batch_size, verbose=0)
+            data = self.data
+            if self.steps is not None and is_arrays(data):
+                data = _random_subset(data, self.steps * (self.batch_size or 32), self._rng)
+                options["steps"] = None
+            statistics, samples = collect_statistics(self.model, layers, data, options)
+            for layer, (mean, variance, _) in zip(layers, statistics):
+                assign_statistics(layer, mean, variance)
+            if self.verbose:
+                print(
+                    f"PreciseBatchNorm: {len(layers)} batch norm(s) re-estimated from {samples} "
+                    f"samples in {time.perf_counter() - start:.2f}s"
+                )
+        self._estimated_epoch = self._epoch
+
+    def get_config(self):
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "every_n_epochs": self.every_n_epochs,
+            "seed": self.seed,
+            "verbose": self.verbose,
+        }
+
+    def __deepcopy__(self, memo):
+        # keras-tuner gives each trial a deep copy of the search's callbacks: the
+        # copy shares the data (a dataset cannot be copied, an array need not be).
+        return type(self)(self.data, **self.get_config())
+
+
+def _random_subset(data, size, rng):
+    samples = keras.tree.flatten(data)[0].shape[0]
+    if size >= samples:
+        return data
+    rows = np.sort(rng.choice(samples, size, replace=False))
+    return keras.tree.map_structure(lambda leaf: leaf[rows], data)
+
+
+def _repeats_forever(data):
+    cardinality = getattr(data, "cardinality", None)  # a tf.data.Dataset
+    return callable(cardinality) and int(cardinality()) == -1  # tf.data.INFINITE_CARDINALITY
