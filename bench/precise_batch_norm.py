@@ -135,7 +135,7 @@ def cost_table(data, epochs, rounds):
     for round_ in range(rounds):
         for label, options in variants:
             timer = EpochTimer()
-            callbacks = fit(data, round_, epochs, options, extra=[timer])
+            _, callbacks = fit(data, round_, epochs, options, extra=[timer])
             seconds[label].extend(timer.seconds[1:])  # the first epoch traces
             if options is not None:
                 passes[label].extend(callbacks[0].seconds[1:])
