@@ -4,6 +4,14 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 `model.fit` in `kreg.callbacks`, and keras-tuner search spaces in `kreg.tuning`.
 """
 
+import os as _os
+import sys as _sys
+
+# The `kreg` command imports this package (and so TensorFlow) before its `main`
+# runs: its TensorFlow log level must be set here. Library users keep theirs.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kreg":
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 from kreg.adapt import AdaptationReport
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode

@@ -28,6 +28,7 @@ __all__ = [
     "node_index",
     "node_is_input",
     "node_operation",
+    "propagated_mask",
     "recurrent_kernel_replaced",
     "tensor_history",
     "step_loop",
@@ -179,3 +180,9 @@ def fused_rnn_arguments_ok(layer):
         and layer.cell.use_bias
         and (not isinstance(layer, keras.layers.GRU) or layer.cell.reset_after)
     )
+
+
+def propagated_mask(tensor):
+    """The mask Keras attached to `tensor` (`Layer.compute_mask` of the layer that
+    made it), which `Layer.__call__` passes on as `mask=` by itself; or `None`."""
+    return getattr(tensor, "_keras_mask", None)

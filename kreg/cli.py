@@ -1,8 +1,10 @@
 """The `kreg` command: `kreg demo`, `kreg diagnose MODEL.keras`, `kreg fold IN OUT`.
 
-Exit codes: 0 success; 1 `kreg diagnose` found an error; 2 bad input (usage, a
-missing file, a file that is not a loadable Keras model). Bad input prints one
-line on stderr, never a traceback: it is the user's to fix, not a kreg bug.
+Exit codes: 0 success; 1 `kreg diagnose` found an error, or `kreg fold`'s check
+of the folded model failed; 2 bad input or I/O failure (usage, a missing file, a
+file that is not a loadable Keras model, an output that would overwrite the
+input or cannot be written). Bad input prints one line on stderr, never a
+traceback: it is the user's to fix, not a kreg bug.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import pathlib
 import re
 import statistics
 import sys
+import tempfile
 import textwrap
 import time
 import warnings
@@ -105,40 +108,71 @@ def _findings_table(path, findings, counts):
     return "\n".join(lines)
 
 
+def _check_writable(output, input_path, force):
+    """Refuses an output that would overwrite the input, or that cannot be
+    written, before any work is done."""
+    _check_model_path(output, must_exist=False)
+    if output.is_dir():
+        raise _InputError(f"{output}: is a folder; give the path of the .keras file to write")
+    if not output.parent.is_dir():
+        raise _InputError(f"{output}: folder {output.parent} does not exist")
+    same = output.resolve() == input_path.resolve() or (
+        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
+    )
+    if same and not force:
+        raise _InputError(
+            f"{output}: is the input model; write the folded model elsewhere, or pass "
+            "--force to replace the input"
+        )
+    if output.exists() and not os.access(output, os.W_OK):
+        raise _InputError(f"{output}: cannot be written (permission denied)")
+    try:  # the only sure test: create a file there
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".kreg-", suffix=".keras"):
+            pass
+    except OSError as error:
+        raise _InputError(f"{output}: cannot write to folder {output.parent} ({error.strerror})") from None
+
+
+def _save_atomically(model, output):
+    """Saves to a temporary file beside `output`, then renames it: an I/O failure
+    (disk full, folder gone) never leaves a half-written model at `output`."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=".kreg-", suffix=".keras")
+        os.close(descriptor)
+    except OSError as error:
+        raise _InputError(f"{output}: cannot save the folded model ({error.strerror or error})") from None
+    try:
+        model.save(temporary)
+        os.replace(temporary, output)
+    except OSError as error:
+        raise _InputError(f"{output}: cannot save the folded model ({error.strerror or error})") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def _fold(args):
     _check_model_path(args.output, must_exist=False)
-    if not args.output.parent.is_dir():
-        raise _InputError(f"{args.output}: folder {args.output.parent} does not exist")
+    _check_model_path(args.input)
+    _check_writable(args.output, args.input, args.force)
     model = _load_model(args.input, args.imports)
     import kreg
+    from kreg.fold import FoldVerificationError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report lists what stayed, with reasons
         try:
-            folded, report = kreg.fold_batch_norms(model, return_report=True)
+            folded, report = kreg.fold_batch_norms(model, return_report=True, verify=args.verify)
+        except FoldVerificationError as error:
+            print(f"kreg fold: error: {error}", file=sys.stderr)
+            return 1  # a fold kreg got wrong: nothing written
         except (TypeError, ValueError) as error:
             raise _InputError(f"{args.input}: {error}") from None
-    folded.save(args.output)
+    _save_atomically(folded, args.output)
     print(report)
     print(f"wrote {args.output}")
     _print_speed_up(model, folded, args.batch_size)
     return 0
-
-
-def _random_batch(model, batch_size):
-    """A random input batch for `model`: unknown sizes other than the batch are 16,
-    integer inputs are 0 or 1 (valid ids for any embedding)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    arrays = []
-    for tensor in model.inputs:
-        shape = [batch_size] + [16 if size is None else size for size in tensor.shape[1:]]
-        if "int" in str(tensor.dtype):
-            arrays.append(rng.integers(0, 2, size=shape).astype(tensor.dtype))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(tensor.dtype))
-    return arrays[0] if len(arrays) == 1 else arrays
 
 
 def _print_speed_up(model, folded, batch_size, seconds=1.0):
@@ -146,7 +180,9 @@ def _print_speed_up(model, folded, batch_size, seconds=1.0):
     (which traces/compiles); prints the medians, their ratio and the difference."""
     import numpy as np
 
-    batch = _random_batch(model, batch_size)
+    from kreg import model_graph
+
+    batch = model_graph.random_inputs(model, batch_size)
     expected, actual = model.predict_on_batch(batch), folded.predict_on_batch(batch)
     difference = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(e)), initial=0.0))
@@ -215,14 +251,23 @@ def build_parser():
         "--batch-size", type=_positive_int, default=32, metavar="N",
         help="batch size of the timed predictions (default: 32)",
     )  # fmt: skip
+    fold.add_argument(
+        "--force", action="store_true", help="allow OUT to be IN (replace the input model)"
+    )
+    fold.add_argument(
+        "--no-verify", dest="verify", action="store_false",
+        help="skip the check of the folded model's outputs against the original's",
+    )  # fmt: skip
     fold.add_argument("--import", **imports)
     fold.set_defaults(handler=_fold)
     return parser
 
 
 def main(argv=None):
+    # Before anything imports TensorFlow (`kreg/__init__.py` does the same for the
+    # installed command, which imports the package first); the user's value wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.handler(args)
     except _InputError as error:

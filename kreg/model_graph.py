@@ -22,6 +22,7 @@ What it offers:
 - `sublayers(model)` / `batch_norm_layers(model)`: every layer reachable from a
   model, nested models, shared layers and the layers inside composite layers
   (kreg's fused `Conv2DBatchNorm`, ...) included, each once.
+- `random_inputs(model)`: a random batch that fits the model's input spec.
 - `is_graph_model(model)`: whether the graph can be read.
 
 The graph is read from the model's live nodes, not from `model.get_config()`:
@@ -45,6 +46,7 @@ __all__ = [
     "batch_norm_layers",
     "flat_graph",
     "is_graph_model",
+    "random_inputs",
     "read_graph",
     "rebuild",
     "sublayers",
@@ -84,6 +86,9 @@ class Call:
         tensor_keywords: names of keyword arguments that carried tensors, e.g.
             `("inputs",)` for `bn(inputs=x)` or `("mask",)`.
         is_input: whether this is an `InputLayer` (the model's input).
+        mask: `None` (called without a mask), `"propagated"` (the mask Keras
+            attached to its input and passed on by itself, e.g. from
+            `Embedding(mask_zero=True)`) or `"explicit"` (any other `mask=`).
     """
 
     operation: object
@@ -94,6 +99,7 @@ class Call:
     keywords: dict = dataclasses.field(default_factory=dict)
     tensor_keywords: tuple = ()
     is_input: bool = False
+    mask: str = None
     # The Keras node (functional models) or `None` (Sequential), for `rebuild`.
     _node: object = dataclasses.field(default=None, repr=False)
 
@@ -200,6 +206,7 @@ def _functional_graph(model):
             keywords={k: v for k, v in kwargs.items() if not _holds_tensor(v)},
             tensor_keywords=tuple(k for k, v in kwargs.items() if _holds_tensor(v)),
             is_input=_keras_compat.node_is_input(node),
+            mask=_mask_kind(args, kwargs),
             _node=node,
         )
         for producer, _ in sources:
@@ -215,6 +222,15 @@ def _functional_graph(model):
         if OUTPUT not in producer.consumers:
             producer.consumers.append(OUTPUT)
     return Graph(model, calls, inputs, outputs)
+
+
+def _mask_kind(args, kwargs):
+    mask = kwargs.get("mask")
+    if mask is None:
+        return None
+    if args and _is_tensor(args[0]) and _keras_compat.propagated_mask(args[0]) is mask:
+        return "propagated"
+    return "explicit"
 
 
 def _is_tensor(value):
@@ -286,6 +302,29 @@ def rebuild(graph, call):
         keras.tree.pack_sequence_as(model.output, outputs),
         name=model.name,
     )
+
+
+def random_inputs(model, batch_size=2, seed=0):
+    """A random batch for `model`, in the structure of `model.input` (a dict for
+    keras-hub models): standard normal floats, integers 0 or 1 (valid token ids
+    and padding masks), booleans `True`; unknown sizes other than the batch are 32
+    (large enough for the strides of the `keras.applications` families)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    # A Sequential model has `inputs` but no `input` structure of its own.
+    structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+    arrays = []
+    for tensor in keras.tree.flatten(structure):
+        shape = [batch_size] + [32 if size is None else size for size in tensor.shape[1:]]
+        dtype = str(tensor.dtype)
+        if dtype == "bool":
+            arrays.append(np.ones(shape, dtype=bool))
+        elif "int" in dtype:
+            arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype("float32" if dtype == "bfloat16" else dtype))
+    return keras.tree.pack_sequence_as(structure, arrays)
 
 
 def sublayers(model):
@@ -373,6 +412,7 @@ class FlatGraph:
                 prefix + operation.name,
                 keywords=original.keywords,
                 tensor_keywords=original.tensor_keywords,
+                mask=original.mask,
                 _node=original._node,
             )
         return graph

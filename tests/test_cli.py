@@ -193,3 +193,99 @@ def test_bad_batch_size_is_a_usage_error(capsys):
         cli.main(["diagnose", "model.keras", "--batch-size", "0"])
     assert exit_info.value.code == 2
     assert "--batch-size: expected an integer >= 1" in capsys.readouterr().err
+
+
+# `kreg fold`'s output: checked before any work, I/O failures in one line.
+
+
+@pytest.fixture
+def saved_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = keras.Sequential([keras.Input((6, 6, 3)), L.Conv2D(2, 3), L.BatchNormalization()])
+    model.save(tmp_path / "model.keras")
+    return tmp_path / "model.keras"
+
+
+def _fold_must_not_run(monkeypatch):
+    import kreg
+
+    def fail(*args, **kwargs):
+        raise AssertionError("folded before the output was checked")
+
+    monkeypatch.setattr(kreg, "fold_batch_norms", fail)
+
+
+def _one_line_error(capsys, message):
+    stderr = capsys.readouterr().err.strip()
+    assert message in stderr and len(stderr.splitlines()) == 1, stderr
+
+
+@pytest.mark.parametrize("output", ["model.keras", "./model.keras", "link.keras"])
+def test_fold_refuses_to_overwrite_its_input(output, saved_model, capsys, monkeypatch):
+    (saved_model.parent / "link.keras").symlink_to(saved_model)
+    before = saved_model.read_bytes()
+    _fold_must_not_run(monkeypatch)
+    assert cli.main(["fold", "model.keras", output]) == 2
+    _one_line_error(capsys, "is the input model; write the folded model elsewhere, or pass --force")
+    assert saved_model.read_bytes() == before
+
+
+def test_fold_force_replaces_the_input(saved_model, capsys):
+    assert cli.main(["fold", "model.keras", "model.keras", "--force", "--batch-size", "2"]) == 0
+    folded = keras.saving.load_model(saved_model)
+    assert [type(layer).__name__ for layer in folded.layers] == ["Conv2D"]
+    assert not list(saved_model.parent.glob(".kreg-*")), "a temporary file was left behind"
+
+
+def test_fold_output_that_is_a_folder(saved_model, capsys, monkeypatch):
+    (saved_model.parent / "out.keras").mkdir()
+    _fold_must_not_run(monkeypatch)
+    assert cli.main(["fold", "model.keras", "out.keras"]) == 2
+    _one_line_error(capsys, "out.keras: is a folder")
+
+
+def test_fold_output_in_a_read_only_folder(saved_model, capsys, monkeypatch):
+    folder = saved_model.parent / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: permissions do not stop writes (the save failure test covers this path)")
+        _fold_must_not_run(monkeypatch)
+        assert cli.main(["fold", "model.keras", "read_only/out.keras"]) == 2
+        _one_line_error(capsys, "cannot write to folder")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_fold_save_failure_is_one_line_and_leaves_nothing(saved_model, capsys, monkeypatch):
+    def disk_full(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as file:
+            file.write(b"PK half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", disk_full)
+    assert cli.main(["fold", "model.keras", "out.keras"]) == 2
+    _one_line_error(capsys, "No space left on device")
+    assert not (saved_model.parent / "out.keras").exists()
+    assert not list(saved_model.parent.glob(".kreg-*"))
+
+
+@pytest.mark.parametrize("user_level", [None, "1"])
+def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if user_level:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    script = "import os, sys; sys.argv = ['/bin/kreg']; import kreg; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == (user_level or "3"), result.stderr[-2000:]
+
+
+def test_library_import_leaves_the_log_level_alone():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = (
+        "import os; import keras; plain = os.environ.get('TF_CPP_MIN_LOG_LEVEL'); import kreg; "
+        "print(plain == os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )  # TensorFlow sets its own default on import
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]

@@ -11,6 +11,7 @@ these two functions, on backend tensors and on NumPy arrays alike.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 # Layers a following batch norm folds into: the kernel that takes the scale and
@@ -70,3 +71,48 @@ def fold_scale_and_shift(kernel, bias, scale, shift, output_axes=(-1,)):
     folded_kernel = ops.multiply(kernel, ops.reshape(scale, layout))
     folded_bias = shift if bias is None else ops.add(ops.multiply(bias, scale), shift)
     return folded_kernel, folded_bias
+
+
+# Layers a batch norm *before* them folds into (forward): the kernel and its axis
+# that indexes input channels. Only layers whose response to a constant input is
+# the same at every output position (so `padding="valid"` only, checked by the
+# caller) and whose input channel maps to one kernel axis (no groups).
+FORWARD_FOLDABLE_KERNELS = {
+    keras.layers.Dense: ("kernel", -2),
+    keras.layers.Conv1D: ("kernel", -2),
+    keras.layers.Conv2D: ("kernel", -2),
+    keras.layers.Conv3D: ("kernel", -2),
+    keras.layers.DepthwiseConv1D: ("kernel", -2),
+    keras.layers.DepthwiseConv2D: ("kernel", -2),
+}
+
+
+def fold_input_scale_and_shift(kernel, bias, scale, shift, input_axis=-2, output_axes=(-1,)):
+    """Returns the kernel and bias of `layer(x * scale + shift)` as one layer.
+
+    `W(x * scale + shift) + b = (W * scale)(x) + (W(shift) + b)`: the kernel is
+    scaled along its input-channel axis, and the bias gains the response of the
+    kernel to the constant `shift`, summed over every kernel axis but the output
+    ones. That response is the same at every output position only where no zero
+    padding enters the window (`padding="valid"`). NumPy arrays in and out.
+
+    Args:
+        kernel: The layer's kernel.
+        bias: The layer's bias, or `None` if it has none.
+        scale, shift: From `batch_norm_scale_and_shift`, one value per input channel.
+        input_axis: The kernel axis that indexes input channels.
+        output_axes: The kernel axes that index output channels (as in
+            `fold_scale_and_shift`); for depthwise convs the input axis is one
+            of them, and the shift's response is per `(channel, multiplier)`.
+    """
+    kernel = np.asarray(kernel, dtype="float64")
+    rank = kernel.ndim
+    layout = [1] * rank
+    layout[input_axis % rank] = kernel.shape[input_axis]
+    scale = np.reshape(np.asarray(scale, dtype="float64"), layout)
+    shift = np.reshape(np.asarray(shift, dtype="float64"), layout)
+    outputs = sorted(axis % rank for axis in output_axes)
+    summed = tuple(axis for axis in range(rank) if axis not in outputs)
+    response = np.sum(kernel * shift, axis=summed).reshape(-1)
+    folded_bias = response if bias is None else np.asarray(bias, dtype="float64") + response
+    return kernel * scale, folded_bias

@@ -1,9 +1,6 @@
-"""Batch norms that `kreg.fold_batch_norms` can fold into the layer before them."""
+"""Batch norms that `kreg.fold_batch_norms` can fold into the layer before or after them."""
 
-import warnings
-
-from kreg import _model_graph
-from kreg import fold
+from kreg.fold import foldable_pairs
 
 ID = "foldable-batch-norm"
 SEVERITY = "info"
@@ -14,16 +11,13 @@ def check(view):
     for prefix, model in view.graph_models:
         if not model.built:
             continue  # folding needs the weights
-        # The same planner fold_batch_norms uses, so the advice matches what it does.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            planned = fold._plan_pairs(model, _model_graph.read_graph(model), fold.FoldReport())
-        for conv, bn, _, _ in planned.values():
-            pairs.append((prefix + conv.name, prefix + bn.name))
+        # What fold_batch_norms would fold, so the advice matches what it does.
+        for layer, bn, _ in foldable_pairs(model):
+            pairs.append((prefix + layer, prefix + bn))
     if pairs:
         yield (
             [path for pair in pairs for path in pair],
-            f"{len(pairs)} batch norm(s) directly after a conv/dense layer: at "
+            f"{len(pairs)} batch norm(s) next to a conv/dense layer they fold into: at "
             "inference each is a fixed per-channel scale and shift kept as a separate op",
             "fold them before export: kreg.fold_batch_norms(model), or "
             "`kreg fold IN.keras OUT.keras`",
