@@ -75,9 +75,14 @@ def write_json_atomically(path, data):
     write_atomically(path, write)
 
 
-def remove_stale_temporaries(path):
-    """Deletes temporary files a killed writer of `path` left behind."""
+def remove_stale_temporaries(path, name_pattern=None):
+    """Deletes temporary files a killed writer of `path` left behind.
+
+    `name_pattern`, a glob of file names in `path`'s folder, covers writers of
+    several files at once (a checkpoint name with `{epoch}` placeholders).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")
+    name = glob.escape(_temporary_prefix(path)) if name_pattern is None else f".{name_pattern}{_TEMPORARY_MARK}"
+    pattern = os.path.join(directory, name + "*")
     for stale in glob.glob(pattern):
         os.remove(stale)

@@ -1,18 +1,27 @@
 import enum
-import json
-import logging
+import glob
 import math
+import numbers
 import os
 
 import keras
+import numpy as np
 
-from kreg._validation import check_choice
+from kreg._keras_compat import print_msg
+from kreg._keras_compat import set_initial_epoch
 from kreg._validation import check_at_least
+from kreg._validation import check_bool
+from kreg._validation import check_choice
 from kreg.callbacks.atomic_files import remove_stale_temporaries
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
-
-logger = logging.getLogger("kreg")
+from kreg.callbacks.checkpoint_path import check_filepath
+from kreg.callbacks.checkpoint_path import format_filepath
+from kreg.callbacks.checkpoint_path import name_glob
+from kreg.callbacks.checkpoint_path import placeholders
+from kreg.callbacks.training_state import StateFileError
+from kreg.callbacks.training_state import new_state
+from kreg.callbacks.training_state import read_state
 
 
 class StopReason(enum.Enum):
@@ -25,11 +34,27 @@ class StopReason(enum.Enum):
     OTHER_CALLBACK = "another callback stopped training"
 
 
+# A stop that was decided before a kill: the resumed run trains no more epochs.
+_DECIDED_STOPS = (StopReason.PATIENCE, StopReason.NON_FINITE_LOSS)
+
+
+def monitored_scalar(value):
+    """The number a monitor is compared by: a vector-valued metric (such as
+    `keras.metrics.F1Score()`, one value per class) counts by its mean, the
+    macro average. Keras's own `EarlyStopping` and `ModelCheckpoint` fail on
+    such a metric at its second epoch (an array in an `if`)."""
+    return float(np.mean(np.asarray(value, dtype="float64")))
+
+
+def all_finite(value):
+    return bool(np.all(np.isfinite(np.asarray(value, dtype="float64"))))
+
+
 @keras.saving.register_keras_serializable(package="kreg")
 class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
-    """Early stopping that also keeps the best model on disk, safely.
+    """Early stopping that keeps the best model on disk and resumes a killed run exactly.
 
-    Replaces the usual trio `EarlyStopping(restore_best_weights=True)`,
+    Replaces the trio `EarlyStopping(restore_best_weights=True)`,
     `ModelCheckpoint(save_best_only=True)` and `BackupAndRestore`, and closes the
     gaps between them:
 
@@ -37,42 +62,58 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       to `filepath` atomically: written to a temporary file in the same folder,
       flushed to disk, then renamed over `filepath`, so the file on disk is always
       a complete, loadable checkpoint, even if the process is killed mid-save;
+    - with `keep_best=k` and placeholders in `filepath` (`"best-{epoch:02d}-
+      {val_loss:.4f}.keras"`, formatted as `ModelCheckpoint` formats them), the
+      k files with the best monitored values are kept and the others deleted;
+    - with `resume=True` (default), a backup of the weights and the optimizer
+      state (its `iterations` included) is written atomically after every epoch,
+      with a state file (`filepath + ".state.json"`) holding the epoch to
+      continue from, the best value, the best epoch's weights and the patience
+      counter. A `fit` restarted after a kill, with the same `filepath`, goes on
+      where the killed one was, epochs numbered as in one run (as
+      `BackupAndRestore` does): with deterministic ops and `shuffle=False` it
+      ends at the same epoch with the same weights as a run never killed. The
+      backup is removed when training ends; a run that ended starts fresh;
     - the best weights are restored at the end of training whether or not
       patience ran out (from memory, without reading the file back);
     - training stops, and the best weights come back, at the end of the epoch in
       which the loss or the monitored value becomes NaN or infinite (checked per
       epoch, not per batch: batch hooks would make Keras fetch the logs to the
       host after every batch);
-    - the stopping state (best value, best epoch, wait counter) is saved beside
-      the checkpoint (`filepath + ".state.json"`): a killed and restarted `fit`
-      continues the same patience instead of starting over. A `fit` that ended
-      normally marks its state finished, so the next `fit` starts fresh;
     - with `strict=True` a monitored metric that does not exist is an error, not a
       warning, raised at the end of the first epoch (the first logs that list
-      every metric, validation ones and keys added by a custom `train_step`
-      included), naming the metrics that do exist;
-    - `stop_reason` (a `StopReason`) says why training ended; it is also logged.
+      every metric), naming the metrics that do exist;
+    - a vector-valued monitor (`keras.metrics.F1Score()` logs one value per
+      class) counts by its mean; Keras's `EarlyStopping` fails on it;
+    - `stop_reason` (a `StopReason`) says why training ended.
 
     Every argument of `keras.callbacks.EarlyStopping` keeps its meaning; only
-    `restore_best_weights` defaults to `True` here. Under a distribution strategy
-    only the chief worker writes files.
+    `restore_best_weights` defaults to `True` here. Messages go where Keras's own
+    callbacks print theirs, when `verbose=1`. Under a distribution strategy only
+    the chief worker writes; every worker reads the state to resume, so the
+    folder must be one they share (as `BackupAndRestore`'s `backup_dir`).
 
     Args:
         filepath: Where the best checkpoint goes: a `.keras` file (whole model)
-            or, with `save_weights_only=True`, a `.weights.h5` file.
+            or, with `save_weights_only=True`, a `.weights.h5` file. Not a
+            folder. Placeholders (`{epoch}`, `{val_loss:.4f}`, any logged
+            metric) only with `keep_best`.
         monitor: Quantity to monitor. Defaults to `"val_loss"`.
         min_delta: Minimum change (>= 0) that counts as an improvement.
         patience: Epochs (>= 0) without improvement before training stops.
-        verbose: 0 or 1. With 1, prints when it saves, stops and restores.
+        verbose: 0 or 1. With 1, prints when it saves, resumes, stops and restores.
         mode: `"auto"`, `"min"` or `"max"`, as for `EarlyStopping`.
-        baseline: Baseline value the monitored quantity must beat.
+        baseline: `None` or a number the monitored quantity must beat.
         restore_best_weights: Restore the best epoch's weights at the end of
             training. Defaults to `True`.
         start_from_epoch: Epochs to wait before monitoring starts.
         save_weights_only: Save `model.save_weights` instead of `model.save`.
         strict: Raise (`True`, default) or only warn when `monitor` is missing.
-        resume: Continue the patience state a killed run left beside
-            `filepath` (`True`, default), or always start fresh.
+        resume: Back up every epoch and continue a killed run (`True`,
+            default), or always start fresh and write only the best checkpoint.
+        keep_best: `None` (default: one file, `filepath`, rewritten at every
+            improvement) or an integer k >= 1: keep the k checkpoints with the
+            best monitored values, named by formatting `filepath`.
 
     Example:
 
@@ -103,20 +144,35 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         save_weights_only=False,
         strict=True,
         resume=True,
+        keep_best=None,
     ):
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(
+                "Invalid value received for argument `monitor`. Expected the name of a "
+                f"logged metric, such as 'val_loss'. Received: monitor={monitor!r}"
+            )
         check_at_least("min_delta", min_delta)
         check_at_least("patience", patience, integer=True)
         check_at_least("start_from_epoch", start_from_epoch, integer=True)
         check_choice("mode", mode, ("auto", "min", "max"))
-        filepath = os.fspath(filepath)
-        extension = ".weights.h5" if save_weights_only else ".keras"
-        if not filepath.endswith(extension):
-            saved = "weights only" if save_weights_only else "the whole model"
-            raise ValueError(
-                f"Invalid value received for argument `filepath`. With "
-                f"save_weights_only={save_weights_only} it saves {saved}, so the "
-                f"path must end in `{extension}`. Received: filepath={filepath!r}"
-            )
+        if isinstance(verbose, bool) or verbose not in (0, 1):
+            raise ValueError(f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}")
+        if baseline is not None:
+            if isinstance(baseline, bool) or not isinstance(baseline, numbers.Real) or not math.isfinite(baseline):
+                raise ValueError(
+                    "Invalid value received for argument `baseline`. Expected None or a "
+                    f"finite number. Received: baseline={baseline!r}"
+                )
+        for name, value in (
+            ("restore_best_weights", restore_best_weights),
+            ("save_weights_only", save_weights_only),
+            ("strict", strict),
+            ("resume", resume),
+        ):
+            check_bool(name, value)
+        if keep_best is not None:
+            check_at_least("keep_best", keep_best, integer=True, minimum=1)
+        filepath = check_filepath(filepath, save_weights_only, keep_best)
         _check_writable_folder(filepath)
         super().__init__(
             monitor=monitor,
@@ -132,80 +188,112 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.save_weights_only = save_weights_only
         self.strict = strict
         self.resume = resume
+        self.keep_best = keep_best
         self.state_path = filepath + ".state.json"
+        self._folder = os.path.dirname(os.path.abspath(filepath))
+        self._backup_prefix = f".{os.path.basename(filepath)}.backup-"
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
+        self.kept = []
 
-    # State that survives a killed process.
+    # Files.
 
-    def _load_unfinished_state(self):
-        if not (self.resume and os.path.exists(self.state_path)):
-            return None
-        with open(self.state_path) as file:
-            state = json.load(file)
-        if state.get("finished") or state.get("monitor") != self.monitor:
-            return None
-        return state
-
-    def _save_state(self, finished):
-        if not self._is_chief():
-            return
-        state = {
-            "monitor": self.monitor,
-            "best": None if self.best is None else float(self.best),
-            "best_epoch": int(self.best_epoch),
-            "wait": int(self.wait),
-            "finished": finished,
-            "stop_reason": self.stop_reason.name,
-        }
-        write_json_atomically(self.state_path, state)
-
-    def _save_checkpoint(self, epoch):
-        if not self._is_chief():
-            return
-        save = self.model.save_weights if self.save_weights_only else self.model.save
-        write_atomically(self.filepath, save)
-        if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {self.best:.5f}, saved {self.filepath}")
-
-    def _read_checkpoint_weights(self):
-        """The weights in `filepath`, read through the model (any format, any model)."""
-        current = self.model.get_weights()
-        self.model.load_weights(self.filepath)
-        best = self.model.get_weights()
-        self.model.set_weights(current)
-        return best
+    @property
+    def best_filepath(self):
+        """The checkpoint of the best epoch so far (`filepath` itself without placeholders)."""
+        if self.keep_best is None or not self.kept:
+            return self.filepath
+        return self.kept[0]["path"]
 
     def _is_chief(self):
         strategy = getattr(self.model, "distribute_strategy", None)
         extended = getattr(strategy, "extended", None)
         return getattr(extended, "should_checkpoint", True)
 
+    def _save_model(self, path):
+        save = self.model.save_weights if self.save_weights_only else self.model.save
+        write_atomically(path, save)
+
+    def _backup_name(self, epoch):
+        return f"{self._backup_prefix}{epoch:06d}.weights.h5"
+
+    def _remove_backups(self, keep=()):
+        pattern = os.path.join(self._folder, glob.escape(self._backup_prefix) + "*.weights.h5")
+        for path in glob.glob(pattern):
+            if os.path.basename(path) not in keep:
+                _remove(path)
+
+    def _remove_stale_temporaries(self):
+        remove_stale_temporaries(self.state_path)
+        remove_stale_temporaries(os.path.join(self._folder, self._backup_prefix))
+        if placeholders(self.filepath):
+            remove_stale_temporaries(self.filepath, name_pattern=name_glob(self.filepath))
+        else:
+            remove_stale_temporaries(self.filepath)
+
+    def _load_weights_and_optimizer(self, name):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self._folder, name))
+
+    # Resuming.
+
+    def _resume(self, state):
+        if state["monitor"] != self.monitor:
+            raise StateFileError(
+                f"Cannot resume from the state file {self.state_path!r}: it was written "
+                f"for monitor={state['monitor']!r}, not {self.monitor!r}. To start fresh, "
+                "delete that file or pass `resume=False`."
+            )
+        if self.restore_best_weights and state["best_backup"] is not None:
+            self._load_weights_and_optimizer(state["best_backup"])
+            self.best_weights = self.model.get_weights()
+        if state["backup"] is not None:
+            self._load_weights_and_optimizer(state["backup"])
+        self.best = state["best"]
+        self.best_epoch = state["best_epoch"]
+        self.wait = state["wait"]
+        self.stopped_epoch = state["stopped_epoch"]
+        self.kept = [dict(entry) for entry in state["kept"]]
+        self._state.update(backup=state["backup"], best_backup=state["best_backup"])
+        next_epoch = state["next_epoch"]
+        reason = StopReason[state["stop_reason"]] if state["stop_reason"] in StopReason.__members__ else None
+        if reason in _DECIDED_STOPS:
+            # The killed run had already decided to stop: no more epochs.
+            self.stop_reason = reason
+            next_epoch = max(next_epoch, self.params.get("epochs", next_epoch))
+        set_initial_epoch(self.model, next_epoch)
+        self.resumed = True
+        if self.verbose > 0:
+            print_msg(
+                f"Resuming from {self.state_path}: epoch {state['next_epoch'] + 1}, best "
+                f"{self.monitor} {self.best} at epoch {self.best_epoch + 1}, waited {self.wait} epoch(s)."
+            )
+
     # Hooks.
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
+        self.resumed = False
+        self.kept = []
         self._metric_checked = False
+        self._state = new_state(self.monitor)
+        self._remove_stale_temporaries()
+        state = read_state(self.state_path) if self.resume else None
+        if state is not None and not state["finished"]:
+            self._resume(state)
+        elif self.resume and self._is_chief():
+            self._remove_backups()  # left by a kill after a finished state was written
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
-        remove_stale_temporaries(self.filepath)
-        remove_stale_temporaries(self.state_path)
-        state = self._load_unfinished_state()
-        self.resumed = state is not None
-        if self.resumed:
-            self.best = state["best"]
-            self.best_epoch = state["best_epoch"]
-            self.wait = state["wait"]
-            if self.restore_best_weights and os.path.exists(self.filepath):
-                self.best_weights = self._read_checkpoint_weights()
-            logger.info(
-                "Resuming early stopping on %s: best %s at epoch %d, waited %d epoch(s)",
-                self.monitor, self.best, self.best_epoch + 1, self.wait,
-            )
 
-    def _check_monitor_present(self, logs):
-        logs = logs or {}
+    def get_monitor_value(self, logs):
+        value = super().get_monitor_value(logs)
+        return None if value is None else monitored_scalar(value)
+
+    def _check_logs(self, logs):
         if self.strict and self.monitor not in logs:
             raise ValueError(
                 f"EarlyStoppingWithCheckpoint monitors `{self.monitor}`, which the "
@@ -213,29 +301,91 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 "Pass one of those as `monitor` (validation metrics need validation "
                 "data), or strict=False to only warn."
             )
+        missing = sorted(placeholders(self.filepath) - {"epoch"} - set(logs))
+        if missing:
+            raise ValueError(
+                f"Invalid value received for argument `filepath`: its placeholder(s) "
+                f"{missing} are not logged metrics. Available: {', '.join(sorted(logs))}. "
+                f"Received: filepath={self.filepath!r}"
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self._last_logs = logs
         if not self._metric_checked:
             self._metric_checked = True
-            self._check_monitor_present(logs)
-        watched = {key: logs.get(key) for key in ("loss", self.monitor)}
-        if any(value is not None and not math.isfinite(value) for value in watched.values()):
+            self._check_logs(logs)
+        watched = [logs[key] for key in ("loss", self.monitor) if logs.get(key) is not None]
+        if not all(all_finite(value) for value in watched):
             self.stop_reason = StopReason.NON_FINITE_LOSS
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            self._save_state(finished=False)
+            self._commit(epoch, back_up=False)
             return
         previous_best = self.best
         already_stopping = self.model.stop_training
         super().on_epoch_end(epoch, logs)
-        # EarlyStopping changes `best` exactly when the value improved (strictly,
-        # and NaN never reaches it).
-        if self.best is not None and self.best != previous_best:
-            self._save_checkpoint(epoch)
+        # EarlyStopping changes `best` exactly when the value improved.
+        improved = self.best is not None and self.best != previous_best
+        removed = []
+        if self.keep_best is None:
+            if improved and self._is_chief():
+                self._save_model(self.filepath)
+                self._announce(epoch, self.filepath)
+        else:
+            current = self.get_monitor_value(logs)
+            if current is not None and epoch >= self.start_from_epoch:
+                removed = self._keep_if_among_best(epoch, logs, current)
         if self.model.stop_training and not already_stopping:
             self.stop_reason = StopReason.PATIENCE
-        self._save_state(finished=False)
+        self._commit(epoch, back_up=True, improved=improved)
+        for path in removed:
+            _remove(path)
+
+    def _announce(self, epoch, path):
+        if self.verbose > 0:
+            print_msg(f"\nEpoch {epoch + 1}: {self.monitor} = {self.get_monitor_value(self._last_logs):.5f}, saved {path}")
+
+    def _keep_if_among_best(self, epoch, logs, current):
+        """Saves this epoch if it ranks among the `keep_best` best; returns files to delete."""
+        minimize = self.monitor_op is keras.ops.less
+        rank = (lambda entry: entry["value"]) if minimize else (lambda entry: -entry["value"])
+        entry = {"value": current, "epoch": epoch, "path": ""}
+        if len(self.kept) >= self.keep_best and rank(entry) >= rank(self.kept[-1]):
+            return []
+        entry["path"] = format_filepath(self.filepath, epoch, logs)
+        if self._is_chief():
+            self._save_model(entry["path"])
+            self._announce(epoch, entry["path"])
+        # Sorted best first; ties keep the earlier epoch ahead.
+        self.kept = sorted(self.kept + [entry], key=lambda e: (rank(e), e["epoch"]))
+        dropped, self.kept = self.kept[self.keep_best:], self.kept[: self.keep_best]
+        kept_paths = {e["path"] for e in self.kept}
+        return [e["path"] for e in dropped if e["path"] not in kept_paths]
+
+    def _commit(self, epoch, back_up, improved=False):
+        """Writes this epoch's backup, then the state that names it, then deletes
+        what the state no longer names: a kill anywhere leaves a usable state."""
+        state = self._state
+        if self.resume and back_up and self._is_chief():
+            name = self._backup_name(epoch)
+            write_atomically(os.path.join(self._folder, name), self.model.save_weights)
+            state["backup"] = name
+            if self.restore_best_weights and improved:
+                state["best_backup"] = name
+        state.update(
+            best=None if self.best is None else monitored_scalar(self.best),
+            best_epoch=int(self.best_epoch),
+            wait=int(self.wait),
+            next_epoch=epoch + 1,
+            stop_reason=self.stop_reason.name,
+            stopped_epoch=int(self.stopped_epoch),
+            kept=self.kept,
+        )
+        if self._is_chief():
+            write_json_atomically(self.state_path, state)
+            if self.resume:
+                self._remove_backups(keep={state["backup"], state["best_backup"]})
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:
@@ -244,23 +394,29 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         if self.stop_reason is StopReason.NON_FINITE_LOSS and self.best_weights is None:
             self.best_weights = self._start_weights
         super().on_train_end(logs)
-        self._save_state(finished=True)
-        ended = self.stop_reason.value
-        if self.stop_reason in (StopReason.PATIENCE, StopReason.NON_FINITE_LOSS):
-            ended += f" (stopped at epoch {self.stopped_epoch + 1})"
-        message = (
-            f"Training ended: {ended}; best {self.monitor} {self.best} at epoch "
-            f"{self.best_epoch + 1}."
+        set_initial_epoch(self.model, None)
+        self._state.update(
+            finished=True, backup=None, best_backup=None, stop_reason=self.stop_reason.name,
+            stopped_epoch=int(self.stopped_epoch), kept=self.kept,
         )
-        logger.info(message)
+        if self._is_chief():
+            write_json_atomically(self.state_path, self._state)
+            self._remove_backups()
         if self.verbose > 0:
-            print(message)
+            ended = self.stop_reason.value
+            if self.stop_reason in _DECIDED_STOPS:
+                ended += f" (stopped at epoch {self.stopped_epoch + 1})"
+            print_msg(
+                f"Training ended: {ended}; best {self.monitor} {self.best} at epoch "
+                f"{self.best_epoch + 1}."
+            )
 
     def get_config(self):
         return {
             "filepath": self.filepath,
             "monitor": self.monitor,
-            "min_delta": self.min_delta,
+            # EarlyStopping negates min_delta in place for mode "min" during fit.
+            "min_delta": abs(self.min_delta),
             "patience": self.patience,
             "verbose": self.verbose,
             "mode": self.mode,
@@ -270,11 +426,19 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             "save_weights_only": self.save_weights_only,
             "strict": self.strict,
             "resume": self.resume,
+            "keep_best": self.keep_best,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _check_writable_folder(filepath):

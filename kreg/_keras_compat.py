@@ -186,3 +186,27 @@ def propagated_mask(tensor):
     """The mask Keras attached to `tensor` (`Layer.compute_mask` of the layer that
     made it), which `Layer.__call__` passes on as `mask=` by itself; or `None`."""
     return getattr(tensor, "_keras_mask", None)
+
+
+def print_msg(message, line_break=True):
+    """Prints where Keras's own callbacks print (stdout, or absl logging).
+
+    `keras.src.utils.io_utils.print_msg` follows
+    `keras.config.disable_interactive_logging()`, which sends Keras's messages to
+    absl logging instead of stdout; a plain `print` would ignore that switch.
+    """
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message, line_break=line_break)
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next `fit` of `model` start at `epoch` (0-based), or reset with `None`.
+
+    `fit` reads the private `model._initial_epoch` after the callbacks'
+    `on_train_begin` and before its first epoch, in preference to its own
+    `initial_epoch` argument; `keras.callbacks.BackupAndRestore` sets it to
+    resume (`keras/src/callbacks/backup_and_restore.py`). Keras never resets it,
+    so a resumed model keeps starting there until it is set back to `None`.
+    """
+    object.__setattr__(model, "_initial_epoch", epoch)

@@ -164,3 +164,13 @@ def check_seed(name, value):
             f"None. Received: {name}={value!r}.{hint}"
         )
     return int(value)
+
+
+def check_bool(name, value):
+    """Returns `value` if it is a boolean (not merely truthy: `"False"` is refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected True or False. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    return value

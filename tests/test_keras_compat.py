@@ -175,3 +175,32 @@ def test_step_loop_is_the_loop_keras_rnn_runs():
     last, outputs, states = _keras_compat.step_loop(cumulative_sum, ops.convert_to_tensor(x), [ops.zeros((2, 1))])
     np.testing.assert_allclose(ops.convert_to_numpy(outputs)[0, :, 0], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(ops.convert_to_numpy(last), 3.0)
+
+
+def test_print_msg_is_the_one_keras_callbacks_use(capsys):
+    from keras.src.utils import io_utils
+
+    assert "print_msg" in inspect.getsource(keras.callbacks.EarlyStopping)
+    assert callable(io_utils.print_msg)
+    _keras_compat.print_msg("hello from kreg")
+    assert capsys.readouterr().out == "hello from kreg\n"
+
+
+def test_initial_epoch_set_by_a_callback_is_where_fit_starts():
+    import numpy as np
+
+    class StartAtTwo(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            _keras_compat.set_initial_epoch(self.model, 2)
+
+    seen = []
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
+    x = np.ones((4, 2), "float32")
+    model.fit(x, x[:, :1], epochs=4, verbose=0, callbacks=[StartAtTwo(), record])
+    assert seen == [2, 3]
+    _keras_compat.set_initial_epoch(model, None)
+    seen.clear()
+    model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[record])
+    assert seen == [0, 1]

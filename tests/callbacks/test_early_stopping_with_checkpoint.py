@@ -8,6 +8,8 @@ import pytest
 
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks import StopReason
+from scripted import Crash
+from scripted import CrashAt
 from scripted import ScriptedMetrics
 from scripted import fit_scripted
 from scripted import tiny_data
@@ -73,10 +75,10 @@ def test_decisions_match_keras_early_stopping(values, kwargs, stopped, best, tmp
 
 def test_checkpoint_is_only_written_on_improvement(tmp_path, monkeypatch):
     saved_at = []
-    original = EarlyStoppingWithCheckpoint._save_checkpoint
+    original = EarlyStoppingWithCheckpoint._save_model
     monkeypatch.setattr(
-        EarlyStoppingWithCheckpoint, "_save_checkpoint",
-        lambda self, epoch: (saved_at.append(epoch), original(self, epoch)),
+        EarlyStoppingWithCheckpoint, "_save_model",
+        lambda self, path: (saved_at.append(len(self._last_logs) and self.best_epoch), original(self, path)),
     )
     _run([1.0, 0.8, 0.9, 0.7, 0.75, 0.75], {"patience": 5}, EarlyStoppingWithCheckpoint, tmp_path)
     assert saved_at == [0, 1, 3]
@@ -176,46 +178,41 @@ def test_state_resets_between_fit_calls_on_the_same_callback(tmp_path):
     assert not callback.resumed
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Crash()
-
-
 def test_a_crashed_run_resumes_its_patience(tmp_path):
     path = str(tmp_path / "best.keras")
     model = tiny_model()
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         x, y = tiny_data()
         model.fit(
             x, y, validation_data=(x, y), epochs=5, verbose=0,
             callbacks=[ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
-                       EarlyStoppingWithCheckpoint(path, patience=3), _CrashAt(2)],
+                       EarlyStoppingWithCheckpoint(path, patience=3), CrashAt(2)],
         )
     state = json.loads(open(path + ".state.json").read())
-    assert state == {
-        "monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 1,
-        "finished": False, "stop_reason": "RUNNING",
+    assert {key: state[key] for key in ("monitor", "best", "best_epoch", "wait", "next_epoch", "finished")} == {
+        "monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 1, "next_epoch": 3, "finished": False,
     }
-    # The restarted run (epochs 3 and 4 in the original numbering) has already
-    # waited one epoch: two more without improvement exhaust patience 3.
+    assert state["version"] == 2 and state["backup"].endswith("000002.weights.h5")
+    # The restarted run continues at epoch 3 (the crash came after epoch 2's
+    # state was written), numbered as one run: 0.9 at epochs 3 and 4 exhausts
+    # patience 3 at epoch 4.
     resumed = EarlyStoppingWithCheckpoint(path, patience=3)
     restarted = tiny_model()
-    fit_scripted(restarted, resumed, 3, val_loss=[0.9, 0.9, 0.9])
+    script = fit_scripted(restarted, resumed, 6, val_loss=[9, 9, 9, 0.9, 0.9, 0.9])
     assert resumed.resumed
-    assert resumed.stop_reason is StopReason.PATIENCE and resumed.stopped_epoch == 1
-    # The best weights are the first run's, read back from the checkpoint.
+    assert len(script.weights) == 2  # epochs 3 and 4 only
+    assert resumed.stop_reason is StopReason.PATIENCE and resumed.stopped_epoch == 4
+    assert resumed.best_epoch == 1
+    # The best weights are the first run's, read back from its backup.
     for restored, expected in zip(restarted.get_weights(), keras.saving.load_model(path).get_weights()):
         np.testing.assert_array_equal(restored, expected)
-    assert json.loads(open(path + ".state.json").read())["finished"] is True
+    state = json.loads(open(path + ".state.json").read())
+    assert state["finished"] is True and state["backup"] is None
+    assert [name for name in os.listdir(tmp_path) if "backup" in name] == []
+    # A finished run starts fresh.
+    again = EarlyStoppingWithCheckpoint(path, patience=3)
+    script = fit_scripted(tiny_model(), again, 2, val_loss=[0.9, 0.8])
+    assert not again.resumed and len(script.weights) == 2 and again.best_epoch == 1
 
 
 def test_config_round_trip(tmp_path):
