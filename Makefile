@@ -33,10 +33,10 @@ test-tensorflow: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_monte_carlo.py
 
 test-torch: $(INSTALLED)
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_monte_carlo.py
 
 bench: $(INSTALLED)
 	$(PY) bench/weight_drop_speed.py

@@ -33,6 +33,8 @@ from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 from kreg.layers import ZoneoutGRU
 from kreg.layers import ZoneoutLSTM
+from kreg.monte_carlo import MonteCarloPrediction
+from kreg.monte_carlo import mc_predict
 
 from kreg._version import __version__
 
@@ -58,4 +60,6 @@ __all__ = [
     "WeightDropLSTM",
     "ZoneoutGRU",
     "ZoneoutLSTM",
+    "MonteCarloPrediction",
+    "mc_predict",
 ]

@@ -23,6 +23,7 @@ MODULES = [
     "kreg.adapt.test_time_mode",
     "kreg.callbacks.precise_batch_norm",
     "kreg.diagnose",
+    "kreg.monte_carlo",
 ]
 
 
