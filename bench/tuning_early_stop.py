@@ -4,11 +4,19 @@ Runs the same keras-tuner RandomSearch twice over kreg's CNNHyperModel on
 scikit-learn's digits (the shipped `load_digit_sequences` split): plain, and with
 `kreg.tuning.OverfittingPruning` ending each trial once `OverfittingDetector`
 sees it overfit. Same trials (oracle seed), same per-trial initialization
-(hypermodel seed), same epochs budget. Prints each trial's best validation
-accuracy and epochs in both searches, then the best validation accuracy of each
-search, the total epochs trained and their ratio.
+(hypermodel seed), same epochs budget, so the plain search is also every pruned
+trial run to its full length (the script checks that each trial id has the same
+hyperparameters in both). Prints each trial's best validation accuracy and epochs
+in both searches, then:
+
+- the best validation accuracy of each search, the epochs trained and their ratio;
+- wrongly pruned trials: pruned trials whose full-length best beats the pruned
+  search's best (the search would have picked another model without pruning);
+- batch norm against the other norms: the best batch-norm trial's accuracy
+  against the best trial of any other norm, in each search.
 
     KERAS_BACKEND=tensorflow python bench/tuning_early_stop.py --trials 12 --epochs 100
+    (--no-precise-batch-norm: batch-norm trials validated with their moving statistics)
 """
 
 import argparse
@@ -58,7 +66,7 @@ def run(label, tuner_class, args, data, directory, **tuner_kwargs):
     (x, y), (x_val, y_val) = data
     hypermodel = CNNHyperModel(
         input_shape=(8, 8), num_classes=10, filters=tuple(args.filters),
-        dense_units=args.dense_units, seed=args.seed,
+        dense_units=args.dense_units, seed=args.seed, precise_batch_norm=args.precise_batch_norm,
     )
     tuner = tuner_class(
         hypermodel,
@@ -101,13 +109,16 @@ def main():
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--smoothing", type=float, default=0.6)
     parser.add_argument("--start-from-epoch", type=int, default=0, help="detector warm-up epochs")
+    parser.add_argument("--no-precise-batch-norm", dest="precise_batch_norm", action="store_false",
+                        help="validate batch-norm trials with their moving statistics (kreg before PreciseBatchNorm)")
     args = parser.parse_args()
     print(
         f"backend={keras.backend.backend()} keras={keras.__version__} "
         f"keras-tuner={keras_tuner.__version__}; CNNHyperModel filters={args.filters} "
         f"dense={args.dense_units}; digits, {args.train_size} training; RandomSearch "
         f"{args.trials} trials x {args.epochs} epochs, seed {args.seed}; detector "
-        f"patience={args.patience} smoothing={args.smoothing} start_from_epoch={args.start_from_epoch}",
+        f"patience={args.patience} smoothing={args.smoothing} start_from_epoch={args.start_from_epoch}; "
+        f"precise batch norm {'on' if args.precise_batch_norm else 'off'}",
         flush=True,
     )
     data = load_digit_sequences(train_size=args.train_size, seed=args.seed)
@@ -124,26 +135,57 @@ def main():
             },
         )
 
-    print("\n| trial | regularization | plain: best val acc | epochs | pruned: best val acc | epochs |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    report(plain, pruned)
+
+
+def _norm_of(trial):
+    return trial.hyperparameters.values.get("norm")
+
+
+def _best_by_norm(trials):
+    """(best batch-norm score, best score of any other norm) over completed trials."""
+    batch = [t.score for t in trials.values() if t.score is not None and _norm_of(t) == "batch"]
+    other = [t.score for t in trials.values() if t.score is not None and _norm_of(t) != "batch"]
+    return max(batch, default=float("nan")), max(other, default=float("nan"))
+
+
+def report(plain, pruned):
+    space = plain["tuner"].hypermodel.space
+    print("\n| trial | regularization | plain: best val acc | epochs | pruned: best val acc | epochs | pruned, full length beats the pruned search's best |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    wrongly_pruned = []
     for trial_id, trial in sorted(plain["trials"].items()):
-        other = pruned["trials"].get(trial_id)
-        words = plain["tuner"].hypermodel.space.describe(trial.hyperparameters)
+        other = pruned["trials"][trial_id]
+        if other.hyperparameters.values != trial.hyperparameters.values:
+            raise RuntimeError(f"trial {trial_id} differs between the searches: the comparison is void")
+        was_pruned = trial_id in pruned["tuner"].pruned_trials
+        beats = was_pruned and trial.score > pruned["best_score"]
+        if beats:
+            wrongly_pruned.append(trial_id)
         print(
-            f"| {trial_id} | {words} | {trial.score:.4f} | {plain['tuner'].trial_epochs.get(trial_id, 0)} "
-            f"| {other.score if other else float('nan'):.4f} | {pruned['tuner'].trial_epochs.get(trial_id, 0)} |"
+            f"| {trial_id} | {space.describe(trial.hyperparameters)} | {trial.score:.4f} "
+            f"| {plain['tuner'].trial_epochs.get(trial_id, 0)} | {other.score:.4f} "
+            f"| {pruned['tuner'].trial_epochs.get(trial_id, 0)}{' (pruned)' if was_pruned else ''} "
+            f"| {'**yes**' if beats else 'no' if was_pruned else ''} |"
         )
     gap = 100 * (plain["best_score"] - pruned["best_score"])
     ratio = pruned["epochs"] / plain["epochs"]
+    n_pruned = len(pruned["tuner"].pruned_trials)
     print()
     print(f"plain : best val accuracy {plain['best_score']:.4f} ({plain['best_words']}), "
           f"{plain['epochs']} epochs, {plain['seconds']:.0f} s")
     print(f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
-          f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {len(pruned['tuner'].pruned_trials)} "
+          f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {n_pruned} "
           f"of {len(pruned['trials'])} trials pruned")
     print(f"best val accuracy difference (plain - pruned): {gap:+.2f} points (target <= 0.5)")
-    print(f"epochs ratio (pruned / plain): {ratio:.2f} (target <= 0.60)")
+    print(f"epochs ratio (pruned / plain): {ratio:.2f} (target <= 0.50)")
     print(f"time ratio (pruned / plain): {pruned['seconds'] / plain['seconds']:.2f}")
+    print(f"wrongly pruned: {len(wrongly_pruned)} of {len(plain['trials'])} trials "
+          f"({n_pruned} pruned) {wrongly_pruned} (target 0 of >= 12)")
+    for label, search in (("plain", plain), ("pruned", pruned)):
+        batch, other = _best_by_norm(search["trials"])
+        print(f"{label}: best batch-norm trial {batch:.4f}, best other norm {other:.4f}: "
+              f"{100 * (batch - other):+.2f} points (target >= -2)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from kreg._validation import check_shape
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import early_conv_count
 from kreg.rules import missing_normalization
+from kreg.tuning.precise_statistics import precise_batch_norm_callback
 from kreg.tuning.regularization_space import DEFAULT_NORMS
 from kreg.tuning.regularization_space import RegularizationSpace
 from kreg.tuning.search_engine import is_optuna_trial
@@ -38,6 +39,14 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
     smoothing). `build(hp)` takes keras-tuner's `HyperParameters` or an Optuna
     trial.
 
+    `fit(hp, model, ...)` (which keras-tuner calls for every trial; call it
+    yourself under Optuna) trains with `kreg.callbacks.PreciseBatchNorm` when
+    the model has batch norms: their statistics are re-estimated on the
+    training data before every validation, so a batch-norm trial is judged by
+    its real population statistics, not by moving averages that lag hundreds
+    of steps behind the weights (on a few hundred samples, ten steps an epoch,
+    those validate near chance, and pruning would take that for overfitting).
+
     A model that cannot be built for some hyperparameters (a `ValueError`
     while building, e.g. a shape the chosen layers cannot take) makes
     keras-tuner's `FailedTrialError`: the trial is reported as failed, not
@@ -56,6 +65,8 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
             one seed value means the same in the tuner and the hypermodel.
         name: Optional name of the hypermodel.
         tunable: As in `keras_tuner.HyperModel`.
+        precise_batch_norm: Whether `fit` re-estimates the batch norms'
+            statistics before each validation. Defaults to `True`.
 
     Example:
 
@@ -73,7 +84,9 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, space=None, learning_rate=1e-3, seed=None, name=None, tunable=True):
+    def __init__(
+        self, space=None, learning_rate=1e-3, seed=None, name=None, tunable=True, precise_batch_norm=True
+    ):
         super().__init__(name=name, tunable=tunable)
         if space is not None and not isinstance(space, RegularizationSpace):
             raise ValueError(
@@ -83,6 +96,12 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
         self.space = space if space is not None else RegularizationSpace()
         self.learning_rate = check_positive("learning_rate", learning_rate)
         self.seed = check_seed("seed", seed)
+        if not isinstance(precise_batch_norm, bool):
+            raise ValueError(
+                "Invalid value received for argument `precise_batch_norm`. Expected "
+                f"True or False. Received: precise_batch_norm={precise_batch_norm!r}"
+            )
+        self.precise_batch_norm = precise_batch_norm
 
     def build(self, hp):
         """Builds the model for `hp`; an unbuildable model fails only its trial."""
@@ -104,6 +123,30 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
     def build_model(self, hp):
         """Returns the compiled model for `hp`. Subclasses implement it."""
         raise NotImplementedError
+
+    def fit(self, hp, model, *args, **kwargs):
+        """`model.fit(*args, **kwargs)`, with precise batch-norm statistics for validation.
+
+        When the model has trainable batch norms (and `precise_batch_norm`),
+        a `kreg.callbacks.PreciseBatchNorm` on the training inputs joins the
+        callbacks (unless one is there already). With `validation_split`, the
+        statistics come from the training part only.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+            model: The model `build(hp)` returned.
+            *args, **kwargs: The arguments of `model.fit`.
+
+        Returns:
+            The `History` of `model.fit`.
+        """
+        callbacks = list(kwargs.get("callbacks") or [])
+        if self.precise_batch_norm:
+            precise = precise_batch_norm_callback(args, kwargs, callbacks, model=model)
+            if precise is not None:
+                callbacks.insert(0, precise)
+        kwargs["callbacks"] = callbacks
+        return model.fit(*args, **kwargs)
 
     def compile_model(self, model, hp=None):
         """Compiles `model` for classification with integer labels, with accuracy.
@@ -176,6 +219,9 @@ class CNNHyperModel(RegularizedHyperModel):
         seed: Optional integer >= 1 seeding every build (see `RegularizedHyperModel`).
         name: Optional name of the hypermodel.
         tunable: As in `keras_tuner.HyperModel`.
+        precise_batch_norm: Whether `fit` re-estimates the batch norms'
+            statistics before each validation (see `RegularizedHyperModel`).
+            Defaults to `True`.
 
     Example:
 
@@ -202,12 +248,16 @@ class CNNHyperModel(RegularizedHyperModel):
         seed=None,
         name=None,
         tunable=True,
+        precise_batch_norm=True,
     ):
         self.input_shape = check_shape("input_shape", input_shape, (2, 3))
         self.filters = check_sizes("filters", filters)
         if space is None:
             space = _default_space(self.filters, "batch", convolutions=len(self.filters))
-        super().__init__(space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable)
+        super().__init__(
+            space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable,
+            precise_batch_norm=precise_batch_norm,
+        )
         self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
         self.dense_units = check_at_least("dense_units", dense_units, integer=True, minimum=1)
 
@@ -267,6 +317,9 @@ class RecurrentHyperModel(RegularizedHyperModel):
         seed: Optional integer >= 1 seeding every build (see `RegularizedHyperModel`).
         name: Optional name of the hypermodel.
         tunable: As in `keras_tuner.HyperModel`.
+        precise_batch_norm: Whether `fit` re-estimates the batch norms'
+            statistics before each validation (see `RegularizedHyperModel`).
+            Defaults to `True`.
 
     Example:
 
@@ -296,13 +349,17 @@ class RecurrentHyperModel(RegularizedHyperModel):
         seed=None,
         name=None,
         tunable=True,
+        precise_batch_norm=True,
     ):
         self.input_shape = check_shape("input_shape", input_shape, (2,))
         self.units = check_sizes("units", units)
         self.cell = check_choice("cell", cell, ("lstm", "gru"))
         if space is None:
             space = _default_space((self.input_shape[-1],), "layer")
-        super().__init__(space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable)
+        super().__init__(
+            space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable,
+            precise_batch_norm=precise_batch_norm,
+        )
         self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
         self.dense_units = check_at_least("dense_units", dense_units, integer=True, minimum=1)
 

@@ -4,6 +4,7 @@ import keras_tuner
 
 from kreg._validation import check_choice
 from kreg._validation import check_seed
+from kreg.tuning.precise_statistics import precise_batch_norm_callback
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import STATE_CODES
@@ -80,7 +81,12 @@ class OverfittingPruning:
 
     keras-tuner has no in-trial pruning of its own: a trial ends early only
     when a callback stops its `fit`. Mixed into a tuner class, this adds a fresh
-    pruning `OverfittingDetector` to every trial's callbacks, checks up front
+    pruning `OverfittingDetector` to every trial's callbacks, and a
+    `kreg.callbacks.PreciseBatchNorm` on the training inputs, so that batch
+    norms are validated with their real population statistics (moving
+    statistics that lag the weights make a noisy validation curve, not
+    overfitting: on a few hundred samples such trials validate near chance
+    and would be pruned for it). It checks up front
     that the search has validation data (the detector needs `val_loss`), and
     records per trial the epochs trained (`trial_epochs`) and the epoch it was
     pruned after (`pruned_trials`). Trials are scored as keras-tuner always
@@ -129,9 +135,15 @@ class OverfittingPruning:
                 f"Received: search keyword arguments {sorted(kwargs)}"
             )
         callbacks = list(kwargs.get("callbacks") or [])
+        # Batch norms validated with moving statistics that lag the weights give a
+        # noisy validation curve the detector would read as overfitting: every
+        # trial's batch norms are re-estimated before each validation.
+        precise = None
+        if getattr(self.hypermodel, "precise_batch_norm", True):  # False: the user's choice
+            precise = precise_batch_norm_callback(args, kwargs, callbacks)
         # keras-tuner deep-copies the callbacks for each execution; copying here
         # too keeps the template untouched whatever the tuner does.
-        kwargs["callbacks"] = callbacks + [copy.deepcopy(self.detector)]
+        kwargs["callbacks"] = ([precise] if precise else []) + callbacks + [copy.deepcopy(self.detector)]
         self.trial_epochs.setdefault(trial.trial_id, 0)
         return super().run_trial(trial, *args, **kwargs)
 
