@@ -1,15 +1,25 @@
 """Does OverfittingDetector find the onset on real training runs, without false alarms?
 
-Trains models that overfit and models that do not on scikit-learn's digits,
-with the detector at its default settings, and prints, per run: the epoch of
-minimal validation loss, the onset the detector reports, the epoch it detected
-it, and whether the report is within 2 epochs of the minimum (or, for a run
-whose validation loss never turns up, that it raised no alarm).
+Trains 12 runs on scikit-learn's digits: an MLP, a CNN with batch norm and an
+LSTM, each with and without dropout, on 300 digits, an MLP and a CNN on 600
+(meant to overfit), and four runs meant not to overfit within the epochs given
+(logistic regression, and a small MLP, CNN and LSTM on 1400 digits at low
+learning rates, which improve slowly to the end). Whether a run overfits is
+read off its curve, not assumed. The curves are then fed, epoch by epoch, to the detector
+with each criterion at its default arguments, and the table gives per run: the
+epoch of minimal validation loss, the epoch the detector fired, the onset it
+reported, the delay after the minimum and the onset error. The reference
+minimum is the first epoch within 5% of the lowest validation loss (`FLAT`):
+later gains smaller than that are a plateau. Targets: fired
+within `patience + 2` epochs of the minimum, onset within 3, no alarm on the
+runs that do not overfit, never an alarm before the minimum minus 3.
 
-    python bench/overfitting_detector.py --epochs 60
+    python bench/overfitting_detector.py --epochs 60 --save-histories h.json
+    python bench/overfitting_detector.py --load-histories h.json   # replay only
 """
 
 import argparse
+import functools
 import json
 import os
 
@@ -22,93 +32,158 @@ from kreg.callbacks import OverfittingDetector  # noqa: E402
 from kreg.datasets import load_digit_sequences  # noqa: E402
 
 
-def mlp(dropout):
-    layers = [keras.Input((64,)), keras.layers.Flatten()]
+def mlp(dropout, width=512):
+    layers = [keras.Input((8, 8)), keras.layers.Flatten()]
     for _ in range(2):
-        layers.append(keras.layers.Dense(512, activation="relu"))
+        layers.append(keras.layers.Dense(width, activation="relu"))
         if dropout:
             layers.append(keras.layers.Dropout(dropout))
     return keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax")])
 
 
-def cnn(dropout):
-    layers = [
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-    ]
+def cnn_bn(dropout, channels=(32, 64)):
+    inputs = keras.Input((8, 8))
+    x = keras.layers.Reshape((8, 8, 1))(inputs)
+    for filters in channels:
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
     if dropout:
-        layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(128, activation="relu"))
+        x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def lstm(dropout, units=128):
+    from kreg.layers import ConsistentDropout
+
+    layers = [keras.Input((8, 8))]
+    if dropout:
+        layers.append(ConsistentDropout(dropout))
+    layers.append(keras.layers.LSTM(units))
     if dropout:
         layers.append(keras.layers.Dropout(dropout))
     return keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax")])
 
 
 def logistic(_):
-    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    return keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
 
+
+small_mlp = functools.partial(mlp, width=64)
+small_cnn_bn = functools.partial(cnn_bn, channels=(8, 16))
+small_lstm = functools.partial(lstm, units=32)
+
+# Within this fraction of the lowest validation loss, validation counts as at its
+# minimum: the issue's own example calls a CNN's validation loss "flat within
+# 0.005" (4% of it) from its minimum on. The reference minimum is the first
+# epoch within it; a run overfits if that leaves `patience + 2` epochs to see it.
+FLAT = 0.05
 
 # name: (model builder, dropout, training digits, learning rate)
 RUNS = {
-    "MLP 512x2, no dropout, 300 digits": (mlp, 0.0, 300, 1e-3),
-    "MLP 512x2, dropout 0.5, 300 digits": (mlp, 0.5, 300, 1e-3),
-    "CNN, no dropout, 300 digits": (cnn, 0.0, 300, 1e-3),
-    "CNN, dropout 0.5, 300 digits": (cnn, 0.5, 300, 1e-3),
-    "logistic regression, 1400 digits (control)": (logistic, 0.0, 1400, 3e-3),
+    "MLP, no dropout": (mlp, 0.0, 300, 1e-3),
+    "MLP, dropout 0.5": (mlp, 0.5, 300, 1e-3),
+    "CNN+BN, no dropout": (cnn_bn, 0.0, 300, 1e-2),
+    "CNN+BN, dropout 0.3": (cnn_bn, 0.3, 300, 3e-3),
+    "LSTM, no dropout": (lstm, 0.0, 300, 3e-3),
+    "LSTM, dropout 0.3": (lstm, 0.3, 300, 3e-3),
+    "MLP, no dropout, 600 digits": (mlp, 0.0, 600, 1e-3),
+    "CNN+BN, no dropout, 600 digits": (cnn_bn, 0.0, 600, 3e-3),
+    "logistic, 1400 digits (control)": (logistic, 0.0, 1400, 1e-3),
+    "small MLP, dropout 0.5, 1400 digits (control)": (small_mlp, 0.5, 1400, 2e-4),
+    "small CNN+BN, dropout 0.3, 1400 digits (control)": (small_cnn_bn, 0.3, 1400, 1e-4),
+    "small LSTM, 1400 digits (control)": (small_lstm, 0.0, 1400, 5e-4),
 }
 
 
-def run(name, epochs, seed):
+def train(name, epochs, seed):
     builder, dropout, train_size, learning_rate = RUNS[name]
     (x_train, y_train), (x_val, y_val) = load_digit_sequences(train_size=train_size, seed=seed)
-    shape = (8, 8, 1) if builder is cnn else (64,)
-    x_train, x_val = x_train.reshape(-1, *shape), x_val.reshape(-1, *shape)
     keras.utils.set_random_seed(seed)
     model = builder(dropout)
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
-    detector = OverfittingDetector(action=lambda *_: None)
     history = model.fit(
-        x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=32,
-        verbose=0, callbacks=[detector],
+        x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, verbose=0,
     ).history
-    val = history["val_loss"]
-    states = history["overfitting_state"]
-    detected = states.index(1.0) if 1.0 in states else None
-    return int(np.argmin(val)), detector.onset_epoch, detected, history
+    return {"loss": history["loss"], "val_loss": history["val_loss"]}
+
+
+def replay(curves, **kwargs):
+    """Feeds the curves to a detector; returns (fired epoch, onset) or Nones."""
+    detector = OverfittingDetector(action=lambda *_: None, **kwargs)
+    for epoch, (train_value, val_value) in enumerate(zip(curves["loss"], curves["val_loss"])):
+        if detector.update(epoch, train_value, val_value) == "overfitting":
+            return epoch, detector.onset_epoch
+    return None, None
+
+
+def reference_minimum(val):
+    lowest = min(val)
+    return next(epoch for epoch, value in enumerate(val) if value <= lowest + FLAT * abs(lowest))
+
+
+def verdict(fired, onset, minimum, overfits, patience):
+    if not overfits:
+        return "no alarm (correct)" if fired is None else f"FALSE ALARM at {fired + 1}"
+    if fired is None:
+        return "MISSED"
+    problems = []
+    if fired < minimum - 3:
+        problems.append("EARLY")
+    if fired - minimum > patience + 2:
+        problems.append("LATE")
+    if abs(onset - minimum) > 3:
+        problems.append("ONSET OFF")
+    return ", ".join(problems) or "ok"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--save-histories", help="write every run's curves to this JSON file")
+    parser.add_argument("--load-histories", help="replay curves saved by --save-histories")
     args = parser.parse_args()
-    histories = {}
-    print(f"backend={keras.backend.backend()}, {args.epochs} epochs, seeds 0-{args.seeds - 1}", flush=True)
-    print("\n| run | seed | min val loss epoch | onset reported | detected at | verdict |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name in RUNS:
-        for seed in range(args.seeds):
-            minimum, onset, detected, history = run(name, args.epochs, seed)
-            histories[f"{name} / seed {seed}"] = {key: history[key] for key in ("loss", "val_loss")}
-            overfits = minimum < args.epochs - 3  # validation turned up before the end
-            if onset is None:
-                verdict = "missed" if overfits else "no alarm (correct)"
-            elif not overfits:
-                verdict = "false alarm"
-            else:
-                verdict = "within 2 epochs" if abs(onset - minimum) <= 2 else f"off by {onset - minimum}"
+    if args.load_histories:
+        with open(args.load_histories) as file:
+            histories = json.load(file)
+    else:
+        histories = {}
+        print(f"backend={keras.backend.backend()}, {args.epochs} epochs, seeds 0-{args.seeds - 1}", flush=True)
+        for name in RUNS:
+            for seed in range(args.seeds):
+                histories[f"{name} / seed {seed}"] = train(name, args.epochs, seed)
+                print(f"  trained {name} / seed {seed}", flush=True)
+        if args.save_histories:
+            with open(args.save_histories, "w") as file:
+                json.dump(histories, file)
+    from kreg.callbacks.overfitting_detector import CRITERIA
+
+    summary = {}
+    for criterion in CRITERIA:
+        patience = OverfittingDetector(criterion=criterion).patience
+        print(f"\ncriterion={criterion!r} (patience {patience}, other arguments default)\n")
+        print("| run | lowest val loss (epoch) | reference minimum | fired at | onset reported | delay | onset error | verdict |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        ok = 0
+        for key, curves in histories.items():
+            minimum = reference_minimum(curves["val_loss"])
+            overfits = minimum <= len(curves["val_loss"]) - 1 - (patience + 2)
+            fired, onset = replay(curves, criterion=criterion)
+            result = verdict(fired, onset, minimum, overfits, patience)
+            ok += result.startswith(("ok", "no alarm"))
             show = lambda epoch: "-" if epoch is None else str(epoch + 1)  # noqa: E731
-            print(
-                f"| {name} | {seed} | {minimum + 1} | {show(onset)} | {show(detected)} | {verdict} |",
-                flush=True,
-            )
-    if args.save_histories:
-        with open(args.save_histories, "w") as file:
-            json.dump(histories, file)
+            delay = "-" if fired is None else f"{fired - minimum:+d}"
+            error = "-" if onset is None else f"{onset - minimum:+d}"
+            lowest = int(np.argmin(curves["val_loss"]))
+            print(f"| {key} | {show(lowest)} | {show(minimum)} | {show(fired)} | {show(onset)} | {delay} | {error} | {result} |")
+        summary[criterion] = ok
+    print("\nruns meeting every target, per criterion: " + ", ".join(f"{c} {n}/{len(histories)}" for c, n in summary.items()))
 
 
 if __name__ == "__main__":

@@ -1,42 +1,54 @@
+import warnings
+
+import keras
 import numpy as np
 import pytest
 
-import keras
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks import plot_training_curves
 from kreg.callbacks.overfitting_detector import STATE_CODES
+from kreg.layers import ConsistentDropout
 from scripted import fit_scripted
 from scripted import tiny_model
 
 FALLING = [2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50]
+U_SHAPE = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]
 
-# (train losses, validation losses, detector arguments, expected epoch the state
-# is first reached, expected state then, expected onset epoch)
+# (train values, validation values, detector arguments, epoch the state is
+# first reached, that state, onset epoch)
 TABLE = [
-    # Textbook overfitting: validation bottoms out at epoch 4 and rises.
-    (FALLING, [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6],
-     {"patience": 3, "smoothing": 0.0}, 7, "overfitting", 4),
-    # The same with noise on the validation curve: smoothing absorbs the blip at
-    # epoch 7 (the smoothed minimum lags to epoch 7, three rises end at 10), and
-    # the onset is still the raw minimum.
+    # Textbook overfitting: validation bottoms out at epoch 4 and rises. At
+    # epoch 6, validation gained 4% over 3 epochs (its best 1.15 -> 1.1) while
+    # training gained 32% (1.0 -> 0.68): less than a fifth of it.
+    (FALLING, U_SHAPE, {"patience": 3}, 6, "overfitting", 4),
+    # The same with a noisy bottom: the onset is the raw minimum (epoch 5).
     (FALLING, [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-     {"patience": 3, "smoothing": 0.5}, 10, "overfitting", 5),
-    # Validation flat while training falls: the gap grows with no validation gain.
+     {"patience": 3}, 6, "overfitting", 5),
+    # Memorization plateau: validation flat while training keeps falling.
     (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05],
-     {"patience": 3, "smoothing": 0.0, "min_gap": 0.2}, 7, "overfitting", 4),
+     {"patience": 3}, 6, "overfitting", 4),
+    # A plateau whose validation creeps down by tiny amounts still counts.
+    (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.049, 1.048, 1.047, 1.046, 1.045, 1.044, 1.043],
+     {"patience": 3}, 6, "overfitting", 6),
     # Both curves stall high together: underfitting.
     ([2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
      [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
-     {"patience": 3, "smoothing": 0.0, "min_gap": 0.05}, 5, "underfitting", None),
-    # Accuracy (mode="max"): validation accuracy peaks at epoch 3 and falls.
+     {"patience": 3, "min_gap": 0.05}, 5, "underfitting", None),
+    # Accuracy (mode inferred "max"): validation accuracy peaks at epoch 3 and falls.
     ([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95], [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65],
-     {"patience": 3, "smoothing": 0.0, "mode": "max", "monitor": "val_accuracy", "train_monitor": "accuracy"},
-     6, "overfitting", 3),
+     {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy"}, 6, "overfitting", 3),
+    # Prechelt's GL5: validation 5% above its best (epoch 4) at epoch 6 (1.18 / 1.1).
+    (FALLING, U_SHAPE, {"criterion": "gl"}, 6, "overfitting", 4),
+    # UP with strips of 2 epochs: the strips ending at epochs 5, 7 and 9 end
+    # at 1.12, 1.25, 1.4: two successive rises, seen at epoch 9.
+    (FALLING, U_SHAPE, {"criterion": "up", "patience": 2}, 9, "overfitting", 4),
 ]
 
 
 def _detect(train, val, kwargs):
-    detector = OverfittingDetector(action=lambda *_: None, **kwargs)
+    # Raw curves (smoothing 0) unless a case says otherwise: the expected epochs
+    # below are read off the curves as written.
+    detector = OverfittingDetector(action=lambda *_: None, **{"smoothing": 0.0, **kwargs})
     states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
     return detector, states
 
@@ -49,33 +61,90 @@ def test_scripted_curves(train, val, kwargs, first_epoch, state, onset):
     assert detector.onset_epoch == onset
 
 
-def test_healthy_training_raises_no_alarm():
+@pytest.mark.parametrize("criterion", ["progress", "gl", "pq", "up", "p_value"])
+def test_healthy_and_slowly_improving_training_raise_no_alarm(criterion):
     val = [2.1, 1.6, 1.3, 1.12, 0.98, 0.9, 0.84, 0.8, 0.77, 0.75, 0.73, 0.72]
-    detector, states = _detect(FALLING, val, {"patience": 2, "min_gap": 0.3})
-    assert set(states) == {"learning"} and detector.onset_epoch is None
+    for curve in (val, [1.0 - 0.004 * epoch + 0.001 * (-1) ** epoch for epoch in range(30)]):
+        train = [v - 0.1 - 0.001 * epoch for epoch, v in enumerate(curve)]
+        detector, states = _detect(train, curve, {"patience": 3, "criterion": criterion})
+        assert "overfitting" not in states and detector.onset_epoch is None, states
 
 
-def test_in_fit_it_records_gap_and_state_and_acts(tmp_path):
-    train = FALLING[:10]
-    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4]
+def test_each_monitor_keeps_its_own_direction():
+    # Accuracy rises, loss falls, both healthy: no state but learning (an
+    # accuracy's "max" applied to the loss would read it as getting worse).
+    train_loss = [2.0 * 0.8**epoch for epoch in range(12)]
+    val_accuracy = [0.5 + 0.04 * epoch for epoch in range(12)]
+    detector, states = _detect(train_loss, val_accuracy, {"monitor": "val_accuracy", "patience": 3})
+    assert set(states) == {"learning"}
+    assert OverfittingDetector(train_monitor="accuracy", monitor="val_loss").train_mode == "auto"
+
+
+def test_in_fit_it_records_gap_and_state_and_acts_once():
+    train, val = FALLING[:10], U_SHAPE[:10]
     calls = []
-    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append(epoch))
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch)))
     model = tiny_model()
-    script = fit_scripted(model, detector, 10, loss=train, val_loss=val)
+    fit_scripted(model, detector, 10, loss=train, val_loss=val)
     history = model.history.history
     np.testing.assert_allclose(history["generalization_gap"], np.subtract(val, train), rtol=1e-6)
-    assert history["overfitting_state"][:7] == [0.0] * 7
-    assert history["overfitting_state"][7:] == [STATE_CODES["overfitting"]] * 3
-    assert calls == [7], "the action runs once, when overfitting is first detected"
-    assert detector.onset_epoch == 4
-    del script
+    assert history["overfitting_state"] == [0.0] * 6 + [STATE_CODES["overfitting"]] * 4
+    assert calls == [(6, 4)], "the action runs once, when overfitting is first detected"
 
 
-def test_stop_action_ends_training():
+def test_a_withdrawn_detection_acts_again_at_the_next_onset():
+    train = [2.0 * 0.85**epoch for epoch in range(22)]
+    # Bump at epochs 4-7 (detected at 6), real recovery, then a second rise.
+    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.0, 0.8, 0.7, 0.65, 0.6, 0.58,
+           0.57, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    calls = []
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch)))
+    fit_scripted(tiny_model(), detector, len(val), loss=train, val_loss=val)
+    assert calls == [(6, 4), (15, 14)]
+    assert detector.states[8:10] == ["learning", "learning"]
+
+
+def test_stop_action_ends_training(capsys):
     detector = OverfittingDetector(patience=2, smoothing=0.0, action="stop")
-    model = tiny_model()
-    script = fit_scripted(model, detector, 8, loss=FALLING[:8], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4])
+    script = fit_scripted(tiny_model(), detector, 8, loss=FALLING[:8], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4])
     assert len(script.weights) == 5  # detected at epoch 4 (0-based), then stopped
+    assert "Stopping training" in capsys.readouterr().out
+    quiet = OverfittingDetector(patience=2, smoothing=0.0, action="stop", verbose=0)
+    fit_scripted(tiny_model(), quiet, 8, loss=FALLING[:8], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4])
+    assert capsys.readouterr().out == ""
+
+
+def test_rollback_restores_the_onset_weights_and_stops():
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
+    model = tiny_model()
+    script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
+    assert len(script.weights) == 7 and detector.onset_epoch == 4  # detected at 6
+    for restored, expected in zip(model.get_weights(), script.weights[4]):
+        np.testing.assert_array_equal(restored, expected)
+
+
+def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
+    inputs = keras.Input((4, 3))
+    x = ConsistentDropout(0.2, name="locked")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0)
+    x_data = np.ones((16, 4, 3), "float32")
+    from scripted import ScriptedMetrics
+
+    script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
+    model.fit(x_data, x_data[:, 0, :1], validation_data=(x_data, x_data[:, 0, :1]), epochs=12,
+              verbose=0, callbacks=[script, detector])
+    assert len(script.weights) == 12  # not stopped
+    # Raised at epoch 6, then again once the restarted window (3 epochs after
+    # the change) shows the scripted validation still rising.
+    assert model.get_layer("locked").rate == pytest.approx(0.5)
+    assert history_states(model)[6] == STATE_CODES["overfitting"]
+
+
+def history_states(model):
+    return model.history.history["overfitting_state"]
 
 
 def test_warn_action_warns_and_state_resets_between_fits():
@@ -83,15 +152,26 @@ def test_warn_action_warns_and_state_resets_between_fits():
     model = tiny_model()
     with pytest.warns(UserWarning, match="Overfitting detected at epoch 5.*since epoch 3"):
         fit_scripted(model, detector, 6, loss=FALLING[:6], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2])
-    fit_scripted(model, detector, 3, loss=FALLING[:3], val_loss=[2, 1, 0.9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_scripted(model, detector, 3, loss=FALLING[:3], val_loss=[2, 1, 0.9])
     assert detector.state == "learning" and detector.onset_epoch is None
+
+
+def test_a_vector_valued_monitor_counts_by_its_mean():
+    detector = OverfittingDetector(monitor="val_f1_score", train_monitor="f1_score", patience=3, smoothing=0.0, action=lambda *_: None)
+    states = [
+        detector.update(epoch, np.array([t, t]), np.array([v, v + 0.02]))
+        for epoch, (t, v) in enumerate(zip([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95],
+                                           [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65]))
+    ]
+    assert states.index("overfitting") == 6 and detector.onset_epoch == 3
 
 
 def test_missing_validation_metric_is_an_error():
     x = np.ones((8, 3), "float32")
-    model = tiny_model()
     with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
-        model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
+        tiny_model().fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
 
 
 @pytest.mark.parametrize(
@@ -101,7 +181,14 @@ def test_missing_validation_metric_is_an_error():
         ({"smoothing": 1.0}, r"`smoothing`.*\[0, 1\)"),
         ({"min_gap": -1}, r"`min_gap`.*>= 0"),
         ({"mode": "up"}, r"`mode`.*'up'"),
-        ({"action": "explode"}, r"`action`.*'warn', 'stop' or a callable.*'explode'"),
+        ({"train_mode": "down"}, r"`train_mode`.*'down'"),
+        ({"criterion": "prechelt"}, r"`criterion`.*'progress'.*'prechelt'"),
+        ({"threshold": 0}, r"`threshold`.*> 0"),
+        ({"threshold": "5"}, r"`threshold`.*'5'"),
+        ({"verbose": 2}, r"`verbose`.*0 or 1"),
+        ({"monitor": None}, r"`monitor`.*None"),
+        ({"action": "explode"}, r"`action`.*'warn'.*'rollback'.*'strengthen'.*callable.*'explode'"),
+        ({"criterion": "gl", "monitor": "val_accuracy"}, r"`criterion`.*'gl'.*maximized"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
@@ -110,13 +197,22 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
 
 
 def test_config_round_trip():
-    detector = OverfittingDetector(patience=4, min_gap=0.1, action="stop")
-    assert OverfittingDetector.from_config(detector.get_config()).get_config() == detector.get_config()
+    detector = OverfittingDetector(patience=4, min_gap=0.1, action="rollback", criterion="p_value", threshold=0.3)
+    config = detector.get_config()
+    assert OverfittingDetector.from_config(config).get_config() == config
+    assert config["criterion"] == "p_value" and config["train_mode"] == "auto"
     assert keras.saving.get_registered_name(OverfittingDetector) == "kreg>OverfittingDetector"
 
 
+def test_positional_arguments_of_earlier_versions_keep_their_meaning():
+    detector = OverfittingDetector("val_loss", "loss", 4, 0.01, 0.2, 0.5, 0.02, "min", "stop", 2)
+    assert (detector.patience, detector.min_delta, detector.min_gap, detector.smoothing) == (4, 0.01, 0.2, 0.5)
+    assert (detector.underfit_tolerance, detector.mode, detector.action, detector.start_from_epoch) == (
+        0.02, "min", "stop", 2)
+
+
 def test_plot_marks_onset_and_best_epoch(tmp_path):
-    history = {"loss": FALLING, "val_loss": [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]}
+    history = {"loss": FALLING, "val_loss": U_SHAPE}
     path = plot_training_curves(history, tmp_path / "plots" / "curves.png", onset_epoch=4, best_epoch=4)
     data = open(path, "rb").read()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
@@ -126,23 +222,3 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
     assert open(log_path, "rb").read() != data  # a different picture, same curves
     with pytest.raises(ValueError, match=r"`yscale`.*'symlog'"):
         plot_training_curves(history, tmp_path / "x.png", yscale="symlog")
-
-
-def test_a_plateau_followed_by_a_new_best_is_forgotten():
-    train = FALLING + [0.48, 0.46, 0.44]
-    # Plateau and bump at epochs 4-7 (detected), then validation improves again.
-    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.05, 1.0, 0.98, 0.97, 0.96, 0.95, 0.94]
-    calls = []
-    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, e: calls.append((e, d.onset_epoch)))
-    states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
-    assert states[7] == "overfitting" and calls == [] and states[8:] == ["learning"] * 7
-    assert detector.onset_epoch is None
-
-
-def test_withdrawn_detection_does_not_fire_again_at_the_new_best():
-    train = [1.0 - 0.05 * epoch for epoch in range(12)]
-    val = [1.0, 0.8, 0.7, 0.9, 1.0, 1.1, 0.69, 0.68, 0.67, 0.66, 0.65, 0.64]
-    detector = OverfittingDetector(patience=3, smoothing=0.6, action=lambda *_: None)
-    states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
-    assert "overfitting" in states[:6]
-    assert states[6:] == ["learning"] * 6 and detector.onset_epoch is None

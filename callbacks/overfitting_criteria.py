@@ -1,0 +1,141 @@
+"""The tests `OverfittingDetector` can apply to a pair of learning curves.
+
+Each takes the curves seen so far, signed so that lower is better (a quantity
+maximized, such as accuracy, enters negated), and says whether the run is
+overfitting at the last epoch. `patience` is the number of epochs a criterion
+looks back over; `threshold` is each criterion's own level (None: its default).
+
+- `"progress"` (default): over the last `patience` epochs, validation gained
+  (relatively) less than `threshold` (0.2) times what training gained, while
+  training gained at least 2%. Prechelt's PQ idea (generalization loss weighed
+  against training progress) measured over a window, so that a memorization
+  plateau (validation flat, training loss still falling fast) counts as soon as
+  a U-shaped rise does.
+- `"gl"`: Prechelt's GL_alpha: validation is more than `threshold` (5) percent
+  above its best.
+- `"pq"`: Prechelt's PQ_alpha: GL divided by the training progress P_k over a
+  strip of `patience` epochs exceeds `threshold` (0.5).
+- `"up"`: Prechelt's UP_s: validation at the end of `threshold` (2) successive
+  strips of `patience` epochs was higher than at the end of the strip before.
+- `"p_value"`: a significance test in the spirit of CatBoost's `IncToDec`
+  detector: the one-sided p-value that validation still improves (a falling
+  least-squares trend over the last `2 * patience` epochs, Student's t) is at
+  least `threshold` (0.2) while training falls significantly (p < 0.05).
+
+Reference: Prechelt, "Early Stopping - But When?", 1998, section 2.2 (GL, PQ,
+UP); CatBoost's overfitting detector documentation (IncToDec).
+"""
+
+import math
+
+CRITERIA = ("progress", "gl", "pq", "up", "p_value")
+DEFAULT_THRESHOLDS = {"progress": 0.2, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
+# Training must still be falling this much (relatively, over the window) for a
+# stalled validation curve to count as overfitting rather than convergence.
+MIN_TRAIN_PROGRESS = 0.02
+
+
+def progress(train, val, patience, threshold, min_delta):
+    if len(val) <= patience:
+        return False
+    start = len(val) - 1 - patience
+    best_before = min(val[: start + 1])
+    val_gain = (best_before - min(val[start + 1 :])) / max(abs(best_before), 1e-12)
+    train_gain = (train[start] - train[-1]) / max(abs(train[start]), 1e-12)
+    if train_gain < MIN_TRAIN_PROGRESS:
+        return False
+    return val_gain * abs(best_before) <= min_delta or val_gain < threshold * train_gain
+
+
+def generalization_loss(val):
+    """Prechelt's GL(t) in percent; needs a positive error (a loss)."""
+    best = min(val)
+    return 100.0 * (val[-1] / best - 1.0) if best > 0 else 0.0
+
+
+def gl(train, val, patience, threshold, min_delta):
+    del train, patience, min_delta
+    return generalization_loss(val) > threshold
+
+
+def pq(train, val, patience, threshold, min_delta):
+    del min_delta
+    if len(train) < patience:
+        return False
+    strip = train[-patience:]
+    best = min(strip)
+    if best <= 0:
+        return False
+    training_progress = 1000.0 * (sum(strip) / (patience * best) - 1.0)
+    return training_progress > 0 and generalization_loss(val) / training_progress > threshold
+
+
+def up(train, val, patience, threshold, min_delta):
+    del train
+    strips = int(threshold)
+    if len(val) % patience != 0 or len(val) < patience * (strips + 1):
+        return False
+    ends = val[patience - 1 :: patience][-(strips + 1) :]
+    return all(later > earlier + min_delta for earlier, later in zip(ends, ends[1:]))
+
+
+def p_value(train, val, patience, threshold, min_delta):
+    del min_delta
+    window = 2 * patience
+    if len(val) < max(window, 4):
+        return False
+    return (
+        decreasing_trend_p_value(val[-window:]) >= threshold
+        and decreasing_trend_p_value(train[-window:]) < 0.05
+    )
+
+
+def decreasing_trend_p_value(values):
+    """One-sided p-value of a least-squares slope < 0 (Student's t, n - 2 dof)."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2.0, sum(values) / n
+    sxx = sum((x - mean_x) ** 2 for x in range(n))
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sxx
+    residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(values))
+    if residual <= 0:
+        return 0.0 if slope < 0 else 1.0
+    t = slope / math.sqrt(residual / (n - 2) / sxx)
+    return student_t_cdf(t, n - 2)
+
+
+def student_t_cdf(t, dof):
+    """P(T <= t) for Student's t with `dof` degrees of freedom."""
+    x = dof / (dof + t * t)
+    tail = 0.5 * regularized_incomplete_beta(dof / 2.0, 0.5, x)
+    return tail if t < 0 else 1.0 - tail
+
+
+def regularized_incomplete_beta(a, b, x):
+    """I_x(a, b) by its continued fraction (Numerical Recipes, section 6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - regularized_incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(log_front) / a
+    c, d, fraction = 1.0, 0.0, 1.0
+    for i in range(200):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2 == 0:
+            numerator = (m * (b - m) * x) / ((a + 2.0 * m - 1.0) * (a + 2.0 * m))
+        else:
+            numerator = -((a + m) * (a + b + m) * x) / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > 1e-30 else 1e-30)
+        c = 1.0 + numerator / c if abs(c) > 1e-30 else 1e-30
+        fraction *= c * d
+        if abs(1.0 - c * d) < 1e-12:
+            break
+    return front * (fraction - 1.0)
+
+
+TESTS = {"progress": progress, "gl": gl, "pq": pq, "up": up, "p_value": p_value}
