@@ -13,6 +13,17 @@ TEST_TIME_MODES = ("running", "batch", "mixed", "online")
 _RUNNING, _BATCH, _MIXED, _ONLINE = range(len(TEST_TIME_MODES))
 
 
+class _ModeHolder:
+    """Holds the mode variable out of Keras's attribute tracking.
+
+    A variable assigned to a layer attribute becomes one of its weights (and, on
+    torch, a parameter); held by a plain object it is neither, so the layer's
+    weights stay `BatchNormalization`'s.
+    """
+
+    variable = None
+
+
 @keras.saving.register_keras_serializable(package="kreg")
 class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
     """Batch normalization whose inference statistics can follow the test data.
@@ -39,13 +50,17 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
     has no variance to estimate; every mode then uses the running statistics for
     that batch, rather than dividing by a variance of zero.
 
-    The mode lives in a non-trainable integer variable that `call` reads, so
-    switching it on a model that has already run (`layer.test_time_mode =
-    "batch"`, or `kreg.set_test_time_mode(model, "batch")`) takes effect on the
-    next `predict` without re-tracing. That variable is the layer's one weight
-    beyond `BatchNormalization`'s, and it is saved with the model;
-    `layer.set_weights(batch_norm.get_weights())` still works and leaves the
-    mode as it is.
+    The layer's weights are exactly `BatchNormalization`'s (the same number,
+    order and names), so `get_weights` / `set_weights` move weights between the
+    two classes both ways. The mode is held apart from them, in an integer
+    variable that `call` reads: switching it on a model that has already run
+    (`layer.test_time_mode = "batch"`, or `kreg.set_test_time_mode(model,
+    "batch")`) takes effect on the next `predict` without re-tracing, with or
+    without `jit_compile`. That variable is not in `layer.weights`; on
+    TensorFlow and JAX it is in `layer.variables`, the state JAX's compiled
+    functions receive (as a `SeedGenerator`'s state is). The mode is saved with
+    the model through `get_config`, not in its weights file, so `load_weights`
+    leaves the mode as it is.
 
     Under `tf.distribute`, as for `BatchNormalization`, the batch statistics of
     each replica are its own share of the batch, and `"online"` updates each
@@ -146,31 +161,44 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         self._test_time_mode = check_choice("test_time_mode", test_time_mode, TEST_TIME_MODES)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
-        self._mode_index = None
+        self._mode = _ModeHolder()
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._mode_index = self.add_weight(
-            shape=(),
-            name="test_time_mode",
+        self._mode.variable = keras.Variable(
+            TEST_TIME_MODES.index(self._test_time_mode),
             dtype="int32",
-            initializer=keras.initializers.Constant(TEST_TIME_MODES.index(self._test_time_mode)),
             trainable=False,
-            autocast=False,
+            name="test_time_mode",
         )
+
+    @property
+    def variables(self):
+        # The mode variable is state, not a weight: listed here, and absent from
+        # `weights`. JAX's compiled functions receive the state they read as
+        # arguments (`layer.variables`, SeedGenerator states included), so a value
+        # not listed would be frozen in at trace time; TensorFlow's `export`
+        # tracks what is listed. On torch, Keras turns every listed variable
+        # into a module parameter (keras/src/backend/torch/layer.py), one more
+        # than `BatchNormalization` has, while compiled torch code reads the
+        # tensor live: there it is not listed.
+        variables = super().variables
+        if self._mode.variable is not None and keras.backend.backend() != "torch":
+            variables.append(self._mode.variable)
+        return variables
 
     @property
     def test_time_mode(self):
         """The statistics used at inference: one of `TEST_TIME_MODES`."""
-        if self._mode_index is not None:
-            return TEST_TIME_MODES[int(ops.convert_to_numpy(self._mode_index))]
+        if self._mode.variable is not None:
+            return TEST_TIME_MODES[int(ops.convert_to_numpy(self._mode.variable))]
         return self._test_time_mode
 
     @test_time_mode.setter
     def test_time_mode(self, mode):
         self._test_time_mode = check_choice("test_time_mode", mode, TEST_TIME_MODES)
-        if self._mode_index is not None:
-            self._mode_index.assign(TEST_TIME_MODES.index(mode))
+        if self._mode.variable is not None:
+            self._mode.variable.assign(TEST_TIME_MODES.index(mode))
 
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable:
@@ -178,7 +206,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         inputs = in_statistics_dtype(inputs)
         moving_mean = ops.cast(self.moving_mean, inputs.dtype)
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
-        mode = self._mode_index
+        mode = self._mode.variable
 
         def adapted_statistics(mean, variance, count):
             samples = ops.cast(ops.shape(inputs)[0], inputs.dtype)
@@ -233,14 +261,6 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             return ops.ones((), "bool")
 
         ops.cond(is_online, write, lambda: ops.zeros((), "bool"))
-
-    def set_weights(self, weights):
-        # A `BatchNormalization`'s weights (no mode) are accepted too, so that a
-        # trained Keras layer's weights move into this one; the mode stays.
-        weights = list(weights)
-        if self._mode_index is not None and len(weights) == len(self.weights) - 1:
-            weights.append(ops.convert_to_numpy(self._mode_index))
-        super().set_weights(weights)
 
     def get_config(self):
         return {
