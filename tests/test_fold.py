@@ -466,3 +466,25 @@ def test_applications_with_operation_nodes_fold(name):
     batch_norms = len(kreg.model_graph.batch_norm_layers(model))
     assert len(report.folded) + len(report.forward_folded) + len(report.skipped) >= batch_norms
     assert len(kreg.model_graph.batch_norm_layers(folded)) == len(report.skipped)
+
+
+@keras.saving.register_keras_serializable(package="kreg_test")
+class _AlwaysNoisy(keras.layers.Layer):
+    """Random at inference too, whatever `training` says."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = keras.random.SeedGenerator()  # a fresh seed per instance, so per copy
+
+    def call(self, inputs):
+        return inputs + keras.random.normal(ops.shape(inputs), seed=self.seed)
+
+
+def test_random_inference_is_not_mistaken_for_a_wrong_fold():
+    inputs = keras.Input((6,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(8)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(_AlwaysNoisy()(hidden)))
+    _randomize_batch_norms(model)
+    with pytest.warns(UserWarning, match="could not verify"):
+        folded, report = fold_batch_norms(model, return_report=True)
+    assert len(report.folded) == 1 and report.max_difference is None
