@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
 DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
-.PHONY: demo test test-tensorflow test-jax test-torch bench
+.PHONY: demo test test-tensorflow test-jax test-torch test-packaging docs bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,19 +24,28 @@ $(DEMO_INSTALLED): pyproject.toml | $(VENV)/bin/python
 demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/kreg demo
 
-# Everything runs on TensorFlow; the layer, fold and adapt tests run again on JAX
-# and PyTorch. KERAS_BACKEND is read once, at import, so each
-# backend is its own pytest run.
-test: test-tensorflow test-jax test-torch
+# Everything runs on TensorFlow (the API reference is built strict there too);
+# the layer, fold and adapt tests run again on JAX and PyTorch. KERAS_BACKEND is
+# read once, at import, so each backend is its own pytest run. The wheel tests
+# install into fresh virtual environments, so they have their own target.
+test: test-tensorflow test-jax test-torch test-packaging
 
 test-tensorflow: $(INSTALLED)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/packaging
 
 test-jax: $(INSTALLED)
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_monte_carlo.py
 
 test-torch: $(INSTALLED)
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_monte_carlo.py
+
+# The wheel, installed with no extras and with [tensorflow] in fresh venvs.
+test-packaging: $(INSTALLED)
+	$(PY) -m pytest -q tests/packaging
+
+# The API reference, served at http://127.0.0.1:8000 while it runs.
+docs: $(INSTALLED)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(INSTALLED)
 	$(PY) bench/weight_drop_speed.py

@@ -107,6 +107,13 @@ def run_workers(function, num_workers=2, kwargs=None, timeout=300, env=None):
         return [pickle.loads((folder / f"result-{index}.pickle").read_bytes()) for index in range(num_workers)]
 
 
+def run_isolated(function, env, kwargs=None, timeout=300):
+    """Calls `function(**kwargs)` in one fresh process with `env` added to its
+    environment, and returns what it returns. For settings read once per process
+    (`KERAS_BACKEND`, `XLA_FLAGS`) that the test process already fixed."""
+    return run_workers(function, num_workers=1, kwargs=kwargs, timeout=timeout, env=env)[0]
+
+
 def _locate(function):
     if isinstance(function, str):
         path, _, name = function.rpartition(":")
