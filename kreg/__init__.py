@@ -12,6 +12,11 @@ import sys as _sys
 if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kreg":
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from kreg._extras import import_keras as _import_keras
+
+# First: without TensorFlow on the TensorFlow backend, one line naming the extra.
+_import_keras()
+
 from kreg.adapt import AdaptationReport
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode

@@ -34,3 +34,25 @@ def require(module, extra, feature):
             f'Install it with: pip install "kreg[{extra}]"',
             name=missing,
         ) from error
+
+
+def import_keras():
+    """Imports Keras; if its backend is TensorFlow and TensorFlow is missing (the
+    core install brings none), says to install the extra or pick another backend.
+
+    Keras 3.15 reads `KERAS_BACKEND` (else ~/.keras/keras.json, else
+    `"tensorflow"`) and fails deep inside its own imports, with
+    `No module named 'tensorflow'`, when that backend is not installed.
+    """
+    try:
+        return importlib.import_module("keras")
+    except ImportError as error:
+        if getattr(error, "name", None) != "tensorflow":
+            raise
+        raise MissingExtraError(
+            "Keras's backend is TensorFlow (KERAS_BACKEND, ~/.keras/keras.json, or "
+            "Keras's default), and TensorFlow is not installed. Install it with: "
+            'pip install "kreg[tensorflow]", or use an installed backend: '
+            "KERAS_BACKEND=jax or KERAS_BACKEND=torch",
+            name="tensorflow",
+        ) from error

@@ -85,3 +85,26 @@ def test_digits_without_scikit_learn(monkeypatch):
     _hide(monkeypatch, "sklearn")
     with pytest.raises(MissingExtraError, match=r'pip install "kreg\[demo\]"'):
         load_digit_images()
+
+
+def test_keras_on_a_missing_tensorflow_names_the_extra_and_the_other_backends(monkeypatch):
+    import kreg._extras
+
+    def import_module(name):
+        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+    monkeypatch.setattr(kreg._extras.importlib, "import_module", import_module)
+    with pytest.raises(MissingExtraError, match=r'pip install "kreg\[tensorflow\]".*KERAS_BACKEND=jax'):
+        kreg._extras.import_keras()
+
+
+def test_keras_failing_for_another_reason_keeps_its_error(monkeypatch):
+    import kreg._extras
+
+    def import_module(name):
+        raise ModuleNotFoundError("No module named 'optree'", name="optree")
+
+    monkeypatch.setattr(kreg._extras.importlib, "import_module", import_module)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        kreg._extras.import_keras()
+    assert not isinstance(raised.value, MissingExtraError)

@@ -83,6 +83,12 @@ def test_core_install_runs_a_layer_on_jax_without_tensorflow(wheel, tmp_path):
     output = _run([str(python), "-c", script], cwd=tmp_path, env=_clean_env(KERAS_BACKEND="jax"))
     assert output.split()[:2] == ["ok", "jax"]
 
+    # Keras's default backend is TensorFlow, which the core does not install.
+    default = subprocess.run([str(python), "-c", "import kreg"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True)
+    assert default.returncode != 0
+    last_line = default.stderr.strip().splitlines()[-1]
+    assert 'pip install "kreg[tensorflow]"' in last_line, default.stderr[-2000:]
+
 
 def _first_python_example(readme):
     return re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
