@@ -116,48 +116,15 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        renorm=False,
-        renorm_clipping=None,
-        renorm_momentum=0.99,
-        synchronized=False,
+        *args,
         test_time_mode="running",
         prior_strength=16,
         online_momentum=0.9,
         **kwargs,
     ):
-        super().__init__(
-            axis=axis,
-            momentum=momentum,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            moving_mean_initializer=moving_mean_initializer,
-            moving_variance_initializer=moving_variance_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            renorm=renorm,
-            renorm_clipping=renorm_clipping,
-            renorm_momentum=renorm_momentum,
-            synchronized=synchronized,
-            **kwargs,
-        )
+        # Every BatchNormalization argument, positional ones included, goes to
+        # Keras's class as it is: no copy of its list here to drift from it.
+        super().__init__(*args, **kwargs)
         self._test_time_mode = check_choice("test_time_mode", test_time_mode, TEST_TIME_MODES)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)

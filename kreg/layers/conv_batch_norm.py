@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kreg.layers.batch_norm_arguments import batch_norm_config
+from kreg.layers.batch_norm_arguments import split_batch_norm_arguments
 from kreg.layers.batch_norm_folding import FOLDABLE_KERNELS
 from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
@@ -30,9 +32,12 @@ _DOC = """
             `None` (linear).
         momentum, epsilon, center, scale, beta_initializer, gamma_initializer,
         moving_mean_initializer, moving_variance_initializer, beta_regularizer,
-        gamma_regularizer, beta_constraint, gamma_constraint, synchronized: As in
-            `keras.layers.BatchNormalization`, with the same defaults. The batch
-            norm normalizes the channel axis given by `data_format`.
+        gamma_regularizer, beta_constraint, gamma_constraint, renorm,
+        renorm_clipping, renorm_momentum, synchronized: As in
+            `keras.layers.BatchNormalization`, with the same defaults (every
+            argument but `axis`: the batch norm normalizes the channel axis given
+            by `data_format`). With `renorm=True`, training is batch
+            renormalization; inference folds the moving statistics as usual.
         **kwargs: Every other argument of `keras.layers.{base}` (`strides`,
             `padding`, `kernel_initializer`, ...) and base layer arguments
             (`name`, `dtype`, `trainable`). `use_bias` and the bias arguments are
@@ -63,25 +68,7 @@ class FusedBatchNormLayer(keras.layers.Layer):
     # The Keras layer the batch norm follows; its kernel layout is in FOLDABLE_KERNELS.
     base_class = None
 
-    def __init__(
-        self,
-        *args,
-        activation=None,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        synchronized=False,
-        **kwargs,
-    ):
+    def __init__(self, *args, activation=None, **kwargs):
         for arg in _BIAS_ARGS:
             if arg in kwargs:
                 raise ValueError(
@@ -89,6 +76,12 @@ class FusedBatchNormLayer(keras.layers.Layer):
                     f"is the bias (use `center=False` for none). Received: "
                     f"{arg}={kwargs[arg]!r}"
                 )
+        batch_norm_kwargs, kwargs = split_batch_norm_arguments(kwargs)
+        if "axis" in batch_norm_kwargs:
+            raise ValueError(
+                f"`{type(self).__name__}` takes no `axis`: its batch norm normalizes the "
+                f"channel axis of `data_format`. Received: axis={batch_norm_kwargs['axis']!r}"
+            )
         base_kwargs = {key: kwargs.pop(key) for key in _BASE_LAYER_ARGS if key in kwargs}
         super().__init__(**base_kwargs)
         self.activation = keras.activations.get(activation)
@@ -100,22 +93,7 @@ class FusedBatchNormLayer(keras.layers.Layer):
         data_format = getattr(self.base_layer, "data_format", None)  # None for Dense
         self._channel_axis = 1 if data_format == "channels_first" else -1
         self.batch_norm = keras.layers.BatchNormalization(
-            axis=self._channel_axis,
-            momentum=momentum,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            moving_mean_initializer=moving_mean_initializer,
-            moving_variance_initializer=moving_variance_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            synchronized=synchronized,
-            dtype=self.dtype_policy,
-            name="batch_norm",
+            axis=self._channel_axis, dtype=self.dtype_policy, name="batch_norm", **batch_norm_kwargs
         )
 
     def build(self, input_shape):
@@ -185,28 +163,9 @@ class FusedBatchNormLayer(keras.layers.Layer):
             for key, value in self.base_layer.get_config().items()
             if key not in _OWN_CONFIG_KEYS
         }
-        bn_config = self.batch_norm.get_config()
-        config = {
-            "activation": keras.activations.serialize(self.activation),
-            **{
-                key: bn_config[key]
-                for key in (
-                    "momentum",
-                    "epsilon",
-                    "center",
-                    "scale",
-                    "beta_initializer",
-                    "gamma_initializer",
-                    "moving_mean_initializer",
-                    "moving_variance_initializer",
-                    "beta_regularizer",
-                    "gamma_regularizer",
-                    "beta_constraint",
-                    "gamma_constraint",
-                    "synchronized",
-                )
-            },
-        }
+        batch_norm = batch_norm_config(self.batch_norm)
+        del batch_norm["axis"]  # from data_format
+        config = {"activation": keras.activations.serialize(self.activation), **batch_norm}
         return {**base_config, **layer_config, **config}
 
 

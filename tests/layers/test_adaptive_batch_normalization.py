@@ -330,3 +330,11 @@ def test_the_mode_is_state_that_compiled_functions_receive_but_not_a_weight():
     listed = [v.name for v in layer.variables]
     # JAX's jitted predict receives `variables`; torch reads the tensor live.
     assert ("test_time_mode" in listed) == (keras.backend.backend() != "torch")
+
+
+def test_batch_normalizations_positional_arguments_mean_the_same():
+    layer = AdaptiveBatchNormalization(1, 0.9, 1e-5, test_time_mode="batch")
+    keras_layer = keras.layers.BatchNormalization(1, 0.9, 1e-5)
+    assert (layer.axis, layer.momentum, layer.epsilon) == (keras_layer.axis, keras_layer.momentum, keras_layer.epsilon)
+    with pytest.raises(ValueError, match="not_an_argument"):  # as BatchNormalization
+        AdaptiveBatchNormalization(not_an_argument=1)

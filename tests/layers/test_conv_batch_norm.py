@@ -97,6 +97,15 @@ def test_training_uses_batch_statistics_and_updates_them_like_keras(cls, base, k
     assert not np.allclose(_numpy(bn.moving_mean), 0.0), "moving mean was not updated"
 
 
+def _fit_both_and_compare_weights(fused, plain, x, y):
+    plain.set_weights(fused.get_weights())
+    for model in (fused, plain):
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for ours, theirs in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def test_fit_matches_conv_plus_batch_norm_step_for_step():
     x = np.random.default_rng(3).standard_normal((16, 8, 8, 3)).astype("float32")
     y = np.random.default_rng(4).standard_normal((16, 6, 6, 4)).astype("float32")
@@ -105,12 +114,7 @@ def test_fit_matches_conv_plus_batch_norm_step_for_step():
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False),
          keras.layers.BatchNormalization(), keras.layers.ReLU()]
     )
-    plain.set_weights(fused.get_weights())
-    for model in (fused, plain):
-        model.compile(keras.optimizers.SGD(0.05), "mse")
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-    for ours, theirs in zip(fused.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    _fit_both_and_compare_weights(fused, plain, x, y)
     np.testing.assert_allclose(fused.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
 
 
@@ -141,8 +145,35 @@ def test_config_has_the_layer_and_batch_norm_arguments_but_no_bias():
         (lambda: kreg.Conv2DBatchNorm(0, 3), ValueError, r"filters"),
         (lambda: kreg.DenseBatchNorm(4, activation="nope"), ValueError, r"nope"),
         (lambda: kreg.Conv1DBatchNorm(4, 3, paddin="same"), (TypeError, ValueError), r"paddin"),
+        (lambda: kreg.Conv2DBatchNorm(4, 3, axis=1), ValueError, r"no `axis`.*data_format.*axis=1"),
+        (lambda: kreg.DenseBatchNorm(4, renorm=True, renorm_clipping={"r": 1}), ValueError, r"renorm_clipping"),
     ],
 )
 def test_bad_arguments_fail_at_construction(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_every_batch_norm_argument_of_keras_is_taken_renorm_included():
+    from kreg.layers.batch_norm_arguments import BATCH_NORM_ARGUMENTS
+
+    assert {"renorm", "renorm_clipping", "renorm_momentum", "synchronized"} <= set(BATCH_NORM_ARGUMENTS)
+    clipping = {"rmax": 2.0, "rmin": 0.5, "dmax": 1.0}
+    layer = kreg.Conv2DBatchNorm(4, 3, renorm=True, renorm_clipping=clipping, renorm_momentum=0.9)
+    config = layer.get_config()
+    assert set(BATCH_NORM_ARGUMENTS) - {"axis"} <= set(config)
+    assert config["renorm"] and config["renorm_clipping"] == clipping and config["renorm_momentum"] == 0.9
+    assert layer.batch_norm.renorm and layer.batch_norm.renorm_clipping == clipping
+    assert type(layer).from_config(config).get_config() == config
+
+
+def test_renorm_trains_as_conv_plus_renorm_batch_norm_and_folds_at_inference():
+    x = np.random.default_rng(6).normal(1.0, 2.0, (16, 8, 8, 3)).astype("float32")
+    y = np.random.default_rng(7).standard_normal((16, 6, 6, 4)).astype("float32")
+    renorm = dict(renorm=True, renorm_clipping={"rmax": 1.5, "rmin": 0.7, "dmax": 0.5}, momentum=0.8)
+    fused = keras.Sequential([keras.Input((8, 8, 3)), kreg.Conv2DBatchNorm(4, 3, **renorm)])
+    plain = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False), keras.layers.BatchNormalization(**renorm)]
+    )
+    _fit_both_and_compare_weights(fused, plain, x, y)
+    np.testing.assert_allclose(fused.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,32 @@
+"""`keras.layers.BatchNormalization`'s arguments, read from the class itself.
+
+The one list of batch norm arguments and defaults that kreg's batch norm layers
+(`AdaptiveBatchNormalization`, the fused `Conv2DBatchNorm` family) and the tuner's
+norm factory use, so that none of them keeps a copy that can drift from Keras's
+(renorm was missing from a copy once).
+"""
+
+import inspect
+
+import keras
+
+# {name: default} in the order of `BatchNormalization.__init__`, without `**kwargs`
+# (the base layer's `name`, `dtype`...).
+BATCH_NORM_ARGUMENTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(keras.layers.BatchNormalization.__init__).parameters.items()
+    if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+}
+
+
+def split_batch_norm_arguments(kwargs):
+    """Returns `(batch norm arguments, the others)` of a keyword dict."""
+    batch_norm = {key: value for key, value in kwargs.items() if key in BATCH_NORM_ARGUMENTS}
+    others = {key: value for key, value in kwargs.items() if key not in BATCH_NORM_ARGUMENTS}
+    return batch_norm, others
+
+
+def batch_norm_config(layer):
+    """The `BATCH_NORM_ARGUMENTS` entries of a batch norm layer's config."""
+    config = layer.get_config()
+    return {key: config[key] for key in BATCH_NORM_ARGUMENTS}
