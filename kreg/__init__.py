@@ -20,6 +20,8 @@ _import_keras()
 from kreg.adapt import AdaptationReport
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode
+from kreg.convert import ConversionReport
+from kreg.convert import convert_batch_norms
 from kreg.diagnose import Finding
 from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
@@ -49,6 +51,8 @@ __all__ = [
     "AdaptationReport",
     "adapt_batchnorm",
     "set_test_time_mode",
+    "ConversionReport",
+    "convert_batch_norms",
     "FoldReport",
     "fold_batch_norms",
     "ActivationRegularization",

@@ -21,6 +21,7 @@ MODULES = [
     "kreg.fold",
     "kreg.adapt.adaptation",
     "kreg.adapt.test_time_mode",
+    "kreg.convert",
     "kreg.callbacks.precise_batch_norm",
     "kreg.diagnose",
     "kreg.monte_carlo",
