@@ -222,7 +222,7 @@ def _fold_model(model, report, copies):
 
 @dataclasses.dataclass
 class _Plan:
-    # id(layer) -> (layer, backward (bn, scale, shift) or None, forward (bn, scale, shift) or None)
+    # id(layer) -> {"layer": layer, "backward": (bn, scale, shift) or None, "forward": ...}
     layers: dict = dataclasses.field(default_factory=dict)
     absorbed: set = dataclasses.field(default_factory=set)  # id(batch norm Call)
 
