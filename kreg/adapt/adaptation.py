@@ -43,8 +43,14 @@ def adapt_batchnorm(
     batch statistics, for `epochs` passes; then re-estimates the statistics as
     above, so the adapted model needs no special inference mode.
 
+    The batch norms inside kreg's fused layers (`Conv2DBatchNorm`...) are
+    adapted too: during the pass those layers run unfolded.
+
     The model is changed only when the whole adaptation has succeeded: if it
-    fails midway (bad data, an interrupt), every weight is as it was.
+    fails midway (bad data, an interrupt), every weight is as it was. Data
+    holding NaN or infinite values, and data that gives a batch norm fewer than
+    two values per channel (one sample before a dense layer's batch norm: no
+    variance to estimate), raise a `ValueError` and change nothing.
 
     Under a `tf.distribute` strategy the statistics are those of all replicas'
     samples together, the same as on one device.
