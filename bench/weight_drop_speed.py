@@ -6,6 +6,9 @@ layer. Backend from KERAS_BACKEND (TensorFlow on CPU; torch or jax on a GPU).
 
     python bench/weight_drop_speed.py                 # LSTM(256), 100 steps, batch 128
     python bench/weight_drop_speed.py --cell gru --rounds 7
+    python bench/weight_drop_speed.py --groups 1 2 4   # also mask_groups=2 and 4
+    KERAS_BACKEND=jax   python bench/weight_drop_speed.py   # any backend, CPU or GPU
+    KERAS_BACKEND=torch python bench/weight_drop_speed.py
 """
 
 import argparse
@@ -26,16 +29,18 @@ LAYERS = {
 }
 
 
-def variants(cell, units, rate):
+def variants(cell, units, rate, groups=(1,)):
+    """Plain first, Keras's recurrent_dropout second, then kreg, one per mask group count."""
     keras_cls, kreg_cls = LAYERS[cell]
     name = keras_cls.__name__
-    return {
+    layers = {
         f"{name}()": lambda: keras_cls(units),
         f"{name}(recurrent_dropout={rate})": lambda: keras_cls(units, recurrent_dropout=rate),
-        f"kreg.{kreg_cls.__name__}(weight_dropout={rate})": lambda: kreg_cls(
-            units, weight_dropout=rate
-        ),
     }
+    for k in groups:
+        label = f"kreg.{kreg_cls.__name__}(weight_dropout={rate}" + (f", mask_groups={k})" if k > 1 else ")")
+        layers[label] = lambda k=k: kreg_cls(units, weight_dropout=rate, mask_groups=k)
+    return layers
 
 
 def compiled_model(make_layer, steps, features):
@@ -63,6 +68,7 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--groups", type=int, nargs="+", default=[1], help="mask_groups of the kreg layers")
     parser.add_argument("--steps-per-round", type=int, default=3)
     args = parser.parse_args()
 
@@ -71,7 +77,7 @@ def main():
     y = rng.standard_normal((args.batch, 1)).astype("float32")
     models = {
         name: compiled_model(make, args.steps, args.features)
-        for name, make in variants(args.cell, args.units, args.rate).items()
+        for name, make in variants(args.cell, args.units, args.rate, args.groups).items()
     }
     print(
         f"backend={keras.backend.backend()} keras={keras.__version__} {args.cell.upper()}"
@@ -89,12 +95,13 @@ def main():
         print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    baseline, recurrent_dropout, weight_drop = medians
-    print(f"\n{'variant':48s} {'ms/step':>9s} {'vs plain':>9s}")
+    baseline, recurrent_dropout, *weight_drops = medians
+    print(f"\n{'variant':64s} {'ms/step':>9s} {'vs plain':>9s}")
     for name, median in medians.items():
-        print(f"{name:48s} {median * 1e3:9.1f} {median / medians[baseline]:8.2f}x")
-    speedup = medians[recurrent_dropout] / medians[weight_drop]
-    print(f"\nKeras recurrent_dropout takes {speedup:.2f}x the time of kreg weight drop per step")
+        print(f"{name:64s} {median * 1e3:9.1f} {median / medians[baseline]:8.2f}x")
+    for weight_drop in weight_drops:
+        speedup = medians[recurrent_dropout] / medians[weight_drop]
+        print(f"Keras recurrent_dropout takes {speedup:.2f}x the time of {weight_drop} per step")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Demo: recurrent regularizers on digits read row by row.
 
-No dropout, Keras's `recurrent_dropout`, and kreg's `WeightDropLSTM`, which
-regularizes the same connections while keeping the fused LSTM kernel.
+No dropout, Keras's `recurrent_dropout`, kreg's `WeightDropLSTM` alone (it
+regularizes the same connections while keeping the fused LSTM kernel), and the
+recipe that won `bench/char_lm.py` (docs/BENCHMARKS.md): consistent input
+dropout, weight drop with several mask groups per batch, and AR/TAR.
 """
 
 import dataclasses
@@ -12,7 +14,15 @@ import keras
 import numpy as np
 
 from kreg.datasets import load_digit_sequences
+from kreg.layers import ActivationRegularization
+from kreg.layers import ConsistentDropout
 from kreg.layers import WeightDropLSTM
+
+# The recipe's settings besides the shared rate: those of bench/char_lm.py's
+# full recipe (docs/BENCHMARKS.md), AR/TAR at AWD-LSTM's weights.
+RECIPE_MASK_GROUPS = 4
+RECIPE_INPUT_DROPOUT = 0.1
+RECIPE_AR, RECIPE_TAR = 2.0, 1.0
 
 
 @dataclasses.dataclass
@@ -26,24 +36,47 @@ class RunResult:
     seconds: float
 
 
-def recurrent_variants(rate, units, mode="unit"):
-    """The recurrent layers compared, by name: the same LSTM, regularized three ways."""
+def kreg_recipe(rate, units, mode="unit", timesteps=8):
+    """The layers of kreg's recurrent recipe, up to the LSTM's last output."""
+    return [
+        ConsistentDropout(RECIPE_INPUT_DROPOUT),
+        WeightDropLSTM(
+            units, weight_dropout=rate, weight_dropout_mode=mode,
+            mask_groups=RECIPE_MASK_GROUPS, return_sequences=True,
+        ),
+        ActivationRegularization(ar=RECIPE_AR, tar=RECIPE_TAR),
+        # The last timestep: what LSTM(return_sequences=False) returns.
+        keras.layers.Cropping1D((timesteps - 1, 0)),
+        keras.layers.Flatten(),
+    ]
+
+
+def recipe_name(rate):
+    return f"kreg recipe (weight drop {rate}, mask_groups={RECIPE_MASK_GROUPS}, AR/TAR)"
+
+
+def recurrent_variants(rate, units, mode="unit", timesteps=8):
+    """The recurrent stacks compared, by name: the same LSTM, regularized four ways.
+
+    Each value returns a fresh list of layers between the input and the classifier.
+    """
     return {
-        "no dropout": lambda: keras.layers.LSTM(units),
-        f"Keras LSTM(recurrent_dropout={rate})": lambda: keras.layers.LSTM(
-            units, recurrent_dropout=rate
-        ),
-        f"kreg WeightDropLSTM(weight_dropout={rate})": lambda: WeightDropLSTM(
-            units, weight_dropout=rate, weight_dropout_mode=mode
-        ),
+        "no dropout": lambda: [keras.layers.LSTM(units)],
+        f"Keras LSTM(recurrent_dropout={rate})": lambda: [
+            keras.layers.LSTM(units, recurrent_dropout=rate)
+        ],
+        f"kreg WeightDropLSTM(weight_dropout={rate})": lambda: [
+            WeightDropLSTM(units, weight_dropout=rate, weight_dropout_mode=mode)
+        ],
+        recipe_name(rate): lambda: kreg_recipe(rate, units, mode, timesteps),
     }
 
 
-def _train_once(make_layer, data, seed, epochs, batch_size):
+def _train_once(make_layers, data, seed, epochs, batch_size):
     (x_train, y_train), (x_val, y_val) = data
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [keras.Input(x_train.shape[1:]), make_layer(), keras.layers.Dense(10, activation="softmax")]
+        [keras.Input(x_train.shape[1:]), *make_layers(), keras.layers.Dense(10, activation="softmax")]
     )
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
@@ -81,9 +114,10 @@ def recurrent_regularization_study(
     `variants` picks some of `recurrent_variants` by name (all by default).
     """
     data = load_digit_sequences(train_size=train_size)
+    timesteps = data[0][0].shape[1]
     variants = {
         name: make
-        for name, make in recurrent_variants(rate, units, mode).items()
+        for name, make in recurrent_variants(rate, units, mode, timesteps).items()
         if variants is None or name in variants
     }
     results = []

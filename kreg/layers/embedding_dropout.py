@@ -4,10 +4,13 @@ import keras
 from keras import ops
 
 from kreg._validation import check_rate
+from kreg.layers.adjustable_rates import AdjustableRates
+from kreg.layers.adjustable_rates import dropout
+from kreg.layers.adjustable_rates import rate_property
 
 
 @keras.saving.register_keras_serializable(package="kreg")
-class EmbeddingDropout(keras.layers.Embedding):
+class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
     """Embedding that drops whole rows of its matrix (whole word ids) in training.
 
     Ordinary dropout after an embedding drops single features of single
@@ -32,7 +35,10 @@ class EmbeddingDropout(keras.layers.Embedding):
         input_dim: Integer. Size of the vocabulary (largest id + 1).
         output_dim: Integer. Dimension of the embedding.
         rate: Float in `[0, 1)`. Fraction of the vocabulary's rows dropped per
-            batch. Defaults to `0.0`; AWD-LSTM uses 0.1.
+            batch. Defaults to `0.0`; AWD-LSTM uses 0.1. Held in a variable that
+            `call` reads, so `layer.rate = ...` on a live model (a callback)
+            takes effect at the next step without a retrace; a layer built with
+            rate 0 never drops.
         seed: Integer, optional. Seed of the row masks.
         **kwargs: Every other argument of `keras.layers.Embedding`
             (`embeddings_initializer`, `mask_zero`, `embeddings_regularizer`,
@@ -58,22 +64,24 @@ class EmbeddingDropout(keras.layers.Embedding):
           dropout in AWD-LSTM.
     """
 
+    rate = rate_property("rate", "The current fraction of rows dropped per batch.")
+
     def __init__(self, input_dim, output_dim, rate=0.0, seed=None, **kwargs):
         rate = check_rate("rate", rate)
         super().__init__(input_dim, output_dim, **kwargs)
-        self.rate = rate
+        self.add_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
         outputs = super().call(inputs)
-        if not training or self.rate == 0.0:
+        if not training or not self.rate_in_use("rate"):
             return outputs
         if inputs.dtype != "int32" and inputs.dtype != "int64":
             inputs = ops.cast(inputs, "int32")
-        kept_rows = keras.random.dropout(
+        kept_rows = dropout(
             ops.ones((self.input_dim,), dtype=outputs.dtype),
-            self.rate,
+            self.rate_variable("rate"),
             seed=self.seed_generator,
         )
         return outputs * ops.expand_dims(ops.take(kept_rows, inputs, axis=0), -1)

@@ -6,6 +6,8 @@ from keras import tree
 
 from kreg._keras_compat import step_loop
 from kreg._validation import check_rate
+from kreg.layers.adjustable_rates import AdjustableRates
+from kreg.layers.adjustable_rates import rate_property
 
 _ZONEOUT_DOC = """
     Zoneout regularizes the recurrent state the way dropout regularizes
@@ -25,6 +27,10 @@ _ZONEOUT_DOC = """
     batch; on a GPU the layer forgoes the fused kernel, which is several times
     faster. `bench/char_lm.py` measures the step time next to plain
     `keras.layers.{base}` (docs/BENCHMARKS.md).
+
+    The zoneout rates are held in variables that the step reads: assigning
+    `layer.hidden_zoneout = ...` on a live model (from a callback) takes effect
+    at the next step without a retrace; a rate built at 0 stays 0.
 
     Every argument of `keras.layers.{base}` keeps its meaning (`dropout` and
     `recurrent_dropout` combine with zoneout), and the layer has exactly the
@@ -58,12 +64,15 @@ _ZONEOUT_DOC = """
 """
 
 
-class _ZoneoutMixin:
+class _ZoneoutMixin(AdjustableRates):
     """What `ZoneoutLSTM` and `ZoneoutGRU` share: the step loop and the config.
 
-    `_state_rates()` lists the zoneout rate of each state tensor, in the order
-    the cell's `state_size` lists them.
+    `STATE_RATES` names the zoneout rate of each state tensor, in the order the
+    cell's `state_size` lists them. The rates live in variables that the step
+    reads (`AdjustableRates`), so a callback can change them on a live model.
     """
+
+    STATE_RATES = ()
 
     def __init__(self, units, **kwargs):
         if kwargs.get("use_cudnn") is True:
@@ -79,18 +88,22 @@ class _ZoneoutMixin:
         shape = (ops.shape(sequences)[0], ops.shape(sequences)[1], self.units)
         return [
             ops.cast(
-                keras.random.uniform(shape, seed=self.cell.seed_generator) < rate,
+                keras.random.uniform(shape, dtype="float32", seed=self.cell.seed_generator) < rate,
                 sequences.dtype,
             )
             for rate in rates
-            if rate > 0.0
+            if rate is not None
         ]
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tree.is_nested(mask):
             mask = mask[0]
-        rates = self._state_rates()
-        if not any(rates):
+        # None for a rate built at 0: that state is never zoned.
+        rates = [
+            ops.cast(self.rate_variable(name), "float32") if self.rate_in_use(name) else None
+            for name in self.STATE_RATES
+        ]
+        if all(rate is None for rate in rates):
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)
         features = sequences.shape[-1]
         if training:
@@ -120,12 +133,12 @@ class _ZoneoutMixin:
                 new_states = [new_states]
             zoned = []
             for rate, previous, new in zip(rates, states, new_states):
-                if rate == 0.0:
+                if rate is None:
                     zoned.append(new)
                 elif training:
                     zoned.append(new + next(keep) * (previous - new))
                 else:
-                    zoned.append(new + rate * (previous - new))
+                    zoned.append(new + ops.cast(rate, new.dtype) * (previous - new))
             # The output of an LSTM or GRU step is its hidden state: the zoned one.
             return zoned[0], zoned
 
@@ -165,11 +178,12 @@ class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
         cell_zoneout = check_rate("cell_zoneout", cell_zoneout)
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
         super().__init__(units, **kwargs)
-        self.cell_zoneout = cell_zoneout
-        self.hidden_zoneout = hidden_zoneout
+        self.add_rate("cell_zoneout", cell_zoneout)
+        self.add_rate("hidden_zoneout", hidden_zoneout)
 
-    def _state_rates(self):
-        return [self.hidden_zoneout, self.cell_zoneout]  # LSTMCell's states: [h, c]
+    STATE_RATES = ("hidden_zoneout", "cell_zoneout")  # LSTMCell's states: [h, c]
+    cell_zoneout = rate_property("cell_zoneout", "The current cell-state zoneout rate.")
+    hidden_zoneout = rate_property("hidden_zoneout", "The current hidden-state zoneout rate.")
 
     def get_config(self):
         config = {"cell_zoneout": self.cell_zoneout, "hidden_zoneout": self.hidden_zoneout}
@@ -194,10 +208,10 @@ class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
     def __init__(self, units, hidden_zoneout=0.0, **kwargs):
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
         super().__init__(units, **kwargs)
-        self.hidden_zoneout = hidden_zoneout
+        self.add_rate("hidden_zoneout", hidden_zoneout)
 
-    def _state_rates(self):
-        return [self.hidden_zoneout]
+    STATE_RATES = ("hidden_zoneout",)
+    hidden_zoneout = rate_property("hidden_zoneout", "The current hidden-state zoneout rate.")
 
     def get_config(self):
         return {**super().get_config(), "hidden_zoneout": self.hidden_zoneout}

@@ -125,3 +125,22 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
     kwargs = {"input_dim": 20, "output_dim": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         EmbeddingDropout(**kwargs)
+
+
+def test_rate_changed_on_a_live_model_applies_at_the_next_step_without_retrace():
+    layer = EmbeddingDropout(40, 4, rate=0.1, seed=0)
+    model = keras.Sequential([keras.Input((30,), dtype="int32"), layer])
+    model.compile("sgd", "mse")
+    ids = _ids((16, 30), vocabulary=40)
+
+    def dropped_fraction():
+        y = _numpy(model(ids, training=True))
+        return np.all(y == 0, axis=-1).mean()
+
+    low = np.mean([dropped_fraction() for _ in range(5)])
+    layer.rate = 0.8
+    assert layer.get_config()["rate"] == 0.8
+    high = np.mean([dropped_fraction() for _ in range(5)])
+    assert low < 0.3 < 0.6 < high
+    with pytest.raises(ValueError, match="rate"):
+        EmbeddingDropout(40, 4, rate=0.0).rate = 0.5

@@ -177,3 +177,17 @@ def test_bad_arguments_fail_at_construction(cls, kwargs, message):
 def test_gru_has_no_cell_state_rate():
     with pytest.raises(ValueError, match="cell_zoneout"):
         ZoneoutGRU(4, cell_zoneout=0.2)
+
+
+def test_rate_changed_on_a_live_model_applies_without_retrace():
+    x = _inputs((16, 6, 3))
+    layer = ZoneoutGRU(8, hidden_zoneout=0.1, return_sequences=True, seed=0)
+    model = keras.Sequential([keras.Input((6, 3)), layer])
+    before = _numpy(model(x))
+    layer.hidden_zoneout = 0.9
+    assert layer.get_config()["hidden_zoneout"] == 0.9
+    after = _numpy(model(x))
+    # At inference h_t = z h_{t-1} + (1 - z) h~_t: with z near 1 the state barely moves.
+    assert np.abs(np.diff(after, axis=1)).mean() < 0.5 * np.abs(np.diff(before, axis=1)).mean()
+    with pytest.raises(ValueError, match="cell_zoneout"):
+        ZoneoutLSTM(4, hidden_zoneout=0.1).cell_zoneout = 0.2  # built at 0: stays 0
