@@ -18,7 +18,7 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     out = tmp_path / "out"
     result = _kreg("demo", "--quick", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    for progress in ("[1/6]", "[6/6]", "WeightDropLSTM(weight_dropout=0.25)", "Summary"):
+    for progress in ("[1/6]", "[6/6]", "kreg recipe (weight drop 0.25", "Summary"):
         assert progress in result.stdout
     report = (out / "report.md").read_text()
     assert report.startswith("# kreg demo")
