@@ -22,7 +22,10 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
         project_name="tuner",
         overwrite=True,
     )
-    log(f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they overfit")
+    log(
+        f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they overfit; "
+        "batch norms validated with statistics re-estimated on the training data (PreciseBatchNorm)"
+    )
     tuner.search(
         data.x_train,
         data.y_train,
@@ -49,4 +52,24 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
     )
     rows = [("tuning: best regularization found", f"{best_words} ({best.score:.3f})"),
             ("tuning: epochs trained / without pruning", f"{tuner.total_epochs} / {budget}")]
+    comparison = _batch_norm_against_the_rest(tuner.oracle.trials.values())
+    if comparison:
+        text += f"\n\n{comparison}"
+        rows.append(("tuning: batch norm vs the other norms", comparison))
+        log(f"    {comparison}")
     return text, rows
+
+
+def _batch_norm_against_the_rest(trials):
+    """The best batch-norm trial's score against the best of the other norms, in words."""
+    scores = {True: [], False: []}
+    for trial in trials:
+        if trial.score is not None:
+            scores[trial.hyperparameters.values.get("norm") == "batch"].append(trial.score)
+    if not scores[True] or not scores[False]:
+        return None
+    batch, other = max(scores[True]), max(scores[False])
+    return (
+        f"best batch-norm trial {batch:.3f}, best other norm {other:.3f} "
+        f"({100 * (batch - other):+.1f} points)"
+    )
