@@ -9,6 +9,7 @@ from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.layers.batch_norm_arguments import BATCH_NORM_ARGUMENTS
 from kreg.tuning.search_engine import as_hyperparameters
 from kreg.tuning.search_engine import fatal_value_error
 from kreg.tuning.search_engine import values_of
@@ -39,6 +40,31 @@ DEFAULT_WEIGHT_DECAY_RANGES = {"adamw": (1e-4, 1e-1), "l2": (1e-5, 1e-2)}
 WEIGHT_DECAY_WORDS = {"adamw": "AdamW weight decay", "l2": "L2"}
 # Label smoothing around Szegedy et al.'s 0.1 (2016, https://arxiv.org/abs/1512.00567).
 DEFAULT_LABEL_SMOOTHING_RANGE = (0.0, 0.2)
+
+
+# AdaptiveBatchNormalization's own arguments, beside BatchNormalization's.
+ADAPTIVE_BATCH_ARGUMENTS = ("test_time_mode", "prior_strength", "online_momentum")
+
+
+def _check_kwargs(name, kwargs, allowed):
+    """A dict of constructor arguments whose keys are all among `allowed` (`axis`
+    excluded: `norm(hp, axis=...)` sets it)."""
+    if kwargs is None:
+        return {}
+    allowed = tuple(key for key in allowed if key != "axis")
+    if not isinstance(kwargs, dict):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a dict of "
+            f"constructor arguments or None. Received: {name}={kwargs!r}"
+        )
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected keys among "
+                f"{', '.join(allowed)} (the axis is `norm(hp, axis=...)`'s). "
+                f"Received: {name}={kwargs!r}, with the key {key!r}"
+            )
+    return dict(kwargs)
 
 
 def _snap(value, low, step):
@@ -102,8 +128,12 @@ class RegularizationSpace:
             first is the default. Defaults to `(2, 4, 8)`.
         step: Grid step of the dropout rates and label smoothing, or `None`
             for continuous ranges. Defaults to 0.05.
+        batch_norm_kwargs: Optional dict of `BatchNormalization` arguments for
+            `"batch"` and `"adaptive_batch"` (e.g. `{"momentum": 0.9}`), checked
+            against Keras's argument list (`kreg.layers.batch_norm_arguments`).
         adaptive_batch_kwargs: Optional dict of extra constructor arguments for
-            `AdaptiveBatchNormalization` (e.g. `{"test_time_mode": ...}`).
+            `AdaptiveBatchNormalization` (`test_time_mode`, `prior_strength`,
+            `online_momentum`, or a `BatchNormalization` argument for it alone).
         weight_decay: `None` (default: not searched), `"adamw"` (decoupled
             weight decay: `optimizer(hp)` returns `keras.optimizers.AdamW`) or
             `"l2"` (a penalty in the loss: `kernel_regularizer(hp)` returns
@@ -161,6 +191,7 @@ class RegularizationSpace:
         weight_decay=None,
         weight_decay_range=None,
         label_smoothing=False,
+        batch_norm_kwargs=None,
     ):
         ranges = dict(DEFAULT_DROPOUT_RANGES)
         if dropout_ranges is not None:
@@ -205,7 +236,10 @@ class RegularizationSpace:
                     f"(0, 1) or None. Received: step={step!r}"
                 )
         self.step = step
-        self.adaptive_batch_kwargs = dict(adaptive_batch_kwargs or {})
+        self.batch_norm_kwargs = _check_kwargs("batch_norm_kwargs", batch_norm_kwargs, BATCH_NORM_ARGUMENTS)
+        self.adaptive_batch_kwargs = _check_kwargs(
+            "adaptive_batch_kwargs", adaptive_batch_kwargs, tuple(BATCH_NORM_ARGUMENTS) + ADAPTIVE_BATCH_ARGUMENTS
+        )
 
         if weight_decay is not None:
             check_choice("weight_decay", weight_decay, WEIGHT_DECAYS + (None,))
@@ -364,8 +398,12 @@ class RegularizationSpace:
             A Keras layer.
         """
         norm, groups = self.norm_choice(hp, name=name, channels=channels)
-        return make_norm(norm, groups=groups, axis=axis, **(
-            self.adaptive_batch_kwargs if norm == "adaptive_batch" else {}))
+        kwargs = {}
+        if norm in BATCH_NORMS:
+            kwargs = dict(self.batch_norm_kwargs)
+        if norm == "adaptive_batch":
+            kwargs.update(self.adaptive_batch_kwargs)
+        return make_norm(norm, groups=groups, axis=axis, **kwargs)
 
     # -- weight decay and label smoothing --------------------------------------
 
@@ -492,6 +530,7 @@ class RegularizationSpace:
             "groups": list(self.groups),
             "step": self.step,
             "adaptive_batch_kwargs": dict(self.adaptive_batch_kwargs),
+            "batch_norm_kwargs": dict(self.batch_norm_kwargs),
             "weight_decay": self.weight_decay_method,
             "weight_decay_range": None if self.weight_decay_range is None else list(self.weight_decay_range),
             "label_smoothing": (

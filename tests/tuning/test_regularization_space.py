@@ -238,3 +238,26 @@ def test_bad_role_and_group_count_at_declaration():
         space.dropout(hp, "conv")
     with pytest.raises(ValueError, match="norm='batchnorm'"):
         make_norm("batchnorm")
+
+
+def test_batch_norm_arguments_checked_against_keras_and_passed_on():
+    space = RegularizationSpace(
+        norms=NORMS, batch_norm_kwargs={"momentum": 0.9, "renorm": True},
+        adaptive_batch_kwargs={"test_time_mode": "batch", "epsilon": 0.01},
+    )
+    for norm in ("batch", "adaptive_batch"):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("norm", norm)
+        layer = space.norm(hp, channels=8, axis=1)
+        assert (layer.axis, layer.momentum, layer.renorm) == (1, 0.9, True), norm
+    assert layer.test_time_mode == "batch" and layer.epsilon == 0.01
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("norm", "layer")
+    assert isinstance(space.norm(hp), keras.layers.LayerNormalization), "BN arguments only for batch norms"
+    assert RegularizationSpace.from_config(space.get_config()).get_config() == space.get_config()
+    with pytest.raises(ValueError, match="batch_norm_kwargs=.*'momentun'"):
+        RegularizationSpace(batch_norm_kwargs={"momentun": 0.9})
+    with pytest.raises(ValueError, match="batch_norm_kwargs=.*'axis'"):
+        RegularizationSpace(batch_norm_kwargs={"axis": 1})
+    with pytest.raises(ValueError, match="adaptive_batch_kwargs=.*'mode'"):
+        RegularizationSpace(adaptive_batch_kwargs={"mode": "batch"})
