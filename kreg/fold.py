@@ -119,9 +119,9 @@ def fold_batch_norms(model, return_report=False, verify=True):
 
     With `verify=True` (the default) the original and the folded model run on
     one random batch drawn from the model's input spec, and a difference larger
-    than the tolerance of the model's least precise compute dtype
-    (`sqrt(machine epsilon) * max(1, max |output|)`: 3.5e-4 for float32, 3.1e-2
-    for float16) raises a `FoldVerificationError` naming the folds that differ.
+    than the tolerance of the model's least precise compute dtype,
+    `sqrt(machine epsilon)` times the largest `|output|` (3.5e-4 of it for
+    float32, 3.1e-2 for float16), raises a `FoldVerificationError` naming the folds that differ.
     The report carries the measured difference. It costs one forward pass of
     each model.
 
@@ -529,7 +529,10 @@ def _verify(original, folded, report, copies):
     actual = keras.tree.flatten(folded(batch, training=False))
     difference = max((_max_difference(e, a) for e, a in zip(expected, actual)), default=0.0)
     scale = max((float(np.max(np.abs(_numpy(e)), initial=0.0)) for e in expected), default=0.0)
-    tolerance = _tolerance(original) * max(1.0, scale)
+    # Relative to the outputs' scale: softmax outputs of 1000 classes are ~1e-3,
+    # and an absolute bound of float32's 3.5e-4 would let a wrong fold through.
+    relative = _tolerance(original)
+    tolerance = relative * max(scale, relative**2)
     if difference > tolerance:
         # Before blaming the fold: is the original itself random at inference?
         again = keras.tree.flatten(original(batch, training=False))
@@ -543,7 +546,7 @@ def _verify(original, folded, report, copies):
     report.max_difference, report.tolerance = difference, tolerance
     if difference <= tolerance:
         return
-    wrong = _check_each_fold(copies, tolerance)
+    wrong = _check_each_fold(copies, relative)
     where = (
         "the folds " + ", ".join(f"{a} + {b}" for a, b in wrong)
         if wrong
@@ -584,7 +587,7 @@ def _tolerance(model):
     return float(np.sqrt(max((_EPSILON[d] for d in dtypes if d in _EPSILON), default=_EPSILON["float32"])))
 
 
-def _check_each_fold(copies, tolerance):
+def _check_each_fold(copies, relative):
     """The `(layer, batch norm)` names of each fold whose copy differs on its own."""
     rng = np.random.default_rng(1)
     wrong = []
@@ -597,8 +600,8 @@ def _check_each_fold(copies, tolerance):
         expected = layer(expected)
         if entry["backward"]:
             expected = entry["backward"][0](expected, training=False)
-        scale = max(1.0, float(np.max(np.abs(_numpy(expected)))))
-        if _max_difference(expected, copy(x)) > tolerance * scale:
+        scale = float(np.max(np.abs(_numpy(expected))))
+        if _max_difference(expected, copy(x)) > relative * max(scale, relative**2):
             for direction in ("forward", "backward"):
                 if entry[direction]:
                     wrong.append((layer.name, entry[direction][0].name))

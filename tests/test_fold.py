@@ -359,7 +359,8 @@ def test_verify_reports_the_difference():
     _randomize_batch_norms(model)
     _, report = fold_batch_norms(model, return_report=True)
     assert 0.0 <= report.max_difference < report.tolerance
-    assert np.sqrt(2.0**-23) <= report.tolerance < 1e-2  # float32's bound, scaled by the outputs
+    largest = float(np.max(np.abs(_numpy(model(kreg.model_graph.random_inputs(model))))))
+    assert report.tolerance == pytest.approx(np.sqrt(2.0**-23) * largest)  # float32's, relative
     assert "max |original - folded|" in str(report)
     _, unchecked = fold_batch_norms(model, return_report=True, verify=False)
     assert unchecked.max_difference is None
@@ -488,3 +489,23 @@ def test_random_inference_is_not_mistaken_for_a_wrong_fold():
     with pytest.warns(UserWarning, match="could not verify"):
         folded, report = fold_batch_norms(model, return_report=True)
     assert len(report.folded) == 1 and report.max_difference is None
+
+
+def test_verify_is_relative_to_small_outputs(monkeypatch):
+    """Softmax over 1000 classes gives outputs ~1e-3: an absolute float32 bound
+    (3.5e-4) passes a fold whose scale is 5% off (measured: 2.7e-4 apart)."""
+    from kreg import fold as fold_module
+
+    original = fold_module.fold_scale_and_shift
+
+    def slightly_wrong(kernel, bias, scale, shift, output_axes=(-1,)):
+        return original(kernel, bias, ops.multiply(scale, 1.05), shift, output_axes)
+
+    monkeypatch.setattr(fold_module, "fold_scale_and_shift", slightly_wrong)
+    model = keras.Sequential(
+        [keras.Input((6, 6, 3)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.BatchNormalization(name="bn"),
+         keras.layers.Flatten(), keras.layers.Dense(1000, activation="softmax")]
+    )
+    _randomize_batch_norms(model)
+    with pytest.raises(kreg.fold.FoldVerificationError, match=r"conv \+ bn"):
+        fold_batch_norms(model)
