@@ -42,11 +42,15 @@ def _umask():
     return mask
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, sync_folder=True):
     """Calls `write(temporary_path)`, then moves the result to `path` atomically.
 
     The temporary file has the same extension as `path`, so writers that check
-    extensions (`model.save`, `model.save_weights`) accept it.
+    extensions (`model.save`, `model.save_weights`) accept it. The file's data
+    is flushed to disk before the rename. `sync_folder=False` leaves the folder's
+    flush to a later write in the same folder: one folder flush makes every
+    rename before it durable, so a writer of several files flushes once, after
+    the last (the one that commits the others).
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(
@@ -63,7 +67,8 @@ def write_atomically(path, write):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    _fsync_path(directory, directory=True)
+    if sync_folder:
+        _fsync_path(directory, directory=True)
 
 
 def write_json_atomically(path, data):

@@ -194,6 +194,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self._backup_prefix = f".{os.path.basename(filepath)}.backup-"
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
+        self.initial_epoch = 0  # where the last `fit` started (after a resume: where it continued)
         self.kept = []
 
     # Files.
@@ -212,7 +213,8 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def _save_model(self, path):
         save = self.model.save_weights if self.save_weights_only else self.model.save
-        write_atomically(path, save)
+        # The state file written after it flushes the folder (see `_commit`).
+        write_atomically(path, save, sync_folder=False)
 
     def _backup_name(self, epoch):
         return f"{self._backup_prefix}{epoch:06d}.weights.h5"
@@ -264,6 +266,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             self.stop_reason = reason
             next_epoch = max(next_epoch, self.params.get("epochs", next_epoch))
         set_initial_epoch(self.model, next_epoch)
+        self.initial_epoch = next_epoch
         self.resumed = True
         if self.verbose > 0:
             print_msg(
@@ -277,6 +280,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
+        self.initial_epoch = 0
         self.kept = []
         self._metric_checked = False
         self._state = new_state(self.monitor)
@@ -369,7 +373,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         state = self._state
         if self.resume and back_up and self._is_chief():
             name = self._backup_name(epoch)
-            write_atomically(os.path.join(self._folder, name), self.model.save_weights)
+            write_atomically(os.path.join(self._folder, name), self.model.save_weights, sync_folder=False)
             state["backup"] = name
             if self.restore_best_weights and improved:
                 state["best_backup"] = name

@@ -203,6 +203,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._epochs = []
         self._best_weights = None
         self._best_raw = math.inf
+        self._new_best = False
         self._fired = set()
 
     def _smooth(self, history, value):
@@ -223,12 +224,12 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._smooth_val.append(self._smooth(self._smooth_val, val))
         self._raw_val.append(val)
         self._epochs.append(epoch)
-        self.new_best = val < self._best_raw
-        if self.new_best:
+        self._new_best = val < self._best_raw
+        if self._new_best:
             self._best_raw = val
 
         overfitting = self._overfitting()
-        if self.state == OVERFITTING and not overfitting and self.new_best:
+        if self.state == OVERFITTING and not overfitting and self._new_best:
             # Validation found a new best and the criterion no longer holds:
             # that was a plateau, not the onset. A later one is acted on afresh.
             self.state, self.onset_epoch, self.onset_weights = LEARNING, None, None
@@ -267,7 +268,7 @@ class OverfittingDetector(keras.callbacks.Callback):
             )
         train_value, val_value = _scalar(logs[self.train_monitor]), _scalar(logs[self.monitor])
         state = self.update(epoch, train_value, val_value)
-        if self.new_best and self.action == "rollback":
+        if self._new_best and self.action == "rollback":
             self._best_weights = self.model.get_weights()
         if state == OVERFITTING and self.onset_weights is None and self.action == "rollback":
             self.onset_weights = self._best_weights

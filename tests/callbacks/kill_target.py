@@ -31,14 +31,14 @@ slow = "slow-save" in sys.argv[2:]
 write = atomic_files.write_atomically
 
 
-def announced_write(target, writer):
+def announced_write(target, writer, **options):
     def slow_writer(temporary):
         writer(temporary)
         if slow:
             time.sleep(0.3)  # the temporary file is complete, the rename not done
 
     print("saving", flush=True)
-    write(target, slow_writer)
+    write(target, slow_writer, **options)
 
 
 import kreg.callbacks.early_stopping_with_checkpoint as module  # noqa: E402
