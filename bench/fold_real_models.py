@@ -34,9 +34,8 @@ from kreg import model_graph  # noqa: E402
 APPLICATIONS = {
     "ConvNeXtTiny": 96, "DenseNet121": 96, "EfficientNetB0": 96, "EfficientNetV2B0": 96,
     "InceptionV3": 96, "InceptionResNetV2": 96, "MobileNet": 96, "MobileNetV2": 96,
-    "MobileNetV3Small": 96, "MobileNetV3Large": 96, "NASNetMobile": 96, "RegNetX002": 96,
-    "RegNetY002": 96, "ResNet50": 96, "ResNet50V2": 96, "ResNetRS50": 96, "VGG16": 96,
-    "Xception": 96,
+    "MobileNetV3Small": 96, "MobileNetV3Large": 96, "NASNetMobile": 96, "ResNet50": 96,
+    "ResNet50V2": 96, "VGG16": 96, "Xception": 96,
 }  # fmt: skip
 
 
