@@ -24,6 +24,7 @@ __all__ = [
     "fused_rnn_arguments_ok",
     "fused_rnn_kernels",
     "is_functional",
+    "lambda_layer_copy",
     "node_arguments",
     "node_index",
     "node_is_input",
@@ -94,6 +95,27 @@ def is_functional(model):
     from keras.src.models.functional import Functional
 
     return isinstance(model, Functional)
+
+
+def lambda_layer_copy(layer):
+    """A new `keras.layers.Lambda` that calls the same Python objects as `layer`.
+
+    A Lambda's config holds a Python lambda as bytecode, which `Lambda.from_config`
+    refuses in safe mode, and which, once loaded, looks its names up in a Keras
+    module's globals rather than the lambda's own (`func_load` in
+    keras/src/utils/python_utils.py). The output shape, when given, is held only
+    in the private `_output_shape` (keras/src/layers/core/lambda_layer.py).
+    """
+    import keras
+
+    config = {key: layer.get_config()[key] for key in ("name", "trainable", "dtype")}
+    return keras.layers.Lambda(
+        layer.function,
+        output_shape=layer._output_shape,
+        mask=layer.mask,
+        arguments=layer.arguments,
+        **config,
+    )
 
 
 def all_sublayers(layer):

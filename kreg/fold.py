@@ -467,6 +467,8 @@ class _LayerCopies:
             self.report.converted.append(layer.name)
         elif model_graph.is_graph_model(layer):
             copy = _fold_model(layer, self.report, self)
+        elif type(layer) is keras.layers.Lambda:
+            copy = _keras_compat.lambda_layer_copy(layer)
         else:
             copy = type(layer).from_config(layer.get_config())
             self.needs_weights.append((layer, copy))
@@ -474,10 +476,16 @@ class _LayerCopies:
         return copy
 
     def copy_remaining_weights(self):
+        # A copy not built yet stays listed: a batch norm folded at every call is
+        # never built, but a copy in an outer Sequential whose nested model is
+        # folded first is built only when that Sequential is made.
+        waiting = []
         for original, copy in self.needs_weights:
-            if copy.built:  # a batch norm folded at every call is never built
+            if copy.built:
                 _copy_weights(original, copy)
-        self.needs_weights = []
+            else:
+                waiting.append((original, copy))
+        self.needs_weights = waiting
 
 
 def _copy_weights(original, copy):

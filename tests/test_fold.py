@@ -509,3 +509,30 @@ def test_verify_is_relative_to_small_outputs(monkeypatch):
     _randomize_batch_norms(model)
     with pytest.raises(kreg.fold.FoldVerificationError, match=r"conv \+ bn"):
         fold_batch_norms(model)
+
+
+def test_sequential_holding_a_nested_model_keeps_the_weights_of_layers_before_it():
+    # The nested model is folded while the outer Sequential's list of copies is
+    # still being made: the copies before it are not built yet and must still
+    # receive their weights once the outer Sequential builds them.
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.BatchNormalization()])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), inner, keras.layers.Dense(3)])
+    _randomize_batch_norms(model)
+    folded, report = fold_batch_norms(model, return_report=True, verify=False)
+    assert len(report.folded) == 1
+    x = _inputs((4,))
+    assert _difference(folded(x), model(x)) < 1e-5  # was 3.45: the first Dense kept random weights
+
+
+def test_lambda_layers_are_copied_with_their_function():
+    # A Lambda's config holds a Python lambda as bytecode, which Keras refuses to
+    # load in safe mode (and which would lose the lambda's module globals).
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Lambda(lambda t: ops.square(t) + 1.0)(inputs)
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(5)(hidden))
+    model = keras.Model(inputs, hidden)
+    _randomize_batch_norms(model)
+    folded, report = fold_batch_norms(model, return_report=True)
+    assert len(report.folded) == 1
+    x = _inputs((4,))
+    assert _difference(folded(x), model(x)) < 1e-5

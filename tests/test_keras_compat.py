@@ -70,6 +70,25 @@ def test_functional_check_tells_graph_models_from_subclassed_ones():
     assert not _keras_compat.is_functional(Subclassed())
 
 
+def test_lambda_copy_calls_the_same_function_with_the_same_output_shape_and_mask():
+    def shape_of(input_shape):
+        return input_shape[:-1] + (1,)
+
+    original = keras.layers.Lambda(
+        lambda t, k: ops.sum(t, axis=-1, keepdims=True) * k,
+        output_shape=shape_of,
+        mask=lambda t, mask: None,
+        arguments={"k": 3.0},
+        name="summed",
+    )
+    copy = _keras_compat.lambda_layer_copy(original)
+    assert copy is not original and copy.name == "summed"
+    assert copy.function is original.function and copy.mask is original.mask
+    assert copy.compute_output_shape((2, 4)) == (2, 1)
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(copy(x)), np.full((2, 1), 12.0))
+
+
 def test_all_sublayers_reaches_nested_models_and_composite_layers():
     import kreg
 
