@@ -26,6 +26,7 @@ __all__ = [
     "is_functional",
     "lambda_layer_copy",
     "node_arguments",
+    "numpy_batches",
     "node_index",
     "node_is_input",
     "node_operation",
@@ -232,3 +233,22 @@ def set_initial_epoch(model, epoch):
     so a resumed model keeps starting there until it is set back to `None`.
     """
     object.__setattr__(model, "_initial_epoch", epoch)
+
+
+def numpy_batches(data, batch_size=None, steps=None):
+    """The input batches of `data` as NumPy structures, in order, as `predict` reads them.
+
+    Arrays, `tf.data.Dataset`, `keras.utils.PyDataset` and generators, through
+    the adapter `fit` and `predict` use (`keras/src/trainers/data_adapters/`):
+    stepping through data one batch at a time in Python (EATA's per-batch
+    update) has no public equivalent. Targets and sample weights are dropped.
+    """
+    import keras
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    adapter = get_data_adapter(data, batch_size=batch_size or 32, steps_per_epoch=steps, shuffle=False)
+    for index, batch in enumerate(adapter.get_numpy_iterator()):
+        if steps is not None and index >= steps:
+            return
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        yield x

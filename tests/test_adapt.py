@@ -122,7 +122,7 @@ def test_a_tf_data_dataset_with_targets_is_accepted():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["reestimate", "tent"])
+@pytest.mark.parametrize("method", ["reestimate", "tent", "eata"])
 def test_a_failure_midway_leaves_the_model_unchanged(method):
     model = _cnn()
     before = _all_weights(model)

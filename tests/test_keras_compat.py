@@ -223,3 +223,21 @@ def test_initial_epoch_set_by_a_callback_is_where_fit_starts():
     seen.clear()
     model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[record])
     assert seen == [0, 1]
+
+
+def test_numpy_batches_reads_arrays_and_py_datasets_in_predicts_order():
+    x = np.arange(10 * 3, dtype="float32").reshape(10, 3)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return x[4 * index : 4 * index + 4], np.zeros(len(x[4 * index : 4 * index + 4]))
+
+    from_arrays = list(_keras_compat.numpy_batches(x, batch_size=4))
+    from_dataset = list(_keras_compat.numpy_batches(Batches(), steps=2))
+    assert [len(b) for b in from_arrays] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate(from_arrays), x)
+    assert len(from_dataset) == 2 and all(isinstance(b, np.ndarray) for b in from_dataset)
+    np.testing.assert_array_equal(np.concatenate(from_dataset), x[:8])

@@ -7,6 +7,8 @@ from keras import ops
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg.model_graph import batch_norm_layers
+from kreg.adapt.eata import SampleSelection
+from kreg.adapt.eata import minimize_selected_entropy
 from kreg.adapt.entropy import minimize_entropy
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
@@ -15,7 +17,7 @@ from kreg.adapt.reestimation import no_data_error
 from kreg.adapt.report import AdaptationReport
 from kreg.adapt.report import LayerChange
 
-METHODS = ("reestimate", "tent")
+METHODS = ("reestimate", "tent", "eata")
 
 
 def adapt_batchnorm(
@@ -28,6 +30,9 @@ def adapt_batchnorm(
     epochs=1,
     learning_rate=1e-3,
     from_logits=False,
+    entropy_factor=0.4,
+    redundancy_threshold=0.4,
+    collapse_factor=0.03,
 ):
     """Adapts a trained model's batch norms to unlabeled target data, in place.
 
@@ -42,6 +47,12 @@ def adapt_batchnorm(
     `beta`) to minimize the entropy of the model's predictions on `data`, with
     batch statistics, for `epochs` passes; then re-estimates the statistics as
     above, so the adapted model needs no special inference mode.
+
+    `"eata"` (EATA) does the same as `"tent"`, one update per batch, learning
+    only from the reliable and non-redundant samples, weighted by confidence,
+    and goes back to the scale and shift it started from when the filtered
+    entropy collapses (SAR's guard); see the arguments below. Then the
+    statistics are re-estimated. EATA's Fisher regularizer is not included.
 
     The batch norms inside kreg's fused layers (`Conv2DBatchNorm`...) are
     adapted too: during the pass those layers run unfolded.
@@ -59,15 +70,31 @@ def adapt_batchnorm(
         model: A built Keras model with at least one batch norm layer.
         data: What `model.predict` accepts: arrays, a `tf.data.Dataset`, a
             `keras.utils.PyDataset`. Targets in the data are ignored.
-        method: `"reestimate"` (default) or `"tent"`.
+        method: `"reestimate"` (default), `"tent"` or `"eata"`.
         steps: Optional number of batches to use per pass, as in `predict`.
         batch_size: Optional batch size for array data (default 32, as `predict`).
         verbose: Progress bar, as in `predict` / `fit`.
-        epochs: `"tent"` only: passes of entropy minimization. Defaults to 1.
-        learning_rate: `"tent"` only: Adam's learning rate. Defaults to `1e-3`.
-        from_logits: `"tent"` only: whether the model outputs logits (else
+        epochs: `"tent"` and `"eata"`: passes of entropy minimization.
+            Defaults to 1.
+        learning_rate: `"tent"` and `"eata"`: Adam's learning rate. Defaults
+            to `1e-3`.
+        from_logits: `"tent"` and `"eata"`: whether the model outputs logits (else
             probabilities, as after a softmax or, for one unit, a sigmoid). The
             entropy is that of the first output of a multi-output model.
+        entropy_factor: `"eata"` only: a sample is reliable when its entropy
+            is below `entropy_factor * ln C` (C classes), EATA's `e_margin`.
+            In `(0, 1]`; defaults to `0.4`, EATA's value.
+        redundancy_threshold: `"eata"` only: a sample whose predicted
+            distribution has a cosine similarity to the moving average of the
+            accepted predictions at or above this is dropped as redundant
+            (EATA's `d_margin`). Defaults to `0.4`, EATA's value for CIFAR-10
+            (it uses `0.05` for ImageNet's 1000 classes, where predictions are
+            further apart); `None` keeps every reliable sample.
+        collapse_factor: `"eata"` only: when the moving average of the
+            filtered entropy falls below `collapse_factor * ln C`, the scale
+            and shift go back to their values before adaptation (SAR's reset;
+            SAR's 0.2 nats on 1000 classes is 0.03 ln C). Defaults to `0.03`;
+            `0` turns the guard off.
 
     Returns:
         An `AdaptationReport`: the method, the number of samples, and how much
@@ -86,9 +113,14 @@ def adapt_batchnorm(
         - [Li et al., 2016](https://arxiv.org/abs/1603.04779), AdaBN.
         - [Wang et al., 2021](https://arxiv.org/abs/2006.10726), Tent: fully
           test-time adaptation by entropy minimization.
+        - [Niu et al., 2022](https://arxiv.org/abs/2204.02610), EATA: efficient
+          test-time adaptation without forgetting.
+        - [Niu et al., 2023](https://arxiv.org/abs/2302.12400), SAR: stable
+          test-time adaptation in dynamic wild world (the collapse reset).
     """
     check_choice("method", method, METHODS)
     check_at_least("epochs", epochs, integer=True, minimum=1)
+    selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
     if check_at_least("learning_rate", learning_rate) == 0:
         raise ValueError(
             "Invalid value received for argument `learning_rate`. Expected a number > 0. "
@@ -112,9 +144,14 @@ def adapt_batchnorm(
         raise no_data_error()
     saved = [ops.convert_to_numpy(v) for v in model.variables]
     predict_options = dict(steps=steps, batch_size=batch_size, verbose=verbose)
+    resets = 0
     try:
         if method == "tent":
             minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options)
+        elif method == "eata":
+            resets = minimize_selected_entropy(
+                model, layers, data, epochs, learning_rate, from_logits, predict_options, selection
+            )
         statistics, samples = collect_statistics(model, layers, data, predict_options)
     except BaseException:
         for variable, value in zip(model.variables, saved):
@@ -136,5 +173,6 @@ def adapt_batchnorm(
         method=method,
         samples=samples,
         layers=changes,
-        affine_updated=method == "tent",
+        affine_updated=method in ("tent", "eata"),
+        collapse_resets=resets,
     )

@@ -23,23 +23,38 @@ class EntropyMinimizer(keras.Model):
         return self.model(inputs, training=False)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # The first output (of a multi-output model, in Keras's flattening order)
-        # is taken as the classifier's.
-        outputs = ops.cast(keras.tree.flatten(y_pred)[0], "float32")
-        if outputs.shape[-1] == 1:
-            # One sigmoid unit: the entropy of the two classes (1 - p, p).
-            p = ops.sigmoid(outputs) if self.from_logits else outputs
-            probabilities = ops.concatenate([1.0 - p, p], axis=-1)
-        elif self.from_logits:
-            probabilities = ops.softmax(outputs, axis=-1)
-        else:
-            probabilities = outputs
-        log_probabilities = ops.log(ops.clip(probabilities, 1e-7, 1.0))
-        return -ops.mean(ops.sum(probabilities * log_probabilities, axis=-1))
+        entropy = prediction_entropy(y_pred, self.from_logits)
+        if sample_weight is None:
+            return ops.mean(entropy)
+        # Weighted mean over the samples kept (weight > 0), as EATA's loss is the
+        # mean over its reliable samples of their weighted entropies.
+        sample_weight = ops.cast(sample_weight, "float32")
+        kept = ops.sum(ops.cast(sample_weight > 0, "float32"))
+        return ops.sum(sample_weight * entropy) / ops.maximum(kept, 1.0)
+
+
+def class_probabilities(y_pred, from_logits):
+    """The class probabilities of a model's output, `(batch, classes)`, float32.
+
+    The first output (of a multi-output model, in Keras's flattening order) is
+    taken as the classifier's. One sigmoid unit gives the two classes `(1 - p, p)`.
+    """
+    outputs = ops.cast(keras.tree.flatten(y_pred)[0], "float32")
+    if outputs.shape[-1] == 1:
+        p = ops.sigmoid(outputs) if from_logits else outputs
+        return ops.concatenate([1.0 - p, p], axis=-1)
+    return ops.softmax(outputs, axis=-1) if from_logits else outputs
+
+
+def prediction_entropy(y_pred, from_logits):
+    """The entropy (nats) of each sample's predicted class distribution, `(batch,)`."""
+    probabilities = class_probabilities(y_pred, from_logits)
+    log_probabilities = ops.log(ops.clip(probabilities, 1e-7, 1.0))
+    return -ops.sum(probabilities * log_probabilities, axis=-1)
 
 
 @contextlib.contextmanager
-def _only_batch_norm_affine_trainable(model, layers):
+def only_batch_norm_affine_trainable(model, layers, method="tent"):
     """Freezes every trainable variable of `model` but the batch norms' gamma and beta.
 
     Works on variables, not layers: a composite layer set `trainable=False` would
@@ -50,7 +65,7 @@ def _only_batch_norm_affine_trainable(model, layers):
     frozen = [v for v in model.trainable_weights if id(v) not in affine]
     if len(frozen) == len(model.trainable_weights):
         raise ValueError(
-            f"method='tent' trains the batch norms' scale and shift, but `{model.name}` "
+            f"method={method!r} trains the batch norms' scale and shift, but `{model.name}` "
             "has none that is trainable (every batch norm has trainable=False, or "
             "center=False and scale=False). Use method='reestimate'."
         )
@@ -65,7 +80,7 @@ def _only_batch_norm_affine_trainable(model, layers):
 
 def minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options):
     with (
-        _only_batch_norm_affine_trainable(model, layers),
+        only_batch_norm_affine_trainable(model, layers),
         batch_statistics_used(model, layers),
         strategy_scope(model),
     ):
