@@ -536,3 +536,26 @@ def test_lambda_layers_are_copied_with_their_function():
     assert len(report.folded) == 1
     x = _inputs((4,))
     assert _difference(folded(x), model(x)) < 1e-5
+
+
+def test_verify_is_relative_to_each_output(monkeypatch):
+    """A large regression head next to a softmax head: a tolerance taken from
+    the largest output of all (~100s) passed a 5%-off fold of the small head."""
+    from kreg import fold as fold_module
+
+    original = fold_module.fold_scale_and_shift
+
+    def slightly_wrong(kernel, bias, scale, shift, output_axes=(-1,)):
+        return original(kernel, bias, ops.multiply(scale, 1.05), shift, output_axes)
+
+    monkeypatch.setattr(fold_module, "fold_scale_and_shift", slightly_wrong)
+    inputs = keras.Input((6, 6, 3))
+    hidden = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(8, 3, name="conv")(inputs))
+    probabilities = keras.layers.Dense(1000, activation="softmax")(keras.layers.Flatten()(hidden))
+    amount = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(50.0))(
+        keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))
+    )
+    model = keras.Model(inputs, {"class": probabilities, "amount": amount})
+    _randomize_batch_norms(model)
+    with pytest.raises(kreg.fold.FoldVerificationError, match=r"conv \+ bn"):
+        fold_batch_norms(model)
