@@ -108,3 +108,23 @@ def test_keras_failing_for_another_reason_keeps_its_error(monkeypatch):
     with pytest.raises(ModuleNotFoundError) as raised:
         kreg._extras.import_keras()
     assert not isinstance(raised.value, MissingExtraError)
+
+
+def test_optuna_pruning_callback_without_optuna(monkeypatch):
+    # kreg.tuning itself imports without Optuna (only keras-tuner is its extra);
+    # the one function that needs Optuna names the optuna extra when it is called.
+    import kreg.tuning
+
+    _hide(monkeypatch, "optuna")
+    with pytest.raises(MissingExtraError, match=r'optuna_pruning_callback needs .optuna.*pip install "kreg\[optuna\]"'):
+        kreg.tuning.optuna_pruning_callback(object(), "val_loss")
+
+
+@pytest.mark.parametrize("module", ["keras_tuner", "matplotlib", "sklearn"])
+def test_the_demo_names_its_extra_before_any_section_runs(monkeypatch, tmp_path, module):
+    from kreg import demo
+
+    _hide(monkeypatch, module)
+    with pytest.raises(MissingExtraError, match=r'kreg demo needs .*pip install "kreg\[demo\]"'):
+        demo.run(quick=True, out=tmp_path / "out", log=lambda *_: None)
+    assert not (tmp_path / "out").exists(), "the demo started before checking its extra"

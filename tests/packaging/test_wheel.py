@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
+import zipfile
 
 import pytest
 
@@ -30,6 +32,19 @@ def wheel(tmp_path_factory):
     _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(folder), str(REPOSITORY)])
     (wheel,) = folder.glob("kreg-*.whl")
     return wheel
+
+
+def test_the_wheel_holds_every_package_and_the_typing_marker(wheel):
+    # setuptools installs only the packages pyproject.toml lists, with no error
+    # for one left out; package-dir maps callbacks/ and tuning/ into kreg.
+    with open(REPOSITORY / "pyproject.toml", "rb") as f:
+        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in packages:
+        assert package.replace(".", "/") + "/__init__.py" in names, f"{package} is not in the wheel"
+    assert "kreg/py.typed" in names
+    assert "kreg/callbacks/early_stopping_with_checkpoint.py" in names
+    assert not [name for name in names if name.startswith(("callbacks/", "tuning/", "tests/"))]
 
 
 def _fresh_venv(folder):
