@@ -128,3 +128,11 @@ def test_the_demo_names_its_extra_before_any_section_runs(monkeypatch, tmp_path,
     with pytest.raises(MissingExtraError, match=r'kreg demo needs .*pip install "kreg\[demo\]"'):
         demo.run(quick=True, out=tmp_path / "out", log=lambda *_: None)
     assert not (tmp_path / "out").exists(), "the demo started before checking its extra"
+
+
+@pytest.mark.tensorflow_only
+def test_kreg_tuning_on_tensorflow_without_tensorboard(monkeypatch):
+    _forget(monkeypatch, "kreg.tuning")
+    _hide(monkeypatch, "tensorboard")
+    with pytest.raises(MissingExtraError, match=r'TensorFlow backend needs .tensorboard.*pip install "kreg\[tuning\]"'):
+        importlib.import_module("kreg.tuning")

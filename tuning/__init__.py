@@ -5,10 +5,18 @@ kreg (see `package-dir` in pyproject.toml). keras-tuner is imported only here;
 Optuna (the optional `optuna` extra) only when an Optuna function is called.
 """
 
+import keras as _keras
+
 from kreg._extras import require
 
 # keras-tuner is an extra: without it, one line saying how to install it.
 require("keras_tuner", extra="tuning", feature="kreg.tuning")
+
+if _keras.backend.backend() == "tensorflow":
+    # On this backend keras-tuner imports tensorboard in every trial
+    # (`Tuner._configure_tensorboard_dir`, keras_tuner/src/engine/tuner.py), and
+    # TensorFlow 2.21 no longer brings it: every trial would fail, one by one.
+    require("tensorboard", extra="tuning", feature="kreg.tuning on the TensorFlow backend")
 
 from kreg.tuning.hypermodels import CNNHyperModel
 from kreg.tuning.hypermodels import RecurrentHyperModel
