@@ -5,6 +5,7 @@ import warnings
 import keras
 import numpy as np
 
+from kreg._keras_compat import declared_direction
 from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
@@ -22,7 +23,11 @@ _MAXIMIZED = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
 
 
 def infer_mode(name):
-    """`"max"` for accuracies, AUC, precision, recall, F1, IoU and R2; `"min"` otherwise."""
+    """`"max"` for accuracies, AUC, precision, recall, F1, IoU and R2; `"min"` otherwise.
+
+    The fallback where the model does not say: in `fit`, `mode="auto"` first
+    takes the direction the compiled metric declares, as Keras's callbacks do.
+    """
     metric = name.removeprefix("val_")
     return "max" if any(word in metric for word in _MAXIMIZED) else "min"
 
@@ -77,7 +82,9 @@ class OverfittingDetector(keras.callbacks.Callback):
     - a callable, called as `action(detector, epoch)`.
 
     Each monitor keeps its own direction: `mode` for `monitor`, `train_mode` for
-    `train_monitor`, each inferred from the name by `"auto"`. A vector-valued
+    `train_monitor`. With `"auto"`, the direction the compiled metric
+    declares (as Keras's own callbacks read it; `CosineSimilarity` is
+    maximized), else the one its name suggests (accuracy, AUC, F1: maximized). A vector-valued
     metric (`keras.metrics.F1Score()`, one value per class) counts by its mean.
 
     Args:
@@ -191,6 +198,13 @@ class OverfittingDetector(keras.callbacks.Callback):
     def _direction(name, mode):
         return infer_mode(name) if mode == "auto" else mode
 
+    def _resolved_direction(self, name, mode):
+        """`mode`, or for "auto" the direction the model's metric declares (read
+        at the first epoch in `fit`), else the one its name suggests."""
+        if mode == "auto" and self._declared and name in self._declared:
+            return self._declared[name]
+        return self._direction(name, mode)
+
     def reset(self):
         """Forgets the curves seen so far (done at the start of every `fit`)."""
         self.state = LEARNING
@@ -205,6 +219,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._best_raw = math.inf
         self._new_best = False
         self._fired = set()
+        self._declared = None  # read from the model at the first epoch in fit
 
     def _smooth(self, history, value):
         if not history:
@@ -218,8 +233,8 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def update(self, epoch, train_value, val_value):
         """Feeds one epoch's values; returns the state. Pure of Keras: testable alone."""
-        train = (-1.0 if self._direction(self.train_monitor, self.train_mode) == "max" else 1.0) * _scalar(train_value)
-        val = (-1.0 if self._direction(self.monitor, self.mode) == "max" else 1.0) * _scalar(val_value)
+        train = (-1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0) * _scalar(train_value)
+        val = (-1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0) * _scalar(val_value)
         self._smooth_train.append(self._smooth(self._smooth_train, train))
         self._smooth_val.append(self._smooth(self._smooth_val, val))
         self._raw_val.append(val)
@@ -266,6 +281,13 @@ class OverfittingDetector(keras.callbacks.Callback):
                 f"logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
                 "metrics need validation data (`validation_data` or `validation_split`)."
             )
+        if self._declared is None:
+            # The compiled metrics exist by the first epoch's end.
+            self._declared = {}
+            for name in (self.monitor, self.train_monitor):
+                direction = declared_direction(self.model, name)
+                if direction is not None:
+                    self._declared[name] = direction
         train_value, val_value = _scalar(logs[self.train_monitor]), _scalar(logs[self.monitor])
         state = self.update(epoch, train_value, val_value)
         if self._new_best and self.action == "rollback":

@@ -20,6 +20,7 @@ __all__ = [
     "PREDICT_ERROR_WITHOUT_BATCHES",
     "all_sublayers",
     "call_replaced",
+    "declared_direction",
     "functional_nodes",
     "fused_rnn_arguments_ok",
     "fused_rnn_kernels",
@@ -252,3 +253,24 @@ def numpy_batches(data, batch_size=None, steps=None):
             return
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
         yield x
+
+
+def declared_direction(model, monitor):
+    """`"max"` or `"min"` for `monitor` as Keras's own callbacks infer `mode="auto"`;
+    `None` where Keras cannot tell.
+
+    `MonitorCallback._set_monitor_op` (keras/src/callbacks/monitor_callback.py)
+    calls `loss` minimized and otherwise reads the direction (`_direction`, "up"
+    or "down") that the compiled metric of that name declares, which no name
+    list can know (`CosineSimilarity` is maximized).
+    """
+    from keras import ops
+    from keras.src.callbacks.monitor_callback import MonitorCallback
+
+    probe = MonitorCallback(monitor=monitor, mode="auto")
+    probe.set_model(model)
+    try:
+        probe._set_monitor_op()
+    except ValueError:  # Keras's "isn't able to automatically determine"
+        return None
+    return "max" if probe.monitor_op is ops.greater else "min"

@@ -241,3 +241,16 @@ def test_numpy_batches_reads_arrays_and_py_datasets_in_predicts_order():
     np.testing.assert_array_equal(np.concatenate(from_arrays), x)
     assert len(from_dataset) == 2 and all(isinstance(b, np.ndarray) for b in from_dataset)
     np.testing.assert_array_equal(np.concatenate(from_dataset), x[:8])
+
+
+def test_declared_direction_is_what_keras_callbacks_infer_for_mode_auto():
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=[keras.metrics.CosineSimilarity(), "mae"])
+    x = np.ones((4, 2), "float32")
+    model.fit(x, x[:, :1], epochs=1, verbose=0)
+    assert _keras_compat.declared_direction(model, "val_cosine_similarity") == "max"
+    assert _keras_compat.declared_direction(model, "mae") == "min"
+    assert _keras_compat.declared_direction(model, "val_loss") == "min"
+    assert _keras_compat.declared_direction(model, "not_a_metric") is None

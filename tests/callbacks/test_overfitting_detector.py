@@ -80,6 +80,20 @@ def test_each_monitor_keeps_its_own_direction():
     assert OverfittingDetector(train_monitor="accuracy", monitor="val_loss").train_mode == "auto"
 
 
+def test_auto_mode_reads_the_direction_the_compiled_metric_declares():
+    # Cosine similarity is maximized, yet its name says so to no word list;
+    # Keras's own callbacks read the metric's declared direction. Both curves
+    # rise in step (healthy): read as minimized, they would look stalled.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse", metrics=[keras.metrics.CosineSimilarity()])
+    rising = [0.3 + 0.05 * epoch for epoch in range(12)]
+    detector = OverfittingDetector(
+        monitor="val_cosine_similarity", train_monitor="cosine_similarity", patience=3, action=lambda *_: None
+    )
+    fit_scripted(model, detector, 12, cosine_similarity=[r + 0.02 for r in rising], val_cosine_similarity=rising)
+    assert set(detector.states) == {"learning"}, detector.states
+
+
 def test_in_fit_it_records_gap_and_state_and_acts_once():
     train, val = FALLING[:10], U_SHAPE[:10]
     calls = []
