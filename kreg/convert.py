@@ -57,8 +57,8 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
 
     The batch norms inside kreg's fused layers (`Conv2DBatchNorm`...) stay as
     they are (they fold into the convolution at inference; `adapt_batchnorm`
-    adapts them), and so do other `BatchNormalization` subclasses; the report
-    lists them.
+    adapts them), and so do other `BatchNormalization` subclasses and the batch
+    norms a custom (subclassed) layer builds inside itself; the report lists them.
 
     Args:
         model: A Sequential or functional Keras model.
@@ -93,10 +93,12 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
     )
     report = ConversionReport(to=to)
     _report_what_stays(model, source, target, report)
+    converted_ids = set()
 
     def clone(layer):
         if type(layer) is not source:
             return layer.__class__.from_config(layer.get_config())
+        converted_ids.add(id(layer))
         config = layer.get_config()
         if to == "keras":
             mode = config.pop("test_time_mode")
@@ -108,6 +110,7 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
         return target.from_config(config)
 
     converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    _report_unreached(model, source, converted_ids, report)
     # Both classes have the same weights in the same order, so the model's
     # weights list lines up one to one.
     converted.set_weights(model.get_weights())
@@ -117,7 +120,7 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
 def _report_what_stays(model, source, target, report):
     layers = model_graph.sublayers(model)
     fused = [layer for layer in layers if isinstance(layer, FusedBatchNormLayer)]
-    inside_fused = {id(layer.batch_norm) for layer in fused}
+    inside_fused = _fused_batch_norm_ids(model)
     for layer in fused:
         report.left.append((layer.name, "a fused layer: its batch norm folds into the kernel at inference"))
     for layer in layers:
@@ -127,3 +130,18 @@ def _report_what_stays(model, source, target, report):
             and id(layer) not in inside_fused
         ):
             report.left.append((layer.name, f"a {type(layer).__name__}: only {source.__name__} is converted"))
+
+
+def _report_unreached(model, source, converted_ids, report):
+    """Names the batch norms held inside another layer (a custom layer that builds
+    its own): `clone_model` rebuilds that layer from its config, so they stay."""
+    inside_fused = _fused_batch_norm_ids(model)
+    for layer in model_graph.sublayers(model):
+        if type(layer) is source and id(layer) not in converted_ids and id(layer) not in inside_fused:
+            report.left.append(
+                (layer.path, "inside a layer that is not a Sequential or functional model: only its class can replace it")
+            )
+
+
+def _fused_batch_norm_ids(model):
+    return {id(layer.batch_norm) for layer in model_graph.sublayers(model) if isinstance(layer, FusedBatchNormLayer)}

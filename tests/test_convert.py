@@ -111,3 +111,24 @@ def test_bad_arguments():
     for not_convertible in (Subclassed(), "model.keras", keras.layers.BatchNormalization()):
         with pytest.raises(TypeError, match="argument `model`"):
             convert_batch_norms(not_convertible)
+
+
+@keras.saving.register_keras_serializable(package="kreg_test_convert")
+class _BlockWithItsOwnBatchNorm(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.BatchNormalization()
+
+    def call(self, inputs, training=None):
+        return self.norm(inputs, training=training)
+
+
+def test_a_batch_norm_inside_a_custom_layer_is_reported_as_left():
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(name="outer_bn")(inputs)
+    model = keras.Model(inputs, _BlockWithItsOwnBatchNorm(name="block")(x))
+    converted, report = convert_batch_norms(model, return_report=True)
+    assert report.converted == ["outer_bn"]
+    (name, reason), = report.left
+    assert name.startswith("block/") and "not a Sequential or functional model" in reason
+    assert type(converted.get_layer("block").norm) is keras.layers.BatchNormalization
