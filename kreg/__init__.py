@@ -18,6 +18,7 @@ from kreg._extras import import_keras as _import_keras
 _import_keras()
 
 from kreg.adapt import AdaptationReport
+from kreg.adapt import OnlineAdapter
 from kreg.adapt import adapt_batchnorm
 from kreg.adapt import set_test_time_mode
 from kreg.convert import ConversionReport
@@ -49,6 +50,7 @@ __all__ = [
     "Finding",
     "diagnose",
     "AdaptationReport",
+    "OnlineAdapter",
     "adapt_batchnorm",
     "set_test_time_mode",
     "ConversionReport",

@@ -20,6 +20,7 @@ MODULES = [
     "kreg.layers.adaptive_batch_normalization",
     "kreg.fold",
     "kreg.adapt.adaptation",
+    "kreg.adapt.online_adapter",
     "kreg.adapt.test_time_mode",
     "kreg.convert",
     "kreg.callbacks.precise_batch_norm",

@@ -129,22 +129,24 @@ class AffineStepper:
     EATA), every other weight frozen for the duration of each call only.
     """
 
-    def __init__(self, model, layers, learning_rate, from_logits, method):
+    def __init__(self, model, layers, learning_rate, from_logits, method, train=True):
         self.model, self.layers, self.method, self.from_logits = model, layers, method, from_logits
+        self.train = train  # False: forward passes only (prediction-time BN)
         with strategy_scope(model):
             self.minimizer = EntropyMinimizer(model, from_logits)
             self.minimizer.compile(optimizer=keras.optimizers.Adam(learning_rate))
-        with only_batch_norm_affine_trainable(model, layers, method):
-            self.minimizer.optimizer.build(self.minimizer.trainable_variables)
-        self.initial_optimizer_state = self.optimizer_state()
+        if train:
+            with only_batch_norm_affine_trainable(model, layers, method):
+                self.minimizer.optimizer.build(self.minimizer.trainable_variables)
+            self.initial_optimizer_state = self.optimizer_state()
 
     @contextlib.contextmanager
     def _adapting(self):
-        with (
-            only_batch_norm_affine_trainable(self.model, self.layers, self.method),
-            batch_statistics_used(self.model, self.layers),
-            strategy_scope(self.model),
-        ):
+        with contextlib.ExitStack() as stack:
+            if self.train:
+                stack.enter_context(only_batch_norm_affine_trainable(self.model, self.layers, self.method))
+            stack.enter_context(batch_statistics_used(self.model, self.layers))
+            stack.enter_context(strategy_scope(self.model))
             yield
 
     def predict(self, x):

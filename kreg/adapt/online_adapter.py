@@ -1,0 +1,254 @@
+"""`OnlineAdapter`: batch norm adaptation for data that arrives one batch at a time."""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from kreg import _keras_compat
+from kreg._validation import check_at_least
+from kreg._validation import check_choice
+from kreg._validation import check_rate
+from kreg.adapt.eata import AffineStepper
+from kreg.adapt.eata import SampleSelection
+from kreg.adapt.reestimation import _combine
+from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import collect_statistics
+from kreg.model_graph import batch_norm_layers
+
+ONLINE_METHODS = ("none", "batch", "mixed", "online", "reestimate", "tent", "eata")
+RESETS = (None, "batch", "stream")
+# The methods that predict with the batch norms' stored statistics after
+# updating them from the batch (the others normalize with the batch's own).
+_STATISTICS_METHODS = ("mixed", "online", "reestimate")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSnapshot:
+    """An `OnlineAdapter`'s state: every batch norm's weights, and its own running state."""
+
+    weights: dict  # batch norm path -> [its weights as NumPy arrays] (scale, shift, statistics)
+    state: tuple  # the method's running state (averages, optimizer slots, accumulated statistics)
+
+
+class OnlineAdapter:
+    """Adapts a model's batch norms to a stream of unlabeled batches as it predicts.
+
+    `predict_on_batch(x)` returns the model's predictions on `x` and moves the
+    adaptation on by that batch; the model itself is changed in place (its
+    batch norms' statistics, and for `"tent"` / `"eata"` their scale and
+    shift), so `reset()` or `restore(snapshot)` is how to go back. What each
+    method does with a batch:
+
+    - `"none"`: predicts with the model as it is.
+    - `"batch"`: normalizes with the batch's own statistics (prediction-time
+      BN); nothing is kept from batch to batch.
+    - `"mixed"`: normalizes with `N / (N + n)` of the source statistics and
+      `n / (N + n)` of the batch's (`N = prior_strength`, `n` samples); nothing
+      is kept.
+    - `"online"`: moves the statistics towards the batch's,
+      `stored = online_momentum * stored + (1 - online_momentum) * batch`, then
+      predicts with them.
+    - `"reestimate"`: the exact statistics of every batch seen since the last
+      reset (AdaBN over the stream so far), then predicts with them.
+    - `"tent"`: predicts with the batch's statistics, then takes one step of
+      entropy minimization on the scale and shift (Tent).
+    - `"eata"`: the same with EATA's filters and weights, and SAR's collapse
+      guard (see `kreg.adapt_batchnorm`): when the filtered entropy collapses,
+      back to the source state.
+
+    `"tent"` and `"eata"` predict with the state before the batch's update (as
+    their published code does): a batch's own update serves the batches after
+    it. The statistics methods update first and then predict. The statistics
+    of `"mixed"`, `"online"` and `"reestimate"` come from one pass with every
+    batch norm normalizing with the batch's statistics (as `adapt_batchnorm`
+    computes them); a batch with one value per channel is an error there.
+
+    The statistics methods never collapse on batches that hold one or two
+    classes, but `"batch"` and `"tent"` do: their predictions come from the
+    statistics of that one batch.
+
+    Args:
+        model: A built Keras model with at least one batch norm layer (Keras's
+            `BatchNormalization`, kreg's `AdaptiveBatchNormalization`, the
+            batch norms inside kreg's fused layers).
+        method: One of `"none"`, `"batch"`, `"mixed"`, `"online"`,
+            `"reestimate"`, `"tent"`, `"eata"` (default).
+        reset: `None` (default) adapts continually; `"batch"` goes back to the
+            source state after every batch (episodic); `"stream"` goes back at
+            the start of every `predict(data)` call (one stream per call).
+        learning_rate: `"tent"` / `"eata"`: Adam's learning rate. Defaults to
+            `1e-3`.
+        from_logits: `"tent"` / `"eata"`: whether the model outputs logits.
+        entropy_factor, redundancy_threshold, collapse_factor: `"eata"`: as in
+            `kreg.adapt_batchnorm`.
+        prior_strength: `"mixed"`: `N`, the number of samples the source
+            statistics count as. Defaults to `16`.
+        online_momentum: `"online"`: in `[0, 1)`. Defaults to `0.9`.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    >>> adapter = OnlineAdapter(model, method="reestimate")
+    >>> stream = np.random.default_rng(0).normal(5.0, 2.0, (4, 32, 3))
+    >>> predictions = [adapter.predict_on_batch(batch) for batch in stream]
+    >>> moving_mean = keras.ops.convert_to_numpy(model.layers[0].moving_mean)
+    >>> bool(np.allclose(moving_mean, stream.reshape(-1, 3).mean(axis=0)))
+    True
+    >>> adapter.reset()  # back to the source statistics
+    >>> keras.ops.convert_to_numpy(model.layers[0].moving_mean).tolist()
+    [0.0, 0.0, 0.0]
+
+    Reference:
+        - [Schneider et al., 2020](https://arxiv.org/abs/2006.16971), mixed
+          source and target statistics.
+        - [Wang et al., 2021](https://arxiv.org/abs/2006.10726), Tent.
+        - [Niu et al., 2022](https://arxiv.org/abs/2204.02610), EATA.
+        - [Niu et al., 2023](https://arxiv.org/abs/2302.12400), SAR.
+    """
+
+    def __init__(
+        self,
+        model,
+        method="eata",
+        reset=None,
+        learning_rate=1e-3,
+        from_logits=False,
+        entropy_factor=0.4,
+        redundancy_threshold=0.4,
+        collapse_factor=0.03,
+        prior_strength=16,
+        online_momentum=0.9,
+    ):
+        if not isinstance(model, keras.Model) or not model.built:
+            raise TypeError(
+                "Invalid value received for argument `model`. Expected a built "
+                f"`keras.Model`. Received: model={model!r}"
+            )
+        self.method = check_choice("method", method, ONLINE_METHODS)
+        self.reset_mode = check_choice("reset", reset, RESETS)
+        learning_rate = check_at_least("learning_rate", learning_rate)
+        if learning_rate == 0:
+            raise ValueError(
+                "Invalid value received for argument `learning_rate`. Expected a number > 0. "
+                "Received: learning_rate=0"
+            )
+        self.prior_strength = float(check_at_least("prior_strength", prior_strength))
+        self.online_momentum = check_rate("online_momentum", online_momentum)
+        self.selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
+        self.model = model
+        self.layers = batch_norm_layers(model)
+        if not self.layers:
+            raise ValueError(
+                f"The model `{model.name}` has no BatchNormalization layer: there is "
+                "nothing for OnlineAdapter to adapt."
+            )
+        self.collapse_resets = 0
+        self._accumulated = None  # "reestimate": [(mean, variance, count)] so far
+        self._stepper = None
+        if method in ("batch", "tent", "eata"):
+            self._stepper = AffineStepper(model, self.layers, learning_rate, from_logits, method, train=method != "batch")
+        self._source = self.snapshot()
+
+    def _weights(self):
+        return {layer.path: [ops.convert_to_numpy(w).copy() for w in layer.weights] for layer in self.layers}
+
+    def snapshot(self):
+        """Every batch norm's weights and the adapter's running state, as an `AdapterSnapshot`."""
+        optimizer = self._stepper.optimizer_state() if self._stepper is not None and self._stepper.train else None
+        state = (self.selection.state(), optimizer, self._accumulated, self.collapse_resets)
+        return AdapterSnapshot(weights=self._weights(), state=state)
+
+    def restore(self, snapshot):
+        """Puts back exactly the state `snapshot()` returned."""
+        if not isinstance(snapshot, AdapterSnapshot) or snapshot.weights.keys() != self._weights().keys():
+            raise ValueError(
+                "Invalid value received for argument `snapshot`. Expected what this "
+                f"adapter's `snapshot()` returned. Received: snapshot={snapshot!r:.200}"
+            )
+        for layer in self.layers:
+            for variable, value in zip(layer.weights, snapshot.weights[layer.path]):
+                variable.assign(value)
+        selection, optimizer, self._accumulated, self.collapse_resets = snapshot.state
+        self.selection.set_state(selection)
+        if optimizer is not None:
+            self._stepper.set_optimizer_state(optimizer)
+
+    def reset(self):
+        """Back to the source state: the weights the adapter found, no running state."""
+        resets = self.collapse_resets
+        self.restore(self._source)
+        self.collapse_resets = resets  # a count kept over the adapter's life
+
+    def predict_on_batch(self, x):
+        """The predictions on one batch `x`; adapts by it (see the class description)."""
+        outputs = self._adapt_and_predict(x)
+        if self.reset_mode == "batch":
+            self.reset()
+        return outputs
+
+    def predict(self, data, batch_size=None, steps=None):
+        """`predict_on_batch` on each batch of `data` in order; the outputs concatenated.
+
+        `data` is what `model.predict` takes (arrays, `tf.data`, `PyDataset`).
+        With `reset="stream"` the adapter goes back to the source state first.
+        """
+        if self.reset_mode == "stream":
+            self.reset()
+        outputs = [self.predict_on_batch(x) for x in _keras_compat.numpy_batches(data, batch_size, steps)]
+        if not outputs:
+            raise ValueError("OnlineAdapter.predict received data that yields no batch.")
+        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
+
+    def _adapt_and_predict(self, x):
+        if self.method == "none":
+            return self.model.predict_on_batch(x)
+        if self.method in _STATISTICS_METHODS:
+            return self._predict_with_updated_statistics(x)
+        outputs, probabilities = self._stepper.predict(x)
+        if self.method == "tent":
+            self._stepper.step(x)
+        elif self.method == "eata":
+            weights, entropy = self.selection.weights(probabilities)
+            if weights.any():
+                self._stepper.step(x, weights)
+            if self.selection.collapsed(weights, entropy):
+                self.reset()
+                self.collapse_resets += 1
+        return outputs
+
+    def _predict_with_updated_statistics(self, x):
+        before = self._weights() if self.method == "mixed" else None
+        options = dict(steps=None, batch_size=len(keras.tree.flatten(x)[0]), verbose=0)
+        batch, samples = collect_statistics(self.model, self.layers, x, options)
+        stored = [
+            (ops.convert_to_numpy(layer.moving_mean).astype("float64"), ops.convert_to_numpy(layer.moving_variance).astype("float64"))
+            for layer in self.layers
+        ]
+        if self.method == "reestimate":
+            if self._accumulated is not None:
+                batch = [
+                    _combine((m0, m1), (v0, v1), (c0, c1))
+                    for (m0, v0, c0), (m1, v1, c1) in zip(self._accumulated, batch)
+                ]
+            self._accumulated = batch
+            new = [(mean, variance) for mean, variance, _ in batch]
+        else:
+            keep = (
+                self.prior_strength / (self.prior_strength + samples)
+                if self.method == "mixed"
+                else self.online_momentum
+            )
+            new = [
+                (keep * old_mean + (1 - keep) * mean, keep * old_variance + (1 - keep) * variance)
+                for (old_mean, old_variance), (mean, variance, _) in zip(stored, batch)
+            ]
+        for layer, (mean, variance) in zip(self.layers, new):
+            assign_statistics(layer, mean, variance)
+        outputs = self.model.predict_on_batch(x)
+        if self.method == "mixed":  # nothing kept from batch to batch
+            for layer in self.layers:
+                for variable, value in zip(layer.weights, before[layer.path]):
+                    variable.assign(value)
+        return outputs
