@@ -3,6 +3,7 @@ import glob
 import math
 import numbers
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -82,7 +83,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       host after every batch);
     - with `strict=True` a monitored metric that does not exist is an error, not a
       warning, raised at the end of the first epoch (the first logs that list
-      every metric), naming the metrics that do exist;
+      every metric), naming the metrics that do exist. Epochs without
+      validation (`fit(validation_freq=...)` skips some) are not monitored,
+      as `EarlyStopping` ignores them; a `val_` monitor that no epoch logs
+      (no validation data) is the error once training ends;
     - a vector-valued monitor (`keras.metrics.F1Score()` logs one value per
       class) counts by its mean; Keras's `EarlyStopping` fails on it;
     - `stop_reason` (a `StopReason`) says why training ended.
@@ -283,6 +287,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.initial_epoch = 0
         self.kept = []
         self._metric_checked = False
+        self._last_logs = None
         self._state = new_state(self.monitor)
         self._remove_stale_temporaries()
         state = read_state(self.state_path) if self.resume else None
@@ -316,6 +321,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self._last_logs = logs
+        if _without_validation(logs, {self.monitor} | placeholders(self.filepath)):
+            # An epoch `validation_freq` skips: nothing to monitor, but the backup
+            # still counts the epoch. Keras's EarlyStopping returns early too.
+            self._commit(epoch, back_up=True)
+            return
         if not self._metric_checked:
             self._metric_checked = True
             self._check_logs(logs)
@@ -406,6 +416,15 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         if self._is_chief():
             write_json_atomically(self.state_path, self._state)
             self._remove_backups()
+        if not self._metric_checked and self._last_logs is not None:
+            # No epoch had validation: the first-epoch check never ran.
+            if self.strict:
+                self._check_logs(self._last_logs)
+            warnings.warn(
+                f"EarlyStoppingWithCheckpoint monitored `{self.monitor}`, which no epoch "
+                f"logged. Available: {', '.join(sorted(self._last_logs)) or 'none'}.",
+                stacklevel=2,
+            )
         if self.verbose > 0:
             ended = self.stop_reason.value
             if self.stop_reason in _DECIDED_STOPS:
@@ -436,6 +455,12 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _without_validation(logs, needed):
+    """Whether these are the logs of an epoch that ran no validation, while a
+    name in `needed` (the monitor, the filepath's placeholders) is a validation one."""
+    return any(name.startswith("val_") for name in needed) and not any(key.startswith("val_") for key in logs)
 
 
 def _remove(path):

@@ -140,15 +140,44 @@ def test_strict_missing_metric_fails_early_and_lists_the_available_ones(tmp_path
     model = tiny_model()
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_acuracy")
     # At the end of the first epoch, before a second one.
-    with pytest.raises(ValueError, match=r"`val_acuracy`.*Available: accuracy, loss"):
-        model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    with pytest.raises(ValueError, match=r"`val_acuracy`.*Available: accuracy, loss, val_accuracy, val_loss"):
+        model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0, callbacks=[callback])
     assert model.optimizer.iterations.numpy() == len(x) // 8
+    # Without validation data no epoch logs `val_loss`: an error once fit ends
+    # (an epoch without validation may be one `validation_freq` skips).
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss")
     with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
     lenient = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss", strict=False)
     with pytest.warns(UserWarning, match="val_loss"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[lenient])
+
+
+@pytest.mark.parametrize("validation_freq", [2, [2, 3, 6]])
+def test_validation_freq_epochs_without_validation_are_not_monitored(tmp_path, validation_freq):
+    # Keras's fit skips validation on some epochs; EarlyStopping ignores those.
+    x, y = tiny_data()
+    val_loss = [2.0, 1.0, 1.5, 0.8, 0.9, 0.95]
+
+    def run(callback):
+        model = tiny_model()
+        log = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: logs.update(val_loss=val_loss[epoch]) if "val_loss" in logs else None
+        )
+        model.fit(
+            x, y, validation_data=(x, y), validation_freq=validation_freq, epochs=6, verbose=0,
+            callbacks=[log, callback],
+        )
+
+    theirs = keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True)
+    with pytest.warns(UserWarning, match="val_loss"):  # Keras warns on each skipped epoch
+        run(theirs)
+    ours = EarlyStoppingWithCheckpoint(str(tmp_path / "b-{epoch}-{val_loss:.1f}.keras"), patience=1, keep_best=2)
+    run(ours)
+    assert (ours.stopped_epoch, ours.best_epoch, ours.best) == (theirs.stopped_epoch, theirs.best_epoch, theirs.best)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(e["path"]) for e in ours.kept) + [
+        "b-{epoch}-{val_loss:.1f}.keras.state.json"
+    ]
 
 
 def test_a_stop_by_another_callback_is_not_called_patience(tmp_path):
