@@ -4,18 +4,25 @@ Layers live in `kreg.layers` (and are re-exported here), callbacks for
 `model.fit` in `kreg.callbacks`, and keras-tuner search spaces in `kreg.tuning`.
 """
 
+import contextlib as _contextlib
 import os as _os
 import sys as _sys
 
 # The `kreg` command imports this package (and so TensorFlow) before its `main`
 # runs: its TensorFlow log level must be set here. Library users keep theirs.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kreg":
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_quiet_start = (
+    _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kreg"
+    and "TF_CPP_MIN_LOG_LEVEL" not in _os.environ
+)
+if _quiet_start:
+    _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 from kreg._extras import import_keras as _import_keras
+from kreg._extras import stderr_silenced as _stderr_silenced
 
 # First: without TensorFlow on the TensorFlow backend, one line naming the extra.
-_import_keras()
+with _stderr_silenced() if _quiet_start else _contextlib.nullcontext():
+    _import_keras()
 
 from kreg.adapt import AdaptationReport
 from kreg.adapt import OnlineAdapter

@@ -5,7 +5,9 @@ needs more imports it through `require`, so a user who lacks it reads the one
 command that fixes it instead of a bare `No module named 'keras_tuner'`.
 """
 
+import contextlib
 import importlib
+import os
 
 
 class MissingExtraError(ImportError):
@@ -56,3 +58,24 @@ def import_keras():
             "KERAS_BACKEND=jax or KERAS_BACKEND=torch",
             name="tensorflow",
         ) from error
+
+
+@contextlib.contextmanager
+def stderr_silenced():
+    """Sends the process's stderr (file descriptor 2, which C++ libraries write
+    to) to the null device for the block.
+
+    For the `kreg` command's start-up only: TensorFlow 2.21 logs its start-up
+    notices (oneDNN, CUDA drivers) through absl before absl is initialized, and
+    `TF_CPP_MIN_LOG_LEVEL` does not reach those. An exception raised in the block
+    is reported after stderr is back.
+    """
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

@@ -289,3 +289,18 @@ def test_library_import_leaves_the_log_level_alone():
     )  # TensorFlow sets its own default on import
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+def test_the_command_prints_one_line_and_no_tensorflow_start_up_lines(tmp_path):
+    # TensorFlow 2.21 writes its start-up notices (oneDNN, CUDA drivers) through
+    # absl before it reads TF_CPP_MIN_LOG_LEVEL: the level alone does not stop them.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = (
+        "import sys; sys.argv = ['/bin/kreg', 'diagnose', 'missing.keras']; "
+        "from kreg.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["kreg diagnose: error: missing.keras: no such file"], result.stderr
