@@ -1,20 +1,21 @@
 """Optuna pruning for Keras that also knows about overfitting."""
 
 import math
+import warnings
 
 import keras
 
 from kreg._extras import require
 from kreg._validation import check_choice
 from kreg.callbacks import OverfittingDetector
+from kreg.callbacks.overfitting_detector import infer_mode
 
 ON_OVERFITTING = ("stop", "prune")
-_MAXIMIZED = ("acc", "auc", "precision", "recall", "f1")
 
 
 def _direction(monitor, mode):
-    if mode == "auto":
-        mode = "max" if any(word in monitor for word in _MAXIMIZED) else "min"
+    # mode="auto" reads the name as OverfittingDetector does (one list of maximized metrics).
+    mode = infer_mode(monitor) if mode == "auto" else mode
     return "maximize" if mode == "max" else "minimize"
 
 
@@ -74,20 +75,35 @@ class OptunaPruningCallback(keras.callbacks.Callback):
                 )
         self.best = None
         self.overfitting_epoch = None
+        self._reported = False
+        self._epochs_ended = 0
+        self._warned_missing = False
         self.detector.on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        self._epochs_ended += 1
         value = logs.get(self.monitor)
         if value is None:
             if self.monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
-                return  # no validation this epoch (validation_freq > 1)
+                # No validation this epoch: `validation_freq` > 1, or no validation
+                # data at all, which `on_train_end` refuses if it lasts the whole fit.
+                if not self._warned_missing:
+                    self._warned_missing = True
+                    warnings.warn(
+                        f"kreg: epoch {epoch + 1} has no validation logs, so `{self.monitor}` "
+                        "was not reported to Optuna (expected with `validation_freq` > 1; "
+                        "otherwise pass `validation_data=` or `validation_split=` to `fit`).",
+                        stacklevel=2,
+                    )
+                return
             raise ValueError(
                 f"Invalid value received for argument `monitor`. `{self.monitor}` is not "
                 f"in the epoch's logs, which hold {sorted(logs)}. Received: "
                 f"monitor={self.monitor!r}"
             )
         value = float(keras.ops.convert_to_numpy(value))
+        self._reported = True
         if math.isfinite(value) and (
             self.best is None or (value > self.best if self.direction == "maximize" else value < self.best)
         ):
@@ -100,6 +116,17 @@ class OptunaPruningCallback(keras.callbacks.Callback):
             )
         if self.detector.monitor in logs and self.detector.train_monitor in logs:
             self.detector.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self._epochs_ended and not self._reported:
+            # A trial that reported nothing cannot be pruned, nor watched for
+            # overfitting: say so rather than let the study run unpruned.
+            raise ValueError(
+                f"Invalid value received for argument `monitor`. `{self.monitor}` was in "
+                "no epoch's logs: nothing was reported to Optuna and no pruning or "
+                "overfitting check ran. Pass `validation_data=` or `validation_split=` "
+                f"to `fit`, or monitor a training metric. Received: monitor={self.monitor!r}"
+            )
 
 
 def optuna_pruning_callback(
@@ -129,9 +156,12 @@ def optuna_pruning_callback(
         monitor: The logged quantity reported to Optuna each epoch. Defaults
             to `"val_loss"`. It must go the study's way (minimized for
             `direction="minimize"`); a mismatch is a `ValueError` when `fit`
-            starts.
+            starts. A `fit` whose logs never hold it (a `val_` metric without
+            validation data) is a `ValueError` when it ends: nothing could be
+            pruned.
         mode: `"min"`, `"max"` or `"auto"` (default: `"max"` for accuracies,
-            AUC, precision, recall and F1).
+            AUC, precision, recall, F1, IoU and R2, as `OverfittingDetector`
+            reads metric names).
         on_overfitting: `"stop"` (default) or `"prune"`.
         detector_kwargs: Optional dict of `OverfittingDetector` arguments
             (`patience`, `smoothing`, ...), except `action`.

@@ -67,4 +67,8 @@ def precise_batch_norm_callback(args, kwargs, callbacks, model=None):
             stacklevel=3,
         )
         return None
-    return PreciseBatchNorm(data, batch_size=STATISTICS_BATCH_SIZE if _is_arrays(data) else None)
+    if _is_arrays(data):
+        return PreciseBatchNorm(data, batch_size=STATISTICS_BATCH_SIZE)
+    # A dataset that repeats forever (`dataset.repeat()` with `steps_per_epoch`)
+    # is read for as many batches as an epoch trains on.
+    return PreciseBatchNorm(data, steps=kwargs.get("steps_per_epoch"))

@@ -186,3 +186,32 @@ def test_missing_optuna_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
     with pytest.raises(ImportError, match=r'pip install "kreg\[optuna\]"'):
         optuna_pruning_callback(object())
+
+
+def test_a_fit_without_validation_is_refused_not_left_unpruned():
+    # Without validation data `val_loss` never reaches Optuna: no pruning and no
+    # overfitting check would ever run, so the fit ends with an error saying why.
+    study = optuna.create_study()
+    trial = study.ask()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    data = np.zeros((4, 2)), np.zeros((4, 1))
+    with pytest.warns(UserWarning, match="no validation logs"):
+        with pytest.raises(ValueError, match="`val_loss` was in no epoch's logs"):
+            model.fit(*data, epochs=2, verbose=0, callbacks=[optuna_pruning_callback(trial)])
+    # validation_freq=2: the first epoch has no validation, the second reports.
+    model.fit(*data, validation_data=data, validation_freq=2, epochs=2, verbose=0,
+              callbacks=[optuna_pruning_callback(trial)])
+    assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
+
+
+@pytest.mark.parametrize("monitor", ["val_iou", "val_r2_score"])
+def test_auto_mode_reads_metric_names_as_the_detector_does(monitor):
+    # IoU and R2 are maximized for OverfittingDetector's mode="auto": the same here,
+    # so a study that maximizes them is not refused as a direction mismatch.
+    from kreg.callbacks.overfitting_detector import infer_mode
+
+    trial = optuna.create_study(direction="maximize").ask()
+    callback = optuna_pruning_callback(trial, monitor)
+    assert infer_mode(monitor) == "max" and callback.direction == "maximize"
+    callback.on_train_begin()

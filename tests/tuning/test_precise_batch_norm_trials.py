@@ -68,6 +68,37 @@ def test_statistics_come_from_the_training_part_only(digits):
     assert callbacks == []
 
 
+def test_a_dataset_that_repeats_forever_is_read_for_one_epoch_of_steps(digits):
+    # `dataset.repeat()` with `steps_per_epoch` is the usual tf.data training input:
+    # the batch-norm trial must train, with statistics over an epoch's batches.
+    import tensorflow as tf
+
+    (x, y), (x_val, y_val) = digits
+    hypermodel = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=8)
+    hp = _hp("batch")
+    model = hypermodel.build(hp)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
+    _, callbacks = _fit_callbacks(hypermodel, hp, args=(dataset,), steps_per_epoch=5)
+    assert isinstance(callbacks[0], PreciseBatchNorm) and callbacks[0].steps == 5
+    history = hypermodel.fit(hp, model, dataset, steps_per_epoch=5, epochs=1, verbose=0,
+                             validation_data=(x_val, y_val))
+    assert len(history.history["val_accuracy"]) == 1
+
+
+def test_dict_inputs_with_validation_split_use_the_training_part(digits):
+    (x, y), _ = digits
+    inputs = keras.Input((8, 8), name="image")
+    outputs = keras.layers.Dense(10, activation="softmax")(
+        keras.layers.Flatten()(keras.layers.BatchNormalization()(inputs)))
+    model = keras.Model({"image": inputs}, outputs)
+    hypermodel = CNNHyperModel((8, 8), 10)
+    handed = {}
+    model.fit = lambda *args, **kwargs: handed.update(kwargs)
+    hypermodel.fit(_hp("batch"), model, {"image": x}, y, validation_split=0.25, sample_weight=np.ones(len(x)))
+    (precise,) = handed["callbacks"]
+    assert set(precise.data) == {"image"} and np.array_equal(precise.data["image"], x[:120])
+
+
 def test_batch_norm_trial_validates_with_its_real_statistics(digits):
     # Ten steps an epoch: the moving statistics lag far behind the weights.
     (x, y), (x_val, y_val) = digits
