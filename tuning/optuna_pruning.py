@@ -6,6 +6,7 @@ import warnings
 import keras
 
 from kreg._extras import require
+from kreg._keras_compat import declared_direction
 from kreg._validation import check_choice
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.overfitting_detector import infer_mode
@@ -51,6 +52,7 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         self.trial = trial
         self.optuna = optuna
         self.monitor = monitor
+        self.mode = mode
         self.direction = _direction(monitor, mode)
         self.on_overfitting = on_overfitting
         self.detector = OverfittingDetector(action=_OverfittingAction(self), **detector_kwargs)
@@ -62,6 +64,19 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         self.detector.set_model(model)
 
     def on_train_begin(self, logs=None):
+        self._checked_direction = False
+        if self.mode != "auto":
+            self._check_direction(self.direction)
+        self.best = None
+        self.overfitting_epoch = None
+        self._reported = False
+        self._epochs_ended = 0
+        self._warned_missing = False
+        self.detector.on_train_begin(logs)
+
+    def _check_direction(self, direction):
+        self._checked_direction = True
+        self.direction = direction
         study = getattr(self.trial, "study", None)
         directions = getattr(study, "directions", None)
         if directions is not None and len(directions) == 1:
@@ -73,12 +88,6 @@ class OptunaPruningCallback(keras.callbacks.Callback):
                     f"{self.direction[:-1]}e (pass `mode=`, or monitor what the study "
                     f"optimizes). Received: monitor={self.monitor!r}"
                 )
-        self.best = None
-        self.overfitting_epoch = None
-        self._reported = False
-        self._epochs_ended = 0
-        self._warned_missing = False
-        self.detector.on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -102,6 +111,11 @@ class OptunaPruningCallback(keras.callbacks.Callback):
                 f"in the epoch's logs, which hold {sorted(logs)}. Received: "
                 f"monitor={self.monitor!r}"
             )
+        if not self._checked_direction:
+            # mode="auto": the direction the compiled metric declares, as Keras's
+            # callbacks and OverfittingDetector read it (its metrics exist by now).
+            declared = declared_direction(self.model, self.monitor)
+            self._check_direction(_direction(self.monitor, declared or "auto"))
         value = float(keras.ops.convert_to_numpy(value))
         self._reported = True
         if math.isfinite(value) and (
@@ -156,12 +170,14 @@ def optuna_pruning_callback(
         monitor: The logged quantity reported to Optuna each epoch. Defaults
             to `"val_loss"`. It must go the study's way (minimized for
             `direction="minimize"`); a mismatch is a `ValueError` when `fit`
-            starts. A `fit` whose logs never hold it (a `val_` metric without
+            starts (with `mode="auto"`, at the first epoch's end, before
+            anything is reported). A `fit` whose logs never hold it (a `val_` metric without
             validation data) is a `ValueError` when it ends: nothing could be
             pruned.
-        mode: `"min"`, `"max"` or `"auto"` (default: `"max"` for accuracies,
-            AUC, precision, recall, F1, IoU and R2, as `OverfittingDetector`
-            reads metric names).
+        mode: `"min"`, `"max"` or `"auto"` (default: the direction the
+            compiled metric declares, as Keras's callbacks and
+            `OverfittingDetector` read it; by name where it declares none:
+            `"max"` for accuracies, AUC, precision, recall, F1, IoU and R2).
         on_overfitting: `"stop"` (default) or `"prune"`.
         detector_kwargs: Optional dict of `OverfittingDetector` arguments
             (`patience`, `smoothing`, ...), except `action`.

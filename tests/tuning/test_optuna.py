@@ -214,4 +214,17 @@ def test_auto_mode_reads_metric_names_as_the_detector_does(monitor):
     trial = optuna.create_study(direction="maximize").ask()
     callback = optuna_pruning_callback(trial, monitor)
     assert infer_mode(monitor) == "max" and callback.direction == "maximize"
-    callback.on_train_begin()
+
+
+def test_auto_mode_takes_the_direction_the_compiled_metric_declares():
+    # CosineSimilarity is maximized (its name says nothing): a maximizing study that
+    # monitors it is not refused, as Keras's own callbacks read it.
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse", metrics=[keras.metrics.CosineSimilarity(name="cosine_similarity")])
+    data = np.ones((4, 2)), np.ones((4, 2))
+    callback = optuna_pruning_callback(trial, "val_cosine_similarity")
+    model.fit(*data, validation_data=data, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.direction == "maximize"
+    assert sorted(study.trials[0].intermediate_values) == [0, 1]
