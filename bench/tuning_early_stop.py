@@ -106,36 +106,56 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--dense-units", type=int, default=128)
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--smoothing", type=float, default=0.6)
-    parser.add_argument("--start-from-epoch", type=int, default=0, help="detector warm-up epochs")
+    # None: OverfittingDetector's own default, so the bench measures the detector users get.
+    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--smoothing", type=float, default=None)
+    parser.add_argument("--start-from-epoch", type=int, default=None, help="detector warm-up epochs")
+    parser.add_argument("--pruned-only", action="store_true",
+                        help="run only the pruned search (each trial trains as in a plain run of the same arguments)")
     parser.add_argument("--no-precise-batch-norm", dest="precise_batch_norm", action="store_false",
                         help="validate batch-norm trials with their moving statistics (kreg before PreciseBatchNorm)")
     args = parser.parse_args()
+    detector_kwargs = {
+        key: value
+        for key, value in (("patience", args.patience), ("smoothing", args.smoothing),
+                           ("start_from_epoch", args.start_from_epoch))
+        if value is not None
+    }
     print(
         f"backend={keras.backend.backend()} keras={keras.__version__} "
         f"keras-tuner={keras_tuner.__version__}; CNNHyperModel filters={args.filters} "
         f"dense={args.dense_units}; digits, {args.train_size} training; RandomSearch "
         f"{args.trials} trials x {args.epochs} epochs, seed {args.seed}; detector "
-        f"patience={args.patience} smoothing={args.smoothing} start_from_epoch={args.start_from_epoch}; "
+        f"arguments {detector_kwargs or 'defaults'}; "
         f"precise batch norm {'on' if args.precise_batch_norm else 'off'}",
         flush=True,
     )
     data = load_digit_sequences(train_size=args.train_size, seed=args.seed)
     with tempfile.TemporaryDirectory() as directory:
-        print("plain RandomSearch:", flush=True)
-        plain = run("plain", CountingRandomSearch, args, data, directory)
+        plain = None
+        if not args.pruned_only:
+            print("plain RandomSearch:", flush=True)
+            plain = run("plain", CountingRandomSearch, args, data, directory)
         print("RandomSearch + OverfittingPruning:", flush=True)
-        pruned = run(
-            "pruned", PrunedRandomSearch, args, data, directory,
-            detector_kwargs={
-                "patience": args.patience,
-                "smoothing": args.smoothing,
-                "start_from_epoch": args.start_from_epoch,
-            },
-        )
+        pruned = run("pruned", PrunedRandomSearch, args, data, directory, detector_kwargs=detector_kwargs)
 
-    report(plain, pruned)
+    if plain is None:
+        report_pruned(pruned)
+    else:
+        report(plain, pruned)
+
+
+def report_pruned(pruned):
+    """The pruned search alone: compare with a plain run's per-trial bests by hand."""
+    tuner = pruned["tuner"]
+    print("\n| trial | regularization | pruned: best val acc | epochs | pruned after epoch |")
+    print("| --- | --- | --- | --- | --- |")
+    for trial_id, trial in sorted(pruned["trials"].items()):
+        print(f"| {trial_id} | {tuner.hypermodel.space.describe(trial.hyperparameters)} | {trial.score:.4f} "
+              f"| {tuner.trial_epochs.get(trial_id, 0)} | {tuner.pruned_trials.get(trial_id, '')} |")
+    print(f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
+          f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {len(tuner.pruned_trials)} "
+          f"of {len(pruned['trials'])} trials pruned")
 
 
 def _norm_of(trial):
