@@ -34,10 +34,10 @@ test-tensorflow: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/packaging
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
 
 test-torch: $(INSTALLED)
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
 
 # The wheel, installed with no extras and with [tensorflow] in fresh venvs.
 test-packaging: $(INSTALLED)
