@@ -321,7 +321,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self._last_logs = logs
-        if _without_validation(logs, {self.monitor} | placeholders(self.filepath)):
+        if without_validation(logs, {self.monitor} | placeholders(self.filepath)):
             # An epoch `validation_freq` skips: nothing to monitor, but the backup
             # still counts the epoch. Keras's EarlyStopping returns early too.
             self._commit(epoch, back_up=True)
@@ -457,7 +457,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         return cls(**config)
 
 
-def _without_validation(logs, needed):
+def without_validation(logs, needed):
     """Whether these are the logs of an epoch that ran no validation, while a
     name in `needed` (the monitor, the filepath's placeholders) is a validation one."""
     return any(name.startswith("val_") for name in needed) and not any(key.startswith("val_") for key in logs)

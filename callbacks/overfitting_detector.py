@@ -10,6 +10,7 @@ from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
+from kreg.callbacks.early_stopping_with_checkpoint import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import TESTS
@@ -41,7 +42,8 @@ def _scalar(value):
 class OverfittingDetector(keras.callbacks.Callback):
     """Detects when training starts to overfit, or fails to fit at all.
 
-    Reads the training and validation curves at the end of each epoch
+    Reads the training and validation curves at the end of each epoch that
+    ran validation (`fit(validation_freq=...)` skips some)
     (optionally smoothed with an exponential moving average) and calls the run:
 
     - **overfitting** when `criterion` says so. The default, `"progress"`: over
@@ -219,6 +221,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._best_raw = math.inf
         self._new_best = False
         self._fired = set()
+        self._last_logs = None
         self._declared = None  # read from the model at the first epoch in fit
 
     def _smooth(self, history, value):
@@ -274,13 +277,10 @@ class OverfittingDetector(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         if epoch < self.start_from_epoch:
             return
-        missing = [key for key in (self.monitor, self.train_monitor) if key not in logs]
-        if missing:
-            raise ValueError(
-                f"OverfittingDetector needs {', '.join(f'`{m}`' for m in missing)} in the "
-                f"logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
-                "metrics need validation data (`validation_data` or `validation_split`)."
-            )
+        self._last_logs = logs
+        if without_validation(logs, (self.monitor, self.train_monitor)):
+            return  # an epoch `fit(validation_freq=...)` ran without validation
+        self._check_logs(logs)
         if self._declared is None:
             # The compiled metrics exist by the first epoch's end.
             self._declared = {}
@@ -299,6 +299,19 @@ class OverfittingDetector(keras.callbacks.Callback):
         if state != LEARNING and state not in self._fired:
             self._fired.add(state)
             self._act(state, epoch)
+
+    def _check_logs(self, logs):
+        missing = [key for key in (self.monitor, self.train_monitor) if key not in logs]
+        if missing:
+            raise ValueError(
+                f"OverfittingDetector needs {', '.join(f'`{m}`' for m in missing)} in the "
+                f"logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
+                "metrics need validation data (`validation_data` or `validation_split`)."
+            )
+
+    def on_train_end(self, logs=None):
+        if self._last_logs is not None and not self.states:
+            self._check_logs(self._last_logs)  # no epoch had validation
 
     def _message(self, state, epoch):
         if state == OVERFITTING:

@@ -9,6 +9,7 @@ from kreg.callbacks import plot_training_curves
 from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.layers import ConsistentDropout
 from scripted import fit_scripted
+from scripted import tiny_data
 from scripted import tiny_model
 
 FALLING = [2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50]
@@ -92,6 +93,16 @@ def test_auto_mode_reads_the_direction_the_compiled_metric_declares():
     )
     fit_scripted(model, detector, 12, cosine_similarity=[r + 0.02 for r in rising], val_cosine_similarity=rising)
     assert set(detector.states) == {"learning"}, detector.states
+
+
+def test_epochs_that_validation_freq_skips_are_not_read():
+    x, y = tiny_data()
+    detector = OverfittingDetector(patience=2, action=lambda *_: None)
+    history = tiny_model().fit(
+        x, y, validation_data=(x, y), validation_freq=2, epochs=6, verbose=0, callbacks=[detector]
+    ).history
+    assert len(detector.states) == 3 and detector._epochs == [1, 3, 5]
+    assert len(history["generalization_gap"]) == 3
 
 
 def test_in_fit_it_records_gap_and_state_and_acts_once():
