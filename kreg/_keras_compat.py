@@ -33,6 +33,7 @@ __all__ = [
     "node_operation",
     "propagated_mask",
     "recurrent_kernel_replaced",
+    "rnn_dropout_masks_sliced",
     "tensor_history",
     "step_loop",
 ]
@@ -86,6 +87,33 @@ def recurrent_kernel_replaced(cell, kernel):
         yield
     finally:
         object.__setattr__(cell, "recurrent_kernel", variable)
+
+
+@contextlib.contextmanager
+def rnn_dropout_masks_sliced(cell, start, stop):
+    """Makes the cell's cached `dropout`/`recurrent_dropout` masks cover samples `start:stop`.
+
+    `RNN.call` draws the masks of a `DropoutRNNCell` for the whole batch before
+    `inner_loop` (`RNN._maybe_config_dropout_masks`, keras/src/layers/rnn/rnn.py)
+    and keeps them on the cell as `_dropout_mask` / `_recurrent_dropout_mask`
+    (keras/src/layers/rnn/dropout_rnn_cell.py), which `LSTM/GRU.inner_loop` and
+    the cell's `call` read: one tensor, or a list of one per gate where the cell
+    sets `dropout_mask_count` (`implementation=1`). A layer that runs the loop on
+    a slice of the batch (weight drop's `mask_groups`) must hand it the same
+    slice of those masks.
+    """
+    names = ("_dropout_mask", "_recurrent_dropout_mask")
+    saved = {name: getattr(cell, name, None) for name in names}
+    for name, full in saved.items():
+        if full is not None:
+            sliced = [mask[start:stop] for mask in full] if isinstance(full, (list, tuple)) else full[start:stop]
+            object.__setattr__(cell, name, sliced)
+    try:
+        yield
+    finally:
+        for name, full in saved.items():
+            if full is not None:
+                object.__setattr__(cell, name, full)
 
 
 def is_functional(model):

@@ -196,6 +196,34 @@ def test_step_loop_is_the_loop_keras_rnn_runs():
     np.testing.assert_allclose(ops.convert_to_numpy(last), 3.0)
 
 
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.2], ids=["one-mask", "per-gate-masks"])
+def test_rnn_dropout_masks_sliced_are_the_masks_the_cell_reads(recurrent_dropout):
+    """Keras keeps a call's dropout masks on the cell under the names the slice replaces."""
+    layer = keras.layers.LSTM(3, dropout=0.5, recurrent_dropout=recurrent_dropout, seed=0)
+    x = np.ones((6, 2, 4), dtype="float32")
+    layer(x)
+    seen = {}
+
+    def recording_inner_loop(sequences, initial_state, mask, training=False):
+        cell = layer.cell
+        full = (cell._dropout_mask, cell._recurrent_dropout_mask)
+        with _keras_compat.rnn_dropout_masks_sliced(cell, 1, 3):
+            seen["sliced"] = (cell.get_dropout_mask(None), cell.get_recurrent_dropout_mask(None))
+        seen["restored"] = (cell._dropout_mask, cell._recurrent_dropout_mask) == full
+        return type(layer).inner_loop(layer, sequences, initial_state, mask, training=training)
+
+    object.__setattr__(layer, "inner_loop", recording_inner_loop)
+    layer(x, training=True)
+    dropout_mask, recurrent_mask = seen["sliced"]
+    for mask in dropout_mask if isinstance(dropout_mask, list) else [dropout_mask]:
+        assert tuple(mask.shape) == (2, 4)
+    if recurrent_dropout:
+        assert all(tuple(mask.shape) == (2, 3) for mask in recurrent_mask)
+    else:
+        assert recurrent_mask is None
+    assert seen["restored"]
+
+
 def test_print_msg_is_the_one_keras_callbacks_use(capsys):
     from keras.src.utils import io_utils
 

@@ -5,6 +5,7 @@ from keras import ops
 from keras import tree
 
 from kreg._keras_compat import recurrent_kernel_replaced
+from kreg._keras_compat import rnn_dropout_masks_sliced
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
@@ -113,6 +114,13 @@ class _WeightDropMixin(AdjustableRates):
         with recurrent_kernel_replaced(self.cell, dropped):
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)
 
+    def _group_inner_loop(self, sequences, initial_state, mask, start, stop, training):
+        """The masked loop on samples `start:stop`, with their `dropout` masks."""
+        group = self._group(sequences, initial_state, mask, start, stop)
+        # Keras drew the `dropout`/`recurrent_dropout` masks for the whole batch.
+        with rnn_dropout_masks_sliced(self.cell, start, stop):
+            return self._masked_inner_loop(*group, training)
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not training or not self.rate_in_use("weight_dropout"):
             return super().inner_loop(
@@ -130,7 +138,7 @@ class _WeightDropMixin(AdjustableRates):
             groups = min(self.mask_groups, static_batch)
             bounds = [(i * static_batch) // groups for i in range(groups + 1)]
             results = [
-                self._masked_inner_loop(*self._group(sequences, initial_state, mask, a, b), training)
+                self._group_inner_loop(sequences, initial_state, mask, a, b, training)
                 for a, b in zip(bounds[:-1], bounds[1:])
             ]
         else:
@@ -141,14 +149,15 @@ class _WeightDropMixin(AdjustableRates):
             bounds = [(i * batch) // self.mask_groups for i in range(self.mask_groups + 1)]
             results = []
             for a, b in zip(bounds[:-1], bounds[1:]):
-                group = self._group(sequences, initial_state, mask, a, b)
                 results.append(
                     ops.cond(
                         b > a,
-                        lambda group=group: self._as_list_of_states(
-                            self._masked_inner_loop(*group, training)
+                        lambda a=a, b=b: self._as_list_of_states(
+                            self._group_inner_loop(sequences, initial_state, mask, a, b, training)
                         ),
-                        lambda group=group: self._empty_result(*group),
+                        lambda a=a, b=b: self._empty_result(
+                            *self._group(sequences, initial_state, mask, a, b)
+                        ),
                     )
                 )
         return tree.map_structure(lambda *parts: ops.concatenate(parts, axis=0), *results)

@@ -269,6 +269,48 @@ def test_mask_groups_give_each_slice_of_the_batch_its_own_mask(kreg_cls, keras_c
     assert captured == [], "inference draws no mask"
 
 
+def _capture_keras_dropout_masks(layer):
+    """Records the whole-batch `dropout`/`recurrent_dropout` masks Keras draws per call."""
+    captured = []
+    reset = layer._maybe_reset_dropout_masks
+
+    def recording_reset(cell):
+        captured.append((cell._dropout_mask, cell._recurrent_dropout_mask))
+        reset(cell)
+
+    layer._maybe_reset_dropout_masks = recording_reset
+    return captured
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_mask_groups_combine_with_keras_dropout_and_recurrent_dropout(kreg_cls, keras_cls):
+    """Each group runs with its own slice of Keras's per-sample dropout masks.
+
+    Keras draws those masks for the whole batch before the loop; a group that got
+    the whole-batch masks failed with a shape mismatch.
+    """
+    x = _inputs((8, 6, 3))
+    ours, theirs = _twins(
+        kreg_cls, keras_cls, x, weight_dropout=0.5, mask_groups=2, dropout=0.3,
+        recurrent_dropout=0.2, return_sequences=True, seed=4,
+    )
+    kernels = _capture_dropped_kernels(ours)
+    keras_masks = _capture_keras_dropout_masks(ours)
+    trained = _numpy(ours(x, training=True))
+    assert len(kernels) == 2 and len(keras_masks) == 1
+    # One mask per gate: Keras's cells switch to `implementation=1` with recurrent dropout.
+    dropout_mask, recurrent_mask = keras_masks[0]
+    kernel, _, *rest = ours.get_weights()
+    for group, dropped in enumerate(kernels):
+        rows = slice(4 * group, 4 * group + 4)
+        theirs.set_weights([kernel, _numpy(dropped), *rest])
+        # Keras reuses masks already on the cell: the same per-sample draws.
+        theirs.cell._dropout_mask = [mask[rows] for mask in dropout_mask]
+        theirs.cell._recurrent_dropout_mask = [mask[rows] for mask in recurrent_mask]
+        expected = _numpy(theirs(x[rows], training=True))
+        np.testing.assert_allclose(trained[rows], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kreg_cls", [WeightDropLSTM, WeightDropGRU], ids=PAIR_IDS)
 def test_mask_groups_split_uneven_and_small_batches(kreg_cls):
     layer = kreg_cls(4, weight_dropout=0.5, mask_groups=4, return_state=True, seed=0)
@@ -287,7 +329,10 @@ def test_mask_groups_split_uneven_and_small_batches(kreg_cls):
 def test_mask_groups_with_a_batch_size_known_only_at_run_time(kreg_cls):
     import tensorflow as tf
 
-    layer = kreg_cls(4, weight_dropout=0.5, mask_groups=3, return_sequences=True, seed=0)
+    layer = kreg_cls(
+        4, weight_dropout=0.5, mask_groups=3, dropout=0.2, recurrent_dropout=0.2,
+        return_sequences=True, seed=0,
+    )
     x = _inputs((8, 5, 3))
     layer(x)
     traced = tf.function(
