@@ -195,10 +195,13 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         def moments():
             return batch_moments(inputs, self.axis, mask, self.synchronized)
 
-        if self.synchronized:
+        if self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
             # tf.distribute, so synchronized layers compute the batch moments on
-            # every call and select.
+            # every call and select. On torch, `ops.cond` is a Python `if` on the
+            # mode's value, which `torch.compile` (Keras's `jit_compile=True`)
+            # recompiles for on every batch until its recompile limit: selecting
+            # keeps one compiled graph that reads the mode live.
             adapted = adapted_statistics(*moments())
             is_running = mode == _RUNNING
             mean = ops.where(is_running, moving_mean, adapted[0])
@@ -215,9 +218,10 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
 
     def _write_online_statistics(self, is_online, mean, variance):
         """Stores the `"online"` mode's updated statistics; other modes write nothing."""
-        if keras.backend.backend() == "jax":
-            # JAX cannot assign state inside a `cond` branch: write on every call,
-            # the unchanged values outside the online mode.
+        if keras.backend.backend() in ("jax", "torch"):
+            # JAX cannot assign state inside a `cond` branch (and torch would
+            # recompile on the mode, as above): write on every call, the
+            # unchanged values outside the online mode.
             for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
                 variable.assign(ops.where(is_online, value, ops.convert_to_tensor(variable)))
             return

@@ -217,6 +217,28 @@ def test_switching_the_mode_after_predict_takes_effect_on_the_next_predict(jit_c
     np.testing.assert_allclose(model.predict(x, batch_size=32, verbose=0), running, rtol=1e-6)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_switching_the_mode_under_torch_compile_compiles_nothing_again():
+    # Keras compiles with torch.compile on torch; a data-dependent branch on the
+    # mode made dynamo recompile on every batch until its recompile limit, then
+    # give up compiling the layer.
+    import torch._dynamo
+
+    layer = AdaptiveBatchNormalization()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3), layer])
+    model.compile(jit_compile=True)
+    x = np.random.default_rng(6).normal(5.0, 2.0, (32, 3)).astype("float32")
+    running = model.predict(x, batch_size=32, verbose=0)  # compiles once
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outputs = {}
+        for mode in ("batch", "mixed", "running", "online"):
+            layer.test_time_mode = mode
+            outputs[mode] = model.predict(x, batch_size=32, verbose=0)
+    np.testing.assert_allclose(outputs["running"], running, rtol=1e-6)
+    assert not np.allclose(outputs["batch"], running)
+    np.testing.assert_allclose(outputs["batch"].mean(0), 0.0, atol=1e-3)
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
