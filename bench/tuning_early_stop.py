@@ -110,6 +110,8 @@ def main():
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--smoothing", type=float, default=None)
     parser.add_argument("--start-from-epoch", type=int, default=None, help="detector warm-up epochs")
+    parser.add_argument("--objective-patience", type=int, default=None,
+                        help="epochs without a new best val_accuracy before a trial may end (default: 2x patience)")
     parser.add_argument("--pruned-only", action="store_true",
                         help="run only the pruned search (each trial trains as in a plain run of the same arguments)")
     parser.add_argument("--no-precise-batch-norm", dest="precise_batch_norm", action="store_false",
@@ -118,7 +120,8 @@ def main():
     detector_kwargs = {
         key: value
         for key, value in (("patience", args.patience), ("smoothing", args.smoothing),
-                           ("start_from_epoch", args.start_from_epoch))
+                           ("start_from_epoch", args.start_from_epoch),
+                           ("objective_patience", args.objective_patience))
         if value is not None
     }
     print(

@@ -184,3 +184,36 @@ def test_pruning_bad_arguments():
         pruning_detector(prune_on="overfit")
     with pytest.raises(ValueError, match="action='warn'"):
         pruning_detector(action="warn")
+
+
+def test_pruning_waits_for_the_objective_to_stall():
+    # The loss curves overfit from epoch 3 on, while val_accuracy (the search's
+    # objective) keeps improving until epoch 11: the trial ends only once the
+    # objective has gone `objective_patience` epochs without a new best.
+    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    detector.set_model(model)
+    detector.on_train_begin()
+    stopped_after = None
+    for epoch in range(30):
+        logs = {
+            "loss": 1.0 * 0.8**epoch,
+            "val_loss": 1.0 - 0.1 * min(epoch, 3) + 0.05 * max(epoch - 3, 0),
+            "val_accuracy": 0.5 + 0.01 * min(epoch, 11),
+        }
+        detector.on_epoch_end(epoch, logs)
+        if getattr(model, "stop_training", False):
+            stopped_after = epoch
+            break
+    assert detector.states[5] == "overfitting", detector.states
+    assert stopped_after == 11 + 4, stopped_after
+
+
+def test_pruning_objective_defaults_to_the_tuners(tmp_path):
+    tuner = PrunedRandomSearch(
+        Memorizer(), objective="val_accuracy", max_trials=1, directory=tmp_path, project_name="objective",
+    )
+    assert (tuner.detector.objective, tuner.detector.objective_mode) == ("val_accuracy", "max")
+    assert tuner.detector.objective_patience == 2 * tuner.detector.patience
+    with pytest.raises(ValueError, match="objective_patience"):
+        pruning_detector(objective_patience=0)
