@@ -25,8 +25,9 @@ demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/kreg demo
 
 # Everything runs on TensorFlow (the API reference is built strict there too);
-# the layer, fold and adapt tests run again on JAX and PyTorch. KERAS_BACKEND is
-# read once, at import, so each backend is its own pytest run. The wheel tests
+# the layer, fold, adapt, callbacks and tuning tests run again on JAX and
+# PyTorch (tf.distribute tests skip there, marked tensorflow_only). KERAS_BACKEND
+# is read once, at import, so each backend is its own pytest run. The wheel tests
 # install into fresh virtual environments, so they have their own target.
 test: test-tensorflow test-jax test-torch test-packaging
 
@@ -34,10 +35,10 @@ test-tensorflow: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/packaging
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
 
 test-torch: $(INSTALLED)
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/callbacks/test_precise_batch_norm.py tests/test_monte_carlo.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
 
 # The wheel, installed with no extras and with [tensorflow] in fresh venvs.
 test-packaging: $(INSTALLED)
