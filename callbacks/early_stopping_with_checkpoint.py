@@ -231,7 +231,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def _remove_stale_temporaries(self):
         remove_stale_temporaries(self.state_path)
-        remove_stale_temporaries(os.path.join(self._folder, self._backup_prefix))
+        # The backups are named per epoch: match every epoch's temporary.
+        remove_stale_temporaries(
+            os.path.join(self._folder, self._backup_prefix),
+            name_pattern=glob.escape(self._backup_prefix) + "*",
+        )
         if placeholders(self.filepath):
             remove_stale_temporaries(self.filepath, name_pattern=name_glob(self.filepath))
         else:

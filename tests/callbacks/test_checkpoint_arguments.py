@@ -202,3 +202,19 @@ def test_keep_best_keeps_the_k_best_files_named_as_model_checkpoint_names_them(t
             np.testing.assert_array_equal(w, expected_w)
     leftovers = [p.name for p in (tmp_path / "ckpt").iterdir() if ".tmp-" in p.name or "backup" in p.name]
     assert leftovers == []
+
+
+def test_temporaries_a_killed_run_left_are_removed_when_training_starts(tmp_path):
+    # A SIGKILL between a write and its rename leaves a temporary behind, for the
+    # checkpoint, the state file or an epoch's backup; the next fit clears them all.
+    path = tmp_path / "best.keras"
+    stale = [
+        tmp_path / ".best.keras.tmp-abc123.keras",
+        tmp_path / ".best.keras.state.json.tmp-abc123.json",
+        tmp_path / "..best.keras.backup-000003.weights.h5.tmp-abc123.weights.h5",
+    ]
+    for file in stale:
+        file.write_bytes(b"partial")
+    fit_scripted(tiny_model(), EarlyStoppingWithCheckpoint(str(path)), 2, val_loss=[0.5, 0.4])
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert path.exists()
