@@ -132,8 +132,12 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
 
     def build(self, input_shape):
         super().build(input_shape)
+        # An initializer, not a value: a model first built inside a stateless
+        # scope (JAX's `fit` of an unbuilt subclassed model) may only create
+        # variables whose value Keras can fill in once the scope ends.
         self._mode.variable = keras.Variable(
-            TEST_TIME_MODES.index(self._test_time_mode),
+            keras.initializers.Constant(TEST_TIME_MODES.index(self._test_time_mode)),
+            shape=(),
             dtype="int32",
             trainable=False,
             name="test_time_mode",
