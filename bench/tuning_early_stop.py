@@ -2,8 +2,8 @@
 
 Runs the same keras-tuner RandomSearch twice over kreg's CNNHyperModel on
 scikit-learn's digits (the shipped `load_digit_sequences` split): plain, and with
-`kreg.tuning.OverfittingPruning` ending each trial once `OverfittingDetector`
-sees it overfit. Same trials (oracle seed), same per-trial initialization
+`kreg.tuning.OverfittingPruning` ending each trial once, at its pace, it cannot
+reach the search's best (sooner once `OverfittingDetector` sees it overfit). Same trials (oracle seed), same per-trial initialization
 (hypermodel seed), same epochs budget, so the plain search is also every pruned
 trial run to its full length (the script checks that each trial id has the same
 hyperparameters in both). Prints each trial's best validation accuracy and epochs
@@ -17,10 +17,21 @@ in both searches, then:
 
     KERAS_BACKEND=tensorflow python bench/tuning_early_stop.py --trials 12 --epochs 100
     (--no-precise-batch-norm: batch-norm trials validated with their moving statistics)
+
+`--record curves.json` also saves every plain trial's per-epoch logs;
+`--replay curves.json` then trains nothing: it feeds those logs, trial by trial
+in the search's order, to `kreg.tuning.pruning_detector` (the same detector
+`OverfittingPruning` adds) and prints the pruned search that would have run.
+A pruned trial trains exactly as the plain one up to its last epoch (same
+seeds), so the replay gives the figures of a real pruned search in seconds,
+for any detector arguments.
 """
 
 import argparse
+import copy
+import json
 import os
+import types
 import tempfile
 import time
 
@@ -32,6 +43,7 @@ import keras_tuner  # noqa: E402
 from kreg.datasets import load_digit_sequences  # noqa: E402
 from kreg.tuning import CNNHyperModel  # noqa: E402
 from kreg.tuning import OverfittingPruning  # noqa: E402
+from kreg.tuning import pruning_detector  # noqa: E402
 
 
 class CountingRandomSearch(keras_tuner.RandomSearch):
@@ -39,10 +51,12 @@ class CountingRandomSearch(keras_tuner.RandomSearch):
 
     def __init__(self, *args, **kwargs):
         self.trial_epochs = {}
+        self.curves = {}
         super().__init__(*args, **kwargs)
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         self.trial_epochs[trial.trial_id] = self.trial_epochs.get(trial.trial_id, 0) + 1
+        self.curves.setdefault(trial.trial_id, []).append({k: float(v) for k, v in (logs or {}).items()})
 
     @property
     def total_epochs(self):
@@ -114,6 +128,8 @@ def main():
                         help="epochs without a new best val_accuracy before a trial may end (default: 2x patience)")
     parser.add_argument("--pruned-only", action="store_true",
                         help="run only the pruned search (each trial trains as in a plain run of the same arguments)")
+    parser.add_argument("--record", metavar="JSON", help="save the plain trials' per-epoch logs")
+    parser.add_argument("--replay", metavar="JSON", help="replay recorded logs through the pruning detector; no training")
     parser.add_argument("--no-precise-batch-norm", dest="precise_batch_norm", action="store_false",
                         help="validate batch-norm trials with their moving statistics (kreg before PreciseBatchNorm)")
     args = parser.parse_args()
@@ -124,6 +140,9 @@ def main():
                            ("objective_patience", args.objective_patience))
         if value is not None
     }
+    if args.replay:
+        replay(args.replay, detector_kwargs)
+        return
     print(
         f"backend={keras.backend.backend()} keras={keras.__version__} "
         f"keras-tuner={keras_tuner.__version__}; CNNHyperModel filters={args.filters} "
@@ -139,6 +158,16 @@ def main():
         if not args.pruned_only:
             print("plain RandomSearch:", flush=True)
             plain = run("plain", CountingRandomSearch, args, data, directory)
+            if args.record:
+                with open(args.record, "w") as f:
+                    json.dump({
+                        "arguments": vars(args),
+                        "trials": {
+                            trial_id: {"hyperparameters": trial.hyperparameters.values,
+                                       "logs": plain["tuner"].curves[trial_id]}
+                            for trial_id, trial in sorted(plain["trials"].items())
+                        },
+                    }, f)
         print("RandomSearch + OverfittingPruning:", flush=True)
         pruned = run("pruned", PrunedRandomSearch, args, data, directory, detector_kwargs=detector_kwargs)
 
@@ -159,6 +188,46 @@ def report_pruned(pruned):
     print(f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
           f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {len(tuner.pruned_trials)} "
           f"of {len(pruned['trials'])} trials pruned")
+
+
+def replay(path, detector_kwargs):
+    """The pruned search that the recorded plain trials would have made, in trial order."""
+    with open(path) as f:
+        recorded = json.load(f)
+    template = pruning_detector(objective="val_accuracy", verbose=0, **detector_kwargs)
+    rows, epochs_total, epochs_plain = [], 0, 0
+    for trial_id, trial in sorted(recorded["trials"].items()):
+        logs = trial["logs"]
+        detector = copy.deepcopy(template)  # as keras-tuner does; the search's record is shared
+        model = types.SimpleNamespace(stop_training=False, metrics=[])
+        detector.set_model(model)
+        detector.set_params({"epochs": len(logs)})
+        detector.on_train_begin()
+        ran = len(logs)
+        for epoch, epoch_logs in enumerate(logs):
+            detector.on_epoch_end(epoch, dict(epoch_logs))
+            if model.stop_training:
+                ran = epoch + 1
+                break
+        detector.on_train_end()
+        accuracy = [epoch_logs["val_accuracy"] for epoch_logs in logs]
+        rows.append((trial_id, trial["hyperparameters"].get("norm"), ran, len(logs), max(accuracy[:ran]), max(accuracy)))
+        epochs_total += ran
+        epochs_plain += len(logs)
+    best = max(row[4] for row in rows)
+    plain_best = max(row[5] for row in rows)
+    wrong = [row[0] for row in rows if row[2] < row[3] and row[5] > best]
+    print(f"replay of {path} ({recorded['arguments']['trials']} trials, seed {recorded['arguments']['seed']}); "
+          f"detector arguments {detector_kwargs or 'defaults'}")
+    print("\n| trial | norm | plain best | pruned best | epochs | full length beats the pruned best |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for trial_id, norm, ran, length, pruned_best, full_best in rows:
+        was_pruned = ran < length
+        print(f"| {trial_id} | {norm} | {full_best:.4f} | {pruned_best:.4f} | {ran}{'' if was_pruned else ' (not pruned)'} "
+              f"| {('**yes**' if full_best > best else 'no') if was_pruned else ''} |")
+    print(f"\nepochs ratio (pruned / plain): {epochs_total / epochs_plain:.2f} (target <= 0.50)")
+    print(f"best val accuracy difference (plain - pruned): {100 * (plain_best - best):+.2f} points (target <= 0.5)")
+    print(f"wrongly pruned: {len(wrong)} of {len(rows)} trials {wrong} (target 0 of >= 12)")
 
 
 def _norm_of(trial):

@@ -8,7 +8,6 @@ from kreg._validation import check_seed
 from kreg.tuning.precise_statistics import precise_batch_norm_callback
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.overfitting_detector import OVERFITTING
-from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.callbacks.overfitting_detector import UNDERFITTING
 from kreg.callbacks.overfitting_detector import _scalar
 from kreg.callbacks.overfitting_detector import infer_mode
@@ -26,7 +25,7 @@ def _check_prune_on(prune_on):
 
 
 class StopTrial:
-    """The detector action that ends a trial's `fit` in the states `prune_on`.
+    """The detector action that ends a trial's `fit` once `detector.pruning_reason()` gives one.
 
     A plain object (not a lambda) so that keras-tuner's per-trial deep copies of
     the detector keep it.
@@ -36,25 +35,56 @@ class StopTrial:
         self.prune_on = _check_prune_on(prune_on)
 
     def __call__(self, detector, epoch):
-        if detector.state not in self.prune_on or detector.model is None or getattr(detector.model, "stop_training", False):
+        if detector.model is None or getattr(detector.model, "stop_training", False):
             return
-        if not getattr(detector, "objective_stalled", lambda: True)():
-            return  # the search's objective still improves: `TrialPruningDetector` asks again
+        reason = detector.pruning_reason()
+        if reason is None:
+            return
         detector.model.stop_training = True
-        since = "" if detector.onset_epoch is None else f" since epoch {detector.onset_epoch + 1}"
-        print(f"kreg: {detector.state}{since}; ending this trial after epoch {epoch + 1}.")
+        detector.search.ended_after = epoch
+        detector._say(f"kreg: {reason}; ending this trial after epoch {epoch + 1}.")
+
+
+class SearchBest:
+    """The best objective value of the trials a search has finished (lower is better).
+
+    keras-tuner deep-copies the callbacks of every trial; a deep copy of this
+    object is the object itself, so every trial's copy of a pruning detector
+    reads and updates the same search-wide record.
+    """
+
+    def __init__(self):
+        self.value = None  # signed: lower is better
+        self.ended_after = None  # the epoch the current trial was ended after, if it was
+
+    def update(self, value):
+        if value is not None and (self.value is None or value < self.value):
+            self.value = value
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 class TrialPruningDetector(OverfittingDetector):
-    """An `OverfittingDetector` that ends a trial only once the search's objective stalls too.
+    """An `OverfittingDetector` that ends a trial once it cannot reach the search's best.
 
-    The detector reads the loss curves, which can call a run overfitting while
-    the metric the search ranks trials by still improves: on the digits search
-    of `bench/tuning_early_stop.py` the validation loss stops improving at
-    epochs 20-37 while validation accuracy keeps creeping up for dozens of
-    epochs (docs/BENCHMARKS.md). Pruning therefore asks for both: the
-    detector's state in `prune_on`, and no new best of `objective` over the
-    last `objective_patience` epochs. Built by `pruning_detector`.
+    Pruning exists to save epochs without changing the search's answer, so a
+    trial ends only when, at its pace, it would not reach the best objective
+    value of the trials the search has finished: its best value so far, plus
+    its gain over a recent window extrapolated linearly to the last epoch of
+    `fit` (optimistic for a learning curve that flattens), is still behind.
+    The window is `objective_patience` epochs while the trial learns, and the
+    detector's shorter `patience` once its state is in `prune_on`: an
+    overfitting trial's best epoch is behind it, so its recent pace is what is
+    left. The first trial, and any trial that leads the search, is never ended.
+
+    Why not end every overfitting trial: the loss curves the detector reads can
+    stall while the objective still creeps up. On the digits search of
+    `bench/tuning_early_stop.py` the validation loss stops falling fast at
+    epochs 20-37 while the validation accuracy of the eventual best trial sets
+    new bests until epoch 70-96; ending trials at the detector's onset lost the
+    search's best in 6 of 12 trials (docs/BENCHMARKS.md). Built by
+    `pruning_detector`.
     """
 
     def __init__(self, prune_on, objective, objective_mode, objective_patience, **detector_kwargs):
@@ -65,32 +95,58 @@ class TrialPruningDetector(OverfittingDetector):
             2 * self.patience if objective_patience is None
             else int(check_at_least("objective_patience", objective_patience, integer=True, minimum=1))
         )
+        self.search = SearchBest()
         self._objective_values = []
 
     def reset(self):
         super().reset()
         self._objective_values = []
+        self._epoch = None
+        if hasattr(self, "search"):
+            self.search.ended_after = None
 
-    def objective_stalled(self):
-        """Whether `objective` set no new best over the last `objective_patience` epochs."""
-        values = self._objective_values
-        if not values:
-            return True  # never logged: the detector's state alone decides
-        if len(values) <= self.objective_patience:
+    def pace_window(self):
+        """Epochs over which the trial's pace is measured: shorter once it overfits."""
+        return self.patience if self.state in self.action.prune_on else self.objective_patience
+
+    def cannot_catch_up(self):
+        """Whether, at its pace over the last `pace_window()` epochs, the trial would
+        not reach the search's best by the last epoch of its `fit`."""
+        values, window = self._objective_values, self.pace_window()
+        epochs = (self.params or {}).get("epochs")
+        if self.search.value is None or not epochs or self._epoch is None or len(values) <= window:
             return False
-        best = values.index(min(values))  # signed so that lower is better; first best
-        return best < len(values) - self.objective_patience
+        best, earlier = min(values), min(values[:-window])  # signed: lower is better
+        pace = (earlier - best) / window  # gain per epoch, >= 0
+        return best - pace * (epochs - 1 - self._epoch) > self.search.value
+
+    def pruning_reason(self):
+        """Why the trial should end now, or `None` while it should go on."""
+        if not self.action.prune_on or not self.cannot_catch_up():
+            return None  # `prune_on=()`: watching only
+        window = self.pace_window()
+        overfitting = "" if window == self.objective_patience else f"{self.state}, and "
+        return (
+            f"{overfitting}at its pace over the last {window} epochs {self.objective} "
+            "would not reach the search's best by the last epoch"
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        self._epoch = epoch
         if epoch >= self.start_from_epoch and self.objective in logs:
             sign = -1.0 if self.objective_mode == "max" else 1.0
             self._objective_values.append(sign * _scalar(logs[self.objective]))
         super().on_epoch_end(epoch, logs)
-        # The detector acts once, when a state is first reached; pruning waits
-        # for the objective, so it is asked every epoch the state holds.
+        # The detector acts once, when a state is first reached; pruning is
+        # decided anew every epoch.
         if self.model is not None:
             self.action(self, epoch)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._objective_values:
+            self.search.update(min(self._objective_values))
 
 
 def _objective_name_and_mode(objective, default):
@@ -109,27 +165,35 @@ def _objective_name_and_mode(objective, default):
 
 
 def pruning_detector(prune_on=(OVERFITTING,), objective=None, objective_patience=None, **detector_kwargs):
-    """An `OverfittingDetector` that ends a trial's training once it overfits.
+    """An `OverfittingDetector` that ends a trial once it cannot reach the search's best.
 
     Pass it in `callbacks=` to any tuner's `search`: keras-tuner deep-copies it
-    for every trial, so each trial starts with a fresh detector. A trial ends
-    when the detector's state is in `prune_on` *and* the search's objective
-    has set no new best for `objective_patience` epochs: the loss curves the
-    detector reads can stall while the objective (validation accuracy, say)
-    still creeps up, and such a trial's best epoch is still ahead. The trial's
-    score is unchanged in meaning: keras-tuner scores a trial by its best epoch
-    (and checkpoints that epoch), which is behind it when it is stopped.
-    Use `OverfittingPruning` to also count the epochs each trial trained.
+    for every trial, so each trial starts with a fresh detector, while the
+    copies share one record of the best objective value of the trials
+    finished so far. A trial ends when, at its pace (its objective's gain over
+    the last `objective_patience` epochs, or over the detector's `patience`
+    once the detector's state is in `prune_on`, extrapolated to the last
+    epoch), it would not reach that best; the first trial, and any trial that
+    leads the search, trains on (see `TrialPruningDetector`). The loss curves
+    the detector reads can stall while the objective (validation accuracy,
+    say) still creeps up to the search's best, so overfitting alone ends no
+    trial. The trial's score is unchanged in meaning: keras-tuner scores a
+    trial by its best epoch (and checkpoints that epoch), which is behind it
+    when it is stopped. Use `OverfittingPruning` to also count the epochs each
+    trial trained and to read the search's best from the tuner's oracle (which
+    knows the trials of every worker of a distributed search).
 
     Args:
-        prune_on: The detector states that end a trial: `"overfitting"`
-            (default) and/or `"underfitting"` (training stalled while validation
-            tracks it).
+        prune_on: The detector states in which a trial's pace is judged over
+            the detector's `patience` instead of `objective_patience`:
+            `"overfitting"` (default) and/or `"underfitting"` (training stalled
+            while validation tracks it). `()` ends no trial.
         objective: The tuner's objective: a logged metric name or a
             `keras_tuner.Objective`. Defaults to the detector's `monitor`
             (`"val_loss"`). Pass the tuner's, e.g. `"val_accuracy"`.
-        objective_patience: Epochs without a new best of `objective` before
-            a trial may end. Defaults to twice the detector's `patience`.
+        objective_patience: The window, in epochs, over which the pace of a
+            trial that is not overfitting is measured. Defaults to twice the
+            detector's `patience`.
         **detector_kwargs: Arguments of `kreg.callbacks.OverfittingDetector`
             (`patience`, `smoothing`, ...), except `action`.
 
@@ -154,13 +218,14 @@ def pruning_detector(prune_on=(OVERFITTING,), objective=None, objective_patience
 
 
 class OverfittingPruning:
-    """Tuner mixin: ends each trial once `OverfittingDetector` sees it overfit.
+    """Tuner mixin: ends each trial once it cannot reach the search's best, sooner once it overfits.
 
     keras-tuner has no in-trial pruning of its own: a trial ends early only
     when a callback stops its `fit`. Mixed into a tuner class, this adds a fresh
     pruning `OverfittingDetector` to every trial's callbacks (which ends a
-    trial only once the tuner's objective has also stopped improving; see
-    `pruning_detector`), and a
+    trial once, at its pace, it would not reach the best score of the
+    search's finished trials, read from the tuner's oracle; an overfitting
+    trial is judged on a shorter window; see `pruning_detector`), and a
     `kreg.callbacks.PreciseBatchNorm` on the training inputs, so that batch
     norms are validated with their real population statistics (moving
     statistics that lag the weights make a noisy validation curve, not
@@ -173,7 +238,8 @@ class OverfittingPruning:
     it stops a trial.
 
     Args:
-        prune_on: The detector states that end a trial: `"overfitting"`
+        prune_on: The detector states in which a trial's pace is judged over
+            the detector's `patience` (see `pruning_detector`): `"overfitting"`
             (default) and/or `"underfitting"`. `()` only watches and counts.
         detector_kwargs: Optional dict of `pruning_detector` arguments
             (`patience`, `smoothing`, `objective_patience`, ...), except
@@ -231,12 +297,15 @@ class OverfittingPruning:
         # too keeps the template untouched whatever the tuner does.
         kwargs["callbacks"] = ([precise] if precise else []) + callbacks + [copy.deepcopy(self.detector)]
         self.trial_epochs.setdefault(trial.trial_id, 0)
+        # The oracle knows every finished trial, those of other workers too.
+        best = self.oracle.get_best_trials(1)
+        if best and best[0].score is not None and self.detector.objective == self.oracle.objective.name:
+            sign = -1.0 if self.detector.objective_mode == "max" else 1.0
+            self.detector.search.update(sign * best[0].score)
         return super().run_trial(trial, *args, **kwargs)
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         super().on_epoch_end(trial, model, epoch, logs=logs)
         self.trial_epochs[trial.trial_id] = self.trial_epochs.get(trial.trial_id, 0) + 1
-        state = (logs or {}).get("overfitting_state")
-        pruning = [STATE_CODES[s] for s in self.detector.action.prune_on]
-        if model.stop_training and state in pruning:
+        if self.detector.search.ended_after == epoch:
             self.pruned_trials[trial.trial_id] = epoch

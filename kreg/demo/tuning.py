@@ -9,7 +9,7 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
     from kreg.tuning import OverfittingPruning
 
     class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
-        """RandomSearch that ends each trial once it overfits."""
+        """RandomSearch that ends each trial once it cannot reach the search's best."""
 
     filters, dense = ((8, 16), 32) if quick else ((32, 64), 128)
     hypermodel = CNNHyperModel((8, 8, 1), 10, filters=filters, dense_units=dense, seed=1)
@@ -23,7 +23,7 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
         overwrite=True,
     )
     log(
-        f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they overfit; "
+        f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they cannot reach the search's best; "
         "batch norms validated with statistics re-estimated on the training data (PreciseBatchNorm)"
     )
     tuner.search(

@@ -129,28 +129,35 @@ class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
     pass
 
 
-def test_pruning_ends_overfitting_trials_and_keeps_the_best_epoch_score(tmp_path):
+def test_pruning_ends_trials_behind_the_search_and_keeps_the_best_epoch_score(tmp_path):
     SEEN.clear()
     x, y = noise(128, 0)
     x_val, y_val = noise(128, 1)
     space = RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})
     tuner = PrunedRandomSearch(
-        Memorizer(space=space, seed=2), objective="val_accuracy", max_trials=2, seed=2,
-        directory=tmp_path, project_name="pruned", detector_kwargs={"patience": 2, "smoothing": 0.0},
+        Memorizer(space=space, seed=2), objective="val_loss", max_trials=3, seed=2,
+        directory=tmp_path, project_name="pruned",
+        detector_kwargs={"patience": 2, "smoothing": 0.0, "objective_patience": 3},
     )
     epochs = 40
     tuner.search(x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0, callbacks=[_Recorder()])
     trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
-    assert len(trials) == 2 and len(SEEN) == 2
-    assert set(tuner.pruned_trials) == {t.trial_id for t in trials}, tuner.pruned_trials
+    assert len(trials) == 3 and len(SEEN) == 3
+    first = trials[0]
+    # The first trial leads the search: it is never ended for overfitting.
+    assert first.trial_id not in tuner.pruned_trials and len(SEEN[0]) == epochs
+    # Memorizing noise, the later trials overfit at once and trail the first.
+    assert set(tuner.pruned_trials) == {t.trial_id for t in trials[1:]}, tuner.pruned_trials
     for trial, logs in zip(trials, SEEN):
-        assert len(logs) < epochs / 2, f"trial {trial.trial_id} ran {len(logs)} epochs"
         assert tuner.trial_epochs[trial.trial_id] == len(logs)
-        assert tuner.pruned_trials[trial.trial_id] == len(logs) - 1
-        val_acc = [epoch_logs["val_accuracy"] for epoch_logs in logs]
+        val_loss = [epoch_logs["val_loss"] for epoch_logs in logs]
         # The score is the best epoch seen, not the epoch it was stopped at.
-        assert trial.score == pytest.approx(max(val_acc)), (trial.score, val_acc)
-        assert trial.best_step == int(np.argmax(val_acc))
+        assert trial.score == pytest.approx(min(val_loss)), (trial.score, val_loss)
+        assert trial.best_step == int(np.argmin(val_loss))
+        if trial is not first:
+            assert len(logs) < epochs / 2, f"trial {trial.trial_id} ran {len(logs)} epochs"
+            assert tuner.pruned_trials[trial.trial_id] == len(logs) - 1
+            assert trial.score > first.score, "only a trial behind the search's best is ended"
     assert tuner.total_epochs == sum(len(logs) for logs in SEEN)
 
 
@@ -159,15 +166,19 @@ def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
     x, y = noise(128, 0)
     x_val, y_val = noise(128, 1)
     tuner = keras_tuner.RandomSearch(
-        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2),
-        objective="val_loss", max_trials=1, directory=tmp_path, project_name="cb",
+        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)}), seed=2),
+        objective="val_loss", max_trials=3, seed=2, directory=tmp_path, project_name="cb",
     )
-    detector = pruning_detector(patience=2, smoothing=0.0)
+    detector = pruning_detector(patience=2, smoothing=0.0, objective_patience=3)
     tuner.search(x, y, validation_data=(x_val, y_val), epochs=40, verbose=0, callbacks=[detector, _Recorder()])
-    assert 0 < len(SEEN[0]) < 20, len(SEEN[0])
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+    assert [len(logs) for logs in SEEN][0] == 40, "the first trial leads: not ended"
+    assert all(0 < len(logs) < 20 for logs in SEEN[1:]), [len(logs) for logs in SEEN]
     assert detector.states == [], "keras-tuner trains a deep copy; the template stays fresh"
-    trial = list(tuner.oracle.trials.values())[0]
-    assert trial.score == pytest.approx(min(logs["val_loss"] for logs in SEEN[0]))
+    # ... while the copies share one record of the search's best.
+    assert detector.search.value == pytest.approx(min(t.score for t in trials))
+    for trial, logs in zip(trials, SEEN):
+        assert trial.score == pytest.approx(min(epoch_logs["val_loss"] for epoch_logs in logs))
 
 
 def test_pruning_needs_validation_data(tmp_path):
@@ -186,27 +197,68 @@ def test_pruning_bad_arguments():
         pruning_detector(action="warn")
 
 
-def test_pruning_waits_for_the_objective_to_stall():
-    # The loss curves overfit from epoch 3 on, while val_accuracy (the search's
-    # objective) keeps improving until epoch 11: the trial ends only once the
-    # objective has gone `objective_patience` epochs without a new best.
-    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+def _replay(detector, curve, epochs=30, search_best=None):
+    """Feeds `curve(epoch)` logs to a pruning detector; the epoch it ended the trial after."""
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     detector.set_model(model)
+    detector.set_params({"epochs": epochs})
     detector.on_train_begin()
-    stopped_after = None
-    for epoch in range(30):
-        logs = {
-            "loss": 1.0 * 0.8**epoch,
-            "val_loss": 1.0 - 0.1 * min(epoch, 3) + 0.05 * max(epoch - 3, 0),
-            "val_accuracy": 0.5 + 0.01 * min(epoch, 11),
-        }
-        detector.on_epoch_end(epoch, logs)
+    detector.search.value = search_best
+    for epoch in range(epochs):
+        detector.on_epoch_end(epoch, curve(epoch))
         if getattr(model, "stop_training", False):
-            stopped_after = epoch
-            break
+            return epoch
+    return None
+
+
+def _overfits_while_accuracy_creeps(epoch):
+    # The loss curves overfit from epoch 3 on, while val_accuracy (the search's
+    # objective) keeps improving until epoch 11.
+    return {
+        "loss": 1.0 * 0.8**epoch,
+        "val_loss": 1.0 - 0.1 * min(epoch, 3) + 0.05 * max(epoch - 3, 0),
+        "val_accuracy": 0.5 + 0.01 * min(epoch, 11),
+    }
+
+
+def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
+    # Another trial scored 0.64 (signed: lower is better): this one trails it,
+    # and its val_accuracy stalls after epoch 11 at 0.61.
+    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+    stopped_after = _replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
     assert detector.states[5] == "overfitting", detector.states
-    assert stopped_after == 11 + 4, stopped_after
+    assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
+
+    def learning(epoch):  # the same objective, healthy loss curves
+        return {**_overfits_while_accuracy_creeps(epoch), "loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch}
+
+    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+    assert _replay(detector, learning, search_best=-0.64) == 11 + 4, "its pace over `objective_patience` epochs"
+    assert "overfitting" not in detector.states
+
+
+def test_the_leading_trial_is_never_ended_for_overfitting():
+    for search_best in (None, -0.6):  # the first trial; a trial ahead of the others
+        detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+        assert _replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
+        assert detector.state == "overfitting"
+
+
+def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
+    detector = pruning_detector(objective="val_accuracy", objective_patience=5, patience=2)
+
+    def slow(epoch):  # healthy and improving, by 0.001 an epoch
+        return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.001 * epoch}
+
+    # 0.5 + 0.001 * 29 < 0.9: hopeless from the first pace measured (epoch 5).
+    assert _replay(detector, slow, search_best=-0.9) == 5
+    assert detector.search.ended_after == 5
+    assert detector.state != "overfitting"
+    # Within reach at that pace: trains on.
+    assert _replay(detector, slow, search_best=-0.52) is None
+    # Watching only: nothing ends a trial.
+    watcher = pruning_detector(prune_on=(), objective="val_accuracy", objective_patience=5, patience=2)
+    assert _replay(watcher, slow, search_best=-0.9) is None
 
 
 def test_pruning_objective_defaults_to_the_tuners(tmp_path):
