@@ -366,6 +366,10 @@ class OverfittingDetector(keras.callbacks.Callback):
     def get_config(self):
         if callable(self.action):
             raise TypeError("An OverfittingDetector with a callable `action` cannot be serialized.")
+        return self._detector_config()
+
+    def _detector_config(self):
+        """The constructor's arguments, `action` as it is (subclasses serialize their own)."""
         return {
             "monitor": self.monitor,
             "train_monitor": self.train_monitor,

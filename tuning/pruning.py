@@ -1,5 +1,7 @@
 import copy
+import math
 
+import keras
 import keras_tuner
 
 from kreg._validation import check_at_least
@@ -40,8 +42,12 @@ class StopTrial:
         reason = detector.pruning_reason()
         if reason is None:
             return
-        detector.model.stop_training = True
         detector.search.ended_after = epoch
+        self.end(detector, epoch, reason)
+
+    def end(self, detector, epoch, reason):
+        """Ends the trial: stops its `fit` (subclasses may end it otherwise)."""
+        detector.model.stop_training = True
         detector._say(f"kreg: {reason}; ending this trial after epoch {epoch + 1}.")
 
 
@@ -56,15 +62,20 @@ class SearchBest:
     def __init__(self):
         self.value = None  # signed: lower is better
         self.ended_after = None  # the epoch the current trial was ended after, if it was
+        # True where the tuner sets `value` before each trial (from its oracle, which
+        # scores a trial by all its executions): trials then do not record their own.
+        self.set_by_tuner = False
 
     def update(self, value):
-        if value is not None and (self.value is None or value < self.value):
+        # A diverged (NaN) trial sets no best: NaN compares false with everything.
+        if value is not None and math.isfinite(value) and (self.value is None or value < self.value):
             self.value = value
 
     def __deepcopy__(self, memo):
         return self
 
 
+@keras.saving.register_keras_serializable(package="kreg")
 class TrialPruningDetector(OverfittingDetector):
     """An `OverfittingDetector` that ends a trial once it cannot reach the search's best.
 
@@ -76,7 +87,9 @@ class TrialPruningDetector(OverfittingDetector):
     The window is `objective_patience` epochs while the trial learns, and the
     detector's shorter `patience` once its state is in `prune_on`: an
     overfitting trial's best epoch is behind it, so its recent pace is what is
-    left. The first trial, and any trial that leads the search, is never ended.
+    left. The first trial, and any trial that leads the search, is never ended,
+    nor is a trial at its last epoch (nothing is left to save). A NaN epoch
+    (diverged) counts as the worst value there is, and sets no search best.
 
     Why not end every overfitting trial: the loss curves the detector reads can
     stall while the objective still creeps up. On the digits search of
@@ -87,10 +100,12 @@ class TrialPruningDetector(OverfittingDetector):
     `pruning_detector`.
     """
 
-    def __init__(self, prune_on, objective, objective_mode, objective_patience, **detector_kwargs):
-        super().__init__(action=StopTrial(prune_on), **detector_kwargs)
+    def __init__(self, prune_on, objective, objective_mode, objective_patience, action=None, **detector_kwargs):
+        # `action`: a `StopTrial` (the default, built from `prune_on`) or a subclass
+        # that ends a trial its own way (kreg.tuning.optuna_pruning_callback).
+        super().__init__(action=StopTrial(prune_on) if action is None else action, **detector_kwargs)
         self.objective = objective
-        self.objective_mode = objective_mode
+        self.objective_mode = check_choice("objective_mode", objective_mode, ("min", "max"))
         self.objective_patience = (
             2 * self.patience if objective_patience is None
             else int(check_at_least("objective_patience", objective_patience, integer=True, minimum=1))
@@ -117,11 +132,18 @@ class TrialPruningDetector(OverfittingDetector):
         if self.search.value is None or not epochs or self._epoch is None or len(values) <= window:
             return False
         best, earlier = min(values), min(values[:-window])  # signed: lower is better
+        if math.isinf(best):
+            return True  # diverged (NaN) throughout
+        if math.isinf(earlier):
+            return False  # just recovered from NaN: no pace yet
         pace = (earlier - best) / window  # gain per epoch, >= 0
         return best - pace * (epochs - 1 - self._epoch) > self.search.value
 
     def pruning_reason(self):
         """Why the trial should end now, or `None` while it should go on."""
+        epochs = (self.params or {}).get("epochs")
+        if epochs and self._epoch is not None and self._epoch >= epochs - 1:
+            return None  # the last epoch: nothing left to save
         if not self.action.prune_on or not self.cannot_catch_up():
             return None  # `prune_on=()`: watching only
         window = self.pace_window()
@@ -136,7 +158,9 @@ class TrialPruningDetector(OverfittingDetector):
         self._epoch = epoch
         if epoch >= self.start_from_epoch and self.objective in logs:
             sign = -1.0 if self.objective_mode == "max" else 1.0
-            self._objective_values.append(sign * _scalar(logs[self.objective]))
+            value = sign * _scalar(logs[self.objective])
+            # A NaN epoch (diverged) counts as the worst value there is.
+            self._objective_values.append(value if math.isfinite(value) else math.inf)
         super().on_epoch_end(epoch, logs)
         # The detector acts once, when a state is first reached; pruning is
         # decided anew every epoch.
@@ -145,8 +169,20 @@ class TrialPruningDetector(OverfittingDetector):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        if self._objective_values:
+        if self._objective_values and not self.search.set_by_tuner:
             self.search.update(min(self._objective_values))
+
+    def get_config(self):
+        config = {key: value for key, value in self._detector_config().items() if key != "action"}
+        if type(self.action) is not StopTrial:
+            raise TypeError(f"A TrialPruningDetector ending trials with {self.action!r} cannot be serialized.")
+        return {
+            **config,
+            "prune_on": list(self.action.prune_on),
+            "objective": self.objective,
+            "objective_mode": self.objective_mode,
+            "objective_patience": self.objective_patience,
+        }
 
 
 def _objective_name_and_mode(objective, default):
@@ -179,9 +215,15 @@ def pruning_detector(prune_on=(OVERFITTING,), objective=None, objective_patience
     say) still creeps up to the search's best, so overfitting alone ends no
     trial. The trial's score is unchanged in meaning: keras-tuner scores a
     trial by its best epoch (and checkpoints that epoch), which is behind it
-    when it is stopped. Use `OverfittingPruning` to also count the epochs each
-    trial trained and to read the search's best from the tuner's oracle (which
-    knows the trials of every worker of a distributed search).
+    when it is stopped. Pass a new detector to each search: the record its
+    copies share is that of every search it was passed to. Each `fit` is
+    judged on its own: with `executions_per_trial > 1` a trial's later
+    executions are judged against its earlier ones, and with Hyperband every
+    round against the search's best. `OverfittingPruning` does better on all
+    three: it reads the search's best from the tuner's oracle before each
+    trial (finished trials only, scored as the oracle scores them, those of
+    every worker of a distributed search too), leaves Hyperband's promotion
+    rounds to Hyperband, and counts the epochs each trial trained.
 
     Args:
         prune_on: The detector states in which a trial's pace is judged over
@@ -235,7 +277,10 @@ class OverfittingPruning:
     records per trial the epochs trained (`trial_epochs`) and the epoch it was
     pruned after (`pruned_trials`). Trials are scored as keras-tuner always
     scores them, by their best epoch, which the detector has already passed when
-    it stops a trial.
+    it stops a trial. Under `keras_tuner.Hyperband` only the trials of a
+    bracket's last round (`tuner/epochs == max_epochs`) are judged: the earlier
+    rounds are ranked against each other for promotion, which ending one of
+    them early would skew.
 
     Args:
         prune_on: The detector states in which a trial's pace is judged over
@@ -272,6 +317,9 @@ class OverfittingPruning:
             self.detector.objective, self.detector.objective_mode = _objective_name_and_mode(
                 self.oracle.objective, self.detector.monitor
             )
+        # The oracle scores a trial by all its executions and knows the trials of
+        # every worker: the search's best is read from it before each trial.
+        self.detector.search.set_by_tuner = self.detector.objective == self.oracle.objective.name
 
     @property
     def total_epochs(self):
@@ -297,12 +345,25 @@ class OverfittingPruning:
         # too keeps the template untouched whatever the tuner does.
         kwargs["callbacks"] = ([precise] if precise else []) + callbacks + [copy.deepcopy(self.detector)]
         self.trial_epochs.setdefault(trial.trial_id, 0)
-        # The oracle knows every finished trial, those of other workers too.
-        best = self.oracle.get_best_trials(1)
-        if best and best[0].score is not None and self.detector.objective == self.oracle.objective.name:
-            sign = -1.0 if self.detector.objective_mode == "max" else 1.0
-            self.detector.search.update(sign * best[0].score)
+        if self.detector.search.set_by_tuner:
+            self.detector.search.value = self.reference_for(trial)
         return super().run_trial(trial, *args, **kwargs)
+
+    def reference_for(self, trial):
+        """The score `trial` is judged against (signed: lower is better), or `None`
+        where it is not to be pruned."""
+        values = trial.hyperparameters.values
+        if "tuner/epochs" in values and values["tuner/epochs"] < getattr(self.oracle, "max_epochs", 0):
+            # A Hyperband round that successive halving ranks for promotion: its
+            # trials compete with each other, not with the search's best, and
+            # ending one early would change the ranking, not save its epochs.
+            return None
+        # Finished trials only (the oracle averages a trial's executions), every
+        # worker's too; none yet: the trial leads.
+        best = self.oracle.get_best_trials(1)
+        if not best or best[0].score is None or not math.isfinite(best[0].score):
+            return None
+        return (-1.0 if self.detector.objective_mode == "max" else 1.0) * best[0].score
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         super().on_epoch_end(trial, model, epoch, logs=logs)

@@ -5,8 +5,10 @@ import subprocess
 import time
 
 import keras
+import keras_tuner
 import numpy as np
 
+from kreg.tuning import OverfittingPruning
 from kreg.tuning import RegularizedHyperModel
 
 
@@ -35,6 +37,28 @@ class GroupsBreakSomeModels(RegularizedHyperModel):
             keras.layers.Dense(3, activation="softmax"),
         ])
         return self.compile_model(model)
+
+
+class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
+    pass
+
+
+def replay(detector, curve, epochs=30, search_best=None):
+    """Feeds `curve(epoch)` logs to a pruning detector, as one trial's `fit`; the
+    epoch it ended the trial after, or `None`."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    detector.set_model(model)
+    detector.set_params({"epochs": epochs})
+    detector.on_train_begin()
+    detector.search.value = search_best
+    stopped = None
+    for epoch in range(epochs):
+        detector.on_epoch_end(epoch, curve(epoch))
+        if getattr(model, "stop_training", False):
+            stopped = epoch
+            break
+    detector.on_train_end()
+    return stopped
 
 
 def noise(n, seed):

@@ -8,13 +8,14 @@ import pytest
 from kreg.datasets import load_digit_sequences
 from kreg.layers import ConsistentDropout
 from kreg.tuning import CNNHyperModel
-from kreg.tuning import OverfittingPruning
 from kreg.tuning import RecurrentHyperModel
 from kreg.tuning import RegularizationSpace
 from kreg.tuning import pruning_detector
 from search_helpers import GroupsBreakSomeModels
 from search_helpers import Memorizer
+from search_helpers import PrunedRandomSearch
 from search_helpers import noise
+from search_helpers import replay
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +126,6 @@ class _Recorder(keras.callbacks.Callback):
         SEEN[-1].append(dict(logs))
 
 
-class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
-    pass
-
-
 def test_pruning_ends_trials_behind_the_search_and_keeps_the_best_epoch_score(tmp_path):
     SEEN.clear()
     x, y = noise(128, 0)
@@ -197,20 +194,6 @@ def test_pruning_bad_arguments():
         pruning_detector(action="warn")
 
 
-def _replay(detector, curve, epochs=30, search_best=None):
-    """Feeds `curve(epoch)` logs to a pruning detector; the epoch it ended the trial after."""
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    detector.set_model(model)
-    detector.set_params({"epochs": epochs})
-    detector.on_train_begin()
-    detector.search.value = search_best
-    for epoch in range(epochs):
-        detector.on_epoch_end(epoch, curve(epoch))
-        if getattr(model, "stop_training", False):
-            return epoch
-    return None
-
-
 def _overfits_while_accuracy_creeps(epoch):
     # The loss curves overfit from epoch 3 on, while val_accuracy (the search's
     # objective) keeps improving until epoch 11.
@@ -225,7 +208,7 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
     # Another trial scored 0.64 (signed: lower is better): this one trails it,
     # and its val_accuracy stalls after epoch 11 at 0.61.
     detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
-    stopped_after = _replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
+    stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
     assert detector.states[5] == "overfitting", detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
 
@@ -233,14 +216,14 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
         return {**_overfits_while_accuracy_creeps(epoch), "loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch}
 
     detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
-    assert _replay(detector, learning, search_best=-0.64) == 11 + 4, "its pace over `objective_patience` epochs"
+    assert replay(detector, learning, search_best=-0.64) == 11 + 4, "its pace over `objective_patience` epochs"
     assert "overfitting" not in detector.states
 
 
 def test_the_leading_trial_is_never_ended_for_overfitting():
     for search_best in (None, -0.6):  # the first trial; a trial ahead of the others
         detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
-        assert _replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
+        assert replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
         assert detector.state == "overfitting"
 
 
@@ -251,14 +234,14 @@ def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
         return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.001 * epoch}
 
     # 0.5 + 0.001 * 29 < 0.9: hopeless from the first pace measured (epoch 5).
-    assert _replay(detector, slow, search_best=-0.9) == 5
+    assert replay(detector, slow, search_best=-0.9) == 5
     assert detector.search.ended_after == 5
     assert detector.state != "overfitting"
     # Within reach at that pace: trains on.
-    assert _replay(detector, slow, search_best=-0.52) is None
+    assert replay(detector, slow, search_best=-0.52) is None
     # Watching only: nothing ends a trial.
     watcher = pruning_detector(prune_on=(), objective="val_accuracy", objective_patience=5, patience=2)
-    assert _replay(watcher, slow, search_best=-0.9) is None
+    assert replay(watcher, slow, search_best=-0.9) is None
 
 
 def test_pruning_objective_defaults_to_the_tuners(tmp_path):

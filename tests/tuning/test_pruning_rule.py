@@ -1,0 +1,114 @@
+"""The pruning rule at the edges a search meets: NaN, the last epoch, repeated
+executions, Hyperband's rounds, serialization."""
+
+import math
+
+import keras
+import keras_tuner
+import pytest
+
+from kreg.tuning import OverfittingPruning
+from kreg.tuning import RegularizationSpace
+from kreg.tuning import pruning_detector
+from search_helpers import Memorizer
+from search_helpers import PrunedRandomSearch
+from search_helpers import noise
+from search_helpers import replay
+
+
+def _flat(epoch):
+    return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5}
+
+
+def test_a_diverged_trial_neither_poisons_the_search_best_nor_escapes_pruning():
+    def diverged(epoch):
+        return {"loss": math.nan, "val_loss": math.nan}
+
+    detector = pruning_detector(objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0)
+    # The first trial diverges at once: it sets no search best (NaN would compare
+    # false with everything and end pruning for the rest of the search).
+    assert replay(detector, diverged, epochs=10) is None
+    assert detector.search.value is None
+    detector.search.update(math.nan)
+    assert detector.search.value is None
+    # Behind a finite best, a diverged trial is as hopeless as any.
+    assert replay(detector, diverged, epochs=10, search_best=0.5) == 2
+
+    def diverges_after_a_good_start(epoch):
+        return {"loss": 1.0, "val_loss": 0.4 if epoch < 3 else math.nan}
+
+    detector = pruning_detector(objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0)
+    replay(detector, diverges_after_a_good_start, epochs=10)
+    assert detector.search.value == pytest.approx(0.4)
+
+
+def test_the_last_epoch_ends_nothing():
+    # The pace is first measured at the last epoch: nothing is left to save.
+    detector = pruning_detector(objective="val_accuracy", objective_patience=2, patience=2, verbose=0)
+    assert replay(detector, _flat, epochs=3, search_best=-0.9) is None
+    assert detector.search.ended_after is None
+    assert replay(detector, _flat, epochs=4, search_best=-0.9) == 2
+
+
+def test_pruning_detector_config_round_trip():
+    detector = pruning_detector(
+        prune_on=("overfitting", "underfitting"), objective=keras_tuner.Objective("val_auc", "max"),
+        objective_patience=3, patience=2, smoothing=0.1, verbose=0,
+    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(detector))
+    assert type(restored) is type(detector)
+    assert restored.get_config() == detector.get_config()
+    assert restored.action.prune_on == ("overfitting", "underfitting")
+    assert (restored.objective, restored.objective_mode, restored.objective_patience) == ("val_auc", "max", 3)
+    assert (restored.patience, restored.smoothing) == (2, 0.1)
+
+
+SEEN = []
+
+
+class _Recorder(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        SEEN.append(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        SEEN[-1] += 1
+
+
+class PrunedHyperband(OverfittingPruning, keras_tuner.Hyperband):
+    pass
+
+
+def test_executions_of_one_trial_are_not_judged_against_each_other(tmp_path):
+    # The search's best is that of finished trials (keras-tuner averages a
+    # trial's executions): the first trial's second execution has no reference,
+    # whatever its first execution scored.
+    SEEN.clear()
+    x, y = noise(128, 0)
+    x_val, y_val = noise(128, 1)
+    tuner = PrunedRandomSearch(
+        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})),
+        objective="val_loss", max_trials=1, executions_per_trial=3, directory=tmp_path, project_name="executions",
+        detector_kwargs={"patience": 1, "smoothing": 0.0, "objective_patience": 1, "verbose": 0},
+    )
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=12, verbose=0, callbacks=[_Recorder()])
+    assert SEEN == [12, 12, 12], SEEN
+    assert tuner.pruned_trials == {}
+
+
+def test_hyperband_rounds_that_feed_successive_halving_are_not_pruned(tmp_path):
+    tuner = PrunedHyperband(
+        Memorizer(), objective="val_loss", max_epochs=3, factor=3, directory=tmp_path, project_name="hb",
+        detector_kwargs={"patience": 1, "objective_patience": 1, "verbose": 0},
+    )
+    x, y = noise(32, 0)
+    tuner.search(x, y, validation_data=(x, y), verbose=0)  # Hyperband sets the epochs
+    finished = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    assert len(finished) == len(tuner.oracle.trials) >= 3
+    # A round whose trials Hyperband ranks for promotion has no reference to be pruned against...
+    early = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
+    early.hyperparameters.values.update({"tuner/epochs": 1, "tuner/initial_epoch": 0})
+    assert tuner.reference_for(early) is None
+    # ... while a bracket's last round is judged against the search's best.
+    last = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
+    last.hyperparameters.values.update({"tuner/epochs": 3, "tuner/initial_epoch": 1})
+    assert tuner.reference_for(last) == pytest.approx(min(t.score for t in finished))
