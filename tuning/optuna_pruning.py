@@ -1,4 +1,4 @@
-"""Optuna pruning for Keras that also knows about overfitting."""
+"""Optuna pruning for Keras that also ends a trial once it cannot reach the study's best."""
 
 import math
 import warnings
@@ -8,8 +8,10 @@ import keras
 from kreg._extras import require
 from kreg._keras_compat import declared_direction
 from kreg._validation import check_choice
-from kreg.callbacks import OverfittingDetector
+from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import infer_mode
+from kreg.tuning.pruning import StopTrial
+from kreg.tuning.pruning import TrialPruningDetector
 
 ON_OVERFITTING = ("stop", "prune")
 
@@ -20,29 +22,28 @@ def _direction(monitor, mode):
     return "maximize" if mode == "max" else "minimize"
 
 
-class _OverfittingAction:
-    """The detector's action: ends the trial's `fit` and notes why on the trial."""
+class _EndOptunaTrial(StopTrial):
+    """Ends an Optuna trial the detector gives up on: stops its `fit`, or prunes
+    it (`on_overfitting="prune"`), and notes why on the trial."""
 
-    def __init__(self, callback):
+    def __init__(self, callback, prune_on):
+        super().__init__(prune_on)
         self.callback = callback
 
-    def __call__(self, detector, epoch):
-        if detector.state != "overfitting":
-            return
+    def end(self, detector, epoch, reason):
         callback = self.callback
-        callback.overfitting_epoch = epoch
-        onset = detector.onset_epoch
-        callback.trial.set_user_attr("overfitting_onset_epoch", onset)
+        callback.ended_after = epoch
+        if detector.onset_epoch is not None:
+            callback.trial.set_user_attr("overfitting_onset_epoch", detector.onset_epoch)
         callback.trial.set_user_attr("stopped_after_epoch", epoch)
-        since = "" if onset is None else f" since epoch {onset + 1}"
+        callback.trial.set_user_attr("stopped_because", reason)
         if callback.on_overfitting == "prune":
-            raise callback.optuna.TrialPruned(f"Overfitting{since}; pruned after epoch {epoch + 1}.")
-        detector.model.stop_training = True
-        print(f"kreg: overfitting{since}; ending trial {callback.trial.number} after epoch {epoch + 1}.")
+            raise callback.optuna.TrialPruned(f"kreg: {reason}; pruned after epoch {epoch + 1}.")
+        super().end(detector, epoch, reason)
 
 
 class OptunaPruningCallback(keras.callbacks.Callback):
-    """Reports a Keras metric to an Optuna trial every epoch; prunes and stops on overfitting.
+    """Reports a Keras metric to an Optuna trial every epoch; ends the trial once it cannot reach the study's best.
 
     Built by `kreg.tuning.optuna_pruning_callback`; see there.
     """
@@ -55,20 +56,45 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         self.mode = mode
         self.direction = _direction(monitor, mode)
         self.on_overfitting = on_overfitting
-        self.detector = OverfittingDetector(action=_OverfittingAction(self), **detector_kwargs)
+        # The rule of keras-tuner's pruning (kreg.tuning.pruning), judging
+        # `monitor` against the study's best instead of a tuner's.
+        prune_on = detector_kwargs.pop("prune_on", (OVERFITTING,))
+        objective_patience = detector_kwargs.pop("objective_patience", None)
+        self.detector = TrialPruningDetector(
+            prune_on, monitor, "max" if self.direction == "maximize" else "min", objective_patience,
+            action=_EndOptunaTrial(self, prune_on), **detector_kwargs,
+        )
+        # The study is the record of the best (every worker's, through RDB storage).
+        self.detector.search.set_by_tuner = True
         self.best = None
-        self.overfitting_epoch = None
+        self.ended_after = None
 
     def set_model(self, model):
         super().set_model(model)
         self.detector.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.detector.set_params(params)  # `epochs`: the last epoch the pace is extrapolated to
+
+    def study_best(self):
+        """The best value of the study's completed trials, signed (lower is better),
+        or `None` before any (then this trial leads and is not ended)."""
+        study = getattr(self.trial, "study", None)
+        try:
+            best = study.best_value  # completed trials only, read from the storage
+        except (AttributeError, ValueError, RuntimeError):
+            return None  # no study (FixedTrial), no completed trial, several objectives
+        if best is None or not math.isfinite(best):
+            return None
+        return -best if self.direction == "maximize" else best
 
     def on_train_begin(self, logs=None):
         self._checked_direction = False
         if self.mode != "auto":
             self._check_direction(self.direction)
         self.best = None
-        self.overfitting_epoch = None
+        self.ended_after = None
         self._reported = False
         self._epochs_ended = 0
         self._warned_missing = False
@@ -77,6 +103,7 @@ class OptunaPruningCallback(keras.callbacks.Callback):
     def _check_direction(self, direction):
         self._checked_direction = True
         self.direction = direction
+        self.detector.objective_mode = "max" if direction == "maximize" else "min"
         study = getattr(self.trial, "study", None)
         directions = getattr(study, "directions", None)
         if directions is not None and len(directions) == 1:
@@ -129,6 +156,7 @@ class OptunaPruningCallback(keras.callbacks.Callback):
                 f"after epoch {epoch + 1} ({self.monitor}={value:.4g})."
             )
         if self.detector.monitor in logs and self.detector.train_monitor in logs:
+            self.detector.search.value = self.study_best()
             self.detector.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
@@ -150,20 +178,31 @@ def optuna_pruning_callback(
     on_overfitting="stop",
     detector_kwargs=None,
 ):
-    """A Keras callback that lets an Optuna trial prune, and ends it once it overfits.
+    """A Keras callback that lets an Optuna trial prune, and ends it once it cannot reach the study's best.
 
     Every epoch it reports `monitor` to the trial (`trial.report(value, epoch)`)
     and, when the study's pruner says so (`trial.should_prune()`), raises
-    `optuna.TrialPruned`, as Optuna's own Keras integration does. It also runs
-    a `kreg.callbacks.OverfittingDetector` on the training and validation
-    losses: once the trial overfits, its best epoch is behind it, so
-    training stops there. With `on_overfitting="stop"` (default) the trial
-    then ends normally and keeps its best score (return e.g.
-    `max(history.history["val_accuracy"])`, or `callback.best`): a pruned
-    Optuna trial never becomes `study.best_trial`, yet an overfitting trial's
-    best epoch may well be the best of the search. `on_overfitting="prune"`
-    raises `optuna.TrialPruned` instead. Either way the trial's user
-    attributes record `overfitting_onset_epoch` and `stopped_after_epoch`.
+    `optuna.TrialPruned`, as Optuna's own Keras integration does. It also
+    applies the rule of kreg's keras-tuner pruning (`pruning_detector`,
+    `TrialPruningDetector`): the trial ends once its best `monitor` value so
+    far, plus its gain per epoch over the last `objective_patience` epochs
+    (over the detector's `patience` once its `OverfittingDetector` state is
+    in `prune_on`) extrapolated to the last epoch of `fit`, is still behind
+    the study's best value (`study.best_value`: its completed trials, those
+    of every worker sharing its RDB storage too). Overfitting alone ends no
+    trial: the loss curves can stall while the objective still creeps up to
+    the study's best. The first trial, and any trial that leads the study,
+    is never ended. The study's values must be in `monitor`'s units (return
+    `callback.best`, the trial's best `monitor` value).
+
+    With `on_overfitting="stop"` (default) an ended trial stops training and
+    completes with its best score: a pruned Optuna trial never becomes
+    `study.best_trial`, and its best epoch is already behind it.
+    `on_overfitting="prune"` raises `optuna.TrialPruned` instead. Either way
+    the trial's user attributes record `stopped_after_epoch`,
+    `stopped_because` and, once the detector found it overfitting,
+    `overfitting_onset_epoch`; `callback.ended_after` is the epoch it ended
+    after (`None` if it ran to the end).
 
     Args:
         trial: The `optuna.Trial` of the objective.
@@ -178,9 +217,14 @@ def optuna_pruning_callback(
             compiled metric declares, as Keras's callbacks and
             `OverfittingDetector` read it; by name where it declares none:
             `"max"` for accuracies, AUC, precision, recall, F1, IoU and R2).
-        on_overfitting: `"stop"` (default) or `"prune"`.
-        detector_kwargs: Optional dict of `OverfittingDetector` arguments
-            (`patience`, `smoothing`, ...), except `action`.
+        on_overfitting: What ending a trial does: `"stop"` (default: stop
+            training, the trial completes) or `"prune"` (raise
+            `optuna.TrialPruned`).
+        detector_kwargs: Optional dict of `pruning_detector` arguments:
+            `prune_on` (default `("overfitting",)`; `()` ends no trial, the
+            study's pruner still prunes), `objective_patience` and the
+            `OverfittingDetector` arguments (`patience`, `smoothing`, ...),
+            except `action` and `objective` (the callback judges `monitor`).
 
     Returns:
         A `keras.callbacks.Callback` for `model.fit(callbacks=[...])`.
@@ -219,9 +263,10 @@ def optuna_pruning_callback(
             f"(the objective's argument). Received: trial={trial!r}"
         )
     detector_kwargs = dict(detector_kwargs or {})
-    if "action" in detector_kwargs:
-        raise ValueError(
-            "Invalid value received for argument `detector_kwargs`. The callback sets "
-            f"the detector's action itself. Received: action={detector_kwargs['action']!r}"
-        )
+    for name, why in (("action", "sets the detector's action itself"), ("objective", "judges `monitor`")):
+        if name in detector_kwargs:
+            raise ValueError(
+                f"Invalid value received for argument `detector_kwargs`. The callback {why}. "
+                f"Received: {name}={detector_kwargs[name]!r}"
+            )
     return OptunaPruningCallback(trial, optuna, monitor, mode, on_overfitting, detector_kwargs)

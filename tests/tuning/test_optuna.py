@@ -120,34 +120,70 @@ def test_the_study_pruner_prunes(digits):
     assert sorted(trial.intermediate_values) == [0, 1], "pruned after the second epoch"
 
 
-@pytest.mark.parametrize("on_overfitting", ["stop", "prune"])
-def test_overfitting_ends_the_trial(on_overfitting):
+def _learnable_then_hopeless(monitor, on_overfitting, epochs=30, patience=2, **detector_kwargs):
+    """An objective whose trial 0 learns (it validates on its training data) and
+    whose later trials memorize noise (they validate on other noise): hopeless."""
     x, y = noise(128, 0)
-    x_val, y_val = noise(128, 1)
+    x_noise, y_noise = noise(128, 1)
     hypermodel = Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.0)}), seed=2)
-    epochs = []
+    ran = {}
 
     def objective(trial):
+        validation = (x, y) if trial.number == 0 else (x_noise, y_noise)
         callback = optuna_pruning_callback(
-            trial, on_overfitting=on_overfitting, detector_kwargs={"patience": 2, "smoothing": 0.0})
+            trial, monitor, on_overfitting=on_overfitting,
+            detector_kwargs={"patience": patience, "objective_patience": 2 * patience, "smoothing": 0.0, "verbose": 0,
+                             **detector_kwargs})
         model = hypermodel.build(trial)
-        history = model.fit(x, y, validation_data=(x_val, y_val), epochs=40, verbose=0, callbacks=[callback])
-        epochs.append(len(history.epoch))
-        return min(history.history["val_loss"])
+        history = model.fit(x, y, validation_data=validation, epochs=epochs, verbose=0, callbacks=[callback])
+        ran[trial.number] = len(history.epoch)
+        assert callback.ended_after == (None if len(history.epoch) == epochs else len(history.epoch) - 1)
+        return callback.best
 
-    study = optuna.create_study()  # no pruner of its own would stop these trials
+    return objective, ran
+
+
+@pytest.mark.parametrize("on_overfitting, monitor", [("stop", "val_loss"), ("prune", "val_accuracy")])
+def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(on_overfitting, monitor):
+    objective, ran = _learnable_then_hopeless(monitor, on_overfitting)
+    direction = "maximize" if monitor == "val_accuracy" else "minimize"
+    study = optuna.create_study(direction=direction)  # no pruner of its own would stop these trials
+    study.optimize(objective, n_trials=3)
+    first, *later = study.trials
+    # The first trial leads the study: never ended, though the detector may see it overfit.
+    assert first.state == optuna.trial.TrialState.COMPLETE and ran[0] == 30
+    assert "stopped_after_epoch" not in first.user_attrs and len(first.intermediate_values) == 30
+    assert study.best_trial.number == 0
+    for trial in later:
+        stopped = trial.user_attrs["stopped_after_epoch"]
+        assert stopped < 15 and max(trial.intermediate_values) == stopped
+        assert "would not reach the search's best" in trial.user_attrs["stopped_because"]
+        if on_overfitting == "stop":
+            # Stopped, not pruned: the trial completes with its best score.
+            assert trial.state == optuna.trial.TrialState.COMPLETE and ran[trial.number] == stopped + 1
+            assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
+        else:
+            assert trial.state == optuna.trial.TrialState.PRUNED and trial.number not in ran
+
+
+def test_the_study_best_comes_from_the_shared_storage(tmp_path):
+    # Two workers of one study on SQLite: the trial worker B runs is judged
+    # against the trial worker A completed meanwhile.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    worker_a = optuna.create_study(study_name="shared", storage=url, direction="maximize")
+    worker_b = optuna.load_study(study_name="shared", storage=url)
+    worker_a.tell(worker_a.ask(), 1.0)  # a completed trial with a perfect val_accuracy
+    objective, ran = _learnable_then_hopeless("val_accuracy", "stop")
+    worker_b.optimize(objective, n_trials=1)
+    assert worker_b.trials[1].user_attrs["stopped_after_epoch"] < 15 and ran[1] < 15
+
+
+def test_prune_on_nothing_only_reports():
+    objective, ran = _learnable_then_hopeless("val_accuracy", "stop", epochs=10, prune_on=())
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(), 1.0)
     study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
-    stopped = trial.user_attrs["stopped_after_epoch"]
-    assert 2 <= stopped < 20 and trial.user_attrs["overfitting_onset_epoch"] < stopped
-    assert max(trial.intermediate_values) == stopped
-    if on_overfitting == "stop":
-        # Stopped, not pruned: the trial keeps its best score and can be the study's best.
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert epochs == [stopped + 1]
-        assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
-    else:
-        assert trial.state == optuna.trial.TrialState.PRUNED and epochs == []
+    assert ran == {1: 10} and "stopped_after_epoch" not in study.trials[1].user_attrs
 
 
 def test_unbuildable_trial_fails_alone():
@@ -169,6 +205,12 @@ def test_bad_arguments():
         optuna_pruning_callback(trial, mode="up")
     with pytest.raises(ValueError, match="action='warn'"):
         optuna_pruning_callback(trial, detector_kwargs={"action": "warn"})
+    with pytest.raises(ValueError, match="judges `monitor`.*objective='val_loss'"):
+        optuna_pruning_callback(trial, detector_kwargs={"objective": "val_loss"})
+    with pytest.raises(ValueError, match="prune_on"):
+        optuna_pruning_callback(trial, detector_kwargs={"prune_on": "diverging"})
+    with pytest.raises(ValueError, match="objective_patience"):
+        optuna_pruning_callback(trial, detector_kwargs={"objective_patience": 0})
     with pytest.raises(TypeError, match="trial=3"):
         optuna_pruning_callback(3)
     # The study maximizes; val_loss is minimized: refused when fit starts.
