@@ -9,8 +9,11 @@ fed to `kreg.OnlineAdapter` one batch of 64 at a time. Three streams:
 - (c) class-sorted and mixed: every test image gets a random corruption, the
   stream is sorted by label (each batch holds one or two classes).
 
-Every method runs with its defaults. The recovered share is
-`(accuracy - no adaptation) / (clean accuracy - no adaptation)`.
+Every method runs with its defaults, and `eata` once more without its
+few-classes test (`label_shift_ratio=None`: the method before that test). The
+recovered share is `(accuracy - no adaptation) / (clean accuracy - no adaptation)`.
+The cost of each method is its time per batch on the continual stream once
+compiled (the best of 3 passes), relative to `none`.
 
     python bench/adaptation_streams.py               # 2 training seeds
     python bench/adaptation_streams.py --seeds 1 --epochs 15
@@ -34,6 +37,10 @@ from kreg.datasets import load_digit_images  # noqa: E402
 
 BATCH_SIZE = 64
 SEVERITY = 5
+# (row name, method, extra arguments)
+VARIANTS = [(method, method, {}) for method in ONLINE_METHODS] + [
+    ("eata, no few-classes test", "eata", {"label_shift_ratio": None})
+]
 
 
 def train(seed, epochs, x, y):
@@ -73,17 +80,25 @@ def run_seed(seed, epochs, data, options):
     result = {"clean": clean, "a": {}, "b": {}, "c": {}, "c clean": {}}
     continual_x = np.concatenate([corrupted[c] for c in CORRUPTIONS])
     n = len(x_test)
-    for method in ONLINE_METHODS:
+    for row, method, extra in VARIANTS:
         model.set_weights(weights)
-        extra = options if method in ("tent", "eata") else {}
+        extra = {**extra, **options} if method in ("tent", "eata") else extra
         adapter = kreg.OnlineAdapter(model, method=method, reset="stream", **extra)
-        result["a"][method] = {c: accuracy(adapter.predict(corrupted[c], batch_size=BATCH_SIZE), y_test) for c in CORRUPTIONS}
+        result["a"][row] = {c: accuracy(adapter.predict(corrupted[c], batch_size=BATCH_SIZE), y_test) for c in CORRUPTIONS}
         continual = adapter.predict(continual_x, batch_size=BATCH_SIZE)
-        result["b"][method] = {c: accuracy(continual[i * n : (i + 1) * n], y_test) for i, c in enumerate(CORRUPTIONS)}
-        result["c"][method] = accuracy(adapter.predict(sorted_x, batch_size=BATCH_SIZE), sorted_y)
-        result["c clean"][method] = accuracy(adapter.predict(sorted_clean, batch_size=BATCH_SIZE), sorted_y)
-        result.setdefault("resets", {})[method] = adapter.collapse_resets
+        result["b"][row] = {c: accuracy(continual[i * n : (i + 1) * n], y_test) for i, c in enumerate(CORRUPTIONS)}
+        result["c"][row] = accuracy(adapter.predict(sorted_x, batch_size=BATCH_SIZE), sorted_y)
+        result["c clean"][row] = accuracy(adapter.predict(sorted_clean, batch_size=BATCH_SIZE), sorted_y)
+        result.setdefault("resets", {})[row] = adapter.collapse_resets
+        result.setdefault("few classes", {})[row] = adapter.few_classes_batches
         adapter.reset()
+        adapter.predict(continual_x[:BATCH_SIZE], batch_size=BATCH_SIZE)  # compiled
+        seconds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            adapter.predict(continual_x, batch_size=BATCH_SIZE)
+            seconds.append(time.perf_counter() - started)
+        result.setdefault("seconds", {})[row] = min(seconds)
     return result
 
 
@@ -104,7 +119,7 @@ def report(results):
     print("| method | " + " | ".join(CORRUPTIONS) + " | recovered share |")
     print("|" + " --- |" * (len(CORRUPTIONS) + 2))
     share = {}
-    for method in ONLINE_METHODS:
+    for method, _, _ in VARIANTS:
         row = [mean_over(results, "a", method, c) for c in CORRUPTIONS]
         lost = [clean - mean_over(results, "a", "none", c) for c in CORRUPTIONS]
         gained = [r - mean_over(results, "a", "none", c) for r, c in zip(row, CORRUPTIONS)]
@@ -114,21 +129,26 @@ def report(results):
     print("\n(b) continual (no reset between corruptions): accuracy (%), and the largest drop below (a)")
     print("| method | " + " | ".join(CORRUPTIONS) + " | worst drop vs (a), points |")
     print("|" + " --- |" * (len(CORRUPTIONS) + 2))
-    for method in ONLINE_METHODS:
+    for method, _, _ in VARIANTS:
         row = [mean_over(results, "b", method, c) for c in CORRUPTIONS]
         drop = max(mean_over(results, "a", method, c) - r for r, c in zip(row, CORRUPTIONS))
         print(f"| {method} | " + " | ".join(f"{100 * r:.1f}" for r in row) + f" | {100 * drop:+.1f} |")
 
     print("\n(c) class-sorted batches: mixed corruptions, and clean images: accuracy (%) and the change from no adaptation")
-    print("| method | mixed corruptions | vs none, points | clean | vs none, points | collapse resets (all streams) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| method | mixed corruptions | vs none, points | clean | vs none, points | collapse resets (all streams) "
+        "| batches kept on stored statistics (all streams) | cost vs none |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     none, none_clean = mean_over(results, "c", "none"), mean_over(results, "c clean", "none")
-    for method in ONLINE_METHODS:
+    for method, _, _ in VARIANTS:
         value, clean_value = mean_over(results, "c", method), mean_over(results, "c clean", method)
         resets = sum(r["resets"][method] for r in results)
+        kept = sum(r["few classes"][method] for r in results)
+        cost = mean_over(results, "seconds", method) / mean_over(results, "seconds", "none")
         print(
             f"| {method} | {100 * value:.1f} | {100 * (value - none):+.1f} | {100 * clean_value:.1f} | "
-            f"{100 * (clean_value - none_clean):+.1f} | {resets} |"
+            f"{100 * (clean_value - none_clean):+.1f} | {resets} | {kept} | {cost:.1f}x |"
         )
 
 

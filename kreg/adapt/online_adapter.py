@@ -9,9 +9,11 @@ from keras import ops
 from kreg import _keras_compat
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import SampleSelection
+from kreg.adapt.label_shift import few_classes_batch
 from kreg.adapt.reestimation import _combine
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
@@ -56,7 +58,9 @@ class OnlineAdapter:
       entropy minimization on the scale and shift (Tent).
     - `"eata"`: the same with EATA's filters and weights, and SAR's collapse
       guard (see `kreg.adapt_batchnorm`): when the filtered entropy collapses,
-      back to the source state.
+      back to the source state. A batch that looks like source inputs of few
+      classes (see below) is predicted with the stored statistics and not
+      learned from.
 
     `"tent"` and `"eata"` predict with the state before the batch's update (as
     their published code does): a batch's own update serves the batches after
@@ -67,7 +71,21 @@ class OnlineAdapter:
 
     The statistics methods never collapse on batches that hold one or two
     classes, but `"batch"` and `"tent"` do: their predictions come from the
-    statistics of that one batch.
+    statistics of that one batch, which normalize every sample against its own
+    class. `"eata"` tells such a batch from a shifted one by where its
+    statistics move (`kreg/adapt/label_shift.py`): a corruption of the inputs
+    moves the first batch norm's input away from its stored statistics, a batch
+    of few classes mostly the last one's. When the first batch norm's distance
+    is below `label_shift_ratio` times the last one's, and small in itself
+    (below that of a 1.5x change of the variance), the batch is predicted by
+    the model as it is (its stored statistics, the scale and shift learned so
+    far), and skipped by the entropy step and the collapse watch;
+    `few_classes_batches` counts such batches. This costs one more forward
+    pass per batch (the batch's statistics at every batch norm), and needs two
+    batch norms or more (with one, every batch is adapted to). In a model whose
+    first batch norm already sees class-specific features (a dense network on
+    a few input features, say), a batch of few classes moves it as well and is
+    adapted to, as before the test.
 
     Args:
         model: A built Keras model with at least one batch norm layer (Keras's
@@ -86,6 +104,10 @@ class OnlineAdapter:
         prior_strength: `"mixed"`: `N`, the number of samples the source
             statistics count as. Defaults to `16`.
         online_momentum: `"online"`: in `[0, 1)`. Defaults to `0.9`.
+        label_shift_ratio: `"eata"`: the threshold on the ratio of the first
+            to the last batch norm's distance from the stored statistics below
+            which a batch is taken as source inputs of few classes (see above).
+            `None` adapts to every batch. Defaults to `0.5`.
 
     Example:
 
@@ -106,6 +128,8 @@ class OnlineAdapter:
         - [Wang et al., 2021](https://arxiv.org/abs/2006.10726), Tent.
         - [Niu et al., 2022](https://arxiv.org/abs/2204.02610), EATA.
         - [Niu et al., 2023](https://arxiv.org/abs/2302.12400), SAR.
+        - [Lim et al., 2023](https://arxiv.org/abs/2302.05155), TTN: batch
+          norm layers differ in their sensitivity to a domain shift.
     """
 
     def __init__(
@@ -120,6 +144,7 @@ class OnlineAdapter:
         collapse_factor=0.03,
         prior_strength=16,
         online_momentum=0.9,
+        label_shift_ratio=0.5,
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -136,6 +161,9 @@ class OnlineAdapter:
             )
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
+        if label_shift_ratio is not None:
+            label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio)
+        self.label_shift_ratio = label_shift_ratio
         self.selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
         self.model = model
         self.layers = batch_norm_layers(model)
@@ -145,6 +173,7 @@ class OnlineAdapter:
                 "nothing for OnlineAdapter to adapt."
             )
         self.collapse_resets = 0
+        self.few_classes_batches = 0
         self._accumulated = None  # "reestimate": [(mean, variance, count)] so far
         self._stepper = None
         if method in ("batch", "tent", "eata"):
@@ -157,7 +186,7 @@ class OnlineAdapter:
     def snapshot(self):
         """Every batch norm's weights and the adapter's running state, as an `AdapterSnapshot`."""
         optimizer = self._stepper.optimizer_state() if self._stepper is not None and self._stepper.train else None
-        state = (self.selection.state(), optimizer, self._accumulated, self.collapse_resets)
+        state = (self.selection.state(), optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches)
         return AdapterSnapshot(weights=self._weights(), state=state)
 
     def restore(self, snapshot):
@@ -170,16 +199,16 @@ class OnlineAdapter:
         for layer in self.layers:
             for variable, value in zip(layer.weights, snapshot.weights[layer.path]):
                 variable.assign(value)
-        selection, optimizer, self._accumulated, self.collapse_resets = snapshot.state
+        selection, optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches = snapshot.state
         self.selection.set_state(selection)
         if optimizer is not None:
             self._stepper.set_optimizer_state(optimizer)
 
     def reset(self):
         """Back to the source state: the weights the adapter found, no running state."""
-        resets = self.collapse_resets
+        counts = self.collapse_resets, self.few_classes_batches
         self.restore(self._source)
-        self.collapse_resets = resets  # a count kept over the adapter's life
+        self.collapse_resets, self.few_classes_batches = counts  # kept over the adapter's life
 
     def predict_on_batch(self, x):
         """The predictions on one batch `x`; adapts by it (see the class description)."""
@@ -206,6 +235,9 @@ class OnlineAdapter:
             return self.model.predict_on_batch(x)
         if self.method in _STATISTICS_METHODS:
             return self._predict_with_updated_statistics(x)
+        if self.method == "eata" and self._few_classes(x):
+            self.few_classes_batches += 1
+            return self.model.predict_on_batch(x)
         outputs, probabilities = self._stepper.predict(x)
         if self.method == "tent":
             self._stepper.step(x)
@@ -218,10 +250,19 @@ class OnlineAdapter:
                 self.collapse_resets += 1
         return outputs
 
+    def _batch_statistics(self, x):
+        options = dict(steps=None, batch_size=len(keras.tree.flatten(x)[0]), verbose=0)
+        return collect_statistics(self.model, self.layers, x, options)
+
+    def _few_classes(self, x):
+        if self.label_shift_ratio is None or len(self.layers) < 2:
+            return False
+        batch, _ = self._batch_statistics(x)
+        return few_classes_batch(self.layers, batch, self.label_shift_ratio)
+
     def _predict_with_updated_statistics(self, x):
         before = self._weights() if self.method == "mixed" else None
-        options = dict(steps=None, batch_size=len(keras.tree.flatten(x)[0]), verbose=0)
-        batch, samples = collect_statistics(self.model, self.layers, x, options)
+        batch, samples = self._batch_statistics(x)
         stored = [
             (ops.convert_to_numpy(layer.moving_mean).astype("float64"), ops.convert_to_numpy(layer.moving_variance).astype("float64"))
             for layer in self.layers
