@@ -278,7 +278,7 @@ class OverfittingPruning:
     pruned after (`pruned_trials`). Trials are scored as keras-tuner always
     scores them, by their best epoch, which the detector has already passed when
     it stops a trial. Under `keras_tuner.Hyperband` only the trials of a
-    bracket's last round (`tuner/epochs == max_epochs`) are judged: the earlier
+    bracket's last round (`tuner/round == tuner/bracket`) are judged: the earlier
     rounds are ranked against each other for promotion, which ending one of
     them early would skew.
 
@@ -353,15 +353,17 @@ class OverfittingPruning:
         """The score `trial` is judged against (signed: lower is better), or `None`
         where it is not to be pruned."""
         values = trial.hyperparameters.values
-        if "tuner/epochs" in values and values["tuner/epochs"] < getattr(self.oracle, "max_epochs", 0):
-            # A Hyperband round that successive halving ranks for promotion: its
-            # trials compete with each other, not with the search's best, and
+        if values.get("tuner/round", 0) < values.get("tuner/bracket", 0):
+            # A Hyperband round that successive halving ranks for promotion (a
+            # bracket's last round is its number; keras_tuner/src/tuners/hyperband.py):
+            # its trials compete with each other, not with the search's best, and
             # ending one early would change the ranking, not save its epochs.
             return None
         # Finished trials only (the oracle averages a trial's executions), every
-        # worker's too; none yet: the trial leads.
+        # worker's too; none yet: the trial leads. Without a completed trial the
+        # oracle's "best" is any other (running, or failed with a NaN score).
         best = self.oracle.get_best_trials(1)
-        if not best or best[0].score is None or not math.isfinite(best[0].score):
+        if not best or best[0].status != "COMPLETED" or best[0].score is None or not math.isfinite(best[0].score):
             return None
         return (-1.0 if self.detector.objective_mode == "max" else 1.0) * best[0].score
 

@@ -106,9 +106,26 @@ def test_hyperband_rounds_that_feed_successive_halving_are_not_pruned(tmp_path):
     assert len(finished) == len(tuner.oracle.trials) >= 3
     # A round whose trials Hyperband ranks for promotion has no reference to be pruned against...
     early = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
-    early.hyperparameters.values.update({"tuner/epochs": 1, "tuner/initial_epoch": 0})
+    early.hyperparameters.values.update(
+        {"tuner/epochs": 1, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0})
     assert tuner.reference_for(early) is None
     # ... while a bracket's last round is judged against the search's best.
     last = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
-    last.hyperparameters.values.update({"tuner/epochs": 3, "tuner/initial_epoch": 1})
+    last.hyperparameters.values.update(
+        {"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/bracket": 1, "tuner/round": 1})
     assert tuner.reference_for(last) == pytest.approx(min(t.score for t in finished))
+
+
+def test_only_completed_trials_are_a_reference(tmp_path):
+    tuner = PrunedRandomSearch(
+        Memorizer(), objective="val_accuracy", max_trials=5, directory=tmp_path, project_name="completed",
+    )
+    running = tuner.oracle.create_trial("worker")
+    assert tuner.reference_for(running) is None, "no finished trial: it leads"
+    for score in (math.nan, 0.7):  # keras-tuner fails a trial whose score is NaN
+        trial = tuner.oracle.create_trial("worker")
+        tuner.oracle.update_trial(trial.trial_id, {"val_accuracy": score})
+        trial.status = "COMPLETED"
+        tuner.oracle.end_trial(trial)
+        expected = None if math.isnan(score) else -score  # signed: lower is better
+        assert tuner.reference_for(running) == expected
