@@ -112,10 +112,12 @@ class TrialPruningDetector(OverfittingDetector):
         )
         self.search = SearchBest()
         self._objective_values = []
+        self._objective_epochs = []  # the epochs that logged the objective (validation_freq)
 
     def reset(self):
         super().reset()
         self._objective_values = []
+        self._objective_epochs = []  # the epochs that logged the objective (validation_freq)
         self._epoch = None
         if hasattr(self, "search"):
             self.search.ended_after = None
@@ -136,7 +138,9 @@ class TrialPruningDetector(OverfittingDetector):
             return True  # diverged (NaN) throughout
         if math.isinf(earlier):
             return False  # just recovered from NaN: no pace yet
-        pace = (earlier - best) / window  # gain per epoch, >= 0
+        # Gain per epoch, >= 0: with `fit(validation_freq=k)` the window's
+        # validations span k epochs each.
+        pace = (earlier - best) / (self._objective_epochs[-1] - self._objective_epochs[-1 - window])
         return best - pace * (epochs - 1 - self._epoch) > self.search.value
 
     def pruning_reason(self):
@@ -161,6 +165,7 @@ class TrialPruningDetector(OverfittingDetector):
             value = sign * _scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
             self._objective_values.append(value if math.isfinite(value) else math.inf)
+            self._objective_epochs.append(epoch)
         super().on_epoch_end(epoch, logs)
         # The detector acts once, when a state is first reached; pruning is
         # decided anew every epoch.

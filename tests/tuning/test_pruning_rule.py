@@ -50,6 +50,19 @@ def test_the_last_epoch_ends_nothing():
     assert replay(detector, _flat, epochs=4, search_best=-0.9) == 2
 
 
+def test_the_pace_is_per_epoch_when_validation_runs_every_other_epoch():
+    def slow(epoch):  # val_accuracy gains 0.01 an epoch: 0.79 by the last epoch, short of 0.85
+        return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.01 * epoch}
+
+    def every_other(epoch):  # fit(validation_freq=2): validation after epochs 2, 4, 6, ...
+        logs = slow(epoch)
+        return logs if epoch % 2 == 1 else {"loss": logs["loss"]}
+
+    for curve, first_pace in ((slow, 2), (every_other, 5)):
+        detector = pruning_detector(objective="val_accuracy", objective_patience=2, patience=2, verbose=0)
+        assert replay(detector, curve, epochs=30, search_best=-0.85) == first_pace, curve.__name__
+
+
 def test_pruning_detector_config_round_trip():
     detector = pruning_detector(
         prune_on=("overfitting", "underfitting"), objective=keras_tuner.Objective("val_auc", "max"),
