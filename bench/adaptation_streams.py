@@ -1,7 +1,7 @@
 """Test-time adaptation over streams of batches: kreg.OnlineAdapter's methods side by side.
 
 The CNN and corruptions of bench/adaptation_shift.py (8x8 digits, severity 5),
-fed to `kreg.OnlineAdapter` one batch of 64 at a time. Three streams:
+fed to `kreg.OnlineAdapter` one batch of 64 (`--batch-size`) at a time. Three streams:
 
 - (a) each corruption alone (the adapter reset before each);
 - (b) continual: the four corruptions one after another, never reset; each
@@ -17,6 +17,7 @@ compiled (the best of 3 passes), relative to `none`.
 
     python bench/adaptation_streams.py               # 2 training seeds
     python bench/adaptation_streams.py --seeds 1 --epochs 15
+    python bench/adaptation_streams.py --batch-size 16
 """
 
 import argparse
@@ -35,7 +36,7 @@ from kreg.datasets import CORRUPTIONS  # noqa: E402
 from kreg.datasets import corrupt_images  # noqa: E402
 from kreg.datasets import load_digit_images  # noqa: E402
 
-BATCH_SIZE = 64
+BATCH_SIZE = 64  # the default
 SEVERITY = 5
 # (row name, method, extra arguments)
 VARIANTS = [(method, method, {}) for method in ONLINE_METHODS] + [
@@ -53,11 +54,11 @@ def train(seed, epochs, x, y):
     return model
 
 
-def streams(x_test, y_test, seed):
+def streams(x_test, y_test, seed, batch_size):
     rng = np.random.default_rng(seed)
     # A whole number of batches, so that in the continual stream no batch mixes
     # two corruptions.
-    order = rng.permutation(len(x_test))[: len(x_test) // BATCH_SIZE * BATCH_SIZE]
+    order = rng.permutation(len(x_test))[: len(x_test) // batch_size * batch_size]
     x_test, y_test = x_test[order], y_test[order]
     corrupted = {c: corrupt_images(x_test, c, SEVERITY, seed=1) for c in CORRUPTIONS}
     # (c): a random corruption per image, then sorted by label.
@@ -71,10 +72,10 @@ def accuracy(predictions, y):
     return float(np.mean(predictions.argmax(-1) == y))
 
 
-def run_seed(seed, epochs, data, options):
+def run_seed(seed, epochs, data, options, batch_size):
     (x_train, y_train), (x_test, y_test) = data
     model = train(seed, epochs, x_train, y_train)
-    x_test, y_test, corrupted, (sorted_x, sorted_clean, sorted_y) = streams(x_test, y_test, seed)
+    x_test, y_test, corrupted, (sorted_x, sorted_clean, sorted_y) = streams(x_test, y_test, seed, batch_size)
     clean = accuracy(model.predict(x_test, verbose=0), y_test)
     weights = model.get_weights()
     result = {"clean": clean, "a": {}, "b": {}, "c": {}, "c clean": {}}
@@ -84,19 +85,19 @@ def run_seed(seed, epochs, data, options):
         model.set_weights(weights)
         extra = {**extra, **options} if method in ("tent", "eata") else extra
         adapter = kreg.OnlineAdapter(model, method=method, reset="stream", **extra)
-        result["a"][row] = {c: accuracy(adapter.predict(corrupted[c], batch_size=BATCH_SIZE), y_test) for c in CORRUPTIONS}
-        continual = adapter.predict(continual_x, batch_size=BATCH_SIZE)
+        result["a"][row] = {c: accuracy(adapter.predict(corrupted[c], batch_size=batch_size), y_test) for c in CORRUPTIONS}
+        continual = adapter.predict(continual_x, batch_size=batch_size)
         result["b"][row] = {c: accuracy(continual[i * n : (i + 1) * n], y_test) for i, c in enumerate(CORRUPTIONS)}
-        result["c"][row] = accuracy(adapter.predict(sorted_x, batch_size=BATCH_SIZE), sorted_y)
-        result["c clean"][row] = accuracy(adapter.predict(sorted_clean, batch_size=BATCH_SIZE), sorted_y)
+        result["c"][row] = accuracy(adapter.predict(sorted_x, batch_size=batch_size), sorted_y)
+        result["c clean"][row] = accuracy(adapter.predict(sorted_clean, batch_size=batch_size), sorted_y)
         result.setdefault("resets", {})[row] = adapter.collapse_resets
         result.setdefault("few classes", {})[row] = adapter.few_classes_batches
         adapter.reset()
-        adapter.predict(continual_x[:BATCH_SIZE], batch_size=BATCH_SIZE)  # compiled
+        adapter.predict(continual_x[:batch_size], batch_size=batch_size)  # compiled
         seconds = []
         for _ in range(3):
             started = time.perf_counter()
-            adapter.predict(continual_x, batch_size=BATCH_SIZE)
+            adapter.predict(continual_x, batch_size=batch_size)
             seconds.append(time.perf_counter() - started)
         result.setdefault("seconds", {})[row] = min(seconds)
     return result
@@ -112,9 +113,9 @@ def mean_over(results, *keys):
     return statistics.mean(values)
 
 
-def report(results):
+def report(results, batch_size):
     clean = mean_over(results, "clean")
-    print(f"\nclean accuracy (no adaptation): {100 * clean:.1f}%; {len(results)} seed(s), batch {BATCH_SIZE}")
+    print(f"\nclean accuracy (no adaptation): {100 * clean:.1f}%; {len(results)} seed(s), batch {batch_size}")
     print("\n(a) each corruption alone, severity 5: accuracy (%), and the mean recovered share")
     print("| method | " + " | ".join(CORRUPTIONS) + " | recovered share |")
     print("|" + " --- |" * (len(CORRUPTIONS) + 2))
@@ -156,6 +157,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--learning-rate", type=float, default=None, help="tent and eata (default: theirs)")
     args = parser.parse_args()
     options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
@@ -164,9 +166,9 @@ def main():
     results = []
     for seed in range(args.seeds):
         started = time.perf_counter()
-        results.append(run_seed(seed, args.epochs, data, options))
+        results.append(run_seed(seed, args.epochs, data, options, args.batch_size))
         print(f"  seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
-    report(results)
+    report(results, args.batch_size)
 
 
 if __name__ == "__main__":
