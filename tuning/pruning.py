@@ -293,7 +293,8 @@ class OverfittingPruning:
             (default) and/or `"underfitting"`. `()` only watches and counts.
         detector_kwargs: Optional dict of `pruning_detector` arguments
             (`patience`, `smoothing`, `objective_patience`, ...), except
-            `action`; `objective` defaults to the tuner's.
+            `action`; `objective` defaults to the tuner's (name it when the
+            tuner has several objectives).
         *args, **kwargs: The tuner's own arguments. Its `seed` must be an
             integer >= 1 or `None`: keras-tuner reads `seed=0` as "no seed"
             and draws a random one, so 0 is refused here.
@@ -318,7 +319,15 @@ class OverfittingPruning:
         self.pruned_trials = {}
         super().__init__(*args, **kwargs)
         if "objective" not in detector_kwargs:
-            # Trials end only once the objective the search ranks them by stalls.
+            if hasattr(self.oracle.objective, "objectives"):
+                # keras-tuner's MultiObjective: a sum no epoch logs, that no trial would be judged by.
+                raise ValueError(
+                    "Invalid value received for argument `detector_kwargs`. With several "
+                    "objectives, name the one whose pace is judged, e.g. "
+                    "detector_kwargs={'objective': 'val_accuracy'}. Received: objective="
+                    f"{[o.name for o in self.oracle.objective.objectives]!r}"
+                )
+            # Trials are judged by the objective the search ranks them by.
             self.detector.objective, self.detector.objective_mode = _objective_name_and_mode(
                 self.oracle.objective, self.detector.monitor
             )

@@ -142,3 +142,15 @@ def test_only_completed_trials_are_a_reference(tmp_path):
         tuner.oracle.end_trial(trial)
         expected = None if math.isnan(score) else -score  # signed: lower is better
         assert tuner.reference_for(running) == expected
+
+
+def test_several_objectives_need_the_judged_one_named(tmp_path):
+    objectives = ["val_loss", keras_tuner.Objective("val_accuracy", "max")]
+    with pytest.raises(ValueError, match=r"name the one whose pace is judged.*\['val_loss', 'val_accuracy'\]"):
+        PrunedRandomSearch(Memorizer(), objective=objectives, max_trials=1, directory=tmp_path, project_name="multi")
+    tuner = PrunedRandomSearch(
+        Memorizer(), objective=objectives, max_trials=1, directory=tmp_path, project_name="multi",
+        detector_kwargs={"objective": keras_tuner.Objective("val_accuracy", "max")},
+    )
+    # Not the oracle's score (a sum of both): the detector keeps its own record.
+    assert tuner.detector.objective == "val_accuracy" and not tuner.detector.search.set_by_tuner
