@@ -71,16 +71,20 @@ def check_at_least(name, value, integer=False, minimum=0):
     return value
 
 
-def check_positive(name, value):
-    """Returns `value` as a float if it is a finite number > 0 (a learning rate, a decay)."""
+def check_positive(name, value, optional=False):
+    """Returns `value` as a float if it is a finite number > 0 (a learning rate, a
+    decay); with `optional`, `None` is allowed and returned as it is."""
+    if optional and value is None:
+        return None
+    allowed = "a finite number > 0 or None" if optional else "a finite number > 0"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a finite number > 0. "
+            f"Invalid value received for argument `{name}`. Expected {allowed}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a finite number > 0. "
+            f"Invalid value received for argument `{name}`. Expected {allowed}. "
             f"Received: {name}={value}"
         )
     return float(value)

@@ -131,3 +131,33 @@ def test_bad_label_shift_ratio_is_refused():
     for bad in (0, -1.0, "half"):
         with pytest.raises(ValueError, match="label_shift_ratio"):
             OnlineAdapter(model, label_shift_ratio=bad)
+
+
+def test_the_test_follows_the_call_order_in_a_nested_model(trained):
+    # Keras lists a nested model's layers deepest first (`_flatten_layers`),
+    # so "first" and "last" must come from the order the batch norms run in.
+    model = _fresh(trained)
+    nested = keras.Sequential([keras.Input((6, 6, 1)), model])
+    labels = np.zeros(32, "int64")
+    x = _images(labels, seed=1)
+    unadapted = nested.predict(x, verbose=0)
+    eata = OnlineAdapter(nested)
+    np.testing.assert_allclose(eata.predict_on_batch(x), unadapted, rtol=1e-5, atol=1e-6)
+    assert eata.few_classes_batches == 1
+
+
+def test_a_batch_of_one_sample_is_one_class(trained):
+    # The dense batch norm sees one value per channel: no variance to normalize
+    # with, but a distance all the same (the batch is as far as can be).
+    model = _fresh(trained)
+    x = _images(np.zeros(33, "int64"), seed=4)
+    unadapted = model.predict(x, verbose=0)
+    eata = OnlineAdapter(model)
+    np.testing.assert_allclose(eata.predict(x, batch_size=32), unadapted, rtol=1e-5, atol=1e-6)
+    assert eata.few_classes_batches == 2
+
+
+def test_the_error_names_none_as_allowed():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match=r"> 0 or None\. Received: label_shift_ratio=0"):
+        OnlineAdapter(model, label_shift_ratio=0)

@@ -56,7 +56,7 @@ def few_classes_batch(layers, batch_statistics, ratio):
     them (`SOURCE_LIKE_DISTANCE`).
 
     Args:
-        layers: the model's batch norms, shallowest first.
+        layers: the model's batch norms, in the order the model calls them.
         batch_statistics: `[(mean, variance, count)]` of the batch, one per layer.
         ratio: the threshold on `first distance / last distance`.
     """

@@ -16,6 +16,7 @@ from kreg.adapt.eata import SampleSelection
 from kreg.adapt.label_shift import few_classes_batch
 from kreg.adapt.reestimation import _combine
 from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
 from kreg.model_graph import batch_norm_layers
 
@@ -75,17 +76,20 @@ class OnlineAdapter:
     class. `"eata"` tells such a batch from a shifted one by where its
     statistics move (`kreg/adapt/label_shift.py`): a corruption of the inputs
     moves the first batch norm's input away from its stored statistics, a batch
-    of few classes mostly the last one's. When the first batch norm's distance
+    of few classes mostly the last one's (first and last in the order the model
+    calls them, nested models included). When the first batch norm's distance
     is below `label_shift_ratio` times the last one's, and small in itself
     (below that of a 1.5x change of the variance), the batch is predicted by
     the model as it is (its stored statistics, the scale and shift learned so
     far), and skipped by the entropy step and the collapse watch;
     `few_classes_batches` counts such batches. This costs one more forward
     pass per batch (the batch's statistics at every batch norm), and needs two
-    batch norms or more (with one, every batch is adapted to). In a model whose
-    first batch norm already sees class-specific features (a dense network on
-    a few input features, say), a batch of few classes moves it as well and is
-    adapted to, as before the test.
+    batch norms or more (with one, every batch is adapted to). A batch of one
+    sample is tested too: a batch norm after a dense layer then sees one value
+    per channel, variance 0, as far from the stored statistics as it gets. In
+    a model whose first batch norm already sees class-specific features (a
+    dense network on a few input features, say), a batch of few classes moves
+    it as well and is adapted to, as before the test.
 
     Args:
         model: A built Keras model with at least one batch norm layer (Keras's
@@ -161,9 +165,7 @@ class OnlineAdapter:
             )
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
-        if label_shift_ratio is not None:
-            label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio)
-        self.label_shift_ratio = label_shift_ratio
+        self.label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio, optional=True)
         self.selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
         self.model = model
         self.layers = batch_norm_layers(model)
@@ -250,15 +252,19 @@ class OnlineAdapter:
                 self.collapse_resets += 1
         return outputs
 
-    def _batch_statistics(self, x):
+    def _batch_statistics(self, x, need_variance=True):
         options = dict(steps=None, batch_size=len(keras.tree.flatten(x)[0]), verbose=0)
-        return collect_statistics(self.model, self.layers, x, options)
+        return collect_statistics(self.model, self.layers, x, options, need_variance)
 
     def _few_classes(self, x):
         if self.label_shift_ratio is None or len(self.layers) < 2:
             return False
-        batch, _ = self._batch_statistics(x)
-        return few_classes_batch(self.layers, batch, self.label_shift_ratio)
+        # A batch of one sample leaves a batch norm after a dense layer one
+        # value per channel: variance 0, as far from the stored statistics as a
+        # batch gets (and as one-class as a batch gets).
+        batch, _ = self._batch_statistics(x, need_variance=False)
+        order = call_order(self.model, self.layers)
+        return few_classes_batch([self.layers[i] for i in order], [batch[i] for i in order], self.label_shift_ratio)
 
     def _predict_with_updated_statistics(self, x):
         before = self._weights() if self.method == "mixed" else None

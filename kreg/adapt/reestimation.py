@@ -40,6 +40,10 @@ class _StatisticsCollector(keras.Model):
         self.model = model
         self.bn_layers = layers
         self.recorder = Recorder()
+        # Indices of `layers` in the order the model first calls them, set when
+        # `call` runs (or is traced). Not the order of `layers`: Keras lists a
+        # nested model's layers deepest first (`Layer._flatten_layers`).
+        object.__setattr__(self, "call_order", None)
         self.built = True
 
     def call(self, inputs):
@@ -50,6 +54,7 @@ class _StatisticsCollector(keras.Model):
         finally:
             self.recorder.calls = None
         index_of = {id(layer): i for i, layer in enumerate(self.bn_layers)}
+        object.__setattr__(self, "call_order", tuple(dict.fromkeys(index_of[id(layer)] for layer, _ in record)))
         batch_size = ops.shape(keras.tree.flatten(inputs)[0])[0]
         outputs, calls = {"samples": ops.reshape(batch_size, (1, 1))}, {}
         for layer, (mean, variance, count) in record:
@@ -153,9 +158,19 @@ def _predict_in_batches(collector, data, batch_size, steps):
     return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
 
 
-def collect_statistics(model, layers, data, predict_options):
+def call_order(model, layers):
+    """Indices of `layers` in the order `model` called them in the last
+    `collect_statistics(model, layers, ...)`: shallowest first."""
+    return list(_statistics_collector(model, layers).call_order)
+
+
+def collect_statistics(model, layers, data, predict_options, need_variance=True):
     """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
-    and the number of samples seen."""
+    and the number of samples seen.
+
+    A layer that saw one value per channel is an error with `need_variance`
+    (the statistics are to normalize with); without it, its variance is 0.
+    """
     collector = _statistics_collector(model, layers)
     counter = _BatchCounter()
     # Without a progress bar to show, arrays on one device skip `predict`'s set-up.
@@ -190,7 +205,7 @@ def collect_statistics(model, layers, data, predict_options):
                 f"Every position the batch norm layer `{layer.path}` saw in the data was "
                 "masked: there are no values to estimate its statistics from."
             )
-        if count < 2:
+        if count < 2 and need_variance:
             # A variance of one value is 0: the layer would divide by sqrt(epsilon).
             raise ValueError(
                 f"The batch norm layer `{layer.path}` saw {int(count)} value per channel "
