@@ -27,9 +27,13 @@ demo: $(DEMO_INSTALLED)
 # Everything runs on TensorFlow (the API reference is built strict there too);
 # the layer, fold, adapt, callbacks and tuning tests run again on JAX and
 # PyTorch (tf.distribute tests skip there, marked tensorflow_only). KERAS_BACKEND
-# is read once, at import, so each backend is its own pytest run. The wheel tests
-# install into fresh virtual environments, so they have their own target.
-test: test-tensorflow test-jax test-torch test-packaging
+# is read once, at import, so each backend is its own pytest run: two of them
+# run at once (most tests keep one core busy, and CI has two; -Oline keeps each
+# output line whole). The wheel tests install into fresh virtual environments,
+# so they have their own target.
+test: $(INSTALLED)
+	$(MAKE) -j2 -Oline test-tensorflow test-jax test-torch
+	$(MAKE) test-packaging
 
 test-tensorflow: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/packaging
