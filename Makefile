@@ -28,11 +28,11 @@ demo: $(DEMO_INSTALLED)
 # the layer, fold, adapt, callbacks and tuning tests run again on JAX and
 # PyTorch (tf.distribute tests skip there, marked tensorflow_only). KERAS_BACKEND
 # is read once, at import, so each backend is its own pytest run: two of them
-# run at once (most tests keep one core busy, and CI has two; -Oline keeps each
-# output line whole). The wheel tests install into fresh virtual environments,
-# so they have their own target.
+# run at once (most tests keep one core busy, and CI has two; their progress
+# lines interleave, each run ends with its own summary). The wheel tests
+# install into fresh virtual environments, so they have their own target.
 test: $(INSTALLED)
-	$(MAKE) -j2 -Oline test-tensorflow test-jax test-torch
+	$(MAKE) -j2 test-tensorflow test-jax test-torch
 	$(MAKE) test-packaging
 
 test-tensorflow: $(INSTALLED)
