@@ -101,6 +101,8 @@ class TrialPruningDetector(OverfittingDetector):
     """
 
     def __init__(self, prune_on, objective, objective_mode, objective_patience, action=None, **detector_kwargs):
+        # Before the detector's own set-up, whose `reset()` starts the trial's record.
+        self.search = SearchBest()
         # `action`: a `StopTrial` (the default, built from `prune_on`) or a subclass
         # that ends a trial its own way (kreg.tuning.optuna_pruning_callback).
         super().__init__(action=StopTrial(prune_on) if action is None else action, **detector_kwargs)
@@ -110,17 +112,13 @@ class TrialPruningDetector(OverfittingDetector):
             2 * self.patience if objective_patience is None
             else int(check_at_least("objective_patience", objective_patience, integer=True, minimum=1))
         )
-        self.search = SearchBest()
-        self._objective_values = []
-        self._objective_epochs = []  # the epochs that logged the objective (validation_freq)
 
     def reset(self):
         super().reset()
         self._objective_values = []
         self._objective_epochs = []  # the epochs that logged the objective (validation_freq)
         self._epoch = None
-        if hasattr(self, "search"):
-            self.search.ended_after = None
+        self.search.ended_after = None
 
     def pace_window(self):
         """Epochs over which the trial's pace is measured: shorter once it overfits."""
