@@ -34,6 +34,7 @@ def site(tmp_path_factory):
     shutil.rmtree(REPOSITORY / ".api-source", ignore_errors=True)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module", sorted(PAGES))
 def test_every_public_name_has_an_entry(site, module):
     html = (site / PAGES[module] / "index.html").read_text()
@@ -60,6 +61,7 @@ def test_the_hook_reads_the_same_names_python_exports():
     assert hook.public_names("kreg.callbacks") == kreg.callbacks.__all__
 
 
+@pytest.mark.integration
 def test_a_broken_reference_fails_the_build(tmp_path):
     mkdocs = pathlib.Path(sys.executable).parent / "mkdocs"
     if not mkdocs.exists():

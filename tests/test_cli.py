@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 
 def _kreg(*args, cwd):
     executable = shutil.which("kreg", path=os.path.dirname(sys.executable))
@@ -14,6 +16,7 @@ def _kreg(*args, cwd):
     )
 
 
+@pytest.mark.integration
 def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     out = tmp_path / "out"
     result = _kreg("demo", "--quick", "--out", str(out), cwd=tmp_path)
@@ -39,6 +42,7 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     assert batch_norms and not [layer for layer in folded.layers if "batch_normalization" in layer.name]
 
 
+@pytest.mark.integration
 def test_unknown_command_fails_with_usage(tmp_path):
     result = _kreg("unfold", cwd=tmp_path)
     assert result.returncode == 2
@@ -53,7 +57,6 @@ import zipfile  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 from kreg import cli  # noqa: E402
 from batch_norm_testing import randomize_batch_norm  # noqa: E402
@@ -115,6 +118,7 @@ def runs(tmp_path_factory):
     return folder, clean, results
 
 
+@pytest.mark.integration
 def test_diagnose_prints_a_table_and_fails_on_errors(runs):
     _, _, results = runs
     result = results["flawed"]
@@ -125,6 +129,7 @@ def test_diagnose_prints_a_table_and_fails_on_errors(runs):
     assert "kreg.layers.Conv2DBatchNorm" in result.stdout  # the fix names the layer
 
 
+@pytest.mark.integration
 def test_diagnose_json(runs):
     _, _, results = runs
     result = results["flawed_json"]
@@ -136,6 +141,7 @@ def test_diagnose_json(runs):
     assert set(output_dropout) == {"rule", "severity", "layers", "message", "fix"}
 
 
+@pytest.mark.integration
 def test_diagnose_clean_model_exits_zero(runs):
     _, _, results = runs
     result = results["clean"]
@@ -144,6 +150,7 @@ def test_diagnose_clean_model_exits_zero(runs):
     assert "foldable-batch-norm" in result.stdout
 
 
+@pytest.mark.integration
 def test_fold_writes_a_loadable_model_with_the_same_outputs(runs):
     folder, clean, results = runs
     result = results["fold"]
@@ -156,6 +163,7 @@ def test_fold_writes_a_loadable_model_with_the_same_outputs(runs):
     np.testing.assert_allclose(folded.predict_on_batch(x), clean.predict_on_batch(x), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_custom_objects_that_cannot_be_imported(runs):
     _, _, results = runs
     result = results["custom"]
@@ -271,6 +279,7 @@ def test_fold_save_failure_is_one_line_and_leaves_nothing(saved_model, capsys, m
     assert not list(saved_model.parent.glob(".kreg-*"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("user_level", [None, "1"])
 def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -281,6 +290,7 @@ def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
     assert result.stdout.strip() == (user_level or "3"), result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_library_import_leaves_the_log_level_alone():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     script = (
@@ -291,6 +301,7 @@ def test_library_import_leaves_the_log_level_alone():
     assert result.stdout.strip() == "True", result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_the_command_prints_one_line_and_no_tensorflow_start_up_lines(tmp_path):
     # TensorFlow 2.21 writes its start-up notices (oneDNN, CUDA drivers) through
     # absl before it reads TF_CPP_MIN_LOG_LEVEL: the level alone does not stop them.

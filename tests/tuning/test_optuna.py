@@ -78,6 +78,7 @@ def digits():
     return (x, y), (x_val[:160], y_val[:160])
 
 
+@pytest.mark.integration
 def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     (x, y), (x_val, y_val) = digits
     hypermodel = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1)
@@ -102,6 +103,7 @@ def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     assert "norm" in hypermodel.space.describe(study.best_trial)
 
 
+@pytest.mark.integration
 def test_the_study_pruner_prunes(digits):
     (x, y), (x_val, y_val) = digits
 
@@ -143,6 +145,7 @@ def _learnable_then_hopeless(monitor, on_overfitting, epochs=30, patience=2, **d
     return objective, ran
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("on_overfitting, monitor", [("stop", "val_loss"), ("prune", "val_accuracy")])
 def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(on_overfitting, monitor):
     objective, ran = _learnable_then_hopeless(monitor, on_overfitting)

@@ -91,6 +91,7 @@ class PrunedHyperband(OverfittingPruning, keras_tuner.Hyperband):
     pass
 
 
+@pytest.mark.integration
 def test_executions_of_one_trial_are_not_judged_against_each_other(tmp_path):
     # The search's best is that of finished trials (keras-tuner averages a
     # trial's executions): the first trial's second execution has no reference,
@@ -108,6 +109,7 @@ def test_executions_of_one_trial_are_not_judged_against_each_other(tmp_path):
     assert tuner.pruned_trials == {}
 
 
+@pytest.mark.integration
 def test_hyperband_rounds_that_feed_successive_halving_are_not_pruned(tmp_path):
     tuner = PrunedHyperband(
         Memorizer(), objective="val_loss", max_epochs=3, factor=3, directory=tmp_path, project_name="hb",

@@ -71,6 +71,7 @@ def test_hypermodel_bad_arguments(make, match):
         make()
 
 
+@pytest.mark.integration
 def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     # keras-tuner builds each conditional branch once with its default when the
     # tuner starts (2 groups here, which builds); the 4-group trial fails later.
@@ -92,6 +93,7 @@ def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     assert tuner.get_best_hyperparameters()[0].values.get("norm_groups") != 4
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("tuner_name", ["RandomSearch", "BayesianOptimization", "Hyperband"])
 def test_each_tuner_runs_a_tiny_search(digits, tmp_path, tuner_name):
     (x, y), (x_val, y_val) = _small(digits)
@@ -126,6 +128,7 @@ class _Recorder(keras.callbacks.Callback):
         SEEN[-1].append(dict(logs))
 
 
+@pytest.mark.integration
 def test_pruning_ends_trials_behind_the_search_and_keeps_the_best_epoch_score(tmp_path):
     SEEN.clear()
     x, y = noise(128, 0)
@@ -158,6 +161,7 @@ def test_pruning_ends_trials_behind_the_search_and_keeps_the_best_epoch_score(tm
     assert tuner.total_epochs == sum(len(logs) for logs in SEEN)
 
 
+@pytest.mark.integration
 def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
     SEEN.clear()
     x, y = noise(128, 0)
@@ -178,6 +182,7 @@ def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
         assert trial.score == pytest.approx(min(epoch_logs["val_loss"] for epoch_logs in logs))
 
 
+@pytest.mark.integration
 def test_pruning_needs_validation_data(tmp_path):
     x, y = noise(32, 0)
     tuner = PrunedRandomSearch(
