@@ -4,11 +4,11 @@ from kreg.layers.activation_regularization import ActivationRegularization
 from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
 from kreg.layers.consistent_dropout import ConsistentDropout
 from kreg.layers.consistent_dropout_cell import ConsistentDropoutCell
-from kreg.layers.conv_batch_norm import Conv1DBatchNorm
-from kreg.layers.conv_batch_norm import Conv2DBatchNorm
-from kreg.layers.conv_batch_norm import Conv3DBatchNorm
-from kreg.layers.conv_batch_norm import DenseBatchNorm
-from kreg.layers.conv_batch_norm import DepthwiseConv2DBatchNorm
+from kreg.layers.conv1d_batch_norm import Conv1DBatchNorm
+from kreg.layers.conv2d_batch_norm import Conv2DBatchNorm
+from kreg.layers.conv3d_batch_norm import Conv3DBatchNorm
+from kreg.layers.dense_batch_norm import DenseBatchNorm
+from kreg.layers.depthwise_conv2d_batch_norm import DepthwiseConv2DBatchNorm
 from kreg.layers.embedding_dropout import EmbeddingDropout
 from kreg.layers.weight_drop_rnn import WeightDropGRU
 from kreg.layers.weight_drop_rnn import WeightDropLSTM
