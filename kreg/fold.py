@@ -35,6 +35,17 @@ class FoldReport:
             closest to (or furthest beyond) its tolerance (`None` if not verified).
         tolerance: the bound `max_difference` was checked against: each output
             has its own, relative to its scale (`None` if not verified).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 3)),
+    ...     keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.BatchNormalization(name="norm"),
+    ... ])
+    >>> _, report = fold_batch_norms(model, return_report=True)
+    >>> report.folded, report.skipped
+    ([('conv', 'norm')], [])
     """
 
     folded: list = dataclasses.field(default_factory=list)

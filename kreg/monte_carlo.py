@@ -56,6 +56,17 @@ class MonteCarloPrediction:
         samples: The single predictions, shape `(samples, *output_shape)`, when
             `return_samples=True`; else `None`.
         dropout_layers: Paths of the layers that ran with dropout on.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dropout(0.5, name="drop"),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> result = mc_predict(model, np.ones((2, 4)), samples=8, seed=0)
+    >>> result.variance.shape, result.dropout_layers
+    ((2, 3), ['drop'])
     """
 
     mean: np.ndarray

@@ -17,8 +17,14 @@ from kreg.tuning.search_engine import values_of
 # The tuner searches the usual rates of kreg/dropout_ranges.py, the table the
 # linter (`kreg.diagnose`) warns against: every rate the search can pick passes it.
 DEFAULT_DROPOUT_RANGES = USUAL_DROPOUT_RANGES
+"""The dropout range searched for each role, `{role: (low, high)}`.
+
+The usual ranges of `kreg.dropout_ranges`, which the linter's dropout rules read too.
+"""
 ROLES = tuple(DEFAULT_DROPOUT_RANGES)
+"""The roles a dropout can play: `"early_conv"`, `"late_conv"`, `"dense"`, `"recurrent"`."""
 NORMS = ("batch", "adaptive_batch", "layer", "group", "instance", "none")
+"""The normalizations `RegularizationSpace.norm` and `make_norm` know, by name."""
 # "adaptive_batch" trains exactly like "batch" and, with its default test-time
 # mode, predicts like it too: searching both by default spends trials on a tie.
 DEFAULT_NORMS = ("batch", "layer", "group", "instance", "none")
