@@ -4,6 +4,7 @@ This folder sits at the top of the repository and installs as a subpackage of
 kreg (see `package-dir` in pyproject.toml).
 """
 
+from kreg.callbacks.dropout_schedule import DropoutSchedule
 from kreg.callbacks.early_stopping_with_checkpoint import EarlyStoppingWithCheckpoint
 from kreg.callbacks.early_stopping_with_checkpoint import StopReason
 from kreg.callbacks.overfitting_detector import OverfittingDetector
@@ -11,6 +12,7 @@ from kreg.callbacks.plotting import plot_training_curves
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
 
 __all__ = [
+    "DropoutSchedule",
     "EarlyStoppingWithCheckpoint",
     "OverfittingDetector",
     "PreciseBatchNorm",

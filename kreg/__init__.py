@@ -31,11 +31,14 @@ from kreg.adapt import set_test_time_mode
 from kreg.convert import ConversionReport
 from kreg.convert import convert_batch_norms
 from kreg.diagnose import Finding
+from kreg.dropout_conversion import DropoutConversionReport
+from kreg.dropout_conversion import convert_dropouts
 from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
 from kreg.layers import ActivationRegularization
 from kreg.layers import AdaptiveBatchNormalization
+from kreg.layers import AdjustableDropout
 from kreg.layers import ConsistentDropout
 from kreg.layers import ConsistentDropoutCell
 from kreg.layers import Conv1DBatchNorm
@@ -62,10 +65,13 @@ __all__ = [
     "set_test_time_mode",
     "ConversionReport",
     "convert_batch_norms",
+    "DropoutConversionReport",
+    "convert_dropouts",
     "FoldReport",
     "fold_batch_norms",
     "ActivationRegularization",
     "AdaptiveBatchNormalization",
+    "AdjustableDropout",
     "ConsistentDropout",
     "ConsistentDropoutCell",
     "Conv1DBatchNorm",

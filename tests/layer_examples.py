@@ -56,6 +56,9 @@ EXAMPLES = {
     "AdaptiveBatchNormalization": LayerExample(
         (4, 4, 3), lambda: [keras.layers.Conv2D(4, 3, use_bias=False), kreg.AdaptiveBatchNormalization()]
     ),
+    "AdjustableDropout": LayerExample(
+        (6, 6, 2), lambda: [keras.layers.Conv2D(3, 3), kreg.AdjustableDropout(0.3, noise_shape=(None, 1, 1, None), seed=1)]
+    ),
     "ConsistentDropout": LayerExample((5, 3), lambda: [kreg.ConsistentDropout(0.3, seed=1), keras.layers.LSTM(4)]),
     "ConsistentDropoutCell": LayerExample(
         (5, 3),

@@ -28,6 +28,9 @@ MODULES = [
     "kreg.adapt.test_time_mode",
     "kreg.convert",
     "kreg.callbacks.precise_batch_norm",
+    "kreg.layers.adjustable_dropout",
+    "kreg.dropout_conversion",
+    "kreg.callbacks.dropout_schedule",
     "kreg.diagnose",
     "kreg.monte_carlo",
 ]

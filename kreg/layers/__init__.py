@@ -2,6 +2,7 @@
 
 from kreg.layers.activation_regularization import ActivationRegularization
 from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
+from kreg.layers.adjustable_dropout import AdjustableDropout
 from kreg.layers.consistent_dropout import ConsistentDropout
 from kreg.layers.consistent_dropout_cell import ConsistentDropoutCell
 from kreg.layers.conv1d_batch_norm import Conv1DBatchNorm
@@ -18,6 +19,7 @@ from kreg.layers.zoneout_rnn import ZoneoutLSTM
 __all__ = [
     "ActivationRegularization",
     "AdaptiveBatchNormalization",
+    "AdjustableDropout",
     "ConsistentDropout",
     "ConsistentDropoutCell",
     "Conv1DBatchNorm",
