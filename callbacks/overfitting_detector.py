@@ -10,7 +10,7 @@ from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
-from kreg.callbacks.early_stopping_with_checkpoint import without_validation
+from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import TESTS
