@@ -43,13 +43,21 @@ from kreg.layers import Conv2DBatchNorm
 from kreg.layers import Conv3DBatchNorm
 from kreg.layers import DenseBatchNorm
 from kreg.layers import DepthwiseConv2DBatchNorm
+from kreg.layers import DropBlock1D
+from kreg.layers import DropBlock2D
+from kreg.layers import DropBlock3D
 from kreg.layers import EmbeddingDropout
+from kreg.layers import StochasticDepth
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
+from kreg.layers import WeightNormalization
 from kreg.layers import ZoneoutGRU
 from kreg.layers import ZoneoutLSTM
 from kreg.monte_carlo import MonteCarloPrediction
 from kreg.monte_carlo import mc_predict
+from kreg.stochastic_depth import StochasticDepthReport
+from kreg.stochastic_depth import add_stochastic_depth
+from kreg.stochastic_depth import stochastic_depth_rates
 
 from kreg._version import __version__
 
@@ -73,11 +81,19 @@ __all__ = [
     "Conv3DBatchNorm",
     "DenseBatchNorm",
     "DepthwiseConv2DBatchNorm",
+    "DropBlock1D",
+    "DropBlock2D",
+    "DropBlock3D",
     "EmbeddingDropout",
+    "StochasticDepth",
     "WeightDropGRU",
     "WeightDropLSTM",
+    "WeightNormalization",
     "ZoneoutGRU",
     "ZoneoutLSTM",
     "MonteCarloPrediction",
     "mc_predict",
+    "StochasticDepthReport",
+    "add_stochastic_depth",
+    "stochastic_depth_rates",
 ]
