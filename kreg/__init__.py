@@ -34,25 +34,8 @@ from kreg.diagnose import Finding
 from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
-from kreg.layers import ActivationRegularization
-from kreg.layers import AdaptiveBatchNormalization
-from kreg.layers import ConsistentDropout
-from kreg.layers import ConsistentDropoutCell
-from kreg.layers import Conv1DBatchNorm
-from kreg.layers import Conv2DBatchNorm
-from kreg.layers import Conv3DBatchNorm
-from kreg.layers import DenseBatchNorm
-from kreg.layers import DepthwiseConv2DBatchNorm
-from kreg.layers import DropBlock1D
-from kreg.layers import DropBlock2D
-from kreg.layers import DropBlock3D
-from kreg.layers import EmbeddingDropout
-from kreg.layers import StochasticDepth
-from kreg.layers import WeightDropGRU
-from kreg.layers import WeightDropLSTM
-from kreg.layers import WeightNormalization
-from kreg.layers import ZoneoutGRU
-from kreg.layers import ZoneoutLSTM
+from kreg import layers
+from kreg.layers import *  # noqa: F403 (the names in kreg.layers.__all__, added below)
 from kreg.monte_carlo import MonteCarloPrediction
 from kreg.monte_carlo import mc_predict
 from kreg.stochastic_depth import StochasticDepthReport
@@ -72,28 +55,12 @@ __all__ = [
     "convert_batch_norms",
     "FoldReport",
     "fold_batch_norms",
-    "ActivationRegularization",
-    "AdaptiveBatchNormalization",
-    "ConsistentDropout",
-    "ConsistentDropoutCell",
-    "Conv1DBatchNorm",
-    "Conv2DBatchNorm",
-    "Conv3DBatchNorm",
-    "DenseBatchNorm",
-    "DepthwiseConv2DBatchNorm",
-    "DropBlock1D",
-    "DropBlock2D",
-    "DropBlock3D",
-    "EmbeddingDropout",
-    "StochasticDepth",
-    "WeightDropGRU",
-    "WeightDropLSTM",
-    "WeightNormalization",
-    "ZoneoutGRU",
-    "ZoneoutLSTM",
     "MonteCarloPrediction",
     "mc_predict",
     "StochasticDepthReport",
     "add_stochastic_depth",
     "stochastic_depth_rates",
 ]
+# The layers, listed once in kreg.layers; `__all__ += <submodule>.__all__` is the
+# form static readers (griffe for the API reference, type checkers) follow.
+__all__ += layers.__all__
