@@ -94,7 +94,8 @@ class WeightAveraging(keras.callbacks.Callback):
             `start_epoch`; the optimizer's learning rate must then be a float,
             not a schedule. It is restored at the end of `fit`.
         annealing_epochs: For `"swa"`: epochs to reach `swa_learning_rate`.
-            Defaults to 1 (reached at `start_epoch`).
+            Epoch `start_epoch + k` trains with the rate `SWALR` gives after
+            `k + 1` steps. Defaults to 1 (reached at `start_epoch`).
         annealing_strategy: `"cos"` (default) or `"linear"`.
         every_n_epochs: Positive integer: validate the average (and re-estimate)
             at every `every_n_epochs`-th epoch; other epochs validate the raw
