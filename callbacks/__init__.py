@@ -10,6 +10,7 @@ from kreg.callbacks.early_stopping_with_checkpoint import StopReason
 from kreg.callbacks.overfitting_detector import OverfittingDetector
 from kreg.callbacks.plotting import plot_training_curves
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
+from kreg.callbacks.weight_averaging import WeightAveraging
 
 __all__ = [
     "DropoutSchedule",
@@ -17,5 +18,6 @@ __all__ = [
     "OverfittingDetector",
     "PreciseBatchNorm",
     "StopReason",
+    "WeightAveraging",
     "plot_training_curves",
 ]

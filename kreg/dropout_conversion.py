@@ -18,6 +18,14 @@ class DropoutConversionReport:
     Attributes:
         converted: names of the dropout layers replaced by `AdjustableDropout`.
         left: `(name, reason)` for each dropout layer left as it was.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.2, name="drop"),
+    ...                           keras.layers.Dropout(0.0, name="off")])
+    >>> _, report = convert_dropouts(model, return_report=True)
+    >>> report.converted, report.left
+    (['drop'], [('off', 'rate 0: it never drops, so a schedule has no rate to scale')])
     """
 
     converted: list = dataclasses.field(default_factory=list)

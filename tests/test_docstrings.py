@@ -31,6 +31,7 @@ MODULES = [
     "kreg.layers.adjustable_dropout",
     "kreg.dropout_conversion",
     "kreg.callbacks.dropout_schedule",
+    "kreg.callbacks.weight_averaging",
     "kreg.diagnose",
     "kreg.monte_carlo",
 ]

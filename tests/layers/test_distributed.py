@@ -253,3 +253,29 @@ def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(st
     np.testing.assert_allclose(
         model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_weight_averaging_on_two_replicas_reestimates_like_one_device(strategy):
+    """WeightAveraging's swap and re-estimation under the strategy: both replicas
+    hold the averaged weights and the statistics one device computes for them."""
+    from kreg.callbacks import WeightAveraging
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(2.0, 3.0, (32, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    with strategy.scope():
+        replicated = _adaptive_cnn()
+        replicated.compile("sgd", "mse")
+    raw = replicated.get_weights()
+    replicated.fit(
+        x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y),
+        callbacks=[WeightAveraging("ema", bn_data=x, bn_batch_size=8, momentum=0.5)],
+    )
+    kernel = replicated.trainable_variables[0]
+    replicas = [v.numpy() for v in kernel.value.values]
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    assert not np.allclose(replicas[0], raw[0])
+    single = _adaptive_cnn()
+    single.set_weights(replicated.get_weights())
+    kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
+    _assert_both_replicas_hold_the_single_device_statistics(replicated, single)
