@@ -18,7 +18,7 @@ from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.entropy import check_from_logits
 from kreg.adapt.label_shift import few_classes_batch
-from kreg.adapt.reestimation import _combine
+from kreg.adapt.reestimation import pool_statistics
 from kreg.adapt.robust import RobustAdaptation
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
@@ -386,7 +386,7 @@ class OnlineAdapter:
         if self.method == "reestimate":
             if self._accumulated is not None:
                 batch = [
-                    _combine((m0, m1), (v0, v1), (c0, c1))
+                    pool_statistics((m0, m1), (v0, v1), (c0, c1))
                     for (m0, v0, c0), (m1, v1, c1) in zip(self._accumulated, batch)
                 ]
             self._accumulated = batch

@@ -103,8 +103,11 @@ def _statistics_collector(model, layers, stored_weight=0.0):
     return collectors[stored_weight]
 
 
-def _combine(means, variances, counts):
-    """Exact mean and population variance of the union of the batches (Chan et al.)."""
+def pool_statistics(means, variances, counts):
+    """`(mean, variance, count)` of the union of batches, from each batch's
+    per-channel mean, population variance and count: the count-weighted mean, and
+    the within-batch plus between-batch variance (Chan et al., 1979), exact
+    whatever the batch sizes."""
     means, variances, counts = (np.asarray(a, np.float64) for a in (means, variances, counts))
     counts = counts.reshape(-1, 1)
     total = counts.sum()
@@ -210,7 +213,7 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
                 f"The batch norm layer `{layer.path}` is never called when `{model.name}` "
                 "runs, so adapt_batchnorm cannot estimate its statistics."
             )
-        mean, variance, count = _combine(
+        mean, variance, count = pool_statistics(
             *(
                 np.concatenate([outputs[f"{index}/{call}/{name}"] for call in calls])
                 for name in ("mean", "variance", "count")
