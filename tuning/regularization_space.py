@@ -9,6 +9,7 @@ from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.layers.batch_norm_arguments import ADAPTIVE_BATCH_ARGUMENTS
 from kreg.layers.batch_norm_arguments import BATCH_NORM_ARGUMENTS
 from kreg.tuning.search_engine import as_hyperparameters
 from kreg.tuning.search_engine import fatal_value_error
@@ -41,9 +42,6 @@ WEIGHT_DECAY_WORDS = {"adamw": "AdamW weight decay", "l2": "L2"}
 # Label smoothing around Szegedy et al.'s 0.1 (2016, https://arxiv.org/abs/1512.00567).
 DEFAULT_LABEL_SMOOTHING_RANGE = (0.0, 0.2)
 
-
-# AdaptiveBatchNormalization's own arguments, beside BatchNormalization's.
-ADAPTIVE_BATCH_ARGUMENTS = ("test_time_mode", "prior_strength", "online_momentum")
 
 
 def _check_kwargs(name, kwargs, allowed):
