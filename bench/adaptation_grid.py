@@ -68,10 +68,10 @@ VARIANTS = [
     ("reestimate", "reestimate", {}),
     ("tent", "tent", {}),
     ("eata", "eata", {}),
-    ("robust-m0.05-lr0", "robust", {"statistics_momentum": 0.05, "learning_rate": 0.0}),
-    ("robust-m0.2-lr0", "robust", {"statistics_momentum": 0.2, "learning_rate": 0.0}),
-    ("robust-m0.05-lr1e-3", "robust", {"statistics_momentum": 0.05, "learning_rate": 1e-3}),
-    ("robust-m0.05-lr1e-2", "robust", {"statistics_momentum": 0.05, "learning_rate": 1e-2}),
+    ("robust-rotta-lr0", "robust", {"memory_fill": "rotta", "learning_rate": 0.0}),
+    ("robust-note-lr0", "robust", {"memory_fill": "note", "learning_rate": 0.0}),
+    ("robust-rotta-lr1e-3", "robust", {"memory_fill": "rotta", "learning_rate": 1e-3}),
+    ("robust-note-lr1e-3", "robust", {"memory_fill": "note", "learning_rate": 1e-3}),
 ]
 SLOTS = 10  # time slots of the Dirichlet label shift
 

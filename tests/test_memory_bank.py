@@ -38,3 +38,11 @@ def test_timeliness_weights_fade_with_age():
     weights = timeliness_weights([0, 1, 5])
     np.testing.assert_allclose(weights[0], 0.5)
     assert weights[0] > weights[1] > weights[2] > 0
+
+
+def test_notes_fill_takes_a_collapsed_stream_whole_then_balances():
+    bank = MemoryBank(capacity=4, classes=2, fill="note")
+    bank.add([np.array([i]) for i in range(4)], [0] * 4, [0.5] * 4)
+    assert [len(items) for items in bank.items] == [4, 0]  # filled by one class
+    bank.add([np.array([8]), np.array([9])], [1, 1], [0.5, 0.5])
+    assert [len(items) for items in bank.items] == [2, 2]  # the majority gave way

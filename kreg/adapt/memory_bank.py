@@ -6,9 +6,16 @@ alone learn that the world holds those classes only. The bank keeps a sample of
 the stream balanced over the predicted classes instead (Yuan et al., 2023,
 `CSTU` in their reference code, github.com/BIT-DA/RoTTA `core/utils/memory.py`):
 
-- each class holds at most `capacity / classes` samples once the bank is full;
-- a new sample of a class below its share replaces a sample of the classes
-  that hold the most; one of a class at its share replaces one of its own;
+- `fill="rotta"` (RoTTA's CSTU): a class holds at most `capacity / classes`
+  samples, from the start; a new sample of a class below its share replaces a
+  sample of the classes that hold the most once the bank is full; one of a
+  class at its share replaces one of its own;
+- `fill="note"` (NOTE's prediction-balanced reservoir, Gong et al., 2022): the
+  bank fills with whatever comes; once full, a sample of a class that does not
+  hold the most replaces one of the classes that do, and one of those classes
+  replaces one of its own. A model whose predictions a shift has collapsed to
+  one class still gets a full bank to adapt from (RoTTA's bank then holds
+  `capacity / classes` samples);
 - the sample replaced is the one with the highest score,
   `1 / (1 + exp(-age / capacity)) + entropy / ln C` (old and uncertain first),
   and only if that score is higher than the new sample's;
@@ -35,11 +42,13 @@ class MemoryBank:
     Args:
         capacity: The number of samples held.
         classes: The number of classes the model predicts.
+        fill: `"rotta"` or `"note"`, how the bank fills (see the module).
     """
 
-    def __init__(self, capacity, classes):
+    def __init__(self, capacity, classes, fill="rotta"):
         self.capacity = capacity
         self.classes = classes
+        self.fill = fill
         self.per_class = capacity / classes
         self.reset()
 
@@ -70,6 +79,13 @@ class MemoryBank:
                     item[2] += 1
 
     def _make_room(self, label, new_score):
+        if self.fill == "note":
+            if len(self) < self.capacity:
+                return True
+            most = max(len(items) for items in self.items)
+            if len(self.items[label]) < most:
+                return self._remove_worst([c for c, items in enumerate(self.items) if len(items) == most], new_score)
+            return self._remove_worst([label], new_score)
         if len(self.items[label]) < self.per_class:
             if len(self) < self.capacity:
                 return True

@@ -32,6 +32,7 @@ ONLINE_METHODS = ("none", "batch", "mixed", "online", "reestimate", "tent", "eat
 # bench/adaptation_grid.py (docs/BENCHMARKS.md).
 DEFAULT_LEARNING_RATES = {"tent": 1e-3, "eata": 1e-3, "robust": 0.0}
 RESETS = (None, "batch", "stream")
+MEMORY_FILLS = ("rotta", "note")
 # The methods that predict with the batch norms' stored statistics after
 # updating them from the batch (the others normalize with the batch's own).
 _STATISTICS_METHODS = ("mixed", "online", "reestimate")
@@ -144,6 +145,10 @@ class OnlineAdapter:
             number of samples between two updates. Defaults to `64` (RoTTA's).
         statistics_momentum: `"robust"`: the share of the bank's statistics
             in each update once warm (RoTTA's `alpha`). Defaults to `0.05`.
+        memory_fill: `"robust"`: how the memory bank fills, `"rotta"` (a class
+            holds at most `memory_size / classes` samples) or `"note"` (full
+            from the start, balanced by replacement); see
+            `kreg/adapt/memory_bank.py`.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts
@@ -195,6 +200,7 @@ class OnlineAdapter:
         on_invalid="raise",
         memory_size=64,
         statistics_momentum=0.05,
+        memory_fill="rotta",
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -214,6 +220,7 @@ class OnlineAdapter:
         self.learning_rate = learning_rate
         self.memory_size = check_at_least("memory_size", memory_size, integer=True, minimum=2)
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
+        self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio, optional=True)
@@ -243,6 +250,7 @@ class OnlineAdapter:
                 learning_rate,
                 from_logits,
                 SampleSelection(entropy_factor, None, collapse_factor),
+                self.memory_fill,
             )
         if method in ("batch", "tent", "eata"):
             self._stepper = AffineStepper(model, self.layers, learning_rate, from_logits, method, train=method != "batch")

@@ -66,14 +66,16 @@ def _stack(samples):
 class RobustAdaptation:
     """The running state of the `"robust"` method for one model (see the module)."""
 
-    def __init__(self, model, layers, memory_size, statistics_momentum, learning_rate, from_logits, selection):
+    def __init__(
+        self, model, layers, memory_size, statistics_momentum, learning_rate, from_logits, selection, memory_fill
+    ):
         self.model, self.layers = model, layers
         self.memory_size = memory_size
         self.momentum = statistics_momentum
         self.from_logits = from_logits
         self.selection = selection
         classes = int(keras.tree.flatten(model.outputs)[0].shape[-1]) if hasattr(model, "outputs") else None
-        self.bank = MemoryBank(memory_size, max(classes or 2, 2))
+        self.bank = MemoryBank(memory_size, max(classes or 2, 2), memory_fill)
         self.stepper = None
         if learning_rate:
             self.stepper = AffineStepper(
