@@ -9,6 +9,7 @@ from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.layers.batch_norm_arguments import ADAPTIVE_BATCH_ARGUMENTS
 from kreg.layers.batch_norm_arguments import BATCH_NORM_ARGUMENTS
 from kreg.tuning.search_engine import as_hyperparameters
 from kreg.tuning.search_engine import fatal_value_error
@@ -56,9 +57,6 @@ STOCHASTIC_DEPTH_RANGE = (0.0, 0.3)
 DROPBLOCK_RATE_RANGE = (0.05, 0.25)
 DROPBLOCK_BLOCK_SIZES = (3, 5, 7)
 
-
-# AdaptiveBatchNormalization's own arguments, beside BatchNormalization's.
-ADAPTIVE_BATCH_ARGUMENTS = ("test_time_mode", "prior_strength", "online_momentum")
 
 
 def _check_kwargs(name, kwargs, allowed):

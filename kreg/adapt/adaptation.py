@@ -9,6 +9,7 @@ from kreg._validation import check_choice
 from kreg.model_graph import batch_norm_layers
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import minimize_selected_entropy
+from kreg.adapt.entropy import check_from_logits
 from kreg.adapt.entropy import minimize_entropy
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
@@ -60,8 +61,17 @@ def adapt_batchnorm(
     The model is changed only when the whole adaptation has succeeded: if it
     fails midway (bad data, an interrupt), every weight is as it was. Data
     holding NaN or infinite values, and data that gives a batch norm fewer than
-    two values per channel (one sample before a dense layer's batch norm: no
-    variance to estimate), raise a `ValueError` and change nothing.
+    two values per channel in the whole pass (one sample before a dense layer's
+    batch norm: no variance to estimate), raise a `ValueError` and change
+    nothing.
+
+    Small batches are pooled exactly: each layer's statistics are the
+    count-weighted mean and variance over every batch (within-batch plus
+    between-batch variance), the same whatever the batch size. During the pass a
+    batch that gives a layer one value per channel (`batch_size=1` before a
+    dense layer's batch norm) is normalized with the layer's stored statistics,
+    so that the layers after it see inputs that vary. A channel constant over
+    the whole data keeps its stored variance: a zero variance is never written.
 
     Under a `tf.distribute` strategy the statistics are those of all replicas'
     samples together, the same as on one device.
@@ -131,6 +141,8 @@ def adapt_batchnorm(
             "Invalid value received for argument `model`. Expected a built "
             f"`keras.Model`. Received: model={model!r}"
         )
+    if method in ("tent", "eata"):
+        check_from_logits(model, from_logits)
     layers = batch_norm_layers(model)
     if not layers:
         raise ValueError(
