@@ -196,6 +196,70 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys, 
     assert message in stderr and len(stderr.splitlines()) == 1, stderr
 
 
+@keras.saving.register_keras_serializable(package="kreg_test_cli")
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(3)
+        self.dropout = L.Dropout(0.5)
+
+    def call(self, inputs, training=False):
+        return self.dropout(self.dense(inputs), training=training)
+
+
+def test_diagnose_of_a_subclassed_model_says_what_it_reads(tmp_path, capsys):
+    model = _Subclassed()
+    model(np.ones((2, 4)))
+    model.save(tmp_path / "subclassed.keras")
+    assert cli.main(["diagnose", str(tmp_path / "subclassed.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "reads the layer graph of Sequential and functional models" in stderr
+    assert "`_Subclassed` is a subclassed model" in stderr
+
+
+def test_lambda_layers_load_only_when_trusted(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((4,)), L.Lambda(lambda x: x * 2), L.Dense(2)])
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    assert cli.main(["diagnose", path]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.endswith("pass --trust-lambda"), stderr
+    assert "safe_mode" not in stderr
+    assert cli.main(["diagnose", path, "--trust-lambda"]) == 0
+
+
+def test_long_messages_end_at_a_word(tmp_path, capsys, monkeypatch):
+    import kreg
+
+    words = " ".join(f"word{i}" for i in range(200))
+
+    def unreadable(*args, **kwargs):
+        raise ValueError(words)
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setattr(kreg, "diagnose", unreadable)
+    assert cli.main(["diagnose", str(tmp_path / "model.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.endswith(" ..."), stderr
+    assert stderr.split()[-2] in words.split(), "cut inside a word"
+
+
+def test_an_unexpected_error_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    import kreg
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something kreg did not expect")
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setattr(kreg, "diagnose", broken)
+    assert cli.main(["diagnose", str(tmp_path / "model.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr == "kreg diagnose: error: RuntimeError: something kreg did not expect"
+
+
 def test_bad_batch_size_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["diagnose", "model.keras", "--batch-size", "0"])
