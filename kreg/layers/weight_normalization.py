@@ -132,10 +132,10 @@ class WeightNormalization(keras.layers.Wrapper):
         values = ops.cast(ops.stop_gradient(pre_activations), "float32")
         mean = ops.mean(values, axis=axes)
         std = ops.sqrt(ops.var(values, axis=axes) + 1e-6)
-        first = self.initialized < 0.5
+        first = ops.convert_to_tensor(self.initialized) < 0.5
         self.init_scale.assign(ops.where(first, 1.0 / std, ops.convert_to_tensor(self.init_scale)))
         self.init_shift.assign(ops.where(first, -mean / std, ops.convert_to_tensor(self.init_shift)))
-        self.initialized.assign(ops.ones_like(self.initialized))
+        self.initialized.assign(1.0)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
