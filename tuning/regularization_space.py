@@ -56,6 +56,7 @@ STOCHASTIC_DEPTH_RANGE = (0.0, 0.3)
 # (rate 0.1) and block_size 7 on ResNet-50's last stages; small maps need smaller blocks.
 DROPBLOCK_RATE_RANGE = (0.05, 0.25)
 DROPBLOCK_BLOCK_SIZES = (3, 5, 7)
+WEIGHT_AVERAGING = ("none", "ema", "swa")
 
 
 
@@ -533,6 +534,34 @@ class RegularizationSpace:
             return SparseCategoricalCrossentropy(label_smoothing=smoothing)
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 
+    # -- weight averaging ------------------------------------------------------
+
+    def weight_averaging(self, hp, bn_data=None, **kwargs):
+        """Registers (or reads) `"weight_averaging"`: `"none"` (default), `"ema"` or `"swa"`.
+
+        The choice lives in `fit`, not in the model: pass what this returns to
+        the trial's `fit` (in keras-tuner, from the hypermodel's `fit(hp, model,
+        x, ...)`; in Optuna, beside `model.fit`).
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+            bn_data: The training inputs, to re-estimate batch norm statistics
+                for the averaged weights (`kreg.callbacks.WeightAveraging`'s
+                `bn_data`).
+            **kwargs: Other `WeightAveraging` arguments (`momentum`,
+                `start_epoch`...).
+
+        Returns:
+            `[]` for `"none"`, else `[kreg.callbacks.WeightAveraging(method, ...)]`:
+            a list to add to the callbacks.
+        """
+        from kreg.callbacks import WeightAveraging
+
+        method = as_hyperparameters(hp).Choice("weight_averaging", list(WEIGHT_AVERAGING), default="none")
+        if method == "none":
+            return []
+        return [WeightAveraging(method, bn_data=bn_data, **kwargs)]
+
     # -- reporting -------------------------------------------------------------
 
     def describe(self, hp):
@@ -568,6 +597,8 @@ class RegularizationSpace:
             words.append(f"{label} {values['weight_decay']:.1e}")
         if "label_smoothing" in values:
             words.append(f"label smoothing {values['label_smoothing']:.2f}")
+        if values.get("weight_averaging", "none") != "none":
+            words.append(f"{values['weight_averaging'].upper()} weight averaging")
         return ", ".join(words)
 
     def get_config(self):
