@@ -39,6 +39,7 @@ from corpus_labels import split  # noqa: E402
 from record_corpus import CORPUS  # noqa: E402
 
 from kreg.callbacks import OverfittingDetector  # noqa: E402
+from kreg.callbacks import overfitting_criteria as criteria  # noqa: E402
 from kreg.callbacks.overfitting_criteria import CRITERIA  # noqa: E402
 
 MAX_DELAY, MAX_ONSET_ERROR = 5, 3
@@ -144,12 +145,15 @@ def tune(runs):
     print("Grid on the tuning half (criterion='noise'):\n")
     print(HEADER)
     results = []
-    for threshold, patience in itertools.product((1.0, 1.5, 2.0, 3.0, 4.0), (3, 5, 8)):
+    default_confirm = criteria.CONFIRM
+    for confirm, threshold, patience in itertools.product((1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)):
+        criteria.CONFIRM = confirm
         figures = score(runs, threshold=threshold, patience=patience)
-        results.append((objective(figures), -patience, threshold, patience))
-        print(summary_row(f"threshold {threshold}, patience {patience}", figures))
+        results.append((objective(figures), confirm, -patience, threshold, patience))
+        print(summary_row(f"{confirm} epochs above, threshold {threshold}, patience {patience}", figures))
+    criteria.CONFIRM = default_confirm
     best = max(results)
-    print(f"\nbest on the tuning half: threshold {best[2]}, patience {best[3]} (objective {best[0]})")
+    print(f"\nbest on the tuning half: {best[1]} epochs above, threshold {best[3]}, patience {best[4]} (objective {best[0]})")
 
 
 def run_table(runs):

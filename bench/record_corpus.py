@@ -208,7 +208,7 @@ def optimizer(settings):
     return keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
 
 
-def record(name, settings, seed=0):
+def record(name, settings, seed=0, callbacks=()):
     (x_train, y_train), (x_val, y_val) = load(settings["dataset"], settings["train_size"], seed)
     keras.utils.set_random_seed(seed)
     model = FAMILIES[settings["family"]](x_train.shape[1:], CLASSES[settings["dataset"]], **settings["model"])
@@ -216,9 +216,9 @@ def record(name, settings, seed=0):
     start = time.perf_counter()
     history = model.fit(
         x_train, y_train, validation_data=(x_val, y_val), epochs=settings["epochs"],
-        batch_size=settings["batch_size"], verbose=0,
+        batch_size=settings["batch_size"], verbose=0, callbacks=list(callbacks),
     ).history  # fmt: skip
-    return {
+    return model, {
         "name": name,
         "settings": settings,
         "seed": seed,
@@ -250,7 +250,7 @@ def main():
             continue
         if path.exists() and not args.force:
             continue
-        result = record(name, settings)
+        _, result = record(name, settings)
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(result, indent=0) + "\n")
         temporary.replace(path)

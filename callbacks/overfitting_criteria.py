@@ -7,7 +7,7 @@ looks back over; `threshold` is each criterion's own level; `noise` is the
 validation curve's noise estimated from the run (`curve_noise`).
 
 - `"noise"` (default): validation is worse than its best by more than
-  `threshold` (2) times its noise at each of the last `CONFIRM` (2) epochs,
+  `threshold` (1) times its noise at each of the last `CONFIRM` (2) epochs,
   while training improved after that best (the U shape). A memorizing plateau
   (validation flat within its noise) is not overfitting: the detector calls
   it "saturated".
@@ -30,32 +30,42 @@ import math
 import statistics
 
 CRITERIA = ("noise", "gl", "pq", "up", "p_value")
-DEFAULT_THRESHOLDS = {"noise": 2.0, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
+DEFAULT_THRESHOLDS = {"noise": 1.0, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
 # Epochs in a row validation must lie above its noise band: one noisy epoch
 # above it is no overfitting.
 CONFIRM = 2
 # The noise of a curve smooth to float precision: this fraction of its best value.
 NOISE_FLOOR = 1e-3
+# Residuals (epochs with two neighbours on each side) needed before the noise,
+# and so any state that rests on it, is estimated.
+MIN_RESIDUALS = 5
 
 
 def curve_noise(values):
     """Standard deviation of a curve's epoch-to-epoch noise, from the curve itself.
 
-    The residuals of each epoch around the median of its 5-epoch neighbourhood
-    (epochs with both neighbours on each side only), scaled to a standard
-    deviation by their median absolute deviation (1.4826 * MAD, robust to the
-    curve's trend and to single outliers). At least `NOISE_FLOOR` of the best
-    value, so that a curve smooth to float precision has a band at all.
+    The residual of each epoch around the mean of its two neighbours on each
+    side (zero on a straight line, so a trend does not count as noise; for
+    independent noise its variance is 1.25 sigma^2), scaled to a standard
+    deviation by the median absolute deviation (1.4826 * MAD, robust to a
+    single outlier epoch). `None` until `MIN_RESIDUALS` residuals exist; at
+    least `NOISE_FLOOR` of the best value, so a curve smooth to float
+    precision has a band at all.
     """
-    floor = NOISE_FLOOR * min(abs(v) for v in values) if values else 0.0
-    if len(values) < 5:
-        return floor
-    residuals = [abs(values[i] - statistics.median(values[i - 2 : i + 3])) for i in range(2, len(values) - 2)]
-    return max(1.4826 * statistics.median(residuals), floor)
+    if len(values) < MIN_RESIDUALS + 4:
+        return None
+    residuals = [
+        abs(values[i] - (values[i - 2] + values[i - 1] + values[i + 1] + values[i + 2]) / 4.0)
+        for i in range(2, len(values) - 2)
+    ]
+    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(1.25)
+    return max(sigma, NOISE_FLOOR * min(abs(v) for v in values))
 
 
 def noise_band(train, val, patience, threshold, min_delta, noise):
     del patience
+    if noise is None:
+        return False
     best = min(range(len(val)), key=val.__getitem__)
     if len(val) - 1 - best < CONFIRM:
         return False

@@ -48,12 +48,14 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     Reads the training and validation curves at the end of each epoch that
     ran validation (`fit(validation_freq=...)` skips some). The validation
-    curve's noise is estimated from the run itself: the epoch-to-epoch
-    residuals around its 5-epoch running median (robust standard deviation,
-    `noise`). Each state is a claim about the curves that can be checked:
+    curve's noise is estimated from the run itself: the residual of each epoch
+    around the mean of its two neighbours on each side, as a robust standard
+    deviation (`noise`; none before the 9th validated epoch, so no state but
+    learning until then). Each state is a claim about the curves that can be
+    checked:
 
     - **overfitting**: validation is worse than its best by more than
-      `threshold` (2) times its noise at each of the last 2 epochs, while
+      `threshold` (1) times its noise at each of the last 2 epochs, while
       training improved after that best (the U shape);
     - **saturated**: over the last `patience` epochs validation has not
       improved beyond its noise, while training still improved by at least
@@ -129,7 +131,8 @@ class OverfittingDetector(keras.callbacks.Callback):
         criterion: One of `"noise"` (default), `"gl"`, `"pq"`, `"up"`,
             `"p_value"`: the overfitting test (see above).
         threshold: The criterion's level; `None` (default) takes its own
-            default (noise 2 standard deviations, gl 5 percent, pq 0.5, up 2
+            default (noise 1 standard deviation, chosen on the tuning half of
+            `bench/data/corpus`; gl 5 percent, pq 0.5, up 2
             strips, p_value 0.2).
         strengthen_step: Rate added (or removed) per detection by
             `action="strengthen"`. Defaults to 0.1; rates stay in `[0, 0.9]`.
@@ -319,12 +322,12 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def _beats_onset(self, val):
         onset = self._epochs.index(self.onset_epoch)
-        return val < self._raw_val[onset] - self.noise - self.min_delta
+        return val < self._raw_val[onset] - (self.noise or 0.0) - self.min_delta
 
     def _stalled_state(self):
         """Saturated, underfitting or learning, from the last `patience` epochs."""
         val, train = self._raw_val, self._smooth_train
-        if len(val) <= self.patience:
+        if len(val) <= self.patience or self.noise is None:
             return LEARNING
         if min(val[-self.patience :]) < min(val[: -self.patience]) - self.noise - self.min_delta:
             return LEARNING  # validation still improves beyond its noise
@@ -384,13 +387,13 @@ class OverfittingDetector(keras.callbacks.Callback):
             return (
                 f"Overfitting detected at epoch {epoch + 1}: {self.monitor} is worse than its "
                 f"best (epoch {self.onset_epoch + 1}) by more than its noise "
-                f"({self.noise:.3g}) while {self.train_monitor} improves. Consider more "
+                f"({self.noise or 0.0:.3g}) while {self.train_monitor} improves. Consider more "
                 "regularization (dropout, weight decay) or early stopping."
             )
         if state == SATURATED:
             return (
                 f"Validation saturated at epoch {epoch + 1}: {self.monitor} has not improved "
-                f"beyond its noise ({self.noise:.3g}) since epoch {self.onset_epoch + 1} while "
+                f"beyond its noise ({self.noise or 0.0:.3g}) since epoch {self.onset_epoch + 1} while "
                 f"{self.train_monitor} still improves: the model memorizes. More epochs will "
                 "not help; more data or regularization may."
             )
