@@ -30,9 +30,13 @@ REGULARIZERS = {
 MODELS = ("ResNet50", "ResNet50V2", "EfficientNetB0", "ConvNeXtTiny", "MobileNetV2")
 
 
-def residual_cnn(regularizer, stochastic_depth=False, blocks=3, filters=32):
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(inputs)
+def residual_cnn(regularizer, stochastic_depth=False, blocks=3, filters=32, input_shape=(32, 32, 3), stem=(), pool=False):
+    """`stem` layers (augmentation) run first; `pool` halves the map after each block."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for layer in stem:
+        x = layer(x)
+    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     rates = kreg.stochastic_depth_rates(blocks, 0.2)
     for block in range(blocks):
         branch = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
@@ -44,6 +48,8 @@ def residual_cnn(regularizer, stochastic_depth=False, blocks=3, filters=32):
         x = keras.layers.ReLU()(x)
         if regularizer is not None:
             x = regularizer()(x)
+        if pool:
+            x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(10)(x))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
