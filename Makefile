@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
 DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
-.PHONY: demo test test-tensorflow test-jax test-torch test-packaging docs bench
+.PHONY: demo test test-fast test-tensorflow test-jax test-torch test-packaging docs bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test-jax: $(INSTALLED)
 
 test-torch: $(INSTALLED)
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+
+# The quick local loop: TensorFlow only, without the tests marked `integration`
+# (subprocesses, kills, clusters, whole searches). CI runs `make test`.
+test-fast: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not integration" tests --ignore=tests/packaging
 
 # The wheel, installed with no extras and with [tensorflow] in fresh venvs.
 test-packaging: $(INSTALLED)

@@ -1,10 +1,11 @@
 """The `kreg` command: `kreg demo`, `kreg diagnose MODEL.keras`, `kreg fold IN OUT`.
 
 Exit codes: 0 success; 1 `kreg diagnose` found an error, or `kreg fold`'s check
-of the folded model failed; 2 bad input or I/O failure (usage, a missing file, a
-file that is not a loadable Keras model, an output that would overwrite the
-input or cannot be written). Bad input prints one line on stderr, never a
-traceback: it is the user's to fix, not a kreg bug.
+of the folded model failed; 2 every other failure: bad input or I/O (usage, a
+missing file, a file that is not a loadable Keras model, a model kreg cannot
+read, an output that would overwrite the input or cannot be written) and any
+unexpected error. Each prints one line on stderr, never a traceback: exit code 1
+stays what a CI gate reads as "errors found".
 """
 
 import argparse
@@ -22,6 +23,8 @@ import warnings
 import zipfile
 
 USAGE_ERROR = 2
+# The longest error line the command prints; longer messages end at a word.
+_MESSAGE_WIDTH = 300
 
 
 class _InputError(Exception):
@@ -54,7 +57,12 @@ def _check_model_path(path, must_exist=True):
         raise _InputError(f"{path}: not a Keras model (a .keras file is a zip archive)")
 
 
-def _load_model(path, imports):
+def _shortened(text):
+    """`text` on one line of at most `_MESSAGE_WIDTH` characters, cut at a word."""
+    return textwrap.shorten(" ".join(text.split()), _MESSAGE_WIDTH, placeholder=" ...")
+
+
+def _load_model(path, imports, trust_lambda=False):
     """Loads a .keras model, with kreg's layers (and `imports`) registered."""
     _check_model_path(path)
     for module in imports:
@@ -67,24 +75,33 @@ def _load_model(path, imports):
     import kreg  # noqa: F401  (registers kreg's layers for loading)
 
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, safe_mode=not trust_lambda)
     except Exception as error:  # noqa: BLE001  (any failure here is the file's)
         message = str(error)
+        if "deserialization of a `Lambda` layer" in message:
+            raise _InputError(
+                f"{path}: holds a Lambda layer whose Python code Keras does not load by "
+                "default (loading it runs code from the file); if you trust the file, "
+                "pass --trust-lambda"
+            ) from None
         missing = re.search(r"Could not (?:locate|deserialize) (\w+) '([^']+)'", message)
         if missing:
             raise _InputError(
                 f"{path}: needs the custom {missing.group(1)} {missing.group(2)!r}, which "
                 "is not registered; pass --import MODULE for the module that defines it"
             ) from None
-        first_line = (message.splitlines() or [type(error).__name__])[0][:300]
+        first_line = (message.splitlines() or [type(error).__name__])[0]
         raise _InputError(f"{path}: cannot load the model: {first_line}") from None
 
 
 def _diagnose(args):
-    model = _load_model(args.model, args.imports)
+    model = _load_model(args.model, args.imports, args.trust_lambda)
     import kreg
 
-    findings = kreg.diagnose(model, batch_size=args.batch_size)
+    try:
+        findings = kreg.diagnose(model, batch_size=args.batch_size)
+    except (TypeError, ValueError) as error:  # a model diagnose cannot read, and why
+        raise _InputError(f"{args.model}: {error}") from None
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     if args.json:
         report = {"model": str(args.model), "counts": counts, "findings": [f.to_dict() for f in findings]}
@@ -155,7 +172,7 @@ def _fold(args):
     _check_model_path(args.output, must_exist=False)
     _check_model_path(args.input)
     _check_writable(args.output, args.input, args.force)
-    model = _load_model(args.input, args.imports)
+    model = _load_model(args.input, args.imports, args.trust_lambda)
     import kreg
     from kreg.fold import FoldVerificationError
 
@@ -164,7 +181,7 @@ def _fold(args):
         try:
             folded, report = kreg.fold_batch_norms(model, return_report=True, verify=args.verify)
         except FoldVerificationError as error:
-            print(f"kreg fold: error: {error}", file=sys.stderr)
+            print(f"kreg fold: error: {_shortened(str(error))}", file=sys.stderr)
             return 1  # a fold kreg got wrong: nothing written
         except (TypeError, ValueError) as error:
             raise _InputError(f"{args.input}: {error}") from None
@@ -226,6 +243,12 @@ def build_parser():
         action="append", default=[], dest="imports", metavar="MODULE",
         help="import MODULE first, to register the custom layers the model uses (repeatable)",
     )  # fmt: skip
+    # Keras refuses a Lambda layer's Python code unless told the file is trusted
+    # (`safe_mode=False`, keras/src/saving/serialization_lib.py).
+    trust_lambda = dict(
+        action="store_true",
+        help="load the Python code of Lambda layers (it runs: only for files you trust)",
+    )
     diagnose = commands.add_parser(
         "diagnose", help="check a saved model for regularization mistakes",
         description="Check a saved model for regularization and normalization mistakes. "
@@ -238,6 +261,7 @@ def build_parser():
     )  # fmt: skip
     diagnose.add_argument("--json", action="store_true", help="print the findings as JSON")
     diagnose.add_argument("--import", **imports)
+    diagnose.add_argument("--trust-lambda", **trust_lambda)
     diagnose.set_defaults(handler=_diagnose)
 
     fold = commands.add_parser(
@@ -259,6 +283,7 @@ def build_parser():
         help="skip the check of the folded model's outputs against the original's",
     )  # fmt: skip
     fold.add_argument("--import", **imports)
+    fold.add_argument("--trust-lambda", **trust_lambda)
     fold.set_defaults(handler=_fold)
     return parser
 
@@ -271,11 +296,15 @@ def main(argv=None):
     try:
         return args.handler(args)
     except _InputError as error:
-        print(f"kreg {args.command}: error: {error}", file=sys.stderr)
+        print(f"kreg {args.command}: error: {_shortened(str(error))}", file=sys.stderr)
         return USAGE_ERROR
     except BrokenPipeError:  # `kreg diagnose ... | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as error:  # noqa: BLE001  (one line, never exit code 1)
+        message = _shortened(f"{type(error).__name__}: {error}")
+        print(f"kreg {args.command}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

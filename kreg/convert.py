@@ -22,6 +22,14 @@ class ConversionReport:
         to: `"adaptive"` or `"keras"`.
         converted: names of the batch norm layers replaced.
         left: `(name, reason)` for each batch norm layer left as it was.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+    ...                           keras.layers.BatchNormalization(name="norm")])
+    >>> _, report = convert_batch_norms(model, return_report=True)
+    >>> report.to, report.converted, report.left
+    ('adaptive', ['norm'], [])
     """
 
     to: str

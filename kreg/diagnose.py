@@ -32,6 +32,17 @@ class Finding:
         layers: the paths of the layers involved, e.g. `("block/conv", "dropout")`.
         message: what is wrong and why, in one line.
         fix: what to do instead, naming the Keras or kreg layer to use.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ...     keras.layers.Dropout(0.5, name="last_dropout"),
+    ... ])
+    >>> finding = [f for f in diagnose(model) if f.rule == "dropout-on-output"][0]
+    >>> finding.severity, finding.layers
+    ('error', ('last_dropout',))
     """
 
     rule: str

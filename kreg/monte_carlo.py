@@ -14,8 +14,10 @@ from kreg._keras_compat import call_replaced
 from kreg._validation import check_at_least
 from kreg.layers import ConsistentDropout
 from kreg.layers import EmbeddingDropout
-from kreg.layers.weight_drop_rnn import _WeightDropMixin
-from kreg.layers.zoneout_rnn import _ZoneoutMixin
+from kreg.layers import WeightDropGRU
+from kreg.layers import WeightDropLSTM
+from kreg.layers import ZoneoutGRU
+from kreg.layers import ZoneoutLSTM
 
 # Layers whose `training=True` means "drop" and nothing else. Keras's spatial
 # dropouts subclass `Dropout`; `MultiHeadAttention` and keras-hub blocks hold a
@@ -26,8 +28,10 @@ DROPOUT_LAYERS = (
     keras.layers.GaussianDropout,
     ConsistentDropout,
     EmbeddingDropout,
-    _WeightDropMixin,
-    _ZoneoutMixin,
+    WeightDropLSTM,
+    WeightDropGRU,
+    ZoneoutLSTM,
+    ZoneoutGRU,
 )
 
 # Below this, entropies treat a probability as 0 (0 * log 0 = 0).
@@ -52,6 +56,17 @@ class MonteCarloPrediction:
         samples: The single predictions, shape `(samples, *output_shape)`, when
             `return_samples=True`; else `None`.
         dropout_layers: Paths of the layers that ran with dropout on.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dropout(0.5, name="drop"),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> result = mc_predict(model, np.ones((2, 4)), samples=8, seed=0)
+    >>> result.variance.shape, result.dropout_layers
+    ((2, 3), ['drop'])
     """
 
     mean: np.ndarray

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 
 def _kreg(*args, cwd):
     executable = shutil.which("kreg", path=os.path.dirname(sys.executable))
@@ -14,6 +16,7 @@ def _kreg(*args, cwd):
     )
 
 
+@pytest.mark.integration
 def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     out = tmp_path / "out"
     result = _kreg("demo", "--quick", "--out", str(out), cwd=tmp_path)
@@ -41,6 +44,7 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     assert batch_norms and not [layer for layer in folded.layers if "batch_normalization" in layer.name]
 
 
+@pytest.mark.integration
 def test_unknown_command_fails_with_usage(tmp_path):
     result = _kreg("unfold", cwd=tmp_path)
     assert result.returncode == 2
@@ -55,7 +59,6 @@ import zipfile  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 from kreg import cli  # noqa: E402
 from batch_norm_testing import randomize_batch_norm  # noqa: E402
@@ -117,6 +120,7 @@ def runs(tmp_path_factory):
     return folder, clean, results
 
 
+@pytest.mark.integration
 def test_diagnose_prints_a_table_and_fails_on_errors(runs):
     _, _, results = runs
     result = results["flawed"]
@@ -127,6 +131,7 @@ def test_diagnose_prints_a_table_and_fails_on_errors(runs):
     assert "kreg.layers.Conv2DBatchNorm" in result.stdout  # the fix names the layer
 
 
+@pytest.mark.integration
 def test_diagnose_json(runs):
     _, _, results = runs
     result = results["flawed_json"]
@@ -138,6 +143,7 @@ def test_diagnose_json(runs):
     assert set(output_dropout) == {"rule", "severity", "layers", "message", "fix"}
 
 
+@pytest.mark.integration
 def test_diagnose_clean_model_exits_zero(runs):
     _, _, results = runs
     result = results["clean"]
@@ -146,6 +152,7 @@ def test_diagnose_clean_model_exits_zero(runs):
     assert "foldable-batch-norm" in result.stdout
 
 
+@pytest.mark.integration
 def test_fold_writes_a_loadable_model_with_the_same_outputs(runs):
     folder, clean, results = runs
     result = results["fold"]
@@ -158,6 +165,7 @@ def test_fold_writes_a_loadable_model_with_the_same_outputs(runs):
     np.testing.assert_allclose(folded.predict_on_batch(x), clean.predict_on_batch(x), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_custom_objects_that_cannot_be_imported(runs):
     _, _, results = runs
     result = results["custom"]
@@ -188,6 +196,70 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys, 
     assert cli.main(args) == 2
     stderr = capsys.readouterr().err.strip()
     assert message in stderr and len(stderr.splitlines()) == 1, stderr
+
+
+@keras.saving.register_keras_serializable(package="kreg_test_cli")
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(3)
+        self.dropout = L.Dropout(0.5)
+
+    def call(self, inputs, training=False):
+        return self.dropout(self.dense(inputs), training=training)
+
+
+def test_diagnose_of_a_subclassed_model_says_what_it_reads(tmp_path, capsys):
+    model = _Subclassed()
+    model(np.ones((2, 4)))
+    model.save(tmp_path / "subclassed.keras")
+    assert cli.main(["diagnose", str(tmp_path / "subclassed.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "reads the layer graph of Sequential and functional models" in stderr
+    assert "`_Subclassed` is a subclassed model" in stderr
+
+
+def test_lambda_layers_load_only_when_trusted(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((4,)), L.Lambda(lambda x: x * 2), L.Dense(2)])
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    assert cli.main(["diagnose", path]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.endswith("pass --trust-lambda"), stderr
+    assert "safe_mode" not in stderr
+    assert cli.main(["diagnose", path, "--trust-lambda"]) == 0
+
+
+def test_long_messages_end_at_a_word(tmp_path, capsys, monkeypatch):
+    import kreg
+
+    words = " ".join(f"word{i}" for i in range(200))
+
+    def unreadable(*args, **kwargs):
+        raise ValueError(words)
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setattr(kreg, "diagnose", unreadable)
+    assert cli.main(["diagnose", str(tmp_path / "model.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.endswith(" ..."), stderr
+    assert stderr.split()[-2] in words.split(), "cut inside a word"
+
+
+def test_an_unexpected_error_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    import kreg
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something kreg did not expect")
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setattr(kreg, "diagnose", broken)
+    assert cli.main(["diagnose", str(tmp_path / "model.keras")]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr == "kreg diagnose: error: RuntimeError: something kreg did not expect"
 
 
 def test_bad_batch_size_is_a_usage_error(capsys):
@@ -273,6 +345,7 @@ def test_fold_save_failure_is_one_line_and_leaves_nothing(saved_model, capsys, m
     assert not list(saved_model.parent.glob(".kreg-*"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("user_level", [None, "1"])
 def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -283,6 +356,7 @@ def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
     assert result.stdout.strip() == (user_level or "3"), result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_library_import_leaves_the_log_level_alone():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     script = (
@@ -293,6 +367,7 @@ def test_library_import_leaves_the_log_level_alone():
     assert result.stdout.strip() == "True", result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_the_command_prints_one_line_and_no_tensorflow_start_up_lines(tmp_path):
     # TensorFlow 2.21 writes its start-up notices (oneDNN, CUDA drivers) through
     # absl before it reads TF_CPP_MIN_LOG_LEVEL: the level alone does not stop them.

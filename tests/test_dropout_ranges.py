@@ -18,6 +18,7 @@ def test_tuner_and_linter_read_one_table():
     assert early_conv_dropout.MAX_RATE == USUAL_DROPOUT_RANGES["early_conv"][1]
 
 
+@pytest.mark.integration
 def test_table_is_well_formed_and_importable_without_keras_tuner():
     assert set(USUAL_DROPOUT_RANGES) == {"early_conv", "late_conv", "dense", "recurrent"}
     for low, high in USUAL_DROPOUT_RANGES.values():

@@ -201,6 +201,7 @@ def test_original_model_is_untouched():
     assert not set(map(id, folded.layers)) & set(map(id, model.layers)), "the copy shares layers"
 
 
+@pytest.mark.integration
 def test_folded_model_saves_and_loads_with_plain_keras(tmp_path):
     model = keras.Sequential(
         [keras.Input((8, 8, 3)), kreg.Conv2DBatchNorm(4, 3, activation="relu"),

@@ -7,6 +7,9 @@ import keras
 import numpy as np
 
 import multi_worker
+import pytest
+
+pytestmark = pytest.mark.integration
 
 # No `import kreg` at the top: the loading process imports this file.
 

@@ -4,6 +4,8 @@ import pytest
 
 import multi_worker
 
+pytestmark = pytest.mark.integration
+
 
 def _all_reduce_of_worker_indices(offset):
     import tensorflow as tf

@@ -1,4 +1,9 @@
-"""A conv or dense layer and its batch norm as one layer, folded at inference."""
+"""What the fused layers share: a conv or dense layer and its batch norm as one layer.
+
+Each public fused layer has its own file (conv1d_batch_norm.py, conv2d_batch_norm.py,
+conv3d_batch_norm.py, depthwise_conv2d_batch_norm.py, dense_batch_norm.py) with its
+docstring written out in full, as Keras writes conv2d.py.
+"""
 
 import keras
 from keras import ops
@@ -16,50 +21,6 @@ _BIAS_ARGS = ("use_bias", "bias_initializer", "bias_regularizer", "bias_constrai
 # Keys of the conv/dense config that the fused layer owns or leaves out.
 _OWN_CONFIG_KEYS = _BASE_LAYER_ARGS + _BIAS_ARGS + ("activation",)
 
-_DOC = """
-    Training (`training=True` and the layer trainable) runs the {base} without a
-    bias, then batch normalization with the batch's statistics, updating the
-    moving statistics exactly as `keras.layers.BatchNormalization` does (it is
-    one, inside). Inference runs a single {op} with the batch norm folded into the
-    kernel and bias (`W * gamma / sqrt(var + eps)`, `(-mean) * gamma /
-    sqrt(var + eps) + beta`), then the activation: the same outputs as
-    `{base}` followed by `BatchNormalization` and the activation, with one op
-    fewer per layer. `kreg.fold_batch_norms` turns it into a plain `{base}`.
-
-    Args:
-        {args}
-        activation: Activation applied after the normalization. Defaults to
-            `None` (linear).
-        momentum, epsilon, center, scale, beta_initializer, gamma_initializer,
-        moving_mean_initializer, moving_variance_initializer, beta_regularizer,
-        gamma_regularizer, beta_constraint, gamma_constraint, renorm,
-        renorm_clipping, renorm_momentum, synchronized: As in
-            `keras.layers.BatchNormalization`, with the same defaults (every
-            argument but `axis`: the batch norm normalizes the channel axis given
-            by `data_format`). With `renorm=True`, training is batch
-            renormalization; inference folds the moving statistics as usual.
-        **kwargs: Every other argument of `keras.layers.{base}` (`strides`,
-            `padding`, `kernel_initializer`, ...) and base layer arguments
-            (`name`, `dtype`, `trainable`). `use_bias` and the bias arguments are
-            refused: the batch norm's beta is the bias.
-
-    Call arguments:
-        inputs: The input tensor, as for `keras.layers.{base}`.
-        training: Python boolean. Batch statistics (`True`) or the folded
-            kernel (`False`, the default outside `fit`).
-
-    Example:
-
-    >>> layer = {name}({example_args}, activation="relu")
-    >>> tuple(layer(keras.ops.ones({example_shape}), training=False).shape)
-    {example_output}
-
-    Reference:
-        - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167), Batch
-          Normalization.
-        - [Jacob et al., 2018](https://arxiv.org/abs/1712.05877), folding batch
-          norm into the preceding convolution for inference.
-"""
 
 
 class FusedBatchNormLayer(keras.layers.Layer):
@@ -115,7 +76,8 @@ class FusedBatchNormLayer(keras.layers.Layer):
         )
 
     def _apply_kernel(self, inputs, kernel):
-        raise NotImplementedError
+        """The inference op with `kernel`: a convolution unless a subclass says otherwise."""
+        return self.base_layer.convolution_op(inputs, kernel)
 
     def unfolded_call(self, inputs, training=False):
         """The conv/dense, then the batch norm layer itself, then the activation.
@@ -167,124 +129,3 @@ class FusedBatchNormLayer(keras.layers.Layer):
         del batch_norm["axis"]  # from data_format
         config = {"activation": keras.activations.serialize(self.activation), **batch_norm}
         return {**base_config, **layer_config, **config}
-
-
-class _ConvBatchNorm(FusedBatchNormLayer):
-    def _apply_kernel(self, inputs, kernel):
-        return self.base_layer.convolution_op(inputs, kernel)
-
-
-def _doc(base, name, op, args, example_args, example_shape, example_output):
-    return _DOC.format(
-        base=base,
-        name=name,
-        op=op,
-        args=args,
-        example_args=example_args,
-        example_shape=example_shape,
-        example_output=example_output,
-    )
-
-
-_CONV_ARGS = """filters: Integer, the number of output channels.
-        kernel_size: Integer or tuple, the size of the convolution window."""
-
-
-@keras.saving.register_keras_serializable(package="kreg")
-class Conv1DBatchNorm(_ConvBatchNorm):
-    __doc__ = "`Conv1D` and `BatchNormalization` as one layer, one conv at inference.\n" + _doc(
-        "Conv1D", "Conv1DBatchNorm", "convolution", _CONV_ARGS, "8, 3", "(2, 10, 4)", "(2, 8, 8)"
-    )
-    base_class = keras.layers.Conv1D
-
-    def _apply_kernel(self, inputs, kernel):
-        layer = self.base_layer
-        if layer.padding != "causal":
-            return super()._apply_kernel(inputs, kernel)
-        # As Conv1D.call does: pad the past only, then a "valid" convolution
-        # (ops.conv itself knows no "causal").
-        padding = [[0, 0], [0, 0], [0, 0]]
-        time_axis = 1 if layer.data_format == "channels_last" else 2
-        padding[time_axis] = [layer.dilation_rate[0] * (layer.kernel_size[0] - 1), 0]
-        return ops.conv(
-            ops.pad(inputs, padding),
-            kernel,
-            strides=list(layer.strides),
-            padding="valid",
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
-
-
-@keras.saving.register_keras_serializable(package="kreg")
-class Conv2DBatchNorm(_ConvBatchNorm):
-    __doc__ = "`Conv2D` and `BatchNormalization` as one layer, one conv at inference.\n" + _doc(
-        "Conv2D",
-        "Conv2DBatchNorm",
-        "convolution",
-        _CONV_ARGS,
-        "8, 3",
-        "(2, 10, 10, 4)",
-        "(2, 8, 8, 8)",
-    )
-    base_class = keras.layers.Conv2D
-
-
-@keras.saving.register_keras_serializable(package="kreg")
-class Conv3DBatchNorm(_ConvBatchNorm):
-    __doc__ = "`Conv3D` and `BatchNormalization` as one layer, one conv at inference.\n" + _doc(
-        "Conv3D",
-        "Conv3DBatchNorm",
-        "convolution",
-        _CONV_ARGS,
-        "8, 3",
-        "(2, 6, 6, 6, 4)",
-        "(2, 4, 4, 4, 8)",
-    )
-    base_class = keras.layers.Conv3D
-
-
-@keras.saving.register_keras_serializable(package="kreg")
-class DepthwiseConv2DBatchNorm(FusedBatchNormLayer):
-    __doc__ = (
-        "`DepthwiseConv2D` and `BatchNormalization` as one layer, one depthwise conv "
-        "at inference.\n"
-    ) + _doc(
-        "DepthwiseConv2D",
-        "DepthwiseConv2DBatchNorm",
-        "depthwise convolution",
-        """kernel_size: Integer or tuple, the size of the convolution window.
-        depth_multiplier: Integer, output channels per input channel.""",
-        "3, depth_multiplier=2",
-        "(2, 10, 10, 4)",
-        "(2, 8, 8, 8)",
-    )
-    base_class = keras.layers.DepthwiseConv2D
-
-    def _apply_kernel(self, inputs, kernel):
-        layer = self.base_layer
-        return ops.depthwise_conv(
-            inputs,
-            kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
-
-
-@keras.saving.register_keras_serializable(package="kreg")
-class DenseBatchNorm(FusedBatchNormLayer):
-    __doc__ = "`Dense` and `BatchNormalization` as one layer, one matmul at inference.\n" + _doc(
-        "Dense",
-        "DenseBatchNorm",
-        "matmul",
-        "units: Positive integer, dimensionality of the output space.",
-        "8",
-        "(2, 4)",
-        "(2, 8)",
-    )
-    base_class = keras.layers.Dense
-
-    def _apply_kernel(self, inputs, kernel):
-        return ops.matmul(inputs, kernel)

@@ -28,8 +28,10 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
 
     The layer is a `keras.layers.Embedding` with one extra argument: the same
     weights (`set_weights` / `get_weights` work both ways with a plain
-    `Embedding`), the same `mask_zero` masking and LoRA. A quantized layer runs
-    Keras's quantized lookup, which is for inference: it drops nothing.
+    `Embedding`, and `weights=` loads a pretrained matrix), the same
+    `mask_zero` masking and LoRA. `layer.quantize("int8")` / `"int4"` (and
+    `model.quantize`) quantize it as they quantize `keras.layers.Embedding`; a
+    quantized layer still drops rows of its (de-quantized) lookup in training.
 
     Args:
         input_dim: Integer. Size of the vocabulary (largest id + 1).
@@ -66,15 +68,26 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
 
     rate = rate_property("rate", "The current fraction of rows dropped per batch.")
 
-    def __init__(self, input_dim, output_dim, rate=0.0, seed=None, **kwargs):
+    def __init__(self, input_dim, output_dim, rate=0.0, seed=None, weights=None, **kwargs):
         rate = check_rate("rate", rate)
         super().__init__(input_dim, output_dim, **kwargs)
         self.add_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if weights is not None:
+            # As `Embedding.__init__` does, once this layer's own state exists:
+            # a built layer takes no new state.
+            self.build()
+            self.set_weights(weights if isinstance(weights, list) and len(weights) == 1 else [weights])
 
     def call(self, inputs, training=False):
-        outputs = super().call(inputs)
+        return self._rows_dropped(inputs, super().call(inputs), training)
+
+    def quantized_call(self, inputs, training=False):
+        # Keras calls this instead of `call` once the layer is quantized.
+        return self._rows_dropped(inputs, super().quantized_call(inputs, training=training), training)
+
+    def _rows_dropped(self, inputs, outputs, training):
         if not training or not self.rate_in_use("rate"):
             return outputs
         if inputs.dtype != "int32" and inputs.dtype != "int64":
@@ -85,6 +98,14 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
             seed=self.seed_generator,
         )
         return outputs * ops.expand_dims(ops.take(kept_rows, inputs, axis=0), -1)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # `Embedding.quantize` refuses every subclass (`type(self) is not
+        # Embedding`); this one adds no weight, so its matrix quantizes as
+        # Embedding's does. Its own subclasses are refused in turn.
+        if type_check and type(self) is not EmbeddingDropout:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
 
     def compute_output_spec(self, inputs, training=False):
         return super().compute_output_spec(inputs)

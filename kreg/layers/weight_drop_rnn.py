@@ -15,64 +15,6 @@ from kreg.layers.adjustable_rates import rate_property
 
 WEIGHT_DROPOUT_MODES = ("unit", "weight")
 
-_WEIGHT_DROP_DOC = """
-    During training, one DropConnect mask over the recurrent kernel is drawn per
-    batch (per group of samples with `mask_groups`) and used at every timestep;
-    inference uses the full kernel. Because the
-    mask lives in the weights rather than in the step function, the layer keeps
-    the fused kernel (cuDNN on GPUs) wherever `keras.layers.{base}` would use it,
-    unlike `recurrent_dropout`, which turns the fused kernel off on every
-    backend. Where no fused kernel applies (on CPU, with masking), the generic
-    loop reads the same masked kernel, so both paths compute the same thing.
-
-    Every argument of `keras.layers.{base}` keeps its meaning, and with
-    `weight_dropout=0` the layer computes exactly what `keras.layers.{base}` does,
-    with the same weights (`set_weights` works both ways).
-
-    Args:
-        units: Positive integer, dimensionality of the output space.
-        weight_dropout: Float in `[0, 1)`. Fraction of the recurrent kernel to
-            drop during training. Kept entries are scaled by
-            `1 / (1 - weight_dropout)`. Defaults to `0.0`. Held in a variable
-            read at call time: `layer.weight_dropout = 0.4` applies at the next
-            step without a retrace (unless the layer was built with 0).
-        weight_dropout_mode: `"unit"` (default) drops whole rows of the recurrent
-            kernel: a dropped hidden unit feeds none of the gates at the next
-            step, the same for every timestep of the batch. `"weight"` drops
-            single weights, as in AWD-LSTM.
-        mask_groups: Positive integer. The batch is split into this many groups
-            of consecutive samples, each with its own mask and its own call of
-            the fused kernel (or loop). One mask per batch (`1`, the default)
-            regularizes less per step than Keras's per-sample masks; more
-            groups regularize more, at the cost of `mask_groups` smaller kernel
-            calls per step. A batch smaller than `mask_groups` gets one mask
-            per sample. Measured in `bench/char_lm.py` (docs/BENCHMARKS.md).
-        **kwargs: Every other argument of `keras.layers.{base}` (`dropout`,
-            `recurrent_dropout`, `return_sequences`, `return_state`,
-            `go_backwards`, `stateful`, `use_cudnn`, `seed`, ...). `seed` also
-            seeds the weight-dropout mask.
-
-    Call arguments:
-        sequences: A 3D tensor `(batch, timesteps, features)`.
-        initial_state: Optional list of initial state tensors.
-        mask: Optional boolean tensor `(batch, timesteps)`.
-        training: Python boolean. Whether to apply dropout (`True` in `fit`).
-
-    Example:
-
-    >>> layer = {name}(8, weight_dropout=0.25, return_sequences=True, seed=0)
-    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
-    (2, 5, 8)
-
-    Reference:
-        - [Wan et al., 2013](https://proceedings.mlr.press/v28/wan13.html),
-          DropConnect.
-        - [Merity et al., 2018](https://arxiv.org/abs/1708.02182), weight-dropped
-          LSTM (AWD-LSTM): DropConnect on the hidden-to-hidden weights, one mask
-          per batch, which keeps the fused cuDNN kernel.
-"""
-
-
 class _WeightDropMixin(AdjustableRates):
     """What `WeightDropLSTM` and `WeightDropGRU` share: the mask and its config."""
 
@@ -196,13 +138,121 @@ class _WeightDropMixin(AdjustableRates):
 
 @keras.saving.register_keras_serializable(package="kreg")
 class WeightDropLSTM(_WeightDropMixin, keras.layers.LSTM):
-    __doc__ = "LSTM with one DropConnect mask per batch on its recurrent kernel.\n" + (
-        _WEIGHT_DROP_DOC.format(base="LSTM", name="WeightDropLSTM")
-    )
+    """LSTM with one DropConnect mask per batch on its recurrent kernel.
+
+    During training, one DropConnect mask over the recurrent kernel is drawn per
+    batch (per group of samples with `mask_groups`) and used at every timestep;
+    inference uses the full kernel. Because the
+    mask lives in the weights rather than in the step function, the layer keeps
+    the fused kernel (cuDNN on GPUs) wherever `keras.layers.LSTM` would use it,
+    unlike `recurrent_dropout`, which turns the fused kernel off on every
+    backend. Where no fused kernel applies (on CPU, with masking), the generic
+    loop reads the same masked kernel, so both paths compute the same thing.
+
+    Every argument of `keras.layers.LSTM` keeps its meaning, and with
+    `weight_dropout=0` the layer computes exactly what `keras.layers.LSTM` does,
+    with the same weights (`set_weights` works both ways).
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        weight_dropout: Float in `[0, 1)`. Fraction of the recurrent kernel to
+            drop during training. Kept entries are scaled by
+            `1 / (1 - weight_dropout)`. Defaults to `0.0`. Held in a variable
+            read at call time: `layer.weight_dropout = 0.4` applies at the next
+            step without a retrace (unless the layer was built with 0).
+        weight_dropout_mode: `"unit"` (default) drops whole rows of the recurrent
+            kernel: a dropped hidden unit feeds none of the gates at the next
+            step, the same for every timestep of the batch. `"weight"` drops
+            single weights, as in AWD-LSTM.
+        mask_groups: Positive integer. The batch is split into this many groups
+            of consecutive samples, each with its own mask and its own call of
+            the fused kernel (or loop). One mask per batch (`1`, the default)
+            regularizes less per step than Keras's per-sample masks; more
+            groups regularize more, at the cost of `mask_groups` smaller kernel
+            calls per step. A batch smaller than `mask_groups` gets one mask
+            per sample. Measured in `bench/char_lm.py` (docs/BENCHMARKS.md).
+        **kwargs: Every other argument of `keras.layers.LSTM` (`dropout`,
+            `recurrent_dropout`, `return_sequences`, `return_state`,
+            `go_backwards`, `stateful`, `use_cudnn`, `seed`, ...). `seed` also
+            seeds the weight-dropout mask.
+
+    Call arguments:
+        sequences: A 3D tensor `(batch, timesteps, features)`.
+        initial_state: Optional list of initial state tensors.
+        mask: Optional boolean tensor `(batch, timesteps)`.
+        training: Python boolean. Whether to apply dropout (`True` in `fit`).
+
+    Example:
+
+    >>> layer = WeightDropLSTM(8, weight_dropout=0.25, return_sequences=True, seed=0)
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Wan et al., 2013](https://proceedings.mlr.press/v28/wan13.html),
+          DropConnect.
+        - [Merity et al., 2018](https://arxiv.org/abs/1708.02182), weight-dropped
+          LSTM (AWD-LSTM): DropConnect on the hidden-to-hidden weights, one mask
+          per batch, which keeps the fused cuDNN kernel.
+    """
 
 
 @keras.saving.register_keras_serializable(package="kreg")
 class WeightDropGRU(_WeightDropMixin, keras.layers.GRU):
-    __doc__ = "GRU with one DropConnect mask per batch on its recurrent kernel.\n" + (
-        _WEIGHT_DROP_DOC.format(base="GRU", name="WeightDropGRU")
-    )
+    """GRU with one DropConnect mask per batch on its recurrent kernel.
+
+    During training, one DropConnect mask over the recurrent kernel is drawn per
+    batch (per group of samples with `mask_groups`) and used at every timestep;
+    inference uses the full kernel. Because the
+    mask lives in the weights rather than in the step function, the layer keeps
+    the fused kernel (cuDNN on GPUs) wherever `keras.layers.GRU` would use it,
+    unlike `recurrent_dropout`, which turns the fused kernel off on every
+    backend. Where no fused kernel applies (on CPU, with masking), the generic
+    loop reads the same masked kernel, so both paths compute the same thing.
+
+    Every argument of `keras.layers.GRU` keeps its meaning, and with
+    `weight_dropout=0` the layer computes exactly what `keras.layers.GRU` does,
+    with the same weights (`set_weights` works both ways).
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        weight_dropout: Float in `[0, 1)`. Fraction of the recurrent kernel to
+            drop during training. Kept entries are scaled by
+            `1 / (1 - weight_dropout)`. Defaults to `0.0`. Held in a variable
+            read at call time: `layer.weight_dropout = 0.4` applies at the next
+            step without a retrace (unless the layer was built with 0).
+        weight_dropout_mode: `"unit"` (default) drops whole rows of the recurrent
+            kernel: a dropped hidden unit feeds none of the gates at the next
+            step, the same for every timestep of the batch. `"weight"` drops
+            single weights, as in AWD-LSTM.
+        mask_groups: Positive integer. The batch is split into this many groups
+            of consecutive samples, each with its own mask and its own call of
+            the fused kernel (or loop). One mask per batch (`1`, the default)
+            regularizes less per step than Keras's per-sample masks; more
+            groups regularize more, at the cost of `mask_groups` smaller kernel
+            calls per step. A batch smaller than `mask_groups` gets one mask
+            per sample. Measured in `bench/char_lm.py` (docs/BENCHMARKS.md).
+        **kwargs: Every other argument of `keras.layers.GRU` (`dropout`,
+            `recurrent_dropout`, `return_sequences`, `return_state`,
+            `go_backwards`, `stateful`, `use_cudnn`, `seed`, ...). `seed` also
+            seeds the weight-dropout mask.
+
+    Call arguments:
+        sequences: A 3D tensor `(batch, timesteps, features)`.
+        initial_state: Optional list of initial state tensors.
+        mask: Optional boolean tensor `(batch, timesteps)`.
+        training: Python boolean. Whether to apply dropout (`True` in `fit`).
+
+    Example:
+
+    >>> layer = WeightDropGRU(8, weight_dropout=0.25, return_sequences=True, seed=0)
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Wan et al., 2013](https://proceedings.mlr.press/v28/wan13.html),
+          DropConnect.
+        - [Merity et al., 2018](https://arxiv.org/abs/1708.02182), weight-dropped
+          LSTM (AWD-LSTM): DropConnect on the hidden-to-hidden weights, one mask
+          per batch, which keeps the fused cuDNN kernel.
+    """

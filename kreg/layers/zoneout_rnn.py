@@ -9,61 +9,6 @@ from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
 
-_ZONEOUT_DOC = """
-    Zoneout regularizes the recurrent state the way dropout regularizes
-    activations, but instead of setting a unit to zero it keeps the unit's
-    previous value: during training, at every timestep, each unit of {states}
-    keeps its value from the previous step with probability `z` and takes its
-    new value otherwise, with a new random choice per sample, unit and
-    timestep. At inference every unit is the expected value,
-    `z * previous + (1 - z) * new`. Gradients and information flow through the
-    kept units unchanged, so long-range dependencies survive the noise. {output}
-
-    Cost: zoneout mixes the previous and the new state after every step, an
-    operation no fused kernel implements, so the layer always runs Keras's
-    generic step loop, at inference too, never cuDNN. Where plain
-    `keras.layers.{base}` runs the same loop anyway (TensorFlow and JAX on CPU),
-    the cost is a few elementwise operations per step plus one random draw per
-    batch; on a GPU the layer forgoes the fused kernel, which is several times
-    faster. `bench/char_lm.py` measures the step time next to plain
-    `keras.layers.{base}` (docs/BENCHMARKS.md).
-
-    The zoneout rates are held in variables that the step reads: assigning
-    `layer.hidden_zoneout = ...` on a live model (from a callback) takes effect
-    at the next step without a retrace; a rate built at 0 stays 0.
-
-    Every argument of `keras.layers.{base}` keeps its meaning (`dropout` and
-    `recurrent_dropout` combine with zoneout), and the layer has exactly the
-    weights of `keras.layers.{base}`: `set_weights` works both ways, and with
-    every zoneout rate at 0 it computes what `keras.layers.{base}` computes.
-
-    Args:
-        units: Positive integer, dimensionality of the output space.
-{args}        **kwargs: Every other argument of `keras.layers.{base}` (`dropout`,
-            `return_sequences`, `return_state`, `go_backwards`, `stateful`,
-            `unroll`, `seed`, ...) except `use_cudnn=True`: there is no fused
-            zoneout kernel. `seed` also seeds the zoneout choices.
-
-    Call arguments:
-        sequences: A 3D tensor `(batch, timesteps, features)`.
-        initial_state: Optional list of initial state tensors.
-        mask: Optional boolean tensor `(batch, timesteps)`; masked steps keep
-            the previous state, as in `keras.layers.{base}`.
-        training: Python boolean. Whether to draw the zoneout choices (`True`
-            in `fit`) or use the expected value (`False`).
-
-    Example:
-
-    >>> layer = {example}
-    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
-    (2, 5, 8)
-
-    Reference:
-        - [Krueger et al., 2017](https://arxiv.org/abs/1606.01305), Zoneout:
-          Regularizing RNNs by Randomly Preserving Hidden Activations.
-"""
-
-
 class _ZoneoutMixin(AdjustableRates):
     """What `ZoneoutLSTM` and `ZoneoutGRU` share: the step loop and the config.
 
@@ -157,21 +102,66 @@ class _ZoneoutMixin(AdjustableRates):
 
 @keras.saving.register_keras_serializable(package="kreg")
 class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
-    __doc__ = "LSTM whose hidden and cell state units randomly keep their previous value.\n" + (
-        _ZONEOUT_DOC.format(
-            base="LSTM",
-            states="the hidden state `h` and of the cell state `c`",
-            output="The layer's output at each step is the zoned hidden state.",
-            args=(
-                "        cell_zoneout: Float in `[0, 1)`. Probability that a unit of the\n"
-                "            cell state `c` keeps its previous value. Defaults to `0.0`;\n"
-                "            the paper uses 0.5 for character-level language models.\n"
-                "        hidden_zoneout: Float in `[0, 1)`. The same for the hidden state\n"
-                "            `h` (the output). Defaults to `0.0`; the paper uses 0.05.\n"
-            ),
-            example="ZoneoutLSTM(8, cell_zoneout=0.5, hidden_zoneout=0.05, return_sequences=True)",
-        )
-    )
+    """LSTM whose hidden and cell state units randomly keep their previous value.
+
+    Zoneout regularizes the recurrent state the way dropout regularizes activations,
+    but instead of setting a unit to zero it keeps the unit's previous value: during
+    training, at every timestep, each unit of the hidden state `h` and of the cell
+    state `c` keeps its value from the previous step with probability `z` and takes
+    its new value otherwise, with a new random choice per sample, unit and timestep.
+    At inference every unit is the expected value, `z * previous + (1 - z) * new`.
+    Gradients and information flow through the kept units unchanged, so long-range
+    dependencies survive the noise. The layer's output at each step is the zoned
+    hidden state.
+
+    Cost: zoneout mixes the previous and the new state after every step, an
+    operation no fused kernel implements, so the layer always runs Keras's
+    generic step loop, at inference too, never cuDNN. Where plain
+    `keras.layers.LSTM` runs the same loop anyway (TensorFlow and JAX on CPU),
+    the cost is a few elementwise operations per step plus one random draw per
+    batch; on a GPU the layer forgoes the fused kernel, which is several times
+    faster. `bench/char_lm.py` measures the step time next to plain
+    `keras.layers.LSTM` (docs/BENCHMARKS.md).
+
+    The zoneout rates are held in variables that the step reads: assigning
+    `layer.hidden_zoneout = ...` on a live model (from a callback) takes effect
+    at the next step without a retrace; a rate built at 0 stays 0.
+
+    Every argument of `keras.layers.LSTM` keeps its meaning (`dropout` and
+    `recurrent_dropout` combine with zoneout), and the layer has exactly the
+    weights of `keras.layers.LSTM`: `set_weights` works both ways, and with
+    every zoneout rate at 0 it computes what `keras.layers.LSTM` computes.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        cell_zoneout: Float in `[0, 1)`. Probability that a unit of the
+            cell state `c` keeps its previous value. Defaults to `0.0`;
+            the paper uses 0.5 for character-level language models.
+        hidden_zoneout: Float in `[0, 1)`. The same for the hidden state
+            `h` (the output). Defaults to `0.0`; the paper uses 0.05.
+        **kwargs: Every other argument of `keras.layers.LSTM` (`dropout`,
+            `return_sequences`, `return_state`, `go_backwards`, `stateful`,
+            `unroll`, `seed`, ...) except `use_cudnn=True`: there is no fused
+            zoneout kernel. `seed` also seeds the zoneout choices.
+
+    Call arguments:
+        sequences: A 3D tensor `(batch, timesteps, features)`.
+        initial_state: Optional list of initial state tensors.
+        mask: Optional boolean tensor `(batch, timesteps)`; masked steps keep
+            the previous state, as in `keras.layers.LSTM`.
+        training: Python boolean. Whether to draw the zoneout choices (`True`
+            in `fit`) or use the expected value (`False`).
+
+    Example:
+
+    >>> layer = ZoneoutLSTM(8, cell_zoneout=0.5, hidden_zoneout=0.05, return_sequences=True)
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Krueger et al., 2017](https://arxiv.org/abs/1606.01305), Zoneout:
+          Regularizing RNNs by Randomly Preserving Hidden Activations.
+    """
 
     def __init__(self, units, cell_zoneout=0.0, hidden_zoneout=0.0, **kwargs):
         # Checked before the parent builds its cell, so a bad rate fails first.
@@ -192,18 +182,63 @@ class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
 
 @keras.saving.register_keras_serializable(package="kreg")
 class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
-    __doc__ = "GRU whose hidden state units randomly keep their previous value.\n" + (
-        _ZONEOUT_DOC.format(
-            base="GRU",
-            states="the hidden state `h` (the GRU's only state)",
-            output="The layer's output at each step is the zoned hidden state.",
-            args=(
-                "        hidden_zoneout: Float in `[0, 1)`. Probability that a unit of the\n"
-                "            hidden state keeps its previous value. Defaults to `0.0`.\n"
-            ),
-            example="ZoneoutGRU(8, hidden_zoneout=0.1, return_sequences=True)",
-        )
-    )
+    """GRU whose hidden state units randomly keep their previous value.
+
+    Zoneout regularizes the recurrent state the way dropout regularizes activations,
+    but instead of setting a unit to zero it keeps the unit's previous value: during
+    training, at every timestep, each unit of the hidden state `h` (the GRU's only
+    state) keeps its value from the previous step with probability `z` and takes its
+    new value otherwise, with a new random choice per sample, unit and timestep. At
+    inference every unit is the expected value, `z * previous + (1 - z) * new`.
+    Gradients and information flow through the kept units unchanged, so long-range
+    dependencies survive the noise. The layer's output at each step is the zoned
+    hidden state.
+
+    Cost: zoneout mixes the previous and the new state after every step, an
+    operation no fused kernel implements, so the layer always runs Keras's
+    generic step loop, at inference too, never cuDNN. Where plain
+    `keras.layers.GRU` runs the same loop anyway (TensorFlow and JAX on CPU),
+    the cost is a few elementwise operations per step plus one random draw per
+    batch; on a GPU the layer forgoes the fused kernel, which is several times
+    faster. `bench/char_lm.py` measures the step time next to plain
+    `keras.layers.GRU` (docs/BENCHMARKS.md).
+
+    The zoneout rates are held in variables that the step reads: assigning
+    `layer.hidden_zoneout = ...` on a live model (from a callback) takes effect
+    at the next step without a retrace; a rate built at 0 stays 0.
+
+    Every argument of `keras.layers.GRU` keeps its meaning (`dropout` and
+    `recurrent_dropout` combine with zoneout), and the layer has exactly the
+    weights of `keras.layers.GRU`: `set_weights` works both ways, and with
+    every zoneout rate at 0 it computes what `keras.layers.GRU` computes.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        hidden_zoneout: Float in `[0, 1)`. Probability that a unit of the
+            hidden state keeps its previous value. Defaults to `0.0`.
+        **kwargs: Every other argument of `keras.layers.GRU` (`dropout`,
+            `return_sequences`, `return_state`, `go_backwards`, `stateful`,
+            `unroll`, `seed`, ...) except `use_cudnn=True`: there is no fused
+            zoneout kernel. `seed` also seeds the zoneout choices.
+
+    Call arguments:
+        sequences: A 3D tensor `(batch, timesteps, features)`.
+        initial_state: Optional list of initial state tensors.
+        mask: Optional boolean tensor `(batch, timesteps)`; masked steps keep
+            the previous state, as in `keras.layers.GRU`.
+        training: Python boolean. Whether to draw the zoneout choices (`True`
+            in `fit`) or use the expected value (`False`).
+
+    Example:
+
+    >>> layer = ZoneoutGRU(8, hidden_zoneout=0.1, return_sequences=True)
+    >>> tuple(layer(keras.ops.ones((2, 5, 3)), training=True).shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Krueger et al., 2017](https://arxiv.org/abs/1606.01305), Zoneout:
+          Regularizing RNNs by Randomly Preserving Hidden Activations.
+    """
 
     def __init__(self, units, hidden_zoneout=0.0, **kwargs):
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)

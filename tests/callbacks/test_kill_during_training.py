@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration
+
 TARGET = os.path.join(os.path.dirname(__file__), "kill_target.py")
 KILLS = 4
 

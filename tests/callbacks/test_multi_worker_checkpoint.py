@@ -18,7 +18,7 @@ import pytest
 
 import multi_worker
 
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = [pytest.mark.tensorflow_only, pytest.mark.integration]
 
 VAL_LOSS = [1.0, 0.8, 0.7, 0.72, 0.69, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1]
 

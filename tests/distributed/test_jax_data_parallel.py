@@ -11,6 +11,8 @@ import pytest
 
 import multi_worker
 
+pytestmark = pytest.mark.integration
+
 JAX_ON_TWO_CPUS = {
     "KERAS_BACKEND": "jax",
     "XLA_FLAGS": "--xla_force_host_platform_device_count=2",

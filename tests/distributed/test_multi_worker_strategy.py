@@ -19,7 +19,7 @@ import pytest
 
 import multi_worker
 
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = [pytest.mark.tensorflow_only, pytest.mark.integration]
 
 
 def _strategy():

@@ -144,3 +144,42 @@ def test_rate_changed_on_a_live_model_applies_at_the_next_step_without_retrace()
     assert low < 0.3 < 0.6 < high
     with pytest.raises(ValueError, match="rate"):
         EmbeddingDropout(40, 4, rate=0.0).rate = 0.5
+
+
+def test_weights_argument_loads_a_pretrained_matrix():
+    matrix = np.random.default_rng(0).standard_normal((20, 6)).astype("float32")
+    layer = EmbeddingDropout(20, 6, rate=0.3, weights=matrix)
+    ids = _ids()
+    np.testing.assert_array_equal(_numpy(layer(ids)), matrix[ids])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("through_model", [False, True])
+def test_quantized_layer_drops_whole_rows_of_its_lookup(mode, through_model):
+    ids = _ids((16, 30), vocabulary=40)
+    layer = EmbeddingDropout(40, 8, rate=0.5, seed=2)
+    model = keras.Sequential([keras.Input((30,), dtype="int32"), layer])
+    full = _numpy(layer(ids))
+    if through_model:
+        model.quantize(mode)
+    else:
+        layer.quantize(mode)
+    assert layer.quantization_mode == mode
+    assert keras.backend.standardize_dtype(layer._embeddings.dtype) == "int8"
+    quantized = _numpy(layer(ids))
+    np.testing.assert_allclose(quantized, full, atol=0.1 if mode == "int4" else 0.02)
+    dropped = _numpy(layer(ids, training=True))
+    zero = np.all(dropped == 0, axis=-1)
+    np.testing.assert_allclose(dropped[~zero], quantized[~zero] / 0.5, rtol=1e-6)
+    assert set(ids[zero]).isdisjoint(set(ids[~zero])), "an id is dropped at some positions only"
+    assert 0.2 < len(set(ids[zero])) / len(set(ids.ravel())) < 0.8
+
+
+def test_subclasses_are_refused_by_quantize_as_keras_refuses_its_own():
+    class Custom(EmbeddingDropout):
+        pass
+
+    layer = Custom(10, 4, rate=0.2)
+    layer.build()
+    with pytest.raises(NotImplementedError):
+        layer.quantize("int8")

@@ -17,6 +17,8 @@ import zipfile
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
 

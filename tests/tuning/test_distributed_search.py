@@ -8,6 +8,8 @@ import sys
 import pytest
 from search_helpers import run_processes
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("grpc", reason="keras-tuner's distributed mode needs grpcio")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_tuner.py")

@@ -78,6 +78,7 @@ def digits():
     return (x, y), (x_val[:160], y_val[:160])
 
 
+@pytest.mark.integration
 def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     (x, y), (x_val, y_val) = digits
     hypermodel = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1)
@@ -102,6 +103,7 @@ def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     assert "norm" in hypermodel.space.describe(study.best_trial)
 
 
+@pytest.mark.integration
 def test_the_study_pruner_prunes(digits):
     (x, y), (x_val, y_val) = digits
 
@@ -143,6 +145,7 @@ def _learnable_then_hopeless(monitor, on_overfitting, epochs=30, patience=2, **d
     return objective, ran
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("on_overfitting, monitor", [("stop", "val_loss"), ("prune", "val_accuracy")])
 def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(on_overfitting, monitor):
     objective, ran = _learnable_then_hopeless(monitor, on_overfitting)
@@ -247,15 +250,22 @@ def test_a_fit_without_validation_is_refused_not_left_unpruned():
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
 
 
-@pytest.mark.parametrize("monitor", ["val_iou", "val_r2_score"])
-def test_auto_mode_reads_metric_names_as_the_detector_does(monitor):
-    # IoU and R2 are maximized for OverfittingDetector's mode="auto": the same here,
-    # so a study that maximizes them is not refused as a direction mismatch.
-    from kreg.callbacks.overfitting_detector import infer_mode
-
-    trial = optuna.create_study(direction="maximize").ask()
-    callback = optuna_pruning_callback(trial, monitor)
-    assert infer_mode(monitor) == "max" and callback.direction == "maximize"
+def test_auto_mode_never_guesses_a_direction_from_the_name():
+    # "val_r2_score" would be maximized by its name; here another callback logs
+    # it and no compiled metric declares its direction, so mode="auto" asks for
+    # `mode` before anything is reported.
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    data = np.ones((4, 2)), np.ones((4, 2))
+    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_r2_score=0.5))
+    with pytest.raises(ValueError, match="Pass mode='min' or mode='max'"):
+        model.fit(*data, validation_data=data, epochs=1, verbose=0,
+                  callbacks=[logger, optuna_pruning_callback(trial, "val_r2_score")])
+    assert not study.trials[0].intermediate_values
+    callback = optuna_pruning_callback(study.ask(), "val_loss", mode="max")
+    assert callback.direction == "maximize"
 
 
 def test_auto_mode_takes_the_direction_the_compiled_metric_declares():

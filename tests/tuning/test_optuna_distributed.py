@@ -6,6 +6,8 @@ import sys
 import pytest
 from search_helpers import run_processes
 
+pytestmark = pytest.mark.integration
+
 optuna = pytest.importorskip("optuna")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "optuna_worker.py")

@@ -124,6 +124,7 @@ class PrunedRandomSearch(OverfittingPruning, keras_tuner.RandomSearch):
     pass
 
 
+@pytest.mark.integration
 def test_pruning_tuner_adds_precise_statistics_for_any_hypermodel(digits, tmp_path):
     (x, y), (x_val, y_val) = digits
     best_models = {}

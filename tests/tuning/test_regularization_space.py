@@ -116,6 +116,7 @@ class _BuildOnly(keras_tuner.RandomSearch):
         return float(len(self.oracle.trials))
 
 
+@pytest.mark.integration
 def test_oracle_only_varies_active_hyperparameters(tmp_path):
     space = RegularizationSpace(groups=(2, 4))
     tuner = _BuildOnly(

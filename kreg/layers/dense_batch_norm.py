@@ -1,0 +1,64 @@
+"""Dense and its batch norm as one layer, folded at inference."""
+
+import keras
+from keras import ops
+
+from kreg.layers.conv_batch_norm import FusedBatchNormLayer
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class DenseBatchNorm(FusedBatchNormLayer):
+    """`Dense` and `BatchNormalization` as one layer, one matmul at inference.
+
+    Training (`training=True` and the layer trainable) runs the `Dense` without
+    a bias, then batch normalization with the batch's statistics, updating the
+    moving statistics exactly as `keras.layers.BatchNormalization` does (it is
+    one, inside). Inference runs a single matmul with the batch norm folded
+    into the kernel and bias, then the activation:
+
+        kernel = W * gamma / sqrt(moving_variance + epsilon)
+        bias = beta - moving_mean * gamma / sqrt(moving_variance + epsilon)
+
+    These are the outputs of `Dense` followed by `BatchNormalization` and the
+    activation, with one op fewer per layer. `kreg.fold_batch_norms` turns the
+    layer into a plain `Dense`.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        activation: Activation applied after the normalization. Defaults to
+            `None` (linear).
+        momentum, epsilon, center, scale, beta_initializer, gamma_initializer,
+        moving_mean_initializer, moving_variance_initializer, beta_regularizer,
+        gamma_regularizer, beta_constraint, gamma_constraint, renorm,
+        renorm_clipping, renorm_momentum, synchronized: As in
+            `keras.layers.BatchNormalization`, with the same defaults (every
+            argument but `axis`: the batch norm normalizes the last axis, the
+            units). With `renorm=True`, training is batch renormalization;
+            inference folds the moving statistics as usual.
+        **kwargs: Every other argument of `keras.layers.Dense`
+            (`kernel_initializer`, `kernel_regularizer`, ...) and base layer
+            arguments (`name`, `dtype`, `trainable`). `use_bias` and the bias
+            arguments are refused: the batch norm's beta is the bias.
+
+    Call arguments:
+        inputs: The input tensor, as for `keras.layers.Dense`.
+        training: Python boolean. Batch statistics (`True`) or the folded
+            kernel (`False`, the default outside `fit`).
+
+    Example:
+
+    >>> layer = DenseBatchNorm(8, activation="relu")
+    >>> tuple(layer(keras.ops.ones((2, 4)), training=False).shape)
+    (2, 8)
+
+    Reference:
+        - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167), Batch
+          Normalization.
+        - [Jacob et al., 2018](https://arxiv.org/abs/1712.05877), folding batch
+          norm into the preceding convolution for inference.
+    """
+
+    base_class = keras.layers.Dense
+
+    def _apply_kernel(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
