@@ -22,6 +22,7 @@ epochs 2..N of every round.
 
     python bench/weight_averaging.py                       # 3 seeds, 15 epochs
     python bench/weight_averaging.py --seeds 0 1 2 --epochs 15 --rounds 3
+    python bench/weight_averaging.py --skip-accuracy --rounds 3   # the cost alone
 """
 
 import argparse
@@ -37,22 +38,17 @@ import numpy as np  # noqa: E402
 import kreg  # noqa: E402
 from kreg.callbacks import WeightAveraging  # noqa: E402
 from kreg.demo.cnn_training import digit_data  # noqa: E402
+from precise_batch_norm import EpochTimer  # noqa: E402  (bench/ is on the path of a script run from it)
+from precise_batch_norm import cnn as precise_batch_norm_cnn  # noqa: E402
 
 BATCH_SIZE = 32
 
 
 def cnn(use_ema=False):
-    inputs = keras.Input((8, 8, 1))
-    x = inputs
-    for filters in (32, 64):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)  # momentum 0.99, Keras's default
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-    model.compile(keras.optimizers.Adam(1e-2, use_ema=use_ema), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    """`bench/precise_batch_norm.py`'s CNN, with the optimizer's EMA on request."""
+    model = precise_batch_norm_cnn()
+    if use_ema:
+        model.compile(keras.optimizers.Adam(1e-2, use_ema=True), "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -66,18 +62,6 @@ class RawStatistics(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.values = statistics_of(self.model)
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
 
 
 def test_scores(model, data):
@@ -154,13 +138,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the cost")
     args = parser.parse_args()
     data = digit_data()
     table = {}
-    for seed in args.seeds:
+    for seed in [] if args.skip_accuracy else args.seeds:
         print(f"seed {seed} ...", flush=True)
         for label, scores in scores_for_seed(data, seed, args.epochs).items():
             table.setdefault(label, []).append(scores)
+    if args.skip_accuracy:
+        return cost(data, args.epochs, args.rounds)
     print(f"\nTest accuracy / NLL on {len(data.y_test)} digits, {args.epochs} epochs, seeds {args.seeds}")
     print("| | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
     print("| --- |" + " --- |" * (len(args.seeds) + 1))
