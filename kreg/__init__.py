@@ -51,7 +51,7 @@ from kreg.layers import ZoneoutLSTM
 from kreg.monte_carlo import MonteCarloPrediction
 from kreg.monte_carlo import mc_predict
 
-from kreg._version import __version__
+from kreg._version import __version__ as __version__
 
 __all__ = [
     "Finding",
