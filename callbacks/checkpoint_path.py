@@ -12,6 +12,8 @@ import string
 
 import numpy as np
 
+from kreg.callbacks.monitoring import monitored_scalar
+
 
 def _fail(filepath, problem):
     raise ValueError(f"Invalid value received for argument `filepath`: {problem}. Received: filepath={filepath!r}")
@@ -62,15 +64,14 @@ def format_filepath(filepath, epoch, logs):
 
     A vector-valued metric (one value per class) enters the name as its mean.
     """
-    values = {key: _scalar(value) for key, value in (logs or {}).items()}
+    values = {key: _number_or_value(value) for key, value in (logs or {}).items()}
     return filepath.format(epoch=epoch + 1, **values)
 
 
-def _scalar(value):
-    array = np.asarray(value)
-    if array.dtype.kind in "fiu" and array.ndim > 0:
-        return float(array.mean())
-    return value
+def _number_or_value(value):
+    # A number (or a vector of them) is formatted as its monitored scalar; any
+    # other logged value (a string some callback added) as it is.
+    return monitored_scalar(value) if np.asarray(value).dtype.kind in "fiub" else value
 
 
 def name_glob(filepath):

@@ -6,7 +6,6 @@ import os
 import warnings
 
 import keras
-import numpy as np
 
 from kreg._keras_compat import print_msg
 from kreg._keras_compat import set_initial_epoch
@@ -20,6 +19,10 @@ from kreg.callbacks.checkpoint_path import check_filepath
 from kreg.callbacks.checkpoint_path import format_filepath
 from kreg.callbacks.checkpoint_path import name_glob
 from kreg.callbacks.checkpoint_path import placeholders
+from kreg.callbacks.monitoring import all_finite
+from kreg.callbacks.monitoring import monitor_direction
+from kreg.callbacks.monitoring import monitored_scalar
+from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.training_state import StateFileError
 from kreg.callbacks.training_state import new_state
 from kreg.callbacks.training_state import read_state
@@ -37,18 +40,6 @@ class StopReason(enum.Enum):
 
 # A stop that was decided before a kill: the resumed run trains no more epochs.
 _DECIDED_STOPS = (StopReason.PATIENCE, StopReason.NON_FINITE_LOSS)
-
-
-def monitored_scalar(value):
-    """The number a monitor is compared by: a vector-valued metric (such as
-    `keras.metrics.F1Score()`, one value per class) counts by its mean, the
-    macro average. Keras's own `EarlyStopping` and `ModelCheckpoint` fail on
-    such a metric at its second epoch (an array in an `if`)."""
-    return float(np.mean(np.asarray(value, dtype="float64")))
-
-
-def all_finite(value):
-    return bool(np.all(np.isfinite(np.asarray(value, dtype="float64"))))
 
 
 @keras.saving.register_keras_serializable(package="kreg")
@@ -366,7 +357,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def _keep_if_among_best(self, epoch, logs, current):
         """Saves this epoch if it ranks among the `keep_best` best; returns files to delete."""
-        minimize = self.monitor_op is keras.ops.less
+        minimize = monitor_direction(self.model, self.monitor, self.mode) == "min"
         rank = (lambda entry: entry["value"]) if minimize else (lambda entry: -entry["value"])
         entry = {"value": current, "epoch": epoch, "path": ""}
         if len(self.kept) >= self.keep_best and rank(entry) >= rank(self.kept[-1]):
@@ -459,12 +450,6 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def without_validation(logs, needed):
-    """Whether these are the logs of an epoch that ran no validation, while a
-    name in `needed` (the monitor, the filepath's placeholders) is a validation one."""
-    return any(name.startswith("val_") for name in needed) and not any(key.startswith("val_") for key in logs)
 
 
 def _remove(path):

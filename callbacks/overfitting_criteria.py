@@ -3,14 +3,14 @@
 Each takes the curves seen so far, signed so that lower is better (a quantity
 maximized, such as accuracy, enters negated), and says whether the run is
 overfitting at the last epoch. `patience` is the number of epochs a criterion
-looks back over; `threshold` is each criterion's own level (None: its default).
+looks back over; `threshold` is each criterion's own level; `noise` is the
+validation curve's noise estimated from the run (`curve_noise`).
 
-- `"progress"` (default): over the last `patience` epochs, validation gained
-  (relatively) less than `threshold` (0.2) times what training gained, while
-  training gained at least 2%. Prechelt's PQ idea (generalization loss weighed
-  against training progress) measured over a window, so that a memorization
-  plateau (validation flat, training loss still falling fast) counts as soon as
-  a U-shaped rise does.
+- `"noise"` (default): validation is worse than its best by more than
+  `threshold` (1) times its noise at each of the last `CONFIRM` (2) epochs,
+  while training improved after that best (the U shape). A memorizing plateau
+  (validation flat within its noise) is not overfitting: the detector calls
+  it "saturated".
 - `"gl"`: Prechelt's GL_alpha: validation is more than `threshold` (5) percent
   above its best.
 - `"pq"`: Prechelt's PQ_alpha: GL divided by the training progress P_k over a
@@ -27,24 +27,51 @@ UP); CatBoost's overfitting detector documentation (IncToDec).
 """
 
 import math
+import statistics
 
-CRITERIA = ("progress", "gl", "pq", "up", "p_value")
-DEFAULT_THRESHOLDS = {"progress": 0.2, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
-# Training must still be falling this much (relatively, over the window) for a
-# stalled validation curve to count as overfitting rather than convergence.
-MIN_TRAIN_PROGRESS = 0.02
+CRITERIA = ("noise", "gl", "pq", "up", "p_value")
+DEFAULT_THRESHOLDS = {"noise": 1.0, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
+# Epochs in a row validation must lie above its noise band: one noisy epoch
+# above it is no overfitting.
+CONFIRM = 2
+# The noise of a curve smooth to float precision: this fraction of its best value.
+NOISE_FLOOR = 1e-3
+# Residuals (epochs with two neighbours on each side) needed before the noise,
+# and so any state that rests on it, is estimated.
+MIN_RESIDUALS = 5
 
 
-def progress(train, val, patience, threshold, min_delta):
-    if len(val) <= patience:
+def curve_noise(values):
+    """Standard deviation of a curve's epoch-to-epoch noise, from the curve itself.
+
+    The residual of each epoch around the mean of its two neighbours on each
+    side (zero on a straight line, so a trend does not count as noise; for
+    independent noise its variance is 1.25 sigma^2), scaled to a standard
+    deviation by the median absolute deviation (1.4826 * MAD, robust to a
+    single outlier epoch). `None` until `MIN_RESIDUALS` residuals exist; at
+    least `NOISE_FLOOR` of the best value, so a curve smooth to float
+    precision has a band at all.
+    """
+    if len(values) < MIN_RESIDUALS + 4:
+        return None
+    residuals = [
+        abs(values[i] - (values[i - 2] + values[i - 1] + values[i + 1] + values[i + 2]) / 4.0)
+        for i in range(2, len(values) - 2)
+    ]
+    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(1.25)
+    return max(sigma, NOISE_FLOOR * min(abs(v) for v in values))
+
+
+def noise_band(train, val, patience, threshold, min_delta, noise):
+    del patience
+    if noise is None:
         return False
-    start = len(val) - 1 - patience
-    best_before = min(val[: start + 1])
-    val_gain = (best_before - min(val[start + 1 :])) / max(abs(best_before), 1e-12)
-    train_gain = (train[start] - train[-1]) / max(abs(train[start]), 1e-12)
-    if train_gain < MIN_TRAIN_PROGRESS:
+    best = min(range(len(val)), key=val.__getitem__)
+    if len(val) - 1 - best < CONFIRM:
         return False
-    return val_gain * abs(best_before) <= min_delta or val_gain < threshold * train_gain
+    if min(val[-CONFIRM:]) <= val[best] + threshold * noise + min_delta:
+        return False
+    return min(train[best + 1 :]) < train[best]  # training improved after validation's best
 
 
 def generalization_loss(val):
@@ -53,13 +80,13 @@ def generalization_loss(val):
     return 100.0 * (val[-1] / best - 1.0) if best > 0 else 0.0
 
 
-def gl(train, val, patience, threshold, min_delta):
-    del train, patience, min_delta
+def gl(train, val, patience, threshold, min_delta, noise):
+    del train, patience, min_delta, noise
     return generalization_loss(val) > threshold
 
 
-def pq(train, val, patience, threshold, min_delta):
-    del min_delta
+def pq(train, val, patience, threshold, min_delta, noise):
+    del min_delta, noise
     if len(train) < patience:
         return False
     strip = train[-patience:]
@@ -70,8 +97,8 @@ def pq(train, val, patience, threshold, min_delta):
     return training_progress > 0 and generalization_loss(val) / training_progress > threshold
 
 
-def up(train, val, patience, threshold, min_delta):
-    del train
+def up(train, val, patience, threshold, min_delta, noise):
+    del train, noise
     strips = int(threshold)
     if len(val) % patience != 0 or len(val) < patience * (strips + 1):
         return False
@@ -79,8 +106,8 @@ def up(train, val, patience, threshold, min_delta):
     return all(later > earlier + min_delta for earlier, later in zip(ends, ends[1:]))
 
 
-def p_value(train, val, patience, threshold, min_delta):
-    del min_delta
+def p_value(train, val, patience, threshold, min_delta, noise):
+    del min_delta, noise
     window = 2 * patience
     if len(val) < max(window, 4):
         return False
@@ -138,4 +165,4 @@ def regularized_incomplete_beta(a, b, x):
     return front * (fraction - 1.0)
 
 
-TESTS = {"progress": progress, "gl": gl, "pq": pq, "up": up, "p_value": p_value}
+TESTS = {"noise": noise_band, "gl": gl, "pq": pq, "up": up, "p_value": p_value}

@@ -10,15 +10,19 @@ from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
-from kreg.callbacks.early_stopping_with_checkpoint import without_validation
+from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import TESTS
+from kreg.callbacks.overfitting_criteria import curve_noise
 
-LEARNING, OVERFITTING, UNDERFITTING = "learning", "overfitting", "underfitting"
+LEARNING, OVERFITTING, SATURATED, UNDERFITTING = "learning", "overfitting", "saturated", "underfitting"
+STATES = (OVERFITTING, SATURATED, UNDERFITTING)
 # How the state is written into the logs (History and TensorBoard need numbers).
-STATE_CODES = {LEARNING: 0.0, OVERFITTING: 1.0, UNDERFITTING: 2.0}
+STATE_CODES = {LEARNING: 0.0, OVERFITTING: 1.0, UNDERFITTING: 2.0, SATURATED: 3.0}
 ACTIONS = ("warn", "stop", "rollback", "strengthen")
+# The states each action acts on unless `act_on` says otherwise.
+DEFAULT_ACT_ON = {"warn": STATES, "stop": (OVERFITTING,), "rollback": (OVERFITTING,), "strengthen": STATES, "callable": STATES}
 # Words in a metric's name that mean higher is better (mode="auto").
 _MAXIMIZED = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
 
@@ -40,92 +44,113 @@ def _scalar(value):
 
 @keras.saving.register_keras_serializable(package="kreg")
 class OverfittingDetector(keras.callbacks.Callback):
-    """Detects when training starts to overfit, or fails to fit at all.
+    """Tells whether training overfits, has saturated or underfits, from the run's own noise.
 
     Reads the training and validation curves at the end of each epoch that
-    ran validation (`fit(validation_freq=...)` skips some)
-    (optionally smoothed with an exponential moving average) and calls the run:
+    ran validation (`fit(validation_freq=...)` skips some). The validation
+    curve's noise is estimated from the run itself: the residual of each epoch
+    around the mean of its two neighbours on each side, as a robust standard
+    deviation (`noise`; none before the 9th validated epoch, so no state but
+    learning until then). Each state is a claim about the curves that can be
+    checked:
 
-    - **overfitting** when `criterion` says so. The default, `"progress"`: over
-      the last `patience` epochs the validation curve gained, relatively, less
-      than a tenth (`threshold`) of what the training curve gained, while
-      training still gained at least 2%. That covers a U-shaped validation curve
-      and a memorization plateau (validation flat while the training loss keeps
-      falling) alike; a run whose validation still improves in step with
-      training, slowly included, raises no alarm. Prechelt's `"gl"`, `"pq"` and
-      `"up"` and a p-value test (`"p_value"`, after CatBoost's `IncToDec`) are
-      the alternatives; `bench/overfitting_detector.py` measures them all on 12
-      real runs (docs/BENCHMARKS.md);
-    - **underfitting** when the training curve improved by less than
-      `underfit_tolerance` (relative) over the last `patience` epochs while the
-      generalization gap stays within `min_gap`;
-    - **learning** otherwise.
+    - **overfitting**: validation is worse than its best by more than
+      `threshold` (1) times its noise at each of the last 2 epochs, while
+      training improved after that best (the U shape);
+    - **saturated**: over the last `patience` epochs validation has not
+      improved beyond its noise, while training still improved by at least
+      `underfit_tolerance` (relative): the model memorizes;
+    - **underfitting**: both have stalled, with a high training loss (above
+      `underfit_level` times its first epoch's value, or a gap between the
+      curves within `min_gap`);
+    - **learning** otherwise (still improving, or converged with a low loss).
 
-    The onset of overfitting (`onset_epoch`, 0-based like Keras's epochs) is the
-    epoch with the best raw validation value before the detection: the last
-    epoch before the model started to overfit. If validation later improves
-    enough that the criterion no longer holds, the detection was a plateau: the
-    state returns to learning and a later one is detected (and acted on) afresh.
+    `criterion` swaps the overfitting test for Prechelt's `"gl"`, `"pq"` or
+    `"up"` or a p-value test (`"p_value"`, after CatBoost's `IncToDec`);
+    saturation and underfitting are judged as above whatever the criterion.
+    `bench/overfitting_detector.py` measures them all on 50 recorded runs
+    (docs/BENCHMARKS.md).
+
+    The onset (`onset_epoch`, 0-based like Keras's epochs) is the epoch of the
+    best raw validation value when overfitting or saturation is detected. If
+    validation later beats that best by more than its noise, the detection is
+    withdrawn (the state returns to learning) and a later one is acted on
+    afresh. An epoch whose value is NaN or infinite is skipped with a warning
+    (`skipped_epochs` lists them): the state stays as it was and detection goes
+    on at the next finite epoch.
 
     Each epoch the callback adds `generalization_gap` (validation minus
-    training) and `overfitting_state` (0 learning, 1 overfitting, 2
-    underfitting) to the logs, so `History` and TensorBoard record them. When a
-    state is first reached, `action` runs:
+    training) and `overfitting_state` (0 learning, 1 overfitting,
+    2 underfitting, 3 saturated) to the logs, so `History` and TensorBoard
+    record them. When a state in `act_on` is first reached, `action` runs:
 
-    - `"warn"` (default): a `UserWarning`;
-    - `"stop"`: stop training;
-    - `"rollback"`: restore the weights of the onset epoch (kept in memory, as
-      `EarlyStopping(restore_best_weights=True)` keeps them) and stop;
-    - `"strengthen"`: raise the rate of every kreg dropout layer whose rate is
-      adjustable (`ConsistentDropout`, `WeightDropLSTM`/`GRU`; see
-      `kreg.layers.adjustable_rates`) by `strengthen_step` on overfitting, lower
-      it by the same step on underfitting; training goes on with the new rates
-      at the next step, no retrace;
-    - a callable, called as `action(detector, epoch)`.
+    - `"warn"` (default; acts on all three states): a `UserWarning`;
+    - `"stop"` (overfitting): stop training;
+    - `"rollback"` (overfitting): restore the weights of the onset epoch
+      exactly (kept in memory, as `EarlyStopping(restore_best_weights=True)`
+      keeps them) and stop;
+    - `"strengthen"` (all three): raise the rate of every kreg dropout layer
+      whose rate is adjustable (`ConsistentDropout`, `WeightDropLSTM`/`GRU`;
+      see `kreg.layers.adjustable_rates`) by `strengthen_step` on overfitting
+      or saturation, lower it on underfitting; training goes on with the new
+      rates at the next step, no retrace. Layers built at rate 0 cannot be
+      raised: they are named once. On the corpus runs where it triggers it did
+      not lower the best validation loss (docs/BENCHMARKS.md);
+    - a callable (all three), called as `action(detector, epoch)`.
 
     Each monitor keeps its own direction: `mode` for `monitor`, `train_mode` for
     `train_monitor`. With `"auto"`, the direction the compiled metric
     declares (as Keras's own callbacks read it; `CosineSimilarity` is
-    maximized), else the one its name suggests (accuracy, AUC, F1: maximized). A vector-valued
-    metric (`keras.metrics.F1Score()`, one value per class) counts by its mean.
+    maximized), else the one its name suggests (accuracy, AUC, F1: maximized).
+    A vector-valued metric (`keras.metrics.F1Score()`, one value per class)
+    counts by its mean.
 
     Args:
         monitor: Validation quantity. Defaults to `"val_loss"`.
         train_monitor: Training quantity. Defaults to `"loss"`.
-        patience: Epochs (>= 1) the criterion looks back over. Defaults to 5.
-        min_delta: A validation gain (absolute, >= 0) at most this large counts
-            as none. Defaults to 0.
-        min_gap: Gap (>= 0) between validation and training below which a
-            stall counts as underfitting. Defaults to 0.
+        patience: Epochs (>= 1) over which validation must not improve beyond
+            its noise to be saturated, and training must stall to underfit
+            (also the strip length of `"pq"`, `"up"`, `"p_value"`). Defaults
+            to 5.
+        min_delta: Added to the noise band (absolute, >= 0). Defaults to 0.
+        min_gap: `None` (default) or a gap (>= 0) between validation and
+            training within which stalled training counts as underfitting
+            whatever its level.
         smoothing: Factor in `[0, 1)` of the exponential moving average applied
-            to both curves before the criterion; 0 uses the raw curves.
-            Defaults to 0.3, which with `threshold` 0.2 met the most targets
-            on the runs of `bench/overfitting_detector.py`.
-        underfit_tolerance: Relative improvement of the training curve over
-            `patience` epochs below which training counts as stalled. Defaults
-            to 0.01 (1%).
+            to the training curve, and to both curves before the `"gl"`,
+            `"pq"`, `"up"` and `"p_value"` criteria. Defaults to 0.3.
+        underfit_tolerance: Relative improvement of the (smoothed) training
+            curve over `patience` epochs below which training counts as
+            stalled. Defaults to 0.01 (1%).
         mode: `"auto"` (default), `"min"` or `"max"`: the direction of `monitor`.
         action: `"warn"` (default), `"stop"`, `"rollback"`, `"strengthen"` or
             a callable.
         start_from_epoch: Epochs to ignore at the start (warm-up).
         train_mode: `"auto"` (default), `"min"` or `"max"`: the direction of
             `train_monitor`.
-        criterion: One of `"progress"` (default), `"gl"`, `"pq"`, `"up"`,
-            `"p_value"` (see above).
+        criterion: One of `"noise"` (default), `"gl"`, `"pq"`, `"up"`,
+            `"p_value"`: the overfitting test (see above).
         threshold: The criterion's level; `None` (default) takes its own
-            default (progress 0.2, gl 5 percent, pq 0.5, up 2 strips,
-            p_value 0.2).
+            default (noise 1 standard deviation, chosen on the tuning half of
+            `bench/data/corpus`; gl 5 percent, pq 0.5, up 2
+            strips, p_value 0.2).
         strengthen_step: Rate added (or removed) per detection by
             `action="strengthen"`. Defaults to 0.1; rates stay in `[0, 0.9]`.
         verbose: 0 or 1 (default): whether `"stop"`, `"rollback"` and
             `"strengthen"` print what they did, where Keras's callbacks print.
+        act_on: `None` (default: the action's own states, above) or the states
+            among `"overfitting"`, `"saturated"`, `"underfitting"` that the
+            action acts on.
+        underfit_level: Stalled training counts as underfitting while its loss
+            stays above this fraction of its first epoch's value (a minimized
+            `train_monitor` only). Defaults to 0.5.
 
     Example:
 
     ```python
     detector = kreg.callbacks.OverfittingDetector(action="rollback")
     history = model.fit(x, y, validation_split=0.2, epochs=50, callbacks=[detector])
-    print(detector.state, detector.onset_epoch, history.history["generalization_gap"])
+    print(detector.state, detector.onset_epoch, history.history["overfitting_state"])
     ```
 
     Reference:
@@ -140,17 +165,19 @@ class OverfittingDetector(keras.callbacks.Callback):
         train_monitor="loss",
         patience=5,
         min_delta=0.0,
-        min_gap=0.0,
+        min_gap=None,
         smoothing=0.3,
         underfit_tolerance=0.01,
         mode="auto",
         action="warn",
         start_from_epoch=0,
         train_mode="auto",
-        criterion="progress",
+        criterion="noise",
         threshold=None,
         strengthen_step=0.1,
         verbose=1,
+        act_on=None,
+        underfit_level=0.5,
     ):
         super().__init__()
         for name, value in (("monitor", monitor), ("train_monitor", train_monitor)):
@@ -163,9 +190,10 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.train_monitor = train_monitor
         self.patience = int(check_at_least("patience", patience, integer=True, minimum=1))
         self.min_delta = check_at_least("min_delta", min_delta)
-        self.min_gap = check_at_least("min_gap", min_gap)
+        self.min_gap = None if min_gap is None else check_at_least("min_gap", min_gap)
         self.smoothing = check_rate("smoothing", smoothing)
         self.underfit_tolerance = check_at_least("underfit_tolerance", underfit_tolerance)
+        self.underfit_level = check_at_least("underfit_level", underfit_level)
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
@@ -182,6 +210,11 @@ class OverfittingDetector(keras.callbacks.Callback):
                 f"{', '.join(map(repr, ACTIONS))} or a callable. Received: action={action!r}"
             )
         self.action = action
+        if act_on is not None:
+            act_on = (act_on,) if isinstance(act_on, str) else tuple(act_on)
+            for state in act_on:
+                check_choice("act_on", state, STATES)
+        self.act_on = act_on
         self.start_from_epoch = check_at_least("start_from_epoch", start_from_epoch, integer=True)
         self.strengthen_step = check_rate("strengthen_step", strengthen_step)
         if isinstance(verbose, bool) or verbose not in (0, 1):
@@ -192,9 +225,17 @@ class OverfittingDetector(keras.callbacks.Callback):
                 f"Invalid value received for argument `criterion`: {criterion!r} needs "
                 "positive errors to minimize (Prechelt's GL is a percentage of the best "
                 f"error); {monitor!r} / {train_monitor!r} are maximized. Use "
-                "criterion='progress' or 'p_value'."
+                "criterion='noise' or 'p_value'."
             )
+        self._rate_zero_reported = False
         self.reset()
+
+    @property
+    def acts_on(self):
+        """The states `action` acts on: `act_on`, or the action's own."""
+        if self.act_on is not None:
+            return self.act_on
+        return DEFAULT_ACT_ON["callable" if callable(self.action) else self.action]
 
     @staticmethod
     def _direction(name, mode):
@@ -213,12 +254,14 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.onset_epoch = None
         self.states = []
         self.onset_weights = None
+        self.noise = None
+        self.skipped_epochs = []
         self._smooth_train = []
         self._smooth_val = []
+        self._raw_train = []
         self._raw_val = []
         self._epochs = []
         self._best_weights = None
-        self._best_raw = math.inf
         self._new_best = False
         self._fired = set()
         self._last_logs = None
@@ -232,43 +275,69 @@ class OverfittingDetector(keras.callbacks.Callback):
     def _overfitting(self):
         threshold = DEFAULT_THRESHOLDS[self.criterion] if self.threshold is None else self.threshold
         test = TESTS[self.criterion]
-        return test(self._smooth_train, self._smooth_val, self.patience, threshold, self.min_delta)
+        val = self._raw_val if self.criterion == "noise" else self._smooth_val
+        return test(self._smooth_train, val, self.patience, threshold, self.min_delta, self.noise)
+
+    def _best_index(self):
+        return min(range(len(self._raw_val)), key=self._raw_val.__getitem__)
 
     def update(self, epoch, train_value, val_value):
         """Feeds one epoch's values; returns the state. Pure of Keras: testable alone."""
         train = (-1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0) * _scalar(train_value)
         val = (-1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0) * _scalar(val_value)
+        if not (math.isfinite(train) and math.isfinite(val)):
+            self.skipped_epochs.append(epoch)
+            warnings.warn(
+                f"OverfittingDetector: epoch {epoch + 1} logged {self.train_monitor}={train_value!r}, "
+                f"{self.monitor}={val_value!r}; a NaN or infinite epoch is skipped "
+                f"({len(self.skipped_epochs)} so far). If every later epoch is too, the run "
+                "diverged: lower the learning rate or use keras.callbacks.TerminateOnNaN().",
+                stacklevel=2,
+            )
+            self.states.append(self.state)
+            return self.state
+        self._new_best = not self._raw_val or val < min(self._raw_val)
+        self._raw_train.append(train)
+        self._raw_val.append(val)
         self._smooth_train.append(self._smooth(self._smooth_train, train))
         self._smooth_val.append(self._smooth(self._smooth_val, val))
-        self._raw_val.append(val)
         self._epochs.append(epoch)
-        self._new_best = val < self._best_raw
-        if self._new_best:
-            self._best_raw = val
+        self.noise = curve_noise(self._raw_val)
 
-        overfitting = self._overfitting()
-        if self.state == OVERFITTING and not overfitting and self._new_best:
-            # Validation found a new best and the criterion no longer holds:
-            # that was a plateau, not the onset. A later one is acted on afresh.
+        if self.state in (OVERFITTING, SATURATED) and self._beats_onset(val):
+            # Validation beat the onset's value by more than its noise: that
+            # was a plateau, not the onset. A later one is acted on afresh.
             self.state, self.onset_epoch, self.onset_weights = LEARNING, None, None
-            self._fired.discard(OVERFITTING)
-        if self.state != OVERFITTING and overfitting:
+            self._fired.difference_update((OVERFITTING, SATURATED))
+        if self.state != OVERFITTING and self._overfitting():
             self.state = OVERFITTING
-            best = min(range(len(self._raw_val)), key=self._raw_val.__getitem__)
-            self.onset_epoch = self._epochs[best]
         elif self.state != OVERFITTING:
-            self.state = UNDERFITTING if self._stalled() else LEARNING
+            self.state = self._stalled_state()
+        if self.state in (OVERFITTING, SATURATED) and self.onset_epoch is None:
+            self.onset_epoch = self._epochs[self._best_index()]
+        elif self.state not in (OVERFITTING, SATURATED):
+            self.onset_epoch = None
         self.states.append(self.state)
         return self.state
 
-    def _stalled(self):
-        if len(self._smooth_train) <= self.patience:
-            return False
-        if self._smooth_val[-1] - self._smooth_train[-1] > self.min_gap:
-            return False
-        before = self._smooth_train[-1 - self.patience]
-        improvement = (before - self._smooth_train[-1]) / max(abs(before), 1e-12)
-        return improvement < self.underfit_tolerance
+    def _beats_onset(self, val):
+        onset = self._epochs.index(self.onset_epoch)
+        return val < self._raw_val[onset] - (self.noise or 0.0) - self.min_delta
+
+    def _stalled_state(self):
+        """Saturated, underfitting or learning, from the last `patience` epochs."""
+        val, train = self._raw_val, self._smooth_train
+        if len(val) <= self.patience or self.noise is None:
+            return LEARNING
+        if min(val[-self.patience :]) < min(val[: -self.patience]) - self.noise - self.min_delta:
+            return LEARNING  # validation still improves beyond its noise
+        before = train[-1 - self.patience]
+        improvement = (before - train[-1]) / max(abs(before), 1e-12)
+        if improvement >= self.underfit_tolerance:
+            return SATURATED
+        high = self._resolved_direction(self.train_monitor, self.train_mode) == "min" and self._raw_train[-1] > self.underfit_level * self._raw_train[0]
+        small_gap = self.min_gap is not None and abs(val[-1] - self._raw_train[-1]) <= self.min_gap
+        return UNDERFITTING if high or small_gap else LEARNING
 
     def on_train_begin(self, logs=None):
         self.reset()
@@ -290,13 +359,13 @@ class OverfittingDetector(keras.callbacks.Callback):
                     self._declared[name] = direction
         train_value, val_value = _scalar(logs[self.train_monitor]), _scalar(logs[self.monitor])
         state = self.update(epoch, train_value, val_value)
-        if self._new_best and self.action == "rollback":
+        if self._new_best and self.action == "rollback" and epoch not in self.skipped_epochs:
             self._best_weights = self.model.get_weights()
-        if state == OVERFITTING and self.onset_weights is None and self.action == "rollback":
+        if state in (OVERFITTING, SATURATED) and self.onset_weights is None and self.action == "rollback":
             self.onset_weights = self._best_weights
         logs["generalization_gap"] = val_value - train_value
         logs["overfitting_state"] = STATE_CODES[state]
-        if state != LEARNING and state not in self._fired:
+        if state in self.acts_on and state not in self._fired:
             self._fired.add(state)
             self._act(state, epoch)
 
@@ -316,16 +385,23 @@ class OverfittingDetector(keras.callbacks.Callback):
     def _message(self, state, epoch):
         if state == OVERFITTING:
             return (
-                f"Overfitting detected at epoch {epoch + 1}: {self.monitor} has not "
-                f"improved in step with {self.train_monitor} since epoch "
-                f"{self.onset_epoch + 1}. Consider more regularization (dropout, weight "
-                "decay) or early stopping."
+                f"Overfitting detected at epoch {epoch + 1}: {self.monitor} is worse than its "
+                f"best (epoch {self.onset_epoch + 1}) by more than its noise "
+                f"({self.noise or 0.0:.3g}) while {self.train_monitor} improves. Consider more "
+                "regularization (dropout, weight decay) or early stopping."
+            )
+        if state == SATURATED:
+            return (
+                f"Validation saturated at epoch {epoch + 1}: {self.monitor} has not improved "
+                f"beyond its noise ({self.noise or 0.0:.3g}) since epoch {self.onset_epoch + 1} while "
+                f"{self.train_monitor} still improves: the model memorizes. More epochs will "
+                "not help; more data or regularization may."
             )
         return (
             f"Underfitting detected at epoch {epoch + 1}: {self.train_monitor} has "
             f"stalled (under {self.underfit_tolerance:.0%} better over {self.patience} "
-            "epochs) and validation tracks it. Regularization may be too strong, or "
-            "capacity or learning rate too low."
+            "epochs) at a high value, and validation with it. Regularization may be too "
+            "strong, or capacity or learning rate too low."
         )
 
     def _act(self, state, epoch):
@@ -338,26 +414,38 @@ class OverfittingDetector(keras.callbacks.Callback):
             self.model.stop_training = True
             self._say(message + " Stopping training.")
         elif self.action == "rollback":
-            if state == OVERFITTING:
-                self.model.set_weights(self.onset_weights)
-                self.model.stop_training = True
-                self._say(message + f" Restored the weights of epoch {self.onset_epoch + 1} and stopped.")
-            else:
+            if state == UNDERFITTING:
                 warnings.warn(message, stacklevel=2)
+                return
+            self.model.set_weights(self.onset_weights)
+            self.model.stop_training = True
+            self._say(message + f" Restored the weights of epoch {self.onset_epoch + 1} and stopped.")
         else:
-            changed = strengthen_dropout(self.model, self.strengthen_step if state == OVERFITTING else -self.strengthen_step)
-            self._say(message + f" Dropout rates now: {changed or 'no adjustable kreg dropout layer'}.")
-            # A later overfitting (or underfitting) acts again.
-            self._fired.discard(state)
-            if state == OVERFITTING:
-                self.state, self.onset_epoch = LEARNING, None
-                self._reset_window()
+            self._strengthen(state, message)
+
+    def _strengthen(self, state, message):
+        step = -self.strengthen_step if state == UNDERFITTING else self.strengthen_step
+        changed, at_zero = strengthen_dropout(self.model, step)
+        self._say(message + f" Dropout rates now: {changed or 'none changed'}.")
+        if not self._rate_zero_reported and (at_zero or not changed):
+            # Said once per detector: repeated at every detection it helps no one.
+            self._rate_zero_reported = True
+            warnings.warn(
+                "OverfittingDetector(action='strengthen'): "
+                + (f"dropout rates built at 0 cannot be raised: {', '.join(at_zero)}. " if at_zero else "")
+                + ("" if changed else "the model has no adjustable kreg dropout rate to change. ")
+                + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to let it act.",
+                stacklevel=3,
+            )
+        # A later detection acts again, on the curves after the change.
+        self._fired.discard(state)
+        self.state, self.onset_epoch = LEARNING, None
+        self._reset_window()
 
     def _reset_window(self):
         """After a change of regularization the curves so far no longer speak for it."""
-        self._smooth_train, self._smooth_val = self._smooth_train[-1:], self._smooth_val[-1:]
-        self._raw_val, self._epochs = self._raw_val[-1:], self._epochs[-1:]
-        self._best_raw = self._raw_val[-1]
+        for curve in (self._smooth_train, self._smooth_val, self._raw_train, self._raw_val, self._epochs):
+            del curve[:-1]
 
     def _say(self, message):
         if self.verbose:
@@ -386,6 +474,8 @@ class OverfittingDetector(keras.callbacks.Callback):
             "threshold": self.threshold,
             "strengthen_step": self.strengthen_step,
             "verbose": self.verbose,
+            "act_on": None if self.act_on is None else list(self.act_on),
+            "underfit_level": self.underfit_level,
         }
 
     @classmethod
@@ -398,16 +488,18 @@ MAX_STRENGTHENED_RATE = 0.9
 
 def strengthen_dropout(model, step):
     """Adds `step` to every adjustable kreg dropout rate in `model` (clipped to
-    `[0, 0.9]`); returns `{"layer.rate": new value}`."""
+    `[0, 0.9]`); returns `({"layer.rate": new value}, ["layer.rate" built at 0])`."""
     from kreg._keras_compat import all_sublayers
     from kreg.layers.adjustable_rates import AdjustableRates
 
-    changed = {}
+    changed, at_zero = {}, []
     for layer in [model, *all_sublayers(model)]:
         if not isinstance(layer, AdjustableRates):
             continue
-        for name in layer.adjustable_rates:
+        in_use = layer.adjustable_rates
+        at_zero += [f"{layer.name}.{name}" for name in getattr(layer, "_adjustable_rates", {}) if name not in in_use]
+        for name in in_use:
             value = min(max(layer.get_rate(name) + step, 0.0), MAX_STRENGTHENED_RATE)
             layer.set_rate(name, round(value, 6))
             changed[f"{layer.name}.{name}"] = layer.get_rate(name)
-    return changed
+    return changed, at_zero

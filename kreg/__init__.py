@@ -31,25 +31,18 @@ from kreg.adapt import set_test_time_mode
 from kreg.convert import ConversionReport
 from kreg.convert import convert_batch_norms
 from kreg.diagnose import Finding
+from kreg.dropout_conversion import DropoutConversionReport
+from kreg.dropout_conversion import convert_dropouts
 from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
-from kreg.layers import ActivationRegularization
-from kreg.layers import AdaptiveBatchNormalization
-from kreg.layers import ConsistentDropout
-from kreg.layers import ConsistentDropoutCell
-from kreg.layers import Conv1DBatchNorm
-from kreg.layers import Conv2DBatchNorm
-from kreg.layers import Conv3DBatchNorm
-from kreg.layers import DenseBatchNorm
-from kreg.layers import DepthwiseConv2DBatchNorm
-from kreg.layers import EmbeddingDropout
-from kreg.layers import WeightDropGRU
-from kreg.layers import WeightDropLSTM
-from kreg.layers import ZoneoutGRU
-from kreg.layers import ZoneoutLSTM
+from kreg import layers
+from kreg.layers import *  # noqa: F403 (the names in kreg.layers.__all__, added below)
 from kreg.monte_carlo import MonteCarloPrediction
 from kreg.monte_carlo import mc_predict
+from kreg.stochastic_depth import StochasticDepthReport
+from kreg.stochastic_depth import add_stochastic_depth
+from kreg.stochastic_depth import stochastic_depth_rates
 
 from kreg._version import __version__ as __version__
 
@@ -62,22 +55,16 @@ __all__ = [
     "set_test_time_mode",
     "ConversionReport",
     "convert_batch_norms",
+    "DropoutConversionReport",
+    "convert_dropouts",
     "FoldReport",
     "fold_batch_norms",
-    "ActivationRegularization",
-    "AdaptiveBatchNormalization",
-    "ConsistentDropout",
-    "ConsistentDropoutCell",
-    "Conv1DBatchNorm",
-    "Conv2DBatchNorm",
-    "Conv3DBatchNorm",
-    "DenseBatchNorm",
-    "DepthwiseConv2DBatchNorm",
-    "EmbeddingDropout",
-    "WeightDropGRU",
-    "WeightDropLSTM",
-    "ZoneoutGRU",
-    "ZoneoutLSTM",
     "MonteCarloPrediction",
     "mc_predict",
+    "StochasticDepthReport",
+    "add_stochastic_depth",
+    "stochastic_depth_rates",
 ]
+# The layers, listed once in kreg.layers; `__all__ += <submodule>.__all__` is the
+# form static readers (griffe for the API reference, type checkers) follow.
+__all__ += layers.__all__

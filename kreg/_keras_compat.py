@@ -36,6 +36,7 @@ __all__ = [
     "rnn_dropout_masks_sliced",
     "tensor_history",
     "step_loop",
+    "trainable_values_in_fit",
 ]
 
 # What `Model.predict` raises when its data runs out before the first batch:
@@ -250,6 +251,22 @@ def print_msg(message, line_break=True):
     from keras.src.utils import io_utils
 
     io_utils.print_msg(message, line_break=line_break)
+
+
+def trainable_values_in_fit(model):
+    """The current values of `model.trainable_variables`, also between two steps of `fit`.
+
+    JAX's `fit` keeps the training state outside the model's variables between
+    steps and writes it back only at the end of an epoch (`JAXTrainer.fit` sets
+    `model._jax_state` after each step, `jax_state_sync` copies it back,
+    keras/src/backend/jax/trainer.py); a callback reading the variables in
+    `on_train_batch_end` would see the epoch's first weights. The other backends
+    update the variables in place.
+    """
+    state = getattr(model, "_jax_state", None)
+    if state and not getattr(model, "_jax_state_synced", True) and state.get("trainable_variables"):
+        return list(state["trainable_variables"])
+    return [variable.value for variable in model.trainable_variables]
 
 
 def set_initial_epoch(model, epoch):

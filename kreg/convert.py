@@ -88,12 +88,7 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
     True
     """
     check_choice("to", to, TARGETS)
-    if not isinstance(model, keras.Model) or not model_graph.is_graph_model(model):
-        raise TypeError(
-            "Invalid value received for argument `model`. Expected a Sequential or "
-            "functional Keras model (a subclassed model's layers cannot be replaced "
-            f"from outside). Received: model={model!r}"
-        )
+    check_graph_model(model)
     source, target = (
         (keras.layers.BatchNormalization, AdaptiveBatchNormalization)
         if to == "adaptive"
@@ -101,12 +96,10 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
     )
     report = ConversionReport(to=to)
     _report_what_stays(model, source, target, report)
-    converted_ids = set()
 
-    def clone(layer):
+    def replacement(layer):
         if type(layer) is not source:
-            return layer.__class__.from_config(layer.get_config())
-        converted_ids.add(id(layer))
+            return None
         config = layer.get_config()
         if to == "keras":
             mode = config.pop("test_time_mode")
@@ -117,12 +110,44 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
         report.converted.append(layer.name)
         return target.from_config(config)
 
-    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    # Both classes have the same weights in the same order.
+    converted, converted_ids = clone_replacing(model, replacement)
     _report_unreached(model, source, converted_ids, report)
-    # Both classes have the same weights in the same order, so the model's
-    # weights list lines up one to one.
-    converted.set_weights(model.get_weights())
     return (converted, report) if return_report else converted
+
+
+def check_graph_model(model):
+    """Refuses a model whose layers cannot be replaced from outside."""
+    if not isinstance(model, keras.Model) or not model_graph.is_graph_model(model):
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a Sequential or "
+            "functional Keras model (a subclassed model's layers cannot be replaced "
+            f"from outside). Received: model={model!r}"
+        )
+
+
+def clone_replacing(model, replacement):
+    """A copy of `model` in which each layer gets `replacement(layer)`'s layer.
+
+    `replacement` returns the new layer, or `None` to copy the layer as it is.
+    Nested Sequential and functional models and shared layers are reached; a
+    layer held inside a custom layer is not (`clone_model` rebuilds that layer
+    from its config). The weights are copied from `model`: each replacement
+    must have its layer's weights in the same order. Returns the copy and the
+    ids of the layers replaced.
+    """
+    replaced = set()
+
+    def clone(layer):
+        new = replacement(layer)
+        if new is None:
+            return layer.__class__.from_config(layer.get_config())
+        replaced.add(id(layer))
+        return new
+
+    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    converted.set_weights(model.get_weights())
+    return converted, replaced
 
 
 def _report_what_stays(model, source, target, report):

@@ -15,6 +15,7 @@ from kreg.layers.batch_norm_folding import batch_norm_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_input_scale_and_shift
 from kreg.layers.batch_norm_folding import fold_scale_and_shift
 from kreg.layers.conv_batch_norm import FusedBatchNormLayer
+from kreg.layers.weight_normalization import WeightNormalization
 
 __all__ = ["FoldReport", "FoldVerificationError", "fold_batch_norms", "foldable_pairs"]
 
@@ -28,7 +29,8 @@ class FoldReport:
             conv/dense layer before it (backward).
         forward_folded: `(batch_norm, layer)` name pairs: a batch norm folded into
             the conv/dense layer after it (forward).
-        converted: kreg fused layers replaced by their plain Keras layer.
+        converted: kreg fused layers and `WeightNormalization` wrappers replaced
+            by their plain Keras layer.
         skipped: `(batch_norm, reason)` for each batch norm call left in place.
         max_difference: the largest absolute difference between an output of
             the original and the folded model on one random batch: of the output
@@ -115,7 +117,9 @@ def fold_batch_norms(model, return_report=False, verify=True):
     the input of a MobileNet-style stem, say). With zero padding the fold would
     be wrong at the borders (the padded zeros would become `shift`), so such a
     pair stays.
-    kreg's fused layers (`Conv2DBatchNorm`, ...) become their plain Keras layer.
+    kreg's fused layers (`Conv2DBatchNorm`, ...) and `WeightNormalization`
+    wrappers become their plain Keras layer (the latter with the kernel
+    `g * v / ||v||`).
 
     Never guessed: each batch norm call that cannot be folded exactly stays, with
     the reason in the report and a warning. That is a batch norm after an
@@ -473,7 +477,7 @@ class _LayerCopies:
         if entry is not None:
             copy = _folded_layer(layer, entry["backward"], entry["forward"])
             self.folds.append((layer, copy, entry))
-        elif isinstance(layer, FusedBatchNormLayer):
+        elif isinstance(layer, (FusedBatchNormLayer, WeightNormalization)):
             copy = layer.to_plain_layer()
             self.report.converted.append(layer.name)
         elif model_graph.is_graph_model(layer):

@@ -27,9 +27,22 @@ def _shape_without_batch(shape):
     return tuple(shape)[1:]
 
 
+def _is_multi_input(input_shape):
+    """A list of shapes: the layer is called on a list of tensors (`Add`-like)."""
+    return isinstance(input_shape, list) and all(isinstance(shape, (list, tuple)) for shape in input_shape)
+
+
 def _random_input(input_shape, seed=0):
     rng = np.random.default_rng(seed)
+    if _is_multi_input(input_shape):
+        return [rng.standard_normal(shape).astype("float32") for shape in input_shape]
     return rng.standard_normal(input_shape).astype("float32")
+
+
+def _symbolic_input(input_shape):
+    if _is_multi_input(input_shape):
+        return [keras.Input(shape=_shape_without_batch(shape)) for shape in input_shape]
+    return keras.Input(shape=_shape_without_batch(input_shape))
 
 
 def _check_config_round_trip(layer):
@@ -50,7 +63,7 @@ def _check_config_round_trip(layer):
 
 
 def _build_model(layer_factory, input_shape):
-    inputs = keras.Input(shape=_shape_without_batch(input_shape))
+    inputs = _symbolic_input(input_shape)
     outputs = _first(layer_factory()(inputs))
     return keras.Model(inputs, outputs)
 
@@ -60,7 +73,7 @@ def _check_training_step(layer_factory, input_shape, x, jit_compile):
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
     y = np.ones(_first(model(x)).shape, dtype="float32")
     before = [ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
-    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    history = model.fit(x, y, batch_size=len(keras.tree.flatten(x)[0]), epochs=1, verbose=0)
     loss = history.history["loss"][0]
     assert np.isfinite(loss), f"training loss is not finite: {loss}"
     after = [ops.convert_to_numpy(w) for w in model.trainable_weights]
@@ -108,7 +121,8 @@ def run_layer_test(
     Args:
         layer_factory: Callable returning a fresh layer; called with `dtype=...`
             for the mixed precision check (a `functools.partial` of the class).
-        input_shape: Full input shape, batch included.
+        input_shape: Full input shape, batch included; a list of them for a
+            layer called on a list of tensors.
         expected_output_shape: Full shape of the (first) output.
         tmp_path: Folder for the `.keras` file (pytest's `tmp_path`).
         supports_masking: If not `None`, the expected `layer.supports_masking`.
@@ -122,7 +136,7 @@ def run_layer_test(
     layer = layer_factory()
     _check_config_round_trip(layer)
 
-    symbolic = _first(layer(keras.Input(shape=_shape_without_batch(input_shape))))
+    symbolic = _first(layer(_symbolic_input(input_shape)))
     assert tuple(symbolic.shape) == (None, *expected_output_shape[1:]), (
         f"symbolic output shape {symbolic.shape}, expected {expected_output_shape}"
     )

@@ -384,3 +384,67 @@ def test_a_non_model_is_a_type_error_naming_model(not_a_model):
         adapt_batchnorm(not_a_model, _target())
     with pytest.raises(TypeError, match="argument `model`"):
         set_test_time_mode(not_a_model, "batch")
+
+
+def _dense_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(name="bn2"),
+        ]
+    )
+
+
+def test_batches_of_one_are_pooled_exactly_and_write_no_zero_variance():
+    model = _dense_model()
+    x = np.random.default_rng(2).normal(1.0, 2.0, (40, 3)).astype("float32")
+    first_inputs = _inputs_of(model, "bn1", x)
+    adapt_batchnorm(model, x, batch_size=1, verbose=0)
+    mean, variance = _statistics(model.get_layer("bn1"))
+    # The first batch norm's statistics are those of all 40 samples, pooled.
+    np.testing.assert_allclose(mean, first_inputs.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(variance, first_inputs.var(axis=0), rtol=1e-4, atol=1e-5)
+    # The one after it saw inputs normalized with stored statistics, which vary.
+    assert np.all(_statistics(model.get_layer("bn2"))[1] > 1e-3)
+
+
+def test_pooled_statistics_do_not_depend_on_the_batch_size():
+    x = np.random.default_rng(3).normal(1.0, 2.0, (48, 8, 8, 1)).astype("float32")
+    results = []
+    for batch_size in (2, 5, 48):
+        keras.utils.set_random_seed(0)
+        model = _cnn()
+        adapt_batchnorm(model, x, batch_size=batch_size, verbose=0)
+        results.append(_statistics(model.get_layer("bn1")))
+    for mean, variance in results[1:]:
+        np.testing.assert_allclose(mean, results[0][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(variance, results[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_channel_constant_over_the_data_keeps_its_stored_variance():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(name="bn")])
+    model.get_layer("bn").moving_variance.assign(np.array([2.0, 3.0], "float32"))
+    x = np.stack([np.linspace(0.0, 1.0, 16), np.full(16, 4.0)], axis=1).astype("float32")
+    adapt_batchnorm(model, x, verbose=0)
+    mean, variance = _statistics(model.get_layer("bn"))
+    np.testing.assert_allclose(mean, [0.5, 4.0], rtol=1e-5)
+    assert variance[1] == 3.0 and variance[0] > 0
+
+
+@pytest.mark.parametrize("method", ["tent", "eata"])
+def test_from_logits_that_contradicts_the_last_activation_is_refused(method):
+    softmax = _cnn()
+    before = _all_weights(softmax)
+    with pytest.raises(ValueError, match="ends in a softmax.*Received: from_logits=True"):
+        adapt_batchnorm(softmax, _target(), method=method, from_logits=True, verbose=0)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
+    linear = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="linear_head")
+    with pytest.raises(ValueError, match="`linear_head` ends in a linear layer.*from_logits=False"):
+        adapt_batchnorm(linear, np.ones((8, 4), "float32"), method=method, verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(softmax)[path], value, err_msg=path)

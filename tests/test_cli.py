@@ -37,6 +37,8 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
     import kreg  # noqa: F401  (registers the adaptive layers of the checkpoint)
 
     best = keras.saving.load_model(out / "best_cnn.keras")
+    assert "with kreg's callbacks and weight averaging" in report
+    assert len(keras.saving.load_model(out / "best_cnn_averaged.keras").get_weights()) == len(best.get_weights())
     folded = keras.saving.load_model(out / "folded_cnn.keras")
     batch_norms = [layer for layer in best.layers if "batch_normalization" in layer.name]
     assert batch_norms and not [layer for layer in folded.layers if "batch_normalization" in layer.name]

@@ -107,6 +107,16 @@ CASES = {
         lambda: [*conv_block(), *conv_block()],
         lambda: [kreg.layers.Conv2DBatchNorm(4, 3, padding="same", activation="relu")],
     ),
+    "element-dropout-on-feature-map": (
+        IMAGE,
+        lambda: [*conv_block(), *conv_block(), L.Dropout(0.2), L.Flatten(), L.Dense(2)],
+        lambda: [*conv_block(), *conv_block(), kreg.layers.DropBlock2D(0.2, 3), L.Flatten(), L.Dense(2)],
+    ),
+    "dropout-before-batch-norm": (
+        FEATURES,
+        lambda: [L.Dense(8, use_bias=False), L.Dropout(0.3), L.BatchNormalization(), L.Dense(2)],
+        lambda: [L.Dense(8, use_bias=False), L.BatchNormalization(), L.ReLU(), L.Dropout(0.3), L.Dense(2)],
+    ),
 }
 
 # More mistakes each rule must catch (Sequential only).
@@ -170,7 +180,9 @@ def test_rule_silent_on_near_miss(rule, input_shape, layers):
 
 
 def test_every_rule_has_a_case():
-    tested = set(CASES) | {"batch-norm-small-batch", "training-true-call", "monte-carlo-dropout"}
+    tested = set(CASES) | {
+        "batch-norm-small-batch", "training-true-call", "monte-carlo-dropout", "constant-stochastic-depth"
+    }
     assert {rule.ID for rule in RULES} == tested
 
 
@@ -332,3 +344,20 @@ def test_applications_with_operation_nodes(name):
     assert all(f.severity != "error" for f in findings), findings
     if name == "MobileNetV3Small":
         assert "foldable-batch-norm" in {f.rule for f in findings}
+
+
+def _residual_stack(rates):
+    inputs = keras.Input(IMAGE)
+    x = L.Conv2D(4, 3, padding="same")(inputs)
+    for rate in rates:
+        branch = L.Conv2D(4, 3, padding="same", activation="relu")(x)
+        x = kreg.layers.StochasticDepth(rate)([x, L.Conv2D(4, 3, padding="same")(branch)])
+    return keras.Model(inputs, x)
+
+
+def test_constant_stochastic_depth_suggests_the_linear_rule():
+    assert "constant-stochastic-depth" in rules_found(_residual_stack([0.2] * 4))
+    assert "constant-stochastic-depth" not in rules_found(_residual_stack(kreg.stochastic_depth_rates(4, 0.2)))
+    assert "constant-stochastic-depth" not in rules_found(_residual_stack([0.2] * 3))  # too shallow to matter
+    model = kreg.add_stochastic_depth(_residual_stack([0.2] * 4), 0.2)  # what the fix says
+    assert "constant-stochastic-depth" not in rules_found(model)

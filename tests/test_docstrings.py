@@ -28,6 +28,10 @@ MODULES = [
     "kreg.adapt.test_time_mode",
     "kreg.convert",
     "kreg.callbacks.precise_batch_norm",
+    "kreg.layers.adjustable_dropout",
+    "kreg.dropout_conversion",
+    "kreg.callbacks.dropout_schedule",
+    "kreg.callbacks.weight_averaging",
     "kreg.diagnose",
     "kreg.monte_carlo",
 ]

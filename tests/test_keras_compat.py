@@ -282,3 +282,23 @@ def test_declared_direction_is_what_keras_callbacks_infer_for_mode_auto():
     assert _keras_compat.declared_direction(model, "mae") == "min"
     assert _keras_compat.declared_direction(model, "val_loss") == "min"
     assert _keras_compat.declared_direction(model, "not_a_metric") is None
+
+
+def test_trainable_values_in_fit_are_each_steps_new_weights():
+    """Read after every batch, they change at every step, and the last ones are
+    what the variables hold once `fit` writes its state back (JAX at the epoch's end)."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    seen, at_end = [], []
+    watcher = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(
+            [ops.convert_to_numpy(v).copy() for v in _keras_compat.trainable_values_in_fit(model)]
+        ),
+        on_epoch_end=lambda epoch, logs: at_end.append([ops.convert_to_numpy(v).copy() for v in model.trainable_variables]),
+    )
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    model.fit(x, np.ones((12, 2)), batch_size=4, epochs=1, verbose=0, callbacks=[watcher])
+    assert len(seen) == 3
+    assert not np.array_equal(seen[0][0], seen[1][0]) and not np.array_equal(seen[1][0], seen[2][0])
+    for last, stored in zip(seen[-1], at_end[0]):
+        np.testing.assert_array_equal(last, stored)

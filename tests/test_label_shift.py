@@ -66,14 +66,14 @@ def test_a_one_class_batch_keeps_the_unadapted_predictions(trained):
     unadapted = model.predict(x, verbose=0)
     assert _accuracy(unadapted, labels) == 1.0
 
-    eata = OnlineAdapter(model)
+    eata = OnlineAdapter(model, method="eata")
     np.testing.assert_allclose(eata.predict_on_batch(x), unadapted, rtol=1e-5, atol=1e-6)
     assert eata.few_classes_batches == 1
     eata.reset()
 
     # Without the test, the batch's own statistics erase the class: every
     # sample is normalized against the class's mean, and eata's predictions move.
-    unguarded = OnlineAdapter(model, label_shift_ratio=None)
+    unguarded = OnlineAdapter(model, method="eata", label_shift_ratio=None)
     predictions = unguarded.predict_on_batch(x)
     assert np.max(np.abs(predictions - unadapted)) > 0.2
     assert unguarded.few_classes_batches == 0
@@ -84,7 +84,7 @@ def test_a_class_sorted_stream_stays_at_the_unadapted_accuracy(trained):
     labels = np.repeat(np.arange(3), 32)
     x = _images(labels, seed=2)
     unadapted = _accuracy(model.predict(x, verbose=0), labels)
-    eata = OnlineAdapter(model)
+    eata = OnlineAdapter(model, method="eata")
     assert _accuracy(eata.predict(x, batch_size=32), labels) >= unadapted - 0.01
     assert eata.few_classes_batches == 3
 
@@ -98,13 +98,13 @@ def test_shuffled_shifted_batches_are_still_adapted_to(trained):
     # The toy model stays so confident that SAR's guard would take any step for
     # a collapse and undo it: switched off here.
     arguments = dict(learning_rate=1e-2, collapse_factor=0.0)
-    eata = OnlineAdapter(model, **arguments)
+    eata = OnlineAdapter(model, method="eata", **arguments)
     guarded = eata.predict(x, batch_size=32)
     assert eata.few_classes_batches == 0
     assert any(not np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(source, model.weights))
     eata.reset()
     # Exactly what eata did before the test existed, one more pass per batch aside.
-    unguarded = OnlineAdapter(model, label_shift_ratio=None, **arguments)
+    unguarded = OnlineAdapter(model, method="eata", label_shift_ratio=None, **arguments)
     np.testing.assert_allclose(guarded, unguarded.predict(x, batch_size=32), rtol=1e-5, atol=1e-6)
 
 
@@ -130,7 +130,7 @@ def test_bad_label_shift_ratio_is_refused():
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
     for bad in (0, -1.0, "half"):
         with pytest.raises(ValueError, match="label_shift_ratio"):
-            OnlineAdapter(model, label_shift_ratio=bad)
+            OnlineAdapter(model, method="eata", label_shift_ratio=bad)
 
 
 def test_the_test_follows_the_call_order_in_a_nested_model(trained):
@@ -141,7 +141,7 @@ def test_the_test_follows_the_call_order_in_a_nested_model(trained):
     labels = np.zeros(32, "int64")
     x = _images(labels, seed=1)
     unadapted = nested.predict(x, verbose=0)
-    eata = OnlineAdapter(nested)
+    eata = OnlineAdapter(nested, method="eata")
     np.testing.assert_allclose(eata.predict_on_batch(x), unadapted, rtol=1e-5, atol=1e-6)
     assert eata.few_classes_batches == 1
 
@@ -152,7 +152,7 @@ def test_a_batch_of_one_sample_is_one_class(trained):
     model = _fresh(trained)
     x = _images(np.zeros(33, "int64"), seed=4)
     unadapted = model.predict(x, verbose=0)
-    eata = OnlineAdapter(model)
+    eata = OnlineAdapter(model, method="eata")
     np.testing.assert_allclose(eata.predict(x, batch_size=32), unadapted, rtol=1e-5, atol=1e-6)
     assert eata.few_classes_batches == 2
 
@@ -160,4 +160,18 @@ def test_a_batch_of_one_sample_is_one_class(trained):
 def test_the_error_names_none_as_allowed():
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match=r"> 0 or None\. Received: label_shift_ratio=0"):
-        OnlineAdapter(model, label_shift_ratio=0)
+        OnlineAdapter(model, method="eata", label_shift_ratio=0)
+
+
+def test_robust_keeps_the_unadapted_predictions_on_a_class_sorted_clean_stream(trained):
+    # The default method never normalizes with a batch's own statistics: batches
+    # of one class each, in class order, are predicted as the unadapted model
+    # does (its statistics move only from the class-balanced memory bank).
+    model = _fresh(trained)
+    labels = np.repeat(np.arange(3), 64)
+    x = _images(labels, seed=3)
+    unadapted = _accuracy(model.predict(x, verbose=0), labels)
+    adapter = OnlineAdapter(model)
+    assert adapter.method == "robust"
+    adapted = _accuracy(adapter.predict(x, batch_size=16), labels)
+    assert adapted >= unadapted - 0.01, (adapted, unadapted)

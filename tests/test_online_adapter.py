@@ -209,3 +209,111 @@ def test_bad_arguments_are_refused_at_construction():
     adapter = OnlineAdapter(model, method="reestimate")
     with pytest.raises(ValueError, match="snapshot"):
         adapter.restore({"bn1": []})
+
+
+# Bad input: nothing a batch holds may change the model unless it is a batch to learn from.
+
+
+@pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m != "none"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_batch_holding_nan_or_inf_changes_nothing_in_any_method(method, bad):
+    model = _cnn()
+    adapter = OnlineAdapter(model, memory_size=16, **_arguments(method))
+    first, second, third = _stream()
+    adapter.predict_on_batch(first)
+    at_first = _weights(model)
+    second[3, 2, 2, 0] = bad
+    with pytest.raises(ValueError, match="Batch 1 holds NaN or infinite values"):
+        adapter.predict_on_batch(second)
+    _assert_same(_weights(model), at_first)
+    skipping = OnlineAdapter(model, on_invalid="skip", memory_size=16, **_arguments(method))
+    predictions = skipping.predict_on_batch(second)
+    assert skipping.skipped_batches == 1
+    assert np.all(np.isfinite(np.delete(predictions, 3, axis=0)))
+    _assert_same(_weights(model), at_first)
+    skipping.predict_on_batch(third)  # and it goes on adapting
+    assert np.all(np.isfinite(np.concatenate([w.ravel() for w in _weights(model).values()])))
+
+
+def test_batches_the_model_cannot_take_are_errors_naming_the_batch():
+    model = _cnn()
+    source = _weights(model)
+    adapter = OnlineAdapter(model)
+    adapter.predict_on_batch(_stream()[0])
+    adapter.reset()
+    with pytest.raises(ValueError, match=r"Batch 1 has shape \(4, 5, 5, 1\)"):
+        adapter.predict_on_batch(np.zeros((4, 5, 5, 1), "float32"))
+    with pytest.raises(ValueError, match="Batch 2 is empty"):
+        adapter.predict_on_batch(np.zeros((0, 6, 6, 1), "float32"))
+    with pytest.raises(TypeError, match="Batch 3 holds values of dtype <U1"):
+        adapter.predict_on_batch(np.full((2, 6, 6, 1), "a"))
+    _assert_same(_weights(model), source)
+
+
+def test_a_snapshot_restores_only_into_its_own_method_and_model():
+    model = _cnn()
+    tent = OnlineAdapter(model, **_arguments("tent"))
+    tent.predict_on_batch(_stream()[0])
+    snapshot = tent.snapshot()
+    assert snapshot.method == "tent"
+    tent.reset()
+    source = _weights(model)
+    with pytest.raises(ValueError, match="method='tent'.*this adapter's method is 'reestimate'"):
+        OnlineAdapter(model, method="reestimate").restore(snapshot)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")], name="other")
+    with pytest.raises(ValueError, match="batch norms of the model `.*`, which differ from those of `other`"):
+        OnlineAdapter(other, **_arguments("tent")).restore(snapshot)
+    _assert_same(_weights(model), source)
+
+
+def test_from_logits_is_checked_against_the_last_activation():
+    with pytest.raises(ValueError, match="softmax.*Received: from_logits=True"):
+        OnlineAdapter(_cnn(), method="eata", from_logits=True)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
+    logits = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="logits")
+    with pytest.raises(ValueError, match="`logits` ends in a linear layer.*Received: from_logits=False"):
+        OnlineAdapter(logits, method="tent")
+    OnlineAdapter(logits, method="tent", from_logits=True)  # consistent: accepted
+
+
+def _mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(name="bn1")(keras.layers.Dense(8)(inputs))
+    x = keras.layers.BatchNormalization(name="bn2")(keras.layers.Dense(8, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("method", ONLINE_METHODS)
+def test_every_method_works_one_sample_at_a_time(method):
+    # A batch norm after a dense layer sees one value per channel: no variance.
+    # Normalizing with it would give every sample the same output.
+    model = _mlp()
+    x = np.random.default_rng(0).normal(size=(12, 4)).astype("float32")
+    unadapted = model.predict(x, verbose=0)
+    adapter = OnlineAdapter(model, memory_size=4, **_arguments(method))
+    predictions = np.concatenate([adapter.predict_on_batch(x[i : i + 1]) for i in range(len(x))])
+    assert np.all(np.isfinite(predictions))
+    assert np.ptp(predictions, axis=0).max() > 1e-3  # not one answer for every input
+    if method in ("none", "batch", "mixed", "online"):
+        # With one value per channel they keep the stored statistics.
+        np.testing.assert_allclose(predictions, unadapted, rtol=1e-4, atol=1e-5)
+    for layer in ("bn1", "bn2"):
+        assert np.all(ops.convert_to_numpy(model.get_layer(layer).moving_variance) > 0)
+
+
+def test_reestimate_pools_single_samples_exactly():
+    model = _mlp()
+    x = np.random.default_rng(0).normal(size=(12, 4)).astype("float32")
+    adapter = OnlineAdapter(model, method="reestimate")
+    for i in range(len(x)):
+        adapter.predict_on_batch(x[i : i + 1])
+    dense = model.layers[1]  # the Dense layer before bn1 (layers[0] is the input)
+    first_inputs = ops.convert_to_numpy(dense(x))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model.get_layer("bn1").moving_mean), first_inputs.mean(axis=0), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model.get_layer("bn1").moving_variance), first_inputs.var(axis=0), rtol=1e-4, atol=1e-5
+    )

@@ -2,13 +2,17 @@ import keras
 import keras_tuner
 
 from kreg._validation import check_at_least
+from kreg._validation import check_bool
 from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg._validation import check_seed
 from kreg._validation import check_shape
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import early_conv_count
+from kreg.layers import DropBlock2D
+from kreg.layers import StochasticDepth
 from kreg.rules import missing_normalization
+from kreg.stochastic_depth import stochastic_depth_rates
 from kreg.tuning.precise_statistics import precise_batch_norm_callback
 from kreg.tuning.regularization_space import DEFAULT_NORMS
 from kreg.tuning.regularization_space import RegularizationSpace
@@ -206,6 +210,16 @@ class CNNHyperModel(RegularizedHyperModel):
     `late_conv_dropout` (with two blocks or more), `dense_dropout`, and when
     the space searches them `weight_decay` and `label_smoothing`.
 
+    With `residual=True` each block is a residual block instead: `Conv -> norm
+    -> ReLU -> Conv -> norm` added to its shortcut (a 1x1 conv where the
+    channels change) through `kreg.layers.StochasticDepth`, at the rates of
+    `kreg.stochastic_depth_rates(len(filters), stochastic_depth_rate)`, then
+    `ReLU -> MaxPooling2D`; the late blocks end in `kreg.layers.DropBlock2D`
+    (`dropblock_rate`, `dropblock_block_size`, clipped to the map) in place of
+    element dropout, and the early blocks have no dropout. Hyperparameters:
+    `norm`, `norm_groups`, `stochastic_depth_rate`, `dropblock_rate` and
+    `dropblock_block_size` (with two blocks or more), `dense_dropout`.
+
     Args:
         input_shape: `(height, width, channels)`, or `(height, width)` for
             one-channel images.
@@ -222,6 +236,8 @@ class CNNHyperModel(RegularizedHyperModel):
         precise_batch_norm: Whether `fit` re-estimates the batch norms'
             statistics before each validation (see `RegularizedHyperModel`).
             Defaults to `True`.
+        residual: Whether the blocks are residual blocks with stochastic depth
+            and DropBlock (see above). Defaults to `False`.
 
     Example:
 
@@ -249,9 +265,11 @@ class CNNHyperModel(RegularizedHyperModel):
         name=None,
         tunable=True,
         precise_batch_norm=True,
+        residual=False,
     ):
         self.input_shape = check_shape("input_shape", input_shape, (2, 3))
         self.filters = check_sizes("filters", filters)
+        self.residual = check_bool("residual", residual)
         if space is None:
             space = _default_space(self.filters, "batch", convolutions=len(self.filters))
         super().__init__(
@@ -267,7 +285,9 @@ class CNNHyperModel(RegularizedHyperModel):
         if len(self.input_shape) == 2:
             x = keras.layers.Reshape(self.input_shape + (1,))(x)
         early_blocks = early_conv_count(len(self.filters))
-        for block, filters in enumerate(self.filters):
+        if self.residual:
+            x = self._residual_blocks(hp, x, early_blocks)
+        for block, filters in enumerate(() if self.residual else self.filters):
             norm = self.space.norm(hp, channels=filters)
             conv = keras.layers.Conv2D(
                 filters, 3, padding="same", use_bias=not _cancels_bias(norm),
@@ -286,6 +306,29 @@ class CNNHyperModel(RegularizedHyperModel):
             self.num_classes, activation="softmax", kernel_regularizer=self.space.kernel_regularizer(hp)
         )(x)
         return self.compile_model(keras.Model(inputs, outputs, name="kreg_cnn"), hp)
+
+    def _conv_norm(self, hp, x, filters, kernel_size=3):
+        norm = self.space.norm(hp, channels=filters)
+        conv = keras.layers.Conv2D(
+            filters, kernel_size, padding="same", use_bias=not _cancels_bias(norm),
+            kernel_regularizer=self.space.kernel_regularizer(hp),
+        )
+        return norm(conv(x))
+
+    def _residual_blocks(self, hp, x, early_blocks):
+        rates = stochastic_depth_rates(len(self.filters), self.space.stochastic_depth(hp))
+        size = min(self.input_shape[:2])
+        for block, filters in enumerate(self.filters):
+            branch = keras.layers.ReLU()(self._conv_norm(hp, x, filters))
+            branch = self._conv_norm(hp, branch, filters)
+            shortcut = x if x.shape[-1] == filters else self._conv_norm(hp, x, filters, kernel_size=1)
+            x = StochasticDepth(rates[block])([shortcut, branch])
+            x = keras.layers.MaxPooling2D()(keras.layers.ReLU()(x))
+            size //= 2
+            if block >= early_blocks:
+                rate, block_size = self.space.dropblock(hp)
+                x = DropBlock2D(rate, min(block_size, size))(x)
+        return x
 
 
 class RecurrentHyperModel(RegularizedHyperModel):

@@ -6,20 +6,19 @@ import warnings
 import keras
 
 from kreg._extras import require
-from kreg._keras_compat import declared_direction
 from kreg._validation import check_choice
 from kreg.callbacks.overfitting_detector import OVERFITTING
-from kreg.callbacks.overfitting_detector import infer_mode
+from kreg.callbacks.monitoring import monitor_direction
 from kreg.tuning.pruning import StopTrial
 from kreg.tuning.pruning import TrialPruningDetector
 
 ON_OVERFITTING = ("stop", "prune")
 
 
-def _direction(monitor, mode):
-    # mode="auto" reads the name as OverfittingDetector does (one list of maximized metrics).
-    mode = infer_mode(monitor) if mode == "auto" else mode
-    return "maximize" if mode == "max" else "minimize"
+def _study_direction(mode):
+    """Optuna's name for a direction: `"min"` -> `"minimize"`, `"max"` -> `"maximize"`;
+    `None` for `"auto"` (read from the compiled metric at the first epoch's end)."""
+    return {"min": "minimize", "max": "maximize"}.get(mode)
 
 
 class _EndOptunaTrial(StopTrial):
@@ -54,14 +53,14 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         self.optuna = optuna
         self.monitor = monitor
         self.mode = mode
-        self.direction = _direction(monitor, mode)
+        self.direction = _study_direction(mode)
         self.on_overfitting = on_overfitting
         # The rule of keras-tuner's pruning (kreg.tuning.pruning), judging
         # `monitor` against the study's best instead of a tuner's.
         prune_on = detector_kwargs.pop("prune_on", (OVERFITTING,))
         objective_patience = detector_kwargs.pop("objective_patience", None)
         self.detector = TrialPruningDetector(
-            prune_on, monitor, "max" if self.direction == "maximize" else "min", objective_patience,
+            prune_on, monitor, mode, objective_patience,
             action=_EndOptunaTrial(self, prune_on), **detector_kwargs,
         )
         # The study is the record of the best (every worker's, through RDB storage).
@@ -141,8 +140,7 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         if not self._checked_direction:
             # mode="auto": the direction the compiled metric declares, as Keras's
             # callbacks and OverfittingDetector read it (its metrics exist by now).
-            declared = declared_direction(self.model, self.monitor)
-            self._check_direction(_direction(self.monitor, declared or "auto"))
+            self._check_direction(_study_direction(monitor_direction(self.model, self.monitor)))
         value = float(keras.ops.convert_to_numpy(value))
         self._reported = True
         if math.isfinite(value) and (
@@ -214,9 +212,9 @@ def optuna_pruning_callback(
             validation data) is a `ValueError` when it ends: nothing could be
             pruned.
         mode: `"min"`, `"max"` or `"auto"` (default: the direction the
-            compiled metric declares, as Keras's callbacks and
-            `OverfittingDetector` read it; by name where it declares none:
-            `"max"` for accuracies, AUC, precision, recall, F1, IoU and R2).
+            compiled metric declares, read at the first epoch's end as
+            Keras's callbacks read it; a metric that declares none is a
+            `ValueError` asking for `mode`).
         on_overfitting: What ending a trial does: `"stop"` (default: stop
             training, the trial completes) or `"prune"` (raise
             `optuna.TrialPruned`).

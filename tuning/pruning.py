@@ -9,10 +9,11 @@ from kreg._validation import check_choice
 from kreg._validation import check_seed
 from kreg.tuning.precise_statistics import precise_batch_norm_callback
 from kreg.callbacks import OverfittingDetector
+from kreg.callbacks.monitoring import MODES
+from kreg.callbacks.monitoring import monitor_direction
+from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import UNDERFITTING
-from kreg.callbacks.overfitting_detector import _scalar
-from kreg.callbacks.overfitting_detector import infer_mode
 
 PRUNABLE_STATES = (OVERFITTING, UNDERFITTING)
 
@@ -107,7 +108,9 @@ class TrialPruningDetector(OverfittingDetector):
         # that ends a trial its own way (kreg.tuning.optuna_pruning_callback).
         super().__init__(action=StopTrial(prune_on) if action is None else action, **detector_kwargs)
         self.objective = objective
-        self.objective_mode = check_choice("objective_mode", objective_mode, ("min", "max"))
+        # "auto": the direction the compiled metric declares, read at the first
+        # epoch that logs the objective (kreg.callbacks.monitoring).
+        self.objective_mode = check_choice("objective_mode", objective_mode, MODES)
         self.objective_patience = (
             2 * self.patience if objective_patience is None
             else int(check_at_least("objective_patience", objective_patience, integer=True, minimum=1))
@@ -118,6 +121,7 @@ class TrialPruningDetector(OverfittingDetector):
         self._objective_values = []
         self._objective_epochs = []  # the epochs that logged the objective (validation_freq)
         self._epoch = None
+        self._objective_direction = None  # "min" or "max", read at the first epoch that logs it
         self.search.ended_after = None
 
     def pace_window(self):
@@ -159,8 +163,10 @@ class TrialPruningDetector(OverfittingDetector):
         logs = logs if logs is not None else {}
         self._epoch = epoch
         if epoch >= self.start_from_epoch and self.objective in logs:
-            sign = -1.0 if self.objective_mode == "max" else 1.0
-            value = sign * _scalar(logs[self.objective])
+            if self._objective_direction is None:
+                self._objective_direction = monitor_direction(self.model, self.objective, self.objective_mode)
+            sign = -1.0 if self._objective_direction == "max" else 1.0
+            value = sign * monitored_scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
             self._objective_values.append(value if math.isfinite(value) else math.inf)
             self._objective_epochs.append(epoch)
@@ -189,11 +195,12 @@ class TrialPruningDetector(OverfittingDetector):
 
 
 def _objective_name_and_mode(objective, default):
-    """`(name, "min" | "max")` of a keras-tuner objective: a name or an `Objective`."""
+    """`(name, "min" | "max" | "auto")` of a keras-tuner objective: a name (its
+    direction read from the compiled metric in `fit`) or an `Objective`."""
     if objective is None:
         objective = default
     if isinstance(objective, str):
-        return objective, infer_mode(objective)
+        return objective, "auto"
     name, direction = getattr(objective, "name", None), getattr(objective, "direction", None)
     if not isinstance(name, str) or direction not in ("min", "max"):
         raise ValueError(
@@ -235,7 +242,10 @@ def pruning_detector(prune_on=(OVERFITTING,), objective=None, objective_patience
             while validation tracks it). `()` ends no trial.
         objective: The tuner's objective: a logged metric name or a
             `keras_tuner.Objective`. Defaults to the detector's `monitor`
-            (`"val_loss"`). Pass the tuner's, e.g. `"val_accuracy"`.
+            (`"val_loss"`). Pass the tuner's, e.g. `"val_accuracy"`. A
+            name's direction is the one its compiled metric declares, read
+            at the first epoch that logs it (a metric that declares none
+            needs a `keras_tuner.Objective`).
         objective_patience: The window, in epochs, over which the pace of a
             trial that is not overfitting is measured. Defaults to twice the
             detector's `patience`.
@@ -377,7 +387,8 @@ class OverfittingPruning:
         best = self.oracle.get_best_trials(1)
         if not best or best[0].status != "COMPLETED" or best[0].score is None or not math.isfinite(best[0].score):
             return None
-        return (-1.0 if self.detector.objective_mode == "max" else 1.0) * best[0].score
+        # The search's best is read only for the oracle's own objective (`set_by_tuner`).
+        return (-1.0 if self.oracle.objective.direction == "max" else 1.0) * best[0].score
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         super().on_epoch_end(trial, model, epoch, logs=logs)

@@ -9,6 +9,7 @@ from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg._validation import check_sizes
 from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.layers.batch_norm_arguments import ADAPTIVE_BATCH_ARGUMENTS
 from kreg.layers.batch_norm_arguments import BATCH_NORM_ARGUMENTS
 from kreg.tuning.search_engine import as_hyperparameters
 from kreg.tuning.search_engine import fatal_value_error
@@ -46,10 +47,17 @@ DEFAULT_WEIGHT_DECAY_RANGES = {"adamw": (1e-4, 1e-1), "l2": (1e-5, 1e-2)}
 WEIGHT_DECAY_WORDS = {"adamw": "AdamW weight decay", "l2": "L2"}
 # Label smoothing around Szegedy et al.'s 0.1 (2016, https://arxiv.org/abs/1512.00567).
 DEFAULT_LABEL_SMOOTHING_RANGE = (0.0, 0.2)
+# The deepest block's stochastic-depth rate: Huang et al. (2016,
+# https://arxiv.org/abs/1603.09382) use 0.5 on a 110-layer ResNet; ConvNeXt-T uses
+# 0.1 and EfficientNet-B0 0.2 (`drop_path_rate` / `drop_connect_rate`). Small and
+# medium networks sit at the low end.
+STOCHASTIC_DEPTH_RANGE = (0.0, 0.3)
+# DropBlock (Ghiasi et al. 2018, https://arxiv.org/abs/1810.12890): keep_prob 0.9
+# (rate 0.1) and block_size 7 on ResNet-50's last stages; small maps need smaller blocks.
+DROPBLOCK_RATE_RANGE = (0.05, 0.25)
+DROPBLOCK_BLOCK_SIZES = (3, 5, 7)
+WEIGHT_AVERAGING = ("none", "ema", "swa")
 
-
-# AdaptiveBatchNormalization's own arguments, beside BatchNormalization's.
-ADAPTIVE_BATCH_ARGUMENTS = ("test_time_mode", "prior_strength", "online_momentum")
 
 
 def _check_kwargs(name, kwargs, allowed):
@@ -333,6 +341,36 @@ class RegularizationSpace:
         default = _snap((low + high) / 2, low, self.step)
         return float(hp.Float(hp_name, low, high, step=self.step, default=default))
 
+    # -- stochastic depth and DropBlock ----------------------------------------
+
+    def stochastic_depth(self, hp):
+        """Registers (or reads) `"stochastic_depth_rate"`: the deepest block's rate.
+
+        Pass it to `kreg.stochastic_depth_rates(num_blocks, rate)` (one rate per
+        residual block) or `kreg.add_stochastic_depth(model, rate)`.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+
+        Returns:
+            The maximum rate, a float in `STOCHASTIC_DEPTH_RANGE`.
+        """
+        return self._float(hp, "stochastic_depth_rate", *STOCHASTIC_DEPTH_RANGE)
+
+    def dropblock(self, hp):
+        """Registers (or reads) `"dropblock_rate"` and `"dropblock_block_size"`.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+
+        Returns:
+            `(rate, block_size)` for `kreg.layers.DropBlock2D`; clip the block
+            size to the feature map where it is smaller.
+        """
+        rate = self._float(hp, "dropblock_rate", *DROPBLOCK_RATE_RANGE)
+        block_size = as_hyperparameters(hp).Choice("dropblock_block_size", list(DROPBLOCK_BLOCK_SIZES), default=5)
+        return rate, int(block_size)
+
     # -- normalization ---------------------------------------------------------
 
     def norm_name(self, name=None):
@@ -496,6 +534,34 @@ class RegularizationSpace:
             return SparseCategoricalCrossentropy(label_smoothing=smoothing)
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 
+    # -- weight averaging ------------------------------------------------------
+
+    def weight_averaging(self, hp, bn_data=None, **kwargs):
+        """Registers (or reads) `"weight_averaging"`: `"none"` (default), `"ema"` or `"swa"`.
+
+        The choice lives in `fit`, not in the model: pass what this returns to
+        the trial's `fit` (in keras-tuner, from the hypermodel's `fit(hp, model,
+        x, ...)`; in Optuna, beside `model.fit`).
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters` or `optuna.Trial`.
+            bn_data: The training inputs, to re-estimate batch norm statistics
+                for the averaged weights (`kreg.callbacks.WeightAveraging`'s
+                `bn_data`).
+            **kwargs: Other `WeightAveraging` arguments (`momentum`,
+                `start_epoch`...).
+
+        Returns:
+            `[]` for `"none"`, else `[kreg.callbacks.WeightAveraging(method, ...)]`:
+            a list to add to the callbacks.
+        """
+        from kreg.callbacks import WeightAveraging
+
+        method = as_hyperparameters(hp).Choice("weight_averaging", list(WEIGHT_AVERAGING), default="none")
+        if method == "none":
+            return []
+        return [WeightAveraging(method, bn_data=bn_data, **kwargs)]
+
     # -- reporting -------------------------------------------------------------
 
     def describe(self, hp):
@@ -521,11 +587,18 @@ class RegularizationSpace:
                 if value == "group" and f"{key}_groups" in values:
                     text += f" ({values[key + '_groups']} groups)"
                 words.append(text)
+        if "stochastic_depth_rate" in values:
+            words.append(f"stochastic depth up to {values['stochastic_depth_rate']:.2f}")
+        if "dropblock_rate" in values:
+            block = values.get("dropblock_block_size")
+            words.append(f"DropBlock {values['dropblock_rate']:.2f}" + (f" (block {block})" if block else ""))
         if "weight_decay" in values:
             label = WEIGHT_DECAY_WORDS.get(self.weight_decay_method, "weight decay")
             words.append(f"{label} {values['weight_decay']:.1e}")
         if "label_smoothing" in values:
             words.append(f"label smoothing {values['label_smoothing']:.2f}")
+        if values.get("weight_averaging", "none") != "none":
+            words.append(f"{values['weight_averaging'].upper()} weight averaging")
         return ", ".join(words)
 
     def get_config(self):

@@ -33,11 +33,23 @@ def _tree(module):
 
 
 def public_names(module):
-    """The names in `module`'s `__all__`, in order."""
+    """The names in `module`'s `__all__`, in order: its literal list, then each
+    `__all__ += submodule.__all__` (kreg re-exports `kreg.layers.__all__` so)."""
+    names = None
     for node in _tree(module).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
-            return [element.value for element in node.value.elts]
-    raise ValueError(f"{SOURCES[module]} defines no __all__")
+            names = [element.value for element in node.value.elts]
+        elif (
+            isinstance(node, ast.AugAssign)
+            and getattr(node.target, "id", None) == "__all__"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "__all__"
+            and names is not None
+        ):
+            names += public_names(f"{module}.{node.value.value.id}")
+    if names is None:
+        raise ValueError(f"{SOURCES[module]} defines no __all__")
+    return names
 
 
 def _entry(module, name):

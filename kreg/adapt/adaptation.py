@@ -1,5 +1,7 @@
 """`adapt_batchnorm`: adapt a trained model's batch norms to unlabeled target data."""
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
@@ -9,6 +11,7 @@ from kreg._validation import check_choice
 from kreg.model_graph import batch_norm_layers
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import minimize_selected_entropy
+from kreg.adapt.entropy import check_from_logits
 from kreg.adapt.entropy import minimize_entropy
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
@@ -60,8 +63,17 @@ def adapt_batchnorm(
     The model is changed only when the whole adaptation has succeeded: if it
     fails midway (bad data, an interrupt), every weight is as it was. Data
     holding NaN or infinite values, and data that gives a batch norm fewer than
-    two values per channel (one sample before a dense layer's batch norm: no
-    variance to estimate), raise a `ValueError` and change nothing.
+    two values per channel in the whole pass (one sample before a dense layer's
+    batch norm: no variance to estimate), raise a `ValueError` and change
+    nothing.
+
+    Small batches are pooled exactly: each layer's statistics are the
+    count-weighted mean and variance over every batch (within-batch plus
+    between-batch variance), the same whatever the batch size. During the pass a
+    batch that gives a layer one value per channel (`batch_size=1` before a
+    dense layer's batch norm) is normalized with the layer's stored statistics,
+    so that the layers after it see inputs that vary. A channel constant over
+    the whole data keeps its stored variance: a zero variance is never written.
 
     Under a `tf.distribute` strategy the statistics are those of all replicas'
     samples together, the same as on one device.
@@ -118,9 +130,40 @@ def adapt_batchnorm(
         - [Niu et al., 2023](https://arxiv.org/abs/2302.12400), SAR: stable
           test-time adaptation in dynamic wild world (the collapse reset).
     """
+    plan = plan_adaptation(
+        model,
+        data,
+        method,
+        dict(steps=steps, batch_size=batch_size, verbose=verbose),
+        dict(epochs=epochs, learning_rate=learning_rate, from_logits=from_logits),
+        (entropy_factor, redundancy_threshold, collapse_factor),
+    )
+    statistics, samples, resets = run_adaptation_pass(plan)
+    return commit_adaptation(plan, statistics, samples, resets)
+
+
+@dataclasses.dataclass
+class AdaptationPlan:
+    """What `adapt_batchnorm` will do, every argument checked: the first of its
+    three steps (plan, pass, commit)."""
+
+    model: object
+    layers: list  # the batch norms to adapt
+    method: str
+    data: object
+    predict_options: dict  # steps, batch_size, verbose
+    epochs: int
+    learning_rate: float
+    from_logits: bool
+    selection: SampleSelection  # "eata"'s filters and collapse watch
+
+
+def plan_adaptation(model, data, method, predict_options, entropy_options, eata_thresholds):
+    """Checks every argument of `adapt_batchnorm` before anything runs."""
     check_choice("method", method, METHODS)
-    check_at_least("epochs", epochs, integer=True, minimum=1)
-    selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
+    epochs = check_at_least("epochs", entropy_options["epochs"], integer=True, minimum=1)
+    selection = SampleSelection(*eata_thresholds)
+    learning_rate = entropy_options["learning_rate"]
     if check_at_least("learning_rate", learning_rate) == 0:
         raise ValueError(
             "Invalid value received for argument `learning_rate`. Expected a number > 0. "
@@ -131,34 +174,49 @@ def adapt_batchnorm(
             "Invalid value received for argument `model`. Expected a built "
             f"`keras.Model`. Received: model={model!r}"
         )
+    from_logits = entropy_options["from_logits"]
+    if method in ("tent", "eata"):
+        check_from_logits(model, from_logits)
     layers = batch_norm_layers(model)
     if not layers:
         raise ValueError(
             f"The model `{model.name}` has no BatchNormalization layer: there are no "
             "statistics for adapt_batchnorm to adapt."
         )
+    if is_empty(data):
+        raise no_data_error()
+    return AdaptationPlan(model, layers, method, data, predict_options, epochs, learning_rate, from_logits, selection)
+
+
+def run_adaptation_pass(plan):
+    """The entropy steps (tent, eata) and the statistics pass; returns
+    `(statistics, samples, collapse resets)`. If anything fails, every variable
+    of the model is put back as it was."""
+    model, layers, data, options = plan.model, plan.layers, plan.data, plan.predict_options
     # Every variable, not only the batch norms': on JAX, a `predict` or `fit` that
     # raises midway leaves all of the model's variables emptied (Keras moves them
     # into the compiled function's state and puts them back only at the end).
-    if is_empty(data):
-        raise no_data_error()
     saved = [ops.convert_to_numpy(v) for v in model.variables]
-    predict_options = dict(steps=steps, batch_size=batch_size, verbose=verbose)
     resets = 0
     try:
-        if method == "tent":
-            minimize_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options)
-        elif method == "eata":
+        if plan.method == "tent":
+            minimize_entropy(model, layers, data, plan.epochs, plan.learning_rate, plan.from_logits, options)
+        elif plan.method == "eata":
             resets = minimize_selected_entropy(
-                model, layers, data, epochs, learning_rate, from_logits, predict_options, selection
+                model, layers, data, plan.epochs, plan.learning_rate, plan.from_logits, options, plan.selection
             )
-        statistics, samples = collect_statistics(model, layers, data, predict_options)
+        statistics, samples = collect_statistics(model, layers, data, options)
     except BaseException:
         for variable, value in zip(model.variables, saved):
             variable.assign(value)
         raise
+    return statistics, samples, resets
+
+
+def commit_adaptation(plan, statistics, samples, resets):
+    """Writes the statistics into the batch norms; returns the `AdaptationReport`."""
     changes = []
-    for layer, (mean, variance, _) in zip(layers, statistics):
+    for layer, (mean, variance, _) in zip(plan.layers, statistics):
         old_mean, old_variance = (ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance))
         assign_statistics(layer, mean, variance)
         old_std = np.sqrt(old_variance + layer.epsilon)
@@ -170,9 +228,9 @@ def adapt_batchnorm(
             )
         )
     return AdaptationReport(
-        method=method,
+        method=plan.method,
         samples=samples,
         layers=changes,
-        affine_updated=method in ("tent", "eata"),
+        affine_updated=plan.method in ("tent", "eata"),
         collapse_resets=resets,
     )

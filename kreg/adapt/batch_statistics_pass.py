@@ -7,9 +7,12 @@ norm's input statistics on the way, entropy minimization trains through it.
 import contextlib
 import threading
 
+from keras import ops
+
 from kreg import _keras_compat
 from kreg import model_graph
 from kreg.layers.batch_statistics import batch_moments
+from kreg.layers.batch_statistics import combine_statistics
 from kreg.layers.batch_statistics import in_statistics_dtype
 from kreg.layers.batch_statistics import normalize
 from kreg.layers.conv_batch_norm import FusedBatchNormLayer
@@ -33,15 +36,23 @@ def strategy_scope(model):
     return model.distribute_strategy.scope() if replicated(model) else contextlib.nullcontext()
 
 
-def _normalize_with_batch_statistics(layer, inputs, mask, synchronized):
-    """`layer`'s output with its batch's statistics; also returns the local ones."""
+def _normalize_with_batch_statistics(layer, inputs, mask, synchronized, stored_weight):
+    """`layer`'s output with its batch's statistics (mixed with `stored_weight` of
+    the stored ones); also returns the local batch statistics."""
     inputs = in_statistics_dtype(inputs)
     mean, variance, count = batch_moments(inputs, layer.axis, mask)
-    norm_mean, norm_variance = mean, variance
+    norm_mean, norm_variance, norm_count = mean, variance, count
     if synchronized and mask is None:
         # All replicas normalize with the global batch's statistics, so the layers
         # after this one see what they would see on one device.
-        norm_mean, norm_variance, _ = batch_moments(inputs, layer.axis, synchronized=True)
+        norm_mean, norm_variance, norm_count = batch_moments(inputs, layer.axis, synchronized=True)
+    stored = (ops.cast(layer.moving_mean, inputs.dtype), ops.cast(layer.moving_variance, inputs.dtype))
+    # A batch with one value per channel (one sample after a dense layer) has no
+    # variance: it normalizes with the stored statistics, as
+    # AdaptiveBatchNormalization does, so that the layers after it see inputs
+    # that vary and their statistics hold no zero variance.
+    weight = ops.cast(ops.where(norm_count > 1, stored_weight, 1.0), inputs.dtype)
+    norm_mean, norm_variance = combine_statistics(weight, stored, (norm_mean, norm_variance))
     return normalize(layer, inputs, norm_mean, norm_variance), (mean, variance, count)
 
 
@@ -56,8 +67,11 @@ class Recorder(threading.local):
 
 
 @contextlib.contextmanager
-def batch_statistics_used(model, layers, recorder=None):
+def batch_statistics_used(model, layers, recorder=None, stored_weight=0.0):
     """Makes every batch norm in `layers` normalize with its batch's statistics.
+
+    With `stored_weight` > 0 they normalize with `stored_weight` of their stored
+    statistics and the rest of the batch's (RoTTA's robust batch norm).
 
     Entered once around the whole `predict` / `fit`, not inside a replica's call:
     replicas run concurrently and must not swap the layers' `call` under each other.
@@ -66,7 +80,7 @@ def batch_statistics_used(model, layers, recorder=None):
 
     def batch_statistics_call(layer):
         def call(inputs, training=None, mask=None):
-            outputs, moments = _normalize_with_batch_statistics(layer, inputs, mask, synchronized)
+            outputs, moments = _normalize_with_batch_statistics(layer, inputs, mask, synchronized, stored_weight)
             if recorder is not None and recorder.calls is not None:
                 recorder.calls.append((layer, moments))
             return outputs

@@ -129,9 +129,10 @@ class AffineStepper:
     EATA), every other weight frozen for the duration of each call only.
     """
 
-    def __init__(self, model, layers, learning_rate, from_logits, method, train=True):
+    def __init__(self, model, layers, learning_rate, from_logits, method, train=True, stored_weight=0.0):
         self.model, self.layers, self.method, self.from_logits = model, layers, method, from_logits
         self.train = train  # False: forward passes only (prediction-time BN)
+        self.stored_weight = stored_weight  # of the stored statistics in each normalization
         with strategy_scope(model):
             self.minimizer = EntropyMinimizer(model, from_logits)
             self.minimizer.compile(optimizer=keras.optimizers.Adam(learning_rate))
@@ -145,7 +146,7 @@ class AffineStepper:
         with contextlib.ExitStack() as stack:
             if self.train:
                 stack.enter_context(only_batch_norm_affine_trainable(self.model, self.layers, self.method))
-            stack.enter_context(batch_statistics_used(self.model, self.layers))
+            stack.enter_context(batch_statistics_used(self.model, self.layers, stored_weight=self.stored_weight))
             stack.enter_context(strategy_scope(self.model))
             yield
 

@@ -5,6 +5,7 @@ import contextlib
 import keras
 from keras import ops
 
+from kreg import _keras_compat
 from kreg.adapt.batch_statistics_pass import batch_statistics_used
 from kreg.adapt.batch_statistics_pass import strategy_scope
 
@@ -44,6 +45,49 @@ def class_probabilities(y_pred, from_logits):
         p = ops.sigmoid(outputs) if from_logits else outputs
         return ops.concatenate([1.0 - p, p], axis=-1)
     return ops.softmax(outputs, axis=-1) if from_logits else outputs
+
+
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def outputs_probabilities(model):
+    """Whether the first output of `model` is probabilities (`True`: a softmax
+    or sigmoid last), logits (`False`: a linear last layer) or unknown (`None`:
+    a subclassed model, an `ops` call, another activation)."""
+    try:
+        output = keras.tree.flatten(model.outputs)[0]
+        operation, _, _ = _keras_compat.tensor_history(output)
+    except (AttributeError, IndexError, ValueError):
+        return None
+    if isinstance(operation, keras.Model):
+        return outputs_probabilities(operation)
+    if isinstance(operation, keras.layers.Softmax):
+        return True
+    activation = getattr(operation, "activation", None)
+    name = getattr(activation, "__name__", None)
+    if name in _PROBABILITY_ACTIVATIONS:
+        return True
+    if name == "linear" and isinstance(operation, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return False
+    return None
+
+
+def check_from_logits(model, from_logits):
+    """Refuses a `from_logits` that contradicts `model`'s last activation, where it is known."""
+    probabilities = outputs_probabilities(model)
+    if probabilities is None or probabilities != bool(from_logits):
+        return
+    if from_logits:
+        raise ValueError(
+            f"Invalid value received for argument `from_logits`. `{model.name}` ends in a "
+            "softmax or sigmoid, so it outputs probabilities: expected from_logits=False. "
+            "Received: from_logits=True"
+        )
+    raise ValueError(
+        f"Invalid value received for argument `from_logits`. `{model.name}` ends in a "
+        "linear layer, so it outputs logits: expected from_logits=True. "
+        "Received: from_logits=False"
+    )
 
 
 def prediction_entropy(y_pred, from_logits):

@@ -11,17 +11,28 @@ from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg._validation import check_rate
+from kreg.adapt.batch_check import ON_INVALID
+from kreg.adapt.batch_check import invalid_batch_error
+from kreg.adapt.batch_check import is_finite_batch
 from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import SampleSelection
+from kreg.adapt.entropy import check_from_logits
 from kreg.adapt.label_shift import few_classes_batch
-from kreg.adapt.reestimation import _combine
+from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.robust import RobustAdaptation
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
+from kreg.layers.batch_statistics import combine_statistics
 from kreg.model_graph import batch_norm_layers
 
-ONLINE_METHODS = ("none", "batch", "mixed", "online", "reestimate", "tent", "eata")
+ONLINE_METHODS = ("none", "batch", "mixed", "online", "reestimate", "tent", "eata", "robust")
+# Adam's learning rate of the entropy steps when `learning_rate` is not given.
+# `"robust"`: 0, statistics only, chosen on the tuning half of
+# bench/adaptation_grid.py (docs/BENCHMARKS.md).
+DEFAULT_LEARNING_RATES = {"tent": 1e-3, "eata": 1e-3, "robust": 0.0}
 RESETS = (None, "batch", "stream")
+MEMORY_FILLS = ("rotta", "note")
 # The methods that predict with the batch norms' stored statistics after
 # updating them from the batch (the others normalize with the batch's own).
 _STATISTICS_METHODS = ("mixed", "online", "reestimate")
@@ -31,6 +42,8 @@ _STATISTICS_METHODS = ("mixed", "online", "reestimate")
 class AdapterSnapshot:
     """An `OnlineAdapter`'s state: every batch norm's weights, and its own running state."""
 
+    method: str  # the adapter's method: a snapshot restores only into the same method
+    model: str  # the adapted model's name
     weights: dict  # batch norm path -> [its weights as NumPy arrays] (scale, shift, statistics)
     state: tuple  # the method's running state (averages, optimizer slots, accumulated statistics)
 
@@ -57,7 +70,18 @@ class OnlineAdapter:
       reset (AdaBN over the stream so far), then predicts with them.
     - `"tent"`: predicts with the batch's statistics, then takes one step of
       entropy minimization on the scale and shift (Tent).
-    - `"eata"`: the same with EATA's filters and weights, and SAR's collapse
+    - `"robust"` (default): predicts with the stored statistics, and never
+      with the batch's own; each sample goes into a class-balanced memory bank
+      (RoTTA's, by predicted class, with timeliness and uncertainty), and every
+      `memory_size` samples the stored statistics move towards the bank's by
+      an exponential average (`statistics_momentum`, after a warm start), and,
+      with `learning_rate` > 0, the scale and shift take one entropy step on the
+      bank's reliable samples, weighted by their age (EATA's filter, SAR's
+      reset). A batch of one class, or of one sample, cannot bend it: this is
+      the method that never did harm on `bench/adaptation_grid.py`'s held-out
+      cells. `kreg/adapt/robust.py` says which parts of RoTTA, NOTE, DELTA,
+      EATA and SAR it takes and why.
+    - `"eata"`: the same as `"tent"` with EATA's filters and weights, and SAR's collapse
       guard (see `kreg.adapt_batchnorm`): when the filtered entropy collapses,
       back to the source state. A batch that looks like source inputs of few
       classes (see below) is predicted with the stored statistics and not
@@ -68,7 +92,11 @@ class OnlineAdapter:
     it. The statistics methods update first and then predict. The statistics
     of `"mixed"`, `"online"` and `"reestimate"` come from one pass with every
     batch norm normalizing with the batch's statistics (as `adapt_batchnorm`
-    computes them); a batch with one value per channel is an error there.
+    computes them). A batch norm that sees one value per channel (a batch of
+    one sample before a dense layer's batch norm) has no variance to estimate:
+    it normalizes with its stored statistics in every method, and keeps them
+    (`"reestimate"` pools the batch in exactly and uses the pooled statistics
+    once they hold two values per channel).
 
     The statistics methods never collapse on batches that hold one or two
     classes, but `"batch"` and `"tent"` do: their predictions come from the
@@ -96,18 +124,38 @@ class OnlineAdapter:
             `BatchNormalization`, kreg's `AdaptiveBatchNormalization`, the
             batch norms inside kreg's fused layers).
         method: One of `"none"`, `"batch"`, `"mixed"`, `"online"`,
-            `"reestimate"`, `"tent"`, `"eata"` (default).
+            `"reestimate"`, `"tent"`, `"eata"`, `"robust"` (default).
         reset: `None` (default) adapts continually; `"batch"` goes back to the
             source state after every batch (episodic); `"stream"` goes back at
             the start of every `predict(data)` call (one stream per call).
-        learning_rate: `"tent"` / `"eata"`: Adam's learning rate. Defaults to
-            `1e-3`.
-        from_logits: `"tent"` / `"eata"`: whether the model outputs logits.
+        learning_rate: `"tent"` / `"eata"` / `"robust"`: Adam's learning rate
+            of the entropy steps. Defaults to `1e-3` for tent and eata, and to
+            `DEFAULT_LEARNING_RATES["robust"]` for robust (`0`: statistics
+            only; chosen on the tuning half of the grid benchmark).
+        from_logits: `"tent"` / `"eata"` / `"robust"`: whether the model
+            outputs logits. Checked against the model's last activation where
+            it is known (a softmax or sigmoid: probabilities; a linear `Dense`:
+            logits).
         entropy_factor, redundancy_threshold, collapse_factor: `"eata"`: as in
             `kreg.adapt_batchnorm`.
         prior_strength: `"mixed"`: `N`, the number of samples the source
             statistics count as. Defaults to `16`.
         online_momentum: `"online"`: in `[0, 1)`. Defaults to `0.9`.
+        memory_size: `"robust"`: the samples the memory bank holds, and the
+            number of samples between two updates. Defaults to `64` (RoTTA's).
+        statistics_momentum: `"robust"`: the share of the bank's statistics
+            in each update once warm (RoTTA's `alpha`). Defaults to `0.05`.
+        memory_fill: `"robust"`: how the memory bank fills, `"rotta"` (a class
+            holds at most `memory_size / classes` samples) or `"note"` (full
+            from the start, balanced by replacement); see
+            `kreg/adapt/memory_bank.py`.
+        on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
+            raises a `ValueError` naming the batch's index (counted from 0 over
+            the adapter's life) and leaves the model as it was; `"skip"` predicts
+            it with the model as it is, adapts to nothing of it, and counts it in
+            `skipped_batches`. Either way it never changes the model. An empty
+            batch, or one of another shape than the model's input, is always an
+            error. Ignored by `"none"`.
         label_shift_ratio: `"eata"`: the threshold on the ratio of the first
             to the last batch norm's distance from the stored statistics below
             which a batch is taken as source inputs of few classes (see above).
@@ -139,9 +187,9 @@ class OnlineAdapter:
     def __init__(
         self,
         model,
-        method="eata",
+        method="robust",
         reset=None,
-        learning_rate=1e-3,
+        learning_rate=None,
         from_logits=False,
         entropy_factor=0.4,
         redundancy_threshold=0.4,
@@ -149,6 +197,10 @@ class OnlineAdapter:
         prior_strength=16,
         online_momentum=0.9,
         label_shift_ratio=0.5,
+        on_invalid="raise",
+        memory_size=64,
+        statistics_momentum=0.05,
+        memory_fill="rotta",
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -157,12 +209,18 @@ class OnlineAdapter:
             )
         self.method = check_choice("method", method, ONLINE_METHODS)
         self.reset_mode = check_choice("reset", reset, RESETS)
-        learning_rate = check_at_least("learning_rate", learning_rate)
-        if learning_rate == 0:
+        self.on_invalid = check_choice("on_invalid", on_invalid, ON_INVALID)
+        if learning_rate is None:
+            learning_rate = DEFAULT_LEARNING_RATES.get(self.method, 1e-3)
+        elif check_at_least("learning_rate", learning_rate) == 0 and self.method != "robust":
             raise ValueError(
-                "Invalid value received for argument `learning_rate`. Expected a number > 0. "
-                "Received: learning_rate=0"
+                "Invalid value received for argument `learning_rate`. Expected a number > 0 "
+                "(0, no entropy step, only with method='robust'). Received: learning_rate=0"
             )
+        self.learning_rate = learning_rate
+        self.memory_size = check_at_least("memory_size", memory_size, integer=True, minimum=2)
+        self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
+        self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio, optional=True)
@@ -176,8 +234,24 @@ class OnlineAdapter:
             )
         self.collapse_resets = 0
         self.few_classes_batches = 0
+        self.skipped_batches = 0  # batches holding NaN or inf, with on_invalid="skip"
+        self.batches_seen = 0
         self._accumulated = None  # "reestimate": [(mean, variance, count)] so far
         self._stepper = None
+        self._robust = None
+        if method in ("tent", "eata", "robust"):
+            check_from_logits(model, from_logits)
+        if method == "robust":
+            self._robust = RobustAdaptation(
+                model,
+                self.layers,
+                self.memory_size,
+                self.statistics_momentum,
+                learning_rate,
+                from_logits,
+                SampleSelection(entropy_factor, None, collapse_factor),
+                self.memory_fill,
+            )
         if method in ("batch", "tent", "eata"):
             self._stepper = AffineStepper(model, self.layers, learning_rate, from_logits, method, train=method != "batch")
         self._source = self.snapshot()
@@ -188,21 +262,50 @@ class OnlineAdapter:
     def snapshot(self):
         """Every batch norm's weights and the adapter's running state, as an `AdapterSnapshot`."""
         optimizer = self._stepper.optimizer_state() if self._stepper is not None and self._stepper.train else None
-        state = (self.selection.state(), optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches)
-        return AdapterSnapshot(weights=self._weights(), state=state)
+        robust = self._robust.state() if self._robust is not None else None
+        state = (
+            self.selection.state(),
+            optimizer,
+            self._accumulated,
+            self.collapse_resets,
+            self.few_classes_batches,
+            robust,
+        )
+        return AdapterSnapshot(method=self.method, model=self.model.name, weights=self._weights(), state=state)
 
     def restore(self, snapshot):
-        """Puts back exactly the state `snapshot()` returned."""
-        if not isinstance(snapshot, AdapterSnapshot) or snapshot.weights.keys() != self._weights().keys():
+        """Puts back exactly the state `snapshot()` returned.
+
+        Refuses (a `ValueError`, nothing changed) a snapshot of another method, or
+        of a model whose batch norms differ from this adapter's.
+        """
+        if not isinstance(snapshot, AdapterSnapshot):
             raise ValueError(
-                "Invalid value received for argument `snapshot`. Expected what this "
-                f"adapter's `snapshot()` returned. Received: snapshot={snapshot!r:.200}"
+                "Invalid value received for argument `snapshot`. Expected what an "
+                f"`OnlineAdapter`'s `snapshot()` returns. Received: snapshot={snapshot!r:.200}"
+            )
+        if snapshot.method != self.method:
+            raise ValueError(
+                f"Invalid value received for argument `snapshot`: it was taken by an "
+                f"adapter with method={snapshot.method!r}, and this adapter's method is "
+                f"{self.method!r}: its running state means something else here."
+            )
+        current = self._weights()
+        if current.keys() != snapshot.weights.keys() or any(
+            [w.shape for w in current[path]] != [w.shape for w in snapshot.weights[path]] for path in current
+        ):
+            raise ValueError(
+                f"Invalid value received for argument `snapshot`: it holds the batch norms "
+                f"of the model `{snapshot.model}`, which differ from those of `{self.model.name}` "
+                "this adapter adapts."
             )
         for layer in self.layers:
             for variable, value in zip(layer.weights, snapshot.weights[layer.path]):
                 variable.assign(value)
-        selection, optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches = snapshot.state
+        selection, optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches, robust = snapshot.state
         self.selection.set_state(selection)
+        if robust is not None:
+            self._robust.set_state(robust)
         if optimizer is not None:
             self._stepper.set_optimizer_state(optimizer)
 
@@ -214,6 +317,13 @@ class OnlineAdapter:
 
     def predict_on_batch(self, x):
         """The predictions on one batch `x`; adapts by it (see the class description)."""
+        index = self.batches_seen
+        self.batches_seen += 1
+        if not is_finite_batch(self.model, x, index) and self.method != "none":
+            if self.on_invalid == "raise":
+                raise invalid_batch_error(index)
+            self.skipped_batches += 1
+            return self.model.predict_on_batch(x)
         outputs = self._adapt_and_predict(x)
         if self.reset_mode == "batch":
             self.reset()
@@ -237,6 +347,12 @@ class OnlineAdapter:
             return self.model.predict_on_batch(x)
         if self.method in _STATISTICS_METHODS:
             return self._predict_with_updated_statistics(x)
+        if self.method == "robust":
+            outputs, collapsed = self._robust.predict_and_adapt(x)
+            if collapsed:
+                self.reset()
+                self.collapse_resets += 1
+            return outputs
         if self.method == "eata" and self._few_classes(x):
             self.few_classes_batches += 1
             return self.model.predict_on_batch(x)
@@ -252,9 +368,11 @@ class OnlineAdapter:
                 self.collapse_resets += 1
         return outputs
 
-    def _batch_statistics(self, x, need_variance=True):
+    def _batch_statistics(self, x):
+        # A layer that sees one value per channel (a batch of one before a dense
+        # layer's batch norm) reports variance 0 here; it keeps its statistics.
         options = dict(steps=None, batch_size=len(keras.tree.flatten(x)[0]), verbose=0)
-        return collect_statistics(self.model, self.layers, x, options, need_variance)
+        return collect_statistics(self.model, self.layers, x, options, need_variance=False)
 
     def _few_classes(self, x):
         if self.label_shift_ratio is None or len(self.layers) < 2:
@@ -262,7 +380,7 @@ class OnlineAdapter:
         # A batch of one sample leaves a batch norm after a dense layer one
         # value per channel: variance 0, as far from the stored statistics as a
         # batch gets (and as one-class as a batch gets).
-        batch, _ = self._batch_statistics(x, need_variance=False)
+        batch, _ = self._batch_statistics(x)
         order = call_order(self.model, self.layers)
         return few_classes_batch([self.layers[i] for i in order], [batch[i] for i in order], self.label_shift_ratio)
 
@@ -276,7 +394,7 @@ class OnlineAdapter:
         if self.method == "reestimate":
             if self._accumulated is not None:
                 batch = [
-                    _combine((m0, m1), (v0, v1), (c0, c1))
+                    pool_statistics((m0, m1), (v0, v1), (c0, c1))
                     for (m0, v0, c0), (m1, v1, c1) in zip(self._accumulated, batch)
                 ]
             self._accumulated = batch
@@ -287,10 +405,9 @@ class OnlineAdapter:
                 if self.method == "mixed"
                 else self.online_momentum
             )
-            new = [
-                (keep * old_mean + (1 - keep) * mean, keep * old_variance + (1 - keep) * variance)
-                for (old_mean, old_variance), (mean, variance, _) in zip(stored, batch)
-            ]
+            new = [combine_statistics(keep, old, (mean, variance)) for old, (mean, variance, _) in zip(stored, batch)]
+        # Fewer than two values per channel so far: no variance to use yet.
+        new = [update if count > 1 else old for update, old, (_, _, count) in zip(new, stored, batch)]
         for layer, (mean, variance) in zip(self.layers, new):
             assign_statistics(layer, mean, variance)
         outputs = self.model.predict_on_batch(x)

@@ -12,6 +12,15 @@ from kreg.adapt.batch_statistics_pass import strategy_scope
 
 
 def assign_statistics(layer, mean, variance):
+    """Writes `mean` and `variance` (NumPy) into `layer`'s moving statistics.
+
+    A channel whose variance is 0 (constant over all the data: a dead unit)
+    keeps its stored variance: its normalized output is the shift whatever the
+    variance, and a stored 0 would make the next inputs that do vary explode
+    (divided by sqrt(epsilon)).
+    """
+    stored_variance = ops.convert_to_numpy(layer.moving_variance).astype(variance.dtype)
+    variance = np.where(variance > 0, variance, stored_variance)
     layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
     layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
     if layer.renorm:
@@ -66,31 +75,39 @@ class _StatisticsCollector(keras.Model):
         return outputs
 
 
-class _CachedCollector:
-    """Holds a model's collector. A plain object on purpose: Keras's saving walks
-    every attribute of a model that is a Keras object, and a collector (a model
-    containing the model) reached that way would recurse forever."""
+class _CachedCollectors:
+    """Holds a model's collectors, one per `stored_weight` (each traces its own
+    pass). A plain object on purpose (not a dict either): Keras's saving walks
+    every attribute of a model that is a Keras object or a container, and a
+    collector (a model containing the model) reached that way would recurse
+    forever."""
 
-    def __init__(self, collector, layers):
-        self.collector = collector
+    def __init__(self, layers):
+        self.by_stored_weight = {}
         self.layer_ids = tuple(id(layer) for layer in layers)
 
 
-def _statistics_collector(model, layers):
+def _statistics_collector(model, layers, stored_weight=0.0):
     """The model's collector, made once so that its compiled `predict` is reused:
     adapting the same model again, as a stream of target data comes in, costs one
     `predict`, not one trace and one `predict`. Rebuilt when the model's batch
     norms change (a layer added to a Sequential model)."""
     cached = getattr(model, "_kreg_statistics_collector", None)
     if cached is None or cached.layer_ids != tuple(id(layer) for layer in layers):
-        with strategy_scope(model):
-            cached = _CachedCollector(_StatisticsCollector(model, layers), layers)
+        cached = _CachedCollectors(layers)
         object.__setattr__(model, "_kreg_statistics_collector", cached)
-    return cached.collector
+    collectors = cached.by_stored_weight
+    if stored_weight not in collectors:
+        with strategy_scope(model):
+            collectors[stored_weight] = _StatisticsCollector(model, layers)
+    return collectors[stored_weight]
 
 
-def _combine(means, variances, counts):
-    """Exact mean and population variance of the union of the batches (Chan et al.)."""
+def pool_statistics(means, variances, counts):
+    """`(mean, variance, count)` of the union of batches, from each batch's
+    per-channel mean, population variance and count: the count-weighted mean, and
+    the within-batch plus between-batch variance (Chan et al., 1979), exact
+    whatever the batch sizes."""
     means, variances, counts = (np.asarray(a, np.float64) for a in (means, variances, counts))
     counts = counts.reshape(-1, 1)
     total = counts.sum()
@@ -164,19 +181,21 @@ def call_order(model, layers):
     return list(_statistics_collector(model, layers).call_order)
 
 
-def collect_statistics(model, layers, data, predict_options, need_variance=True):
+def collect_statistics(model, layers, data, predict_options, need_variance=True, stored_weight=0.0):
     """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
     and the number of samples seen.
 
     A layer that saw one value per channel is an error with `need_variance`
     (the statistics are to normalize with); without it, its variance is 0.
+    During the pass each layer normalizes with its batch's statistics, or with
+    `stored_weight` of its stored ones and the rest of the batch's.
     """
-    collector = _statistics_collector(model, layers)
+    collector = _statistics_collector(model, layers, stored_weight)
     counter = _BatchCounter()
     # Without a progress bar to show, arrays on one device skip `predict`'s set-up.
     quick = predict_options["verbose"] == 0 and is_arrays(data) and not replicated(model)
     try:
-        with batch_statistics_used(model, layers, collector.recorder):
+        with batch_statistics_used(model, layers, collector.recorder, stored_weight):
             if quick:
                 outputs = _predict_in_batches(collector, data, predict_options["batch_size"], predict_options["steps"])
             else:
@@ -194,7 +213,7 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True)
                 f"The batch norm layer `{layer.path}` is never called when `{model.name}` "
                 "runs, so adapt_batchnorm cannot estimate its statistics."
             )
-        mean, variance, count = _combine(
+        mean, variance, count = pool_statistics(
             *(
                 np.concatenate([outputs[f"{index}/{call}/{name}"] for call in calls])
                 for name in ("mean", "variance", "count")

@@ -3,7 +3,9 @@
 Without them it trains every epoch and keeps the last weights, long after it has
 begun to overfit. With them, `OverfittingDetector` reports where overfitting began
 and `EarlyStoppingWithCheckpoint` stops, keeps the best epoch in an atomically
-written checkpoint, and restores it.
+written checkpoint, and restores it. With `WeightAveraging` before them, every
+validation, the judgement of the best epoch and the checkpoint are those of the
+EMA of the weights, with batch norm statistics re-estimated for it.
 """
 
 import dataclasses
@@ -70,6 +72,7 @@ def train_with_and_without_callbacks(data, out, epochs, quick=False, log=print):
     """Returns `(model trained with kreg's callbacks, Markdown table, summary rows)`."""
     from kreg.callbacks import EarlyStoppingWithCheckpoint
     from kreg.callbacks import OverfittingDetector
+    from kreg.callbacks import WeightAveraging
     from kreg.callbacks import plot_training_curves
 
     fit_options = dict(
@@ -109,19 +112,40 @@ def train_with_and_without_callbacks(data, out, epochs, quick=False, log=print):
     )
     log(f"    wrote {plot}")
 
-    onset = "not detected" if detector.onset_epoch is None else f"epoch {detector.onset_epoch + 1}"
+    log("  training with WeightAveraging (EMA, statistics re-estimated) before the same callbacks")
+    averaged = _compiled_cnn(0, quick)
+    averaged_detector = OverfittingDetector()
+    averaged_stopper = EarlyStoppingWithCheckpoint(
+        str(out / "best_cnn_averaged.keras"), patience=max(2, epochs // 4), resume=False
+    )
+    averaging = WeightAveraging("ema", bn_data=data.x_train, bn_batch_size=len(data.x_train))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the detector's warning was shown above
+        averaged_history = averaged.fit(callbacks=[averaging, averaged_detector, averaged_stopper], **fit_options)
+
+    def onset_of(found):
+        return "not detected" if found.onset_epoch is None else f"epoch {found.onset_epoch + 1}"
+
+    onset, averaged_onset = onset_of(detector), onset_of(averaged_detector)
     plain_accuracy, kreg_accuracy = _test_accuracy(plain, data), _test_accuracy(model, data)
+    averaged_accuracy = _test_accuracy(averaged, data)
     table = (
-        "| | without kreg | with kreg's callbacks |\n| --- | --- | --- |\n"
-        f"| epochs trained | {len(plain_history['loss'])} | {len(history.history['loss'])} |\n"
-        f"| weights kept | last epoch | epoch {stopper.best_epoch + 1} (best val loss, restored) |\n"
-        f"| overfitting onset (default OverfittingDetector) | not watched | {onset} |\n"
-        f"| val loss of the kept weights | {plain_history['val_loss'][-1]:.4f} | {stopper.best:.4f} |\n"
-        f"| test accuracy | {plain_accuracy:.3f} | {kreg_accuracy:.3f} |\n"
-        f"| stop reason | - | {stopper.stop_reason.value} |"
+        "| | without kreg | with kreg's callbacks | with kreg's callbacks and weight averaging |\n"
+        "| --- | --- | --- | --- |\n"
+        f"| epochs trained | {len(plain_history['loss'])} | {len(history.history['loss'])} "
+        f"| {len(averaged_history.history['loss'])} |\n"
+        f"| weights kept | last epoch | epoch {stopper.best_epoch + 1} (best val loss, restored) "
+        f"| EMA at epoch {averaged_stopper.best_epoch + 1}, statistics re-estimated (best val loss, restored) |\n"
+        f"| overfitting onset (default OverfittingDetector) | not watched | {onset} | {averaged_onset} |\n"
+        f"| val loss of the kept weights | {plain_history['val_loss'][-1]:.4f} | {stopper.best:.4f} "
+        f"| {averaged_stopper.best:.4f} |\n"
+        f"| test accuracy | {plain_accuracy:.3f} | {kreg_accuracy:.3f} | {averaged_accuracy:.3f} |\n"
+        f"| stop reason | - | {stopper.stop_reason.value} | {averaged_stopper.stop_reason.value} |"
     )
     rows = [
         ("callbacks: test accuracy, last vs restored best epoch", f"{plain_accuracy:.3f} -> {kreg_accuracy:.3f}"),
         ("callbacks: overfitting onset / kept epoch", f"{onset} / {stopper.best_epoch + 1}"),
-    ]
+        ("callbacks + weight averaging (EMA): test accuracy / kept epoch",
+         f"{averaged_accuracy:.3f} / {averaged_stopper.best_epoch + 1}"),
+    ]  # fmt: skip
     return model, table, rows

@@ -5,6 +5,8 @@ from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
 from kreg.layers.batch_statistics import batch_moments
+from kreg.layers.batch_statistics import combine_statistics
+from kreg.layers.batch_statistics import finite_samples
 from kreg.layers.batch_statistics import in_statistics_dtype
 from kreg.layers.batch_statistics import normalize
 
@@ -179,25 +181,27 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         mode = self._mode.variable
 
-        def adapted_statistics(mean, variance, count):
-            samples = ops.cast(ops.shape(inputs)[0], inputs.dtype)
+        def adapted_statistics():
+            # A sample holding NaN or inf is left out of the statistics, so it
+            # changes no other sample's output; a batch holding one is never
+            # written into the running statistics ("online").
+            # (`synchronized` layers keep their all-replica statistics, which a
+            # mask would turn off, as in Keras's masked path: NaN can spread there.)
+            sample_mask, clean, samples = finite_samples(inputs, mask)
+            if self.synchronized:
+                sample_mask = mask
+            mean, variance, count = batch_moments(inputs, self.axis, sample_mask, self.synchronized)
             # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
             # differ only in the weight given to the running statistics.
             running_weight = ops.where(
                 mode == _MIXED,
-                self.prior_strength / (self.prior_strength + samples),
+                self.prior_strength / ops.maximum(self.prior_strength + samples, 1.0),
                 ops.where(mode == _ONLINE, self.online_momentum, 0.0),
             )
             # One value per channel has no variance: keep the running statistics.
-            running_weight = ops.where(count > 1, running_weight, 1.0)
-            running_weight = ops.cast(running_weight, inputs.dtype)
-            return (
-                running_weight * moving_mean + (1.0 - running_weight) * mean,
-                running_weight * moving_variance + (1.0 - running_weight) * variance,
-            )
-
-        def moments():
-            return batch_moments(inputs, self.axis, mask, self.synchronized)
+            running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
+            mean, variance = combine_statistics(running_weight, (moving_mean, moving_variance), (mean, variance))
+            return mean, variance, clean
 
         if self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
@@ -206,28 +210,29 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             # mode's value, which `torch.compile` (Keras's `jit_compile=True`)
             # recompiles for on every batch until its recompile limit: selecting
             # keeps one compiled graph that reads the mode live.
-            adapted = adapted_statistics(*moments())
+            adapted_mean, adapted_variance, clean = adapted_statistics()
             is_running = mode == _RUNNING
-            mean = ops.where(is_running, moving_mean, adapted[0])
-            variance = ops.where(is_running, moving_variance, adapted[1])
+            mean = ops.where(is_running, moving_mean, adapted_mean)
+            variance = ops.where(is_running, moving_variance, adapted_variance)
         else:
             # Only the modes that need them pay for the batch moments.
-            mean, variance = ops.cond(
+            mean, variance, clean = ops.cond(
                 mode == _RUNNING,
-                lambda: (moving_mean, moving_variance),
-                lambda: adapted_statistics(*moments()),
+                lambda: (moving_mean, moving_variance, ops.ones((), "bool")),
+                adapted_statistics,
             )
-        self._write_online_statistics(mode == _ONLINE, mean, variance)
+        self._write_online_statistics(ops.logical_and(mode == _ONLINE, clean), mean, variance)
         return normalize(self, inputs, mean, variance)
 
-    def _write_online_statistics(self, is_online, mean, variance):
-        """Stores the `"online"` mode's updated statistics; other modes write nothing."""
+    def _write_online_statistics(self, write_now, mean, variance):
+        """Stores the `"online"` mode's updated statistics when `write_now`; other
+        modes, and a batch holding NaN or inf, write nothing."""
         if keras.backend.backend() in ("jax", "torch"):
             # JAX cannot assign state inside a `cond` branch (and torch would
             # recompile on the mode, as above): write on every call, the
             # unchanged values outside the online mode.
             for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                variable.assign(ops.where(is_online, value, ops.convert_to_tensor(variable)))
+                variable.assign(ops.where(write_now, value, ops.convert_to_tensor(variable)))
             return
 
         def write():
@@ -235,7 +240,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance.assign(variance)
             return ops.ones((), "bool")
 
-        ops.cond(is_online, write, lambda: ops.zeros((), "bool"))
+        ops.cond(write_now, write, lambda: ops.zeros((), "bool"))
 
     def get_config(self):
         return {

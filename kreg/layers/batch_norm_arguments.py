@@ -1,4 +1,4 @@
-"""`keras.layers.BatchNormalization`'s arguments, read from the class itself.
+"""`keras.layers.BatchNormalization`'s arguments and `AdaptiveBatchNormalization`'s, read from the classes.
 
 The one list of batch norm arguments and defaults that kreg's batch norm layers
 (`AdaptiveBatchNormalization`, the fused `Conv2DBatchNorm` family) and the tuner's
@@ -10,13 +10,24 @@ import inspect
 
 import keras
 
+from kreg.layers.adaptive_batch_normalization import AdaptiveBatchNormalization
+
+
+def _arguments(function, kind):
+    """`{name: default}` of `function`'s parameters of `kind`, in order (no `self`)."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name != "self" and parameter.kind is kind
+    }
+
+
 # {name: default} in the order of `BatchNormalization.__init__`, without `**kwargs`
 # (the base layer's `name`, `dtype`...).
-BATCH_NORM_ARGUMENTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(keras.layers.BatchNormalization.__init__).parameters.items()
-    if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-}
+BATCH_NORM_ARGUMENTS = _arguments(keras.layers.BatchNormalization.__init__, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+# AdaptiveBatchNormalization's own arguments (keyword-only, beside
+# BatchNormalization's, which it passes on as they are).
+ADAPTIVE_BATCH_ARGUMENTS = tuple(_arguments(AdaptiveBatchNormalization.__init__, inspect.Parameter.KEYWORD_ONLY))
 
 
 def split_batch_norm_arguments(kwargs):

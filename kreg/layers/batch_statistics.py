@@ -36,6 +36,34 @@ def normalize(layer, inputs, mean, variance):
     return ops.cast(outputs, layer.compute_dtype)
 
 
+def finite_samples(inputs, mask=None):
+    """`(mask, clean, samples)`: `mask` with every sample that holds a NaN or inf
+    left out, whether the batch held none, and the number of samples kept.
+
+    The returned mask broadcasts to rank `inputs` - 1, as `batch_moments` takes
+    it: a bad sample then reaches no other sample's statistics, so one NaN pixel
+    leaves the other outputs of a batch as they would be without it.
+    """
+    rank = len(inputs.shape)
+    finite = ops.all(ops.isfinite(inputs), axis=list(range(1, rank)))
+    clean = ops.all(finite)
+    samples = ops.sum(ops.cast(finite, inputs.dtype))
+    finite = ops.reshape(finite, (-1,) + (1,) * (rank - 2))
+    if mask is not None:
+        finite = ops.logical_and(ops.cast(mask, "bool"), finite)
+    return finite, clean, samples
+
+
+def combine_statistics(stored_weight, stored, batch):
+    """`stored_weight * stored + (1 - stored_weight) * batch` for a `(mean,
+    variance)` pair: the one update formula of every test-time mode that mixes
+    stored and batch statistics ("mixed", "online", RoTTA's robust batch norm).
+
+    Works on backend tensors and NumPy arrays alike.
+    """
+    return tuple(stored_weight * old + (1.0 - stored_weight) * new for old, new in zip(stored, batch))
+
+
 def batch_moments(inputs, axis, mask=None, synchronized=False):
     """Returns `(mean, variance, count)` of `inputs` per channel along `axis`.
 

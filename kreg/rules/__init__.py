@@ -34,6 +34,9 @@ RULE_MODULES = (
     "training_true_call",
     "monte_carlo_dropout",
     "foldable_batch_norm",
+    "element_dropout_on_feature_map",
+    "dropout_before_batch_norm",
+    "constant_stochastic_depth",
 )
 
 RULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in RULE_MODULES)

@@ -6,50 +6,54 @@ import pytest
 
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks import plot_training_curves
+from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.layers import ConsistentDropout
 from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
 
+ACCURACY = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
+VAL_ACCURACY = [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65, 0.64, 0.62, 0.61, 0.6]
 FALLING = [2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50]
 U_SHAPE = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]
 
 # (train values, validation values, detector arguments, epoch the state is
 # first reached, that state, onset epoch)
 TABLE = [
-    # Textbook overfitting: validation bottoms out at epoch 4 and rises. At
-    # epoch 6, validation gained 4% over 3 epochs (its best 1.15 -> 1.1) while
-    # training gained 32% (1.0 -> 0.68): less than a fifth of it.
-    (FALLING, U_SHAPE, {"patience": 3}, 6, "overfitting", 4),
-    # The same with a noisy bottom: the onset is the raw minimum (epoch 5).
+    # Textbook overfitting: validation bottoms out at epoch 4 and rises. The
+    # noise needs 9 epochs (5 residuals); at epoch 8 the last two epochs
+    # (1.25, 1.33) lie above the best by more than the noise (0.046).
+    (FALLING, U_SHAPE, {"patience": 3}, 8, "overfitting", 4),
+    # The same with a noisy bottom: the noise (0.07, from the wiggles) widens
+    # the band, so 1.13, 1.22 at epochs 7-8 are no overfitting yet: first
+    # saturated (no gain beyond the noise for 3 epochs), then overfitting at 9
+    # (1.22, 1.3 lie above 1.1 + 0.07); the onset is the raw minimum (5).
     (FALLING, [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-     {"patience": 3}, 6, "overfitting", 5),
-    # Memorization plateau: validation flat while training keeps falling.
-    (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05, 1.05],
-     {"patience": 3}, 6, "overfitting", 4),
-    # A plateau whose validation creeps down by tiny amounts still counts.
-    (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.049, 1.048, 1.047, 1.046, 1.045, 1.044, 1.043],
-     {"patience": 3}, 6, "overfitting", 6),
-    # Both curves stall high together: underfitting.
+     {"patience": 3}, 8, "saturated", 5),
+    (FALLING, [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
+     {"patience": 3}, 9, "overfitting", 5),
+    # Memorization plateau: validation flat within its noise while training
+    # keeps falling is saturated, not overfitting.
+    (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06],
+     {"patience": 3}, 8, "saturated", 6),
+    # Both curves stall together, the training loss at 84% of its first value: underfitting.
     ([2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
      [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
-     {"patience": 3, "min_gap": 0.05}, 5, "underfitting", None),
+     {"patience": 3}, 8, "underfitting", None),
     # Accuracy (mode inferred "max"): validation accuracy peaks at epoch 3 and falls.
-    ([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95], [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65],
-     {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy"}, 6, "overfitting", 3),
-    # Prechelt's GL5: validation 5% above its best (epoch 4) at epoch 6 (1.18 / 1.1).
-    (FALLING, U_SHAPE, {"criterion": "gl"}, 6, "overfitting", 4),
-    # UP with strips of 2 epochs: the strips ending at epochs 5, 7 and 9 end
-    # at 1.12, 1.25, 1.4: two successive rises, seen at epoch 9.
-    (FALLING, U_SHAPE, {"criterion": "up", "patience": 2}, 9, "overfitting", 4),
+    (ACCURACY, VAL_ACCURACY, {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy"},
+     8, "overfitting", 3),
+    # Prechelt's GL5 on the smoothed curve (factor 0.3): 5% above its best at epoch 7.
+    (FALLING, U_SHAPE, {"criterion": "gl"}, 7, "overfitting", 4),
+    # UP with strips of 2 epochs (raw curves): the strips ending at epochs 5,
+    # 7 and 9 end at 1.12, 1.25, 1.4: two successive rises, seen at epoch 9.
+    (FALLING, U_SHAPE, {"criterion": "up", "patience": 2, "smoothing": 0.0}, 9, "overfitting", 4),
 ]
 
 
 def _detect(train, val, kwargs):
-    # Raw curves (smoothing 0) unless a case says otherwise: the expected epochs
-    # below are read off the curves as written.
-    detector = OverfittingDetector(action=lambda *_: None, **{"smoothing": 0.0, **kwargs})
+    detector = OverfittingDetector(action=lambda *_: None, **kwargs)
     states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
     return detector, states
 
@@ -58,11 +62,11 @@ def _detect(train, val, kwargs):
 def test_scripted_curves(train, val, kwargs, first_epoch, state, onset):
     detector, states = _detect(train, val, kwargs)
     assert states.index(state) == first_epoch, states
-    assert all(s == "learning" for s in states[:first_epoch])
+    assert "overfitting" not in states[:first_epoch]
     assert detector.onset_epoch == onset
 
 
-@pytest.mark.parametrize("criterion", ["progress", "gl", "pq", "up", "p_value"])
+@pytest.mark.parametrize("criterion", CRITERIA)
 def test_healthy_and_slowly_improving_training_raise_no_alarm(criterion):
     val = [2.1, 1.6, 1.3, 1.12, 0.98, 0.9, 0.84, 0.8, 0.77, 0.75, 0.73, 0.72]
     for curve in (val, [1.0 - 0.004 * epoch + 0.001 * (-1) ** epoch for epoch in range(30)]):
@@ -106,36 +110,38 @@ def test_epochs_that_validation_freq_skips_are_not_read():
 
 
 def test_in_fit_it_records_gap_and_state_and_acts_once():
-    train, val = FALLING[:10], U_SHAPE[:10]
+    train, val = FALLING, U_SHAPE
     calls = []
     detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch)))
     model = tiny_model()
-    fit_scripted(model, detector, 10, loss=train, val_loss=val)
+    fit_scripted(model, detector, 12, loss=train, val_loss=val)
     history = model.history.history
     np.testing.assert_allclose(history["generalization_gap"], np.subtract(val, train), rtol=1e-6)
-    assert history["overfitting_state"] == [0.0] * 6 + [STATE_CODES["overfitting"]] * 4
-    assert calls == [(6, 4)], "the action runs once, when overfitting is first detected"
+    assert history["overfitting_state"] == [0.0] * 8 + [STATE_CODES["overfitting"]] * 4
+    assert calls == [(8, 4)], "the action runs once, when overfitting is first detected"
 
 
 def test_a_withdrawn_detection_acts_again_at_the_next_onset():
-    train = [2.0 * 0.85**epoch for epoch in range(22)]
-    # Bump at epochs 4-7 (detected at 6), real recovery, then a second rise.
-    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.0, 0.8, 0.7, 0.65, 0.6, 0.58,
-           0.57, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    train = [2.0 * 0.9**epoch for epoch in range(26)]
+    # A bump at epochs 4-8 (overfitting at 8), a real recovery (withdrawn at
+    # 10, once 0.8 beats 1.1 by more than the noise), a plateau within the
+    # noise (saturated at 15) and a second rise (overfitting at 19).
+    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.3, 1.0, 0.8, 0.7, 0.65, 0.6, 0.58, 0.57, 0.56,
+           0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
     calls = []
-    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch)))
+    detector = OverfittingDetector(patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch)))
     fit_scripted(tiny_model(), detector, len(val), loss=train, val_loss=val)
-    assert calls == [(6, 4), (15, 14)]
-    assert detector.states[8:10] == ["learning", "learning"]
+    assert calls == [(8, "overfitting", 4), (15, "saturated", 15), (19, "overfitting", 15)]
+    assert detector.states[10:15] == ["learning"] * 5
 
 
 def test_stop_action_ends_training(capsys):
-    detector = OverfittingDetector(patience=2, smoothing=0.0, action="stop")
-    script = fit_scripted(tiny_model(), detector, 8, loss=FALLING[:8], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4])
-    assert len(script.weights) == 5  # detected at epoch 4 (0-based), then stopped
+    detector = OverfittingDetector(patience=3, action="stop")
+    script = fit_scripted(tiny_model(), detector, 12, loss=FALLING, val_loss=U_SHAPE)
+    assert len(script.weights) == 9  # detected at epoch 8 (0-based), then stopped
     assert "Stopping training" in capsys.readouterr().out
-    quiet = OverfittingDetector(patience=2, smoothing=0.0, action="stop", verbose=0)
-    fit_scripted(tiny_model(), quiet, 8, loss=FALLING[:8], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4])
+    quiet = OverfittingDetector(patience=3, action="stop", verbose=0)
+    fit_scripted(tiny_model(), quiet, 12, loss=FALLING, val_loss=U_SHAPE)
     assert capsys.readouterr().out == ""
 
 
@@ -143,7 +149,7 @@ def test_rollback_restores_the_onset_weights_and_stops():
     detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
     model = tiny_model()
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
-    assert len(script.weights) == 7 and detector.onset_epoch == 4  # detected at 6
+    assert len(script.weights) == 9 and detector.onset_epoch == 4  # detected at 8
     for restored, expected in zip(model.get_weights(), script.weights[4]):
         np.testing.assert_array_equal(restored, expected)
 
@@ -162,10 +168,62 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     model.fit(x_data, x_data[:, 0, :1], validation_data=(x_data, x_data[:, 0, :1]), epochs=12,
               verbose=0, callbacks=[script, detector])
     assert len(script.weights) == 12  # not stopped
-    # Raised at epoch 6, then again once the restarted window (3 epochs after
-    # the change) shows the scripted validation still rising.
-    assert model.get_layer("locked").rate == pytest.approx(0.5)
-    assert history_states(model)[6] == STATE_CODES["overfitting"]
+    # Raised at epoch 8; the window restarts at the change, and its noise needs
+    # 9 epochs again before a second detection.
+    assert model.get_layer("locked").rate == pytest.approx(0.2 + 0.15)
+    assert history_states(model)[8] == STATE_CODES["overfitting"]
+
+
+def test_strengthen_names_rate_zero_layers_once():
+    inputs = keras.Input((4, 3))
+    x = ConsistentDropout(0.0, name="off")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    detector = OverfittingDetector(patience=3, action="strengthen", verbose=0)
+    x_data = np.ones((16, 4, 3), "float32")
+    from scripted import ScriptedMetrics
+
+    with pytest.warns(UserWarning, match=r"built at 0 cannot be raised: off\.rate") as record:
+        model.fit(x_data, x_data[:, 0, :1], validation_data=(x_data, x_data[:, 0, :1]), epochs=12, verbose=0,
+                  callbacks=[ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE), detector])
+    assert len([w for w in record if "cannot be raised" in str(w.message)]) == 1
+    assert model.get_layer("off").rate == 0.0
+
+
+def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
+    val = U_SHAPE[:5] + [float("nan")] + U_SHAPE[5:7] + [float("inf")] + U_SHAPE[7:]
+    train = FALLING[:5] + [float("nan")] + FALLING[5:7] + [0.6] + FALLING[7:]
+    detector = OverfittingDetector(patience=3, action=lambda *_: None)
+    with pytest.warns(UserWarning, match=r"epoch 6 logged loss=nan, val_loss=nan; a NaN or infinite epoch is skipped"):
+        states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
+    assert detector.skipped_epochs == [5, 8]
+    # The epochs of U_SHAPE shift by one after the NaN and by two after the
+    # inf: detected at its epoch 8 (here 10).
+    assert states.index("overfitting") == 10 and detector.onset_epoch == 4
+    assert states[5] == "learning" and states[8] == "learning"
+
+
+def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
+    plateau = [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06]
+    calls = []
+    stop = OverfittingDetector(patience=3, action="stop", verbose=0)
+    model = tiny_model()
+    fit_scripted(model, stop, 12, loss=FALLING, val_loss=plateau)
+    assert history_states(model)[8:] == [STATE_CODES["saturated"]] * 4  # "stop" acts on overfitting only
+    asked = OverfittingDetector(patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch)),
+                                act_on="saturated")
+    fit_scripted(tiny_model(), asked, 12, loss=FALLING, val_loss=plateau)
+    assert calls == [(8, "saturated", 6)]
+
+
+def test_rollback_on_saturation_restores_the_best_epoch_exactly():
+    plateau = [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06]
+    detector = OverfittingDetector(patience=3, action="rollback", act_on=("overfitting", "saturated"), verbose=0)
+    model = tiny_model()
+    script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=plateau)
+    assert len(script.weights) == 9 and detector.onset_epoch == 6
+    for restored, expected in zip(model.get_weights(), script.weights[6]):
+        np.testing.assert_array_equal(restored, expected)
 
 
 def history_states(model):
@@ -173,10 +231,10 @@ def history_states(model):
 
 
 def test_warn_action_warns_and_state_resets_between_fits():
-    detector = OverfittingDetector(patience=2, smoothing=0.0)
+    detector = OverfittingDetector(patience=3)
     model = tiny_model()
-    with pytest.warns(UserWarning, match="Overfitting detected at epoch 5.*since epoch 3"):
-        fit_scripted(model, detector, 6, loss=FALLING[:6], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2])
+    with pytest.warns(UserWarning, match=r"Overfitting detected at epoch 9: val_loss is worse than its best \(epoch 5\)"):
+        fit_scripted(model, detector, 10, loss=FALLING[:10], val_loss=U_SHAPE[:10])
     with warnings.catch_warnings():
         # The detector's warnings only: JAX arrays' NumPy DeprecationWarning (ignored
         # in pyproject.toml) is no detection.
@@ -189,10 +247,9 @@ def test_a_vector_valued_monitor_counts_by_its_mean():
     detector = OverfittingDetector(monitor="val_f1_score", train_monitor="f1_score", patience=3, smoothing=0.0, action=lambda *_: None)
     states = [
         detector.update(epoch, np.array([t, t]), np.array([v, v + 0.02]))
-        for epoch, (t, v) in enumerate(zip([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95],
-                                           [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65]))
+        for epoch, (t, v) in enumerate(zip(ACCURACY, VAL_ACCURACY))
     ]
-    assert states.index("overfitting") == 6 and detector.onset_epoch == 3
+    assert states.index("overfitting") == 8 and detector.onset_epoch == 3
 
 
 def test_missing_validation_metric_is_an_error():
@@ -209,7 +266,9 @@ def test_missing_validation_metric_is_an_error():
         ({"min_gap": -1}, r"`min_gap`.*>= 0"),
         ({"mode": "up"}, r"`mode`.*'up'"),
         ({"train_mode": "down"}, r"`train_mode`.*'down'"),
-        ({"criterion": "prechelt"}, r"`criterion`.*'progress'.*'prechelt'"),
+        ({"criterion": "prechelt"}, r"`criterion`.*'noise'.*'prechelt'"),
+        ({"act_on": ("overfitting", "learning")}, r"`act_on`.*'saturated'.*'learning'"),
+        ({"underfit_level": -0.5}, r"`underfit_level`.*>= 0"),
         ({"threshold": 0}, r"`threshold`.*> 0"),
         ({"threshold": "5"}, r"`threshold`.*'5'"),
         ({"verbose": 2}, r"`verbose`.*0 or 1"),

@@ -360,3 +360,34 @@ def test_batch_normalizations_positional_arguments_mean_the_same():
     assert (layer.axis, layer.momentum, layer.epsilon) == (keras_layer.axis, keras_layer.momentum, keras_layer.epsilon)
     with pytest.raises(ValueError, match="not_an_argument"):  # as BatchNormalization
         AdaptiveBatchNormalization(not_an_argument=1)
+
+
+# A sample holding NaN or inf: it reaches no other sample's output, and no
+# running statistic.
+
+
+@pytest.mark.parametrize("mode", ["batch", "mixed", "online"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_bad_sample_changes_no_other_output_and_no_statistic(mode, bad):
+    x = np.random.default_rng(4).normal(2.0, 3.0, size=(6, 3)).astype("float32")
+    dirty = x.copy()
+    dirty[2, 0] = bad
+    without = _layer_with_statistics(test_time_mode=mode)
+    with_bad = _layer_with_statistics(test_time_mode=mode)
+    stored = _weights(with_bad)
+    expected = _numpy(without(np.delete(x, 2, axis=0)))
+    got = _numpy(with_bad(dirty))
+    np.testing.assert_allclose(np.delete(got, 2, axis=0), expected, rtol=1e-5, atol=1e-5)
+    # The batch held a bad value: the "online" mode writes nothing of it.
+    for name, value in stored.items():
+        np.testing.assert_array_equal(_weights(with_bad)[name], value, err_msg=name)
+
+
+def test_online_mode_keeps_updating_after_a_bad_batch():
+    layer = _layer_with_statistics(test_time_mode="online")
+    bad = np.full((4, 3), np.nan, "float32")
+    layer(bad)
+    stored = _weights(layer)["moving_mean"]
+    layer(np.random.default_rng(1).normal(3.0, 1.0, (8, 3)).astype("float32"))
+    moved = _weights(layer)["moving_mean"]
+    assert np.all(np.isfinite(moved)) and not np.allclose(moved, stored)

@@ -224,3 +224,58 @@ def test_precise_batch_norm_during_fit_on_two_replicas_gives_one_devices_statist
     single.set_weights(replicated.get_weights())
     kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
     _assert_both_replicas_hold_the_single_device_statistics(replicated, single)
+
+
+def _spatial_regularizers_cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = kreg.WeightNormalization(keras.layers.Conv2D(4, 3, padding="same", activation="relu"), data_init=True)(inputs)
+    x = kreg.DropBlock2D(0.2, 3, seed=1)(x)
+    branch = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = kreg.StochasticDepth(0.3, seed=2)([x, branch])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(strategy):
+    x = np.random.default_rng(7).standard_normal((32, 8, 8, 3)).astype("float32")
+    y = x.mean(axis=(1, 2, 3))[:, None]
+    with strategy.scope():
+        model = _spatial_regularizers_cnn()
+        model.compile("adam", "mse")
+    losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    for variable in model.variables:
+        if hasattr(variable.value, "values"):
+            replicas = [v.numpy() for v in variable.value.values]
+            np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-6, err_msg=variable.path)
+    single = _spatial_regularizers_cnn()
+    single.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_weight_averaging_on_two_replicas_reestimates_like_one_device(strategy):
+    """WeightAveraging's swap and re-estimation under the strategy: both replicas
+    hold the averaged weights and the statistics one device computes for them."""
+    from kreg.callbacks import WeightAveraging
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(2.0, 3.0, (32, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    with strategy.scope():
+        replicated = _adaptive_cnn()
+        replicated.compile("sgd", "mse")
+    raw = replicated.get_weights()
+    replicated.fit(
+        x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y),
+        callbacks=[WeightAveraging("ema", bn_data=x, bn_batch_size=8, momentum=0.5)],
+    )
+    kernel = replicated.trainable_variables[0]
+    replicas = [v.numpy() for v in kernel.value.values]
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    assert not np.allclose(replicas[0], raw[0])
+    single = _adaptive_cnn()
+    single.set_weights(replicated.get_weights())
+    kreg.adapt_batchnorm(single, x, batch_size=8, verbose=0)
+    _assert_both_replicas_hold_the_single_device_statistics(replicated, single)

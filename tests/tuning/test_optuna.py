@@ -250,15 +250,22 @@ def test_a_fit_without_validation_is_refused_not_left_unpruned():
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
 
 
-@pytest.mark.parametrize("monitor", ["val_iou", "val_r2_score"])
-def test_auto_mode_reads_metric_names_as_the_detector_does(monitor):
-    # IoU and R2 are maximized for OverfittingDetector's mode="auto": the same here,
-    # so a study that maximizes them is not refused as a direction mismatch.
-    from kreg.callbacks.overfitting_detector import infer_mode
-
-    trial = optuna.create_study(direction="maximize").ask()
-    callback = optuna_pruning_callback(trial, monitor)
-    assert infer_mode(monitor) == "max" and callback.direction == "maximize"
+def test_auto_mode_never_guesses_a_direction_from_the_name():
+    # "val_r2_score" would be maximized by its name; here another callback logs
+    # it and no compiled metric declares its direction, so mode="auto" asks for
+    # `mode` before anything is reported.
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    data = np.ones((4, 2)), np.ones((4, 2))
+    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_r2_score=0.5))
+    with pytest.raises(ValueError, match="Pass mode='min' or mode='max'"):
+        model.fit(*data, validation_data=data, epochs=1, verbose=0,
+                  callbacks=[logger, optuna_pruning_callback(trial, "val_r2_score")])
+    assert not study.trials[0].intermediate_values
+    callback = optuna_pruning_callback(study.ask(), "val_loss", mode="max")
+    assert callback.direction == "maximize"
 
 
 def test_auto_mode_takes_the_direction_the_compiled_metric_declares():

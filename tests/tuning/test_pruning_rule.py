@@ -15,6 +15,9 @@ from search_helpers import PrunedRandomSearch
 from search_helpers import noise
 from search_helpers import replay
 
+# The replayed model compiles no metric to read a direction from: the objective says it.
+VAL_ACCURACY = keras_tuner.Objective("val_accuracy", "max")
+
 
 def _flat(epoch):
     return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5}
@@ -44,7 +47,7 @@ def test_a_diverged_trial_neither_poisons_the_search_best_nor_escapes_pruning():
 
 def test_the_last_epoch_ends_nothing():
     # The pace is first measured at the last epoch: nothing is left to save.
-    detector = pruning_detector(objective="val_accuracy", objective_patience=2, patience=2, verbose=0)
+    detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0)
     assert replay(detector, _flat, epochs=3, search_best=-0.9) is None
     assert detector.search.ended_after is None
     assert replay(detector, _flat, epochs=4, search_best=-0.9) == 2
@@ -59,7 +62,7 @@ def test_the_pace_is_per_epoch_when_validation_runs_every_other_epoch():
         return logs if epoch % 2 == 1 else {"loss": logs["loss"]}
 
     for curve, first_pace in ((slow, 2), (every_other, 5)):
-        detector = pruning_detector(objective="val_accuracy", objective_patience=2, patience=2, verbose=0)
+        detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0)
         assert replay(detector, curve, epochs=30, search_best=-0.85) == first_pace, curve.__name__
 
 

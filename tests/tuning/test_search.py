@@ -17,6 +17,9 @@ from search_helpers import PrunedRandomSearch
 from search_helpers import noise
 from search_helpers import replay
 
+# The replayed model compiles no metric to read a direction from: the objective says it.
+VAL_ACCURACY = keras_tuner.Objective("val_accuracy", "max")
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -212,7 +215,7 @@ def _overfits_while_accuracy_creeps(epoch):
 def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
     # Another trial scored 0.64 (signed: lower is better): this one trails it,
     # and its val_accuracy stalls after epoch 11 at 0.61.
-    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+    detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0)
     stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
     assert detector.states[5] == "overfitting", detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
@@ -220,20 +223,20 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
     def learning(epoch):  # the same objective, healthy loss curves
         return {**_overfits_while_accuracy_creeps(epoch), "loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch}
 
-    detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+    detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0)
     assert replay(detector, learning, search_best=-0.64) == 11 + 4, "its pace over `objective_patience` epochs"
     assert "overfitting" not in detector.states
 
 
 def test_the_leading_trial_is_never_ended_for_overfitting():
     for search_best in (None, -0.6):  # the first trial; a trial ahead of the others
-        detector = pruning_detector(objective="val_accuracy", objective_patience=4, patience=2, smoothing=0.0)
+        detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0)
         assert replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
         assert detector.state == "overfitting"
 
 
 def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
-    detector = pruning_detector(objective="val_accuracy", objective_patience=5, patience=2)
+    detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=5, patience=2)
 
     def slow(epoch):  # healthy and improving, by 0.001 an epoch
         return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.001 * epoch}
@@ -245,7 +248,7 @@ def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
     # Within reach at that pace: trains on.
     assert replay(detector, slow, search_best=-0.52) is None
     # Watching only: nothing ends a trial.
-    watcher = pruning_detector(prune_on=(), objective="val_accuracy", objective_patience=5, patience=2)
+    watcher = pruning_detector(prune_on=(), objective=VAL_ACCURACY, objective_patience=5, patience=2)
     assert replay(watcher, slow, search_best=-0.9) is None
 
 

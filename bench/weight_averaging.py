@@ -1,0 +1,175 @@
+"""Weight averaging with and without batch norm statistics of its own, on digits.
+
+The CNN of `bench/precise_batch_norm.py` (two Conv-BN-ReLU blocks with Keras's
+`BatchNormalization` at momentum 0.99, a dense head), Adam 1e-2, trained on 300
+digits (10 steps per epoch) for `--epochs` epochs and validated every epoch on
+500 others; test accuracy and NLL on the remaining 997, per seed:
+
+- last epoch: the raw weights with their moving statistics (Keras's default);
+- last epoch, re-estimated: the same weights, statistics re-estimated
+  (`adapt_batchnorm` on the training inputs), to tell weights from statistics;
+- Keras EMA: `use_ema=True` (ema_momentum 0.99, Keras's default) and
+  `SwapEMAWeights`: the average with the raw weights' moving statistics;
+- Keras EMA, re-estimated: the same averaged weights, statistics re-estimated;
+- kreg EMA without re-estimation: `WeightAveraging("ema")`'s averaged weights
+  with the raw weights' moving statistics (what it would give without its pass);
+- kreg EMA: `WeightAveraging("ema")` (momentum 0.999, timm's warmup), re-estimated;
+- kreg SWA: `WeightAveraging("swa")` from 75% of the epochs, re-estimated.
+
+Cost: seconds per epoch (train + validate) of a plain fit and of fits with
+`WeightAveraging` re-estimating every epoch, runs interleaved, median over
+epochs 2..N of every round.
+
+    python bench/weight_averaging.py                       # 3 seeds, 15 epochs
+    python bench/weight_averaging.py --seeds 0 1 2 --epochs 15 --rounds 3
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kreg  # noqa: E402
+from kreg.callbacks import WeightAveraging  # noqa: E402
+from kreg.demo.cnn_training import digit_data  # noqa: E402
+
+BATCH_SIZE = 32
+
+
+def cnn(use_ema=False):
+    inputs = keras.Input((8, 8, 1))
+    x = inputs
+    for filters in (32, 64):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)  # momentum 0.99, Keras's default
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile(keras.optimizers.Adam(1e-2, use_ema=use_ema), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def statistics_of(model):
+    return [v.numpy().copy() for layer in kreg.model_graph.batch_norm_layers(model) for v in layer.non_trainable_weights]
+
+
+class RawStatistics(keras.callbacks.Callback):
+    """The raw weights' moving statistics after the last training step (placed
+    before WeightAveraging, whose swap comes at validation)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values = statistics_of(self.model)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def test_scores(model, data):
+    result = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
+    return result["accuracy"], result["loss"]
+
+
+def reestimated_copy(model, data):
+    twin = cnn()
+    twin.set_weights(model.get_weights())
+    kreg.adapt_batchnorm(twin, data.x_train, batch_size=300, verbose=0)
+    return twin
+
+
+def with_statistics(model, values):
+    twin = cnn()
+    twin.set_weights(model.get_weights())
+    for variable, value in zip([v for layer in kreg.model_graph.batch_norm_layers(twin) for v in layer.non_trainable_weights], values):
+        variable.assign(value)
+    return twin
+
+
+def fit(data, seed, epochs, callbacks, use_ema=False):
+    keras.utils.set_random_seed(seed)
+    model = cnn(use_ema=use_ema)
+    model.fit(
+        data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+        batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=callbacks,
+    )  # fmt: skip
+    return model
+
+
+def averaging(method, data):
+    return WeightAveraging(method, bn_data=data.x_train, bn_batch_size=300)
+
+
+def scores_for_seed(data, seed, epochs):
+    rows = {}
+    plain = fit(data, seed, epochs, [])
+    rows["last epoch"] = test_scores(plain, data)
+    rows["last epoch, re-estimated"] = test_scores(reestimated_copy(plain, data), data)
+    # Validation swaps the optimizer's EMA in; at the end of fit Keras assigns it
+    # to the model (`finalize_variable_values`), moving statistics unchanged.
+    keras_ema = fit(data, seed, epochs, [keras.callbacks.SwapEMAWeights()], use_ema=True)
+    rows["Keras EMA + SwapEMAWeights"] = test_scores(keras_ema, data)
+    rows["Keras EMA, re-estimated"] = test_scores(reestimated_copy(keras_ema, data), data)
+    raw = RawStatistics()
+    kreg_ema = fit(data, seed, epochs, [raw, averaging("ema", data)])
+    rows["kreg EMA without re-estimation"] = test_scores(with_statistics(kreg_ema, raw.values), data)
+    rows["kreg EMA (re-estimated)"] = test_scores(kreg_ema, data)
+    kreg_swa = fit(data, seed, epochs, [averaging("swa", data)])
+    rows["kreg SWA (re-estimated)"] = test_scores(kreg_swa, data)
+    return rows
+
+
+def cost(data, epochs, rounds):
+    variants = [("plain fit", lambda: []), ("kreg EMA", lambda: [averaging("ema", data)]),
+                ("kreg SWA", lambda: [averaging("swa", data)])]  # fmt: skip
+    seconds = {label: [] for label, _ in variants}
+    for round_ in range(rounds):
+        for label, callbacks in variants:
+            timer = EpochTimer()
+            fit(data, round_, epochs, callbacks() + [timer])
+            seconds[label].extend(timer.seconds[1:])  # the first epoch traces
+    base = statistics.median(seconds["plain fit"])
+    print(f"\nSeconds per epoch (train + validate), median of {rounds} x {epochs - 1} epochs, runs interleaved")
+    for label, values in seconds.items():
+        median = statistics.median(values)
+        print(f"  {label}: {median * 1000:.1f} ms/epoch, {median / base:.3f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    data = digit_data()
+    table = {}
+    for seed in args.seeds:
+        print(f"seed {seed} ...", flush=True)
+        for label, scores in scores_for_seed(data, seed, args.epochs).items():
+            table.setdefault(label, []).append(scores)
+    print(f"\nTest accuracy / NLL on {len(data.y_test)} digits, {args.epochs} epochs, seeds {args.seeds}")
+    print("| | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+    print("| --- |" + " --- |" * (len(args.seeds) + 1))
+    for label, scores in table.items():
+        cells = [f"{a:.3f} / {nll:.3f}" for a, nll in scores]
+        mean = np.mean(scores, axis=0)
+        print(f"| {label} | " + " | ".join(cells) + f" | {mean[0]:.3f} / {mean[1]:.3f} |")
+    cost(data, args.epochs, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,478 @@
+"""WeightAveraging: EMA or SWA of the weights, validated with batch norm statistics of their own."""
+
+import contextlib
+import numbers
+import types
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from kreg import _keras_compat
+from kreg._validation import check_at_least
+from kreg._validation import check_choice
+from kreg._validation import check_positive
+from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
+from kreg.callbacks.weight_average import WeightAverage
+from kreg.callbacks.weight_average import annealed_learning_rate
+from kreg.callbacks.weight_average import ema_decay
+from kreg.model_graph import batch_norm_layers
+
+METHODS = ("ema", "swa")
+ANNEALING_STRATEGIES = ("cos", "linear")
+# Lightning's `StochasticWeightAveraging` starts at 80% of the epochs and the
+# SWA paper at 75% (Izmailov et al., 2018, section 4: the last quarter of the budget).
+DEFAULT_SWA_START = 0.75
+
+
+def _numpy(values):
+    return [np.array(ops.convert_to_numpy(value), copy=True) for value in values]
+
+
+@keras.saving.register_keras_serializable(package="kreg")
+class WeightAveraging(keras.callbacks.Callback):
+    """Averages the weights during `fit` (EMA or SWA) and validates the average.
+
+    The average of the weights along the end of training generalizes better
+    than the last weights, but its batch norms need statistics of their own: the
+    moving statistics belong to the raw weights (Keras's `use_ema=True` with
+    `SwapEMAWeights` evaluates the average with them). Before each validation
+    (every `every_n_epochs` epochs) this callback swaps the averaged weights into
+    the model and re-estimates every batch norm's statistics for them in one
+    exact pass over `bn_data` (the estimate of `kreg.adapt_batchnorm` and
+    `PreciseBatchNorm`), so `val_*` in the logs, and every callback after this
+    one in the list, see the averaged model. The raw weights and their
+    statistics come back at the start of the next epoch, and training goes on
+    from them. At the end of `fit` the averaged model, with its statistics,
+    stays in the model.
+
+    Placed before `EarlyStoppingWithCheckpoint` in the callbacks list, the best
+    epoch is judged, and saved, on the averaged model with its statistics.
+
+    Methods:
+        - `"ema"`: an exponential moving average, updated after every training
+          batch (once per execution with `steps_per_execution`), with the decay
+          warmup of timm's `ModelEmaV3`: the `n`-th update uses the decay
+          `min(momentum, 1 - n ** -warmup_power)`, so the first steps' random
+          weights fade quickly.
+        - `"swa"`: the equal mean of the weights at the end of each epoch from
+          `start_epoch` on (stochastic weight averaging), as PyTorch's
+          `AveragedModel`; optionally with the learning rate annealed to
+          `swa_learning_rate` from `start_epoch`, as `SWALR`. Before
+          `start_epoch` validation sees the raw model.
+
+    Only trainable weights are averaged; batch norm statistics are re-estimated
+    rather than averaged, and batch norms with `trainable=False` are left alone.
+    Under a `tf.distribute` strategy the statistics are those of all replicas'
+    samples together. A model without batch norm is averaged all the same (the
+    re-estimation is reported as skipped, once).
+
+    If an error stops `fit` during a validation, the model holds the average;
+    the next `fit` with this callback puts the raw weights back first.
+    `get_state()` and `set_state(state)` carry the average across processes for
+    an exact resume.
+
+    Args:
+        method: `"ema"` (default) or `"swa"`.
+        bn_data: The samples to re-estimate batch norm statistics from, as
+            `model.predict` takes them: usually the training inputs `x` (an array
+            or a structure of arrays), a `tf.data.Dataset` or a
+            `keras.utils.PyDataset` (targets in it are ignored). Required when the
+            model has a trainable batch norm: Keras does not show callbacks the
+            data of `fit`. Checked at construction (one batch is drawn) and at
+            the start of `fit` (the model must accept that batch). Not part of
+            `get_config`.
+        momentum: For `"ema"`: the largest decay, in (0, 1). Defaults to 0.999.
+        warmup_power: For `"ema"`: the power of the decay warmup, a positive
+            float, or `None` for none (every update but the first uses
+            `momentum`). Defaults to 2/3, as timm's.
+        start_epoch: For `"swa"`: the first epoch (0-based) whose weights enter
+            the average, an integer, or a float in (0, 1) for a fraction of the
+            epochs of `fit`. Defaults to 0.75. Must fall before the last epoch.
+        swa_learning_rate: For `"swa"`: optional learning rate to anneal to from
+            `start_epoch`; the optimizer's learning rate must then be a float,
+            not a schedule. It is restored at the end of `fit`.
+        annealing_epochs: For `"swa"`: epochs to reach `swa_learning_rate`.
+            Epoch `start_epoch + k` trains with the rate `SWALR` gives after
+            `k + 1` steps. Defaults to 1 (reached at `start_epoch`).
+        annealing_strategy: `"cos"` (default) or `"linear"`.
+        every_n_epochs: Positive integer: validate the average (and re-estimate)
+            at every `every_n_epochs`-th epoch; other epochs validate the raw
+            model. Defaults to 1.
+        bn_steps: Optional number of batches of `bn_data` per re-estimation, as
+            `PreciseBatchNorm`'s `steps`. Defaults to all of it.
+        bn_batch_size: Batch size for array `bn_data`. Defaults to 32.
+        raw_validation_data: Optional `(x, y)` tuple or dataset: the raw model is
+            also evaluated on it whenever the average is, and its metrics are
+            logged as `raw_val_<metric>`. Usually fit's `validation_data`. Not
+            part of `get_config`.
+        seed: Optional integer, for the random subsets of array `bn_data` when
+            `bn_steps` is set.
+        verbose: 0 (silent, default) or 1 (one line per re-estimation).
+
+    Example:
+
+    >>> from kreg.callbacks import WeightAveraging
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+    ...                           keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> averaging = WeightAveraging("swa", bn_data=x, start_epoch=1)
+    >>> _ = model.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[averaging])
+    >>> averaging.get_state()["count"]  # epochs 1 and 2 averaged; the model holds their mean
+    2
+
+    Reference:
+        - [Izmailov et al., 2018](https://arxiv.org/abs/1803.05407), Averaging
+          Weights Leads to Wider Optima and Better Generalization (SWA, with
+          the batch norm statistics recomputed for the average).
+        - [Polyak & Juditsky, 1992](https://doi.org/10.1137/0330046), averaging
+          of stochastic approximation iterates; timm's `ModelEmaV3` for the
+          decay warmup.
+        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576), precise batch
+          norm statistics.
+    """
+
+    def __init__(
+        self,
+        method="ema",
+        bn_data=None,
+        momentum=0.999,
+        warmup_power=2 / 3,
+        start_epoch=None,
+        swa_learning_rate=None,
+        annealing_epochs=1,
+        annealing_strategy="cos",
+        every_n_epochs=1,
+        bn_steps=None,
+        bn_batch_size=None,
+        raw_validation_data=None,
+        seed=None,
+        verbose=0,
+    ):
+        super().__init__()
+        self.method = check_choice("method", method, METHODS)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 < momentum < 1.0:
+            raise ValueError(
+                "Invalid value received for argument `momentum`. Expected a float in "
+                f"(0, 1). Received: momentum={momentum!r}"
+            )
+        self.momentum = float(momentum)
+        self.warmup_power = check_positive("warmup_power", warmup_power, optional=True)
+        if method == "ema":
+            for name, value in (("start_epoch", start_epoch), ("swa_learning_rate", swa_learning_rate)):
+                if value is not None:
+                    raise ValueError(
+                        f"Invalid value received for argument `{name}`. It applies to "
+                        f"method='swa' only; with method='ema' expected None. Received: {name}={value!r}"
+                    )
+        self.start_epoch = _check_start_epoch(DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch)
+        self.swa_learning_rate = check_positive("swa_learning_rate", swa_learning_rate, optional=True)
+        self.annealing_epochs = check_at_least("annealing_epochs", annealing_epochs, integer=True, minimum=1)
+        self.annealing_strategy = check_choice("annealing_strategy", annealing_strategy, ANNEALING_STRATEGIES)
+        self.every_n_epochs = check_at_least("every_n_epochs", every_n_epochs, integer=True, minimum=1)
+        self.bn_data = bn_data
+        self.bn_steps = bn_steps
+        self.bn_batch_size = bn_batch_size
+        self.raw_validation_data = raw_validation_data
+        self.seed = seed
+        self.verbose = check_at_least("verbose", verbose, integer=True)
+        # The re-estimation is PreciseBatchNorm's; it also checks bn_steps,
+        # bn_batch_size and that bn_data yields something.
+        self._estimator = None
+        self._first_batch = None
+        if bn_data is not None:
+            if isinstance(bn_data, types.GeneratorType):
+                raise ValueError(
+                    "Invalid value received for argument `bn_data`. A generator can be read "
+                    "once, and the statistics are re-estimated at every validation: pass "
+                    "arrays, a tf.data.Dataset or a keras.utils.PyDataset. "
+                    f"Received: bn_data={bn_data!r}"
+                )
+            self._estimator = PreciseBatchNorm(bn_data, steps=bn_steps, batch_size=bn_batch_size, seed=seed)
+            self._first_batch = _first_batch(bn_data, bn_batch_size)
+        self._average = WeightAverage()
+        self._state_given = False
+        self._raw_to_restore = None
+        self._raw_in_waiting = None  # the raw weights after fit, for get_state
+        self._swapped = None  # (raw weights, raw statistics) while the average is in the model
+        self._statistics_key = None  # the average the cached statistics belong to
+        self._average_statistics = None
+        self._told_no_batch_norm = False
+        self._in_fit = False
+        self._epoch = self._closed_epoch = None
+
+    # -- the average's state, for an exact resume --------------------------------
+
+    def get_state(self):
+        """What a resumed `fit` needs to continue exactly, as NumPy arrays.
+
+        `{"count": updates so far, "values": the average, "raw": the raw weights}`,
+        in the order of `model.trainable_variables`. `"raw"` is set while the
+        model holds the average (after `fit`, or after an epoch that validated
+        it); otherwise it is `None` and the model holds the raw weights.
+        """
+        held = self._swapped if self._swapped is not None else self._raw_in_waiting
+        raw = None if held is None else [w.copy() for w in held[0]]
+        return {**self._average.state(), "raw": raw}
+
+    def set_state(self, state):
+        """Restores a `get_state()`: the next `fit` puts the raw weights back in the
+        model (if the state has them) and continues the average."""
+        self._average.set_state(state)
+        self._raw_to_restore = state.get("raw")
+        self._statistics_key = None
+        self._state_given = True
+
+    # -- fit hooks ---------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if self._swapped is not None:  # a previous fit stopped by an error mid-validation
+            self._swap_out()
+        self._refuse_a_second_averaging()
+        if self._state_given:
+            for variable, value in zip(self.model.trainable_variables, self._raw_to_restore or []):
+                variable.assign(value)
+        else:
+            self._average = WeightAverage()
+            self._statistics_key = None
+        self._state_given, self._raw_to_restore, self._raw_in_waiting = False, None, None
+        self._start = self._resolve_start_epoch()
+        self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
+        self._check_bn_data()
+        self._learning_rate_at_begin = self._swa_learning_rate_check()
+        self._swa_start_rate = None
+        self._in_fit = True
+        self._epoch = self._closed_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._swapped is not None:
+            self._swap_out()
+        self._epoch, self._closed_epoch = epoch, None
+        if self.method == "swa" and self.swa_learning_rate is not None and epoch >= self._start:
+            if self._swa_start_rate is None:
+                self._swa_start_rate = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            self.model.optimizer.learning_rate = annealed_learning_rate(
+                self._swa_start_rate, self.swa_learning_rate, epoch - self._start + 1,
+                self.annealing_epochs, self.annealing_strategy,
+            )  # fmt: skip
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.method == "ema":
+            decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
+            self._average.update_ema(_numpy(_keras_compat.trainable_values_in_fit(self.model)), decay)
+
+    def on_test_begin(self, logs=None):
+        # `fit` runs its validation (starting here) before `on_epoch_end`.
+        if self._in_fit and self._epoch is not None and self._closed_epoch != self._epoch:
+            self._close_epoch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._closed_epoch != epoch:
+            self._close_epoch()
+        if self.raw_validation_data is not None and self._swapped is not None and logs is not None:
+            with self._raw_weights_in_model():
+                results = _evaluate(self.model, self.raw_validation_data)
+            logs.update({f"raw_val_{name}": value for name, value in results.items()})
+
+    def on_train_end(self, logs=None):
+        try:
+            if self._average.values is not None and self._swapped is None:
+                self._swap_in()
+            if self._average.values is None:
+                _keras_compat.print_msg(
+                    f"WeightAveraging: no weights were averaged (SWA starts at epoch {self._start + 1}): "
+                    "the model keeps its last weights."
+                )
+            self._raw_in_waiting, self._swapped = self._swapped, None  # the average stays in the model
+        finally:
+            if self._learning_rate_at_begin is not None:
+                self.model.optimizer.learning_rate = self._learning_rate_at_begin
+            self._in_fit = False
+            object.__setattr__(self.model, "_kreg_weight_averaging", None)
+
+    # -- the swaps ---------------------------------------------------------------
+
+    def _close_epoch(self):
+        """The epoch's training is over: SWA takes its weights, then the average
+        goes into the model if this epoch validates it."""
+        self._closed_epoch = self._epoch
+        if self.method == "swa" and self._epoch >= self._start:
+            self._average.update_mean(_numpy(self.model.trainable_variables))
+        if (self._epoch + 1) % self.every_n_epochs == 0 and self._average.values is not None:
+            self._swap_in()
+
+    def _statistics_variables(self):
+        return [variable for layer in self._layers for variable in layer.non_trainable_weights]
+
+    def _swap_in(self):
+        raw = (_numpy(self.model.trainable_variables), _numpy(self._statistics_variables()))
+        try:
+            for variable, value in zip(self.model.trainable_variables, self._average.values):
+                variable.assign(value)
+            self._statistics_for_average()
+        except BaseException:
+            self._assign(raw)
+            raise
+        self._swapped = raw
+
+    def _statistics_for_average(self):
+        key = (id(self._average.values), self._average.count)
+        if not self._layers:
+            if not self._told_no_batch_norm:
+                _keras_compat.print_msg(
+                    "WeightAveraging: the model has no trainable batch norm, so no statistics "
+                    "are re-estimated; the weights are averaged all the same."
+                )
+                self._told_no_batch_norm = True
+            return
+        if key == self._statistics_key:
+            for variable, value in zip(self._statistics_variables(), self._average_statistics):
+                variable.assign(value)
+            return
+        self._estimator.set_model(self.model)
+        self._estimator._epoch = self._epoch
+        self._estimator._reestimate()
+        self._average_statistics = _numpy(self._statistics_variables())
+        self._statistics_key = key
+        if self.verbose:
+            _keras_compat.print_msg(
+                f"WeightAveraging: {self.method.upper()} of {self._average.count} update(s) in the model, "
+                f"{len(self._layers)} batch norm(s) re-estimated"
+            )
+
+    def _swap_out(self):
+        raw, self._swapped = self._swapped, None
+        self._assign(raw)
+
+    def _assign(self, raw):
+        weights, statistics = raw
+        for variable, value in zip(self.model.trainable_variables, weights):
+            variable.assign(value)
+        for variable, value in zip(self._statistics_variables(), statistics):
+            variable.assign(value)
+
+    @contextlib.contextmanager
+    def _raw_weights_in_model(self):
+        self._swap_out()
+        try:
+            yield
+        finally:
+            self._swap_in()
+
+    # -- checks at the start of fit ---------------------------------------------
+
+    def _refuse_a_second_averaging(self):
+        marker = getattr(self.model, "_kreg_weight_averaging", None)
+        other = marker() if marker is not None else None
+        # Callbacks of one `fit` share its `params` dict; a marker left by a fit
+        # an error stopped belongs to another.
+        if other is not None and other is not self and other._in_fit and other.params is self.params:
+            raise ValueError(
+                "Two WeightAveraging callbacks in one fit: each would swap its own average "
+                "into the model before the other's validation. Pass one."
+            )
+        object.__setattr__(self.model, "_kreg_weight_averaging", weakref.ref(self))
+
+    def _resolve_start_epoch(self):
+        if self.method == "ema":
+            return 0
+        epochs = self.params.get("epochs") if self.params else None
+        start = self.start_epoch
+        if isinstance(start, float):
+            if epochs is None:
+                raise ValueError("WeightAveraging: start_epoch is a fraction, but fit did not say its epochs.")
+            start = min(int(round(start * epochs)), epochs - 1)
+        if epochs is not None and start >= epochs:
+            raise ValueError(
+                "Invalid value received for argument `start_epoch`. Expected an epoch of this "
+                f"fit, below epochs={epochs}, so that SWA averages something. "
+                f"Received: start_epoch={self.start_epoch}"
+            )
+        return start
+
+    def _check_bn_data(self):
+        if not self._layers:
+            return
+        if self.bn_data is None:
+            raise ValueError(
+                "Invalid value received for argument `bn_data`. The model has "
+                f"{len(self._layers)} trainable batch norm(s), whose statistics must be "
+                "re-estimated for the averaged weights: pass the training inputs (`x` of "
+                "fit) as bn_data. Received: bn_data=None"
+            )
+        try:
+            self.model(self._first_batch, training=False)
+        except Exception as error:
+            raise ValueError(
+                "Invalid value received for argument `bn_data`. The model refused its first "
+                f"batch ({type(error).__name__}: {error}). Pass inputs the model's predict takes."
+            ) from error
+
+    def _swa_learning_rate_check(self):
+        """The learning rate to restore at the end of fit; refuses a schedule."""
+        if self.swa_learning_rate is None:
+            return None
+        rate = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        try:
+            self.model.optimizer.learning_rate = rate
+        except TypeError as error:  # a LearningRateSchedule cannot be assigned over
+            raise ValueError(
+                "Invalid value received for argument `swa_learning_rate`. The optimizer's "
+                "learning rate is a schedule, which SWA's annealing cannot take over: "
+                "compile with a float learning rate, or pass swa_learning_rate=None."
+            ) from error
+        return rate
+
+    def get_config(self):
+        return {
+            "method": self.method,
+            "momentum": self.momentum,
+            "warmup_power": self.warmup_power,
+            "start_epoch": self.start_epoch if self.method == "swa" else None,
+            "swa_learning_rate": self.swa_learning_rate,
+            "annealing_epochs": self.annealing_epochs,
+            "annealing_strategy": self.annealing_strategy,
+            "every_n_epochs": self.every_n_epochs,
+            "bn_steps": self.bn_steps,
+            "bn_batch_size": self.bn_batch_size,
+            "seed": self.seed,
+            "verbose": self.verbose,
+        }
+
+    def __deepcopy__(self, memo):
+        # keras-tuner gives each trial a deep copy of the search's callbacks: the
+        # copy shares the data (a dataset cannot be copied, an array need not be).
+        return type(self)(bn_data=self.bn_data, raw_validation_data=self.raw_validation_data, **self.get_config())
+
+
+def _check_start_epoch(value):
+    if value is None:
+        return None
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(
+        "Invalid value received for argument `start_epoch`. Expected an integer >= 0 (an "
+        f"epoch) or a float in (0, 1) (a fraction of the epochs). Received: start_epoch={value!r}"
+    )
+
+
+def _first_batch(data, batch_size):
+    try:
+        return next(iter(_keras_compat.numpy_batches(data, batch_size=batch_size, steps=1)))
+    except Exception as error:
+        raise ValueError(
+            "Invalid value received for argument `bn_data`. Expected inputs `predict` "
+            f"takes (arrays, a tf.data.Dataset, a PyDataset); drawing one batch failed "
+            f"({type(error).__name__}: {error}). Received: bn_data of type {type(data).__name__}"
+        ) from error
+
+
+def _evaluate(model, data):
+    if isinstance(data, tuple):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return model.evaluate(x, y, sample_weight=sample_weight, verbose=0, return_dict=True)
+    return model.evaluate(data, verbose=0, return_dict=True)

@@ -1,0 +1,113 @@
+"""RoTTA's category-balanced memory bank with timeliness and uncertainty (CSTU).
+
+A stream that is not shuffled (class-sorted, label-shifted) brings one or two
+classes for a long time: statistics or gradients taken from the current batch
+alone learn that the world holds those classes only. The bank keeps a sample of
+the stream balanced over the predicted classes instead (Yuan et al., 2023,
+`CSTU` in their reference code, github.com/BIT-DA/RoTTA `core/utils/memory.py`):
+
+- `fill="rotta"` (RoTTA's CSTU): a class holds at most `capacity / classes`
+  samples, from the start; a new sample of a class below its share replaces a
+  sample of the classes that hold the most once the bank is full; one of a
+  class at its share replaces one of its own;
+- `fill="note"` (NOTE's prediction-balanced reservoir, Gong et al., 2022): the
+  bank fills with whatever comes; once full, a sample of a class that does not
+  hold the most replaces one of the classes that do, and one of those classes
+  replaces one of its own. A model whose predictions a shift has collapsed to
+  one class still gets a full bank to adapt from (RoTTA's bank then holds
+  `capacity / classes` samples);
+- the sample replaced is the one with the highest score,
+  `1 / (1 + exp(-age / capacity)) + entropy / ln C` (old and uncertain first),
+  and only if that score is higher than the new sample's;
+- every sample ages by one per sample added.
+
+Everything is NumPy, outside the model: adding a sample costs no forward pass.
+"""
+
+import math
+
+import numpy as np
+
+
+def timeliness_weights(ages):
+    """RoTTA's time-aware reweighting, `exp(-age) / (1 + exp(-age))`: the newest
+    samples count most (1/2 at age 0), and old ones fade."""
+    ages = np.asarray(ages, np.float64)
+    return np.exp(-ages) / (1.0 + np.exp(-ages))
+
+
+class MemoryBank:
+    """A class-balanced sample of a stream, `capacity` samples at most.
+
+    Args:
+        capacity: The number of samples held.
+        classes: The number of classes the model predicts.
+        fill: `"rotta"` or `"note"`, how the bank fills (see the module).
+    """
+
+    def __init__(self, capacity, classes, fill="rotta"):
+        self.capacity = capacity
+        self.classes = classes
+        self.fill = fill
+        self.per_class = capacity / classes
+        self.reset()
+
+    def reset(self):
+        # One list per class of [sample, entropy, age].
+        self.items = [[] for _ in range(self.classes)]
+
+    def state(self):
+        return [[list(item) for item in items] for items in self.items]
+
+    def set_state(self, state):
+        self.items = [[list(item) for item in items] for items in state]
+
+    def __len__(self):
+        return sum(len(items) for items in self.items)
+
+    def _score(self, age, entropy):
+        return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / math.log(max(self.classes, 2))
+
+    def add(self, samples, predicted, entropies):
+        """Adds each sample (a structure of arrays without the batch axis) with its
+        predicted class and entropy, in order."""
+        for sample, label, entropy in zip(samples, predicted, entropies):
+            if self._make_room(int(label), self._score(0, float(entropy))):
+                self.items[int(label)].append([sample, float(entropy), 0])
+            for items in self.items:
+                for item in items:
+                    item[2] += 1
+
+    def _make_room(self, label, new_score):
+        if self.fill == "note":
+            if len(self) < self.capacity:
+                return True
+            most = max(len(items) for items in self.items)
+            if len(self.items[label]) < most:
+                return self._remove_worst([c for c, items in enumerate(self.items) if len(items) == most], new_score)
+            return self._remove_worst([label], new_score)
+        if len(self.items[label]) < self.per_class:
+            if len(self) < self.capacity:
+                return True
+            most = max(len(items) for items in self.items)
+            return self._remove_worst([c for c, items in enumerate(self.items) if len(items) == most], new_score)
+        return self._remove_worst([label], new_score)
+
+    def _remove_worst(self, classes, new_score):
+        worst = None
+        for label in classes:
+            for index, (_, entropy, age) in enumerate(self.items[label]):
+                score = self._score(age, entropy)
+                if worst is None or score >= worst[0]:
+                    worst = (score, label, index)
+        if worst is None:
+            return True
+        if worst[0] <= new_score:
+            return False
+        del self.items[worst[1]][worst[2]]
+        return True
+
+    def contents(self):
+        """`(samples, ages)`: the samples held, in class order, and their ages."""
+        held = [item for items in self.items for item in items]
+        return [item[0] for item in held], np.array([item[2] for item in held], np.float64)

@@ -1,0 +1,142 @@
+"""The `"robust"` method of `OnlineAdapter`: adaptation that a stream's order cannot bend.
+
+Built from the methods published for streams that are not shuffled, reading
+their reference code:
+
+- **RoTTA** (Yuan et al., CVPR 2023; github.com/BIT-DA/RoTTA). Taken: the robust
+  batch norm (the model always predicts with global statistics, which follow
+  the statistics of class-balanced batches by an exponential average,
+  `alpha = 0.05` per update; the current batch's own statistics never normalize
+  it, so a batch of one class, or of one sample, cannot erase the class
+  signal); the category-balanced memory bank with timeliness and uncertainty
+  (`memory_bank.py`), an update every `memory_size` samples from the bank only;
+  and the time-aware reweighting of the bank's samples,
+  `exp(-age) / (1 + exp(-age))`. Changed: the bank's statistics are taken with
+  the model normalizing as it predicts (RoTTA's pass mixes in the bank's own
+  statistics at every layer), and the first updates move by `1/2, 1/3...` of a
+  full bank before `alpha` (a running average's warm start), so that a
+  stationary shift is followed within a few updates rather than sixty.
+  Not taken: the teacher-student pair with strong
+  augmentations and a consistency loss: augmentations are data-specific, and
+  the teacher doubles the model's memory and its inference cost.
+- **EATA / SAR** (Niu et al., 2022, 2023). Taken: the entropy loss on reliable
+  samples only (entropy below `entropy_factor * ln C`), weighted by confidence,
+  and SAR's reset to the source state when the filtered entropy collapses.
+  Not taken: EATA's redundancy filter (the bank is class-balanced already).
+- **NOTE** (Gong et al., NeurIPS 2022). Its prediction-balanced reservoir
+  sampling serves the same end as RoTTA's bank, which adds timeliness; its
+  instance-aware batch norm needs the layers replaced in the model, which
+  kreg's adapter does not do to a user's model. Not taken.
+- **DELTA** (Zhao et al., ICLR 2023). Its test-time batch renormalization
+  normalizes with the batch's statistics corrected towards the moving ones;
+  the robust batch norm normalizes with moving statistics alone, which is the
+  limit of that correction and needs no batch at all (batch size 1 works). Its
+  dynamic online reweighting against class bias is what the class-balanced
+  bank does at the sample level. Not taken separately.
+
+The entropy step is off unless `learning_rate` is given (a default chosen on
+the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kreg.adapt.eata import AffineStepper
+from kreg.adapt.eata import SampleSelection
+from kreg.adapt.eata import entropy_of
+from kreg.adapt.entropy import class_probabilities
+from kreg.adapt.memory_bank import MemoryBank
+from kreg.adapt.memory_bank import timeliness_weights
+from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import collect_statistics
+from kreg.layers.batch_statistics import combine_statistics
+
+
+def _rows(x):
+    """The samples of a batch (a structure of arrays), one structure per sample."""
+    leaves = keras.tree.flatten(x)
+    return [keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))]
+
+
+def _stack(samples):
+    return keras.tree.map_structure(lambda *rows: np.stack(rows), *samples)
+
+
+class RobustAdaptation:
+    """The running state of the `"robust"` method for one model (see the module)."""
+
+    def __init__(
+        self, model, layers, memory_size, statistics_momentum, learning_rate, from_logits, selection, memory_fill
+    ):
+        self.model, self.layers = model, layers
+        self.memory_size = memory_size
+        self.momentum = statistics_momentum
+        self.from_logits = from_logits
+        self.selection = selection
+        classes = int(keras.tree.flatten(model.outputs)[0].shape[-1]) if hasattr(model, "outputs") else None
+        self.bank = MemoryBank(memory_size, max(classes or 2, 2), memory_fill)
+        self.stepper = None
+        if learning_rate:
+            self.stepper = AffineStepper(
+                model, layers, learning_rate, from_logits, "robust", stored_weight=1.0
+            )
+        self.reset()
+
+    def reset(self):
+        self.selection.reset()
+        self.bank.reset()
+        self.since_update = 0
+        self.updates = 0
+
+    def state(self):
+        optimizer = self.stepper.optimizer_state() if self.stepper is not None else None
+        return (self.bank.state(), self.since_update, self.updates, optimizer, self.selection.state())
+
+    def set_state(self, state):
+        bank, self.since_update, self.updates, optimizer, selection = state
+        self.bank.set_state(bank)
+        self.selection.set_state(selection)
+        if optimizer is not None:
+            self.stepper.set_optimizer_state(optimizer)
+
+    def predict_and_adapt(self, x):
+        """The model's predictions on `x` with its statistics as they are; then `x`
+        goes into the bank, and every `memory_size` samples the model learns from
+        the bank. Returns `(outputs, collapsed)`."""
+        outputs = self.model.predict_on_batch(x)
+        probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
+        self.bank.add(_rows(x), probabilities.argmax(-1), entropy_of(probabilities))
+        self.since_update += len(probabilities)
+        collapsed = False
+        if self.since_update >= self.memory_size:
+            self.since_update = 0
+            collapsed = self._update_from_bank()
+        return outputs, collapsed
+
+    def _update_from_bank(self):
+        samples, ages = self.bank.contents()
+        x = _stack(samples)
+        options = dict(steps=None, batch_size=len(samples), verbose=0)
+        # The pass normalizes with the global statistics, as the model predicts:
+        # each layer's bank statistics are those of the inputs it meets at
+        # inference, and a bank of few classes distorts no layer but its own.
+        statistics, _ = collect_statistics(self.model, self.layers, x, options, need_variance=False, stored_weight=1.0)
+        # A warm start: the first updates weigh the bank as a running average
+        # would (1/2, 1/3... of a full bank), down to `statistics_momentum`
+        # (RoTTA's alpha), so a stationary shift is followed within a few
+        # updates; a bank still filling (a class-sorted start) moves them less.
+        alpha = max(self.momentum, len(samples) / self.memory_size / (self.updates + 2))
+        for layer, (mean, variance, count) in zip(self.layers, statistics):
+            if count > 1:
+                stored = tuple(ops.convert_to_numpy(v).astype("float64") for v in (layer.moving_mean, layer.moving_variance))
+                assign_statistics(layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)))
+        self.updates += 1
+        if self.stepper is None:
+            return False
+        _, probabilities = self.stepper.predict(x)
+        weights, entropy = self.selection.weights(probabilities)
+        weights = (weights * timeliness_weights(ages)).astype("float32")
+        if weights.any():
+            self.stepper.step(x, weights)
+        return self.selection.collapsed(weights, entropy)

@@ -1,0 +1,233 @@
+"""WeightAveraging: EMA or SWA of the weights, validated with statistics of their own."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kreg
+from kreg.callbacks import WeightAveraging
+from kreg._keras_compat import trainable_values_in_fit
+from kreg.callbacks.weight_average import ema_decay
+
+
+def _numpy(values):
+    return [ops.convert_to_numpy(v).copy() for v in values]
+
+
+def _cnn(batch_norm=True):
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(4, 3, use_bias=not batch_norm)(inputs)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(1.0, 2.0, (n, 6, 6, 1)).astype("float32"), rng.integers(0, 3, n)
+
+
+class _Recorder(keras.callbacks.Callback):
+    """The raw weights after each training batch (`"batch"`, placed before
+    WeightAveraging: validation swaps the average in before `on_epoch_end`), or
+    at each epoch's start (`"begin"`, placed after it)."""
+
+    def __init__(self, hook):
+        super().__init__()
+        self.hook, self.weights = hook, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.hook == "batch":
+            self.weights.append(_numpy(trainable_values_in_fit(self.model)))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.hook == "begin":
+            self.weights.append(_numpy(self.model.trainable_variables))
+
+
+def _fit(averaging, epochs=4, validation=True, model=None):
+    """One batch per epoch, so that the raw weights at each epoch's end are
+    every weight the EMA saw."""
+    x, y = _data()
+    model = model or _cnn()
+    before, after = _Recorder("batch"), _Recorder("begin")
+    history = model.fit(
+        x, y, batch_size=len(x), epochs=epochs, verbose=0, validation_data=(x[:16], y[:16]) if validation else None,
+        callbacks=[before, averaging, after],
+    )  # fmt: skip
+    return model, history.history, before.weights, after.weights
+
+
+def _reestimated(model, x):
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    kreg.adapt_batchnorm(twin, x, verbose=0)
+    return _numpy([twin.get_layer("bn").moving_mean, twin.get_layer("bn").moving_variance])
+
+
+def test_ema_with_warmup_stays_in_the_model_with_its_own_statistics():
+    x, _ = _data()
+    model, history, raw, _ = _fit(WeightAveraging("ema", bn_data=x, momentum=0.9))
+    expected = [w.copy() for w in raw[0]]
+    for step, weights in enumerate(raw[1:], start=2):
+        decay = min(0.9, 1 - (1 + (step - 1)) ** (-2 / 3))
+        expected = [e * decay + (1 - decay) * w for e, w in zip(expected, weights)]
+    for actual, wanted in zip(_numpy(model.trainable_variables), expected):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+    statistics = _numpy([model.get_layer("bn").moving_mean, model.get_layer("bn").moving_variance])
+    for actual, wanted in zip(statistics, _reestimated(model, x)):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+    # The last validation saw exactly the model fit leaves behind.
+    loss = model.evaluate(x[:16], _data()[1][:16], verbose=0, return_dict=True)["loss"]
+    assert history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
+
+
+def test_swa_averages_the_epochs_from_start_and_training_goes_on_from_the_raw_weights():
+    x, _ = _data()
+    model, _, raw_end, raw_begin = _fit(WeightAveraging("swa", bn_data=x, start_epoch=1), epochs=4)
+    expected = [np.mean(stack, axis=0) for stack in zip(*raw_end[1:])]
+    for actual, wanted in zip(_numpy(model.trainable_variables), expected):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+    # Each epoch starts from the raw weights the previous one ended with.
+    for ended, begun in zip(raw_end[:-1], raw_begin[1:]):
+        for a, b in zip(ended, begun):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_validation_logs_are_the_averaged_models_and_raw_ones_on_request():
+    x, y = _data()
+    averaging = WeightAveraging("swa", bn_data=x, start_epoch=0, raw_validation_data=(x[:16], y[:16]))
+    _, history, _, _ = _fit(averaging, epochs=3)
+    assert len(history["raw_val_loss"]) == 3 and len(history["val_loss"]) == 3
+    assert history["raw_val_loss"][1] != pytest.approx(history["val_loss"][1]), "the two models differ"
+
+
+def test_swa_anneals_the_learning_rate_and_restores_it():
+    x, _ = _data()
+    model = _cnn()
+    rates = []
+    watcher = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: rates.append(float(ops.convert_to_numpy(model.optimizer.learning_rate)))
+    )
+    averaging = WeightAveraging("swa", bn_data=x, start_epoch=1, swa_learning_rate=0.01, annealing_epochs=2, annealing_strategy="linear")
+    model.fit(x, _data()[1], epochs=4, batch_size=32, verbose=0, callbacks=[averaging, watcher])
+    assert rates == pytest.approx([0.1, 0.055, 0.01, 0.01])
+    assert float(ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.1)
+
+
+def test_a_model_without_batch_norm_is_averaged_and_the_skip_said_once(capsys):
+    model, _, raw, _ = _fit(WeightAveraging("swa", start_epoch=0), model=_cnn(batch_norm=False))
+    assert capsys.readouterr().out.count("no trainable batch norm") == 1
+    np.testing.assert_allclose(_numpy(model.trainable_variables)[0], np.mean([w[0] for w in raw], axis=0), rtol=1e-5)
+
+
+def test_an_error_during_reestimation_leaves_the_raw_weights():
+    x, y = _data()
+    bad = x.copy()
+    bad[3] = np.nan
+    model = _cnn()
+    raw = _Recorder("batch")
+    with pytest.raises(ValueError, match="not finite"):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[raw, WeightAveraging("ema", bn_data=bad)])
+    for actual, wanted in zip(_numpy(model.trainable_variables), raw.weights[-1]):
+        np.testing.assert_array_equal(actual, wanted)
+
+
+def test_get_and_set_state_resume_the_average_exactly():
+    x, y = _data()
+    keras.utils.set_random_seed(3)
+    straight = _cnn()
+    start = straight.get_weights()
+    one = WeightAveraging("swa", bn_data=x, start_epoch=1)
+    straight.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[one])
+
+    resumed = _cnn()
+    resumed.set_weights(start)
+    first = WeightAveraging("swa", bn_data=x, start_epoch=1)
+    resumed.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[first])
+    state = first.get_state()
+    optimizer_state = _numpy(resumed.optimizer.variables)
+    second = WeightAveraging("swa", bn_data=x, start_epoch=1)
+    second.set_state(state)
+    for variable, value in zip(resumed.optimizer.variables, optimizer_state):
+        variable.assign(value)
+    resumed.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, verbose=0, callbacks=[second])
+    assert second.get_state()["count"] == one.get_state()["count"] == 3
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
+    from kreg.callbacks import EarlyStoppingWithCheckpoint
+
+    x, y = _data()
+    model = _cnn()
+    path = str(tmp_path / "best.keras")
+    averaging = WeightAveraging("ema", bn_data=x, momentum=0.8)
+    stopper = EarlyStoppingWithCheckpoint(path, patience=10, resume=False)
+    history = model.fit(
+        x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x[:16], y[:16]), callbacks=[averaging, stopper]
+    ).history
+    saved = keras.saving.load_model(path)
+    loss = saved.evaluate(x[:16], y[:16], verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(min(history["val_loss"]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "polyak"}, "method"),
+        ({"momentum": 0.0}, "momentum"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"momentum": "0.9"}, "momentum"),
+        ({"warmup_power": -1.0}, "warmup_power"),
+        ({"method": "ema", "start_epoch": 3}, "start_epoch"),
+        ({"method": "swa", "start_epoch": 1.5}, "start_epoch"),
+        ({"method": "swa", "start_epoch": -1}, "start_epoch"),
+        ({"method": "swa", "swa_learning_rate": 0.0}, "swa_learning_rate"),
+        ({"annealing_strategy": "step"}, "annealing_strategy"),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"bn_data": np.zeros((0, 6, 6, 1), "float32")}, "no batch"),
+        ({"bn_data": (row for row in np.zeros((4, 6, 6, 1)))}, "generator"),
+        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_steps": 0}, "steps"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WeightAveraging(**kwargs)
+
+
+def test_bad_arguments_that_need_the_fit_are_refused_at_its_start():
+    x, y = _data()
+    model = _cnn()
+    for averaging, match in [
+        (WeightAveraging("swa", bn_data=x, start_epoch=3), "start_epoch"),
+        (WeightAveraging("ema", bn_data=np.zeros((4, 5), "float32")), "bn_data"),
+        (WeightAveraging("ema"), "bn_data"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, epochs=3, verbose=0, callbacks=[averaging])
+    with pytest.raises(ValueError, match="Two WeightAveraging"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[WeightAveraging(bn_data=x), WeightAveraging("swa", bn_data=x)])
+
+
+def test_ema_decay_warms_up_as_timm():
+    assert ema_decay(1, 0.999, warmup_power=2 / 3) == 0.0  # the first update copies
+    assert ema_decay(2, 0.999, warmup_power=2 / 3) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert ema_decay(10**6, 0.999, warmup_power=2 / 3) == 0.999
+    assert ema_decay(2, 0.9, warmup_power=None) == 0.9
+
+
+def test_config_and_deep_copy_keep_the_settings():
+    import copy
+
+    x, _ = _data()
+    averaging = WeightAveraging("swa", bn_data=x, start_epoch=0.5, swa_learning_rate=0.05, verbose=1)
+    clone = copy.deepcopy(averaging)
+    assert clone.get_config() == averaging.get_config() and clone.bn_data is x
+    assert WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()

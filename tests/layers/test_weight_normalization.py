@@ -1,0 +1,92 @@
+import functools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kreg
+from kreg.layers import WeightNormalization
+from layer_test_case import run_layer_test
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+@pytest.mark.parametrize(
+    "make_layer, input_shape, output_shape",
+    [
+        (lambda: keras.layers.Dense(3, activation="relu"), (4, 5), (4, 3)),
+        (lambda: keras.layers.Conv2D(4, 3, padding="same"), (2, 6, 6, 3), (2, 6, 6, 4)),
+        (lambda: keras.layers.Conv1D(2, 3, use_bias=False), (3, 8, 2), (3, 6, 2)),
+        (lambda: keras.layers.Conv2D(4, 3, data_format="channels_first"), (2, 3, 6, 6), (2, 4, 4, 4)),
+    ],
+)
+@pytest.mark.parametrize("data_init", [False, True])
+def test_layer_contract(make_layer, input_shape, output_shape, data_init, tmp_path):
+    def factory(**kwargs):
+        return WeightNormalization(make_layer(), data_init=data_init, **kwargs)
+
+    run_layer_test(
+        factory,
+        input_shape=input_shape,
+        expected_output_shape=output_shape,
+        tmp_path=tmp_path,
+        # TensorFlow's CPU kernels have no float16 NCHW convolution (Keras's own Conv2D fails alike).
+        run_mixed_precision_check=factory().layer.get_config().get("data_format") != "channels_first",
+    )
+
+
+def test_kernel_is_g_times_the_unit_direction_and_starts_as_the_plain_layer():
+    x = np.random.default_rng(0).standard_normal((4, 6, 6, 3)).astype("float32")
+    plain = keras.layers.Conv2D(5, 3, activation="tanh")
+    expected = _numpy(plain(x))
+    layer = WeightNormalization(plain)
+    np.testing.assert_allclose(_numpy(layer(x)), expected, rtol=1e-5, atol=1e-6)  # g starts at ||v||
+    layer.g.assign(np.arange(1, 6, dtype="float32"))
+    kernel = _numpy(layer.normalized_kernel()).reshape(-1, 5)
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), np.arange(1, 6), rtol=1e-5)
+    v = _numpy(plain.kernel).reshape(-1, 5)
+    np.testing.assert_allclose(kernel / np.linalg.norm(kernel, axis=0), v / np.linalg.norm(v, axis=0), rtol=1e-5)
+    assert {w.name for w in layer.trainable_weights} == {"kernel", "bias", "g"}
+
+
+def test_data_dependent_init_normalizes_the_first_batch_then_stays():
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 2.0, (64, 8)).astype("float32")
+    layer = WeightNormalization(keras.layers.Dense(4), data_init=True)
+    first = _numpy(layer(x, training=True))
+    np.testing.assert_allclose(first.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(first.std(axis=0), 1.0, rtol=1e-3)
+    scale = _numpy(layer.init_scale).copy()
+    later = _numpy(layer(rng.normal(0.0, 1.0, (64, 8)).astype("float32"), training=True))
+    np.testing.assert_array_equal(_numpy(layer.init_scale), scale)  # only the first batch sets it
+    assert abs(later.mean()) > 0.1
+
+
+def test_fold_batch_norms_turns_it_into_the_plain_layer():
+    inputs = keras.Input((8, 8, 3))
+    x = WeightNormalization(keras.layers.Conv2D(4, 3, activation="relu"), data_init=True)(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = WeightNormalization(keras.layers.Dense(2, use_bias=False))(x)
+    model = keras.Model(inputs, outputs)
+    batch = np.random.default_rng(2).standard_normal((16, 8, 8, 3)).astype("float32")
+    model(batch, training=True)  # the data-dependent init
+    folded, report = kreg.fold_batch_norms(model, return_report=True)
+    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Conv2D", "Flatten", "Dense"]
+    assert len(report.converted) == 2
+    np.testing.assert_allclose(_numpy(folded(batch)), _numpy(model(batch)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer, kwargs, message",
+    [
+        (keras.layers.LSTM(3), {}, r"`layer`.*Dense, Conv1D, Conv2D or Conv3D.*LSTM"),
+        (keras.layers.DepthwiseConv2D(3), {}, r"`layer`.*DepthwiseConv2D"),
+        (keras.layers.Dense(3), {"data_init": "yes"}, r"`data_init`.*True or False.*'yes'"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(layer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WeightNormalization(layer, **kwargs)

@@ -1,0 +1,48 @@
+"""RoTTA's category-balanced memory bank, and the "robust" method built on it."""
+
+import numpy as np
+
+from kreg.adapt.memory_bank import MemoryBank
+from kreg.adapt.memory_bank import timeliness_weights
+
+
+def test_a_class_sorted_stream_leaves_every_class_seen_in_the_bank():
+    bank = MemoryBank(capacity=12, classes=4)
+    for label in range(4):  # 30 samples of each class, one class after another
+        bank.add([np.full(2, label)] * 30, [label] * 30, [0.1] * 30)
+    held = [len(items) for items in bank.items]
+    assert len(bank) == 12
+    assert held == [3, 3, 3, 3], held
+
+
+def test_a_class_holds_its_share_at_most_and_keeps_its_newest_samples():
+    bank = MemoryBank(capacity=4, classes=2)
+    bank.add([np.array([i]) for i in range(4)], [0, 0, 0, 0], [0.5] * 4)
+    assert [len(items) for items in bank.items] == [2, 0]  # capacity / classes
+    bank.add([np.array([9])], [1], [0.5])
+    samples, ages = bank.contents()
+    # The oldest samples of class 0 went; ages count the samples added since.
+    assert [int(s[0]) for s in samples] == [2, 3, 9]
+    np.testing.assert_array_equal(ages, [3, 2, 1])
+
+
+def test_an_uncertain_sample_does_not_replace_a_confident_recent_one():
+    bank = MemoryBank(capacity=2, classes=2)
+    bank.add([np.array([0]), np.array([1])], [0, 0], [0.0, 0.0])
+    assert [int(s[0]) for s in bank.contents()[0]] == [1]  # the older one gave way
+    bank.add([np.array([2])], [0], [np.log(2)])  # maximal entropy: kept out
+    assert [int(s[0]) for s in bank.contents()[0]] == [1]
+
+
+def test_timeliness_weights_fade_with_age():
+    weights = timeliness_weights([0, 1, 5])
+    np.testing.assert_allclose(weights[0], 0.5)
+    assert weights[0] > weights[1] > weights[2] > 0
+
+
+def test_notes_fill_takes_a_collapsed_stream_whole_then_balances():
+    bank = MemoryBank(capacity=4, classes=2, fill="note")
+    bank.add([np.array([i]) for i in range(4)], [0] * 4, [0.5] * 4)
+    assert [len(items) for items in bank.items] == [4, 0]  # filled by one class
+    bank.add([np.array([8]), np.array([9])], [1, 1], [0.5, 0.5])
+    assert [len(items) for items in bank.items] == [2, 2]  # the majority gave way
