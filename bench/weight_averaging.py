@@ -25,18 +25,16 @@ epochs 2..N of every round.
 """
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import DigitData  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kreg  # noqa: E402
 from kreg.callbacks import WeightAveraging  # noqa: E402
-from kreg.demo.cnn_training import digit_data  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -155,7 +153,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    data = digit_data()
+    data = DigitData()
     table = {}
     for seed in args.seeds:
         print(f"seed {seed} ...", flush=True)
