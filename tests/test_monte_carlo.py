@@ -1,14 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from kreg.monte_carlo import dropout_layers
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _features(n=16, d=4, seed=0):
