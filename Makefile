@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
 DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
-.PHONY: demo test test-fast test-tensorflow test-jax test-torch test-packaging docs bench
+.PHONY: demo lint test test-fast test-tensorflow test-jax test-torch test-packaging docs bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ demo: $(DEMO_INSTALLED)
 # lines interleave, each run ends with its own summary). The wheel tests
 # install into fresh virtual environments, so they have their own target.
 test: $(INSTALLED)
+	$(MAKE) lint
 	$(MAKE) -j2 test-tensorflow test-jax test-torch
 	$(MAKE) test-packaging
 
@@ -43,6 +44,11 @@ test-jax: $(INSTALLED)
 
 test-torch: $(INSTALLED)
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+
+# ruff (configured in pyproject.toml): lint and import order, then the format check.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The quick local loop: TensorFlow only, without the tests marked `integration`
 # (subprocesses, kills, clusters, whole searches). CI runs `make test`.

@@ -47,7 +47,7 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -18,16 +18,14 @@ Reports test accuracy and NLL of the last epoch, per seed and the mean.
 """
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import DigitData  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kreg  # noqa: E402
 from kreg.callbacks import DropoutSchedule  # noqa: E402
-from kreg.demo.cnn_training import digit_data  # noqa: E402
 
 SCHEDULES = ("constant", "early", "late")
 
@@ -56,7 +54,7 @@ def main():
     parser.add_argument("--short", type=int, default=8)
     parser.add_argument("--long", type=int, default=40)
     args = parser.parse_args()
-    data = digit_data()
+    data = DigitData()
     settings = [("underfitting: MLP 16, dropout 0.1", (16,), 0.1, args.short),
                 ("overfitting: MLP 512-512, dropout 0.5", (512, 512), 0.5, args.long)]  # fmt: skip
     for title, widths, rate, epochs in settings:

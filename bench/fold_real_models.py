@@ -15,13 +15,13 @@ interleaved round by round in one process, order shuffled, minimum and median.
 
 import argparse
 import collections
-import os
 import re
 import statistics
 import time
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from _common import interleaved_predict_times  # noqa: E402  (first: it quiets TensorFlow)
+from _common import randomize_batch_norms  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -64,18 +64,6 @@ def keras_hub_models():
     }
 
 
-def randomize_batch_norms(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model_graph.batch_norm_layers(model):
-        shape = layer.moving_mean.shape
-        layer.moving_mean.assign(rng.normal(0, 0.1, shape))
-        layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape))
-        if layer.gamma is not None:
-            layer.gamma.assign(rng.uniform(0.5, 1.5, shape))
-        if layer.beta is not None:
-            layer.beta.assign(rng.normal(0, 0.1, shape))
-
-
 def without_batch_norm(model):
     """The same graph with every batch norm call replaced by its input (nested
     models included): the cost floor of a folded model."""
@@ -94,12 +82,6 @@ def without_batch_norm(model):
         layers = [l for l in model.layers if not isinstance(l, keras.layers.BatchNormalization)]
         return keras.Sequential([keras.Input(batch_shape=model.inputs[0].shape), *layers])
     return model_graph.rebuild(model_graph.read_graph(model), call)
-
-
-def time_predict(model, x, batch_size):
-    start = time.perf_counter()
-    model.predict(x, batch_size=batch_size, verbose=0)
-    return time.perf_counter() - start
 
 
 def summarize_reasons(skipped):
@@ -140,15 +122,9 @@ def main():
         limit = without_batch_norm(original)
         x = model_graph.random_inputs(original, batch_size=args.batch * args.batches, seed=2)
         variants = {"original": original, "folded": folded, "no BN": limit}
-        times = {label: [] for label in variants}
         for model in variants.values():
             model.compile(jit_compile=False)
-            time_predict(model, x, args.batch)  # trace and warm up
-        order = list(variants)
-        for _ in range(args.rounds):
-            rng.shuffle(order)
-            for label in order:
-                times[label].append(time_predict(variants[label], x, args.batch))
+        times = interleaved_predict_times(variants, x, args.batch, args.rounds, rng)
         row = dict(
             name=name,
             batch_norms=len(model_graph.batch_norm_layers(original)),

@@ -12,12 +12,12 @@ of the intrinsic cost on a shared machine) and ratios, with and without
 """
 
 import argparse
-import os
 import statistics
 import time
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import interleaved_predict_times  # noqa: E402  (first: it quiets TensorFlow)
+from _common import randomize_batch_norms  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,21 +65,6 @@ def resnet_cnn(shape, batch_norm=True, stages=(64, 128), blocks_per_stage=2):
 BUILDERS = {"plain": plain_cnn, "resnet": resnet_cnn}
 
 
-def randomize_batch_norms(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.moving_mean.shape
-            layer.moving_mean.assign(rng.normal(0, 0.1, shape))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape))
-
-
-def time_predict(model, x, batch_size):
-    start = time.perf_counter()
-    model.predict(x, batch_size=batch_size, verbose=0)
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=["plain", "resnet"])
@@ -113,13 +98,7 @@ def main():
             variants = {"original": original, "folded": folded, "no BN (limit)": no_bn}
             for model in variants.values():
                 model.compile(jit_compile=jit_compile)
-                time_predict(model, x, args.batch)  # trace / compile / warm up
-            times = {label: [] for label in variants}
-            order = list(variants)
-            for _ in range(args.rounds):
-                rng.shuffle(order)
-                for label in order:
-                    times[label].append(time_predict(variants[label], x, args.batch))
+            times = interleaved_predict_times(variants, x, args.batch, args.rounds, rng)
             rows.append((name, jit_compile, times))
             print(f"  jit_compile={jit_compile} done", flush=True)
 

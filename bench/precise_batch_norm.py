@@ -18,18 +18,16 @@ The CNN of the demo (two Conv-BN-ReLU blocks, a dense head) with Keras's
 """
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import DigitData  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kreg  # noqa: E402
 from kreg.callbacks import PreciseBatchNorm  # noqa: E402
-from kreg.demo.cnn_training import digit_data  # noqa: E402
 
 BATCH_SIZE = 32
 # (label, PreciseBatchNorm arguments); None is no callback.
@@ -160,7 +158,7 @@ def main():
     parser.add_argument("--skip-cost", action="store_true")
     args = parser.parse_args()
     print(f"backend {keras.backend.backend()}, keras {keras.__version__}")
-    data = digit_data(train_size=300, val_size=500)
+    data = DigitData(train_size=300, val_size=500)
     if not args.skip_accuracy:
         for seed in range(args.seeds):
             accuracy_table(data, seed, args.epochs)

@@ -10,9 +10,8 @@ seeds, and prints a Markdown table of the best and final validation loss.
 """
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 
 import keras  # noqa: E402
 

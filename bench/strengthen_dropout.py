@@ -14,12 +14,11 @@ the best validation losses (below 1: strengthen helped).
 """
 
 import argparse
-import os
 import pathlib
 import sys
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import keras  # noqa: E402

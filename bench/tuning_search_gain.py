@@ -11,11 +11,10 @@ regularization chosen, not the initialization.
 """
 
 import argparse
-import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402

@@ -26,18 +26,16 @@ epochs 2..N of every round.
 """
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import DigitData  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kreg  # noqa: E402
 from kreg.callbacks import WeightAveraging  # noqa: E402
-from kreg.demo.cnn_training import digit_data  # noqa: E402
 from precise_batch_norm import EpochTimer  # noqa: E402  (bench/ is on the path of a script run from it)
 from precise_batch_norm import cnn as precise_batch_norm_cnn  # noqa: E402
 
@@ -140,7 +138,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true", help="only the cost")
     args = parser.parse_args()
-    data = digit_data()
+    data = DigitData()
     table = {}
     for seed in [] if args.skip_accuracy else args.seeds:
         print(f"seed {seed} ...", flush=True)

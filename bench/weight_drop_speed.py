@@ -12,11 +12,10 @@ layer. Backend from KERAS_BACKEND (TensorFlow on CPU; torch or jax on a GPU).
 """
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -44,7 +44,7 @@ from kreg.stochastic_depth import StochasticDepthReport
 from kreg.stochastic_depth import add_stochastic_depth
 from kreg.stochastic_depth import stochastic_depth_rates
 
-from kreg._version import __version__
+from kreg._version import __version__ as __version__
 
 __all__ = [
     "Finding",

@@ -121,11 +121,6 @@ class Call:
                 found.append(producer)
         return found
 
-    @property
-    def outputs(self):
-        """Alias of `consumers`: where this call's outputs go."""
-        return self.consumers
-
 
 @dataclasses.dataclass
 class Graph:
@@ -249,20 +244,6 @@ def _holds_tensor(value):
 def call_arguments(call):
     """`(args, kwargs)` of a functional model's call, tensors as in the model."""
     return _keras_compat.node_arguments(call._node)
-
-
-def main_input_argument(call):
-    """`(where, tensor)` of the tensor a single-input layer call acts on:
-    `where` is `0` (first positional argument) or the keyword (`"inputs"`)."""
-    if call._node is None:
-        return 0, None
-    args, kwargs = call_arguments(call)
-    if args:
-        return 0, args[0]
-    for key in kwargs:
-        if _holds_tensor(kwargs[key]) and key != "mask":
-            return key, kwargs[key]
-    return None, None
 
 
 def rebuild(graph, call):

@@ -194,6 +194,18 @@ def _are_probabilities(mean, from_logits):
     return mean.shape[-1] == 1 or np.allclose(mean.sum(axis=-1), 1.0, atol=1e-3)
 
 
+def _check_not_empty(x):
+    """Arrays (or nested arrays) with no rows: Keras's `predict` would fail on
+    them with an `UnboundLocalError` (it never assigns a batch's outputs)."""
+    for leaf in tree.flatten(x):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and len(shape) > 0 and shape[0] == 0:
+            raise ValueError(
+                "Invalid value received for argument `x`. Expected at least one "
+                f"sample to predict. Received: x with shape {tuple(shape)}"
+            )
+
+
 def mc_predict(
     model,
     x,
@@ -246,7 +258,7 @@ def mc_predict(
     Raises:
         ValueError: If the model has no dropout layer (every sample would be
             the same), or several outputs, or `samples` is not a positive
-            integer.
+            integer, or `x` holds no samples.
 
     Example:
 
@@ -278,6 +290,7 @@ def mc_predict(
         )
     if seed is not None:
         seed = check_at_least("seed", seed, integer=True, minimum=0)
+    _check_not_empty(x)
     layers = dropout_layers(model)
     if not layers:
         raise ValueError(

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
@@ -53,3 +54,8 @@ def _clean_keras_state():
 def _collect_garbage_per_module():
     yield
     gc.collect()
+
+
+def to_numpy(x):
+    """A tensor or variable of any backend as a NumPy array (tests import it)."""
+    return np.asarray(keras.ops.convert_to_numpy(x))

@@ -3,15 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from kreg import adapt_batchnorm
 from kreg import set_test_time_mode
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _cnn(bn=keras.layers.BatchNormalization):

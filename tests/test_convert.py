@@ -3,16 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
 from kreg import AdaptiveBatchNormalization
 from kreg import convert_batch_norms
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _randomized(model):

@@ -12,6 +12,7 @@ from keras import ops
 import kreg
 from batch_norm_testing import randomize_batch_norm
 from kreg import fold_batch_norms
+from conftest import to_numpy as _numpy
 
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -33,10 +34,6 @@ PAIRS = {
     "separable2d": (keras.layers.SeparableConv2D, {"filters": 6, "kernel_size": 3}, (7, 7, 3)),
 }
 CHANNELS_FIRST = ["conv1d", "conv2d", "conv2d_transpose", "depthwise2d", "separable2d"]
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _randomize_batch_norms(model, seed=0):

@@ -1,14 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from kreg.monte_carlo import dropout_layers
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _features(n=16, d=4, seed=0):
@@ -179,3 +175,9 @@ def test_models_without_dropout_or_with_several_outputs_are_refused():
         kreg.mc_predict(two, _features())
     with pytest.raises(TypeError, match="keras.Model"):
         kreg.mc_predict(keras.layers.Dropout(0.5), _features())
+
+
+def test_inputs_with_no_samples_are_refused_with_the_shape():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"argument `x`.*at least one sample.*\(0, 4\)"):
+        kreg.mc_predict(model, np.ones((0, 4), "float32"), samples=3)

@@ -64,6 +64,12 @@ def as_hyperparameters(hp):
     """`hp` itself (keras-tuner), or an `OptunaHyperParameters` over an Optuna trial."""
     if is_optuna_trial(hp):
         return OptunaHyperParameters(hp)
+    if not all(hasattr(hp, method) for method in ("Float", "Choice", "Fixed")):
+        raise TypeError(
+            "Invalid value received for argument `hp`. Expected the trial's "
+            "keras_tuner.HyperParameters or an optuna.Trial. "
+            f"Received: hp={hp!r} (of type {type(hp).__name__})"
+        )
     return hp
 
 

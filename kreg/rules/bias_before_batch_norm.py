@@ -20,7 +20,7 @@ def check(view):
             or _roles.activation_name(layer) is not None
             # The bias is cancelled only where batch norm is all the output feeds,
             # and only along the axis batch norm takes its means over.
-            or any(consumer is not node for consumer in producer.outputs)
+            or any(consumer is not node for consumer in producer.consumers)
             or not _roles.normalizes_channels_of(_roles.unwrap(node.layer), layer)
         ):
             continue

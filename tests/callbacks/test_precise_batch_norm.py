@@ -5,14 +5,10 @@ import copy
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from kreg.callbacks import PreciseBatchNorm
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _cnn(conv_block="keras"):

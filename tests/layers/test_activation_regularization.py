@@ -3,14 +3,10 @@ import functools
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from kreg.layers import ActivationRegularization
 from layer_test_case import run_layer_test
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _sequences(shape=(3, 5, 4), seed=0):

@@ -5,18 +5,14 @@ import functools
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from layer_test_case import JIT_BACKENDS
 from layer_test_case import run_layer_test
 from kreg.layers import AdaptiveBatchNormalization
+from conftest import to_numpy as _numpy
 
 MODES = ("running", "batch", "mixed", "online")
 EPSILON = 1e-3
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _normalize(x, mean, variance, gamma, beta, epsilon=EPSILON):

@@ -6,14 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
-from keras import ops
 
 from kreg.layers import ConsistentDropout
 from layer_test_case import run_layer_test
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,7 @@ from keras import ops
 
 from kreg.layers import ConsistentDropoutCell
 from layer_test_case import run_layer_test
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 @keras.saving.register_keras_serializable(package="kreg_tests")

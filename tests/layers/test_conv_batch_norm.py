@@ -3,11 +3,11 @@ import functools
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
 from layer_test_case import run_layer_test
+from conftest import to_numpy as _numpy
 
 # (fused class, Keras layer, its arguments, input shape, output shape)
 CASES = {
@@ -24,10 +24,6 @@ CHANNELS_FIRST = {
     "conv2d": ((4, 3, 8, 8), (4, 6, 4, 4)),
     "depthwise": ((4, 3, 7, 7), (4, 6, 5, 5)),
 }
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _cases(channels_first=False):

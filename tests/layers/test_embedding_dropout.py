@@ -1,14 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from kreg.layers import EmbeddingDropout
 from layer_test_case import _check_config_round_trip
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
+from conftest import to_numpy as _numpy
 
 
 def _ids(shape=(8, 12), vocabulary=20, seed=0):

@@ -3,19 +3,15 @@ import functools
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from kreg import _keras_compat
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 from layer_test_case import run_layer_test
+from conftest import to_numpy as _numpy
 
 PAIRS = [(WeightDropLSTM, keras.layers.LSTM), (WeightDropGRU, keras.layers.GRU)]
 PAIR_IDS = ["lstm", "gru"]
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _inputs(shape=(6, 7, 3), seed=0):

@@ -1,17 +1,12 @@
-import functools
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import kreg
 from kreg.layers import WeightNormalization
 from layer_test_case import run_layer_test
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
+from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,11 @@ from keras import ops
 from kreg.layers import ZoneoutGRU
 from kreg.layers import ZoneoutLSTM
 from layer_test_case import run_layer_test
+from conftest import to_numpy as _numpy
 
 PAIRS = [(ZoneoutLSTM, keras.layers.LSTM), (ZoneoutGRU, keras.layers.GRU)]
 PAIR_IDS = ["lstm", "gru"]
 RATES = {ZoneoutLSTM: {"cell_zoneout": 0.5, "hidden_zoneout": 0.2}, ZoneoutGRU: {"hidden_zoneout": 0.3}}
-
-
-def _numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def _inputs(shape=(6, 7, 3), seed=0):

@@ -262,3 +262,9 @@ def test_batch_norm_arguments_checked_against_keras_and_passed_on():
         RegularizationSpace(batch_norm_kwargs={"axis": 1})
     with pytest.raises(ValueError, match="adaptive_batch_kwargs=.*'mode'"):
         RegularizationSpace(adaptive_batch_kwargs={"mode": "batch"})
+
+
+@pytest.mark.parametrize("hp", [None, {"dense_dropout": 0.3}])
+def test_an_hp_that_is_neither_keras_tuner_nor_optuna_is_refused(hp):
+    with pytest.raises(TypeError, match=r"argument `hp`.*keras_tuner.HyperParameters or an optuna.Trial"):
+        RegularizationSpace().dropout(hp, "dense")
