@@ -4,6 +4,7 @@ import math
 import numbers
 import os
 import warnings
+import weakref
 
 import keras
 
@@ -13,6 +14,7 @@ from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
 from kreg.callbacks.atomic_files import remove_stale_temporaries
+from kreg.callbacks.best_checkpoints import BestCheckpoints
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
 from kreg.callbacks.checkpoint_path import check_filepath
@@ -23,9 +25,16 @@ from kreg.callbacks.monitoring import all_finite
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
+from kreg.callbacks.training_state import BackupUnreadable
 from kreg.callbacks.training_state import StateFileError
+from kreg.callbacks.training_state import check_backup_fits
+from kreg.callbacks.training_state import generation
+from kreg.callbacks.training_state import host_copy
 from kreg.callbacks.training_state import new_state
+from kreg.callbacks.training_state import read_backup
 from kreg.callbacks.training_state import read_state
+from kreg.callbacks.training_state import restore_backup
+from kreg.callbacks.training_state import write_backup
 
 
 class StopReason(enum.Enum):
@@ -56,16 +65,22 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       a complete, loadable checkpoint, even if the process is killed mid-save;
     - with `keep_best=k` and placeholders in `filepath` (`"best-{epoch:02d}-
       {val_loss:.4f}.keras"`, formatted as `ModelCheckpoint` formats them), the
-      k files with the best monitored values are kept and the others deleted;
-    - with `resume=True` (default), a backup of the weights and the optimizer
-      state (its `iterations` included) is written atomically after every epoch,
-      with a state file (`filepath + ".state.json"`) holding the epoch to
-      continue from, the best value, the best epoch's weights and the patience
-      counter. A `fit` restarted after a kill, with the same `filepath`, goes on
-      where the killed one was, epochs numbered as in one run (as
-      `BackupAndRestore` does): with deterministic ops and `shuffle=False` it
-      ends at the same epoch with the same weights as a run never killed. The
-      backup is removed when training ends; a run that ended starts fresh;
+      k files with the best monitored values are kept and the others deleted,
+      kept by epoch: where two epochs format to one name, the better file is
+      never overwritten by the worse;
+    - with `resume=True` (default), a backup of the weights, the optimizer
+      state (its `iterations` included) and the state of every seed generator
+      (dropout masks: `save_weights` leaves them out) is written atomically
+      after every epoch, with a state file (`filepath + ".state.json"`) holding
+      the epoch to continue from, the best value, the best epoch's weights and
+      the patience counter, for this epoch and the one before. A `fit`
+      restarted after a kill, with the same `filepath`, goes on where the
+      killed one was, epochs numbered as in one run (as `BackupAndRestore`
+      does): with deterministic ops and `shuffle=False` it ends at the same
+      epoch with the same weights as a run never killed. A backup that cannot
+      be read falls back to the one before (a warning names it), and to a
+      fresh start if neither can. The backups are removed when training ends;
+      a run that ended starts fresh;
     - the best weights are restored at the end of training whether or not
       patience ran out (from memory, without reading the file back);
     - training stops, and the best weights come back, at the end of the epoch in
@@ -206,21 +221,29 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         extended = getattr(strategy, "extended", None)
         return getattr(extended, "should_checkpoint", True)
 
+    def _make_folder(self):
+        # At the first write, not in `__init__`: building the callback (or
+        # `from_config`) leaves the disk as it is.
+        os.makedirs(self._folder, exist_ok=True)
+
     def _save_model(self, path):
+        self._make_folder()
         save = self.model.save_weights if self.save_weights_only else self.model.save
         # The state file written after it flushes the folder (see `_commit`).
         write_atomically(path, save, sync_folder=False)
 
     def _backup_name(self, epoch):
-        return f"{self._backup_prefix}{epoch:06d}.weights.h5"
+        return f"{self._backup_prefix}{epoch:06d}.npz"
 
     def _remove_backups(self, keep=()):
-        pattern = os.path.join(self._folder, glob.escape(self._backup_prefix) + "*.weights.h5")
+        pattern = os.path.join(self._folder, glob.escape(self._backup_prefix) + "*")
         for path in glob.glob(pattern):
-            if os.path.basename(path) not in keep:
+            if os.path.basename(path) not in keep and ".tmp-" not in os.path.basename(path):
                 _remove(path)
 
     def _remove_stale_temporaries(self):
+        if not os.path.isdir(self._folder):
+            return
         remove_stale_temporaries(self.state_path)
         # The backups are named per epoch: match every epoch's temporary.
         remove_stale_temporaries(
@@ -232,34 +255,56 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         else:
             remove_stale_temporaries(self.filepath)
 
-    def _load_weights_and_optimizer(self, name):
-        optimizer = self.model.optimizer
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self._folder, name))
-
     # Resuming.
 
+    def _read_generation(self, generation):
+        """`(arrays, best_arrays)` of a generation's backups; `BackupUnreadable` if one is not."""
+        arrays = best = None
+        if generation["backup"] is not None:
+            arrays = read_backup(os.path.join(self._folder, generation["backup"]))
+        if self.restore_best_weights and generation["best_backup"] is not None:
+            best = read_backup(os.path.join(self._folder, generation["best_backup"]))
+        return arrays, best
+
     def _resume(self, state):
-        if state["monitor"] != self.monitor:
-            raise StateFileError(
-                f"Cannot resume from the state file {self.state_path!r}: it was written "
-                f"for monitor={state['monitor']!r}, not {self.monitor!r}. To start fresh, "
-                "delete that file or pass `resume=False`."
+        for key in ("monitor", "mode"):
+            if state[key] != getattr(self, key):
+                raise StateFileError(
+                    f"Cannot resume from the state file {self.state_path!r}: it was written "
+                    f"for {key}={state[key]!r}, not {getattr(self, key)!r}. To start fresh, "
+                    "delete that file or pass `resume=False`."
+                )
+        generations = [generation(state)] + ([state["previous"]] if state["previous"] else [])
+        for chosen in generations:
+            try:
+                arrays, best = self._read_generation(chosen)
+                break
+            except BackupUnreadable as error:
+                warnings.warn(f"EarlyStoppingWithCheckpoint: the backup {error}; trying the one before it.", stacklevel=3)
+        else:
+            warnings.warn(
+                f"EarlyStoppingWithCheckpoint: no backup named by {self.state_path!r} can be read; "
+                "training starts fresh from epoch 1.",
+                stacklevel=3,
             )
-        if self.restore_best_weights and state["best_backup"] is not None:
-            self._load_weights_and_optimizer(state["best_backup"])
-            self.best_weights = self.model.get_weights()
-        if state["backup"] is not None:
-            self._load_weights_and_optimizer(state["backup"])
-        self.best = state["best"]
-        self.best_epoch = state["best_epoch"]
-        self.wait = state["wait"]
-        self.stopped_epoch = state["stopped_epoch"]
-        self.kept = [dict(entry) for entry in state["kept"]]
-        self._state.update(backup=state["backup"], best_backup=state["best_backup"])
-        next_epoch = state["next_epoch"]
-        reason = StopReason[state["stop_reason"]] if state["stop_reason"] in StopReason.__members__ else None
+            return
+        for name, loaded in ((chosen["backup"], arrays), (chosen["best_backup"], best)):
+            if loaded is not None:
+                check_backup_fits(self.model, loaded, os.path.join(self._folder, name))
+        if arrays is not None:
+            restore_backup(self.model, arrays)
+        if best is not None:
+            self.best_weights = best["weights"]
+        self.best = chosen["best"]
+        self.best_epoch = chosen["best_epoch"]
+        self.wait = chosen["wait"]
+        self.stopped_epoch = chosen["stopped_epoch"]
+        # A kept file a later (unreadable) generation deleted is no longer kept.
+        self.kept = [dict(e) for e in chosen["kept"] if os.path.exists(e["path"])]
+        self._state.update(chosen, kept=self.kept)
+        self._state["previous"] = None if chosen is state["previous"] else state["previous"]
+        next_epoch = chosen["next_epoch"]
+        reason = StopReason[chosen["stop_reason"]] if chosen["stop_reason"] in StopReason.__members__ else None
         if reason in _DECIDED_STOPS:
             # The killed run had already decided to stop: no more epochs.
             self.stop_reason = reason
@@ -269,7 +314,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.resumed = True
         if self.verbose > 0:
             print_msg(
-                f"Resuming from {self.state_path}: epoch {state['next_epoch'] + 1}, best "
+                f"Resuming from {self.state_path}: epoch {chosen['next_epoch'] + 1}, best "
                 f"{self.monitor} {self.best} at epoch {self.best_epoch + 1}, waited {self.wait} epoch(s)."
             )
 
@@ -283,15 +328,28 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.kept = []
         self._metric_checked = False
         self._last_logs = None
-        self._state = new_state(self.monitor)
+        self._direction = None
+        self._collision_warned = False
+        self._state = new_state(self.monitor, self.mode)
+        _WRITERS[os.path.abspath(self.filepath)] = weakref.ref(self)
         self._remove_stale_temporaries()
-        state = read_state(self.state_path) if self.resume else None
+        state = read_state(self.state_path, self._backup_prefix, os.path.dirname(self.filepath)) if self.resume else None
         if state is not None and not state["finished"]:
             self._resume(state)
-        elif self.resume and self._is_chief():
+        elif self.resume and self._is_chief() and os.path.isdir(self._folder):
             self._remove_backups()  # left by a kill after a finished state was written
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
+
+    def _check_sole_writer(self):
+        holder = _WRITERS.get(os.path.abspath(self.filepath))
+        if holder is not None and holder() is not self:
+            raise ValueError(
+                "Invalid value received for argument `filepath`: another "
+                "EarlyStoppingWithCheckpoint began a `fit` on the same file since this one "
+                "did, and both would write its checkpoint, backups and state. Give each "
+                f"callback its own filepath. Received: filepath={self.filepath!r}"
+            )
 
     def get_monitor_value(self, logs):
         value = super().get_monitor_value(logs)
@@ -315,6 +373,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self._check_sole_writer()
         self._last_logs = logs
         if without_validation(logs, {self.monitor} | placeholders(self.filepath)):
             # An epoch `validation_freq` skips: nothing to monitor, but the backup
@@ -357,28 +416,38 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def _keep_if_among_best(self, epoch, logs, current):
         """Saves this epoch if it ranks among the `keep_best` best; returns files to delete."""
-        minimize = monitor_direction(self.model, self.monitor, self.mode) == "min"
-        rank = (lambda entry: entry["value"]) if minimize else (lambda entry: -entry["value"])
-        entry = {"value": current, "epoch": epoch, "path": ""}
-        if len(self.kept) >= self.keep_best and rank(entry) >= rank(self.kept[-1]):
+        if self._direction is None:
+            self._direction = monitor_direction(self.model, self.monitor, self.mode)
+        keeper = BestCheckpoints(self.keep_best, self._direction, self.kept)
+        path = format_filepath(self.filepath, epoch, logs)
+        plan = keeper.plan(epoch, current, path)
+        if plan is None:
+            if keeper.collides(path) and not self._collision_warned:
+                self._collision_warned = True
+                warnings.warn(
+                    f"EarlyStoppingWithCheckpoint: epoch {epoch + 1} formats to {path!r}, the name "
+                    "of a better kept checkpoint, which is kept; this epoch is not saved. Put "
+                    "{epoch} in `filepath` to keep every epoch apart.",
+                    stacklevel=3,
+                )
             return []
-        entry["path"] = format_filepath(self.filepath, epoch, logs)
         if self._is_chief():
-            self._save_model(entry["path"])
-            self._announce(epoch, entry["path"])
-        # Sorted best first; ties keep the earlier epoch ahead.
-        self.kept = sorted(self.kept + [entry], key=lambda e: (rank(e), e["epoch"]))
-        dropped, self.kept = self.kept[self.keep_best:], self.kept[: self.keep_best]
-        kept_paths = {e["path"] for e in self.kept}
-        return [e["path"] for e in dropped if e["path"] not in kept_paths]
+            self._save_model(path)
+            self._announce(epoch, path)
+        self.kept, removed = plan
+        return removed
 
     def _commit(self, epoch, back_up, improved=False):
-        """Writes this epoch's backup, then the state that names it, then deletes
-        what the state no longer names: a kill anywhere leaves a usable state."""
+        """Writes this epoch's backup, then the state that names it (and the
+        generation before it), then deletes what neither generation names: a
+        kill anywhere leaves a usable state."""
         state = self._state
+        previous = generation(state) if state["next_epoch"] > 0 else None
         if self.resume and back_up and self._is_chief():
             name = self._backup_name(epoch)
-            write_atomically(os.path.join(self._folder, name), self.model.save_weights, sync_folder=False)
+            arrays = host_copy(self.model)
+            self._make_folder()
+            write_atomically(os.path.join(self._folder, name), lambda path: write_backup(path, arrays), sync_folder=False)
             state["backup"] = name
             if self.restore_best_weights and improved:
                 state["best_backup"] = name
@@ -389,12 +458,15 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             next_epoch=epoch + 1,
             stop_reason=self.stop_reason.name,
             stopped_epoch=int(self.stopped_epoch),
-            kept=self.kept,
+            kept=[dict(e) for e in self.kept],
+            previous=previous,
         )
         if self._is_chief():
+            self._make_folder()
             write_json_atomically(self.state_path, state)
             if self.resume:
-                self._remove_backups(keep={state["backup"], state["best_backup"]})
+                named = {g[key] for g in (state, previous) if g for key in ("backup", "best_backup")}
+                self._remove_backups(keep=named)
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:
@@ -404,11 +476,14 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             self.best_weights = self._start_weights
         super().on_train_end(logs)
         set_initial_epoch(self.model, None)
+        if _WRITERS.get(os.path.abspath(self.filepath)) is not None and _WRITERS[os.path.abspath(self.filepath)]() is self:
+            del _WRITERS[os.path.abspath(self.filepath)]
         self._state.update(
             finished=True, backup=None, best_backup=None, stop_reason=self.stop_reason.name,
-            stopped_epoch=int(self.stopped_epoch), kept=self.kept,
+            stopped_epoch=int(self.stopped_epoch), kept=self.kept, previous=None,
         )
         if self._is_chief():
+            self._make_folder()
             write_json_atomically(self.state_path, self._state)
             self._remove_backups()
         if not self._metric_checked and self._last_logs is not None:
@@ -452,6 +527,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         return cls(**config)
 
 
+# The callback that last began a `fit` on each checkpoint path (absolute) in
+# this process: two callbacks in one `fit` on one path would share its files.
+_WRITERS = {}
+
+
 def _remove(path):
     try:
         os.remove(path)
@@ -460,17 +540,20 @@ def _remove(path):
 
 
 def _check_writable_folder(filepath):
+    """Whether the checkpoint's folder exists and can be written, or can be
+    created: its nearest existing parent is a folder that can be written."""
     folder = os.path.dirname(os.path.abspath(filepath))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
         raise ValueError(
             "Invalid value received for argument `filepath`: its folder "
-            f"{folder!r} does not exist and cannot be created ({error}). "
+            f"{folder!r} cannot be created ({existing!r} is a file). "
             f"Received: filepath={filepath!r}"
-        ) from None
-    if not os.access(folder, os.W_OK):
+        )
+    if not os.access(existing, os.W_OK):
         raise ValueError(
             "Invalid value received for argument `filepath`: its folder "
-            f"{folder!r} cannot be written. Received: filepath={filepath!r}"
+            f"{folder!r} cannot be written ({existing!r} is not writable). Received: filepath={filepath!r}"
         )

@@ -1,6 +1,8 @@
 """PreciseBatchNorm: exact batch norm statistics for every validation during `fit`."""
 
+import collections.abc
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -45,8 +47,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     Args:
         data: The samples to estimate from, as `model.predict` takes them: an
             array (or a structure of arrays) of inputs, a `tf.data.Dataset` or a
-            `keras.utils.PyDataset` (targets in it are ignored). Usually the
-            training inputs. Not part of `get_config`.
+            `keras.utils.PyDataset` (targets in it are ignored), or a generator
+            function, called for a fresh generator at every re-estimation. A
+            generator object is refused: it is used up by the first one. Usually
+            the training inputs. Not part of `get_config`.
         steps: Optional number of batches per re-estimation (`K` of Wu & Johnson).
             Defaults to all of `data`. With arrays, each re-estimation draws a new
             random subset of `steps * batch_size` samples; a dataset yields its
@@ -85,9 +89,19 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             None if batch_size is None else check_at_least("batch_size", batch_size, integer=True, minimum=1)
         )
         self.every_n_epochs = check_at_least("every_n_epochs", every_n_epochs, integer=True, minimum=1)
-        self.seed = seed
+        # A NumPy seed (0 included), not a tuner's.
+        self.seed = None if seed is None else check_at_least("seed", seed, integer=True, minimum=0)
         self.verbose = check_at_least("verbose", verbose, integer=True)
-        if is_empty(data):
+        if isinstance(data, collections.abc.Iterator):
+            # A generator object is used up by the first estimate: the second
+            # epoch would find no batch.
+            raise ValueError(
+                "Invalid value received for argument `data`. It is a one-shot iterator "
+                f"({type(data).__name__}), used up after one estimate. Pass data that can be "
+                "read again: arrays, a tf.data.Dataset, a keras.utils.PyDataset, or the "
+                f"generator function itself (uncalled). Received: data={type(data).__name__}"
+            )
+        if is_empty(_readable(data)):
             raise no_data_error()
         if _repeats_forever(data) and steps is None:
             raise ValueError(
@@ -101,6 +115,12 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self._in_fit = False
 
     def on_train_begin(self, logs=None):
+        if not batch_norm_layers(self.model):
+            warnings.warn(
+                "PreciseBatchNorm: the model has no batch norm layer, so there are no "
+                "statistics to re-estimate; this callback does nothing.",
+                stacklevel=2,
+            )
         self._in_fit = True
         self._epoch = self._estimated_epoch = None
 
@@ -129,7 +149,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
         if layers:
             options = dict(steps=self.steps, batch_size=self.batch_size, verbose=0)
-            data = self.data
+            data = _readable(self.data)
             if self.steps is not None and is_arrays(data):
                 data = _random_subset(data, self.steps * (self.batch_size or 32), self._rng)
                 options["steps"] = None
@@ -156,6 +176,14 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         # keras-tuner gives each trial a deep copy of the search's callbacks: the
         # copy shares the data (a dataset cannot be copied, an array need not be).
         return type(self)(self.data, **self.get_config())
+
+
+def _readable(data):
+    """`data` as the estimate reads it: a generator function is called for a
+    fresh generator at every estimate."""
+    if callable(data) and not isinstance(data, (collections.abc.Iterable, collections.abc.Sequence)):
+        return data()
+    return data
 
 
 def _random_subset(data, size, rng):

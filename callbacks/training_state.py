@@ -1,31 +1,53 @@
-"""The state file `EarlyStoppingWithCheckpoint` keeps beside its checkpoint.
+"""The run journal `EarlyStoppingWithCheckpoint` keeps beside its checkpoint.
 
-One JSON object, written atomically after every epoch, is the commit record of
-a run: the files it names (the backup to resume from, the best epoch's backup,
-the kept checkpoints) are complete before it is written, and older ones are
-deleted only after. A process killed at any moment therefore leaves a state
-that matches files on disk. Reading checks every field, so a file that cannot be
-used is an error naming the file and how to start fresh, never a half-restored run.
+Two kinds of file:
+
+- a backup per epoch (`.<name>.backup-<epoch>.npz`): a host copy of every
+  variable a resumed run needs, the model's weights, the state of every seed
+  generator (`Dropout`'s, kreg's random layers', any `keras.random.SeedGenerator`
+  a layer holds: `model.variables` has them, `save_weights` and `.keras` files
+  do not) and the optimizer's variables (its `iterations` included);
+- the state file (`<name>.state.json`), the commit record: the run's settings
+  and two generations, the latest epoch's and the one before it, each naming
+  its backup, the best epoch's backup and the counters of early stopping.
+
+The files a generation names are complete before the state that names them is
+written, and older ones are deleted only after, so a process killed at any
+moment leaves a state that matches files on disk. A backup that cannot be read
+(overwritten, truncated by a full disk) falls back to the previous generation,
+as Keras's `BackupAndRestore(double_checkpoint=True)` does. Reading the state
+checks every field and every name it holds (plain file names inside the
+checkpoint's folder only), so an unusable file is an error naming the file and
+how to start fresh, never a half-restored run.
 """
 
 import json
 import math
 import numbers
 import os
+import zipfile
+
+import keras
+import numpy as np
 
 FORMAT = "kreg.EarlyStoppingWithCheckpoint"
-VERSION = 2
+VERSION = 3
+# The variables of a backup, in the order they are restored.
+GROUPS = ("weights", "seeds", "optimizer", "backend_random")
 
 
 class StateFileError(ValueError):
-    """The state file beside a checkpoint cannot be used to resume."""
+    """The state file beside a checkpoint, or a backup it names, cannot be used to resume."""
+
+
+class BackupUnreadable(Exception):
+    """A backup file is missing or is not a backup (the previous one is tried)."""
 
 
 def _fail(path, problem):
     raise StateFileError(
         f"Cannot resume from the state file {path!r}: {problem}. To start fresh, "
-        "delete that file (and the `.backup-*.weights.h5` files beside it) or pass "
-        "`resume=False`."
+        "delete that file (and the `.backup-*` files beside it) or pass `resume=False`."
     )
 
 
@@ -37,8 +59,52 @@ def _is_finite_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_state(path):
-    """The checked state in `path`, or `None` when there is no file."""
+def _is_plain_name(value, prefix):
+    """A file name of this run's folder: no folder part, no way out of it."""
+    return (
+        isinstance(value, str)
+        and value.startswith(prefix)
+        and os.path.basename(value) == value
+        and "/" not in value
+        and "\\" not in value
+        and value not in (".", "..")
+    )
+
+
+def _generation_checks(backup_prefix, folder):
+    name = lambda v: v is None or _is_plain_name(v, backup_prefix)  # noqa: E731
+    return {
+        "best": lambda v: v is None or _is_finite_number(v),
+        "best_epoch": _is_int,
+        "wait": _is_int,
+        "next_epoch": _is_int,
+        "stop_reason": lambda v: isinstance(v, str),
+        "stopped_epoch": _is_int,
+        "backup": name,
+        "best_backup": name,
+        "kept": lambda v: isinstance(v, list) and all(_is_kept_entry(entry, folder) for entry in v),
+    }
+
+
+def _is_kept_entry(entry, folder):
+    # A kept checkpoint is named by formatting `filepath`, whose folder holds no
+    # placeholder: it lies in that folder, and nowhere else.
+    return (
+        isinstance(entry, dict)
+        and _is_finite_number(entry.get("value"))
+        and _is_int(entry.get("epoch"))
+        and isinstance(entry.get("path"), str)
+        and os.path.dirname(entry["path"]) == folder
+        and _is_plain_name(os.path.basename(entry["path"]), "")
+    )
+
+
+def read_state(path, backup_prefix, folder):
+    """The checked state in `path`, or `None` when there is no file.
+
+    `backup_prefix` is how this run's backup names start and `folder` the
+    folder part of its `filepath`: a name outside them is a `StateFileError`.
+    """
     if not os.path.exists(path):
         return None
     try:
@@ -56,53 +122,150 @@ def read_state(path):
         )
     checks = {
         "monitor": lambda v: isinstance(v, str) and v != "",
-        "best": lambda v: v is None or _is_finite_number(v),
-        "best_epoch": _is_int,
-        "wait": _is_int,
-        "next_epoch": _is_int,
+        "mode": lambda v: v in ("auto", "min", "max"),
         "finished": lambda v: isinstance(v, bool),
-        "stop_reason": lambda v: isinstance(v, str),
-        "stopped_epoch": _is_int,
-        "backup": lambda v: v is None or isinstance(v, str),
-        "best_backup": lambda v: v is None or isinstance(v, str),
-        "kept": lambda v: isinstance(v, list) and all(_is_kept_entry(entry) for entry in v),
+        "previous": lambda v: v is None or isinstance(v, dict),
+        **_generation_checks(backup_prefix, folder),
     }
-    for key, check in checks.items():
-        if key not in state:
-            _fail(path, f"the field {key!r} is missing")
-        if not check(state[key]):
-            _fail(path, f"the field {key!r} has an unusable value {state[key]!r}")
-    if not state["finished"]:
-        folder = os.path.dirname(os.path.abspath(path))
-        for key in ("backup", "best_backup"):
-            name = state[key]
-            if name is not None and not os.path.exists(os.path.join(folder, name)):
-                _fail(path, f"the file it names as {key!r}, {name!r}, is missing")
+    _check_fields(path, state, checks)
+    if state["previous"] is not None:
+        _check_fields(path, state["previous"], _generation_checks(backup_prefix, folder), "previous.")
     return state
 
 
-def _is_kept_entry(entry):
-    return (
-        isinstance(entry, dict)
-        and _is_finite_number(entry.get("value"))
-        and _is_int(entry.get("epoch"))
-        and isinstance(entry.get("path"), str)
-    )
+def _check_fields(path, record, checks, prefix=""):
+    for key, check in checks.items():
+        if key not in record:
+            _fail(path, f"the field {prefix + key!r} is missing")
+        if not check(record[key]):
+            _fail(path, f"the field {prefix + key!r} has an unusable value {record[key]!r}")
 
 
-def new_state(monitor):
+def new_state(monitor, mode):
     return {
         "format": FORMAT,
         "version": VERSION,
         "monitor": monitor,
+        "mode": mode,
+        "finished": False,
+        "previous": None,
+        **new_generation(),
+    }
+
+
+def new_generation():
+    return {
         "best": None,
         "best_epoch": 0,
         "wait": 0,
         "next_epoch": 0,
-        "finished": False,
         "stop_reason": "RUNNING",
         "stopped_epoch": 0,
         "backup": None,
         "best_backup": None,
         "kept": [],
     }
+
+
+def generation(state):
+    """The fields of `state` that belong to its latest generation."""
+    return {key: state[key] for key in new_generation()}
+
+
+# Backups.
+
+
+def _variables(model):
+    """The variables a backup holds, by group, in a fixed order."""
+    known = {id(v) for v in model.weights}
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return {
+        "weights": list(model.weights),
+        # What `model.variables` has beyond the weights: the state of every seed
+        # generator (`Layer.variables`, keras/src/layers/layer.py).
+        "seeds": [v for v in model.variables if id(v) not in known],
+        "optimizer": list(optimizer.variables) if optimizer is not None else [],
+    }
+
+
+def _backend_random_state():
+    """The random state of the backend that no seed generator holds, as arrays.
+
+    On PyTorch, a layer whose `SeedGenerator` has no seed (`Dropout()`'s
+    default) draws its masks from torch's global generator
+    (`dropout` in keras/src/backend/torch/random.py), not from the generator's
+    state. TensorFlow and JAX draw every mask from the generator's state.
+    """
+    if keras.backend.backend() != "torch":
+        return []
+    import torch
+
+    return [torch.random.get_rng_state().numpy().copy()]
+
+
+def _set_backend_random_state(arrays):
+    if arrays and keras.backend.backend() == "torch":
+        import torch
+
+        torch.random.set_rng_state(torch.from_numpy(np.asarray(arrays[0], dtype=np.uint8)))
+
+
+def host_copy(model):
+    """Every variable of the backup as NumPy arrays, copied off the device."""
+    arrays = {
+        group: [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in variables]
+        for group, variables in _variables(model).items()
+    }
+    arrays["backend_random"] = _backend_random_state()
+    return arrays
+
+
+def write_backup(path, arrays):
+    """Writes `host_copy(model)`'s arrays to `path` (an `.npz` file)."""
+    with open(path, "wb") as file:
+        np.savez(file, **{f"{group}_{i:06d}": a for group in GROUPS for i, a in enumerate(arrays[group])})
+        file.flush()
+
+
+def read_backup(path):
+    """The arrays of the backup `path`; `BackupUnreadable` if it cannot be one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {group: [] for group in GROUPS}
+            for key in sorted(archive.files):
+                group, _, index = key.rpartition("_")
+                if group not in arrays or not index.isdigit() or int(index) != len(arrays[group]):
+                    raise ValueError(f"unexpected entry {key!r}")
+                arrays[group].append(archive[key])
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise BackupUnreadable(f"{path!r} is not a readable backup ({type(error).__name__}: {error})") from None
+    return arrays
+
+
+def check_backup_fits(model, arrays, path):
+    """Raises a one-line `StateFileError` where the backup is not of this model."""
+    for group, variables in _variables(model).items():
+        saved = [tuple(a.shape) for a in arrays[group]]
+        ours = [tuple(v.shape) for v in variables]
+        if saved != ours:
+            raise StateFileError(
+                f"Cannot resume from the backup {path!r}: it holds {len(saved)} {group} "
+                f"variables of shapes {_short(saved)}, this model has {len(ours)} of shapes "
+                f"{_short(ours)} (the architecture changed). To start fresh, pass "
+                "`resume=False` or delete the state file and the backups beside it."
+            )
+
+
+def _short(shapes, limit=6):
+    text = ", ".join(str(s) for s in shapes[:limit])
+    return f"[{text}{', ...' if len(shapes) > limit else ''}]"
+
+
+def restore_backup(model, arrays):
+    """Assigns the arrays of a checked backup to the model and its optimizer."""
+    for group, variables in _variables(model).items():
+        for variable, array in zip(variables, arrays[group]):
+            variable.assign(array)
+    _set_backend_random_state(arrays["backend_random"])

@@ -260,6 +260,15 @@ def optuna_pruning_callback(
             "Invalid value received for argument `trial`. Expected an optuna.Trial "
             f"(the objective's argument). Received: trial={trial!r}"
         )
+    directions = getattr(getattr(trial, "study", None), "directions", None)
+    if directions is not None and len(directions) > 1:
+        # `trial.report` and pruning exist for single-objective studies only.
+        raise ValueError(
+            "Invalid value received for argument `trial`. Its study has "
+            f"{len(directions)} objectives, and Optuna prunes only single-objective "
+            "studies. Create the study with one `direction=`, or train without this "
+            f"callback. Received: directions={[d.name.lower() for d in directions]}"
+        )
     detector_kwargs = dict(detector_kwargs or {})
     for name, why in (("action", "sets the detector's action itself"), ("objective", "judges `monitor`")):
         if name in detector_kwargs:

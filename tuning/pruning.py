@@ -12,6 +12,7 @@ from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.monitoring import MODES
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
+from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import UNDERFITTING
 
@@ -162,6 +163,13 @@ class TrialPruningDetector(OverfittingDetector):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         self._epoch = epoch
+        if self.objective not in logs and not without_validation(logs, (self.objective,)):
+            # A misspelt objective would never prune, silently.
+            raise ValueError(
+                f"Invalid value received for argument `objective`. `{self.objective}` is not "
+                f"in the epoch's logs, which hold {sorted(logs)}. Pass one of those (the "
+                f"tuner's objective). Received: objective={self.objective!r}"
+            )
         if epoch >= self.start_from_epoch and self.objective in logs:
             if self._objective_direction is None:
                 self._objective_direction = monitor_direction(self.model, self.objective, self.objective_mode)

@@ -137,7 +137,9 @@ def test_an_unusable_state_file_is_a_clear_error(tmp_path, content, problem):
 @pytest.mark.parametrize(
     "field, value",
     [("best", "abc"), ("wait", -5), ("best_epoch", 1.5), ("finished", "no"), ("kept", [{"value": 1}]),
-     ("backup", ".best.keras.backup-000009.weights.h5"), ("version", 1)],
+     ("backup", "../../../../etc/hostname"), ("best_backup", "/etc/hostname"), ("mode", "up"),
+     ("previous", {"backup": None}), ("kept", [{"value": 1.0, "epoch": 0, "path": "/elsewhere/best.keras"}]),
+     ("version", 2)],
 )
 def test_each_field_of_the_state_is_checked(tmp_path, field, value):
     path = str(tmp_path / "best.keras")

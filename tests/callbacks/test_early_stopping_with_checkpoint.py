@@ -221,7 +221,7 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
     assert {key: state[key] for key in ("monitor", "best", "best_epoch", "wait", "next_epoch", "finished")} == {
         "monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 1, "next_epoch": 3, "finished": False,
     }
-    assert state["version"] == 2 and state["backup"].endswith("000002.weights.h5")
+    assert state["version"] == 3 and state["backup"].endswith("000002.npz")
     # The restarted run continues at epoch 3 (the crash came after epoch 2's
     # state was written), numbered as one run: 0.9 at epochs 3 and 4 exhausts
     # patience 3 at epoch 4.

@@ -82,7 +82,7 @@ def test_only_the_chief_writes_both_stop_together_and_a_restart_resumes(tmp_path
     folder = str(tmp_path)
     chief, worker = multi_worker.run_workers(_train, kwargs={"folder": folder, "interrupt_at": 2}, timeout=300)
     assert chief["epochs"] == worker["epochs"] == [0, 1, 2]
-    assert "best.keras" in chief["writes"] and ".best.keras.backup-000002.weights.h5" in chief["writes"]
+    assert "best.keras" in chief["writes"] and ".best.keras.backup-000002.npz" in chief["writes"]
     assert worker["writes"] == []
     assert os.path.exists(os.path.join(folder, "best.keras.state.json"))
 

@@ -185,3 +185,36 @@ def test_data_that_repeats_forever_needs_steps():
     x, _ = _data()
     with pytest.raises(ValueError, match="`steps`.*repeats forever"):
         PreciseBatchNorm(tf.data.Dataset.from_tensor_slices(x).batch(8).repeat())
+
+
+def test_one_shot_iterators_and_bad_seeds_are_refused_at_construction():
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    with pytest.raises(ValueError, match=r"`data`.*one-shot iterator.*generator function itself"):
+        PreciseBatchNorm(batch for batch in (x[:8], x[8:]))
+    with pytest.raises(ValueError, match="`seed`"):
+        PreciseBatchNorm(x, seed="a")
+
+
+def test_a_generator_function_is_read_again_at_every_epoch():
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    calls = []
+
+    def batches():
+        calls.append(1)
+        yield (x[:8],)  # Keras reads a generator of tuples
+        yield (x[8:],)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    model.compile("sgd", "mse")
+    model.fit(x, x, epochs=2, verbose=0, callbacks=[PreciseBatchNorm(batches)])
+    assert len(calls) >= 2  # one fresh generator per re-estimation (is_empty may draw one more)
+    mean = model.layers[1].moving_mean.numpy()
+    np.testing.assert_allclose(mean, _numpy(model.layers[0](x)).mean(axis=0), atol=1e-4)
+
+
+def test_a_model_without_batch_norm_is_warned_about():
+    x = np.ones((8, 4), "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
+    model.compile("sgd", "mse")
+    with pytest.warns(UserWarning, match="no batch norm layer"):
+        model.fit(x, x, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x)])

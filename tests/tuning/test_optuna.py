@@ -280,3 +280,9 @@ def test_auto_mode_takes_the_direction_the_compiled_metric_declares():
     model.fit(*data, validation_data=data, epochs=2, verbose=0, callbacks=[callback])
     assert callback.direction == "maximize"
     assert sorted(study.trials[0].intermediate_values) == [0, 1]
+
+
+def test_a_multi_objective_study_is_refused_when_the_callback_is_built():
+    trial = optuna.create_study(directions=["minimize", "maximize"]).ask()
+    with pytest.raises(ValueError, match=r"`trial`.*2 objectives.*\['minimize', 'maximize'\]"):
+        optuna_pruning_callback(trial)

@@ -159,3 +159,12 @@ def test_several_objectives_need_the_judged_one_named(tmp_path):
     )
     # Not the oracle's score (a sum of both): the detector keeps its own record.
     assert tuner.detector.objective == "val_accuracy" and not tuner.detector.search.set_by_tuner
+
+
+def test_an_objective_the_logs_never_hold_is_an_error_listing_the_logged_keys():
+    detector = pruning_detector(objective="val_accurcy", objective_patience=2, patience=2, verbose=0)
+    with pytest.raises(ValueError, match=r"`val_accurcy` is not in the epoch's logs.*'val_accuracy'"):
+        replay(detector, _flat, epochs=4)
+    # An epoch without validation (validation_freq) is not held against it.
+    detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0)
+    assert replay(detector, lambda epoch: {"loss": 1.0} if epoch % 2 == 0 else _flat(epoch), epochs=3) is None
