@@ -408,11 +408,12 @@ def main():
     parser.add_argument("--report", nargs="+", default=None, help="only print the report of saved runs")
     args = parser.parse_args()
     if args.report:
-        cells = []
+        cells = {}
         for path in args.report:  # several runs (one per data set, say) reported as one grid
             with open(path) as f:
-                cells += json.load(f)["cells"]
-        report(cells)
+                for cell in json.load(f)["cells"]:
+                    cells.setdefault(cell["cell"], cell)  # a cell run twice counts once
+        report(list(cells.values()))
         return
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     print(f"backend {keras.backend.backend()}; {vars(args)}", flush=True)

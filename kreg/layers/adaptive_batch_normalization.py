@@ -15,6 +15,14 @@ TEST_TIME_MODES = ("running", "batch", "mixed", "online")
 _RUNNING, _BATCH, _MIXED, _ONLINE = range(len(TEST_TIME_MODES))
 
 
+def _torch_compiling():
+    """Whether this call is being traced by `torch.compile` (Keras's
+    `jit_compile=True` on torch), where a branch on a tensor's value recompiles."""
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 class _ModeHolder:
     """Holds the mode variable out of Keras's attribute tracking.
 
@@ -203,7 +211,14 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             mean, variance = combine_statistics(running_weight, (moving_mean, moving_variance), (mean, variance))
             return mean, variance, clean
 
-        if self.synchronized or keras.backend.backend() == "torch":
+        if keras.backend.backend() == "torch" and not self.synchronized and not _torch_compiling():
+            # Eager torch (Keras's default there): a Python branch on the mode's
+            # value costs nothing to trace, so the running mode is exactly
+            # `BatchNormalization`'s arithmetic, with no batch moments and no write.
+            if int(ops.convert_to_numpy(mode)) == _RUNNING:
+                return normalize(self, inputs, moving_mean, moving_variance)
+            mean, variance, clean = adapted_statistics()
+        elif self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
             # tf.distribute, so synchronized layers compute the batch moments on
             # every call and select. On torch, `ops.cond` is a Python `if` on the
