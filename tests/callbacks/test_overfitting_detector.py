@@ -282,6 +282,21 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
         OverfittingDetector(**kwargs)
 
 
+def test_a_mode_against_the_declared_direction_is_an_error():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse", metrics=[keras.metrics.CosineSimilarity()])
+    detector = OverfittingDetector(monitor="val_cosine_similarity", train_monitor="cosine_similarity", mode="min")
+    with pytest.raises(ValueError, match=r"`mode`.*'val_cosine_similarity' declares that it is maximized.*mode='min'"):
+        fit_scripted(model, detector, 2, cosine_similarity=[0.1, 0.2], val_cosine_similarity=[0.1, 0.2])
+
+
+def test_a_run_too_short_to_judge_says_so():
+    detector = OverfittingDetector(patience=3)
+    with pytest.warns(UserWarning, match=r"judged nothing: 5 finite validated epochs.*needs 9"):
+        fit_scripted(tiny_model(), detector, 5, loss=FALLING[:5], val_loss=U_SHAPE[:5])
+    assert set(detector.states) == {"learning"}
+
+
 def test_config_round_trip():
     detector = OverfittingDetector(patience=4, min_gap=0.1, action="rollback", criterion="p_value", threshold=0.3)
     config = detector.get_config()
