@@ -157,7 +157,7 @@ def tune(runs):
 
 
 def run_table(runs):
-    print("| run | half | label | epochs | validation minimum | noise | first state (epoch) | overfitting alarm | onset | patience-10 stop |")
+    print("| run | half | label | epochs | validation minimum | label noise | first state (epoch) | overfitting alarm | onset | patience-10 stop |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     show = lambda epoch: "-" if epoch is None else str(epoch + 1)  # noqa: E731
     for run in runs:

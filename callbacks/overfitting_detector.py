@@ -14,6 +14,7 @@ from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import TESTS
+from kreg.callbacks.overfitting_criteria import MIN_RESIDUALS
 from kreg.callbacks.overfitting_criteria import curve_noise
 
 LEARNING, OVERFITTING, SATURATED, UNDERFITTING = "learning", "overfitting", "saturated", "underfitting"
@@ -353,8 +354,14 @@ class OverfittingDetector(keras.callbacks.Callback):
         if self._declared is None:
             # The compiled metrics exist by the first epoch's end.
             self._declared = {}
-            for name in (self.monitor, self.train_monitor):
+            for name, mode, argument in ((self.monitor, self.mode, "mode"), (self.train_monitor, self.train_mode, "train_mode")):
                 direction = declared_direction(self.model, name)
+                if direction is not None and mode not in ("auto", direction):
+                    raise ValueError(
+                        f"Invalid value received for argument `{argument}`: the model's metric "
+                        f"{name!r} declares that it is {'maximized' if direction == 'max' else 'minimized'}. "
+                        f"Use {argument}='auto' or {direction!r}. Received: {argument}={mode!r}"
+                    )
                 if direction is not None:
                     self._declared[name] = direction
         train_value, val_value = _scalar(logs[self.train_monitor]), _scalar(logs[self.monitor])
@@ -381,6 +388,13 @@ class OverfittingDetector(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._last_logs is not None and not self.states:
             self._check_logs(self._last_logs)  # no epoch had validation
+        if self.states and self.noise is None and self.criterion == "noise":
+            warnings.warn(
+                f"OverfittingDetector judged nothing: {len(self._raw_val)} finite validated "
+                f"epochs, and its noise estimate needs {MIN_RESIDUALS + 4}. Train longer to "
+                "get a state other than learning.",
+                stacklevel=2,
+            )
 
     def _message(self, state, epoch):
         if state == OVERFITTING:

@@ -184,16 +184,17 @@ def test_a_stop_by_another_callback_is_not_called_patience(tmp_path):
     from kreg.callbacks import OverfittingDetector
 
     x, y = tiny_data()
-    detector = OverfittingDetector(patience=2, smoothing=0.0, action="stop")
+    detector = OverfittingDetector(patience=2, action="stop")
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=10)
     script = ScriptedMetrics(
-        loss=[2, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], val_loss=[2, 1, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4]
+        loss=[2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50],
+        val_loss=[2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6],
     )
     tiny_model().fit(
-        x, y, validation_data=(x, y), epochs=8, verbose=0, callbacks=[script, detector, callback]
+        x, y, validation_data=(x, y), epochs=12, verbose=0, callbacks=[script, detector, callback]
     )
     assert callback.stop_reason is StopReason.OTHER_CALLBACK
-    assert callback.best_epoch == 2 and len(script.weights) == 5
+    assert callback.best_epoch == 4 and len(script.weights) == 9  # the detector stopped at epoch 8
 
 
 def test_state_resets_between_fit_calls_on_the_same_callback(tmp_path):

@@ -1,5 +1,3 @@
-import warnings
-
 import keras
 import numpy as np
 import pytest
@@ -235,11 +233,13 @@ def test_warn_action_warns_and_state_resets_between_fits():
     model = tiny_model()
     with pytest.warns(UserWarning, match=r"Overfitting detected at epoch 9: val_loss is worse than its best \(epoch 5\)"):
         fit_scripted(model, detector, 10, loss=FALLING[:10], val_loss=U_SHAPE[:10])
-    with warnings.catch_warnings():
-        # The detector's warnings only: JAX arrays' NumPy DeprecationWarning (ignored
-        # in pyproject.toml) is no detection.
-        warnings.simplefilter("error", UserWarning)
+    with pytest.warns(UserWarning) as record:
         fit_scripted(model, detector, 3, loss=FALLING[:3], val_loss=[2, 1, 0.9])
+    # The only warning of the second fit is that 3 epochs are too few to judge.
+    assert [str(w.message) for w in record if "OverfittingDetector" in str(w.message) or "detected" in str(w.message)] == [
+        "OverfittingDetector judged nothing: 3 finite validated epochs, and its noise estimate needs 9. "
+        "Train longer to get a state other than learning."
+    ]
     assert detector.state == "learning" and detector.onset_epoch is None
 
 
@@ -280,6 +280,21 @@ def test_missing_validation_metric_is_an_error():
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OverfittingDetector(**kwargs)
+
+
+def test_a_mode_against_the_declared_direction_is_an_error():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse", metrics=[keras.metrics.CosineSimilarity()])
+    detector = OverfittingDetector(monitor="val_cosine_similarity", train_monitor="cosine_similarity", mode="min")
+    with pytest.raises(ValueError, match=r"`mode`.*'val_cosine_similarity' declares that it is maximized.*mode='min'"):
+        fit_scripted(model, detector, 2, cosine_similarity=[0.1, 0.2], val_cosine_similarity=[0.1, 0.2])
+
+
+def test_a_run_too_short_to_judge_says_so():
+    detector = OverfittingDetector(patience=3)
+    with pytest.warns(UserWarning, match=r"judged nothing: 5 finite validated epochs.*needs 9"):
+        fit_scripted(tiny_model(), detector, 5, loss=FALLING[:5], val_loss=U_SHAPE[:5])
+    assert set(detector.states) == {"learning"}
 
 
 def test_config_round_trip():
