@@ -149,6 +149,11 @@ class DropBlock1D(DropBlock):
         data_format: `"channels_last"` (`(batch, steps, channels)`) or
             `"channels_first"` (`(batch, channels, steps)`). Defaults to
             `keras.config.image_data_format()`.
+            A shape cannot tell which axis holds the channels, so a
+            `data_format` that does not match the input is refused only
+            where an axis it reads as spatial is shorter than `block_size`;
+            otherwise the blocks silently run along the channels. Pass the
+            `data_format` of the layer before it.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -196,6 +201,11 @@ class DropBlock2D(DropBlock):
             late stages of a ResNet-50.
         data_format: `"channels_last"` (`(batch, height, width, channels)`) or
             `"channels_first"`. Defaults to `keras.config.image_data_format()`.
+            A shape cannot tell which axis holds the channels, so a
+            `data_format` that does not match the input is refused only
+            where an axis it reads as spatial is shorter than `block_size`;
+            otherwise the blocks silently run along the channels. Pass the
+            `data_format` of the layer before it.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -240,6 +250,11 @@ class DropBlock3D(DropBlock):
             map's size along each axis.
         data_format: `"channels_last"` (`(batch, d1, d2, d3, channels)`) or
             `"channels_first"`. Defaults to `keras.config.image_data_format()`.
+            A shape cannot tell which axis holds the channels, so a
+            `data_format` that does not match the input is refused only
+            where an axis it reads as spatial is shorter than `block_size`;
+            otherwise the blocks silently run along the channels. Pass the
+            `data_format` of the layer before it.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
