@@ -8,6 +8,7 @@ regularizer into a no-op.
 
 import contextlib
 
+import keras
 from keras.src import backend as _backend
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
@@ -212,6 +213,16 @@ def tensor_history(tensor):
     """`(operation, node index, output index)` of the call that made `tensor`."""
     history = tensor._keras_history
     return history.operation, history.node_index, history.tensor_index
+
+
+def producer_inputs(tensor):
+    """The symbolic tensors the call that made `tensor` consumed (`[]` for a
+    model input or a tensor without history)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return []
+    node = history.operation._inbound_nodes[history.node_index]
+    return [x for x in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)) if isinstance(x, keras.KerasTensor)]
 
 
 def fused_rnn_arguments_ok(layer):

@@ -107,7 +107,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     ConvNeXt's own `StochasticDepth` with `drop_path_rate`; kreg's
     `StochasticDepth`) are reported as already dropped: the old drop is
     removed from the copy and the add gets the scheduled rate, so no branch is
-    ever dropped twice.
+    ever dropped twice. Such a drop is recognized right before the add only;
+    one that also feeds another layer leaves the add as it is (with the
+    reason), since removing it would change that other path too. A per-sample
+    drop deeper inside a branch is not looked for.
 
     Args:
         model: A built functional `keras.Model` (`keras.applications` and
@@ -286,6 +289,14 @@ def _residual(call, depth):
     branch = producers[branch_position]
     old_rate = _existing_drop(branch)
     if old_rate is not None:
+        others = [getattr(consumer, "name", "the model's output") for consumer in branch.consumers if consumer is not call]
+        if others:
+            # Removing the drop would take it from those paths too; keeping it
+            # would drop this branch twice.
+            return (
+                f"its branch's per-sample drop `{branch.name}` also feeds {', '.join(others)}: "
+                "removing it would change that path, keeping it would drop the branch twice"
+            )
         return _Residual(call, 1 - branch_position, branch.sources[0][0] if branch.sources else branch, branch, old_rate)
     if abs(first - second) < 2:
         return "its branch is a single operation deep: not a residual block"

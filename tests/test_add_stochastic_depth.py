@@ -161,3 +161,17 @@ def test_keras_hub_resnet():
         image_shape=(32, 32, 3),
     )
     _check_application(backbone, 4)
+
+
+def test_a_per_sample_drop_that_also_feeds_another_layer_is_neither_removed_nor_stacked():
+    inputs = keras.Input((8,))
+    branch = keras.layers.Dense(8)(keras.layers.Dense(8)(inputs))
+    dropped = keras.layers.Dropout(0.3, noise_shape=(None, 1), name="path_drop")(branch)
+    side = keras.layers.Dense(2, name="side")(dropped)
+    model = keras.Model(inputs, [keras.layers.Add()([inputs, dropped]), side])
+    with pytest.warns(UserWarning, match="no residual add"):
+        copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
+    assert not report.changed and not report.already_dropped
+    assert len(report.left) == 1 and "path_drop" in report.left[0][1] and "side" in report.left[0][1]
+    assert "path_drop" in [layer.name for layer in copy.layers]  # the side path keeps its drop
+    assert not _stochastic_depth_layers(copy)

@@ -3,10 +3,20 @@
 import keras
 from keras import ops
 
+from kreg import _keras_compat
 from kreg._validation import check_choice
 from kreg._validation import check_sizes
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
+
+
+# Layers that keep their input's layout, so the `data_format` of the layer that
+# fed them still describes their output.
+_LAYOUT_KEEPING = (
+    keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+    keras.layers.PReLU, keras.layers.BatchNormalization, keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout, keras.layers.AlphaDropout, keras.layers.ActivityRegularization,
+)  # fmt: skip
 
 
 class DropBlock(AdjustableRates, keras.layers.Layer):
@@ -62,6 +72,33 @@ class DropBlock(AdjustableRates, keras.layers.Layer):
 
     def build(self, input_shape):
         self._spatial_sizes(input_shape)
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # A symbolic call (a functional model being built): the layer that made
+        # the input, or the nearest before it through layout-keeping layers,
+        # states its layout when it has a `data_format` (a conv, a pooling).
+        self._check_producer_layout(inputs)
+        return super().compute_output_spec(inputs, *args, **kwargs)
+
+    def _check_producer_layout(self, tensor):
+        for _ in range(16):
+            history = getattr(tensor, "_keras_history", None)
+            if history is None:
+                return
+            producer = _keras_compat.tensor_history(tensor)[0]
+            declared = getattr(producer, "data_format", None)
+            if declared in ("channels_last", "channels_first"):
+                if declared != self.data_format:
+                    raise ValueError(
+                        "Invalid value received for argument `data_format`. Expected the "
+                        f"layout of its input, {declared!r} (from `{producer.name}`). "
+                        f"Received: data_format={self.data_format!r}"
+                    )
+                return
+            inputs = _keras_compat.producer_inputs(tensor)
+            if not isinstance(producer, _LAYOUT_KEEPING) or len(inputs) != 1:
+                return
+            tensor = inputs[0]
 
     def call(self, inputs, training=False):
         sizes = self._spatial_sizes(inputs.shape)
@@ -149,6 +186,10 @@ class DropBlock1D(DropBlock):
         data_format: `"channels_last"` (`(batch, steps, channels)`) or
             `"channels_first"` (`(batch, channels, steps)`). Defaults to
             `keras.config.image_data_format()`.
+            A mismatch is refused where the nearest layer before it with a
+            `data_format` (through activations and batch norm) states the
+            other, or an axis read as spatial is shorter than `block_size`;
+            elsewhere a shape cannot show which axis holds the channels.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -196,6 +237,10 @@ class DropBlock2D(DropBlock):
             late stages of a ResNet-50.
         data_format: `"channels_last"` (`(batch, height, width, channels)`) or
             `"channels_first"`. Defaults to `keras.config.image_data_format()`.
+            A mismatch is refused where the nearest layer before it with a
+            `data_format` (through activations and batch norm) states the
+            other, or an axis read as spatial is shorter than `block_size`;
+            elsewhere a shape cannot show which axis holds the channels.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -240,6 +285,10 @@ class DropBlock3D(DropBlock):
             map's size along each axis.
         data_format: `"channels_last"` (`(batch, d1, d2, d3, channels)`) or
             `"channels_first"`. Defaults to `keras.config.image_data_format()`.
+            A mismatch is refused where the nearest layer before it with a
+            `data_format` (through activations and batch norm) states the
+            other, or an axis read as spatial is shorter than `block_size`;
+            elsewhere a shape cannot show which axis holds the channels.
         seed: Integer, optional. Seed of the random draws.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 

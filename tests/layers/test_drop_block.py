@@ -157,3 +157,15 @@ def test_block_larger_than_the_map_or_wrong_rank_fails_when_built():
         DropBlock2D(0.1, 5, data_format="channels_first")(keras.Input((16, 16, 3)))
     with pytest.raises(ValueError, match=r"rank 4.*\(None, 8, 3\)"):
         DropBlock2D(0.1, 3)(keras.Input((8, 3)))
+
+
+@pytest.mark.parametrize("between", [[], [keras.layers.ReLU], [keras.layers.BatchNormalization, keras.layers.ReLU]])
+def test_data_format_other_than_the_conv_before_it_fails_when_called(between):
+    # 16x16x16 fits a block of 3 either way: only the conv's data_format tells.
+    inputs = keras.Input((16, 16, 16))
+    x = keras.layers.Conv2D(16, 3, padding="same", data_format="channels_last", name="conv")(inputs)
+    for layer in between:
+        x = layer()(x)
+    with pytest.raises(ValueError, match=r"`data_format`.*'channels_last' \(from `conv`\).*data_format='channels_first'"):
+        DropBlock2D(0.1, 3, data_format="channels_first")(x)
+    assert DropBlock2D(0.1, 3, data_format="channels_last")(x).shape == x.shape

@@ -54,10 +54,34 @@ def test_data_dependent_init_normalizes_the_first_batch_then_stays():
     first = _numpy(layer(x, training=True))
     np.testing.assert_allclose(first.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(first.std(axis=0), 1.0, rtol=1e-3)
-    scale = _numpy(layer.init_scale).copy()
+    offsets = _numpy(layer.g_offset).copy(), _numpy(layer.bias_offset).copy()
+    np.testing.assert_allclose(_numpy(layer(x)), first, rtol=1e-4, atol=1e-4)  # inference agrees
     later = _numpy(layer(rng.normal(0.0, 1.0, (64, 8)).astype("float32"), training=True))
-    np.testing.assert_array_equal(_numpy(layer.init_scale), scale)  # only the first batch sets it
+    np.testing.assert_array_equal(_numpy(layer.g_offset), offsets[0])  # only the first batch sets them
+    np.testing.assert_array_equal(_numpy(layer.bias_offset), offsets[1])
     assert abs(later.mean()) > 0.1
+
+
+def test_after_data_init_the_length_trains_as_the_papers_g():
+    # Salimans & Kingma 2016, section 3: the data-dependent init sets g and b,
+    # which then train as usual: y = g t + b, dL/dg = mean(r t) for L = mean(r y).
+    # A frozen factor s after the layer (y = s (g t + b)) would move the length
+    # by s^2 times that instead.
+    rng = np.random.default_rng(4)
+    layer = WeightNormalization(keras.layers.Dense(3), data_init=True)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, layer(inputs))
+    layer(rng.normal(0.0, 8.0, (256, 6)).astype("float32"), training=True)  # the init: std far from 1
+    x = rng.standard_normal((32, 6)).astype("float32")
+    r = rng.standard_normal((32, 3)).astype("float32")
+    v = _numpy(layer.layer.kernel)
+    t = x @ (v / np.linalg.norm(v, axis=0))
+    before = np.linalg.norm(_numpy(layer.normalized_kernel()), axis=0)
+    learning_rate = 0.01
+    model.compile(keras.optimizers.SGD(learning_rate), loss=lambda y_true, y_pred: ops.sum(y_true * y_pred, axis=-1))
+    model.train_on_batch(x, r)
+    after = np.linalg.norm(_numpy(layer.normalized_kernel()), axis=0)
+    np.testing.assert_allclose(after - before, -learning_rate * np.mean(r * t, axis=0), rtol=1e-3, atol=1e-6)
 
 
 def test_fold_batch_norms_turns_it_into_the_plain_layer():
@@ -85,3 +109,13 @@ def test_fold_batch_norms_turns_it_into_the_plain_layer():
 def test_bad_arguments_fail_at_construction(layer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         WeightNormalization(layer, **kwargs)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_causal_conv1d_computes_what_the_plain_layer_computes(data_format):
+    # Conv1D pads causal inputs in its own call; the wrapper must too.
+    shape = (2, 9, 3) if data_format == "channels_last" else (2, 3, 9)
+    x = np.random.default_rng(3).standard_normal(shape).astype("float32")
+    plain = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, data_format=data_format)
+    expected = _numpy(plain(x))
+    np.testing.assert_allclose(_numpy(WeightNormalization(plain)(x)), expected, rtol=1e-5, atol=1e-5)
