@@ -32,7 +32,8 @@ class DropoutSchedule(keras.callbacks.Callback):
     At the start of each epoch every adjustable rate is set to its base rate (the
     one it had when `fit` began) times the schedule's multiplier for that epoch;
     the next step uses it without a retrace. At the end of `fit` the base rates
-    come back, so the model saved afterwards keeps the rates it was built with.
+    come back, so the model saved afterwards keeps the rates it was built with (after
+a `fit` stopped by an error, at the start of the next `fit` with this callback).
 
     Adjustable rates are those of kreg's dropout layers (`AdjustableDropout`,
     `ConsistentDropout`, `EmbeddingDropout`, the weight dropout of
@@ -109,6 +110,10 @@ class DropoutSchedule(keras.callbacks.Callback):
         return schedule_multiplier(self.schedule, epoch, self.epochs)
 
     def on_train_begin(self, logs=None):
+        if self._base_rates is not None:
+            # The last fit was stopped by an error (`fit` then skips
+            # `on_train_end`): its scaled rates are still in the model.
+            self._set(lambda base: base)
         self._base_rates = {(id(layer), name): rate for (layer, name), rate in adjustable_dropout_rates(self.model).items()}
         if not self._base_rates:
             print_msg(
@@ -125,6 +130,7 @@ class DropoutSchedule(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._set(lambda base: base)
+        self._base_rates = None
 
     def _set(self, rate_of_base):
         """Sets each scheduled rate to `rate_of_base(base rate)`; returns them if any moved."""

@@ -92,7 +92,8 @@ class WeightAveraging(keras.callbacks.Callback):
             epochs of `fit`. Defaults to 0.75. Must fall before the last epoch.
         swa_learning_rate: For `"swa"`: optional learning rate to anneal to from
             `start_epoch`; the optimizer's learning rate must then be a float,
-            not a schedule. It is restored at the end of `fit`.
+            not a schedule. It is restored at the end of `fit` (after a `fit`
+            stopped by an error, at the start of the next `fit` with this callback).
         annealing_epochs: For `"swa"`: epochs to reach `swa_learning_rate`.
             Epoch `start_epoch + k` trains with the rate `SWALR` gives after
             `k + 1` steps. Defaults to 1 (reached at `start_epoch`).
@@ -201,6 +202,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._average_statistics = None
         self._told_no_batch_norm = False
         self._in_fit = False
+        self._learning_rate_at_begin = None
         self._epoch = self._closed_epoch = None
 
     # -- the average's state, for an exact resume --------------------------------
@@ -208,20 +210,22 @@ class WeightAveraging(keras.callbacks.Callback):
     def get_state(self):
         """What a resumed `fit` needs to continue exactly, as NumPy arrays.
 
-        `{"count": updates so far, "values": the average, "raw": the raw weights}`,
-        in the order of `model.trainable_variables`. `"raw"` is set while the
-        model holds the average (after `fit`, or after an epoch that validated
-        it); otherwise it is `None` and the model holds the raw weights.
+        `{"count": updates so far, "values": the average, "raw": the raw weights,
+        "raw_statistics": the raw weights' batch norm statistics}`, the weights in
+        the order of `model.trainable_variables`. `"raw"` and `"raw_statistics"`
+        are set while the model holds the average (after `fit`, or after an epoch
+        that validated it); otherwise they are `None` and the model holds the raw
+        weights and their moving statistics.
         """
         held = self._swapped if self._swapped is not None else self._raw_in_waiting
-        raw = None if held is None else [w.copy() for w in held[0]]
-        return {**self._average.state(), "raw": raw}
+        raw, raw_statistics = (None, None) if held is None else ([v.copy() for v in part] for part in held)
+        return {**self._average.state(), "raw": raw, "raw_statistics": raw_statistics}
 
     def set_state(self, state):
         """Restores a `get_state()`: the next `fit` puts the raw weights back in the
         model (if the state has them) and continues the average."""
         self._average.set_state(state)
-        self._raw_to_restore = state.get("raw")
+        self._raw_to_restore = (state.get("raw") or [], state.get("raw_statistics") or [])
         self._statistics_key = None
         self._state_given = True
 
@@ -230,16 +234,19 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self._swapped is not None:  # a previous fit stopped by an error mid-validation
             self._swap_out()
+        if self._in_fit and self._learning_rate_at_begin is not None:
+            # A previous fit was stopped by an error (`fit` then skips
+            # `on_train_end`): its annealed rate is still in the optimizer.
+            self.model.optimizer.learning_rate = self._learning_rate_at_begin
         self._refuse_a_second_averaging()
+        self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
         if self._state_given:
-            for variable, value in zip(self.model.trainable_variables, self._raw_to_restore or []):
-                variable.assign(value)
+            self._assign(self._raw_to_restore)
         else:
             self._average = WeightAverage()
             self._statistics_key = None
         self._state_given, self._raw_to_restore, self._raw_in_waiting = False, None, None
         self._start = self._resolve_start_epoch()
-        self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
         self._check_bn_data()
         self._learning_rate_at_begin = self._swa_learning_rate_check()
         self._swa_start_rate = None
@@ -261,7 +268,7 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.method == "ema":
             decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
-            self._average.update_ema(_numpy(_keras_compat.trainable_values_in_fit(self.model)), decay)
+            self._average.update_ema(_keras_compat.trainable_values_in_fit(self.model), decay)
 
     def on_test_begin(self, logs=None):
         # `fit` runs its validation (starting here) before `on_epoch_end`.
@@ -299,7 +306,7 @@ class WeightAveraging(keras.callbacks.Callback):
         goes into the model if this epoch validates it."""
         self._closed_epoch = self._epoch
         if self.method == "swa" and self._epoch >= self._start:
-            self._average.update_mean(_numpy(self.model.trainable_variables))
+            self._average.update_mean([variable.value for variable in self.model.trainable_variables])
         if (self._epoch + 1) % self.every_n_epochs == 0 and self._average.values is not None:
             self._swap_in()
 
@@ -309,7 +316,9 @@ class WeightAveraging(keras.callbacks.Callback):
     def _swap_in(self):
         raw = (_numpy(self.model.trainable_variables), _numpy(self._statistics_variables()))
         try:
-            for variable, value in zip(self.model.trainable_variables, self._average.values):
+            # Copies (through NumPy, once per validation), not the average's own
+            # buffers: on JAX a compiled step donates the arrays it is given.
+            for variable, value in zip(self.model.trainable_variables, self._average.numpy()):
                 variable.assign(value)
             self._statistics_for_average()
         except BaseException:

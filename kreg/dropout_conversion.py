@@ -54,6 +54,11 @@ _NOISE_SHAPES = {
 }
 
 
+# Every Keras dropout, for the report: `AlphaDropout` and `GaussianDropout` are
+# not `Dropout` subclasses (keras/src/layers/regularization/), and not converted.
+_DROPOUT_KINDS = (keras.layers.Dropout, keras.layers.AlphaDropout, keras.layers.GaussianDropout)
+
+
 def convert_dropouts(model, return_report=False):
     """A copy of `model` whose dropout layers have rates a callback can change.
 
@@ -61,8 +66,10 @@ def convert_dropouts(model, return_report=False):
     float, fixed when the train function is traced. This returns a copy in which
     each becomes a `kreg.layers.AdjustableDropout` with the same rate, seed,
     name, dtype and mask shape (a spatial dropout's whole-feature-map mask is
-    its `noise_shape`): the copy computes exactly what the original does, at
-    inference and in training, and `kreg.callbacks.DropoutSchedule` (or
+    its `noise_shape`): the copy computes exactly what the original does at
+    inference, and in training drops with the same rate and mask shape and
+    scales alike (the random draws differ: the masks are equal in
+    distribution, not value by value), and `kreg.callbacks.DropoutSchedule` (or
     `OverfittingDetector(action="strengthen")`) can then change the rates
     between epochs. The weights are copied; the original model is not changed.
 
@@ -108,7 +115,7 @@ def convert_dropouts(model, return_report=False):
 
     converted, converted_ids = clone_replacing(model, replacement)
     for layer in model_graph.sublayers(model):
-        if id(layer) in converted_ids or not isinstance(layer, keras.layers.Dropout):
+        if id(layer) in converted_ids or not isinstance(layer, _DROPOUT_KINDS):
             continue
         if type(layer) not in _NOISE_SHAPES:
             reason = f"a {type(layer).__name__}: only Dropout and SpatialDropout1D/2D/3D are converted"

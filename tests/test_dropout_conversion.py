@@ -119,3 +119,15 @@ def test_a_subclassed_model_is_refused():
 
     with pytest.raises(TypeError, match="Sequential or functional"):
         convert_dropouts(Net())
+
+
+def test_alpha_and_gaussian_dropout_are_reported_as_left():
+    # Neither is a `Dropout` subclass; a report that lists nothing would say the
+    # model has no dropout to schedule.
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.AlphaDropout(0.2, name="alpha"), keras.layers.GaussianDropout(0.3, name="gauss")]
+    )
+    with pytest.warns(UserWarning):
+        _, report = convert_dropouts(model, return_report=True)
+    assert [name for name, _ in report.left] == ["alpha", "gauss"]
+    assert all("only Dropout and SpatialDropout" in reason for _, reason in report.left)

@@ -108,3 +108,24 @@ def test_bad_arguments_are_refused_at_construction(kwargs, match):
 def test_config_round_trip():
     schedule = DropoutSchedule("curriculum", epochs=5, verbose=1)
     assert DropoutSchedule(**schedule.get_config()).get_config() == schedule.get_config()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_fit_stopped_by_an_error_does_not_make_the_scaled_rates_the_next_base():
+    # `fit` skips `on_train_end` after an error: the next fit must not take the
+    # rates the schedule left (0 for "early" past its epochs) as the base rates.
+    model = _model()
+    schedule = DropoutSchedule("early", epochs=2)
+    x, y = np.ones((8, 5, 3), "float32"), np.zeros((8, 1))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=4, verbose=0, callbacks=[schedule, _Interrupt()])
+    recorder = _RateRecorder()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[schedule, recorder])
+    assert recorder.rates[0]["dropout.rate"] == pytest.approx(0.4)
+    after_fit = {f"{layer.name}.{name}": rate for (layer, name), rate in adjustable_dropout_rates(model).items()}
+    assert after_fit == {"consistent.rate": 0.2, "dropout.rate": 0.4}

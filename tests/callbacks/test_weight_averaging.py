@@ -231,3 +231,57 @@ def test_config_and_deep_copy_keep_the_settings():
     clone = copy.deepcopy(averaging)
     assert clone.get_config() == averaging.get_config() and clone.bn_data is x
     assert WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_fit_stopped_by_an_error_does_not_keep_the_annealed_learning_rate():
+    # `fit` skips `on_train_end` after an error: the next fit must start from
+    # the compiled rate, not take SWA's annealed one as the rate to restore.
+    x, y = _data()
+    model = _cnn()
+    averaging = WeightAveraging("swa", bn_data=x, start_epoch=1, swa_learning_rate=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[averaging, _Interrupt()])
+    rates = []
+    watcher = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: rates.append(float(ops.convert_to_numpy(model.optimizer.learning_rate)))
+    )
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[averaging, watcher])
+    assert rates == pytest.approx([0.1, 0.01])
+    assert float(ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.1)
+
+
+def test_set_state_puts_back_the_raw_weights_and_their_moving_statistics():
+    # The model saved after fit holds the average and its re-estimated
+    # statistics; a resume continues training from the raw weights with the
+    # moving statistics they had, not the average's.
+    x, y = _data()
+    model = _cnn()
+    # Before WeightAveraging in the list, without validation: the raw model at
+    # each epoch's end (synced from JAX's training state), before the swap.
+    raw = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: setattr(
+            raw, "values", _numpy(model.trainable_variables) + _numpy(model.get_layer("bn").non_trainable_weights)
+        )
+    )
+    first = WeightAveraging("ema", bn_data=x)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[raw, first])
+    resumed = keras.models.clone_model(model)
+    resumed.set_weights(model.get_weights())
+    resumed.compile("sgd", "sparse_categorical_crossentropy")
+    second = WeightAveraging("ema", bn_data=x)
+    second.set_state(first.get_state())
+    at_begin = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: setattr(
+            at_begin, "values", (_numpy(resumed.trainable_variables), _numpy(resumed.get_layer("bn").non_trainable_weights))
+        )
+    )
+    resumed.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second, at_begin])
+    assert len(raw.values) == len(at_begin.values[0]) + 2
+    for actual, wanted in zip(at_begin.values[0] + at_begin.values[1], raw.values):
+        np.testing.assert_array_equal(actual, wanted)
