@@ -263,6 +263,13 @@ def test_a_snapshot_restores_only_into_its_own_method_and_model():
     other = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")], name="other")
     with pytest.raises(ValueError, match="batch norms of the model `.*`, which differ from those of `other`"):
         OnlineAdapter(other, **_arguments("tent")).restore(snapshot)
+    # A model built by the same code has the same batch norm paths and shapes,
+    # but the snapshot holds the first model's weights and running state.
+    twin = _cnn()
+    twin_weights = _weights(twin)
+    with pytest.raises(ValueError, match="another model"):
+        OnlineAdapter(twin, **_arguments("tent")).restore(snapshot)
+    _assert_same(_weights(twin), twin_weights)
     _assert_same(_weights(model), source)
 
 
