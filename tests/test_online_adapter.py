@@ -284,6 +284,22 @@ def test_from_logits_is_checked_against_the_last_activation():
     OnlineAdapter(logits, method="tent", from_logits=True)  # consistent: accepted
 
 
+@pytest.mark.parametrize("last", ["ops.softmax", "ops.sigmoid", "Activation", "activations.softmax"])
+def test_from_logits_is_checked_on_a_softmax_activation_layer_or_ops_call(last):
+    inputs = keras.Input((4,))
+    logits = keras.layers.Dense(3)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs)))
+    outputs = {
+        "ops.softmax": lambda: keras.ops.softmax(logits),
+        "ops.sigmoid": lambda: keras.ops.sigmoid(logits),
+        "Activation": lambda: keras.layers.Activation("softmax")(logits),
+        "activations.softmax": lambda: keras.activations.softmax(logits),
+    }[last]()
+    model = keras.Model(inputs, outputs, name="probabilities")
+    with pytest.raises(ValueError, match="`probabilities` ends in a softmax or sigmoid.*from_logits=True"):
+        OnlineAdapter(model, method="tent", from_logits=True)
+    OnlineAdapter(model, method="tent")  # consistent: accepted
+
+
 def _mlp(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
