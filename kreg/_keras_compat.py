@@ -12,6 +12,8 @@ import keras
 from keras.src import backend as _backend
 from keras.src import tree as _tree
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+from keras.src.ops.nn import Sigmoid as _Sigmoid
+from keras.src.ops.nn import Softmax as _Softmax
 
 # `keras.layers.RNN` draws a cell's dropout masks once per sequence, before its
 # time loop, and clears them afterwards, only for cells that inherit this mixin
@@ -20,6 +22,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 __all__ = [
     "DropoutRNNCell",
     "PREDICT_ERROR_WITHOUT_BATCHES",
+    "PROBABILITY_OPERATIONS",
     "all_sublayers",
     "call_replaced",
     "compiled_assignment",
@@ -48,6 +51,12 @@ __all__ = [
 # batch assigns, so an empty iterator ends in this error rather than a clear one.
 # `adapt_batchnorm` turns it into its own "no batch" error.
 PREDICT_ERROR_WITHOUT_BATCHES = UnboundLocalError
+
+# The operations `keras.ops.softmax` and `keras.ops.sigmoid` (and the
+# `keras.activations` functions that call them) leave in a functional model's
+# graph when called on a symbolic tensor (keras/src/ops/nn.py): a model ending in
+# one outputs probabilities, which only these private classes tell.
+PROBABILITY_OPERATIONS = (_Softmax, _Sigmoid)
 
 
 def fused_rnn_kernels():

@@ -21,9 +21,10 @@ def test_a_class_holds_its_share_at_most_and_keeps_its_newest_samples():
     assert [len(items) for items in bank.items] == [2, 0]  # capacity / classes
     bank.add([np.array([9])], [1], [0.5])
     samples, ages = bank.contents()
-    # The oldest samples of class 0 went; ages count the samples added since.
+    # The oldest samples of class 0 went; ages count the samples added since,
+    # in units of the capacity (RoTTA's `CSTU.get_memory`).
     assert [int(s[0]) for s in samples] == [2, 3, 9]
-    np.testing.assert_array_equal(ages, [3, 2, 1])
+    np.testing.assert_array_equal(ages, np.array([3, 2, 1]) / 4)
 
 
 def test_an_uncertain_sample_does_not_replace_a_confident_recent_one():
@@ -46,3 +47,15 @@ def test_notes_fill_takes_a_collapsed_stream_whole_then_balances():
     assert [len(items) for items in bank.items] == [4, 0]  # filled by one class
     bank.add([np.array([8]), np.array([9])], [1, 1], [0.5, 0.5])
     assert [len(items) for items in bank.items] == [2, 2]  # the majority gave way
+
+
+def test_a_full_bank_weighs_its_oldest_sample_on_the_capacity_scale():
+    # RoTTA reweights by exp(-a) / (1 + exp(-a)) with a = age / capacity: the
+    # oldest of 64 samples still counts about half as much as the newest, where
+    # raw ages would give it exp(-64) and leave the newest few samples alone.
+    bank = MemoryBank(capacity=64, classes=4)
+    bank.add([np.zeros(1)] * 64, [i % 4 for i in range(64)], [0.0] * 64)
+    weights = timeliness_weights(bank.contents()[1])
+    assert len(weights) == 64
+    np.testing.assert_allclose(weights.min(), np.exp(-1.0) / (1.0 + np.exp(-1.0)))
+    assert weights.min() / weights.max() > 0.5

@@ -263,6 +263,13 @@ def test_a_snapshot_restores_only_into_its_own_method_and_model():
     other = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")], name="other")
     with pytest.raises(ValueError, match="batch norms of the model `.*`, which differ from those of `other`"):
         OnlineAdapter(other, **_arguments("tent")).restore(snapshot)
+    # A model built by the same code has the same batch norm paths and shapes,
+    # but the snapshot holds the first model's weights and running state.
+    twin = _cnn()
+    twin_weights = _weights(twin)
+    with pytest.raises(ValueError, match="another model"):
+        OnlineAdapter(twin, **_arguments("tent")).restore(snapshot)
+    _assert_same(_weights(twin), twin_weights)
     _assert_same(_weights(model), source)
 
 
@@ -275,6 +282,22 @@ def test_from_logits_is_checked_against_the_last_activation():
     with pytest.raises(ValueError, match="`logits` ends in a linear layer.*Received: from_logits=False"):
         OnlineAdapter(logits, method="tent")
     OnlineAdapter(logits, method="tent", from_logits=True)  # consistent: accepted
+
+
+@pytest.mark.parametrize("last", ["ops.softmax", "ops.sigmoid", "Activation", "activations.softmax"])
+def test_from_logits_is_checked_on_a_softmax_activation_layer_or_ops_call(last):
+    inputs = keras.Input((4,))
+    logits = keras.layers.Dense(3)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs)))
+    outputs = {
+        "ops.softmax": lambda: keras.ops.softmax(logits),
+        "ops.sigmoid": lambda: keras.ops.sigmoid(logits),
+        "Activation": lambda: keras.layers.Activation("softmax")(logits),
+        "activations.softmax": lambda: keras.activations.softmax(logits),
+    }[last]()
+    model = keras.Model(inputs, outputs, name="probabilities")
+    with pytest.raises(ValueError, match="`probabilities` ends in a softmax or sigmoid.*from_logits=True"):
+        OnlineAdapter(model, method="tent", from_logits=True)
+    OnlineAdapter(model, method="tent")  # consistent: accepted
 
 
 def _mlp(seed=0):

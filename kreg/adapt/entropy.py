@@ -52,8 +52,10 @@ _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 def outputs_probabilities(model):
     """Whether the first output of `model` is probabilities (`True`: a softmax
-    or sigmoid last), logits (`False`: a linear last layer) or unknown (`None`:
-    a subclassed model, an `ops` call, another activation)."""
+    or sigmoid last: a layer's activation, a `Softmax` layer or a
+    `keras.ops.softmax` / `keras.ops.sigmoid` call), logits (`False`: a linear
+    last layer) or unknown (`None`: a subclassed model, another `ops` call,
+    another activation)."""
     try:
         output = keras.tree.flatten(model.outputs)[0]
         operation, _, _ = _keras_compat.tensor_history(output)
@@ -61,7 +63,7 @@ def outputs_probabilities(model):
         return None
     if isinstance(operation, keras.Model):
         return outputs_probabilities(operation)
-    if isinstance(operation, keras.layers.Softmax):
+    if isinstance(operation, (keras.layers.Softmax, *_keras_compat.PROBABILITY_OPERATIONS)):
         return True
     activation = getattr(operation, "activation", None)
     name = getattr(activation, "__name__", None)

@@ -19,7 +19,9 @@ the stream balanced over the predicted classes instead (Yuan et al., 2023,
 - the sample replaced is the one with the highest score,
   `1 / (1 + exp(-age / capacity)) + entropy / ln C` (old and uncertain first),
   and only if that score is higher than the new sample's;
-- every sample ages by one per sample added.
+- every sample ages by one per sample added; `contents()` gives the ages in
+  units of `capacity` (RoTTA's `get_memory`), the scale of the timeliness
+  weights, so a sample as old as the bank still counts `0.27`, not `e^-64`.
 
 Everything is NumPy, outside the model: adding a sample costs no forward pass.
 """
@@ -30,8 +32,10 @@ import numpy as np
 
 
 def timeliness_weights(ages):
-    """RoTTA's time-aware reweighting, `exp(-age) / (1 + exp(-age))`: the newest
-    samples count most (1/2 at age 0), and old ones fade."""
+    """RoTTA's time-aware reweighting, `exp(-age) / (1 + exp(-age))` of ages in
+    units of the bank's capacity (as `MemoryBank.contents` gives them): the
+    newest samples count most (1/2 at age 0), and old ones fade (0.27 at one
+    bank's worth of samples)."""
     ages = np.asarray(ages, np.float64)
     return np.exp(-ages) / (1.0 + np.exp(-ages))
 
@@ -108,6 +112,7 @@ class MemoryBank:
         return True
 
     def contents(self):
-        """`(samples, ages)`: the samples held, in class order, and their ages."""
+        """`(samples, ages)`: the samples held, in class order, and their ages in
+        units of `capacity` (the samples added since each, divided by `capacity`)."""
         held = [item for items in self.items for item in items]
-        return [item[0] for item in held], np.array([item[2] for item in held], np.float64)
+        return [item[0] for item in held], np.array([item[2] for item in held], np.float64) / self.capacity

@@ -46,6 +46,9 @@ class AdapterSnapshot:
     model: str  # the adapted model's name
     weights: dict  # batch norm path -> [its weights as NumPy arrays] (scale, shift, statistics)
     state: tuple  # the method's running state (averages, optimizer slots, accumulated statistics)
+    # `id()` of the adapted model: two models built by the same code have the same
+    # batch norm paths and shapes (and often the same name), not the same state.
+    model_id: int = dataclasses.field(default=None, repr=False)
 
 
 class OnlineAdapter:
@@ -271,13 +274,15 @@ class OnlineAdapter:
             self.few_classes_batches,
             robust,
         )
-        return AdapterSnapshot(method=self.method, model=self.model.name, weights=self._weights(), state=state)
+        return AdapterSnapshot(
+            method=self.method, model=self.model.name, weights=self._weights(), state=state, model_id=id(self.model)
+        )
 
     def restore(self, snapshot):
         """Puts back exactly the state `snapshot()` returned.
 
         Refuses (a `ValueError`, nothing changed) a snapshot of another method, or
-        of a model whose batch norms differ from this adapter's.
+        of another model than this adapter's (one built by the same code too).
         """
         if not isinstance(snapshot, AdapterSnapshot):
             raise ValueError(
@@ -298,6 +303,13 @@ class OnlineAdapter:
                 f"Invalid value received for argument `snapshot`: it holds the batch norms "
                 f"of the model `{snapshot.model}`, which differ from those of `{self.model.name}` "
                 "this adapter adapts."
+            )
+        if snapshot.model_id != id(self.model):
+            raise ValueError(
+                f"Invalid value received for argument `snapshot`: it was taken of another "
+                f"model (`{snapshot.model}`) than the one this adapter adapts "
+                f"(`{self.model.name}`), even if their batch norms have the same paths and "
+                "shapes: its weights and running state belong to that model."
             )
         for layer in self.layers:
             for variable, value in zip(layer.weights, snapshot.weights[layer.path]):

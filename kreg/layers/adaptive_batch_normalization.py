@@ -241,7 +241,11 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
 
     def _write_online_statistics(self, write_now, mean, variance):
         """Stores the `"online"` mode's updated statistics when `write_now`; other
-        modes, and a batch holding NaN or inf, write nothing."""
+        modes, and a batch holding NaN or inf, write nothing. A channel whose
+        variance would be 0 (constant over the batch, with `online_momentum=0`)
+        keeps its stored variance, as `kreg.adapt_batchnorm` does: a stored 0
+        would divide the next inputs that vary by `sqrt(epsilon)`."""
+        variance = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
         if keras.backend.backend() in ("jax", "torch"):
             # JAX cannot assign state inside a `cond` branch (and torch would
             # recompile on the mode, as above): write on every call, the

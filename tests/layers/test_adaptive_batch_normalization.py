@@ -387,3 +387,17 @@ def test_online_mode_keeps_updating_after_a_bad_batch():
     layer(np.random.default_rng(1).normal(3.0, 1.0, (8, 3)).astype("float32"))
     moved = _weights(layer)["moving_mean"]
     assert np.all(np.isfinite(moved)) and not np.allclose(moved, stored)
+
+
+def test_online_mode_never_writes_a_zero_variance():
+    # A channel constant over the batch (a dead ReLU unit) has batch variance 0;
+    # with online_momentum=0 that 0 was written, and the next inputs that vary
+    # in it were divided by sqrt(epsilon). It keeps its stored variance instead.
+    layer = _layer_with_statistics(test_time_mode="online", online_momentum=0.0)
+    stored = _weights(layer)["moving_variance"]
+    x = np.random.default_rng(2).normal(0.0, 1.0, (8, 3)).astype("float32")
+    x[:, 1] = 0.0
+    layer(x)
+    written = _weights(layer)["moving_variance"]
+    assert written[1] == stored[1]
+    np.testing.assert_allclose(written[[0, 2]], x[:, [0, 2]].var(axis=0), rtol=1e-5)
