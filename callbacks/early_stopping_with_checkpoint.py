@@ -38,7 +38,35 @@ from kreg.callbacks.training_state import write_backup
 
 
 class StopReason(enum.Enum):
-    """Why training with `EarlyStoppingWithCheckpoint` ended."""
+    """Why training with `EarlyStoppingWithCheckpoint` ended.
+
+    The callback's `stop_reason` holds one of these members; each member's
+    `value` is its reason in words.
+
+    Attributes:
+        RUNNING: Training has not ended yet (or the callback never ran).
+        COMPLETED: `fit` ran all its epochs.
+        PATIENCE: The monitored value did not improve for `patience` epochs.
+        NON_FINITE_LOSS: The loss became NaN or infinite.
+        OTHER_CALLBACK: Another callback set `model.stop_training`.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from kreg.callbacks import EarlyStoppingWithCheckpoint
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x, y = np.zeros((8, 2)), np.zeros((8, 1))
+    >>> folder = tempfile.mkdtemp()
+    >>> stopper = EarlyStoppingWithCheckpoint(
+    ...     os.path.join(folder, "best.keras"), monitor="loss", patience=5
+    ... )
+    >>> _ = model.fit(x, y, epochs=2, callbacks=[stopper], verbose=0)
+    >>> stopper.stop_reason
+    <StopReason.COMPLETED: 'completed all epochs'>
+    >>> stopper.stop_reason.value
+    'completed all epochs'
+    """
 
     RUNNING = "running"
     COMPLETED = "completed all epochs"

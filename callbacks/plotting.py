@@ -29,6 +29,20 @@ def plot_training_curves(
         title: Optional figure title.
         yscale: `"linear"` (default) or `"log"`, which keeps a large first-epoch
             loss from flattening the rest of the curves.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from kreg.callbacks import plot_training_curves
+    >>> history = {"loss": [1.0, 0.6, 0.4, 0.3], "val_loss": [1.1, 0.8, 0.7, 0.9]}
+    >>> path = os.path.join(tempfile.mkdtemp(), "curves.png")
+    >>> plot_training_curves(history, path, best_epoch=2) == path
+    True
+    >>> open(path, "rb").read(4)
+    b'\x89PNG'
     """
     # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs),
     # no display needed.

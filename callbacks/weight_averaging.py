@@ -52,15 +52,15 @@ class WeightAveraging(keras.callbacks.Callback):
 
     Methods:
         - `"ema"`: an exponential moving average, updated after every training
-          batch (once per execution with `steps_per_execution`), with the decay
-          warmup of timm's `ModelEmaV3`: the `n`-th update uses the decay
-          `min(momentum, 1 - n ** -warmup_power)`, so the first steps' random
-          weights fade quickly.
+            batch (once per execution with `steps_per_execution`), with the decay
+            warmup of timm's `ModelEmaV3`: the `n`-th update uses the decay
+            `min(momentum, 1 - n ** -warmup_power)`, so the first steps' random
+            weights fade quickly.
         - `"swa"`: the equal mean of the weights at the end of each epoch from
-          `start_epoch` on (stochastic weight averaging), as PyTorch's
-          `AveragedModel`; optionally with the learning rate annealed to
-          `swa_learning_rate` from `start_epoch`, as `SWALR`. Before
-          `start_epoch` validation sees the raw model.
+            `start_epoch` on (stochastic weight averaging), as PyTorch's
+            `AveragedModel`; optionally with the learning rate annealed to
+            `swa_learning_rate` from `start_epoch`, as `SWALR`. Before
+            `start_epoch` validation sees the raw model.
 
     Only trainable weights are averaged; batch norm statistics are re-estimated
     rather than averaged, and batch norms with `trainable=False` are left alone.

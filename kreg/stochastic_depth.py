@@ -59,6 +59,19 @@ class StochasticDepthReport:
         max_difference: the largest absolute difference between the inference
             outputs of the original and the copy on one random batch (`None`
             if not verified; 0 when they are identical, as they should be).
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 4))
+    >>> branch = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    >>> branch = keras.layers.Conv2D(4, 3, padding="same", name="conv")(branch)
+    >>> outputs = keras.layers.Add(name="add")([inputs, branch])
+    >>> model = keras.Model(inputs, outputs)
+    >>> _, report = add_stochastic_depth(model, 0.2, return_report=True)
+    >>> report.changed, report.already_dropped, report.left
+    ([('add', 'conv', 0.2)], [], [])
+    >>> report.max_difference
+    0.0
     """
 
     changed: list = dataclasses.field(default_factory=list)

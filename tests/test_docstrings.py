@@ -34,6 +34,10 @@ MODULES = [
     "kreg.callbacks.weight_averaging",
     "kreg.diagnose",
     "kreg.monte_carlo",
+    "kreg.adapt.report",
+    "kreg.stochastic_depth",
+    "kreg.callbacks.early_stopping_with_checkpoint",
+    "kreg.callbacks.plotting",
 ]
 
 

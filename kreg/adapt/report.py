@@ -13,7 +13,34 @@ class LayerChange:
 
 @dataclasses.dataclass
 class AdaptationReport:
-    """What `adapt_batchnorm` changed."""
+    """What `adapt_batchnorm` changed.
+
+    `str(report)` prints one line for the run, then one line per batch norm layer.
+
+    Attributes:
+        method: The adaptation method that ran: `"reestimate"`, `"tent"` or
+            `"eata"`.
+        samples: Number of samples in the data the statistics come from.
+        layers: A `LayerChange` (`name`, `mean_shift` in units of the old
+            standard deviation, `variance_ratio` new / old) per batch norm layer,
+            in the order the layers are found in the model.
+        affine_updated: Whether scale and shift were trained (tent, eata).
+        collapse_resets: How many times EATA's collapse guard reset scale and
+            shift (0 for the other methods).
+
+    Example:
+
+    >>> inputs = keras.Input((4,))
+    >>> hidden = keras.layers.Dense(8)(inputs)
+    >>> outputs = keras.layers.BatchNormalization(name="norm")(hidden)
+    >>> model = keras.Model(inputs, outputs)
+    >>> x = np.random.default_rng(0).normal(3.0, 1.0, (64, 4)).astype("float32")
+    >>> report = adapt_batchnorm(model, x, verbose=0)
+    >>> report.method, report.samples, len(report.layers)
+    ('reestimate', 64, 1)
+    >>> report.affine_updated
+    False
+    """
 
     method: str
     samples: int  # samples in the data the statistics come from
