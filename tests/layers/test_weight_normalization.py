@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import kreg
 from kreg.layers import WeightNormalization
