@@ -23,7 +23,6 @@ epochs 2..N of every round.
     python bench/weight_averaging.py                       # 3 seeds, 15 epochs
     python bench/weight_averaging.py --seeds 0 1 2 --epochs 15 --rounds 3
     python bench/weight_averaging.py --skip-accuracy --rounds 3   # the cost alone
-    python bench/weight_averaging.py --update-cost 200            # one EMA update alone
 """
 
 import argparse
@@ -134,49 +133,13 @@ def cost(data, epochs, rounds):
         print(f"  {label}: {median * 1000:.1f} ms/epoch, {median / base:.3f}x")
 
 
-def update_cost(repeats):
-    """One EMA update of the CNN's trainable weights, as `WeightAveraging` runs it
-    after every training step (`WeightAverage`: keras.Variables, one compiled
-    update), against the same update read to NumPy and averaged on the host (the
-    first implementation); interleaved, median of `repeats` each."""
-    from kreg._keras_compat import trainable_values_in_fit
-    from kreg.callbacks.weight_average import WeightAverage
-
-    model = cnn()
-    average = WeightAverage()
-    average.update_ema(trainable_values_in_fit(model), 0.0)
-    host = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in model.trainable_variables]
-
-    def through_numpy():
-        weights = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in trainable_values_in_fit(model)]
-        for mean, weight in zip(host, weights):
-            mean += 0.001 * (weight - mean)
-
-    variants = {"NumPy on the host": through_numpy,
-                "WeightAverage (compiled)": lambda: average.update_ema(trainable_values_in_fit(model), 0.999)}  # fmt: skip
-    seconds = {label: [] for label in variants}
-    for label, update in variants.items():
-        update()  # traces
-    for _ in range(repeats):
-        for label, update in variants.items():
-            start = time.perf_counter()
-            update()
-            seconds[label].append(time.perf_counter() - start)
-    print(f"\nOne EMA update of {len(model.trainable_variables)} variables, median of {repeats}, interleaved")
-    for label, values in seconds.items():
-        print(f"  {label}: {statistics.median(values) * 1000:.2f} ms")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true", help="only the cost")
-    parser.add_argument("--update-cost", type=int, metavar="REPEATS", help="only the cost of one EMA update")
     args = parser.parse_args()
-    if args.update_cost:
-        return update_cost(args.update_cost)
     data = digit_data()
     table = {}
     for seed in [] if args.skip_accuracy else args.seeds:
