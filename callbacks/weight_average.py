@@ -1,18 +1,14 @@
 """The running average of a model's weights: EMA with a decay warmup, or SWA's equal mean.
 
-`WeightAveraging` feeds it the trainable values and writes its values back into
-the model. Kept apart so that the arithmetic can
+Pure NumPy, apart from Keras: `WeightAveraging` feeds it the trainable values
+and writes its values back into the model. Kept apart so that the arithmetic can
 be checked against its references (timm's `ModelEmaV3`, PyTorch's
 `torch.optim.swa_utils.AveragedModel` and `SWALR`) without training anything.
 """
 
 import math
 
-import keras
 import numpy as np
-from keras import ops
-
-from kreg import _keras_compat
 
 
 def ema_decay(step, momentum, warmup_power=None, warmup_gamma=1.0):
@@ -44,75 +40,38 @@ def annealed_learning_rate(start_rate, swa_rate, epochs_into_swa, annealing_epoc
 
 
 class WeightAverage:
-    """An average of a sequence of weight lists, held in backend variables.
+    """An average of a sequence of weight lists (each a list of arrays).
 
     `update_ema(weights, decay)` moves it towards `weights` by `1 - decay`
     (timm's `lerp_`); `update_mean(weights)` makes it the equal mean of every list
-    given so far (`AveragedModel`'s default `avg_fn`). `weights` are arrays or
-    backend tensors (the values of `model.trainable_variables`, or JAX's training
-    state between two steps of `fit`). `count` is the number of updates, `values`
-    the average as `keras.Variable`s (`None` before the first).
-
-    An update is `keras.ops` on the device that holds the weights, all of them in
-    one compiled function per update, no copy through the host (which made an
-    update per training step cost as much as the step itself). Only the first
-    update (and `set_state`) copies values in through NumPy.
+    given so far (`AveragedModel`'s default `avg_fn`). `count` is the number of
+    updates, `values` the average (`None` before the first).
     """
 
     def __init__(self):
         self.values = None
         self.count = 0
-        self._lerp = _keras_compat.compiled_assignment(_lerp)
-        self._mean = _keras_compat.compiled_assignment(_mean)
 
     def update_ema(self, weights, decay):
         self.count += 1
         if self.values is None or decay == 0.0:
-            self._copy_in(weights)
+            self.values = [np.array(w, copy=True) for w in weights]
             return
-        self._lerp(self.values, list(weights), np.float32(1.0 - decay))
+        for average, weight in zip(self.values, weights):
+            average += (1.0 - decay) * (np.asarray(weight, average.dtype) - average)
 
     def update_mean(self, weights):
         self.count += 1
         if self.values is None:
-            self._copy_in(weights)
+            self.values = [np.array(w, copy=True) for w in weights]
             return
-        self._mean(self.values, list(weights), np.float32(self.count))
-
-    def numpy(self):
-        """The average as NumPy arrays (copies), or `None` before the first update."""
-        return None if self.values is None else [np.array(ops.convert_to_numpy(v), copy=True) for v in self.values]
+        for average, weight in zip(self.values, weights):
+            average += (np.asarray(weight, average.dtype) - average) / self.count
 
     def state(self):
         """`{"count": n, "values": [arrays]}`: everything to continue the average."""
-        return {"count": self.count, "values": self.numpy()}
+        return {"count": self.count, "values": None if self.values is None else [v.copy() for v in self.values]}
 
     def set_state(self, state):
         self.count = int(state["count"])
-        self.values = None
-        if state["values"] is not None:
-            self._copy_in(state["values"])
-
-    def _copy_in(self, weights):
-        # Through NumPy, once: on JAX a variable assigned a training-state array
-        # would share its buffer, which the next compiled step donates (deletes).
-        arrays = [np.array(ops.convert_to_numpy(weight), copy=True) for weight in weights]
-        if self.values is None:
-            self.values = [
-                keras.Variable(array, dtype=array.dtype, trainable=False, name="weight_average") for array in arrays
-            ]
-            return
-        for average, array in zip(self.values, arrays):
-            average.assign(array)
-
-
-def _lerp(averages, weights, rate):
-    # timm's `ema_v.lerp_(model_v, weight=1 - decay)`.
-    return [average + (ops.cast(weight, average.dtype) - average) * ops.cast(rate, average.dtype)
-            for average, weight in zip(averages, weights)]  # fmt: skip
-
-
-def _mean(averages, weights, count):
-    # `AveragedModel`'s default avg_fn: `averaged + (current - averaged) / (n + 1)`.
-    return [average + (ops.cast(weight, average.dtype) - average) / ops.cast(count, average.dtype)
-            for average, weight in zip(averages, weights)]  # fmt: skip
+        self.values = None if state["values"] is None else [np.array(v, copy=True) for v in state["values"]]

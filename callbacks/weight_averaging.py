@@ -268,7 +268,7 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.method == "ema":
             decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
-            self._average.update_ema(_keras_compat.trainable_values_in_fit(self.model), decay)
+            self._average.update_ema(_numpy(_keras_compat.trainable_values_in_fit(self.model)), decay)
 
     def on_test_begin(self, logs=None):
         # `fit` runs its validation (starting here) before `on_epoch_end`.
@@ -306,7 +306,7 @@ class WeightAveraging(keras.callbacks.Callback):
         goes into the model if this epoch validates it."""
         self._closed_epoch = self._epoch
         if self.method == "swa" and self._epoch >= self._start:
-            self._average.update_mean([variable.value for variable in self.model.trainable_variables])
+            self._average.update_mean(_numpy(self.model.trainable_variables))
         if (self._epoch + 1) % self.every_n_epochs == 0 and self._average.values is not None:
             self._swap_in()
 
@@ -316,9 +316,7 @@ class WeightAveraging(keras.callbacks.Callback):
     def _swap_in(self):
         raw = (_numpy(self.model.trainable_variables), _numpy(self._statistics_variables()))
         try:
-            # Copies (through NumPy, once per validation), not the average's own
-            # buffers: on JAX a compiled step donates the arrays it is given.
-            for variable, value in zip(self.model.trainable_variables, self._average.numpy()):
+            for variable, value in zip(self.model.trainable_variables, self._average.values):
                 variable.assign(value)
             self._statistics_for_average()
         except BaseException:

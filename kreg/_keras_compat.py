@@ -10,7 +10,6 @@ import contextlib
 
 import keras
 from keras.src import backend as _backend
-from keras.src import tree as _tree
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.ops.nn import Sigmoid as _Sigmoid
 from keras.src.ops.nn import Softmax as _Softmax
@@ -25,7 +24,6 @@ __all__ = [
     "PROBABILITY_OPERATIONS",
     "all_sublayers",
     "call_replaced",
-    "compiled_assignment",
     "declared_direction",
     "functional_nodes",
     "fused_rnn_arguments_ok",
@@ -289,63 +287,6 @@ def trainable_values_in_fit(model):
     if state and not getattr(model, "_jax_state_synced", True) and state.get("trainable_variables"):
         return list(state["trainable_variables"])
     return [variable.value for variable in model.trainable_variables]
-
-
-def compiled_assignment(function):
-    """`assign(variables, *args)`: writes `function(values, *args)` into `variables`, compiled.
-
-    `function` takes the variables' values (a list) and tensors, computes with
-    `keras.ops`, and returns one new value per variable. A callback that updates
-    variables after every training step (an EMA of the weights) would otherwise
-    run one eager op per weight and operation: about 1 ms each on TensorFlow, as
-    slow as reading the weights to NumPy. Keras compiles only its own steps
-    (`make_train_function`), so the compilation is the backend's: `tf.function`
-    with the assignments inside the graph on TensorFlow, `jax.jit` on JAX (the
-    new arrays assigned after it: a JAX variable holds an immutable array), and
-    plain eager ops without autograd on torch. Arguments after `variables` are
-    converted to tensors first (a Python float would retrace `tf.function`).
-    """
-    backend = _backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function(autograph=False)
-        def graph(variables, *args):
-            for variable, value in zip(variables, function(list(variables), *args)):
-                variable.assign(value)
-
-        def tensor(value):  # a variable stays one: reading it to a tensor is an eager op
-            return value if isinstance(value, tf.Variable) else _backend.convert_to_tensor(value)
-
-        def assign(variables, *args):
-            graph([variable.value for variable in variables], *_tree.map_structure(tensor, args))
-
-        return assign
-    if backend == "jax":
-        import jax
-
-        compiled = jax.jit(function)
-
-        def assign(variables, *args):
-            values = compiled([variable.value for variable in variables], *args)
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-
-        return assign
-
-    no_gradient = contextlib.nullcontext
-    if backend == "torch":
-        import torch
-
-        no_gradient = torch.no_grad
-
-    def assign(variables, *args):
-        with no_gradient():
-            values = function([variable.value for variable in variables], *_tree.map_structure(_backend.convert_to_tensor, args))
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-
-    return assign
 
 
 def set_initial_epoch(model, epoch):

@@ -302,15 +302,3 @@ def test_trainable_values_in_fit_are_each_steps_new_weights():
     assert not np.array_equal(seen[0][0], seen[1][0]) and not np.array_equal(seen[1][0], seen[2][0])
     for last, stored in zip(seen[-1], at_end[0]):
         np.testing.assert_array_equal(last, stored)
-
-
-def test_compiled_assignment_writes_the_functions_values_into_the_variables():
-    from kreg._keras_compat import compiled_assignment
-
-    variables = [keras.Variable(np.ones((2, 3), "float32"), trainable=False), keras.Variable(np.zeros(3, "float32"), trainable=False)]
-    assign = compiled_assignment(lambda values, others, rate: [v + (o - v) * rate for v, o in zip(values, others)])
-    others = [np.full((2, 3), 3.0, "float32"), np.full(3, 2.0, "float32")]
-    for rate in (0.5, 0.25):  # a new rate is an argument, not a new function
-        assign(variables, others, np.float32(rate))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[0]), np.full((2, 3), 2.25))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[1]), np.full(3, 1.25))

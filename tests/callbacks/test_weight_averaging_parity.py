@@ -41,7 +41,7 @@ def test_swa_average_is_averaged_models():
     average = WeightAverage()
     for weights in sequence:
         average.update_mean(weights)
-    for mine, theirs in zip(average.numpy(), _torch_average(sequence)):
+    for mine, theirs in zip(average.values, _torch_average(sequence)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-7)
 
 
@@ -54,7 +54,7 @@ def test_ema_is_averaged_models_ema_and_the_formula():
     formula = [w.copy() for w in sequence[0]]
     for weights in sequence[1:]:
         formula = [decay * f + (1 - decay) * w for f, w in zip(formula, weights)]
-    for mine, torch_value, by_hand in zip(average.numpy(), theirs, formula):
+    for mine, torch_value, by_hand in zip(average.values, theirs, formula):
         np.testing.assert_allclose(mine, torch_value, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(mine, by_hand, rtol=1e-6, atol=1e-7)
 
