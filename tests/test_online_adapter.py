@@ -340,3 +340,30 @@ def test_reestimate_pools_single_samples_exactly():
     np.testing.assert_allclose(
         ops.convert_to_numpy(model.get_layer("bn1").moving_variance), first_inputs.var(axis=0), rtol=1e-4, atol=1e-5
     )
+
+
+class _SubclassedMLP(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed_mlp")
+        self.hidden = keras.layers.Dense(8)
+        self.norm = keras.layers.BatchNormalization()
+        self.classifier = keras.layers.Dense(5, activation="softmax")
+
+    def call(self, x, training=False):
+        return self.classifier(self.norm(self.hidden(x), training=training))
+
+
+def test_robust_adapts_a_subclassed_model_with_more_than_two_classes():
+    # A subclassed model declares no outputs: the bank took 2 classes and the
+    # first sample predicted as class 2 or above raised an IndexError.
+    keras.utils.set_random_seed(0)
+    model = _SubclassedMLP()
+    model(np.zeros((1, 4), "float32"))
+    adapter = OnlineAdapter(model, memory_size=8)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        predictions = adapter.predict_on_batch(rng.normal(2.0, 1.0, (4, 4)).astype("float32"))
+    assert np.all(np.isfinite(predictions))
+    assert len(adapter._robust.bank.items) == 5
+    adapter.reset()  # the source snapshot's empty bank comes back, and adapting goes on
+    adapter.predict_on_batch(rng.normal(size=(4, 4)).astype("float32"))

@@ -65,6 +65,8 @@ class MemoryBank:
 
     def set_state(self, state):
         self.items = [[list(item) for item in items] for items in state]
+        self.classes = len(self.items)
+        self.per_class = self.capacity / self.classes
 
     def __len__(self):
         return sum(len(items) for items in self.items)

@@ -106,6 +106,10 @@ class RobustAdaptation:
         the bank. Returns `(outputs, collapsed)`."""
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
+        if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
+            # A model without declared outputs (subclassed) tells its number of
+            # classes by its first prediction; the bank is still empty then.
+            self.bank = MemoryBank(self.memory_size, probabilities.shape[-1], self.bank.fill)
         self.bank.add(_rows(x), probabilities.argmax(-1), entropy_of(probabilities))
         self.since_update += len(probabilities)
         collapsed = False
