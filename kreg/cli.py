@@ -62,6 +62,13 @@ def _shortened(text):
     return textwrap.shorten(" ".join(text.split()), _MESSAGE_WIDTH, placeholder=" ...")
 
 
+# What Keras's safe mode refuses besides a Lambda layer, as its messages name it:
+# a Python lambda anywhere in the config (keras/src/saving/serialization_lib.py),
+# a `TFSMLayer` (keras/src/export/tfsm_layer.py), a pickled `torch.nn.Module`
+# (keras/src/utils/torch_utils.py).
+_UNSAFE_CONTENT = re.compile(r"Requested the deserialization of (an? .+?)(?: whose|,| which| via|\.)")
+
+
 def _load_model(path, imports, trust_lambda=False):
     """Loads a .keras model, with kreg's layers (and `imports`) registered."""
     _check_model_path(path)
@@ -83,6 +90,13 @@ def _load_model(path, imports, trust_lambda=False):
                 f"{path}: holds a Lambda layer whose Python code Keras does not load by "
                 "default (loading it runs code from the file); if you trust the file, "
                 "pass --trust-lambda"
+            ) from None
+        unsafe = _UNSAFE_CONTENT.search(message)
+        if unsafe:
+            raise _InputError(
+                f"{path}: holds {unsafe.group(1)}, which Keras does not load by default "
+                "(loading it runs code from the file); if you trust the file, pass "
+                "--trust-lambda"
             ) from None
         missing = re.search(r"Could not (?:locate|deserialize) (\w+) '([^']+)'", message)
         if missing:
@@ -226,8 +240,15 @@ def _flat(outputs):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its usage errors on one line (exit code 2, as argparse's)."""
+
+    def error(self, message):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kreg", description="Regularization and normalization tools for Keras 3."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,11 +264,13 @@ def build_parser():
         action="append", default=[], dest="imports", metavar="MODULE",
         help="import MODULE first, to register the custom layers the model uses (repeatable)",
     )  # fmt: skip
-    # Keras refuses a Lambda layer's Python code unless told the file is trusted
-    # (`safe_mode=False`, keras/src/saving/serialization_lib.py).
+    # `safe_mode=False` (keras/src/saving/serialization_lib.py) lifts every check of
+    # Keras's safe mode, not only the one on Lambda layers: the help says all it loads.
     trust_lambda = dict(
         action="store_true",
-        help="load the Python code of Lambda layers (it runs: only for files you trust)",
+        help="turn off Keras's safe mode: load Lambda layers and other Python lambdas, "
+        "TFSMLayer SavedModels and pickled torch modules, whose code runs as the model "
+        "loads (only for files you trust)",
     )
     diagnose = commands.add_parser(
         "diagnose", help="check a saved model for regularization mistakes",

@@ -231,6 +231,46 @@ def test_lambda_layers_load_only_when_trusted(tmp_path, capsys):
     assert cli.main(["diagnose", path, "--trust-lambda"]) == 0
 
 
+def test_any_code_keras_refuses_to_load_gets_the_trust_advice(tmp_path, capsys):
+    # Keras's safe mode refuses a Python lambda anywhere in the file (here the
+    # loss), not only in a Lambda layer; its message suggests `safe_mode`, which
+    # the CLI cannot pass.
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    model.compile("sgd", loss=lambda y, p: keras.ops.mean((y - p) ** 2))
+    path = str(tmp_path / "lambda_loss.keras")
+    with pytest.warns(UserWarning, match="lambda"):
+        model.save(path)
+    assert cli.main(["diagnose", path]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.endswith("pass --trust-lambda"), stderr
+    assert "a Python lambda" in stderr and "safe_mode" not in stderr, stderr
+    assert cli.main(["diagnose", path, "--trust-lambda"]) == 0
+
+
+def test_the_trust_flag_says_it_turns_off_every_safe_mode_check(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["diagnose", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "safe mode" in help_text and "TFSMLayer" in help_text and "torch" in help_text, help_text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["diagnose", "model.keras", "--bogus"], "unrecognized arguments: --bogus"),
+        (["diagnose"], "the following arguments are required: model"),
+        ([], "the following arguments are required: command"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_code_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err.strip()
+    assert message in stderr and len(stderr.splitlines()) == 1, stderr
+    assert "--help" in stderr
+
+
 def test_long_messages_end_at_a_word(tmp_path, capsys, monkeypatch):
     import kreg
 
