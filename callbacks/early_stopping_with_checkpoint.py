@@ -361,10 +361,17 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self._state = new_state(self.monitor, self.mode)
         _WRITERS[os.path.abspath(self.filepath)] = weakref.ref(self)
         self._remove_stale_temporaries()
-        state = read_state(self.state_path, self._backup_prefix, os.path.dirname(self.filepath)) if self.resume else None
+        state = None
+        if self.resume:
+            kept_names = name_glob(self.filepath) if placeholders(self.filepath) else glob.escape(os.path.basename(self.filepath))
+            state = read_state(self.state_path, self._backup_prefix, os.path.dirname(self.filepath), kept_names)
         if state is not None and not state["finished"]:
             self._resume(state)
-        elif self.resume and self._is_chief() and os.path.isdir(self._folder):
+        elif self._is_chief() and os.path.isdir(self._folder):
+            if not self.resume and os.path.exists(self.state_path):
+                # Starting fresh: a later `resume=True` must not continue the
+                # run this one replaces (its backups are deleted below).
+                write_json_atomically(self.state_path, dict(new_state(self.monitor, self.mode), finished=True))
             self._remove_backups()  # left by a kill after a finished state was written
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
@@ -378,6 +385,16 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 "did, and both would write its checkpoint, backups and state. Give each "
                 f"callback its own filepath. Received: filepath={self.filepath!r}"
             )
+
+    def _set_monitor_op(self):
+        # `MonitorCallback._set_monitor_op` (keras/src/callbacks/monitor_callback.py),
+        # which `EarlyStopping` calls at its first epoch's end, with the direction
+        # `monitor_direction` reads: it also knows a multi-output model's
+        # per-output losses (`val_out_loss`), which Keras's asks a `mode` for.
+        self._direction = monitor_direction(self.model, self.monitor, self.mode)
+        self.monitor_op = keras.ops.less if self._direction == "min" else keras.ops.greater
+        if self._direction == "min":
+            self.min_delta = -abs(self.min_delta)
 
     def get_monitor_value(self, logs):
         value = super().get_monitor_value(logs)
@@ -445,7 +462,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def _keep_if_among_best(self, epoch, logs, current):
         """Saves this epoch if it ranks among the `keep_best` best; returns files to delete."""
         if self._direction is None:
-            self._direction = monitor_direction(self.model, self.monitor, self.mode)
+            self._set_monitor_op()
         keeper = BestCheckpoints(self.keep_best, self._direction, self.kept)
         path = format_filepath(self.filepath, epoch, logs)
         plan = keeper.plan(epoch, current, path)
@@ -489,12 +506,13 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             kept=[dict(e) for e in self.kept],
             previous=previous,
         )
-        if self._is_chief():
+        # Without backups (`resume=False`) there is nothing a state could resume:
+        # a run killed now must not leave one naming epochs without weights.
+        if self.resume and self._is_chief():
             self._make_folder()
             write_json_atomically(self.state_path, state)
-            if self.resume:
-                named = {g[key] for g in (state, previous) if g for key in ("backup", "best_backup")}
-                self._remove_backups(keep=named)
+            named = {g[key] for g in (state, previous) if g for key in ("backup", "best_backup")}
+            self._remove_backups(keep=named)
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:

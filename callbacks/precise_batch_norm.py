@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 
+from kreg._keras_compat import numpy_batches
 from kreg._validation import check_at_least
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
@@ -103,6 +104,9 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             )
         if is_empty(_readable(data)):
             raise no_data_error()
+        # A dataset, PyDataset or generator is read once here: what `fit` would
+        # only find at the first estimate (no batch, single samples) is found now.
+        self._batch_shapes = None if is_arrays(data) else _first_batch_shapes(data)
         if _repeats_forever(data) and steps is None:
             raise ValueError(
                 "Invalid value received for argument `steps`. `data` repeats forever, "
@@ -121,8 +125,22 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 "statistics to re-estimate; this callback does nothing.",
                 stacklevel=2,
             )
+        self._check_batched()
         self._in_fit = True
         self._epoch = self._estimated_epoch = None
+
+    def _check_batched(self):
+        """A `ValueError` where `data` yields single samples (an unbatched
+        `tf.data.Dataset`, a generator of one sample at a time): each input is a
+        rank below the model's."""
+        inputs = getattr(self.model, "inputs", None)
+        if self._batch_shapes is None or not inputs:
+            return
+        expected = [tuple(keras.ops.shape(tensor)) for tensor in keras.tree.flatten(inputs)]
+        if len(expected) == len(self._batch_shapes) and all(
+            len(shape) == len(wanted) - 1 for shape, wanted in zip(self._batch_shapes, expected)
+        ):
+            raise _unbatched_error(self.data, self._batch_shapes, f"the model takes inputs of shape(s) {expected}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -184,6 +202,40 @@ def _readable(data):
     if callable(data) and not isinstance(data, (collections.abc.Iterable, collections.abc.Sequence)):
         return data()
     return data
+
+
+def _unbatched_error(data, shapes, because):
+    return ValueError(
+        "Invalid value received for argument `data`. It yields single samples, not "
+        f"batches: its first element has input shape(s) {shapes}, and {because}. Batch it "
+        "(`dataset.batch(32)`, or a generator that yields several samples at a time). "
+        f"Received: data={type(data).__name__}"
+    )
+
+
+def _first_batch_shapes(data):
+    """The shapes of the input arrays of `data`'s first batch (the batch is not kept)."""
+    readable = _readable(data)
+    if readable is not data:  # a generator function's generator
+        first = next(iter(readable), None)
+        if first is None:
+            raise no_data_error()
+        if not isinstance(first, tuple):
+            # Keras's generator adapter refuses it with the whole batch in its message.
+            raise ValueError(
+                "Invalid value received for argument `data`. Its generator yields "
+                f"{type(first).__name__} objects; Keras reads a generator of tuples: yield "
+                f"`(inputs,)` (or `(inputs, targets)`). Received: data={getattr(data, '__name__', type(data).__name__)}"
+            )
+        batches = [keras.utils.unpack_x_y_sample_weight(first)[0]]
+    else:
+        batches = numpy_batches(readable, steps=1)
+    for inputs in batches:
+        shapes = [tuple(np.shape(leaf)) for leaf in keras.tree.flatten(inputs)]
+        if any(len(shape) == 0 for shape in shapes):
+            raise _unbatched_error(data, shapes, "a batch needs at least one axis, the samples'")
+        return shapes
+    raise no_data_error()
 
 
 def _random_subset(data, size, rng):

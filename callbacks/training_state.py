@@ -21,6 +21,7 @@ checkpoint's folder only), so an unusable file is an error naming the file and
 how to start fresh, never a half-restored run.
 """
 
+import fnmatch
 import json
 import math
 import numbers
@@ -71,7 +72,7 @@ def _is_plain_name(value, prefix):
     )
 
 
-def _generation_checks(backup_prefix, folder):
+def _generation_checks(backup_prefix, folder, kept_names):
     name = lambda v: v is None or _is_plain_name(v, backup_prefix)  # noqa: E731
     return {
         "best": lambda v: v is None or _is_finite_number(v),
@@ -82,13 +83,15 @@ def _generation_checks(backup_prefix, folder):
         "stopped_epoch": _is_int,
         "backup": name,
         "best_backup": name,
-        "kept": lambda v: isinstance(v, list) and all(_is_kept_entry(entry, folder) for entry in v),
+        "kept": lambda v: isinstance(v, list) and all(_is_kept_entry(entry, folder, kept_names) for entry in v),
     }
 
 
-def _is_kept_entry(entry, folder):
+def _is_kept_entry(entry, folder, kept_names):
     # A kept checkpoint is named by formatting `filepath`, whose folder holds no
-    # placeholder: it lies in that folder, and nowhere else.
+    # placeholder: it lies in that folder, and nowhere else, and its name is one
+    # `filepath` formats to (a kept file is deleted once it drops out of the best:
+    # never another file of the folder).
     return (
         isinstance(entry, dict)
         and _is_finite_number(entry.get("value"))
@@ -96,14 +99,16 @@ def _is_kept_entry(entry, folder):
         and isinstance(entry.get("path"), str)
         and os.path.dirname(entry["path"]) == folder
         and _is_plain_name(os.path.basename(entry["path"]), "")
+        and fnmatch.fnmatchcase(os.path.basename(entry["path"]), kept_names)
     )
 
 
-def read_state(path, backup_prefix, folder):
+def read_state(path, backup_prefix, folder, kept_names="*"):
     """The checked state in `path`, or `None` when there is no file.
 
-    `backup_prefix` is how this run's backup names start and `folder` the
-    folder part of its `filepath`: a name outside them is a `StateFileError`.
+    `backup_prefix` is how this run's backup names start, `folder` the folder
+    part of its `filepath` and `kept_names` a glob of the checkpoint names
+    `filepath` formats to: a name outside them is a `StateFileError`.
     """
     if not os.path.exists(path):
         return None
@@ -125,11 +130,11 @@ def read_state(path, backup_prefix, folder):
         "mode": lambda v: v in ("auto", "min", "max"),
         "finished": lambda v: isinstance(v, bool),
         "previous": lambda v: v is None or isinstance(v, dict),
-        **_generation_checks(backup_prefix, folder),
+        **_generation_checks(backup_prefix, folder, kept_names),
     }
     _check_fields(path, state, checks)
     if state["previous"] is not None:
-        _check_fields(path, state["previous"], _generation_checks(backup_prefix, folder), "previous.")
+        _check_fields(path, state["previous"], _generation_checks(backup_prefix, folder, kept_names), "previous.")
     return state
 
 
@@ -194,22 +199,35 @@ def _backend_random_state():
     """The random state of the backend that no seed generator holds, as arrays.
 
     On PyTorch, a layer whose `SeedGenerator` has no seed (`Dropout()`'s
-    default) draws its masks from torch's global generator
+    default) draws its masks from torch's global generators
     (`dropout` in keras/src/backend/torch/random.py), not from the generator's
-    state. TensorFlow and JAX draw every mask from the generator's state.
+    state: the CPU one, and on a GPU each CUDA device's (saved only once CUDA
+    is in use, so a CPU run never starts it). TensorFlow and JAX draw every
+    mask from the generator's state.
     """
     if keras.backend.backend() != "torch":
         return []
     import torch
 
-    return [torch.random.get_rng_state().numpy().copy()]
+    states = [torch.random.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return [state.cpu().numpy().copy() for state in states]
 
 
 def _set_backend_random_state(arrays):
-    if arrays and keras.backend.backend() == "torch":
-        import torch
+    """Restores what `_backend_random_state` saved, on the backend that saved it:
+    a TensorFlow or JAX backup holds none, and the CUDA generators are set only
+    on a machine with as many devices as the one that saved them."""
+    if not arrays or keras.backend.backend() != "torch":
+        return
+    import torch
 
-        torch.random.set_rng_state(torch.from_numpy(np.asarray(arrays[0], dtype=np.uint8)))
+    as_tensor = lambda array: torch.from_numpy(np.asarray(array, dtype=np.uint8))  # noqa: E731
+    torch.random.set_rng_state(as_tensor(arrays[0]))
+    cuda = arrays[1:]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([as_tensor(array) for array in cuda])
 
 
 def host_copy(model):

@@ -327,7 +327,8 @@ def declared_direction(model, monitor):
     `MonitorCallback._set_monitor_op` (keras/src/callbacks/monitor_callback.py)
     calls `loss` minimized and otherwise reads the direction (`_direction`, "up"
     or "down") that the compiled metric of that name declares, which no name
-    list can know (`CosineSimilarity` is maximized).
+    list can know (`CosineSimilarity` is maximized). A multi-output model's
+    per-output losses, which Keras's probe cannot tell, are minimized.
     """
     from keras import ops
     from keras.src.callbacks.monitor_callback import MonitorCallback
@@ -337,5 +338,11 @@ def declared_direction(model, monitor):
     try:
         probe._set_monitor_op()
     except ValueError:  # Keras's "isn't able to automatically determine"
-        return None
+        # A multi-output model logs one loss per output (`{output}_loss`), each a
+        # `Mean` tracker of its compiled loss (`CompileLoss.build`,
+        # keras/src/trainers/compile_utils.py) that Keras's probe never looks at:
+        # a loss, minimized like `loss`.
+        compile_loss = getattr(model, "_compile_loss", None)
+        loss_names = {m.name for m in getattr(compile_loss, "metrics", None) or ()}
+        return "min" if monitor.removeprefix("val_") in loss_names else None
     return "max" if probe.monitor_op is ops.greater else "min"

@@ -65,10 +65,47 @@ def _hide(monkeypatch, module):
 
 
 def test_kreg_tuning_without_keras_tuner(monkeypatch):
+    # The space and the Optuna callback import; a keras-tuner class names the extra.
     _forget(monkeypatch, "kreg.tuning")
     _hide(monkeypatch, "keras_tuner")
-    with pytest.raises(MissingExtraError, match=r'kreg.tuning needs .keras_tuner.*pip install "kreg\[tuning\]"'):
-        importlib.import_module("kreg.tuning")
+    tuning = importlib.import_module("kreg.tuning")
+    assert callable(tuning.optuna_pruning_callback) and tuning.RegularizationSpace().dropout_name("dense")
+    with pytest.raises(MissingExtraError, match=r'kreg.tuning.CNNHyperModel needs .keras_tuner.*pip install "kreg\[tuning\]"'):
+        tuning.CNNHyperModel  # noqa: B018
+
+
+_OPTUNA_ONLY = """
+import sys
+sys.modules["keras_tuner"] = None  # as if not installed
+sys.modules["tensorboard"] = None
+import keras, numpy as np, optuna
+from kreg.tuning import RegularizationSpace, optuna_pruning_callback
+space = RegularizationSpace()
+trial = optuna.trial.FixedTrial({"norm": "group", "norm_groups": 4, "dense_dropout": 0.35})
+assert abs(space.dropout(trial, "dense").rate - 0.35) < 1e-9
+assert space.norm(trial, channels=8).groups == 4
+study = optuna.create_study()
+def objective(trial):
+    model = keras.Sequential([keras.Input((2,)), space.dropout(trial, "dense"), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.ones((8, 2), "float32")
+    history = model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=2, verbose=0,
+                        callbacks=[optuna_pruning_callback(trial, "val_loss")])
+    return history.history["val_loss"][-1]
+study.optimize(objective, n_trials=1)
+assert "keras_tuner" not in sys.modules or sys.modules["keras_tuner"] is None
+print("ok", study.best_trial.state)
+"""
+
+
+@pytest.mark.integration
+def test_the_optuna_extra_alone_runs_a_study_without_keras_tuner():
+    import subprocess
+
+    pytest.importorskip("optuna")
+    result = subprocess.run([sys.executable, "-c", _OPTUNA_ONLY], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok TrialState.COMPLETE" in result.stdout
 
 
 def test_plot_training_curves_without_matplotlib(monkeypatch, tmp_path):
@@ -134,5 +171,6 @@ def test_the_demo_names_its_extra_before_any_section_runs(monkeypatch, tmp_path,
 def test_kreg_tuning_on_tensorflow_without_tensorboard(monkeypatch):
     _forget(monkeypatch, "kreg.tuning")
     _hide(monkeypatch, "tensorboard")
+    tuning = importlib.import_module("kreg.tuning")
     with pytest.raises(MissingExtraError, match=r'TensorFlow backend needs .tensorboard.*pip install "kreg\[tuning\]"'):
-        importlib.import_module("kreg.tuning")
+        tuning.RegularizedHyperModel  # noqa: B018

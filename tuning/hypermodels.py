@@ -51,11 +51,12 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
     of steps behind the weights (on a few hundred samples, ten steps an epoch,
     those validate near chance, and pruning would take that for overfitting).
 
-    A model that cannot be built for some hyperparameters (a `ValueError`
-    while building, e.g. a shape the chosen layers cannot take) makes
-    keras-tuner's `FailedTrialError`: the trial is reported as failed, not
-    retried, and the search goes on (under Optuna it stays a `ValueError`:
-    pass `catch=(ValueError,)` to `study.optimize` to go on). Mistakes that
+    A model that cannot be built for some hyperparameters (any error while
+    building, e.g. a `ValueError` for a shape the chosen layers cannot take, or
+    a `TypeError`) makes keras-tuner's `FailedTrialError`: the trial is
+    reported as failed, not retried, and the search goes on (under Optuna a
+    `ValueError` stays one, with the hyperparameters in its message: pass
+    `catch=(ValueError,)` to `study.optimize` to go on). Mistakes that
     would fail every trial (an unknown role, a group count that does not divide
     the channels) end the search at once.
 
@@ -115,13 +116,19 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
             return self.build_model(hp)
         except keras_tuner.errors.FatalError:
             raise
-        except ValueError as error:
+        except Exception as error:
+            if is_optuna_trial(hp) and not isinstance(error, ValueError):
+                raise
             message = (
                 f"{type(self).__name__} cannot build a model for "
-                f"{self.space.describe(hp) or hp}: {error}"
+                f"{self.space.describe(hp) or hp}: {type(error).__name__}: {error}"
             )
             if is_optuna_trial(hp):
                 raise ValueError(message) from error
+            # keras-tuner would mark any other error INVALID and retry the same
+            # hyperparameters (`_try_run_and_update_trial`,
+            # keras_tuner/src/engine/base_tuner.py); a model that cannot be built
+            # for them fails the same way again.
             raise keras_tuner.errors.FailedTrialError(message) from error
 
     def build_model(self, hp):

@@ -2,12 +2,12 @@ import copy
 import math
 
 import keras
-import keras_tuner
 
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_seed
 from kreg.tuning.precise_statistics import precise_batch_norm_callback
+from kreg.tuning.search_engine import fatal_value_error
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.monitoring import MODES
 from kreg.callbacks.monitoring import monitor_direction
@@ -367,7 +367,7 @@ class OverfittingPruning:
     def run_trial(self, trial, *args, **kwargs):
         has_split = bool(kwargs.get("validation_split"))
         if kwargs.get("validation_data") is None and not has_split:
-            raise keras_tuner.errors.FatalValueError(
+            raise fatal_value_error(
                 "OverfittingPruning needs validation data: the detector reads `val_loss`. "
                 "Pass `validation_data=` or `validation_split=` to `search()`. "
                 f"Received: search keyword arguments {sorted(kwargs)}"

@@ -100,6 +100,8 @@ def fatal_value_error(message):
     of `ValueError`) stops the search with the message instead. Under Optuna it
     is an ordinary `ValueError` that ends `study.optimize`.
     """
-    from keras_tuner.errors import FatalValueError
-
+    try:
+        from keras_tuner.errors import FatalValueError
+    except ImportError:  # an Optuna search without keras-tuner installed
+        return ValueError(message)
     return FatalValueError(message)

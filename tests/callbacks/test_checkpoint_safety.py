@@ -106,3 +106,41 @@ def test_two_callbacks_on_one_filepath_in_one_fit_are_refused(tmp_path):
     # One callback on it, in a later fit, is fine.
     tiny_model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path)])
     assert json.loads(open(path + ".state.json").read())["finished"] is True
+
+
+def test_a_run_without_resume_leaves_no_state_a_later_resume_would_continue(tmp_path):
+    # A killed `resume=False` run wrote states naming epochs and no backup: a
+    # later `resume=True` went on at that epoch with fresh, untrained weights.
+    path = str(tmp_path / "best.keras")
+    x, y = tiny_data()
+    with pytest.raises(ZeroDivisionError):
+        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                         callbacks=[EarlyStoppingWithCheckpoint(path), _crash(1)])
+    with pytest.raises(ZeroDivisionError):
+        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                         callbacks=[EarlyStoppingWithCheckpoint(path, resume=False), _crash(2)])
+    stopper = EarlyStoppingWithCheckpoint(path)
+    history = tiny_model().fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[stopper])
+    # Neither the replaced run (its backups) nor the unbacked one is resumed.
+    assert not stopper.resumed and history.epoch == [0, 1]
+
+
+def test_a_kept_entry_must_be_a_name_the_filepath_formats_to(tmp_path):
+    # A kept file is deleted once it drops out of the best: a state naming any
+    # other file of the folder would delete it.
+    template = str(tmp_path / "m-{epoch}.keras")
+    precious = tmp_path / "notes.keras"
+    precious.write_text("mine")
+    x, y = tiny_data()
+    with pytest.raises(ZeroDivisionError):
+        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                         callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1), _crash(1)])
+    state_path = template + ".state.json"
+    state = json.loads(open(state_path).read())
+    state["kept"] = [{"value": 1e9, "epoch": 0, "path": str(precious)}]
+    with open(state_path, "w") as file:
+        json.dump(state, file)
+    with pytest.raises(StateFileError, match="kept"):
+        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                         callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1)])
+    assert precious.read_text() == "mine"

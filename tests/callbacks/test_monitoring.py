@@ -51,3 +51,22 @@ def test_a_metric_that_declares_no_direction_asks_for_mode_rather_than_guessing(
     assert monitor_direction(None, "val_loss") == "min"  # a loss needs no compiled metric
     with pytest.raises(ValueError, match="Received: mode='up'"):
         monitor_direction(model, "val_loss", "up")
+
+
+def test_a_per_output_loss_is_minimized_without_mode(tmp_path):
+    # Keras's own MonitorCallback cannot tell `val_b_loss` (a multi-output
+    # model's per-output loss) and asks for `mode`; a loss never needs one.
+    from kreg.callbacks import EarlyStoppingWithCheckpoint
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, {"a": keras.layers.Dense(1, name="a")(inputs), "b": keras.layers.Dense(1, name="b")(inputs)})
+    model.compile("sgd", {"a": "mse", "b": "mse"})
+    x = np.ones((8, 2), "float32")
+    y = {"a": np.zeros((8, 1), "float32"), "b": np.ones((8, 1), "float32")}
+    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="val_b_loss", keep_best=2, patience=5)
+    model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[stopper])
+    assert monitor_direction(model, "val_b_loss") == "min"
+    assert monitor_direction(model, "a_loss") == "min"
+    assert stopper.kept[0]["value"] == min(e["value"] for e in stopper.kept)
+    with pytest.raises(ValueError, match="mode"):
+        monitor_direction(model, "val_c_loss")  # no such output: no guess from the name

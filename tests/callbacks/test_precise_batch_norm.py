@@ -218,3 +218,24 @@ def test_a_model_without_batch_norm_is_warned_about():
     model.compile("sgd", "mse")
     with pytest.warns(UserWarning, match="no batch norm layer"):
         model.fit(x, x, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x)])
+
+
+def test_unbatched_data_is_a_clear_error_that_shows_no_array():
+    tf = pytest.importorskip("tensorflow")
+    x = (np.random.default_rng(0).normal(size=(16, 4)) + 12345.678).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"`data`.*yields ndarray objects.*tuples.*\(inputs,\)") as raised:
+        PreciseBatchNorm(lambda: (x[i : i + 8] for i in (0, 8)))  # bare arrays, no tuple
+    assert "12345" not in str(raised.value)
+    for data in (tf.data.Dataset.from_tensor_slices(x), lambda: ((row,) for row in x)):
+        precise = PreciseBatchNorm(data)  # one batch read here
+        with pytest.raises(ValueError, match=r"`data`.*single samples.*\(4,\).*\(None, 4\).*batch") as raised:
+            model.fit(x, x, epochs=1, verbose=0, callbacks=[precise])
+        assert "12345" not in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(ValueError, match=r"`data`.*single samples.*\(\)"):
+        PreciseBatchNorm(lambda: ((np.float32(v),) for v in x[:, 0]))
+    with pytest.raises(ValueError, match="no batch"):
+        PreciseBatchNorm(lambda: iter(()))
+    # Batched, the same data is fine.
+    model.fit(x, x, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(tf.data.Dataset.from_tensor_slices(x).batch(8))])

@@ -74,6 +74,22 @@ def test_hypermodel_bad_arguments(make, match):
         make()
 
 
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), KeyError("units"), RuntimeError("out of memory")])
+def test_any_error_while_building_fails_only_its_trial(error):
+    # keras-tuner marks any other error INVALID and retries the same values.
+    from kreg.tuning import RegularizedHyperModel
+
+    class Breaks(RegularizedHyperModel):
+        def build_model(self, hp):
+            raise error
+
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match=rf"cannot build a model for .*{type(error).__name__}"):
+        Breaks().build(keras_tuner.HyperParameters())
+    optuna = pytest.importorskip("optuna")
+    with pytest.raises(type(error)):  # under Optuna only a ValueError is reworded
+        Breaks().build(optuna.trial.FixedTrial({}))
+
+
 @pytest.mark.integration
 def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     # keras-tuner builds each conditional branch once with its default when the
