@@ -3,13 +3,14 @@ import numbers
 import warnings
 
 import keras
-import numpy as np
 
 from kreg._keras_compat import declared_direction
 from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
+from kreg.callbacks.monitoring import monitor_direction
+from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
@@ -24,23 +25,6 @@ STATE_CODES = {LEARNING: 0.0, OVERFITTING: 1.0, UNDERFITTING: 2.0, SATURATED: 3.
 ACTIONS = ("warn", "stop", "rollback", "strengthen")
 # The states each action acts on unless `act_on` says otherwise.
 DEFAULT_ACT_ON = {"warn": STATES, "stop": (OVERFITTING,), "rollback": (OVERFITTING,), "strengthen": STATES, "callable": STATES}
-# Words in a metric's name that mean higher is better (mode="auto").
-_MAXIMIZED = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
-
-
-def infer_mode(name):
-    """`"max"` for accuracies, AUC, precision, recall, F1, IoU and R2; `"min"` otherwise.
-
-    The fallback where the model does not say: in `fit`, `mode="auto"` first
-    takes the direction the compiled metric declares, as Keras's callbacks do.
-    """
-    metric = name.removeprefix("val_")
-    return "max" if any(word in metric for word in _MAXIMIZED) else "min"
-
-
-def _scalar(value):
-    """A vector-valued metric (one value per class) counts by its mean."""
-    return float(np.mean(np.asarray(value, dtype="float64")))
 
 
 @keras.saving.register_keras_serializable(package="kreg")
@@ -102,7 +86,9 @@ class OverfittingDetector(keras.callbacks.Callback):
     Each monitor keeps its own direction: `mode` for `monitor`, `train_mode` for
     `train_monitor`. With `"auto"`, the direction the compiled metric
     declares (as Keras's own callbacks read it; `CosineSimilarity` is
-    maximized), else the one its name suggests (accuracy, AUC, F1: maximized).
+    maximized; a loss is minimized). Where the model declares none (or
+    `update` is fed without a model), `mode="auto"` on a metric other than a
+    loss is a `ValueError` asking for the mode, as Keras's callbacks raise.
     A vector-valued metric (`keras.metrics.F1Score()`, one value per class)
     counts by its mean.
 
@@ -221,15 +207,21 @@ class OverfittingDetector(keras.callbacks.Callback):
         if isinstance(verbose, bool) or verbose not in (0, 1):
             raise ValueError(f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}")
         self.verbose = verbose
-        if self.criterion in ("gl", "pq") and "max" in (self._direction(monitor, mode), self._direction(train_monitor, train_mode)):
-            raise ValueError(
-                f"Invalid value received for argument `criterion`: {criterion!r} needs "
-                "positive errors to minimize (Prechelt's GL is a percentage of the best "
-                f"error); {monitor!r} / {train_monitor!r} are maximized. Use "
-                "criterion='noise' or 'p_value'."
-            )
         self._rate_zero_reported = False
         self.reset()
+        self._check_criterion_direction()
+
+    def _check_criterion_direction(self):
+        """GL and PQ need errors to minimize; checked once each direction is known
+        (a given mode or a loss at construction, the model's metric at the first epoch)."""
+        known = [self._directions.get(name, mode) for name, mode in ((self.monitor, self.mode), (self.train_monitor, self.train_mode))]
+        if self.criterion in ("gl", "pq") and "max" in known:
+            raise ValueError(
+                f"Invalid value received for argument `criterion`: {self.criterion!r} needs "
+                "positive errors to minimize (Prechelt's GL is a percentage of the best "
+                f"error); {self.monitor!r} / {self.train_monitor!r} are maximized. Use "
+                "criterion='noise' or 'p_value'."
+            )
 
     @property
     def acts_on(self):
@@ -238,16 +230,12 @@ class OverfittingDetector(keras.callbacks.Callback):
             return self.act_on
         return DEFAULT_ACT_ON["callable" if callable(self.action) else self.action]
 
-    @staticmethod
-    def _direction(name, mode):
-        return infer_mode(name) if mode == "auto" else mode
-
     def _resolved_direction(self, name, mode):
         """`mode`, or for "auto" the direction the model's metric declares (read
-        at the first epoch in `fit`), else the one its name suggests."""
-        if mode == "auto" and self._declared and name in self._declared:
-            return self._declared[name]
-        return self._direction(name, mode)
+        at the first epoch in `fit`; a loss is minimized without a model)."""
+        if name not in self._directions:
+            self._directions[name] = monitor_direction(self.model, name, mode)
+        return self._directions[name]
 
     def reset(self):
         """Forgets the curves seen so far (done at the start of every `fit`)."""
@@ -266,7 +254,14 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._new_best = False
         self._fired = set()
         self._last_logs = None
-        self._declared = None  # read from the model at the first epoch in fit
+        self._metrics_read = False  # the model's metrics, read at the first epoch in fit
+        # The direction of each monitor: a given mode, or a loss's, now; the
+        # others from the model's metrics at the first epoch.
+        self._directions = {}
+        for name, mode in ((self.monitor, self.mode), (self.train_monitor, self.train_mode)):
+            direction = mode if mode != "auto" else declared_direction(None, name)  # a loss: "min"
+            if direction is not None:
+                self._directions[name] = direction
 
     def _smooth(self, history, value):
         if not history:
@@ -284,8 +279,8 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def update(self, epoch, train_value, val_value):
         """Feeds one epoch's values; returns the state. Pure of Keras: testable alone."""
-        train = (-1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0) * _scalar(train_value)
-        val = (-1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0) * _scalar(val_value)
+        train = (-1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0) * monitored_scalar(train_value)
+        val = (-1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0) * monitored_scalar(val_value)
         if not (math.isfinite(train) and math.isfinite(val)):
             self.skipped_epochs.append(epoch)
             warnings.warn(
@@ -351,9 +346,9 @@ class OverfittingDetector(keras.callbacks.Callback):
         if without_validation(logs, (self.monitor, self.train_monitor)):
             return  # an epoch `fit(validation_freq=...)` ran without validation
         self._check_logs(logs)
-        if self._declared is None:
+        if not self._metrics_read:
             # The compiled metrics exist by the first epoch's end.
-            self._declared = {}
+            self._metrics_read = True
             for name, mode, argument in ((self.monitor, self.mode, "mode"), (self.train_monitor, self.train_mode, "train_mode")):
                 direction = declared_direction(self.model, name)
                 if direction is not None and mode not in ("auto", direction):
@@ -363,8 +358,9 @@ class OverfittingDetector(keras.callbacks.Callback):
                         f"Use {argument}='auto' or {direction!r}. Received: {argument}={mode!r}"
                     )
                 if direction is not None:
-                    self._declared[name] = direction
-        train_value, val_value = _scalar(logs[self.train_monitor]), _scalar(logs[self.monitor])
+                    self._directions[name] = direction
+            self._check_criterion_direction()
+        train_value, val_value = monitored_scalar(logs[self.train_monitor]), monitored_scalar(logs[self.monitor])
         state = self.update(epoch, train_value, val_value)
         if self._new_best and self.action == "rollback" and epoch not in self.skipped_epochs:
             self._best_weights = self.model.get_weights()

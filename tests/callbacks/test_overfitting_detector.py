@@ -39,8 +39,8 @@ TABLE = [
     ([2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
      [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
      {"patience": 3}, 8, "underfitting", None),
-    # Accuracy (mode inferred "max"): validation accuracy peaks at epoch 3 and falls.
-    (ACCURACY, VAL_ACCURACY, {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy"},
+    # Accuracy (maximized): validation accuracy peaks at epoch 3 and falls.
+    (ACCURACY, VAL_ACCURACY, {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy", "mode": "max", "train_mode": "max"},
      8, "overfitting", 3),
     # Prechelt's GL5 on the smoothed curve (factor 0.3): 5% above its best at epoch 7.
     (FALLING, U_SHAPE, {"criterion": "gl"}, 7, "overfitting", 4),
@@ -78,9 +78,25 @@ def test_each_monitor_keeps_its_own_direction():
     # accuracy's "max" applied to the loss would read it as getting worse).
     train_loss = [2.0 * 0.8**epoch for epoch in range(12)]
     val_accuracy = [0.5 + 0.04 * epoch for epoch in range(12)]
-    detector, states = _detect(train_loss, val_accuracy, {"monitor": "val_accuracy", "patience": 3})
+    detector, states = _detect(train_loss, val_accuracy, {"monitor": "val_accuracy", "mode": "max", "patience": 3})
     assert set(states) == {"learning"}
     assert OverfittingDetector(train_monitor="accuracy", monitor="val_loss").train_mode == "auto"
+
+
+def test_auto_mode_without_a_model_knows_only_a_loss():
+    # A loss is minimized; any other name needs the model's metric or a mode,
+    # as in Keras's callbacks (no guess from the name).
+    loss_only = OverfittingDetector(action=lambda *_: None)
+    assert loss_only.update(0, 1.0, 1.0) == "learning"
+    accuracy = OverfittingDetector(monitor="val_accuracy", action=lambda *_: None)
+    with pytest.raises(ValueError, match=r"`mode`.*`val_accuracy`.*mode='min' or mode='max'"):
+        accuracy.update(0, 1.0, 0.5)
+
+
+def test_gl_on_an_accuracy_the_model_declares_maximized_is_an_error_at_the_first_epoch():
+    detector = OverfittingDetector(criterion="gl", monitor="val_accuracy", train_monitor="accuracy")
+    with pytest.raises(ValueError, match=r"`criterion`.*'gl'.*maximized"):
+        fit_scripted(tiny_model(), detector, 2, loss=[1.0, 0.9], val_loss=[1.0, 0.9], accuracy=[0.5, 0.6], val_accuracy=[0.5, 0.6])
 
 
 def test_auto_mode_reads_the_direction_the_compiled_metric_declares():
@@ -244,7 +260,10 @@ def test_warn_action_warns_and_state_resets_between_fits():
 
 
 def test_a_vector_valued_monitor_counts_by_its_mean():
-    detector = OverfittingDetector(monitor="val_f1_score", train_monitor="f1_score", patience=3, smoothing=0.0, action=lambda *_: None)
+    detector = OverfittingDetector(
+        monitor="val_f1_score", train_monitor="f1_score", mode="max", train_mode="max", patience=3, smoothing=0.0,
+        action=lambda *_: None,
+    )
     states = [
         detector.update(epoch, np.array([t, t]), np.array([v, v + 0.02]))
         for epoch, (t, v) in enumerate(zip(ACCURACY, VAL_ACCURACY))
@@ -274,7 +293,7 @@ def test_missing_validation_metric_is_an_error():
         ({"verbose": 2}, r"`verbose`.*0 or 1"),
         ({"monitor": None}, r"`monitor`.*None"),
         ({"action": "explode"}, r"`action`.*'warn'.*'rollback'.*'strengthen'.*callable.*'explode'"),
-        ({"criterion": "gl", "monitor": "val_accuracy"}, r"`criterion`.*'gl'.*maximized"),
+        ({"criterion": "gl", "monitor": "val_accuracy", "mode": "max"}, r"`criterion`.*'gl'.*maximized"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
@@ -323,3 +342,4 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
     assert open(log_path, "rb").read() != data  # a different picture, same curves
     with pytest.raises(ValueError, match=r"`yscale`.*'symlog'"):
         plot_training_curves(history, tmp_path / "x.png", yscale="symlog")
+
