@@ -241,11 +241,17 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
 
     def _write_online_statistics(self, write_now, mean, variance):
         """Stores the `"online"` mode's updated statistics when `write_now`; other
-        modes, and a batch holding NaN or inf, write nothing. A channel whose
+        modes, a batch holding NaN or inf, and statistics that are not finite,
+        write nothing. A channel whose
         variance would be 0 (constant over the batch, with `online_momentum=0`)
         keeps its stored variance, as `kreg.adapt_batchnorm` does: a stored 0
         would divide the next inputs that vary by `sqrt(epsilon)`."""
         variance = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
+        # Statistics that are not finite (inputs whose squares overflow, or a NaN
+        # reaching a synchronized layer's all-replica statistics from another
+        # replica's batch) are never written.
+        finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
+        write_now = ops.logical_and(write_now, finite)
         if keras.backend.backend() in ("jax", "torch"):
             # JAX cannot assign state inside a `cond` branch (and torch would
             # recompile on the mode, as above): write on every call, the

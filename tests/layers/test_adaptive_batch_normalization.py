@@ -401,3 +401,16 @@ def test_online_mode_never_writes_a_zero_variance():
     written = _weights(layer)["moving_variance"]
     assert written[1] == stored[1]
     np.testing.assert_allclose(written[[0, 2]], x[:, [0, 2]].var(axis=0), rtol=1e-5)
+
+
+def test_online_mode_writes_nothing_when_the_statistics_overflow():
+    # Finite inputs whose squares overflow float32 give an infinite variance; it
+    # was written (and so would be a NaN reaching a synchronized layer's
+    # all-replica statistics from another replica). Nothing that is not finite is.
+    layer = _layer_with_statistics(test_time_mode="online")
+    stored = _weights(layer)
+    x = np.random.default_rng(3).normal(0.0, 1.0, (8, 3)).astype("float32")
+    x[:4, 0], x[4:, 0] = 3e38, -3e38
+    layer(x)
+    for name, value in stored.items():
+        np.testing.assert_array_equal(_weights(layer)[name], value, err_msg=name)
