@@ -305,10 +305,9 @@ class OverfittingDetector(keras.callbacks.Callback):
             # was a plateau, not the onset. A later one is acted on afresh.
             self.state, self.onset_epoch, self.onset_weights = LEARNING, None, None
             self._fired.difference_update((OVERFITTING, SATURATED))
-        if self.state != OVERFITTING and self._overfitting():
-            self.state = OVERFITTING
-        elif self.state != OVERFITTING:
-            self.state = self._stalled_state()
+        # Judged afresh every epoch: the logs claim overfitting only while the
+        # criterion holds (a rise that falls back within the noise is a plateau).
+        self.state = OVERFITTING if self._overfitting() else self._stalled_state()
         if self.state in (OVERFITTING, SATURATED) and self.onset_epoch is None:
             self.onset_epoch = self._epochs[self._best_index()]
         elif self.state not in (OVERFITTING, SATURATED):
@@ -368,7 +367,10 @@ class OverfittingDetector(keras.callbacks.Callback):
             self.onset_weights = self._best_weights
         logs["generalization_gap"] = val_value - train_value
         logs["overfitting_state"] = STATE_CODES[state]
-        if state in self.acts_on and state not in self._fired:
+        # A rise that falls back onto its plateau (overfitting, then saturated,
+        # same onset) was acted on as overfitting already.
+        repeated = state == SATURATED and OVERFITTING in self._fired
+        if state in self.acts_on and state not in self._fired and not repeated:
             self._fired.add(state)
             self._act(state, epoch)
 

@@ -343,3 +343,29 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
     with pytest.raises(ValueError, match=r"`yscale`.*'symlog'"):
         plot_training_curves(history, tmp_path / "x.png", yscale="symlog")
 
+
+def test_overfitting_is_logged_only_while_validation_stays_above_its_band():
+    # The U of U_SHAPE (overfitting at epoch 8), then validation comes back to
+    # its best's level and stays there within the noise: the last 2 epochs are
+    # no longer above the band, so by its definition that is no overfitting;
+    # with training still falling it is a memorizing plateau (saturated).
+    val = U_SHAPE[:9] + [1.11, 1.1, 1.12, 1.11, 1.1, 1.12, 1.11]
+    train = [2.0 * 0.85**epoch for epoch in range(len(val))]
+    detector, states = _detect(train, val, {"patience": 3})
+    assert states[8] == "overfitting", states
+    assert states[-3:] == ["saturated"] * 3, states
+    assert detector.onset_epoch == 4
+
+
+def test_rollback_restores_non_trainable_weights_too():
+    # Batch norm's moving statistics are weights that no gradient moves: the
+    # onset epoch's are restored with the rest.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
+    script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
+    assert len(script.weights) == 9 and detector.onset_epoch == 4
+    assert len(model.non_trainable_weights) == 2
+    for restored, expected in zip(model.get_weights(), script.weights[4]):
+        np.testing.assert_array_equal(restored, expected)
+    assert not np.array_equal(script.weights[4][-4], script.weights[8][-4]), "the moving mean moved after the onset"
