@@ -6,6 +6,8 @@ imported only when a name that needs it (a hypermodel, `OverfittingPruning`) is
 first used; Optuna (the `optuna` extra) only when an Optuna function is called.
 """
 
+from typing import TYPE_CHECKING
+
 import keras as _keras
 
 from kreg._extras import require as _require
@@ -27,6 +29,13 @@ _KERAS_TUNER_NAMES = {
     "RegularizedHyperModel": "kreg.tuning.hypermodels",
     "OverfittingPruning": "kreg.tuning.pruning",
 }
+
+
+if TYPE_CHECKING:  # for readers and the API reference; loaded by `__getattr__`
+    from kreg.tuning.hypermodels import CNNHyperModel
+    from kreg.tuning.hypermodels import RecurrentHyperModel
+    from kreg.tuning.hypermodels import RegularizedHyperModel
+    from kreg.tuning.pruning import OverfittingPruning
 
 
 def require_keras_tuner(feature):
