@@ -88,7 +88,9 @@ def _upsample_and_translate(images, rng):
     big = np.kron(images, np.ones((1, 2, 2, 1), np.float32))
     padded = np.pad(big, ((0, 0), (2, 2), (2, 2), (0, 0)))
     shifts = rng.integers(0, 5, size=(len(images), 2))
-    return np.stack([p[r : r + 16, c : c + 16] for p, (r, c) in zip(padded, shifts)]).astype(np.float32)
+    return np.stack([p[r : r + 16, c : c + 16] for p, (r, c) in zip(padded, shifts)]).astype(
+        np.float32
+    )
 
 
 def load(data):
@@ -166,8 +168,13 @@ def stream(x, y, data, shift, order, batch_size, seed, segment_batches, small_st
         for round_ in range(3):
             for i, corruption in enumerate(corruptions):
                 pick = rng.choice(len(x), segment, replace=segment > len(x))
-                parts.append((corrupt(x[pick], data, corruption, seed * 31 + round_ * 7 + i), y[pick]))
-        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+                parts.append(
+                    (corrupt(x[pick], data, corruption, seed * 31 + round_ * 7 + i), y[pick])
+                )
+        images, labels = (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+        )
     else:
         images = x
         if shift == "shifted":
@@ -263,9 +270,13 @@ def run(args):
             for seed in args.seeds:
                 started = time.perf_counter()
                 model = trained(arch, data, seed, train, args.epochs, args.cache)
-                clean_accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test))
-                adapters = {name: kreg.OnlineAdapter(model, method=method, memory_size=64, **extra)
-                            for name, method, extra in variants}
+                clean_accuracy = float(
+                    np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test)
+                )
+                adapters = {
+                    name: kreg.OnlineAdapter(model, method=method, memory_size=64, **extra)
+                    for name, method, extra in variants
+                }
                 for batch_size in args.batch_sizes:
                     if arch != "mlp" and batch_size < args.min_conv_batch:
                         continue
@@ -274,12 +285,30 @@ def run(args):
                             cell = f"{arch}/{data}/{shift}/{order}/{batch_size}/{seed}"
                             if cell in done:
                                 continue
-                            corruption = corruption_of(cell, data) if order != "continual" else "all"
-                            x, y = stream(x_test, y_test, data, shift, order, batch_size, seed,
-                                          args.segment_batches, args.small_stream, corruption)
-                            row = {"cell": cell, "tuning": in_tuning_half(cell), "clean": clean_accuracy,
-                                   "corruption": corruption if shift == "shifted" else None,
-                                   "samples": len(y), "accuracy": {}, "seconds": {}}
+                            corruption = (
+                                corruption_of(cell, data) if order != "continual" else "all"
+                            )
+                            x, y = stream(
+                                x_test,
+                                y_test,
+                                data,
+                                shift,
+                                order,
+                                batch_size,
+                                seed,
+                                args.segment_batches,
+                                args.small_stream,
+                                corruption,
+                            )
+                            row = {
+                                "cell": cell,
+                                "tuning": in_tuning_half(cell),
+                                "clean": clean_accuracy,
+                                "corruption": corruption if shift == "shifted" else None,
+                                "samples": len(y),
+                                "accuracy": {},
+                                "seconds": {},
+                            }
                             for name, adapter in adapters.items():
                                 adapter.reset()
                                 began = time.perf_counter()
@@ -290,7 +319,10 @@ def run(args):
                             results.append(row)
                             with open(args.out, "w") as f:
                                 json.dump({"args": vars(args), "cells": results}, f)
-                print(f"  {arch}/{data}/seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+                print(
+                    f"  {arch}/{data}/seed {seed}: {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
     return results
 
 
@@ -301,6 +333,7 @@ def choose_default(rows, candidates):
     """The pre-registered rule: among the candidates whose worst tuning cell is at
     most 1 point below no adaptation, the highest mean accuracy; if none is, the
     one with the best worst cell."""
+
     def worst(name):
         return min(r["accuracy"][name] - r["accuracy"]["none"] for r in rows)
 
@@ -321,8 +354,10 @@ def _part(row, index):
 
 def summary(rows, names, title):
     print(f"\n### {title}: {len(rows)} cells\n")
-    print("| method | mean accuracy | worst cell vs none, points | the worst cell | mean recovered share (shifted) "
-          "| cost vs none (median) |")
+    print(
+        "| method | mean accuracy | worst cell vs none, points | the worst cell | mean recovered share (shifted) "
+        "| cost vs none (median) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     shifted = [r for r in rows if _shifted(r)]
     for name in names:
@@ -336,7 +371,9 @@ def summary(rows, names, title):
         ]
         share = f"{statistics.mean(shares):.3f}" if shares else "-"
         cost = statistics.median(r["seconds"][name] / r["seconds"]["none"] for r in rows)
-        print(f"| {name} | {100 * mean:.1f} | {100 * gap:+.1f} | {worst['cell']} | {share} | {cost:.1f}x |")
+        print(
+            f"| {name} | {100 * mean:.1f} | {100 * gap:+.1f} | {worst['cell']} | {share} | {cost:.1f}x |"
+        )
 
 
 def targets(rows, default):
@@ -348,17 +385,25 @@ def targets(rows, default):
     ordered = [r for r in rows if _shifted(r) and _part(r, 3) == "sorted"]
     single = [r for r in rows if int(_part(r, 4)) == 1]
     print(f"\nTargets for `{default}`:")
-    print(f"- worst cell vs none: {100 * worst:+.1f} points (target >= -1.0): {'met' if worst >= -0.01 else 'MISSED'}")
+    print(
+        f"- worst cell vs none: {100 * worst:+.1f} points (target >= -1.0): {'met' if worst >= -0.01 else 'MISSED'}"
+    )
     a, b = mean_of(iid, default), mean_of(iid, "reestimate")
-    print(f"- shifted i.i.d., batch >= 16 ({len(iid)} cells): {100 * a:.1f} vs reestimate {100 * b:.1f} "
-          f"({100 * (a - b):+.1f} points; target >= 0, aim +2): {'met' if a >= b else 'MISSED'}")
+    print(
+        f"- shifted i.i.d., batch >= 16 ({len(iid)} cells): {100 * a:.1f} vs reestimate {100 * b:.1f} "
+        f"({100 * (a - b):+.1f} points; target >= 0, aim +2): {'met' if a >= b else 'MISSED'}"
+    )
     a, b = mean_of(ordered, default), mean_of(ordered, "online")
-    print(f"- shifted class-sorted ({len(ordered)} cells): {100 * a:.1f} vs online {100 * b:.1f} "
-          f"(target >= online): {'met' if a >= b else 'MISSED'}")
+    print(
+        f"- shifted class-sorted ({len(ordered)} cells): {100 * a:.1f} vs online {100 * b:.1f} "
+        f"(target >= online): {'met' if a >= b else 'MISSED'}"
+    )
     if single:
         gap = min(r["accuracy"][default] - r["accuracy"]["none"] for r in single)
-        print(f"- batch size 1 ({len(single)} cells): worst {100 * gap:+.1f} points vs none (target >= -1.0): "
-              f"{'met' if gap >= -0.01 else 'MISSED'}")
+        print(
+            f"- batch size 1 ({len(single)} cells): worst {100 * gap:+.1f} points vs none (target >= -1.0): "
+            f"{'met' if gap >= -0.01 else 'MISSED'}"
+        )
     cost = statistics.median(r["seconds"][default] / r["seconds"]["none"] for r in rows)
     print(f"- cost: median {cost:.2f}x none's time per stream (target <= 2x)")
 
@@ -385,27 +430,45 @@ def report(results):
         for group in groups:
             subset = [r for r in held_out if _part(r, index) == group]
             means = [statistics.mean(r["accuracy"][n] for r in subset) for n in names]
-            print(f"| {group} | {len(subset)} | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+            print(
+                f"| {group} | {len(subset)} | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |"
+            )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA)
-    parser.add_argument("--orders", nargs="+", default=["iid", "sorted", "dir0.1", "continual"], choices=ORDERS)
-    parser.add_argument("--shifts", nargs="+", default=["clean", "shifted"], choices=["clean", "shifted"])
+    parser.add_argument(
+        "--orders", nargs="+", default=["iid", "sorted", "dir0.1", "continual"], choices=ORDERS
+    )
+    parser.add_argument(
+        "--shifts", nargs="+", default=["clean", "shifted"], choices=["clean", "shifted"]
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16, 64])
-    parser.add_argument("--min-conv-batch", type=int, default=16,
-                        help="batch sizes below this run on the mlp only (1 and 4 on every model: set 1)")
+    parser.add_argument(
+        "--min-conv-batch",
+        type=int,
+        default=16,
+        help="batch sizes below this run on the mlp only (1 and 4 on every model: set 1)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--segment-batches", type=int, default=4, help="continual: batches per corruption")
-    parser.add_argument("--small-stream", type=int, default=192, help="stream length for batch sizes below 16")
-    parser.add_argument("--variants", nargs="+", default=None, help="a subset of the rows (default: all)")
+    parser.add_argument(
+        "--segment-batches", type=int, default=4, help="continual: batches per corruption"
+    )
+    parser.add_argument(
+        "--small-stream", type=int, default=192, help="stream length for batch sizes below 16"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help="a subset of the rows (default: all)"
+    )
     parser.add_argument("--cache", default="/tmp/kreg-adaptation-grid")
     parser.add_argument("--out", default="/tmp/kreg-adaptation-grid/cells.json")
     parser.add_argument("--resume", action="store_true", help="skip the cells already in --out")
-    parser.add_argument("--report", nargs="+", default=None, help="only print the report of saved runs")
+    parser.add_argument(
+        "--report", nargs="+", default=None, help="only print the report of saved runs"
+    )
     args = parser.parse_args()
     if args.report:
         cells = {}

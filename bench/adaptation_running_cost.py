@@ -45,19 +45,28 @@ def seconds(model, x, calls):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=10, help="predict_on_batch calls per round and model")
+    parser.add_argument(
+        "--calls", type=int, default=10, help="predict_on_batch calls per round and model"
+    )
     args = parser.parse_args()
     x = np.random.default_rng(0).normal(size=(64, 32, 32, 16)).astype("float32")
     print(f"backend {keras.backend.backend()}; {args.rounds} rounds of {args.calls} calls")
-    print("| jit_compile | BatchNormalization, ms | AdaptiveBatchNormalization (running), ms | ratio (median) |")
+    print(
+        "| jit_compile | BatchNormalization, ms | AdaptiveBatchNormalization (running), ms | ratio (median) |"
+    )
     print("| --- | --- | --- | --- |")
     for jit in (False, True):
-        keras_model, kreg_model = build(keras.layers.BatchNormalization), build(kreg.layers.AdaptiveBatchNormalization)
+        keras_model, kreg_model = (
+            build(keras.layers.BatchNormalization),
+            build(kreg.layers.AdaptiveBatchNormalization),
+        )
         kreg_model.set_weights(keras_model.get_weights())
         for model in (keras_model, kreg_model):
             model.compile(jit_compile=jit)
             model.predict_on_batch(x)  # traced / compiled
-        np.testing.assert_allclose(kreg_model.predict_on_batch(x), keras_model.predict_on_batch(x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            kreg_model.predict_on_batch(x), keras_model.predict_on_batch(x), rtol=1e-4, atol=1e-5
+        )
         ratios, times = [], ([], [])
         for round_ in range(args.rounds):
             pair = (keras_model, kreg_model) if round_ % 2 == 0 else (kreg_model, keras_model)

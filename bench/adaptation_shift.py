@@ -55,7 +55,9 @@ def train(seed, epochs, data):
     (x_train, y_train), _ = data
     keras.utils.set_random_seed(seed)
     model = cnn()
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
     return model
 
@@ -74,9 +76,16 @@ def accuracy_table(seeds, epochs, severities):
         weights = model.get_weights()
         for key, x in test_sets.items():
             for method in METHODS:
-                table[key][method].append(accuracy_after(model, weights, method, x, y_test, BATCH_SIZE))
-        print(f"  seed {seed}: trained and evaluated in {time.perf_counter() - started:.0f} s", flush=True)
-    return {key: {m: 100 * statistics.mean(v) for m, v in row.items()} for key, row in table.items()}
+                table[key][method].append(
+                    accuracy_after(model, weights, method, x, y_test, BATCH_SIZE)
+                )
+        print(
+            f"  seed {seed}: trained and evaluated in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    return {
+        key: {m: 100 * statistics.mean(v) for m, v in row.items()} for key, row in table.items()
+    }
 
 
 def print_accuracy(table, severities):
@@ -89,7 +98,9 @@ def print_accuracy(table, severities):
 
     clean = table[("clean", 0)]["running"]
     worst = max(severities)
-    print(f"\nrecovered share of the accuracy lost to shift, severity {worst}, mean over corruptions:")
+    print(
+        f"\nrecovered share of the accuracy lost to shift, severity {worst}, mean over corruptions:"
+    )
     shifted = [table[(c, worst)] for c in CORRUPTIONS]
     lost = clean - statistics.mean(row["running"] for row in shifted)
     for method in METHODS[1:]:

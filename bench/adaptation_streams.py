@@ -74,7 +74,9 @@ def accuracy(predictions, y):
 def run_seed(seed, epochs, data, options, batch_size):
     (x_train, y_train), (x_test, y_test) = data
     model = train(seed, epochs, x_train, y_train)
-    x_test, y_test, corrupted, (sorted_x, sorted_clean, sorted_y) = streams(x_test, y_test, seed, batch_size)
+    x_test, y_test, corrupted, (sorted_x, sorted_clean, sorted_y) = streams(
+        x_test, y_test, seed, batch_size
+    )
     clean = accuracy(model.predict(x_test, verbose=0), y_test)
     weights = model.get_weights()
     result = {"clean": clean, "a": {}, "b": {}, "c": {}, "c clean": {}}
@@ -84,11 +86,18 @@ def run_seed(seed, epochs, data, options, batch_size):
         model.set_weights(weights)
         extra = {**extra, **options} if method in ("tent", "eata") else extra
         adapter = kreg.OnlineAdapter(model, method=method, reset="stream", **extra)
-        result["a"][row] = {c: accuracy(adapter.predict(corrupted[c], batch_size=batch_size), y_test) for c in CORRUPTIONS}
+        result["a"][row] = {
+            c: accuracy(adapter.predict(corrupted[c], batch_size=batch_size), y_test)
+            for c in CORRUPTIONS
+        }
         continual = adapter.predict(continual_x, batch_size=batch_size)
-        result["b"][row] = {c: accuracy(continual[i * n : (i + 1) * n], y_test) for i, c in enumerate(CORRUPTIONS)}
+        result["b"][row] = {
+            c: accuracy(continual[i * n : (i + 1) * n], y_test) for i, c in enumerate(CORRUPTIONS)
+        }
         result["c"][row] = accuracy(adapter.predict(sorted_x, batch_size=batch_size), sorted_y)
-        result["c clean"][row] = accuracy(adapter.predict(sorted_clean, batch_size=batch_size), sorted_y)
+        result["c clean"][row] = accuracy(
+            adapter.predict(sorted_clean, batch_size=batch_size), sorted_y
+        )
         result.setdefault("resets", {})[row] = adapter.collapse_resets
         result.setdefault("few classes", {})[row] = adapter.few_classes_batches
         adapter.reset()
@@ -114,7 +123,9 @@ def mean_over(results, *keys):
 
 def report(results, batch_size):
     clean = mean_over(results, "clean")
-    print(f"\nclean accuracy (no adaptation): {100 * clean:.1f}%; {len(results)} seed(s), batch {batch_size}")
+    print(
+        f"\nclean accuracy (no adaptation): {100 * clean:.1f}%; {len(results)} seed(s), batch {batch_size}"
+    )
     print("\n(a) each corruption alone, severity 5: accuracy (%), and the mean recovered share")
     print("| method | " + " | ".join(CORRUPTIONS) + " | recovered share |")
     print("|" + " --- |" * (len(CORRUPTIONS) + 2))
@@ -123,18 +134,28 @@ def report(results, batch_size):
         row = [mean_over(results, "a", method, c) for c in CORRUPTIONS]
         lost = [clean - mean_over(results, "a", "none", c) for c in CORRUPTIONS]
         gained = [r - mean_over(results, "a", "none", c) for r, c in zip(row, CORRUPTIONS)]
-        share[method] = statistics.mean(g / l for g, l in zip(gained, lost))
-        print(f"| {method} | " + " | ".join(f"{100 * r:.1f}" for r in row) + f" | {share[method]:.3f} |")
+        share[method] = statistics.mean(g / loss for g, loss in zip(gained, lost))
+        print(
+            f"| {method} | "
+            + " | ".join(f"{100 * r:.1f}" for r in row)
+            + f" | {share[method]:.3f} |"
+        )
 
-    print("\n(b) continual (no reset between corruptions): accuracy (%), and the largest drop below (a)")
+    print(
+        "\n(b) continual (no reset between corruptions): accuracy (%), and the largest drop below (a)"
+    )
     print("| method | " + " | ".join(CORRUPTIONS) + " | worst drop vs (a), points |")
     print("|" + " --- |" * (len(CORRUPTIONS) + 2))
     for method, _, _ in VARIANTS:
         row = [mean_over(results, "b", method, c) for c in CORRUPTIONS]
         drop = max(mean_over(results, "a", method, c) - r for r, c in zip(row, CORRUPTIONS))
-        print(f"| {method} | " + " | ".join(f"{100 * r:.1f}" for r in row) + f" | {100 * drop:+.1f} |")
+        print(
+            f"| {method} | " + " | ".join(f"{100 * r:.1f}" for r in row) + f" | {100 * drop:+.1f} |"
+        )
 
-    print("\n(c) class-sorted batches: mixed corruptions, and clean images: accuracy (%) and the change from no adaptation")
+    print(
+        "\n(c) class-sorted batches: mixed corruptions, and clean images: accuracy (%) and the change from no adaptation"
+    )
     print(
         "| method | mixed corruptions | vs none, points | clean | vs none, points | collapse resets (all streams) "
         "| batches kept on stored statistics (all streams) | cost vs none |"
@@ -157,10 +178,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--learning-rate", type=float, default=None, help="tent and eata (default: theirs)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="tent and eata (default: theirs)"
+    )
     args = parser.parse_args()
     options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
-    print(f"backend {keras.backend.backend()}; {args.seeds} seed(s), {args.epochs} epochs; tent/eata {options or 'defaults'}")
+    print(
+        f"backend {keras.backend.backend()}; {args.seeds} seed(s), {args.epochs} epochs; tent/eata {options or 'defaults'}"
+    )
     data = load_digit_images(train_size=1200, seed=0)
     results = []
     for seed in range(args.seeds):

@@ -88,7 +88,10 @@ def build(variant, vocabulary, args, k=1):
         h = keras.layers.LSTM(units, recurrent_dropout=r, return_sequences=True)(x)
     elif variant == "zoneout":
         h = kreg.ZoneoutLSTM(
-            units, cell_zoneout=args.cell_zoneout, hidden_zoneout=args.hidden_zoneout, return_sequences=True
+            units,
+            cell_zoneout=args.cell_zoneout,
+            hidden_zoneout=args.hidden_zoneout,
+            return_sequences=True,
         )(x)
     else:
         h = kreg.WeightDropLSTM(units, weight_dropout=r, mask_groups=k, return_sequences=True)(x)
@@ -113,8 +116,12 @@ def train(variant, data, args, k=1, seed=0):
         x, y, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=args.batch, verbose=0
     ).history
     bits = [loss / math.log(2) for loss in history["val_loss"]]
-    return {"best": min(bits), "best_epoch": int(np.argmin(bits)) + 1, "final": bits[-1],
-            "seconds": time.perf_counter() - start}
+    return {
+        "best": min(bits),
+        "best_epoch": int(np.argmin(bits)) + 1,
+        "final": bits[-1],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def step_time_ratios(specs, data, args):
@@ -141,7 +148,9 @@ VARIANT_KEYS = ("none", "recurrent_dropout", "weight_drop", "embedding", "artar"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chars", type=int, default=20_000, help="characters of text used")
-    parser.add_argument("--validation-fraction", type=float, default=0.2, help="the last part, for validation")
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.2, help="the last part, for validation"
+    )
     parser.add_argument("--length", type=int, default=64, help="timesteps per training window")
     parser.add_argument("--units", type=int, default=256)
     parser.add_argument("--embedding", type=int, default=32)
@@ -149,7 +158,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=4e-3)
-    parser.add_argument("--rate", type=float, default=0.25, help="recurrent_dropout and weight_dropout")
+    parser.add_argument(
+        "--rate", type=float, default=0.25, help="recurrent_dropout and weight_dropout"
+    )
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 4], help="mask_groups tried")
     parser.add_argument("--embedding-dropout", type=float, default=0.1)
     parser.add_argument("--input-dropout", type=float, default=0.1)
@@ -160,11 +171,17 @@ def main():
     parser.add_argument("--hidden-zoneout", type=float, default=0.05)
     parser.add_argument("--timing-rounds", type=int, default=7)
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANT_KEYS, default=list(VARIANT_KEYS),
+        "--variants",
+        nargs="+",
+        choices=VARIANT_KEYS,
+        default=list(VARIANT_KEYS),
         help="which variants to run (none always runs: it is the baseline)",
     )
     parser.add_argument(
-        "--full-groups", type=int, nargs="*", default=[],
+        "--full-groups",
+        type=int,
+        nargs="*",
+        default=[],
         help="also run the full recipe with these mask_groups (besides the best k)",
     )
     args = parser.parse_args()
@@ -186,8 +203,11 @@ def main():
             key: statistics.mean(run[key] for run in runs) for key in ("best", "final", "seconds")
         } | {"best_epoch": runs[0]["best_epoch"], "spec": (variant, k)}
         r = results[name]
-        print(f"  {name:34s} best {r['best']:.4f} bpc (epoch {r['best_epoch']}), final {r['final']:.4f}, "
-              f"{r['seconds']:.0f}s", flush=True)
+        print(
+            f"  {name:34s} best {r['best']:.4f} bpc (epoch {r['best_epoch']}), final {r['final']:.4f}, "
+            f"{r['seconds']:.0f}s",
+            flush=True,
+        )
 
     wanted = set(args.variants) | {"none"}
     run("none", "none")
@@ -211,11 +231,13 @@ def main():
 
     print("timing training steps (interleaved rounds)...", flush=True)
     timing = step_time_ratios({name: r["spec"] for name, r in results.items()}, data, args)
-    print(f"\n| variant | best val bpc (epoch) | final val bpc | ms/step | step time vs plain |")
+    print("\n| variant | best val bpc (epoch) | final val bpc | ms/step | step time vs plain |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in results.items():
         ms, ratio = timing[name]
-        print(f"| {name} | {r['best']:.4f} ({r['best_epoch']}) | {r['final']:.4f} | {ms:.0f} | {ratio:.2f}x |")
+        print(
+            f"| {name} | {r['best']:.4f} ({r['best_epoch']}) | {r['final']:.4f} | {ms:.0f} | {ratio:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,16 @@ from kreg.callbacks import EarlyStoppingWithCheckpoint  # noqa: E402
 
 def make_model(width):
     model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(width, activation="relu"),
-         keras.layers.Dense(width, activation="relu"), keras.layers.Dense(10)]
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(10),
+        ]
     )
-    model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     return model
 
 
@@ -83,7 +89,9 @@ def main():
         for round_index in range(args.rounds):
             for name, model in models.items():
                 start = time.perf_counter()
-                model.fit(x, y, epochs=args.epochs, batch_size=256, verbose=0, callbacks=runs[name]())
+                model.fit(
+                    x, y, epochs=args.epochs, batch_size=256, verbose=0, callbacks=runs[name]()
+                )
                 times[name].append((time.perf_counter() - start) / args.epochs)
             print(f"  round {round_index + 1}/{args.rounds}", flush=True)
     for statistic in (statistics.median, min):

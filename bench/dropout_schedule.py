@@ -34,16 +34,24 @@ def mlp(widths, rate):
     layers = [keras.Input((8, 8, 1)), keras.layers.Flatten()]
     for width in widths:
         layers += [keras.layers.Dense(width, activation="relu"), keras.layers.Dropout(rate)]
-    model = kreg.convert_dropouts(keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax")]))
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = kreg.convert_dropouts(
+        keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax")])
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
 def run(data, seed, widths, rate, epochs, schedule):
     keras.utils.set_random_seed(seed)
     model = mlp(widths, rate)
-    callbacks = [] if schedule == "constant" else [DropoutSchedule(schedule, epochs=max(1, epochs // 4))]
-    model.fit(data.x_train, data.y_train, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
+    callbacks = (
+        [] if schedule == "constant" else [DropoutSchedule(schedule, epochs=max(1, epochs // 4))]
+    )
+    model.fit(
+        data.x_train, data.y_train, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks
+    )
     result = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
     return result["accuracy"], result["loss"]
 

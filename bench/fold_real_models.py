@@ -79,7 +79,11 @@ def without_batch_norm(model):
         return operation(*args, **kwargs)
 
     if isinstance(model, keras.Sequential):
-        layers = [l for l in model.layers if not isinstance(l, keras.layers.BatchNormalization)]
+        layers = [
+            layer
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.BatchNormalization)
+        ]
         return keras.Sequential([keras.Input(batch_shape=model.inputs[0].shape), *layers])
     return model_graph.rebuild(model_graph.read_graph(model), call)
 
@@ -89,7 +93,11 @@ def summarize_reasons(skipped):
     kinds = collections.Counter()
     for _, reason in skipped:
         after = re.match(r"it follows `[^`]*` \((\w+)\)", reason)
-        kinds[f"after {after.group(1)}" if after else re.sub(r"`[^`]*`", "*", reason.split(";")[0])[:70]] += 1
+        kinds[
+            f"after {after.group(1)}"
+            if after
+            else re.sub(r"`[^`]*`", "*", reason.split(";")[0])[:70]
+        ] += 1
     return ", ".join(f"{kind} x{n}" for kind, n in kinds.most_common())
 
 

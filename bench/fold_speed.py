@@ -13,7 +13,6 @@ of the intrinsic cost on a shared machine) and ratios, with and without
 
 import argparse
 import statistics
-import time
 import warnings
 
 from _common import interleaved_predict_times  # noqa: E402  (first: it quiets TensorFlow)
@@ -67,7 +66,9 @@ BUILDERS = {"plain": plain_cnn, "resnet": resnet_cnn}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=["plain", "resnet"])
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(BUILDERS), default=["plain", "resnet"]
+    )
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=8)
@@ -75,7 +76,11 @@ def main():
     args = parser.parse_args()
 
     shape = (args.image_size, args.image_size, 3)
-    x = np.random.default_rng(0).standard_normal((args.batch * args.batches, *shape)).astype("float32")
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((args.batch * args.batches, *shape))
+        .astype("float32")
+    )
     print(
         f"backend={keras.backend.backend()} keras={keras.__version__}, {args.batches} batches of "
         f"{args.batch} images {shape}, {args.rounds} rounds",
@@ -93,7 +98,10 @@ def main():
         # Direct calls, not predict: an extra predict shape would make the timed
         # predict functions retrace for variable batch sizes.
         error = np.max(np.abs(keras.ops.convert_to_numpy(original(x[:8]) - folded(x[:8]))))
-        print(f"{name}: {report.__str__().splitlines()[0]}; max |original - folded| = {error:.2e}", flush=True)
+        print(
+            f"{name}: {report.__str__().splitlines()[0]}; max |original - folded| = {error:.2e}",
+            flush=True,
+        )
         for jit_compile in (False, True):
             variants = {"original": original, "folded": folded, "no BN (limit)": no_bn}
             for model in variants.values():

@@ -27,7 +27,17 @@ def download_megabytes(requirements):
     """Size of everything pip downloads to install `requirements`, in MB."""
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", folder, *requirements],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "-d",
+                folder,
+                *requirements,
+            ],
             check=True,
         )
         files = list(pathlib.Path(folder).iterdir())
@@ -45,14 +55,22 @@ def build_wheel(folder):
 def import_seconds(statement, backend):
     env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", statement], check=True, env=env, capture_output=True, cwd=tempfile.gettempdir())
+    subprocess.run(
+        [sys.executable, "-c", statement],
+        check=True,
+        env=env,
+        capture_output=True,
+        cwd=tempfile.gettempdir(),
+    )
     return time.perf_counter() - start
 
 
 def tensorflow_imported(backend):
     statement = "import sys, kreg; print('tensorflow' in sys.modules)"
     env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", statement], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", statement], env=env, capture_output=True, text=True, check=True
+    )
     return result.stdout.strip() == "True"
 
 
@@ -80,14 +98,22 @@ def main():
             print(f"| {name} | {count} | {megabytes:.1f} | {megabytes / base:.2f}x |")
 
     if not args.skip_import:
-        print(f"\n| backend | python -c pass (ms) | import keras (ms) | import kreg (ms) | kreg / keras | TensorFlow imported by kreg |")
+        print(
+            "\n| backend | python -c pass (ms) | import keras (ms) | import kreg (ms) | kreg / keras | TensorFlow imported by kreg |"
+        )
         print("| --- | --- | --- | --- | --- | --- |")
         for backend in BACKENDS:
             times = {"pass": [], "keras": [], "kreg": []}
             for _ in range(args.rounds):
-                for name, statement in (("pass", "pass"), ("keras", "import keras"), ("kreg", "import kreg")):
+                for name, statement in (
+                    ("pass", "pass"),
+                    ("keras", "import keras"),
+                    ("kreg", "import kreg"),
+                ):
                     times[name].append(import_seconds(statement, backend))
-            start, keras_time, kreg_time = (statistics.median(times[k]) * 1e3 for k in ("pass", "keras", "kreg"))
+            start, keras_time, kreg_time = (
+                statistics.median(times[k]) * 1e3 for k in ("pass", "keras", "kreg")
+            )
             keras_net, kreg_net = keras_time - start, kreg_time - start
             print(
                 f"| {backend} | {start:.0f} | {keras_net:.0f} | {kreg_net:.0f} | {kreg_net / keras_net:.2f}x "

@@ -51,7 +51,9 @@ def load_corpus():
         run = json.loads(path.read_text())
         history = run["history"]
         kind, minimum, sigma = label(history["loss"], history["val_loss"])
-        runs.append({**run, "label": kind, "minimum": minimum, "sigma": sigma, "half": split(run["name"])})
+        runs.append(
+            {**run, "label": kind, "minimum": minimum, "sigma": sigma, "half": split(run["name"])}
+        )
     return runs
 
 
@@ -116,7 +118,11 @@ def score(runs, **kwargs):
 def summary_row(name, figures):
     delays = figures["delays"]
     median = f"{statistics.median(delays):+.0f}" if delays else "-"
-    errors = statistics.median(abs(e) for e in figures["onset errors"]) if figures["onset errors"] else "-"
+    errors = (
+        statistics.median(abs(e) for e in figures["onset errors"])
+        if figures["onset errors"]
+        else "-"
+    )
     return (
         f"| {name} | {figures['improving alarms']}/{figures['improving']} | "
         f"{figures['flagged']}/{figures['overfit']} | {figures['met']}/{figures['overfit']} | "
@@ -138,7 +144,13 @@ HEADER = (
 def objective(figures):
     """What the tuning grid maximizes: runs called right, a false alarm on an
     improving run (the target that must be 0) weighing most."""
-    return figures["met"] + figures["saturated reported"] - 3 * figures["improving alarms"] - figures["early"] - figures["other alarms"]
+    return (
+        figures["met"]
+        + figures["saturated reported"]
+        - 3 * figures["improving alarms"]
+        - figures["early"]
+        - figures["other alarms"]
+    )
 
 
 def tune(runs):
@@ -146,18 +158,28 @@ def tune(runs):
     print(HEADER)
     results = []
     default_confirm = criteria.CONFIRM
-    for confirm, threshold, patience in itertools.product((1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)):
+    for confirm, threshold, patience in itertools.product(
+        (1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)
+    ):
         criteria.CONFIRM = confirm
         figures = score(runs, threshold=threshold, patience=patience)
         results.append((objective(figures), confirm, -patience, threshold, patience))
-        print(summary_row(f"{confirm} epochs above, threshold {threshold}, patience {patience}", figures))
+        print(
+            summary_row(
+                f"{confirm} epochs above, threshold {threshold}, patience {patience}", figures
+            )
+        )
     criteria.CONFIRM = default_confirm
     best = max(results)
-    print(f"\nbest on the tuning half: {best[1]} epochs above, threshold {best[3]}, patience {best[4]} (objective {best[0]})")
+    print(
+        f"\nbest on the tuning half: {best[1]} epochs above, threshold {best[3]}, patience {best[4]} (objective {best[0]})"
+    )
 
 
 def run_table(runs):
-    print("| run | half | label | epochs | validation minimum | label noise | first state (epoch) | overfitting alarm | onset | patience-10 stop |")
+    print(
+        "| run | half | label | epochs | validation minimum | label noise | first state (epoch) | overfitting alarm | onset | patience-10 stop |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     show = lambda epoch: "-" if epoch is None else str(epoch + 1)  # noqa: E731
     for run in runs:
@@ -175,12 +197,21 @@ def run_table(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="print the grid on the tuning half")
-    parser.add_argument("--runs", action="store_true", help="print the default detector's table per run")
+    parser.add_argument(
+        "--runs", action="store_true", help="print the default detector's table per run"
+    )
     args = parser.parse_args()
     runs = load_corpus()
     halves = {half: [run for run in runs if run["half"] == half] for half in ("tuning", "held-out")}
-    labels = {half: dict(sorted(collections.Counter(run["label"] for run in part).items())) for half, part in halves.items()}
-    print(f"{len(runs)} runs: " + "; ".join(f"{half} {len(part)} {labels[half]}" for half, part in halves.items()) + "\n")
+    labels = {
+        half: dict(sorted(collections.Counter(run["label"] for run in part).items()))
+        for half, part in halves.items()
+    }
+    print(
+        f"{len(runs)} runs: "
+        + "; ".join(f"{half} {len(part)} {labels[half]}" for half, part in halves.items())
+        + "\n"
+    )
     if args.tune:
         tune(halves["tuning"])
         return
@@ -188,9 +219,20 @@ def main():
         print(f"\n{half} half:\n")
         print(HEADER)
         for criterion in CRITERIA:
-            print(summary_row(criterion + (" (default)" if criterion == "noise" else ""), score(part, criterion=criterion)))
-        stops = [early_stopping_epoch(r["history"]["val_loss"]) for r in part if r["label"] == "overfit"]
-        delays = [stop - r["minimum"] for stop, r in zip(stops, [r for r in part if r["label"] == "overfit"]) if stop is not None]
+            print(
+                summary_row(
+                    criterion + (" (default)" if criterion == "noise" else ""),
+                    score(part, criterion=criterion),
+                )
+            )
+        stops = [
+            early_stopping_epoch(r["history"]["val_loss"]) for r in part if r["label"] == "overfit"
+        ]
+        delays = [
+            stop - r["minimum"]
+            for stop, r in zip(stops, [r for r in part if r["label"] == "overfit"])
+            if stop is not None
+        ]
         print(f"\npatience-10 early stopping on the overfit runs: stops {len(delays)}/{len(stops)}, "
               f"median {statistics.median(delays) if delays else '-'} epochs after the minimum")  # fmt: skip
     if args.runs:

@@ -51,7 +51,9 @@ def cnn():
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(128, activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
@@ -105,8 +107,13 @@ def fit(data, seed, epochs, options, extra=()):
         # The timer is last, so an epoch's time includes the callback's work.
         callbacks.insert(0, TimedPreciseBatchNorm(data.x_train, seed=seed, **options))
     history = model.fit(
-        data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-        batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=callbacks,
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        batch_size=BATCH_SIZE,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
     )
     return history.history["val_accuracy"], callbacks
 
@@ -119,8 +126,10 @@ def accuracy_table(data, seed, epochs):
         accuracy, _ = fit(data, seed, epochs, options, extra=[probe])
         gap = np.abs(np.array(accuracy) - np.array(probe.accuracy)) * 100
         rows.append((label, accuracy, probe.accuracy, gap))
-        print(f"  {label}: max gap {gap.max():.1f} points (epoch {gap.argmax() + 1}), "
-              f"last {accuracy[-1]:.3f} vs {probe.accuracy[-1]:.3f}")
+        print(
+            f"  {label}: max gap {gap.max():.1f} points (epoch {gap.argmax() + 1}), "
+            f"last {accuracy[-1]:.3f} vs {probe.accuracy[-1]:.3f}"
+        )
         print("    per epoch: " + " ".join(f"{a:.3f}" for a in accuracy))
     print("    fully re-estimated: " + " ".join(f"{a:.3f}" for a in rows[0][2]))
     return rows
@@ -150,7 +159,9 @@ def cost_table(data, epochs, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)

@@ -39,7 +39,9 @@ def _split(x, y, train_size, seed):
 
 
 def _standardized(bunch, train_size, seed):
-    (x_train, y_train), (x_val, y_val) = _split(bunch.data.astype("float32"), bunch.target.astype("int32"), train_size, seed)
+    (x_train, y_train), (x_val, y_val) = _split(
+        bunch.data.astype("float32"), bunch.target.astype("int32"), train_size, seed
+    )
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6  # statistics of the training part only
     return ((x_train - mean) / std, y_train), ((x_val - mean) / std, y_val)
 
@@ -52,7 +54,9 @@ def load_text(train_size, seed, val_size=1000):
 
     text = "".join(topics[key] for key in sorted(topics))
     codes = np.frombuffer(text.encode("ascii", "replace"), dtype="uint8").astype("int32")
-    codes = np.clip(codes - 31, 0, 96)  # 0: control characters (newline, tab); 1-95: printable ASCII
+    codes = np.clip(
+        codes - 31, 0, 96
+    )  # 0: control characters (newline, tab); 1-95: printable ASCII
     cut = int(0.8 * len(codes))
     rng = np.random.default_rng(seed)
 
@@ -125,14 +129,22 @@ def rnn(input_shape, classes, cell="lstm", units=128, dropout=0.0, embed=False, 
 
 
 def logistic(input_shape, classes):
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(classes, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
 
 
 FAMILIES = {"mlp": mlp, "cnn_bn": cnn_bn, "rnn": rnn, "logistic": logistic}
 CLASSES = {"digits": 10, "digit-rows": 10, "digits-bench": 10, "cancer": 2, "wine": 3, "text": 97}
 
 
-def run(dataset, family, train_size, epochs, lr, batch, optimizer="adam", weight_decay=0.0, **model):
+def run(
+    dataset, family, train_size, epochs, lr, batch, optimizer="adam", weight_decay=0.0, **model
+):
     return {
         "dataset": dataset, "family": family, "model": model, "train_size": train_size, "epochs": epochs,
         "learning_rate": lr, "batch_size": batch, "optimizer": optimizer, "weight_decay": weight_decay,
@@ -143,49 +155,89 @@ def run(dataset, family, train_size, epochs, lr, batch, optimizer="adam", weight
 RUNS = {
     # The former 12-run benchmark, as it trained them (Adam, batch 32, 60 epochs, seed 0).
     "digits-bench/MLP, no dropout": run("digits-bench", "mlp", 300, 60, 1e-3, 32, width=512),
-    "digits-bench/MLP, dropout 0.5": run("digits-bench", "mlp", 300, 60, 1e-3, 32, width=512, dropout=0.5),
+    "digits-bench/MLP, dropout 0.5": run(
+        "digits-bench", "mlp", 300, 60, 1e-3, 32, width=512, dropout=0.5
+    ),
     "digits-bench/CNN+BN, no dropout": run("digits-bench", "cnn_bn", 300, 60, 1e-2, 32),
-    "digits-bench/CNN+BN, dropout 0.3": run("digits-bench", "cnn_bn", 300, 60, 3e-3, 32, dropout=0.3),
+    "digits-bench/CNN+BN, dropout 0.3": run(
+        "digits-bench", "cnn_bn", 300, 60, 3e-3, 32, dropout=0.3
+    ),
     "digits-bench/LSTM, no dropout": run("digits-bench", "rnn", 300, 60, 3e-3, 32),
     "digits-bench/LSTM, dropout 0.3": run("digits-bench", "rnn", 300, 60, 3e-3, 32, dropout=0.3),
-    "digits-bench/MLP, no dropout, 600 digits": run("digits-bench", "mlp", 600, 60, 1e-3, 32, width=512),
+    "digits-bench/MLP, no dropout, 600 digits": run(
+        "digits-bench", "mlp", 600, 60, 1e-3, 32, width=512
+    ),
     "digits-bench/CNN+BN, no dropout, 600 digits": run("digits-bench", "cnn_bn", 600, 60, 3e-3, 32),
-    "digits-bench/logistic, 1400 digits (control)": run("digits-bench", "logistic", 1400, 60, 1e-3, 32),
-    "digits-bench/small MLP, dropout 0.5, 1400 digits (control)": run("digits-bench", "mlp", 1400, 60, 2e-4, 32, width=64, dropout=0.5),
-    "digits-bench/small CNN+BN, dropout 0.3, 1400 digits (control)": run("digits-bench", "cnn_bn", 1400, 60, 1e-4, 32, channels=(8, 16), dropout=0.3),
-    "digits-bench/small LSTM, 1400 digits (control)": run("digits-bench", "rnn", 1400, 60, 5e-4, 32, units=32),
+    "digits-bench/logistic, 1400 digits (control)": run(
+        "digits-bench", "logistic", 1400, 60, 1e-3, 32
+    ),
+    "digits-bench/small MLP, dropout 0.5, 1400 digits (control)": run(
+        "digits-bench", "mlp", 1400, 60, 2e-4, 32, width=64, dropout=0.5
+    ),
+    "digits-bench/small CNN+BN, dropout 0.3, 1400 digits (control)": run(
+        "digits-bench", "cnn_bn", 1400, 60, 1e-4, 32, channels=(8, 16), dropout=0.3
+    ),
+    "digits-bench/small LSTM, 1400 digits (control)": run(
+        "digits-bench", "rnn", 1400, 60, 5e-4, 32, units=32
+    ),
     # Digits as 8x8 images.
     "digits/mlp256 lr1e-3 b32 n200": run("digits", "mlp", 200, 50, 1e-3, 32),
-    "digits/mlp256 dropout0.5 wd1e-2 lr1e-3 b32 n200": run("digits", "mlp", 200, 50, 1e-3, 32, weight_decay=1e-2, dropout=0.5),
+    "digits/mlp256 dropout0.5 wd1e-2 lr1e-3 b32 n200": run(
+        "digits", "mlp", 200, 50, 1e-3, 32, weight_decay=1e-2, dropout=0.5
+    ),
     "digits/mlp128 lr1e-2 b16 n300": run("digits", "mlp", 300, 50, 1e-2, 16, width=128),
     "digits/mlp64 lr3e-4 b128 n1000": run("digits", "mlp", 1000, 50, 3e-4, 128, width=64),
-    "digits/mlp512 sgd lr5e-2 b32 n300": run("digits", "mlp", 300, 50, 5e-2, 32, optimizer="sgd", width=512),
-    "digits/cnn_bn16-32 lr3e-3 b64 n400": run("digits", "cnn_bn", 400, 40, 3e-3, 64, channels=(16, 32)),
-    "digits/cnn_bn16-32 dropout0.3 wd1e-3 lr3e-3 b32 n400": run("digits", "cnn_bn", 400, 40, 3e-3, 32, weight_decay=1e-3, channels=(16, 32), dropout=0.3),
-    "digits/cnn_bn8-16 lr1e-3 b128 n1200": run("digits", "cnn_bn", 1200, 40, 1e-3, 128, channels=(8, 16), dense=32),
+    "digits/mlp512 sgd lr5e-2 b32 n300": run(
+        "digits", "mlp", 300, 50, 5e-2, 32, optimizer="sgd", width=512
+    ),
+    "digits/cnn_bn16-32 lr3e-3 b64 n400": run(
+        "digits", "cnn_bn", 400, 40, 3e-3, 64, channels=(16, 32)
+    ),
+    "digits/cnn_bn16-32 dropout0.3 wd1e-3 lr3e-3 b32 n400": run(
+        "digits", "cnn_bn", 400, 40, 3e-3, 32, weight_decay=1e-3, channels=(16, 32), dropout=0.3
+    ),
+    "digits/cnn_bn8-16 lr1e-3 b128 n1200": run(
+        "digits", "cnn_bn", 1200, 40, 1e-3, 128, channels=(8, 16), dense=32
+    ),
     "digits/cnn_bn32-64 lr3e-2 b16 n200": run("digits", "cnn_bn", 200, 40, 3e-2, 16),
     # Digits read row by row.
     "digit-rows/lstm64 lr3e-3 b32 n300": run("digit-rows", "rnn", 300, 50, 3e-3, 32, units=64),
-    "digit-rows/gru64 lr3e-3 b32 n300": run("digit-rows", "rnn", 300, 50, 3e-3, 32, cell="gru", units=64),
-    "digit-rows/gru64 dropout0.3 lr3e-3 b32 n300": run("digit-rows", "rnn", 300, 50, 3e-3, 32, cell="gru", units=64, dropout=0.3),
+    "digit-rows/gru64 lr3e-3 b32 n300": run(
+        "digit-rows", "rnn", 300, 50, 3e-3, 32, cell="gru", units=64
+    ),
+    "digit-rows/gru64 dropout0.3 lr3e-3 b32 n300": run(
+        "digit-rows", "rnn", 300, 50, 3e-3, 32, cell="gru", units=64, dropout=0.3
+    ),
     "digit-rows/lstm32 lr1e-3 b64 n1000": run("digit-rows", "rnn", 1000, 40, 1e-3, 64, units=32),
     "digit-rows/gru128 lr1e-2 b64 n200": run("digit-rows", "rnn", 200, 50, 1e-2, 64, cell="gru"),
     "digit-rows/lstm16 lr1e-4 b128 n1200": run("digit-rows", "rnn", 1200, 30, 1e-4, 128, units=16),
-    "digit-rows/lstm128 sgd lr1e-1 b32 n300": run("digit-rows", "rnn", 300, 50, 1e-1, 32, optimizer="sgd"),
-    "digit-rows/gru64 wd1e-1 lr3e-3 b16 n300": run("digit-rows", "rnn", 300, 50, 3e-3, 16, weight_decay=1e-1, cell="gru", units=64),
+    "digit-rows/lstm128 sgd lr1e-1 b32 n300": run(
+        "digit-rows", "rnn", 300, 50, 1e-1, 32, optimizer="sgd"
+    ),
+    "digit-rows/gru64 wd1e-1 lr3e-3 b16 n300": run(
+        "digit-rows", "rnn", 300, 50, 3e-3, 16, weight_decay=1e-1, cell="gru", units=64
+    ),
     # Breast cancer: 30 features, 2 classes.
     "cancer/mlp256 lr1e-3 b16 n120": run("cancer", "mlp", 120, 80, 1e-3, 16),
-    "cancer/mlp256 dropout0.5 lr1e-3 b16 n120": run("cancer", "mlp", 120, 80, 1e-3, 16, dropout=0.5),
-    "cancer/mlp256 wd1e-1 lr1e-3 b16 n120": run("cancer", "mlp", 120, 80, 1e-3, 16, weight_decay=1e-1),
+    "cancer/mlp256 dropout0.5 lr1e-3 b16 n120": run(
+        "cancer", "mlp", 120, 80, 1e-3, 16, dropout=0.5
+    ),
+    "cancer/mlp256 wd1e-1 lr1e-3 b16 n120": run(
+        "cancer", "mlp", 120, 80, 1e-3, 16, weight_decay=1e-1
+    ),
     "cancer/mlp64 lr1e-2 b32 n200": run("cancer", "mlp", 200, 80, 1e-2, 32, width=64),
     "cancer/logistic lr1e-3 b32 n300": run("cancer", "logistic", 300, 80, 1e-3, 32),
     "cancer/mlp512 lr3e-3 b8 n80": run("cancer", "mlp", 80, 60, 3e-3, 8, width=512),
     "cancer/mlp32 lr1e-4 b64 n300": run("cancer", "mlp", 300, 60, 1e-4, 64, width=32, depth=1),
-    "cancer/mlp128 dropout0.2 sgd lr1e-2 b16 n150": run("cancer", "mlp", 150, 80, 1e-2, 16, optimizer="sgd", width=128, dropout=0.2),
+    "cancer/mlp128 dropout0.2 sgd lr1e-2 b16 n150": run(
+        "cancer", "mlp", 150, 80, 1e-2, 16, optimizer="sgd", width=128, dropout=0.2
+    ),
     # Wine: 13 features, 3 classes.
     "wine/mlp256 lr1e-3 b8 n60": run("wine", "mlp", 60, 100, 1e-3, 8),
     "wine/mlp256 dropout0.5 lr1e-3 b8 n60": run("wine", "mlp", 60, 100, 1e-3, 8, dropout=0.5),
-    "wine/mlp64 wd1e-2 lr3e-3 b16 n60": run("wine", "mlp", 60, 100, 3e-3, 16, weight_decay=1e-2, width=64),
+    "wine/mlp64 wd1e-2 lr3e-3 b16 n60": run(
+        "wine", "mlp", 60, 100, 3e-3, 16, weight_decay=1e-2, width=64
+    ),
     "wine/mlp512 lr1e-2 b4 n40": run("wine", "mlp", 40, 60, 1e-2, 4, width=512),
     "wine/logistic lr1e-2 b16 n80": run("wine", "logistic", 80, 100, 1e-2, 16),
     "wine/mlp16 lr1e-4 b32 n80": run("wine", "mlp", 80, 60, 1e-4, 32, width=16, depth=1),
@@ -193,10 +245,16 @@ RUNS = {
     # Character-level text: the next character after 24 (97 classes).
     "text/lstm128 lr3e-3 b64 n2000": run("text", "rnn", 2000, 25, 3e-3, 64, embed=True),
     "text/gru128 lr3e-3 b64 n2000": run("text", "rnn", 2000, 25, 3e-3, 64, cell="gru", embed=True),
-    "text/lstm128 dropout0.3 lr3e-3 b64 n2000": run("text", "rnn", 2000, 25, 3e-3, 64, embed=True, dropout=0.3, consistent=False),
-    "text/gru64 wd1e-2 lr1e-3 b32 n2000": run("text", "rnn", 2000, 25, 1e-3, 32, weight_decay=1e-2, cell="gru", units=64, embed=True),
+    "text/lstm128 dropout0.3 lr3e-3 b64 n2000": run(
+        "text", "rnn", 2000, 25, 3e-3, 64, embed=True, dropout=0.3, consistent=False
+    ),
+    "text/gru64 wd1e-2 lr1e-3 b32 n2000": run(
+        "text", "rnn", 2000, 25, 1e-3, 32, weight_decay=1e-2, cell="gru", units=64, embed=True
+    ),
     "text/mlp256 lr1e-3 b64 n3000": run("text", "mlp", 3000, 25, 1e-3, 64, embed=True),
-    "text/gru32 lr1e-2 b128 n6000": run("text", "rnn", 6000, 20, 1e-2, 128, cell="gru", units=32, embed=True),
+    "text/gru32 lr1e-2 b128 n6000": run(
+        "text", "rnn", 6000, 20, 1e-2, 128, cell="gru", units=32, embed=True
+    ),
 }
 
 
@@ -210,7 +268,9 @@ def optimizer(settings):
 def record(name, settings, seed=0, callbacks=()):
     (x_train, y_train), (x_val, y_val) = load(settings["dataset"], settings["train_size"], seed)
     keras.utils.set_random_seed(seed)
-    model = FAMILIES[settings["family"]](x_train.shape[1:], CLASSES[settings["dataset"]], **settings["model"])
+    model = FAMILIES[settings["family"]](
+        x_train.shape[1:], CLASSES[settings["dataset"]], **settings["model"]
+    )
     model.compile(optimizer(settings), "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
     history = model.fit(
@@ -230,12 +290,16 @@ def record(name, settings, seed=0, callbacks=()):
 
 
 def path_of(name):
-    return CORPUS / (name.replace("/", "__").replace(" ", "_").replace(",", "").replace("+", "") + ".json")
+    return CORPUS / (
+        name.replace("/", "__").replace(" ", "_").replace(",", "").replace("+", "") + ".json"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="record only the runs whose name starts with this")
+    parser.add_argument(
+        "--only", default="", help="record only the runs whose name starts with this"
+    )
     parser.add_argument("--force", action="store_true", help="record again runs already on disk")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()

@@ -28,10 +28,13 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=400)
     parser.add_argument("--mode", choices=["unit", "weight"], default="unit")
-    parser.add_argument("--only", nargs="+", help="run the variants whose names contain these words")
+    parser.add_argument(
+        "--only", nargs="+", help="run the variants whose names contain these words"
+    )
     args = parser.parse_args()
     variants = [
-        name for name in recurrent_variants(args.rate, args.units, args.mode)
+        name
+        for name in recurrent_variants(args.rate, args.units, args.mode)
         if not args.only or any(word.lower() in name.lower() for word in args.only)
     ]
     print(

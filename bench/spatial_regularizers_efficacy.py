@@ -19,10 +19,10 @@ import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras st
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-from kreg.datasets import load_digit_images  # noqa: E402
 from spatial_regularizers_speed import REGULARIZERS  # noqa: E402
 from spatial_regularizers_speed import residual_cnn  # noqa: E402
+
+from kreg.datasets import load_digit_images  # noqa: E402
 
 VARIANTS = ("none", *REGULARIZERS, "StochasticDepth")
 
@@ -36,18 +36,27 @@ def _data(train_size):
 
 def _model(variant, seed):
     keras.utils.set_random_seed(seed)
-    stem = [keras.layers.RandomTranslation(0.1, 0.1, seed=seed), keras.layers.RandomRotation(0.05, seed=seed)]
+    stem = [
+        keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
+        keras.layers.RandomRotation(0.05, seed=seed),
+    ]
     regularizer = REGULARIZERS.get(variant)
     model = residual_cnn(
         regularizer, stochastic_depth=variant == "StochasticDepth", blocks=3, filters=16,
         input_shape=(32, 32, 1), stem=stem, pool=True,
     )  # fmt: skip
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-size", type=int, default=300)
@@ -61,11 +70,18 @@ def main():
             model.fit(x_train, y_train, batch_size=32, epochs=args.epochs, verbose=0)
             accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
             results[variant].append(accuracy)
-            print(f"seed {seed} {variant:16s} test accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    print(f"\n{args.train_size} training digits, {len(y_test)} test digits, {args.epochs} epochs, backend {keras.backend.backend()}")
+            print(
+                f"seed {seed} {variant:16s} test accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    print(
+        f"\n{args.train_size} training digits, {len(y_test)} test digits, {args.epochs} epochs, backend {keras.backend.backend()}"
+    )
     print("| regularizer | mean | min | max |\n| --- | --- | --- | --- |")
     for variant, values in results.items():
-        print(f"| {variant} | {statistics.mean(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+        print(
+            f"| {variant} | {statistics.mean(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,15 @@ REGULARIZERS = {
 MODELS = ("ResNet50", "ResNet50V2", "EfficientNetB0", "ConvNeXtTiny", "MobileNetV2")
 
 
-def residual_cnn(regularizer, stochastic_depth=False, blocks=3, filters=32, input_shape=(32, 32, 3), stem=(), pool=False):
+def residual_cnn(
+    regularizer,
+    stochastic_depth=False,
+    blocks=3,
+    filters=32,
+    input_shape=(32, 32, 3),
+    stem=(),
+    pool=False,
+):
     """`stem` layers (augmentation) run first; `pool` halves the map after each block."""
     inputs = keras.Input(input_shape)
     x = inputs
@@ -82,12 +90,16 @@ def add_stochastic_depth_times():
     print("\nadd_stochastic_depth on keras.applications (weights=None, 32x32, 10 classes)")
     for name in MODELS:
         kwargs = {"include_preprocessing": False} if name == "ConvNeXtTiny" else {}
-        model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+        model = getattr(keras.applications, name)(
+            weights=None, input_shape=(32, 32, 3), classes=10, **kwargs
+        )
         start = time.perf_counter()
         copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True, verify=False)
         seconds = time.perf_counter() - start
         batch = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")
-        identical = np.array_equal(keras.ops.convert_to_numpy(model(batch)), keras.ops.convert_to_numpy(copy(batch)))
+        identical = np.array_equal(
+            keras.ops.convert_to_numpy(model(batch)), keras.ops.convert_to_numpy(copy(batch))
+        )
         print(
             f"  {name:15s} {seconds:6.2f} s  changed {len(report.changed):2d}  already dropped "
             f"{len(report.already_dropped):2d}  left {len(report.left):2d}  inference identical: {identical}",
@@ -96,7 +108,9 @@ def add_stochastic_depth_times():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)

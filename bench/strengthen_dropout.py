@@ -19,6 +19,7 @@ import sys
 import warnings
 
 import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
+
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import keras  # noqa: E402
@@ -33,12 +34,20 @@ from kreg.layers.adjustable_rates import AdjustableRates  # noqa: E402
 def adjustable(settings):
     """Whether the corpus run's model has a kreg dropout rate the detector can raise."""
     model = settings["model"]
-    return settings["family"] == "rnn" and model.get("dropout", 0) > 0 and model.get("consistent", True)
+    return (
+        settings["family"] == "rnn"
+        and model.get("dropout", 0) > 0
+        and model.get("consistent", True)
+    )
 
 
 def rates(model):
-    return {f"{layer.name}.{name}": round(layer.get_rate(name), 2)
-            for layer in model.layers if isinstance(layer, AdjustableRates) for name in layer.adjustable_rates}
+    return {
+        f"{layer.name}.{name}": round(layer.get_rate(name), 2)
+        for layer in model.layers
+        if isinstance(layer, AdjustableRates)
+        for name in layer.adjustable_rates
+    }
 
 
 def train(name, action):
@@ -56,10 +65,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="the corpus runs whose name starts with this")
     args = parser.parse_args()
-    names = [name for name, settings in RUNS.items() if name.startswith(args.only) and adjustable(settings)]
-    print(f"backend={keras.backend.backend()}; {len(names)} corpus runs with adjustable kreg dropout\n", flush=True)
-    print("| run | warn: first overfitting/saturated epoch | best val loss, warn (epoch) "
-          "| best val loss, strengthen (epoch) | rates at the end | strengthen / warn |")
+    names = [
+        name
+        for name, settings in RUNS.items()
+        if name.startswith(args.only) and adjustable(settings)
+    ]
+    print(
+        f"backend={keras.backend.backend()}; {len(names)} corpus runs with adjustable kreg dropout\n",
+        flush=True,
+    )
+    print(
+        "| run | warn: first overfitting/saturated epoch | best val loss, warn (epoch) "
+        "| best val loss, strengthen (epoch) | rates at the end | strengthen / warn |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     ratios = []
     for name in names:
@@ -73,8 +91,10 @@ def main():
             flush=True,
         )
     if ratios:
-        print(f"\ngeometric mean of strengthen / warn over the {len(ratios)} runs where it triggered: "
-              f"{float(np.exp(np.mean(np.log(ratios)))):.3f}")
+        print(
+            f"\ngeometric mean of strengthen / warn over the {len(ratios)} runs where it triggered: "
+            f"{float(np.exp(np.mean(np.log(ratios)))):.3f}"
+        )
 
 
 if __name__ == "__main__":

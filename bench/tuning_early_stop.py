@@ -30,9 +30,9 @@ for any detector arguments.
 import argparse
 import copy
 import json
-import types
 import tempfile
 import time
+import types
 
 import _common  # noqa: E402, F401  (first: it quiets TensorFlow before Keras starts)
 
@@ -55,7 +55,9 @@ class CountingRandomSearch(keras_tuner.RandomSearch):
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         self.trial_epochs[trial.trial_id] = self.trial_epochs.get(trial.trial_id, 0) + 1
-        self.curves.setdefault(trial.trial_id, []).append({k: float(v) for k, v in (logs or {}).items()})
+        self.curves.setdefault(trial.trial_id, []).append(
+            {k: float(v) for k, v in (logs or {}).items()}
+        )
 
     @property
     def total_epochs(self):
@@ -72,14 +74,20 @@ class Progress(keras.callbacks.Callback):
         self.label = label
 
     def on_train_end(self, logs=None):
-        print(f"  [{self.label}] trial done after {len(self.model.history.epoch)} epochs", flush=True)
+        print(
+            f"  [{self.label}] trial done after {len(self.model.history.epoch)} epochs", flush=True
+        )
 
 
 def run(label, tuner_class, args, data, directory, **tuner_kwargs):
     (x, y), (x_val, y_val) = data
     hypermodel = CNNHyperModel(
-        input_shape=(8, 8), num_classes=10, filters=tuple(args.filters),
-        dense_units=args.dense_units, seed=args.seed, precise_batch_norm=args.precise_batch_norm,
+        input_shape=(8, 8),
+        num_classes=10,
+        filters=tuple(args.filters),
+        dense_units=args.dense_units,
+        seed=args.seed,
+        precise_batch_norm=args.precise_batch_norm,
     )
     tuner = tuner_class(
         hypermodel,
@@ -93,8 +101,13 @@ def run(label, tuner_class, args, data, directory, **tuner_kwargs):
     )
     start = time.perf_counter()
     tuner.search(
-        x, y, validation_data=(x_val, y_val), epochs=args.epochs,
-        batch_size=args.batch_size, verbose=0, callbacks=[Progress(label)],
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbose=0,
+        callbacks=[Progress(label)],
     )
     seconds = time.perf_counter() - start
     trials = {t.trial_id: t for t in tuner.oracle.trials.values()}
@@ -122,21 +135,41 @@ def main():
     # None: OverfittingDetector's own default, so the bench measures the detector users get.
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--smoothing", type=float, default=None)
-    parser.add_argument("--start-from-epoch", type=int, default=None, help="detector warm-up epochs")
-    parser.add_argument("--objective-patience", type=int, default=None,
-                        help="epochs without a new best val_accuracy before a trial may end (default: 2x patience)")
-    parser.add_argument("--pruned-only", action="store_true",
-                        help="run only the pruned search (each trial trains as in a plain run of the same arguments)")
+    parser.add_argument(
+        "--start-from-epoch", type=int, default=None, help="detector warm-up epochs"
+    )
+    parser.add_argument(
+        "--objective-patience",
+        type=int,
+        default=None,
+        help="epochs without a new best val_accuracy before a trial may end (default: 2x patience)",
+    )
+    parser.add_argument(
+        "--pruned-only",
+        action="store_true",
+        help="run only the pruned search (each trial trains as in a plain run of the same arguments)",
+    )
     parser.add_argument("--record", metavar="JSON", help="save the plain trials' per-epoch logs")
-    parser.add_argument("--replay", metavar="JSON", help="replay recorded logs through the pruning detector; no training")
-    parser.add_argument("--no-precise-batch-norm", dest="precise_batch_norm", action="store_false",
-                        help="validate batch-norm trials with their moving statistics (kreg before PreciseBatchNorm)")
+    parser.add_argument(
+        "--replay",
+        metavar="JSON",
+        help="replay recorded logs through the pruning detector; no training",
+    )
+    parser.add_argument(
+        "--no-precise-batch-norm",
+        dest="precise_batch_norm",
+        action="store_false",
+        help="validate batch-norm trials with their moving statistics (kreg before PreciseBatchNorm)",
+    )
     args = parser.parse_args()
     detector_kwargs = {
         key: value
-        for key, value in (("patience", args.patience), ("smoothing", args.smoothing),
-                           ("start_from_epoch", args.start_from_epoch),
-                           ("objective_patience", args.objective_patience))
+        for key, value in (
+            ("patience", args.patience),
+            ("smoothing", args.smoothing),
+            ("start_from_epoch", args.start_from_epoch),
+            ("objective_patience", args.objective_patience),
+        )
         if value is not None
     }
     if args.replay:
@@ -159,16 +192,23 @@ def main():
             plain = run("plain", CountingRandomSearch, args, data, directory)
             if args.record:
                 with open(args.record, "w") as f:
-                    json.dump({
-                        "arguments": vars(args),
-                        "trials": {
-                            trial_id: {"hyperparameters": trial.hyperparameters.values,
-                                       "logs": plain["tuner"].curves[trial_id]}
-                            for trial_id, trial in sorted(plain["trials"].items())
+                    json.dump(
+                        {
+                            "arguments": vars(args),
+                            "trials": {
+                                trial_id: {
+                                    "hyperparameters": trial.hyperparameters.values,
+                                    "logs": plain["tuner"].curves[trial_id],
+                                }
+                                for trial_id, trial in sorted(plain["trials"].items())
+                            },
                         },
-                    }, f)
+                        f,
+                    )
         print("RandomSearch + OverfittingPruning:", flush=True)
-        pruned = run("pruned", PrunedRandomSearch, args, data, directory, detector_kwargs=detector_kwargs)
+        pruned = run(
+            "pruned", PrunedRandomSearch, args, data, directory, detector_kwargs=detector_kwargs
+        )
 
     if plain is None:
         report_pruned(pruned)
@@ -182,11 +222,15 @@ def report_pruned(pruned):
     print("\n| trial | regularization | pruned: best val acc | epochs | pruned after epoch |")
     print("| --- | --- | --- | --- | --- |")
     for trial_id, trial in sorted(pruned["trials"].items()):
-        print(f"| {trial_id} | {tuner.hypermodel.space.describe(trial.hyperparameters)} | {trial.score:.4f} "
-              f"| {tuner.trial_epochs.get(trial_id, 0)} | {tuner.pruned_trials.get(trial_id, '')} |")
-    print(f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
-          f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {len(tuner.pruned_trials)} "
-          f"of {len(pruned['trials'])} trials pruned")
+        print(
+            f"| {trial_id} | {tuner.hypermodel.space.describe(trial.hyperparameters)} | {trial.score:.4f} "
+            f"| {tuner.trial_epochs.get(trial_id, 0)} | {tuner.pruned_trials.get(trial_id, '')} |"
+        )
+    print(
+        f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
+        f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {len(tuner.pruned_trials)} "
+        f"of {len(pruned['trials'])} trials pruned"
+    )
 
 
 def replay(path, detector_kwargs):
@@ -210,22 +254,39 @@ def replay(path, detector_kwargs):
                 break
         detector.on_train_end()
         accuracy = [epoch_logs["val_accuracy"] for epoch_logs in logs]
-        rows.append((trial_id, trial["hyperparameters"].get("norm"), ran, len(logs), max(accuracy[:ran]), max(accuracy)))
+        rows.append(
+            (
+                trial_id,
+                trial["hyperparameters"].get("norm"),
+                ran,
+                len(logs),
+                max(accuracy[:ran]),
+                max(accuracy),
+            )
+        )
         epochs_total += ran
         epochs_plain += len(logs)
     best = max(row[4] for row in rows)
     plain_best = max(row[5] for row in rows)
     wrong = [row[0] for row in rows if row[2] < row[3] and row[5] > best]
-    print(f"replay of {path} ({recorded['arguments']['trials']} trials, seed {recorded['arguments']['seed']}); "
-          f"detector arguments {detector_kwargs or 'defaults'}")
-    print("\n| trial | norm | plain best | pruned best | epochs | full length beats the pruned best |")
+    print(
+        f"replay of {path} ({recorded['arguments']['trials']} trials, seed {recorded['arguments']['seed']}); "
+        f"detector arguments {detector_kwargs or 'defaults'}"
+    )
+    print(
+        "\n| trial | norm | plain best | pruned best | epochs | full length beats the pruned best |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for trial_id, norm, ran, length, pruned_best, full_best in rows:
         was_pruned = ran < length
-        print(f"| {trial_id} | {norm} | {full_best:.4f} | {pruned_best:.4f} | {ran}{'' if was_pruned else ' (not pruned)'} "
-              f"| {('**yes**' if full_best > best else 'no') if was_pruned else ''} |")
+        print(
+            f"| {trial_id} | {norm} | {full_best:.4f} | {pruned_best:.4f} | {ran}{'' if was_pruned else ' (not pruned)'} "
+            f"| {('**yes**' if full_best > best else 'no') if was_pruned else ''} |"
+        )
     print(f"\nepochs ratio (pruned / plain): {epochs_total / epochs_plain:.2f} (target <= 0.50)")
-    print(f"best val accuracy difference (plain - pruned): {100 * (plain_best - best):+.2f} points (target <= 0.5)")
+    print(
+        f"best val accuracy difference (plain - pruned): {100 * (plain_best - best):+.2f} points (target <= 0.5)"
+    )
     print(f"wrongly pruned: {len(wrong)} of {len(rows)} trials {wrong} (target 0 of >= 12)")
 
 
@@ -242,13 +303,17 @@ def _best_by_norm(trials):
 
 def report(plain, pruned):
     space = plain["tuner"].hypermodel.space
-    print("\n| trial | regularization | plain: best val acc | epochs | pruned: best val acc | epochs | pruned, full length beats the pruned search's best |")
+    print(
+        "\n| trial | regularization | plain: best val acc | epochs | pruned: best val acc | epochs | pruned, full length beats the pruned search's best |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     wrongly_pruned = []
     for trial_id, trial in sorted(plain["trials"].items()):
         other = pruned["trials"][trial_id]
         if other.hyperparameters.values != trial.hyperparameters.values:
-            raise RuntimeError(f"trial {trial_id} differs between the searches: the comparison is void")
+            raise RuntimeError(
+                f"trial {trial_id} differs between the searches: the comparison is void"
+            )
         was_pruned = trial_id in pruned["tuner"].pruned_trials
         beats = was_pruned and trial.score > pruned["best_score"]
         if beats:
@@ -263,20 +328,28 @@ def report(plain, pruned):
     ratio = pruned["epochs"] / plain["epochs"]
     n_pruned = len(pruned["tuner"].pruned_trials)
     print()
-    print(f"plain : best val accuracy {plain['best_score']:.4f} ({plain['best_words']}), "
-          f"{plain['epochs']} epochs, {plain['seconds']:.0f} s")
-    print(f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
-          f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {n_pruned} "
-          f"of {len(pruned['trials'])} trials pruned")
+    print(
+        f"plain : best val accuracy {plain['best_score']:.4f} ({plain['best_words']}), "
+        f"{plain['epochs']} epochs, {plain['seconds']:.0f} s"
+    )
+    print(
+        f"pruned: best val accuracy {pruned['best_score']:.4f} ({pruned['best_words']}), "
+        f"{pruned['epochs']} epochs, {pruned['seconds']:.0f} s, {n_pruned} "
+        f"of {len(pruned['trials'])} trials pruned"
+    )
     print(f"best val accuracy difference (plain - pruned): {gap:+.2f} points (target <= 0.5)")
     print(f"epochs ratio (pruned / plain): {ratio:.2f} (target <= 0.50)")
     print(f"time ratio (pruned / plain): {pruned['seconds'] / plain['seconds']:.2f}")
-    print(f"wrongly pruned: {len(wrongly_pruned)} of {len(plain['trials'])} trials "
-          f"({n_pruned} pruned) {wrongly_pruned} (target 0 of >= 12)")
+    print(
+        f"wrongly pruned: {len(wrongly_pruned)} of {len(plain['trials'])} trials "
+        f"({n_pruned} pruned) {wrongly_pruned} (target 0 of >= 12)"
+    )
     for label, search in (("plain", plain), ("pruned", pruned)):
         batch, other = _best_by_norm(search["trials"])
-        print(f"{label}: best batch-norm trial {batch:.4f}, best other norm {other:.4f}: "
-              f"{100 * (batch - other):+.2f} points (target >= -2)")
+        print(
+            f"{label}: best batch-norm trial {batch:.4f}, best other norm {other:.4f}: "
+            f"{100 * (batch - other):+.2f} points (target >= -2)"
+        )
 
 
 if __name__ == "__main__":

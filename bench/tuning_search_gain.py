@@ -44,15 +44,21 @@ def main():
     start = time.perf_counter()
     default = hypermodel()
     model = default.build(keras_tuner.HyperParameters())
-    history = default.fit(None, model, x, y, validation_data=(x_val, y_val), epochs=args.epochs, verbose=0)
+    history = default.fit(
+        None, model, x, y, validation_data=(x_val, y_val), epochs=args.epochs, verbose=0
+    )
     default_score = max(history.history["val_accuracy"])
     print(f"untuned default: {default_score:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         tuner = keras_tuner.RandomSearch(
-            hypermodel(), objective="val_accuracy", max_trials=args.trials, seed=args.seed,
-            directory=directory, project_name="gain",
+            hypermodel(),
+            objective="val_accuracy",
+            max_trials=args.trials,
+            seed=args.seed,
+            directory=directory,
+            project_name="gain",
         )
         tuner.search(x, y, validation_data=(x_val, y_val), epochs=args.epochs, verbose=0)
         best = tuner.oracle.get_best_trials(1)[0]

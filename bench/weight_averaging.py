@@ -27,17 +27,16 @@ epochs 2..N of every round.
 
 import argparse
 import statistics
-import time
 
 from _common import DigitData  # noqa: E402  (first: it quiets TensorFlow)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from precise_batch_norm import EpochTimer  # noqa: E402  (bench/ is on the path of a script run from it)
+from precise_batch_norm import cnn as precise_batch_norm_cnn  # noqa: E402
 
 import kreg  # noqa: E402
 from kreg.callbacks import WeightAveraging  # noqa: E402
-from precise_batch_norm import EpochTimer  # noqa: E402  (bench/ is on the path of a script run from it)
-from precise_batch_norm import cnn as precise_batch_norm_cnn  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -46,12 +45,20 @@ def cnn(use_ema=False):
     """`bench/precise_batch_norm.py`'s CNN, with the optimizer's EMA on request."""
     model = precise_batch_norm_cnn()
     if use_ema:
-        model.compile(keras.optimizers.Adam(1e-2, use_ema=True), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            keras.optimizers.Adam(1e-2, use_ema=True),
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     return model
 
 
 def statistics_of(model):
-    return [v.numpy().copy() for layer in kreg.model_graph.batch_norm_layers(model) for v in layer.non_trainable_weights]
+    return [
+        v.numpy().copy()
+        for layer in kreg.model_graph.batch_norm_layers(model)
+        for v in layer.non_trainable_weights
+    ]
 
 
 class RawStatistics(keras.callbacks.Callback):
@@ -77,7 +84,14 @@ def reestimated_copy(model, data):
 def with_statistics(model, values):
     twin = cnn()
     twin.set_weights(model.get_weights())
-    for variable, value in zip([v for layer in kreg.model_graph.batch_norm_layers(twin) for v in layer.non_trainable_weights], values):
+    for variable, value in zip(
+        [
+            v
+            for layer in kreg.model_graph.batch_norm_layers(twin)
+            for v in layer.non_trainable_weights
+        ],
+        values,
+    ):
         variable.assign(value)
     return twin
 
@@ -108,7 +122,9 @@ def scores_for_seed(data, seed, epochs):
     rows["Keras EMA, re-estimated"] = test_scores(reestimated_copy(keras_ema, data), data)
     raw = RawStatistics()
     kreg_ema = fit(data, seed, epochs, [raw, averaging("ema", data)])
-    rows["kreg EMA without re-estimation"] = test_scores(with_statistics(kreg_ema, raw.values), data)
+    rows["kreg EMA without re-estimation"] = test_scores(
+        with_statistics(kreg_ema, raw.values), data
+    )
     rows["kreg EMA (re-estimated)"] = test_scores(kreg_ema, data)
     kreg_swa = fit(data, seed, epochs, [averaging("swa", data)])
     rows["kreg SWA (re-estimated)"] = test_scores(kreg_swa, data)
@@ -125,7 +141,9 @@ def cost(data, epochs, rounds):
             fit(data, round_, epochs, callbacks() + [timer])
             seconds[label].extend(timer.seconds[1:])  # the first epoch traces
     base = statistics.median(seconds["plain fit"])
-    print(f"\nSeconds per epoch (train + validate), median of {rounds} x {epochs - 1} epochs, runs interleaved")
+    print(
+        f"\nSeconds per epoch (train + validate), median of {rounds} x {epochs - 1} epochs, runs interleaved"
+    )
     for label, values in seconds.items():
         median = statistics.median(values)
         print(f"  {label}: {median * 1000:.1f} ms/epoch, {median / base:.3f}x")
@@ -146,7 +164,9 @@ def main():
             table.setdefault(label, []).append(scores)
     if args.skip_accuracy:
         return cost(data, args.epochs, args.rounds)
-    print(f"\nTest accuracy / NLL on {len(data.y_test)} digits, {args.epochs} epochs, seeds {args.seeds}")
+    print(
+        f"\nTest accuracy / NLL on {len(data.y_test)} digits, {args.epochs} epochs, seeds {args.seeds}"
+    )
     print("| | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
     print("| --- |" + " --- |" * (len(args.seeds) + 1))
     for label, scores in table.items():

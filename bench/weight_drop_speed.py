@@ -37,7 +37,9 @@ def variants(cell, units, rate, groups=(1,)):
         f"{name}(recurrent_dropout={rate})": lambda: keras_cls(units, recurrent_dropout=rate),
     }
     for k in groups:
-        label = f"kreg.{kreg_cls.__name__}(weight_dropout={rate}" + (f", mask_groups={k})" if k > 1 else ")")
+        label = f"kreg.{kreg_cls.__name__}(weight_dropout={rate}" + (
+            f", mask_groups={k})" if k > 1 else ")"
+        )
         layers[label] = lambda k=k: kreg_cls(units, weight_dropout=rate, mask_groups=k)
     return layers
 
@@ -67,7 +69,9 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--groups", type=int, nargs="+", default=[1], help="mask_groups of the kreg layers")
+    parser.add_argument(
+        "--groups", type=int, nargs="+", default=[1], help="mask_groups of the kreg layers"
+    )
     parser.add_argument("--steps-per-round", type=int, default=3)
     args = parser.parse_args()
 

@@ -87,7 +87,11 @@ def remove_stale_temporaries(path, name_pattern=None):
     several files at once (a checkpoint name with `{epoch}` placeholders).
     """
     directory = os.path.dirname(os.path.abspath(path))
-    name = glob.escape(_temporary_prefix(path)) if name_pattern is None else f".{name_pattern}{_TEMPORARY_MARK}"
+    name = (
+        glob.escape(_temporary_prefix(path))
+        if name_pattern is None
+        else f".{name_pattern}{_TEMPORARY_MARK}"
+    )
     pattern = os.path.join(directory, name + "*")
     for stale in glob.glob(pattern):
         os.remove(stale)

@@ -33,7 +33,7 @@ class BestCheckpoints:
         if any(e["path"] == path and self._key(e) <= self._key(entry) for e in self.kept):
             return None
         ranked = sorted([e for e in self.kept if e["path"] != path] + [entry], key=self._key)
-        kept, dropped = ranked[: self.keep_best], ranked[self.keep_best:]
+        kept, dropped = ranked[: self.keep_best], ranked[self.keep_best :]
         kept_paths = {e["path"] for e in kept}
         return kept, [e["path"] for e in dropped if e["path"] not in kept_paths]
 

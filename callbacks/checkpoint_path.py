@@ -16,13 +16,19 @@ from kreg.callbacks.monitoring import monitored_scalar
 
 
 def _fail(filepath, problem):
-    raise ValueError(f"Invalid value received for argument `filepath`: {problem}. Received: filepath={filepath!r}")
+    raise ValueError(
+        f"Invalid value received for argument `filepath`: {problem}. Received: filepath={filepath!r}"
+    )
 
 
 def placeholders(filepath):
     """The field names of `filepath`'s `{...}` placeholders."""
     try:
-        return {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(filepath) if field is not None}
+        return {
+            field.split(".")[0].split("[")[0]
+            for _, field, _, _ in string.Formatter().parse(filepath)
+            if field is not None
+        }
     except ValueError as error:  # an unmatched brace
         _fail(filepath, f"it is not a valid format string ({error})")
 
@@ -30,16 +36,24 @@ def placeholders(filepath):
 def check_filepath(filepath, save_weights_only, keep_best):
     """Returns `filepath` as a string if it can name the checkpoint(s); raises otherwise."""
     if isinstance(filepath, bytes) or not isinstance(filepath, (str, os.PathLike)):
-        _fail(filepath, f"expected a path (str or os.PathLike) to a file, got {type(filepath).__name__}")
+        _fail(
+            filepath,
+            f"expected a path (str or os.PathLike) to a file, got {type(filepath).__name__}",
+        )
     filepath = os.fspath(filepath)
     if isinstance(filepath, bytes):
         _fail(filepath, "expected a text path, got bytes")
     if filepath == "" or filepath.endswith(("/", os.sep)) or os.path.isdir(filepath):
-        _fail(filepath, "it is a folder; name the checkpoint file inside it, e.g. 'folder/best.keras'")
+        _fail(
+            filepath, "it is a folder; name the checkpoint file inside it, e.g. 'folder/best.keras'"
+        )
     extension = ".weights.h5" if save_weights_only else ".keras"
     if not filepath.endswith(extension):
         saved = "weights only" if save_weights_only else "the whole model"
-        _fail(filepath, f"with save_weights_only={save_weights_only} it saves {saved}, so the path must end in `{extension}`")
+        _fail(
+            filepath,
+            f"with save_weights_only={save_weights_only} it saves {saved}, so the path must end in `{extension}`",
+        )
     fields = placeholders(filepath)
     if placeholders(os.path.dirname(filepath)):
         _fail(filepath, "placeholders may name the file, not its folder")
@@ -50,12 +64,18 @@ def check_filepath(filepath, save_weights_only, keep_best):
             "`keep_best=k` to keep the k best of them, or use a fixed name",
         )
     if keep_best is not None and keep_best > 1 and not fields:
-        _fail(filepath, f"keep_best={keep_best} keeps several files, so the name needs a placeholder such as {{epoch}}")
+        _fail(
+            filepath,
+            f"keep_best={keep_best} keeps several files, so the name needs a placeholder such as {{epoch}}",
+        )
     if fields:
         try:
             filepath.format(epoch=1, **{field: 0.5 for field in fields if field != "epoch"})
         except (ValueError, TypeError, KeyError, IndexError) as error:
-            _fail(filepath, f"its placeholders cannot be formatted as ModelCheckpoint formats them ({error})")
+            _fail(
+                filepath,
+                f"its placeholders cannot be formatted as ModelCheckpoint formats them ({error})",
+            )
     return filepath
 
 

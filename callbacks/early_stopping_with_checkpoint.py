@@ -14,9 +14,9 @@ from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
 from kreg.callbacks.atomic_files import remove_stale_temporaries
-from kreg.callbacks.best_checkpoints import BestCheckpoints
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
+from kreg.callbacks.best_checkpoints import BestCheckpoints
 from kreg.callbacks.checkpoint_path import check_filepath
 from kreg.callbacks.checkpoint_path import format_filepath
 from kreg.callbacks.checkpoint_path import name_glob
@@ -194,9 +194,15 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         check_at_least("start_from_epoch", start_from_epoch, integer=True)
         check_choice("mode", mode, ("auto", "min", "max"))
         if isinstance(verbose, bool) or verbose not in (0, 1):
-            raise ValueError(f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}")
+            raise ValueError(
+                f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}"
+            )
         if baseline is not None:
-            if isinstance(baseline, bool) or not isinstance(baseline, numbers.Real) or not math.isfinite(baseline):
+            if (
+                isinstance(baseline, bool)
+                or not isinstance(baseline, numbers.Real)
+                or not math.isfinite(baseline)
+            ):
                 raise ValueError(
                     "Invalid value received for argument `baseline`. Expected None or a "
                     f"finite number. Received: baseline={baseline!r}"
@@ -308,7 +314,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 arrays, best = self._read_generation(chosen)
                 break
             except BackupUnreadable as error:
-                warnings.warn(f"EarlyStoppingWithCheckpoint: the backup {error}; trying the one before it.", stacklevel=3)
+                warnings.warn(
+                    f"EarlyStoppingWithCheckpoint: the backup {error}; trying the one before it.",
+                    stacklevel=3,
+                )
         else:
             warnings.warn(
                 f"EarlyStoppingWithCheckpoint: no backup named by {self.state_path!r} can be read; "
@@ -332,7 +341,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self._state.update(chosen, kept=self.kept)
         self._state["previous"] = None if chosen is state["previous"] else state["previous"]
         next_epoch = chosen["next_epoch"]
-        reason = StopReason[chosen["stop_reason"]] if chosen["stop_reason"] in StopReason.__members__ else None
+        reason = (
+            StopReason[chosen["stop_reason"]]
+            if chosen["stop_reason"] in StopReason.__members__
+            else None
+        )
         if reason in _DECIDED_STOPS:
             # The killed run had already decided to stop: no more epochs.
             self.stop_reason = reason
@@ -363,15 +376,23 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self._remove_stale_temporaries()
         state = None
         if self.resume:
-            kept_names = name_glob(self.filepath) if placeholders(self.filepath) else glob.escape(os.path.basename(self.filepath))
-            state = read_state(self.state_path, self._backup_prefix, os.path.dirname(self.filepath), kept_names)
+            kept_names = (
+                name_glob(self.filepath)
+                if placeholders(self.filepath)
+                else glob.escape(os.path.basename(self.filepath))
+            )
+            state = read_state(
+                self.state_path, self._backup_prefix, os.path.dirname(self.filepath), kept_names
+            )
         if state is not None and not state["finished"]:
             self._resume(state)
         elif self._is_chief() and os.path.isdir(self._folder):
             if not self.resume and os.path.exists(self.state_path):
                 # Starting fresh: a later `resume=True` must not continue the
                 # run this one replaces (its backups are deleted below).
-                write_json_atomically(self.state_path, dict(new_state(self.monitor, self.mode), finished=True))
+                write_json_atomically(
+                    self.state_path, dict(new_state(self.monitor, self.mode), finished=True)
+                )
             self._remove_backups()  # left by a kill after a finished state was written
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
@@ -457,7 +478,9 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
 
     def _announce(self, epoch, path):
         if self.verbose > 0:
-            print_msg(f"\nEpoch {epoch + 1}: {self.monitor} = {self.get_monitor_value(self._last_logs):.5f}, saved {path}")
+            print_msg(
+                f"\nEpoch {epoch + 1}: {self.monitor} = {self.get_monitor_value(self._last_logs):.5f}, saved {path}"
+            )
 
     def _keep_if_among_best(self, epoch, logs, current):
         """Saves this epoch if it ranks among the `keep_best` best; returns files to delete."""
@@ -492,7 +515,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             name = self._backup_name(epoch)
             arrays = host_copy(self.model)
             self._make_folder()
-            write_atomically(os.path.join(self._folder, name), lambda path: write_backup(path, arrays), sync_folder=False)
+            write_atomically(
+                os.path.join(self._folder, name),
+                lambda path: write_backup(path, arrays),
+                sync_folder=False,
+            )
             state["backup"] = name
             if self.restore_best_weights and improved:
                 state["best_backup"] = name
@@ -522,11 +549,19 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             self.best_weights = self._start_weights
         super().on_train_end(logs)
         set_initial_epoch(self.model, None)
-        if _WRITERS.get(os.path.abspath(self.filepath)) is not None and _WRITERS[os.path.abspath(self.filepath)]() is self:
+        if (
+            _WRITERS.get(os.path.abspath(self.filepath)) is not None
+            and _WRITERS[os.path.abspath(self.filepath)]() is self
+        ):
             del _WRITERS[os.path.abspath(self.filepath)]
         self._state.update(
-            finished=True, backup=None, best_backup=None, stop_reason=self.stop_reason.name,
-            stopped_epoch=int(self.stopped_epoch), kept=self.kept, previous=None,
+            finished=True,
+            backup=None,
+            best_backup=None,
+            stop_reason=self.stop_reason.name,
+            stopped_epoch=int(self.stopped_epoch),
+            kept=self.kept,
+            previous=None,
         )
         if self._is_chief():
             self._make_folder()

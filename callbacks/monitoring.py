@@ -36,7 +36,9 @@ def without_validation(logs, needed):
     `fit(validation_freq=k)` validates every k-th epoch only; Keras's
     `EarlyStopping` skips the other epochs (its monitor is missing there).
     """
-    return any(name.startswith("val_") for name in needed) and not any(key.startswith("val_") for key in logs)
+    return any(name.startswith("val_") for name in needed) and not any(
+        key.startswith("val_") for key in logs
+    )
 
 
 def monitor_direction(model, monitor, mode="auto"):
@@ -52,7 +54,9 @@ def monitor_direction(model, monitor, mode="auto"):
     `mode`, as Keras's callbacks raise, never a guess from the name.
     """
     if mode not in MODES:
-        raise ValueError(f"Invalid value received for argument `mode`. Expected one of {MODES}. Received: mode={mode!r}")
+        raise ValueError(
+            f"Invalid value received for argument `mode`. Expected one of {MODES}. Received: mode={mode!r}"
+        )
     if mode != "auto":
         return mode
     direction = declared_direction(model, monitor)
@@ -63,4 +67,3 @@ def monitor_direction(model, monitor, mode="auto"):
             "declares none. Pass mode='min' or mode='max'. Received: mode='auto'"
         )
     return direction
-

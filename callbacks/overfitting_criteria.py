@@ -143,7 +143,9 @@ def regularized_incomplete_beta(a, b, x):
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x > (a + 1.0) / (a + b + 2.0):
         return 1.0 - regularized_incomplete_beta(b, a, 1.0 - x)
     front = math.exp(log_front) / a

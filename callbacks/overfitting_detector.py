@@ -14,17 +14,28 @@ from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
-from kreg.callbacks.overfitting_criteria import TESTS
 from kreg.callbacks.overfitting_criteria import MIN_RESIDUALS
+from kreg.callbacks.overfitting_criteria import TESTS
 from kreg.callbacks.overfitting_criteria import curve_noise
 
-LEARNING, OVERFITTING, SATURATED, UNDERFITTING = "learning", "overfitting", "saturated", "underfitting"
+LEARNING, OVERFITTING, SATURATED, UNDERFITTING = (
+    "learning",
+    "overfitting",
+    "saturated",
+    "underfitting",
+)
 STATES = (OVERFITTING, SATURATED, UNDERFITTING)
 # How the state is written into the logs (History and TensorBoard need numbers).
 STATE_CODES = {LEARNING: 0.0, OVERFITTING: 1.0, UNDERFITTING: 2.0, SATURATED: 3.0}
 ACTIONS = ("warn", "stop", "rollback", "strengthen")
 # The states each action acts on unless `act_on` says otherwise.
-DEFAULT_ACT_ON = {"warn": STATES, "stop": (OVERFITTING,), "rollback": (OVERFITTING,), "strengthen": STATES, "callable": STATES}
+DEFAULT_ACT_ON = {
+    "warn": STATES,
+    "stop": (OVERFITTING,),
+    "rollback": (OVERFITTING,),
+    "strengthen": STATES,
+    "callable": STATES,
+}
 
 
 @keras.saving.register_keras_serializable(package="kreg")
@@ -185,7 +196,12 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
         if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold) or threshold <= 0:
+            if (
+                isinstance(threshold, bool)
+                or not isinstance(threshold, numbers.Real)
+                or not math.isfinite(threshold)
+                or threshold <= 0
+            ):
                 raise ValueError(
                     "Invalid value received for argument `threshold`. Expected None or a "
                     f"finite number > 0. Received: threshold={threshold!r}"
@@ -205,7 +221,9 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.start_from_epoch = check_at_least("start_from_epoch", start_from_epoch, integer=True)
         self.strengthen_step = check_rate("strengthen_step", strengthen_step)
         if isinstance(verbose, bool) or verbose not in (0, 1):
-            raise ValueError(f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}")
+            raise ValueError(
+                f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}"
+            )
         self.verbose = verbose
         self._rate_zero_reported = False
         self.reset()
@@ -214,7 +232,10 @@ class OverfittingDetector(keras.callbacks.Callback):
     def _check_criterion_direction(self):
         """GL and PQ need errors to minimize; checked once each direction is known
         (a given mode or a loss at construction, the model's metric at the first epoch)."""
-        known = [self._directions.get(name, mode) for name, mode in ((self.monitor, self.mode), (self.train_monitor, self.train_mode))]
+        known = [
+            self._directions.get(name, mode)
+            for name, mode in ((self.monitor, self.mode), (self.train_monitor, self.train_mode))
+        ]
         if self.criterion in ("gl", "pq") and "max" in known:
             raise ValueError(
                 f"Invalid value received for argument `criterion`: {self.criterion!r} needs "
@@ -279,8 +300,12 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def update(self, epoch, train_value, val_value):
         """Feeds one epoch's values; returns the state. Pure of Keras: testable alone."""
-        train = (-1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0) * monitored_scalar(train_value)
-        val = (-1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0) * monitored_scalar(val_value)
+        train = (
+            -1.0 if self._resolved_direction(self.train_monitor, self.train_mode) == "max" else 1.0
+        ) * monitored_scalar(train_value)
+        val = (
+            -1.0 if self._resolved_direction(self.monitor, self.mode) == "max" else 1.0
+        ) * monitored_scalar(val_value)
         if not (math.isfinite(train) and math.isfinite(val)):
             self.skipped_epochs.append(epoch)
             warnings.warn(
@@ -330,7 +355,10 @@ class OverfittingDetector(keras.callbacks.Callback):
         improvement = (before - train[-1]) / max(abs(before), 1e-12)
         if improvement >= self.underfit_tolerance:
             return SATURATED
-        high = self._resolved_direction(self.train_monitor, self.train_mode) == "min" and self._raw_train[-1] > self.underfit_level * self._raw_train[0]
+        high = (
+            self._resolved_direction(self.train_monitor, self.train_mode) == "min"
+            and self._raw_train[-1] > self.underfit_level * self._raw_train[0]
+        )
         small_gap = self.min_gap is not None and abs(val[-1] - self._raw_train[-1]) <= self.min_gap
         return UNDERFITTING if high or small_gap else LEARNING
 
@@ -348,7 +376,10 @@ class OverfittingDetector(keras.callbacks.Callback):
         if not self._metrics_read:
             # The compiled metrics exist by the first epoch's end.
             self._metrics_read = True
-            for name, mode, argument in ((self.monitor, self.mode, "mode"), (self.train_monitor, self.train_mode, "train_mode")):
+            for name, mode, argument in (
+                (self.monitor, self.mode, "mode"),
+                (self.train_monitor, self.train_mode, "train_mode"),
+            ):
                 direction = declared_direction(self.model, name)
                 if direction is not None and mode not in ("auto", direction):
                     raise ValueError(
@@ -359,11 +390,18 @@ class OverfittingDetector(keras.callbacks.Callback):
                 if direction is not None:
                     self._directions[name] = direction
             self._check_criterion_direction()
-        train_value, val_value = monitored_scalar(logs[self.train_monitor]), monitored_scalar(logs[self.monitor])
+        train_value, val_value = (
+            monitored_scalar(logs[self.train_monitor]),
+            monitored_scalar(logs[self.monitor]),
+        )
         state = self.update(epoch, train_value, val_value)
         if self._new_best and self.action == "rollback" and epoch not in self.skipped_epochs:
             self._best_weights = self.model.get_weights()
-        if state in (OVERFITTING, SATURATED) and self.onset_weights is None and self.action == "rollback":
+        if (
+            state in (OVERFITTING, SATURATED)
+            and self.onset_weights is None
+            and self.action == "rollback"
+        ):
             self.onset_weights = self._best_weights
         logs["generalization_gap"] = val_value - train_value
         logs["overfitting_state"] = STATE_CODES[state]
@@ -431,7 +469,9 @@ class OverfittingDetector(keras.callbacks.Callback):
                 return
             self.model.set_weights(self.onset_weights)
             self.model.stop_training = True
-            self._say(message + f" Restored the weights of epoch {self.onset_epoch + 1} and stopped.")
+            self._say(
+                message + f" Restored the weights of epoch {self.onset_epoch + 1} and stopped."
+            )
         else:
             self._strengthen(state, message)
 
@@ -444,7 +484,11 @@ class OverfittingDetector(keras.callbacks.Callback):
             self._rate_zero_reported = True
             warnings.warn(
                 "OverfittingDetector(action='strengthen'): "
-                + (f"dropout rates built at 0 cannot be raised: {', '.join(at_zero)}. " if at_zero else "")
+                + (
+                    f"dropout rates built at 0 cannot be raised: {', '.join(at_zero)}. "
+                    if at_zero
+                    else ""
+                )
                 + ("" if changed else "the model has no adjustable kreg dropout rate to change. ")
                 + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to let it act.",
                 stacklevel=3,
@@ -456,7 +500,13 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def _reset_window(self):
         """After a change of regularization the curves so far no longer speak for it."""
-        for curve in (self._smooth_train, self._smooth_val, self._raw_train, self._raw_val, self._epochs):
+        for curve in (
+            self._smooth_train,
+            self._smooth_val,
+            self._raw_train,
+            self._raw_val,
+            self._epochs,
+        ):
             del curve[:-1]
 
     def _say(self, message):
@@ -509,7 +559,11 @@ def strengthen_dropout(model, step):
         if not isinstance(layer, AdjustableRates):
             continue
         in_use = layer.adjustable_rates
-        at_zero += [f"{layer.name}.{name}" for name in getattr(layer, "_adjustable_rates", {}) if name not in in_use]
+        at_zero += [
+            f"{layer.name}.{name}"
+            for name in getattr(layer, "_adjustable_rates", {})
+            if name not in in_use
+        ]
         for name in in_use:
             value = min(max(layer.get_rate(name) + step, 0.0), MAX_STRENGTHENED_RATE)
             layer.set_rate(name, round(value, 6))

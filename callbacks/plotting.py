@@ -62,9 +62,16 @@ def plot_training_curves(
         values = curves[metric]
         axes.plot(range(1, len(values) + 1), values, label=metric)
     if onset_epoch is not None:
-        axes.axvline(onset_epoch + 1, color="tab:red", linestyle="--", label=f"overfitting onset ({onset_epoch + 1})")
+        axes.axvline(
+            onset_epoch + 1,
+            color="tab:red",
+            linestyle="--",
+            label=f"overfitting onset ({onset_epoch + 1})",
+        )
     if best_epoch is not None:
-        axes.axvline(best_epoch + 1, color="tab:green", linestyle=":", label=f"best epoch ({best_epoch + 1})")
+        axes.axvline(
+            best_epoch + 1, color="tab:green", linestyle=":", label=f"best epoch ({best_epoch + 1})"
+        )
     axes.set_xlabel("epoch")
     axes.set_yscale(yscale)
     axes.legend()

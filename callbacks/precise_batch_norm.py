@@ -85,11 +85,17 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def __init__(self, data, steps=None, batch_size=None, every_n_epochs=1, seed=None, verbose=0):
         super().__init__()
         self.data = data
-        self.steps = None if steps is None else check_at_least("steps", steps, integer=True, minimum=1)
-        self.batch_size = (
-            None if batch_size is None else check_at_least("batch_size", batch_size, integer=True, minimum=1)
+        self.steps = (
+            None if steps is None else check_at_least("steps", steps, integer=True, minimum=1)
         )
-        self.every_n_epochs = check_at_least("every_n_epochs", every_n_epochs, integer=True, minimum=1)
+        self.batch_size = (
+            None
+            if batch_size is None
+            else check_at_least("batch_size", batch_size, integer=True, minimum=1)
+        )
+        self.every_n_epochs = check_at_least(
+            "every_n_epochs", every_n_epochs, integer=True, minimum=1
+        )
         # A NumPy seed (0 included), not a tuner's.
         self.seed = None if seed is None else check_at_least("seed", seed, integer=True, minimum=0)
         self.verbose = check_at_least("verbose", verbose, integer=True)
@@ -140,7 +146,9 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         if len(expected) == len(self._batch_shapes) and all(
             len(shape) == len(wanted) - 1 for shape, wanted in zip(self._batch_shapes, expected)
         ):
-            raise _unbatched_error(self.data, self._batch_shapes, f"the model takes inputs of shape(s) {expected}")
+            raise _unbatched_error(
+                self.data, self._batch_shapes, f"the model takes inputs of shape(s) {expected}"
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -160,7 +168,11 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self._in_fit = False
 
     def _due(self, epoch):
-        return epoch is not None and self._estimated_epoch != epoch and (epoch + 1) % self.every_n_epochs == 0
+        return (
+            epoch is not None
+            and self._estimated_epoch != epoch
+            and (epoch + 1) % self.every_n_epochs == 0
+        )
 
     def _reestimate(self):
         start = time.perf_counter()
@@ -199,7 +211,9 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 def _readable(data):
     """`data` as the estimate reads it: a generator function is called for a
     fresh generator at every estimate."""
-    if callable(data) and not isinstance(data, (collections.abc.Iterable, collections.abc.Sequence)):
+    if callable(data) and not isinstance(
+        data, (collections.abc.Iterable, collections.abc.Sequence)
+    ):
         return data()
     return data
 

@@ -83,7 +83,9 @@ def _generation_checks(backup_prefix, folder, kept_names):
         "stopped_epoch": _is_int,
         "backup": name,
         "best_backup": name,
-        "kept": lambda v: isinstance(v, list) and all(_is_kept_entry(entry, folder, kept_names) for entry in v),
+        "kept": lambda v: (
+            isinstance(v, list) and all(_is_kept_entry(entry, folder, kept_names) for entry in v)
+        ),
     }
 
 
@@ -134,7 +136,12 @@ def read_state(path, backup_prefix, folder, kept_names="*"):
     }
     _check_fields(path, state, checks)
     if state["previous"] is not None:
-        _check_fields(path, state["previous"], _generation_checks(backup_prefix, folder, kept_names), "previous.")
+        _check_fields(
+            path,
+            state["previous"],
+            _generation_checks(backup_prefix, folder, kept_names),
+            "previous.",
+        )
     return state
 
 
@@ -243,7 +250,9 @@ def host_copy(model):
 def write_backup(path, arrays):
     """Writes `host_copy(model)`'s arrays to `path` (an `.npz` file)."""
     with open(path, "wb") as file:
-        np.savez(file, **{f"{group}_{i:06d}": a for group in GROUPS for i, a in enumerate(arrays[group])})
+        np.savez(
+            file, **{f"{group}_{i:06d}": a for group in GROUPS for i, a in enumerate(arrays[group])}
+        )
         file.flush()
 
 
@@ -258,7 +267,9 @@ def read_backup(path):
                     raise ValueError(f"unexpected entry {key!r}")
                 arrays[group].append(archive[key])
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise BackupUnreadable(f"{path!r} is not a readable backup ({type(error).__name__}: {error})") from None
+        raise BackupUnreadable(
+            f"{path!r} is not a readable backup ({type(error).__name__}: {error})"
+        ) from None
     return arrays
 
 

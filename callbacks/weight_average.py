@@ -70,8 +70,13 @@ class WeightAverage:
 
     def state(self):
         """`{"count": n, "values": [arrays]}`: everything to continue the average."""
-        return {"count": self.count, "values": None if self.values is None else [v.copy() for v in self.values]}
+        return {
+            "count": self.count,
+            "values": None if self.values is None else [v.copy() for v in self.values],
+        }
 
     def set_state(self, state):
         self.count = int(state["count"])
-        self.values = None if state["values"] is None else [np.array(v, copy=True) for v in state["values"]]
+        self.values = (
+            None if state["values"] is None else [np.array(v, copy=True) for v in state["values"]]
+        )

@@ -154,7 +154,11 @@ class WeightAveraging(keras.callbacks.Callback):
     ):
         super().__init__()
         self.method = check_choice("method", method, METHODS)
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 < momentum < 1.0:
+        if (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, numbers.Real)
+            or not 0.0 < momentum < 1.0
+        ):
             raise ValueError(
                 "Invalid value received for argument `momentum`. Expected a float in "
                 f"(0, 1). Received: momentum={momentum!r}"
@@ -162,17 +166,30 @@ class WeightAveraging(keras.callbacks.Callback):
         self.momentum = float(momentum)
         self.warmup_power = check_positive("warmup_power", warmup_power, optional=True)
         if method == "ema":
-            for name, value in (("start_epoch", start_epoch), ("swa_learning_rate", swa_learning_rate)):
+            for name, value in (
+                ("start_epoch", start_epoch),
+                ("swa_learning_rate", swa_learning_rate),
+            ):
                 if value is not None:
                     raise ValueError(
                         f"Invalid value received for argument `{name}`. It applies to "
                         f"method='swa' only; with method='ema' expected None. Received: {name}={value!r}"
                     )
-        self.start_epoch = _check_start_epoch(DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch)
-        self.swa_learning_rate = check_positive("swa_learning_rate", swa_learning_rate, optional=True)
-        self.annealing_epochs = check_at_least("annealing_epochs", annealing_epochs, integer=True, minimum=1)
-        self.annealing_strategy = check_choice("annealing_strategy", annealing_strategy, ANNEALING_STRATEGIES)
-        self.every_n_epochs = check_at_least("every_n_epochs", every_n_epochs, integer=True, minimum=1)
+        self.start_epoch = _check_start_epoch(
+            DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch
+        )
+        self.swa_learning_rate = check_positive(
+            "swa_learning_rate", swa_learning_rate, optional=True
+        )
+        self.annealing_epochs = check_at_least(
+            "annealing_epochs", annealing_epochs, integer=True, minimum=1
+        )
+        self.annealing_strategy = check_choice(
+            "annealing_strategy", annealing_strategy, ANNEALING_STRATEGIES
+        )
+        self.every_n_epochs = check_at_least(
+            "every_n_epochs", every_n_epochs, integer=True, minimum=1
+        )
         self.bn_data = bn_data
         self.bn_steps = bn_steps
         self.bn_batch_size = bn_batch_size
@@ -191,7 +208,9 @@ class WeightAveraging(keras.callbacks.Callback):
                     "arrays, a tf.data.Dataset or a keras.utils.PyDataset. "
                     f"Received: bn_data={bn_data!r}"
                 )
-            self._estimator = PreciseBatchNorm(bn_data, steps=bn_steps, batch_size=bn_batch_size, seed=seed)
+            self._estimator = PreciseBatchNorm(
+                bn_data, steps=bn_steps, batch_size=bn_batch_size, seed=seed
+            )
             self._first_batch = _first_batch(bn_data, bn_batch_size)
         self._average = WeightAverage()
         self._state_given = False
@@ -218,7 +237,9 @@ class WeightAveraging(keras.callbacks.Callback):
         weights and their moving statistics.
         """
         held = self._swapped if self._swapped is not None else self._raw_in_waiting
-        raw, raw_statistics = (None, None) if held is None else ([v.copy() for v in part] for part in held)
+        raw, raw_statistics = (
+            (None, None) if held is None else ([v.copy() for v in part] for part in held)
+        )
         return {**self._average.state(), "raw": raw, "raw_statistics": raw_statistics}
 
     def set_state(self, state):
@@ -259,7 +280,9 @@ class WeightAveraging(keras.callbacks.Callback):
         self._epoch, self._closed_epoch = epoch, None
         if self.method == "swa" and self.swa_learning_rate is not None and epoch >= self._start:
             if self._swa_start_rate is None:
-                self._swa_start_rate = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                self._swa_start_rate = float(
+                    ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
             self.model.optimizer.learning_rate = annealed_learning_rate(
                 self._swa_start_rate, self.swa_learning_rate, epoch - self._start + 1,
                 self.annealing_epochs, self.annealing_strategy,
@@ -268,7 +291,9 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.method == "ema":
             decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
-            self._average.update_ema(_numpy(_keras_compat.trainable_values_in_fit(self.model)), decay)
+            self._average.update_ema(
+                _numpy(_keras_compat.trainable_values_in_fit(self.model)), decay
+            )
 
     def on_test_begin(self, logs=None):
         # `fit` runs its validation (starting here) before `on_epoch_end`.
@@ -292,7 +317,10 @@ class WeightAveraging(keras.callbacks.Callback):
                     f"WeightAveraging: no weights were averaged (SWA starts at epoch {self._start + 1}): "
                     "the model keeps its last weights."
                 )
-            self._raw_in_waiting, self._swapped = self._swapped, None  # the average stays in the model
+            self._raw_in_waiting, self._swapped = (
+                self._swapped,
+                None,
+            )  # the average stays in the model
         finally:
             if self._learning_rate_at_begin is not None:
                 self.model.optimizer.learning_rate = self._learning_rate_at_begin
@@ -375,7 +403,12 @@ class WeightAveraging(keras.callbacks.Callback):
         other = marker() if marker is not None else None
         # Callbacks of one `fit` share its `params` dict; a marker left by a fit
         # an error stopped belongs to another.
-        if other is not None and other is not self and other._in_fit and other.params is self.params:
+        if (
+            other is not None
+            and other is not self
+            and other._in_fit
+            and other.params is self.params
+        ):
             raise ValueError(
                 "Two WeightAveraging callbacks in one fit: each would swap its own average "
                 "into the model before the other's validation. Pass one."
@@ -389,7 +422,9 @@ class WeightAveraging(keras.callbacks.Callback):
         start = self.start_epoch
         if isinstance(start, float):
             if epochs is None:
-                raise ValueError("WeightAveraging: start_epoch is a fraction, but fit did not say its epochs.")
+                raise ValueError(
+                    "WeightAveraging: start_epoch is a fraction, but fit did not say its epochs."
+                )
             start = min(int(round(start * epochs)), epochs - 1)
         if epochs is not None and start >= epochs:
             raise ValueError(
@@ -451,7 +486,9 @@ class WeightAveraging(keras.callbacks.Callback):
     def __deepcopy__(self, memo):
         # keras-tuner gives each trial a deep copy of the search's callbacks: the
         # copy shares the data (a dataset cannot be copied, an array need not be).
-        return type(self)(bn_data=self.bn_data, raw_validation_data=self.raw_validation_data, **self.get_config())
+        return type(self)(
+            bn_data=self.bn_data, raw_validation_data=self.raw_validation_data, **self.get_config()
+        )
 
 
 def _check_start_epoch(value):

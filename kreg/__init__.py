@@ -24,6 +24,8 @@ from kreg._extras import stderr_silenced as _stderr_silenced
 with _stderr_silenced() if _quiet_start else _contextlib.nullcontext():
     _import_keras()
 
+from kreg import layers
+from kreg._version import __version__ as __version__
 from kreg.adapt import AdaptationReport
 from kreg.adapt import OnlineAdapter
 from kreg.adapt import adapt_batchnorm
@@ -31,20 +33,17 @@ from kreg.adapt import set_test_time_mode
 from kreg.convert import ConversionReport
 from kreg.convert import convert_batch_norms
 from kreg.diagnose import Finding
+from kreg.diagnose import diagnose
 from kreg.dropout_conversion import DropoutConversionReport
 from kreg.dropout_conversion import convert_dropouts
-from kreg.diagnose import diagnose
 from kreg.fold import FoldReport
 from kreg.fold import fold_batch_norms
-from kreg import layers
 from kreg.layers import *  # noqa: F403 (the names in kreg.layers.__all__, added below)
 from kreg.monte_carlo import MonteCarloPrediction
 from kreg.monte_carlo import mc_predict
 from kreg.stochastic_depth import StochasticDepthReport
 from kreg.stochastic_depth import add_stochastic_depth
 from kreg.stochastic_depth import stochastic_depth_rates
-
-from kreg._version import __version__ as __version__
 
 __all__ = [
     "Finding",

@@ -117,7 +117,11 @@ def rnn_dropout_masks_sliced(cell, start, stop):
     saved = {name: getattr(cell, name, None) for name in names}
     for name, full in saved.items():
         if full is not None:
-            sliced = [mask[start:stop] for mask in full] if isinstance(full, (list, tuple)) else full[start:stop]
+            sliced = (
+                [mask[start:stop] for mask in full]
+                if isinstance(full, (list, tuple))
+                else full[start:stop]
+            )
             object.__setattr__(cell, name, sliced)
     try:
         yield
@@ -231,7 +235,11 @@ def producer_inputs(tensor):
     if history is None:
         return []
     node = history.operation._inbound_nodes[history.node_index]
-    return [x for x in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)) if isinstance(x, keras.KerasTensor)]
+    return [
+        x
+        for x in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
+        if isinstance(x, keras.KerasTensor)
+    ]
 
 
 def fused_rnn_arguments_ok(layer):
@@ -312,7 +320,9 @@ def numpy_batches(data, batch_size=None, steps=None):
     import keras
     from keras.src.trainers.data_adapters import get_data_adapter
 
-    adapter = get_data_adapter(data, batch_size=batch_size or 32, steps_per_epoch=steps, shuffle=False)
+    adapter = get_data_adapter(
+        data, batch_size=batch_size or 32, steps_per_epoch=steps, shuffle=False
+    )
     for index, batch in enumerate(adapter.get_numpy_iterator()):
         if steps is not None and index >= steps:
             return

@@ -92,7 +92,9 @@ def check_positive(name, value, optional=False):
 
 def check_sizes(name, value):
     """Returns a positive integer or a non-empty tuple/list of them as a tuple of ints."""
-    values = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    values = (
+        (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    )
     if (
         not isinstance(values, (tuple, list))
         or not values

@@ -66,7 +66,9 @@ def _shortened(text):
 # a Python lambda anywhere in the config (keras/src/saving/serialization_lib.py),
 # a `TFSMLayer` (keras/src/export/tfsm_layer.py), a pickled `torch.nn.Module`
 # (keras/src/utils/torch_utils.py).
-_UNSAFE_CONTENT = re.compile(r"Requested the deserialization of (an? .+?)(?: whose|,| which| via|\.)")
+_UNSAFE_CONTENT = re.compile(
+    r"Requested the deserialization of (an? .+?)(?: whose|,| which| via|\.)"
+)
 
 
 def _load_model(path, imports, trust_lambda=False):
@@ -118,7 +120,11 @@ def _diagnose(args):
         raise _InputError(f"{args.model}: {error}") from None
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     if args.json:
-        report = {"model": str(args.model), "counts": counts, "findings": [f.to_dict() for f in findings]}
+        report = {
+            "model": str(args.model),
+            "counts": counts,
+            "findings": [f.to_dict() for f in findings],
+        }
         print(json.dumps(report, indent=2))
     else:
         print(_findings_table(args.model, findings, counts))
@@ -126,16 +132,23 @@ def _diagnose(args):
 
 
 def _findings_table(path, findings, counts):
-    summary = ", ".join(f"{n} {severity}{'s' if n != 1 and severity != 'info' else ''}" for severity, n in counts.items())
+    summary = ", ".join(
+        f"{n} {severity}{'s' if n != 1 and severity != 'info' else ''}"
+        for severity, n in counts.items()
+    )
     lines = [f"{path}: {summary}" if findings else f"{path}: no findings"]
     if findings:
         rule_width = max(len(f.rule) for f in findings)
         lines += ["", f"{'SEVERITY':<9} {'RULE':<{rule_width}}  LAYERS"]
         for finding in findings:
-            lines.append(f"{finding.severity:<9} {finding.rule:<{rule_width}}  {', '.join(finding.layers)}")
+            lines.append(
+                f"{finding.severity:<9} {finding.rule:<{rule_width}}  {', '.join(finding.layers)}"
+            )
             indent = " " * 10
             for text in (finding.message, f"fix: {finding.fix}"):
-                lines += textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent + "  ")
+                lines += textwrap.wrap(
+                    text, 100, initial_indent=indent, subsequent_indent=indent + "  "
+                )
     return "\n".join(lines)
 
 
@@ -161,22 +174,30 @@ def _check_writable(output, input_path, force):
         with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".kreg-", suffix=".keras"):
             pass
     except OSError as error:
-        raise _InputError(f"{output}: cannot write to folder {output.parent} ({error.strerror})") from None
+        raise _InputError(
+            f"{output}: cannot write to folder {output.parent} ({error.strerror})"
+        ) from None
 
 
 def _save_atomically(model, output):
     """Saves to a temporary file beside `output`, then renames it: an I/O failure
     (disk full, folder gone) never leaves a half-written model at `output`."""
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=".kreg-", suffix=".keras")
+        descriptor, temporary = tempfile.mkstemp(
+            dir=output.parent, prefix=".kreg-", suffix=".keras"
+        )
         os.close(descriptor)
     except OSError as error:
-        raise _InputError(f"{output}: cannot save the folded model ({error.strerror or error})") from None
+        raise _InputError(
+            f"{output}: cannot save the folded model ({error.strerror or error})"
+        ) from None
     try:
         model.save(temporary)
         os.replace(temporary, output)
     except OSError as error:
-        raise _InputError(f"{output}: cannot save the folded model ({error.strerror or error})") from None
+        raise _InputError(
+            f"{output}: cannot save the folded model ({error.strerror or error})"
+        ) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -221,7 +242,9 @@ def _print_speed_up(model, folded, batch_size, seconds=1.0):
     )
     times = {"original": [], "folded": []}
     start = time.perf_counter()
-    while len(times["folded"]) < 5 or (time.perf_counter() - start < seconds and len(times["folded"]) < 200):
+    while len(times["folded"]) < 5 or (
+        time.perf_counter() - start < seconds and len(times["folded"]) < 200
+    ):
         for name, m in (("original", model), ("folded", folded)):
             tick = time.perf_counter()
             m.predict_on_batch(batch)
@@ -248,14 +271,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    parser = _Parser(
-        prog="kreg", description="Regularization and normalization tools for Keras 3."
-    )
+    parser = _Parser(prog="kreg", description="Regularization and normalization tools for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="show kreg on data that ships with the install")
     demo.add_argument("--quick", action="store_true", help="a few seconds, for tests")
     demo.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("kreg-demo"),
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("kreg-demo"),
         help="folder for the report (default: kreg-demo/)",
     )
     demo.set_defaults(handler=_demo)

@@ -37,7 +37,11 @@ class ConversionReport:
     left: list = dataclasses.field(default_factory=list)
 
     def __str__(self):
-        target = "AdaptiveBatchNormalization" if self.to == "adaptive" else "keras.layers.BatchNormalization"
+        target = (
+            "AdaptiveBatchNormalization"
+            if self.to == "adaptive"
+            else "keras.layers.BatchNormalization"
+        )
         lines = [f"convert_batch_norms: {len(self.converted)} batch norm layer(s) now {target}"]
         lines += [f"  left {name}: {reason}" for name, reason in self.left]
         return "\n".join(lines)
@@ -106,7 +110,9 @@ def convert_batch_norms(model, to="adaptive", return_report=False):
             for key in _ADAPTIVE_KEYS[1:]:
                 config.pop(key)
             if mode != "running":
-                report.left.append((layer.name, f"was in test_time_mode {mode!r}: now running statistics"))
+                report.left.append(
+                    (layer.name, f"was in test_time_mode {mode!r}: now running statistics")
+                )
         report.converted.append(layer.name)
         return target.from_config(config)
 
@@ -155,14 +161,18 @@ def _report_what_stays(model, source, target, report):
     fused = [layer for layer in layers if isinstance(layer, FusedBatchNormLayer)]
     inside_fused = _fused_batch_norm_ids(model)
     for layer in fused:
-        report.left.append((layer.name, "a fused layer: its batch norm folds into the kernel at inference"))
+        report.left.append(
+            (layer.name, "a fused layer: its batch norm folds into the kernel at inference")
+        )
     for layer in layers:
         if (
             isinstance(layer, keras.layers.BatchNormalization)
             and type(layer) not in (source, target)
             and id(layer) not in inside_fused
         ):
-            report.left.append((layer.name, f"a {type(layer).__name__}: only {source.__name__} is converted"))
+            report.left.append(
+                (layer.name, f"a {type(layer).__name__}: only {source.__name__} is converted")
+            )
 
 
 def _report_unreached(model, source, converted_ids, report):
@@ -170,11 +180,22 @@ def _report_unreached(model, source, converted_ids, report):
     its own): `clone_model` rebuilds that layer from its config, so they stay."""
     inside_fused = _fused_batch_norm_ids(model)
     for layer in model_graph.sublayers(model):
-        if type(layer) is source and id(layer) not in converted_ids and id(layer) not in inside_fused:
+        if (
+            type(layer) is source
+            and id(layer) not in converted_ids
+            and id(layer) not in inside_fused
+        ):
             report.left.append(
-                (layer.path, "inside a layer that is not a Sequential or functional model: only its class can replace it")
+                (
+                    layer.path,
+                    "inside a layer that is not a Sequential or functional model: only its class can replace it",
+                )
             )
 
 
 def _fused_batch_norm_ids(model):
-    return {id(layer.batch_norm) for layer in model_graph.sublayers(model) if isinstance(layer, FusedBatchNormLayer)}
+    return {
+        id(layer.batch_norm)
+        for layer in model_graph.sublayers(model)
+        if isinstance(layer, FusedBatchNormLayer)
+    }

@@ -32,7 +32,9 @@ class DropoutConversionReport:
     left: list = dataclasses.field(default_factory=list)
 
     def __str__(self):
-        lines = [f"convert_dropouts: {len(self.converted)} dropout layer(s) now kreg.layers.AdjustableDropout"]
+        lines = [
+            f"convert_dropouts: {len(self.converted)} dropout layer(s) now kreg.layers.AdjustableDropout"
+        ]
         if not self.converted and not self.left:
             lines[0] += " (the model has no Dropout or SpatialDropout layer: nothing to schedule)"
         lines += [f"  left {name}: {reason}" for name, reason in self.left]
@@ -118,7 +120,9 @@ def convert_dropouts(model, return_report=False):
         if id(layer) in converted_ids or not isinstance(layer, _DROPOUT_KINDS):
             continue
         if type(layer) not in _NOISE_SHAPES:
-            reason = f"a {type(layer).__name__}: only Dropout and SpatialDropout1D/2D/3D are converted"
+            reason = (
+                f"a {type(layer).__name__}: only Dropout and SpatialDropout1D/2D/3D are converted"
+            )
         elif layer.rate == 0:
             reason = "rate 0: it never drops, so a schedule has no rate to scale"
         else:

@@ -173,7 +173,9 @@ def fold_batch_norms(model, return_report=False, verify=True):
           folding for integer-arithmetic inference.
     """
     if not isinstance(verify, bool):
-        raise TypeError(f"Invalid value received for argument `verify`. Expected a bool. Received: verify={verify!r}")
+        raise TypeError(
+            f"Invalid value received for argument `verify`. Expected a bool. Received: verify={verify!r}"
+        )
     report = FoldReport()
     copies = _LayerCopies(report)
     folded = _fold_model(model, report, copies)  # checks the model before anything else
@@ -242,7 +244,9 @@ class _Plan:
     absorbed: set = dataclasses.field(default_factory=set)  # id(batch norm Call)
 
     def add(self, layer, direction, bn, scale, shift):
-        entry = self.layers.setdefault(id(layer), {"layer": layer, "backward": None, "forward": None})
+        entry = self.layers.setdefault(
+            id(layer), {"layer": layer, "backward": None, "forward": None}
+        )
         entry[direction] = (bn, scale, shift)
 
 
@@ -299,7 +303,9 @@ def _check_batch_norm_call(call):
                 "with every batch (fold it in mode 'running')"
             )
     elif type(bn) is not keras.layers.BatchNormalization:
-        raise _NotFoldable(f"`{type(bn).__name__}` subclasses BatchNormalization; its call may differ")
+        raise _NotFoldable(
+            f"`{type(bn).__name__}` subclasses BatchNormalization; its call may differ"
+        )
     if call.keywords.get("training") is True:
         raise _NotFoldable(
             "it is called with training=True: it normalizes with each batch's "
@@ -308,12 +314,15 @@ def _check_batch_norm_call(call):
     # At inference batch norm ignores its mask and passes it on; the mask Keras
     # attached to the input itself travels with the folded layer's output too.
     if call.mask == "explicit":
-        raise _NotFoldable("it is called with a mask of its own, which the folded layer would not pass on")
+        raise _NotFoldable(
+            "it is called with a mask of its own, which the folded layer would not pass on"
+        )
     extra = [k for k, v in call.keywords.items() if k not in ("training", "mask") and v is not None]
     # The input (the first positional argument) and, with a mask, the mask.
     if len(call.sources) != (2 if call.mask else 1) or extra:
-        raise _NotFoldable("it is called on several tensors or with arguments folding does not know")
-
+        raise _NotFoldable(
+            "it is called on several tensors or with arguments folding does not know"
+        )
 
 
 def _not_taught(layer, table):
@@ -342,7 +351,9 @@ def _scale_and_shift(bn, layer, rank):
     """`(scale, shift)` of `bn` on the channels of `layer`'s tensor of `rank`."""
     axis = _channel_axis(layer, rank)
     if bn.axis % rank != axis:
-        raise _NotFoldable(f"it normalizes axis {bn.axis}, not the channel axis {axis} of `{layer.name}`")
+        raise _NotFoldable(
+            f"it normalizes axis {bn.axis}, not the channel axis {axis} of `{layer.name}`"
+        )
     weights = {w.name: keras.ops.convert_to_numpy(w).astype("float64") for w in bn.weights}
     scale, shift = batch_norm_scale_and_shift(
         weights["moving_mean"],
@@ -360,13 +371,17 @@ def _backward_fold(graph, bn_call, producer, plan):
     if producer.is_input:
         raise _NotFoldable("it normalizes the model input, not a layer's output")
     if producer.layer is None:
-        raise _NotFoldable(f"it follows the operation `{layer.name}` ({type(layer).__name__}), not a layer")
+        raise _NotFoldable(
+            f"it follows the operation `{layer.name}` ({type(layer).__name__}), not a layer"
+        )
     if model_graph.is_graph_model(layer):
         raise _NotFoldable(
             f"it follows the nested model `{layer.name}`; pairs are not folded across model boundaries"
         )
     if not _is_taught_kind(layer, FOLDABLE_KERNELS):
-        raise _NotFoldable(f"it follows `{layer.name}` ({type(layer).__name__}), not a conv or dense layer")
+        raise _NotFoldable(
+            f"it follows `{layer.name}` ({type(layer).__name__}), not a conv or dense layer"
+        )
     reason = _not_taught(layer, FOLDABLE_KERNELS)
     if reason:
         raise _NotFoldable(reason)
@@ -374,17 +389,33 @@ def _backward_fold(graph, bn_call, producer, plan):
     if activation != "linear":
         raise _NotFoldable(f"`{layer.name}` applies activation {activation!r} before it")
     if getattr(layer, "lora_enabled", False) and FOLDABLE_KERNELS[type(layer)][1] != (-1,):
-        raise _NotFoldable(f"`{layer.name}` has LoRA enabled on a kernel layout folding does not know")
+        raise _NotFoldable(
+            f"`{layer.name}` has LoRA enabled on a kernel layout folding does not know"
+        )
     bn = bn_call.layer
     for call in graph.calls_of(layer):
         consumers = call.consumers
-        if len(consumers) != 1 or consumers[0] is model_graph.OUTPUT or consumers[0].layer is not bn:
-            others = sorted({getattr(c, "name", "the model output") for c in consumers if getattr(c, "layer", None) is not bn})
-            raise _NotFoldable(f"the output of `{layer.name}` also feeds {', '.join(others) or 'nothing else'}")
+        if (
+            len(consumers) != 1
+            or consumers[0] is model_graph.OUTPUT
+            or consumers[0].layer is not bn
+        ):
+            others = sorted(
+                {
+                    getattr(c, "name", "the model output")
+                    for c in consumers
+                    if getattr(c, "layer", None) is not bn
+                }
+            )
+            raise _NotFoldable(
+                f"the output of `{layer.name}` also feeds {', '.join(others) or 'nothing else'}"
+            )
         try:
             _check_batch_norm_call(consumers[0])
         except _NotFoldable as error:
-            raise _NotFoldable(f"another call of `{layer.name}` feeds `{bn.name}` unfoldably: {error}") from None
+            raise _NotFoldable(
+                f"another call of `{layer.name}` feeds `{bn.name}` unfoldably: {error}"
+            ) from None
     if plan.layers.get(id(layer), {}).get("backward"):
         raise _NotFoldable(f"`{layer.name}` already absorbs another batch norm")
     rank = len(layer.compute_output_shape(layer.get_build_config()["input_shape"]))
@@ -405,12 +436,16 @@ def _forward_fold(graph, bn_call, plan):
     if not _is_taught_kind(layer, FOLDABLE_KERNELS) or model_graph.is_graph_model(layer):
         raise _NotFoldable("")
     if not _is_taught_kind(layer, FORWARD_FOLDABLE_KERNELS):
-        raise _NotFoldable(f"`{layer.name}` ({type(layer).__name__}): forward folding into it is not implemented")
+        raise _NotFoldable(
+            f"`{layer.name}` ({type(layer).__name__}): forward folding into it is not implemented"
+        )
     reason = _not_taught(layer, FORWARD_FOLDABLE_KERNELS)
     if reason:
         raise _NotFoldable(reason)
     if getattr(layer, "lora_enabled", False):
-        raise _NotFoldable(f"`{layer.name}` has LoRA enabled; forward folding into LoRA layers is not implemented")
+        raise _NotFoldable(
+            f"`{layer.name}` has LoRA enabled; forward folding into LoRA layers is not implemented"
+        )
     padding = getattr(layer, "padding", "valid")
     if padding != "valid":
         raise _NotFoldable(
@@ -440,11 +475,15 @@ def _folded_layer(layer, backward, forward):
     if forward is not None:
         kernel_name, input_axis = FORWARD_FOLDABLE_KERNELS[type(layer)]
         _, output_axes = FOLDABLE_KERNELS[type(layer)]
-        kernel, bias = fold_input_scale_and_shift(weights[kernel_name], bias, forward[1], forward[2], input_axis, output_axes)
+        kernel, bias = fold_input_scale_and_shift(
+            weights[kernel_name], bias, forward[1], forward[2], input_axis, output_axes
+        )
         weights[kernel_name] = np.asarray(kernel)
     if backward is not None:
         kernel_name, output_axes = FOLDABLE_KERNELS[type(layer)]
-        kernel, bias = fold_scale_and_shift(weights[kernel_name], bias, backward[1], backward[2], output_axes)
+        kernel, bias = fold_scale_and_shift(
+            weights[kernel_name], bias, backward[1], backward[2], output_axes
+        )
         weights[kernel_name] = keras.ops.convert_to_numpy(kernel)
         if "lora_kernel_b" in weights:  # kernel + a @ b: scaling b's output channels scales the sum
             weights["lora_kernel_b"] = weights["lora_kernel_b"] * backward[1]
@@ -522,7 +561,12 @@ def _copy_weights(original, copy):
 
 
 def _rewrite_sequential(model, plan, copies):
-    absorbed = {id(entry[d][0]) for entry in plan.layers.values() for d in ("backward", "forward") if entry[d]}
+    absorbed = {
+        id(entry[d][0])
+        for entry in plan.layers.values()
+        for d in ("backward", "forward")
+        if entry[d]
+    }
     layers = [copies(layer) for layer in model.layers if id(layer) not in absorbed]
     source = model.inputs[0]
     return keras.Sequential(
@@ -554,10 +598,14 @@ def _verify(original, folded, report, copies):
     # and an absolute bound of float32's 3.5e-4 (or one taken from a larger output
     # beside them) would let a wrong fold through.
     relative = _tolerance(original)
-    bounds = [relative * max(float(np.max(np.abs(_numpy(e)), initial=0.0)), relative**2) for e in expected]
+    bounds = [
+        relative * max(float(np.max(np.abs(_numpy(e)), initial=0.0)), relative**2) for e in expected
+    ]
     differences = [_max_difference(e, a) for e, a in zip(expected, actual)]
     # The report holds the output closest to (or furthest beyond) its bound.
-    difference, tolerance = max(zip(differences, bounds), key=lambda pair: pair[0] / pair[1], default=(0.0, relative))
+    difference, tolerance = max(
+        zip(differences, bounds), key=lambda pair: pair[0] / pair[1], default=(0.0, relative)
+    )
     if difference > tolerance:
         # Before blaming the fold: is the original itself random at inference?
         again = keras.tree.flatten(original(batch, training=False))
@@ -609,7 +657,9 @@ def _tolerance(model):
     rounds differently, and the error grows with depth, but a wrong fold is off by
     the order of the outputs themselves."""
     dtypes = {str(layer.compute_dtype) for layer in model_graph.sublayers(model)}
-    return float(np.sqrt(max((_EPSILON[d] for d in dtypes if d in _EPSILON), default=_EPSILON["float32"])))
+    return float(
+        np.sqrt(max((_EPSILON[d] for d in dtypes if d in _EPSILON), default=_EPSILON["float32"]))
+    )
 
 
 def _check_each_fold(copies, relative):

@@ -304,7 +304,9 @@ def random_inputs(model, batch_size=2, seed=0):
         elif "int" in dtype:
             arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
         else:
-            arrays.append(rng.standard_normal(shape).astype("float32" if dtype == "bfloat16" else dtype))
+            arrays.append(
+                rng.standard_normal(shape).astype("float32" if dtype == "bfloat16" else dtype)
+            )
     return keras.tree.pack_sequence_as(structure, arrays)
 
 
@@ -323,7 +325,9 @@ def sublayers(model):
 def batch_norm_layers(model):
     """Every `keras.layers.BatchNormalization` in `model` (subclasses such as
     kreg's `AdaptiveBatchNormalization` included), as `sublayers` finds them."""
-    return [layer for layer in sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    return [
+        layer for layer in sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 class FlatGraph:
@@ -365,7 +369,9 @@ class FlatGraph:
                 for producer, index in original.sources:
                     for source in self._resolve(producer, index, set()):
                         flat.sources.append(source)
-                        if source[0] is not INPUT and not any(c is flat for c in source[0].consumers):
+                        if source[0] is not INPUT and not any(
+                            c is flat for c in source[0].consumers
+                        ):
                             source[0].consumers.append(flat)
         for producer, index in top.outputs:
             for source, _ in self._resolve(producer, index, set()):
@@ -384,7 +390,9 @@ class FlatGraph:
             if original.keywords.get("training") is True:
                 self.training_calls.append((prefix + operation.name, operation))
             if is_graph_model(operation):
-                inner = self._graphs.get(id(operation)) or self._open(operation, prefix + operation.name + "/")
+                inner = self._graphs.get(id(operation)) or self._open(
+                    operation, prefix + operation.name + "/"
+                )
                 self._wire(inner.inputs, original.sources)
                 continue
             self._flat[id(original)] = Call(

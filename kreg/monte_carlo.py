@@ -318,7 +318,9 @@ def mc_predict(
         drawn = np.moveaxis(np.asarray(outputs), 1, 0)
         mean = drawn.mean(axis=0)
         mean_square = np.mean(np.square(drawn), axis=0)
-        mean_entropy = np.mean([ops.convert_to_numpy(_entropy(ops.convert_to_tensor(d))) for d in drawn], axis=0)
+        mean_entropy = np.mean(
+            [ops.convert_to_numpy(_entropy(ops.convert_to_tensor(d))) for d in drawn], axis=0
+        )
     else:
         drawn = None
         mean, mean_square, mean_entropy = (np.asarray(o) for o in outputs)
@@ -333,4 +335,3 @@ def mc_predict(
         result.predictive_entropy = entropy
         result.mutual_information = np.maximum(entropy - mean_entropy, 0.0)
     return result
-

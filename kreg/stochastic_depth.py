@@ -87,7 +87,10 @@ class StochasticDepthReport:
         ]
         if self.max_difference is not None:
             lines[0] += f"; inference max |original - copy| = {self.max_difference:.2e}"
-        lines += [f"  changed    {add} (branch {branch}) rate {rate:.4g}" for add, branch, rate in self.changed]
+        lines += [
+            f"  changed    {add} (branch {branch}) rate {rate:.4g}"
+            for add, branch, rate in self.changed
+        ]
         lines += [
             f"  rescheduled {add}: {drop} at {old:.4g} -> StochasticDepth at {new:.4g}"
             for add, drop, old, new in self.already_dropped
@@ -169,8 +172,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     rates = stochastic_depth_rates(len(plan), max_rate) if plan else []
     replacements, removed = {}, set()
     for position, (residual, rate) in enumerate(zip(plan, rates)):
-        name = residual.call.name if len(graph.calls_of(residual.call.operation)) == 1 else (
-            f"{residual.call.name}_{residual.call.index}"
+        name = (
+            residual.call.name
+            if len(graph.calls_of(residual.call.operation)) == 1
+            else (f"{residual.call.name}_{residual.call.index}")
         )
         layer = StochasticDepth(rate, seed=None if seed is None else seed + position, name=name)
         replacements[id(residual.call)] = (layer, residual)
@@ -193,7 +198,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
         expected = keras.tree.flatten(model(batch, training=False))
         actual = keras.tree.flatten(copy(batch, training=False))
         report.max_difference = max(
-            (float(np.max(np.abs(_numpy(e).astype("float64") - _numpy(a)), initial=0.0)) for e, a in zip(expected, actual)),
+            (
+                float(np.max(np.abs(_numpy(e).astype("float64") - _numpy(a)), initial=0.0))
+                for e, a in zip(expected, actual)
+            ),
             default=0.0,
         )
     return (copy, report) if return_report else copy
@@ -219,7 +227,9 @@ def _check_model(model):
             "residual blocks instead."
         )
     if not model.built or not model.inputs:
-        raise ValueError(f"The model `{model.name}` is not built: add_stochastic_depth needs its graph.")
+        raise ValueError(
+            f"The model `{model.name}` is not built: add_stochastic_depth needs its graph."
+        )
 
 
 @dataclasses.dataclass
@@ -251,7 +261,11 @@ def _existing_drop(call):
             return float(layer.rate)
     # keras.applications.convnext.StochasticDepth (and timm-style ports): one
     # `drop_path_rate` applied per sample.
-    if layer is not None and type(layer).__name__ == "StochasticDepth" and hasattr(layer, "drop_path_rate"):
+    if (
+        layer is not None
+        and type(layer).__name__ == "StochasticDepth"
+        and hasattr(layer, "drop_path_rate")
+    ):
         return float(layer.drop_path_rate)
     return None
 
@@ -271,7 +285,9 @@ def _plan(graph, report):
         if call.layer is not None and model_graph.is_graph_model(call.layer):
             nested = [c.name for c in model_graph.read_graph(call.layer).calls if _is_add(c)]
             for name in nested:
-                report.left.append((f"{call.name}/{name}", "inside a nested model, which is not entered"))
+                report.left.append(
+                    (f"{call.name}/{name}", "inside a nested model, which is not entered")
+                )
             continue
         if not _is_add(call):
             continue
@@ -290,7 +306,9 @@ def _residual(call, depth):
     if len(tensors) != 2 or len(call.sources) != 2:
         return f"it adds {len(tensors)} tensors; a residual add has a shortcut and a branch"
     if tuple(tensors[0].shape) != tuple(tensors[1].shape):
-        return f"its inputs differ in shape ({tensors[0].shape} and {tensors[1].shape}): it broadcasts"
+        return (
+            f"its inputs differ in shape ({tensors[0].shape} and {tensors[1].shape}): it broadcasts"
+        )
     producers = [producer for producer, _ in call.sources]
     if isinstance(call.operation, StochasticDepth):
         # Already kreg's: its inputs are [shortcut, branch]; rescheduled.
@@ -302,7 +320,11 @@ def _residual(call, depth):
     branch = producers[branch_position]
     old_rate = _existing_drop(branch)
     if old_rate is not None:
-        others = [getattr(consumer, "name", "the model's output") for consumer in branch.consumers if consumer is not call]
+        others = [
+            getattr(consumer, "name", "the model's output")
+            for consumer in branch.consumers
+            if consumer is not call
+        ]
         if others:
             # Removing the drop would take it from those paths too; keeping it
             # would drop this branch twice.
@@ -310,7 +332,13 @@ def _residual(call, depth):
                 f"its branch's per-sample drop `{branch.name}` also feeds {', '.join(others)}: "
                 "removing it would change that path, keeping it would drop the branch twice"
             )
-        return _Residual(call, 1 - branch_position, branch.sources[0][0] if branch.sources else branch, branch, old_rate)
+        return _Residual(
+            call,
+            1 - branch_position,
+            branch.sources[0][0] if branch.sources else branch,
+            branch,
+            old_rate,
+        )
     if abs(first - second) < 2:
         return "its branch is a single operation deep: not a residual block"
     return _Residual(call, 1 - branch_position, branch)
@@ -337,9 +365,13 @@ def _rebuild(graph, replacements, removed):
             return args[0] if args else kwargs[original.tensor_keywords[0]]
         if id(original) in replacements:
             layer, residual = replacements[id(original)]
-            tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+            tensors = [
+                t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)
+            ]
             return layer([tensors[residual.shortcut], tensors[1 - residual.shortcut]])
-        operation = copy_of(original.operation) if original.layer is not None else original.operation
+        operation = (
+            copy_of(original.operation) if original.layer is not None else original.operation
+        )
         return operation(*args, **kwargs)
 
     copy = model_graph.rebuild(graph, call)

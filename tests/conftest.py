@@ -17,9 +17,7 @@ if BACKEND == "tensorflow":
     # Two logical CPU devices, so that MirroredStrategy tests run two replicas.
     # This must happen before TensorFlow initializes its devices.
     _cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def pytest_configure(config):

@@ -64,39 +64,78 @@ class ResidualBlock(keras.layers.Layer):
 
 EXAMPLES = {
     "ActivationRegularization": LayerExample(
-        (5, 3), lambda: [keras.layers.LSTM(4, return_sequences=True), kreg.ActivationRegularization(ar=2.0, tar=1.0)]
+        (5, 3),
+        lambda: [
+            keras.layers.LSTM(4, return_sequences=True),
+            kreg.ActivationRegularization(ar=2.0, tar=1.0),
+        ],
     ),
     "AdaptiveBatchNormalization": LayerExample(
-        (4, 4, 3), lambda: [keras.layers.Conv2D(4, 3, use_bias=False), kreg.AdaptiveBatchNormalization()]
+        (4, 4, 3),
+        lambda: [keras.layers.Conv2D(4, 3, use_bias=False), kreg.AdaptiveBatchNormalization()],
     ),
     "AdjustableDropout": LayerExample(
-        (6, 6, 2), lambda: [keras.layers.Conv2D(3, 3), kreg.AdjustableDropout(0.3, noise_shape=(None, 1, 1, None), seed=1)]
+        (6, 6, 2),
+        lambda: [
+            keras.layers.Conv2D(3, 3),
+            kreg.AdjustableDropout(0.3, noise_shape=(None, 1, 1, None), seed=1),
+        ],
     ),
-    "ConsistentDropout": LayerExample((5, 3), lambda: [kreg.ConsistentDropout(0.3, seed=1), keras.layers.LSTM(4)]),
+    "ConsistentDropout": LayerExample(
+        (5, 3), lambda: [kreg.ConsistentDropout(0.3, seed=1), keras.layers.LSTM(4)]
+    ),
     "ConsistentDropoutCell": LayerExample(
         (5, 3),
         lambda: [
             keras.layers.RNN(
-                kreg.ConsistentDropoutCell(keras.layers.SimpleRNNCell(4), dropout=0.3, recurrent_dropout=0.3, seed=2)
+                kreg.ConsistentDropoutCell(
+                    keras.layers.SimpleRNNCell(4), dropout=0.3, recurrent_dropout=0.3, seed=2
+                )
             )
         ],
     ),
-    "Conv1DBatchNorm": LayerExample((8, 3), lambda: [kreg.Conv1DBatchNorm(4, 3, activation="relu")]),
-    "Conv2DBatchNorm": LayerExample((6, 6, 3), lambda: [kreg.Conv2DBatchNorm(4, 3, activation="relu")]),
-    "Conv3DBatchNorm": LayerExample((4, 4, 4, 2), lambda: [kreg.Conv3DBatchNorm(3, 2, activation="relu")]),
+    "Conv1DBatchNorm": LayerExample(
+        (8, 3), lambda: [kreg.Conv1DBatchNorm(4, 3, activation="relu")]
+    ),
+    "Conv2DBatchNorm": LayerExample(
+        (6, 6, 3), lambda: [kreg.Conv2DBatchNorm(4, 3, activation="relu")]
+    ),
+    "Conv3DBatchNorm": LayerExample(
+        (4, 4, 4, 2), lambda: [kreg.Conv3DBatchNorm(3, 2, activation="relu")]
+    ),
     "DenseBatchNorm": LayerExample((6,), lambda: [kreg.DenseBatchNorm(4, activation="relu")]),
-    "DepthwiseConv2DBatchNorm": LayerExample((6, 6, 3), lambda: [kreg.DepthwiseConv2DBatchNorm(3, activation="relu")]),
-    "DropBlock1D": LayerExample((8, 3), lambda: [keras.layers.Conv1D(4, 3), kreg.DropBlock1D(0.2, 3, seed=9)]),
-    "DropBlock2D": LayerExample((8, 8, 3), lambda: [keras.layers.Conv2D(4, 3), kreg.DropBlock2D(0.2, 3, seed=10)]),
-    "DropBlock3D": LayerExample((4, 4, 4, 2), lambda: [kreg.DropBlock3D(0.2, 2, seed=11), keras.layers.Conv3D(3, 2)]),
+    "DepthwiseConv2DBatchNorm": LayerExample(
+        (6, 6, 3), lambda: [kreg.DepthwiseConv2DBatchNorm(3, activation="relu")]
+    ),
+    "DropBlock1D": LayerExample(
+        (8, 3), lambda: [keras.layers.Conv1D(4, 3), kreg.DropBlock1D(0.2, 3, seed=9)]
+    ),
+    "DropBlock2D": LayerExample(
+        (8, 8, 3), lambda: [keras.layers.Conv2D(4, 3), kreg.DropBlock2D(0.2, 3, seed=10)]
+    ),
+    "DropBlock3D": LayerExample(
+        (4, 4, 4, 2), lambda: [kreg.DropBlock3D(0.2, 2, seed=11), keras.layers.Conv3D(3, 2)]
+    ),
     "EmbeddingDropout": LayerExample(
-        (6,), lambda: [kreg.EmbeddingDropout(10, 4, rate=0.2, mask_zero=True, seed=5), keras.layers.LSTM(3)], vocabulary=10
+        (6,),
+        lambda: [
+            kreg.EmbeddingDropout(10, 4, rate=0.2, mask_zero=True, seed=5),
+            keras.layers.LSTM(3),
+        ],
+        vocabulary=10,
     ),
     "StochasticDepth": LayerExample((6, 6, 3), lambda: [ResidualBlock(0.3)]),
-    "WeightDropGRU": LayerExample((5, 3), lambda: [kreg.WeightDropGRU(4, weight_dropout=0.3, seed=3)]),
-    "WeightDropLSTM": LayerExample((5, 3), lambda: [kreg.WeightDropLSTM(4, weight_dropout=0.3, seed=4)]),
+    "WeightDropGRU": LayerExample(
+        (5, 3), lambda: [kreg.WeightDropGRU(4, weight_dropout=0.3, seed=3)]
+    ),
+    "WeightDropLSTM": LayerExample(
+        (5, 3), lambda: [kreg.WeightDropLSTM(4, weight_dropout=0.3, seed=4)]
+    ),
     "WeightNormalization": LayerExample(
-        (6, 6, 3), lambda: [kreg.WeightNormalization(keras.layers.Conv2D(4, 3, activation="relu"), data_init=True)]
+        (6, 6, 3),
+        lambda: [
+            kreg.WeightNormalization(keras.layers.Conv2D(4, 3, activation="relu"), data_init=True)
+        ],
     ),
     "ZoneoutGRU": LayerExample((5, 3), lambda: [kreg.ZoneoutGRU(4, hidden_zoneout=0.2, seed=6)]),
     "ZoneoutLSTM": LayerExample(

@@ -29,7 +29,9 @@ def _shape_without_batch(shape):
 
 def _is_multi_input(input_shape):
     """A list of shapes: the layer is called on a list of tensors (`Add`-like)."""
-    return isinstance(input_shape, list) and all(isinstance(shape, (list, tuple)) for shape in input_shape)
+    return isinstance(input_shape, list) and all(
+        isinstance(shape, (list, tuple)) for shape in input_shape
+    )
 
 
 def _random_input(input_shape, seed=0):

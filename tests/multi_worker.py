@@ -84,7 +84,9 @@ def run_workers(function, num_workers=2, kwargs=None, timeout=300, env=None):
         for index in range(num_workers):
             worker_env = dict(os.environ)
             worker_env.update(
-                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                ),
                 KERAS_BACKEND="tensorflow",  # the strategy is TensorFlow's
                 CUDA_VISIBLE_DEVICES="-1",  # one CPU device per worker, like a test machine
                 TF_CPP_MIN_LOG_LEVEL="2",
@@ -94,8 +96,20 @@ def run_workers(function, num_workers=2, kwargs=None, timeout=300, env=None):
             )
             worker_env.update(env or {})
             log = open(folder / f"worker-{index}.log", "wb")  # noqa: SIM115  (closed below)
-            command = [sys.executable, __file__, str(path), name, str(arguments), str(folder / f"result-{index}.pickle")]
-            workers.append((subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT), log))
+            command = [
+                sys.executable,
+                __file__,
+                str(path),
+                name,
+                str(arguments),
+                str(folder / f"result-{index}.pickle"),
+            ]
+            workers.append(
+                (
+                    subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT),
+                    log,
+                )
+            )
         try:
             _wait(workers, folder, timeout)
         finally:
@@ -104,7 +118,10 @@ def run_workers(function, num_workers=2, kwargs=None, timeout=300, env=None):
                     process.kill()
                     process.wait()
                 log.close()
-        return [pickle.loads((folder / f"result-{index}.pickle").read_bytes()) for index in range(num_workers)]
+        return [
+            pickle.loads((folder / f"result-{index}.pickle").read_bytes())
+            for index in range(num_workers)
+        ]
 
 
 def run_isolated(function, env, kwargs=None, timeout=300):
@@ -118,7 +135,9 @@ def _locate(function):
     if isinstance(function, str):
         path, _, name = function.rpartition(":")
         if not path or not name:
-            raise ValueError(f"Expected `function` as 'path/to/file.py:name'. Received: {function!r}")
+            raise ValueError(
+                f"Expected `function` as 'path/to/file.py:name'. Received: {function!r}"
+            )
         return pathlib.Path(path).resolve(), name
     if function.__qualname__ != function.__name__:
         raise ValueError(
@@ -148,7 +167,9 @@ def _wait(workers, folder, timeout):
         failed = [index for index, code in enumerate(codes) if code not in (None, 0)]
         if failed:
             index = failed[0]
-            raise WorkerError(f"worker {index} exited with code {codes[index]}:\n{_tail(folder, index)}")
+            raise WorkerError(
+                f"worker {index} exited with code {codes[index]}:\n{_tail(folder, index)}"
+            )
         if all(code == 0 for code in codes):
             return
         if time.monotonic() > deadline:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import kreg
+from conftest import to_numpy as _numpy
 from kreg import adapt_batchnorm
 from kreg import set_test_time_mode
-from conftest import to_numpy as _numpy
 
 
 def _cnn(bn=keras.layers.BatchNormalization):
@@ -74,7 +74,12 @@ def test_reestimate_changes_only_the_moving_statistics():
     adapt_batchnorm(model, _target(), verbose=0)
     after = _all_weights(model)
     changed = sorted(path for path in before if not np.array_equal(before[path], after[path]))
-    assert changed == ["bn1/moving_mean", "bn1/moving_variance", "bn2/moving_mean", "bn2/moving_variance"]
+    assert changed == [
+        "bn1/moving_mean",
+        "bn1/moving_variance",
+        "bn2/moving_mean",
+        "bn2/moving_variance",
+    ]
 
 
 class _Batches(keras.utils.PyDataset):
@@ -100,7 +105,9 @@ def test_a_py_dataset_and_steps_are_accepted_like_predict():
     report = adapt_batchnorm(from_dataset, _Batches(x, 16), steps=2, verbose=0)
     assert report.samples == 32
     for name in ("bn1", "bn2"):
-        for a, b in zip(_statistics(from_arrays.get_layer(name)), _statistics(from_dataset.get_layer(name))):
+        for a, b in zip(
+            _statistics(from_arrays.get_layer(name)), _statistics(from_dataset.get_layer(name))
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -114,7 +121,9 @@ def test_a_tf_data_dataset_with_targets_is_accepted():
     adapt_batchnorm(from_arrays, x, batch_size=10, verbose=0)
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(10)
     adapt_batchnorm(from_dataset, dataset, verbose=0)
-    for a, b in zip(_statistics(from_arrays.get_layer("bn2")), _statistics(from_dataset.get_layer("bn2"))):
+    for a, b in zip(
+        _statistics(from_arrays.get_layer("bn2")), _statistics(from_dataset.get_layer("bn2"))
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -145,7 +154,9 @@ def test_tent_lowers_the_prediction_entropy_by_training_only_scale_and_shift():
 
     report = adapt_batchnorm(model, x, method="tent", epochs=5, learning_rate=0.05, verbose=0)
     assert report.method == "tent" and report.affine_updated
-    changed = {path for path in before if not np.array_equal(before[path], _all_weights(model)[path])}
+    changed = {
+        path for path in before if not np.array_equal(before[path], _all_weights(model)[path])
+    }
     assert {"bn1/gamma", "bn1/beta", "bn2/gamma", "bn2/beta"} <= changed
     assert all(path.startswith(("bn1/", "bn2/")) for path in changed), changed
     assert _entropy(model.predict(x, verbose=0)) < _entropy(reestimated.predict(x, verbose=0))
@@ -154,7 +165,9 @@ def test_tent_lowers_the_prediction_entropy_by_training_only_scale_and_shift():
 def test_nested_models_and_shared_layers_are_adapted():
     shared = keras.layers.BatchNormalization(name="shared")
     inner_in = keras.Input((4,))
-    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="inner_bn")(inner_in), name="inner")
+    inner = keras.Model(
+        inner_in, keras.layers.BatchNormalization(name="inner_bn")(inner_in), name="inner"
+    )
     inputs = keras.Input((4,))
     a = shared(inputs)
     b = shared(keras.layers.Lambda(lambda t: t * 3.0 + 1.0)(inputs))
@@ -169,9 +182,16 @@ def test_nested_models_and_shared_layers_are_adapted():
 
 
 def test_set_test_time_mode_switches_every_adaptive_layer_and_only_those():
-    inner = keras.Sequential([keras.Input((4,)), kreg.layers.AdaptiveBatchNormalization()], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((4,)), kreg.layers.AdaptiveBatchNormalization()], name="inner"
+    )
     model = keras.Sequential(
-        [keras.Input((4,)), kreg.layers.AdaptiveBatchNormalization(), keras.layers.BatchNormalization(), inner]
+        [
+            keras.Input((4,)),
+            kreg.layers.AdaptiveBatchNormalization(),
+            keras.layers.BatchNormalization(),
+            inner,
+        ]
     )
     assert set_test_time_mode(model, "mixed") == 2
     assert model.layers[0].test_time_mode == "mixed" and inner.layers[0].test_time_mode == "mixed"
@@ -289,7 +309,9 @@ def test_a_py_dataset_with_num_batches_only_is_accepted():
 
 
 def test_fully_masked_data_is_an_error_not_nan_statistics():
-    model = keras.Sequential([keras.Input((5, 3)), keras.layers.Masking(0.0), keras.layers.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((5, 3)), keras.layers.Masking(0.0), keras.layers.BatchNormalization()]
+    )
     before = _all_weights(model)
     with pytest.raises(ValueError, match="masked"):
         adapt_batchnorm(model, np.zeros((8, 5, 3), "float32"), verbose=0)
@@ -301,7 +323,9 @@ def test_fully_masked_data_is_an_error_not_nan_statistics():
 def test_tent_entropy_of_a_single_sigmoid_unit_counts_both_classes(from_logits):
     from kreg.adapt.entropy import EntropyMinimizer
 
-    model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+    )
     minimizer = EntropyMinimizer(model, from_logits=from_logits)
     p = np.array([[0.5], [0.9]], "float32")
     y_pred = np.log(p / (1 - p)) if from_logits else p
@@ -345,8 +369,12 @@ def test_the_batch_norms_inside_fused_layers_are_adapted():
 
 def test_tent_trains_the_scale_and_shift_of_fused_layers():
     model = keras.Sequential(
-        [keras.Input((8, 8, 1)), kreg.Conv2DBatchNorm(4, 3, name="conv_bn"), keras.layers.Flatten(),
-         keras.layers.Dense(3, activation="softmax")]
+        [
+            keras.Input((8, 8, 1)),
+            kreg.Conv2DBatchNorm(4, 3, name="conv_bn"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
     )
     gamma = _numpy(model.get_layer("conv_bn").batch_norm.gamma).copy()
     adapt_batchnorm(model, _target(), method="tent", learning_rate=0.05, verbose=0)
@@ -366,7 +394,9 @@ def test_nonfinite_data_is_an_error_and_changes_nothing(bad):
 
 
 def test_one_value_per_channel_is_an_error_not_a_zero_variance():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn")]
+    )
     before = _all_weights(model)
     with pytest.raises(ValueError, match="bn` saw 1 value per channel.*at least two"):
         adapt_batchnorm(model, np.ones((1, 3), "float32"), verbose=0)

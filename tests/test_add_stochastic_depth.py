@@ -26,8 +26,12 @@ def _stochastic_depth_layers(model):
 
 def _assert_same_inference(original, copy):
     batch = model_graph.random_inputs(original, batch_size=2, seed=3)
-    for expected, actual in zip(keras.tree.flatten(original(batch)), keras.tree.flatten(copy(batch))):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected))
+    for expected, actual in zip(
+        keras.tree.flatten(original(batch)), keras.tree.flatten(copy(batch))
+    ):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected)
+        )
 
 
 @pytest.mark.parametrize("operation_add", [False, True])
@@ -57,7 +61,9 @@ def test_the_copy_drops_whole_branches_in_training():
     x = np.random.default_rng(0).standard_normal((512, 8, 8, 4)).astype("float32")
     shortcut, branch, output = (keras.ops.convert_to_numpy(t) for t in probe(x, training=True))
     dropped = np.all(output == shortcut, axis=(1, 2, 3))
-    np.testing.assert_allclose(output[~dropped], shortcut[~dropped] + 2.0 * branch[~dropped], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        output[~dropped], shortcut[~dropped] + 2.0 * branch[~dropped], rtol=1e-5, atol=1e-5
+    )
     assert abs(dropped.mean() - 0.5) < 5 * np.sqrt(0.25 / 512), dropped.mean()
 
 
@@ -92,7 +98,9 @@ def test_bad_models_and_rates():
 
 
 def _application(name, **kwargs):
-    return getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+    return getattr(keras.applications, name)(
+        weights=None, input_shape=(32, 32, 3), classes=10, **kwargs
+    )
 
 
 def _check_application(model, expected_changed, expected_dropped=0):
@@ -114,7 +122,11 @@ def test_resnet50_every_block_is_changed():
 def test_efficientnet_drop_connect_is_rescheduled_never_stacked():
     model = _application("EfficientNetB0")
     copy, report = _check_application(model, 0, expected_dropped=9)
-    dropouts = [layer for layer in copy.layers if isinstance(layer, keras.layers.Dropout) and layer.noise_shape]
+    dropouts = [
+        layer
+        for layer in copy.layers
+        if isinstance(layer, keras.layers.Dropout) and layer.noise_shape
+    ]
     assert dropouts == [], "the drop_connect dropouts must be replaced, not stacked"
     assert all(old > 0 for _, _, old, _ in report.already_dropped)
 
@@ -172,6 +184,8 @@ def test_a_per_sample_drop_that_also_feeds_another_layer_is_neither_removed_nor_
     with pytest.warns(UserWarning, match="no residual add"):
         copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
     assert not report.changed and not report.already_dropped
-    assert len(report.left) == 1 and "path_drop" in report.left[0][1] and "side" in report.left[0][1]
+    assert (
+        len(report.left) == 1 and "path_drop" in report.left[0][1] and "side" in report.left[0][1]
+    )
     assert "path_drop" in [layer.name for layer in copy.layers]  # the side path keeps its drop
     assert not _stochastic_depth_layers(copy)

@@ -17,11 +17,18 @@ import sys
 import pytest
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
-PAGES = {"kreg": "api/kreg", "kreg.layers": "api/layers", "kreg.callbacks": "api/callbacks", "kreg.tuning": "api/tuning"}
+PAGES = {
+    "kreg": "api/kreg",
+    "kreg.layers": "api/layers",
+    "kreg.callbacks": "api/callbacks",
+    "kreg.tuning": "api/tuning",
+}
 
 
 def _hook():
-    spec = importlib.util.spec_from_file_location("api_pages", REPOSITORY / "docs/hooks/api_pages.py")
+    spec = importlib.util.spec_from_file_location(
+        "api_pages", REPOSITORY / "docs/hooks/api_pages.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -143,20 +150,27 @@ def _problems(entry):
     kinds = {section.kind.value for section in docstring.parsed}
     # A dataclass or an enum is read, not built: its fields are its `Attributes`.
     readable = entry.is_class and (
-        "dataclass" in entry.labels or any(str(base) in ("Enum", "enum.Enum") for base in entry.bases)
+        "dataclass" in entry.labels
+        or any(str(base) in ("Enum", "enum.Enum") for base in entry.bases)
     )
     wanted = "attributes" if readable else "parameters"
     if wanted not in kinds:
         problems.append("no Attributes section" if wanted == "attributes" else "no Args section")
     # Keras writes its examples as doctest lines or as a ```python block.
-    if not re.search(r"^Examples?:\n(?:\s*\n)*\s*(?:>>> |```python)", docstring.value, re.MULTILINE):
+    if not re.search(
+        r"^Examples?:\n(?:\s*\n)*\s*(?:>>> |```python)", docstring.value, re.MULTILINE
+    ):
         problems.append("no Example")
     return problems
 
 
 def test_every_public_name_has_a_docstring_with_args_and_an_example(package):
-    problems = {name: found for name, entry in _public_objects(package) if (found := _problems(entry))}
-    assert not problems, "\n".join(f"{name}: {', '.join(found)}" for name, found in sorted(problems.items()))
+    problems = {
+        name: found for name, entry in _public_objects(package) if (found := _problems(entry))
+    }
+    assert not problems, "\n".join(
+        f"{name}: {', '.join(found)}" for name, found in sorted(problems.items())
+    )
 
 
 def test_a_docstring_assembled_at_run_time_is_found(package, tmp_path):

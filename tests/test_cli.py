@@ -11,9 +11,7 @@ import pytest
 def _kreg(*args, cwd):
     executable = shutil.which("kreg", path=os.path.dirname(sys.executable))
     assert executable, "the `kreg` entry point is not installed next to this Python"
-    return subprocess.run(
-        [executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.integration
@@ -25,8 +23,15 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
         assert progress in result.stdout
     report = (out / "report.md").read_text()
     assert report.startswith("# kreg demo")
-    for section in ("## Summary", "## Training", "## Covariate shift", "## Folded batch norm",
-                    "## Linting", "## Tuning", "## Recurrent regularization"):
+    for section in (
+        "## Summary",
+        "## Training",
+        "## Covariate shift",
+        "## Folded batch norm",
+        "## Linting",
+        "## Tuning",
+        "## Recurrent regularization",
+    ):
         assert section in report, section
     assert "dropout-on-output" in report  # the flawed model's error was found
     for picture in ("training_curves.png", "accuracy_under_shift.png"):
@@ -38,10 +43,14 @@ def test_demo_quick_runs_every_section_and_writes_what_it_claims(tmp_path):
 
     best = keras.saving.load_model(out / "best_cnn.keras")
     assert "with kreg's callbacks and weight averaging" in report
-    assert len(keras.saving.load_model(out / "best_cnn_averaged.keras").get_weights()) == len(best.get_weights())
+    assert len(keras.saving.load_model(out / "best_cnn_averaged.keras").get_weights()) == len(
+        best.get_weights()
+    )
     folded = keras.saving.load_model(out / "folded_cnn.keras")
     batch_norms = [layer for layer in best.layers if "batch_normalization" in layer.name]
-    assert batch_norms and not [layer for layer in folded.layers if "batch_normalization" in layer.name]
+    assert batch_norms and not [
+        layer for layer in folded.layers if "batch_normalization" in layer.name
+    ]
 
 
 @pytest.mark.integration
@@ -60,8 +69,8 @@ import zipfile  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kreg import cli  # noqa: E402
 from batch_norm_testing import randomize_batch_norm  # noqa: E402
+from kreg import cli  # noqa: E402
 
 L = keras.layers
 
@@ -109,14 +118,20 @@ def runs(tmp_path_factory):
     assert executable, "the `kreg` entry point is not installed next to this Python"
     processes = {
         name: subprocess.Popen(
-            [executable, *args], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [executable, *args],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, args in RUNS.items()
     }
     results = {}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=600)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        results[name] = subprocess.CompletedProcess(
+            process.args, process.returncode, stdout, stderr
+        )
     return folder, clean, results
 
 
@@ -364,7 +379,9 @@ def test_fold_output_in_a_read_only_folder(saved_model, capsys, monkeypatch):
     folder.chmod(0o555)
     try:
         if os.access(folder, os.W_OK):
-            pytest.skip("running as root: permissions do not stop writes (the save failure test covers this path)")
+            pytest.skip(
+                "running as root: permissions do not stop writes (the save failure test covers this path)"
+            )
         _fold_must_not_run(monkeypatch)
         assert cli.main(["fold", "model.keras", "read_only/out.keras"]) == 2
         _one_line_error(capsys, "cannot write to folder")
@@ -392,7 +409,9 @@ def test_the_command_sets_tensorflow_log_level_unless_the_user_did(user_level):
     if user_level:
         env["TF_CPP_MIN_LOG_LEVEL"] = user_level
     script = "import os, sys; sys.argv = ['/bin/kreg']; import kreg; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.stdout.strip() == (user_level or "3"), result.stderr[-2000:]
 
 
@@ -403,7 +422,9 @@ def test_library_import_leaves_the_log_level_alone():
         "import os; import keras; plain = os.environ.get('TF_CPP_MIN_LOG_LEVEL'); import kreg; "
         "print(plain == os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
     )  # TensorFlow sets its own default on import
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.stdout.strip() == "True", result.stderr[-2000:]
 
 
@@ -417,7 +438,14 @@ def test_the_command_prints_one_line_and_no_tensorflow_start_up_lines(tmp_path):
         "from kreg.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["kreg diagnose: error: missing.keras: no such file"], result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "kreg diagnose: error: missing.keras: no such file"
+    ], result.stderr

@@ -19,7 +19,11 @@ def _randomized(model):
 
 def _nested_model():
     inner_in = keras.Input((6,))
-    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="inner_bn")(keras.layers.Dense(6)(inner_in)), name="inner")
+    inner = keras.Model(
+        inner_in,
+        keras.layers.BatchNormalization(name="inner_bn")(keras.layers.Dense(6)(inner_in)),
+        name="inner",
+    )
     shared = keras.layers.BatchNormalization(name="shared_bn")
     inputs = keras.Input((5,))
     a = shared(keras.layers.Dense(6)(inputs))
@@ -56,13 +60,23 @@ def test_nested_and_shared_batch_norms_are_converted_with_their_weights():
 
     back, report = convert_batch_norms(adaptive, to="keras", return_report=True)
     assert _batch_norm_types(back) == ["BatchNormalization"] * 2
-    assert sorted(name for name, _ in report.left) == ["fused", "inner_bn", "shared_bn"]  # were in batch mode
+    assert sorted(name for name, _ in report.left) == [
+        "fused",
+        "inner_bn",
+        "shared_bn",
+    ]  # were in batch mode
     np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_a_sequential_model_and_its_weight_file_after_conversion(tmp_path):
     model = _randomized(
-        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(momentum=0.8)])
+        keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(3),
+                keras.layers.BatchNormalization(momentum=0.8),
+            ]
+        )
     )
     adaptive = convert_batch_norms(model)
     assert isinstance(adaptive, keras.Sequential)
@@ -81,7 +95,9 @@ def test_a_keras_application_converts_and_predicts_the_same():
     adaptive, report = convert_batch_norms(model, return_report=True)
     assert len(report.converted) == count > 10 and not report.left
     x = np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(adaptive.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adaptive.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
     kreg.adapt_batchnorm(adaptive, x, verbose=0)  # the documented flow
 
 
@@ -89,7 +105,9 @@ def test_other_batch_norm_subclasses_are_left_and_reported():
     class MyBatchNorm(keras.layers.BatchNormalization):
         pass
 
-    model = keras.Sequential([keras.Input((3,)), MyBatchNorm(name="mine"), AdaptiveBatchNormalization(name="ours")])
+    model = keras.Sequential(
+        [keras.Input((3,)), MyBatchNorm(name="mine"), AdaptiveBatchNormalization(name="ours")]
+    )
     converted, report = convert_batch_norms(model, return_report=True)
     assert report.converted == [] and [name for name, _ in report.left] == ["mine"]
     assert "MyBatchNorm" in str(report)
@@ -124,6 +142,6 @@ def test_a_batch_norm_inside_a_custom_layer_is_reported_as_left():
     model = keras.Model(inputs, _BlockWithItsOwnBatchNorm(name="block")(x))
     converted, report = convert_batch_norms(model, return_report=True)
     assert report.converted == ["outer_bn"]
-    (name, reason), = report.left
+    ((name, reason),) = report.left
     assert name.startswith("block/") and "not a Sequential or functional model" in reason
     assert type(converted.get_layer("block").norm) is keras.layers.BatchNormalization

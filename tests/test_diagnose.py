@@ -110,12 +110,24 @@ CASES = {
     "element-dropout-on-feature-map": (
         IMAGE,
         lambda: [*conv_block(), *conv_block(), L.Dropout(0.2), L.Flatten(), L.Dense(2)],
-        lambda: [*conv_block(), *conv_block(), kreg.layers.DropBlock2D(0.2, 3), L.Flatten(), L.Dense(2)],
+        lambda: [
+            *conv_block(),
+            *conv_block(),
+            kreg.layers.DropBlock2D(0.2, 3),
+            L.Flatten(),
+            L.Dense(2),
+        ],
     ),
     "dropout-before-batch-norm": (
         FEATURES,
         lambda: [L.Dense(8, use_bias=False), L.Dropout(0.3), L.BatchNormalization(), L.Dense(2)],
-        lambda: [L.Dense(8, use_bias=False), L.BatchNormalization(), L.ReLU(), L.Dropout(0.3), L.Dense(2)],
+        lambda: [
+            L.Dense(8, use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Dropout(0.3),
+            L.Dense(2),
+        ],
     ),
 }
 
@@ -123,37 +135,96 @@ CASES = {
 VARIANTS = [
     ("early-conv-dropout", IMAGE, lambda: [conv(), L.SpatialDropout2D(0.25), L.Flatten()]),
     ("activation-before-batch-norm", IMAGE, lambda: [conv(), L.ReLU(), L.BatchNormalization()]),
-    ("activation-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.Activation("tanh"), L.Dropout(0.1), L.BatchNormalization()]),
+    (
+        "activation-before-batch-norm",
+        FEATURES,
+        lambda: [L.Dense(4), L.Activation("tanh"), L.Dropout(0.1), L.BatchNormalization()],
+    ),
     ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.BatchNormalization()]),
-    ("bias-before-batch-norm", IMAGE, lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=1)]),
+    (
+        "bias-before-batch-norm",
+        IMAGE,
+        lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=1)],
+    ),
     # kreg's AdaptiveBatchNormalization is a batch norm to every rule.
-    ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), kreg.layers.AdaptiveBatchNormalization()]),
-    ("batch-norm-on-recurrent-state", SEQUENCE, lambda: [lstm(), kreg.layers.AdaptiveBatchNormalization()]),
+    (
+        "bias-before-batch-norm",
+        FEATURES,
+        lambda: [L.Dense(4), kreg.layers.AdaptiveBatchNormalization()],
+    ),
+    (
+        "batch-norm-on-recurrent-state",
+        SEQUENCE,
+        lambda: [lstm(), kreg.layers.AdaptiveBatchNormalization()],
+    ),
     ("dropout-on-output", FEATURES, lambda: [L.Dense(3), L.Dropout(0.3), L.Softmax()]),
-    ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [L.Bidirectional(lstm()), L.GaussianDropout(0.2), L.GRU(4)]),
-    ("dropout-rate-range", IMAGE, lambda: [*conv_block(), *conv_block(), L.Dropout(0.5), L.Flatten(), L.Dense(2)]),
+    (
+        "per-timestep-dropout-in-rnn",
+        SEQUENCE,
+        lambda: [L.Bidirectional(lstm()), L.GaussianDropout(0.2), L.GRU(4)],
+    ),
+    (
+        "dropout-rate-range",
+        IMAGE,
+        lambda: [*conv_block(), *conv_block(), L.Dropout(0.5), L.Flatten(), L.Dense(2)],
+    ),
     ("dropout-rate-range", SEQUENCE, lambda: [L.LSTM(4, dropout=0.6)]),
-    ("recurrent-dropout-unfused", SEQUENCE, lambda: [L.Bidirectional(L.GRU(4, recurrent_dropout=0.1))]),
-    ("recurrent-dropout-unfused", SEQUENCE, lambda: [kreg.layers.WeightDropGRU(4, recurrent_dropout=0.1)]),
+    (
+        "recurrent-dropout-unfused",
+        SEQUENCE,
+        lambda: [L.Bidirectional(L.GRU(4, recurrent_dropout=0.1))],
+    ),
+    (
+        "recurrent-dropout-unfused",
+        SEQUENCE,
+        lambda: [kreg.layers.WeightDropGRU(4, recurrent_dropout=0.1)],
+    ),
 ]
 
 # Correct models a rule must not flag, though they look close to its mistake.
 NEAR_MISSES = [
     # Late conv dropout in its usual range; classifier dropout after Flatten.
-    ("dropout-rate-range", IMAGE, lambda: [*conv_block(), *conv_block(), L.SpatialDropout2D(0.2), L.Flatten(), L.Dropout(0.5), L.Dense(2)]),
+    (
+        "dropout-rate-range",
+        IMAGE,
+        lambda: [
+            *conv_block(),
+            *conv_block(),
+            L.SpatialDropout2D(0.2),
+            L.Flatten(),
+            L.Dropout(0.5),
+            L.Dense(2),
+        ],
+    ),
     ("early-conv-dropout", IMAGE, lambda: [conv(), L.Flatten(), L.Dropout(0.5), L.Dense(2)]),
     # A bias with an activation after it is not cancelled by the batch norm.
-    ("bias-before-batch-norm", FEATURES, lambda: [L.Dense(4), L.Dense(4, activation="relu"), L.BatchNormalization(axis=-1)]),
+    (
+        "bias-before-batch-norm",
+        FEATURES,
+        lambda: [L.Dense(4), L.Dense(4, activation="relu"), L.BatchNormalization(axis=-1)],
+    ),
     # Batch norm over another axis than the channels does not cancel the bias.
-    ("bias-before-batch-norm", IMAGE, lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=-1)]),
+    (
+        "bias-before-batch-norm",
+        IMAGE,
+        lambda: [conv(data_format="channels_first"), L.BatchNormalization(axis=-1)],
+    ),
     # Dropout that shares its mask over time is what the rule recommends.
     ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [lstm(), L.SpatialDropout1D(0.3), L.LSTM(4)]),
     ("per-timestep-dropout-in-rnn", SEQUENCE, lambda: [L.Dropout(0.3), L.LSTM(4)]),
     # The fused kernel is already lost to a non-default activation.
-    ("recurrent-dropout-unfused", SEQUENCE, lambda: [L.LSTM(4, activation="relu", recurrent_dropout=0.2)]),
+    (
+        "recurrent-dropout-unfused",
+        SEQUENCE,
+        lambda: [L.LSTM(4, activation="relu", recurrent_dropout=0.2)],
+    ),
     ("batch-norm-on-recurrent-state", SEQUENCE, lambda: [L.LSTM(4), L.BatchNormalization()]),
     ("missing-normalization", IMAGE, lambda: [conv() for _ in range(3)]),
-    ("activation-before-batch-norm", IMAGE, lambda: [kreg.layers.Conv2DBatchNorm(4, 3, activation="relu"), L.Flatten()]),
+    (
+        "activation-before-batch-norm",
+        IMAGE,
+        lambda: [kreg.layers.Conv2DBatchNorm(4, 3, activation="relu"), L.Flatten()],
+    ),
 ]
 
 
@@ -181,7 +252,10 @@ def test_rule_silent_on_near_miss(rule, input_shape, layers):
 
 def test_every_rule_has_a_case():
     tested = set(CASES) | {
-        "batch-norm-small-batch", "training-true-call", "monte-carlo-dropout", "constant-stochastic-depth"
+        "batch-norm-small-batch",
+        "training-true-call",
+        "monte-carlo-dropout",
+        "constant-stochastic-depth",
     }
     assert {rule.ID for rule in RULES} == tested
 
@@ -224,7 +298,9 @@ def test_training_true_calls(rule, make_layer):
 
 
 def test_nested_model_called_with_training_true_is_an_error():
-    block = keras.Sequential([keras.Input(FEATURES), L.Dense(4), L.BatchNormalization()], name="block")
+    block = keras.Sequential(
+        [keras.Input(FEATURES), L.Dense(4), L.BatchNormalization()], name="block"
+    )
     inputs = keras.Input(FEATURES)
     model = keras.Model(inputs, L.Dense(1)(block(inputs, training=True)))
     [finding] = [f for f in diagnose(model) if f.rule == "training-true-call"]
@@ -262,7 +338,9 @@ def test_clean_reference_rnn_has_no_findings():
 
 
 def test_paths_name_layers_inside_nested_models():
-    inner = keras.Sequential([keras.Input(IMAGE), conv(name="conv", activation="relu")], name="inner")
+    inner = keras.Sequential(
+        [keras.Input(IMAGE), conv(name="conv", activation="relu")], name="inner"
+    )
     outer_in = keras.Input(IMAGE)
     outer = keras.Model(outer_in, inner(outer_in), name="outer")
     inputs = keras.Input(IMAGE)
@@ -273,7 +351,9 @@ def test_paths_name_layers_inside_nested_models():
 
 
 def test_nested_model_called_twice_is_reported_once():
-    block = keras.Sequential([keras.Input(FEATURES), L.Dense(6), L.BatchNormalization()], name="block")
+    block = keras.Sequential(
+        [keras.Input(FEATURES), L.Dense(6), L.BatchNormalization()], name="block"
+    )
     inputs = keras.Input(FEATURES)
     model = keras.Model(inputs, block(block(inputs)))
     findings = [f for f in diagnose(model) if f.rule == "bias-before-batch-norm"]
@@ -281,7 +361,13 @@ def test_nested_model_called_twice_is_reported_once():
 
 
 def test_findings_are_sorted_by_severity_and_describe_the_fix():
-    layers = [conv(activation="relu"), L.BatchNormalization(), L.Flatten(), L.Dense(2), L.Dropout(0.5)]
+    layers = [
+        conv(activation="relu"),
+        L.BatchNormalization(),
+        L.Flatten(),
+        L.Dense(2),
+        L.Dropout(0.5),
+    ]
     findings = diagnose(build(layers, IMAGE))
     severities = [f.severity for f in findings]
     assert severities == sorted(severities, key=diagnose_module.SEVERITIES.index)
@@ -357,7 +443,11 @@ def _residual_stack(rates):
 
 def test_constant_stochastic_depth_suggests_the_linear_rule():
     assert "constant-stochastic-depth" in rules_found(_residual_stack([0.2] * 4))
-    assert "constant-stochastic-depth" not in rules_found(_residual_stack(kreg.stochastic_depth_rates(4, 0.2)))
-    assert "constant-stochastic-depth" not in rules_found(_residual_stack([0.2] * 3))  # too shallow to matter
+    assert "constant-stochastic-depth" not in rules_found(
+        _residual_stack(kreg.stochastic_depth_rates(4, 0.2))
+    )
+    assert "constant-stochastic-depth" not in rules_found(
+        _residual_stack([0.2] * 3)
+    )  # too shallow to matter
     model = kreg.add_stochastic_depth(_residual_stack([0.2] * 4), 0.2)  # what the fix says
     assert "constant-stochastic-depth" not in rules_found(model)

@@ -12,7 +12,9 @@ from kreg import convert_dropouts
 
 def _model():
     inner_in = keras.Input((8, 8, 4))
-    inner_out = keras.layers.SpatialDropout2D(0.2, name="inner_spatial")(keras.layers.Conv2D(4, 3, padding="same")(inner_in))
+    inner_out = keras.layers.SpatialDropout2D(0.2, name="inner_spatial")(
+        keras.layers.Conv2D(4, 3, padding="same")(inner_in)
+    )
     inner = keras.Model(inner_in, inner_out, name="inner")
     shared = keras.layers.Dropout(0.3, name="shared", seed=4)
     inputs = keras.Input((8, 8, 3))
@@ -44,18 +46,23 @@ def test_every_dropout_becomes_adjustable_with_identical_outputs():
         ("shaped", (None, 1), 0.5),
     ]:
         assert type(layers[name]) is AdjustableDropout, name
-        assert layers[name].noise_shape == noise_shape and layers[name].rate == pytest.approx(rate), name
+        assert layers[name].noise_shape == noise_shape and layers[name].rate == pytest.approx(
+            rate
+        ), name
     assert type(_layers(model)["shared"]) is keras.layers.Dropout, "the original is not changed"
     x = np.random.default_rng(0).normal(size=(5, 8, 8, 3)).astype("float32")
     np.testing.assert_array_equal(
-        ops.convert_to_numpy(converted(x, training=False)), ops.convert_to_numpy(model(x, training=False))
+        ops.convert_to_numpy(converted(x, training=False)),
+        ops.convert_to_numpy(model(x, training=False)),
     )
 
 
 def test_training_outputs_match_keras_in_distribution():
     """The copy drops the same fraction, on the same mask shape, with the same scaling."""
     inputs = keras.Input((4, 4, 64))
-    model = keras.Model(inputs, keras.layers.SpatialDropout2D(0.4, data_format="channels_first", seed=2)(inputs))
+    model = keras.Model(
+        inputs, keras.layers.SpatialDropout2D(0.4, data_format="channels_first", seed=2)(inputs)
+    )
     converted = convert_dropouts(model)
     x = np.ones((128, 4, 4, 64), "float32")
     for candidate in (model, converted):
@@ -125,7 +132,11 @@ def test_alpha_and_gaussian_dropout_are_reported_as_left():
     # Neither is a `Dropout` subclass; a report that lists nothing would say the
     # model has no dropout to schedule.
     model = keras.Sequential(
-        [keras.Input((3,)), keras.layers.AlphaDropout(0.2, name="alpha"), keras.layers.GaussianDropout(0.3, name="gauss")]
+        [
+            keras.Input((3,)),
+            keras.layers.AlphaDropout(0.2, name="alpha"),
+            keras.layers.GaussianDropout(0.3, name="gauss"),
+        ]
     )
     with pytest.warns(UserWarning):
         _, report = convert_dropouts(model, return_report=True)

@@ -35,28 +35,38 @@ def _rules(model):
 
 
 def _cnn(rate_after_first, rate_after_last):
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
-        keras.layers.Dropout(rate_after_first),
-        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
-        keras.layers.Dropout(rate_after_last),
-        keras.layers.Flatten(),
-        keras.layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.Dropout(rate_after_first),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.Dropout(rate_after_last),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def _mlp(rate):
-    return keras.Sequential([
-        keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
-        keras.layers.Dropout(rate), keras.layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dropout(rate),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def _rnn(rate):
-    return keras.Sequential([
-        keras.Input((5, 4)), keras.layers.LSTM(8, dropout=rate), keras.layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((5, 4)),
+            keras.layers.LSTM(8, dropout=rate),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 @pytest.mark.parametrize("step", [0.0, 0.05])

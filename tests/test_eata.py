@@ -72,8 +72,15 @@ def test_eata_trains_only_scale_and_shift_and_lowers_the_entropy():
     adapt_batchnorm(reestimated, x, verbose=0)
     before = _weights(model)
     report = adapt_batchnorm(
-        model, x, method="eata", epochs=5, learning_rate=0.05, entropy_factor=1.0, redundancy_threshold=None,
-        batch_size=32, verbose=0,
+        model,
+        x,
+        method="eata",
+        epochs=5,
+        learning_rate=0.05,
+        entropy_factor=1.0,
+        redundancy_threshold=None,
+        batch_size=32,
+        verbose=0,
     )
     assert report.method == "eata" and report.affine_updated
     changed = _changed(before, _weights(model))
@@ -101,7 +108,9 @@ def test_a_batch_without_a_reliable_sample_changes_no_scale_or_shift():
 def _degenerate_run(collapse_factor):
     # One input repeated: batch statistics leave only the shift, which entropy
     # minimization drives towards one confident class for every sample.
-    x = np.repeat(_target(1), 256, axis=0) + np.random.default_rng(1).normal(0, 1e-3, (256, 6, 6, 1))
+    x = np.repeat(_target(1), 256, axis=0) + np.random.default_rng(1).normal(
+        0, 1e-3, (256, 6, 6, 1)
+    )
     model = _cnn()
     source = _weights(model)
     report = adapt_batchnorm(

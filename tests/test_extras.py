@@ -34,11 +34,16 @@ def test_every_required_extra_is_declared_in_pyproject():
     assert len(calls) >= 4  # tuning, plotting, datasets, demo
     declared = _declared_extras()
     for path, extra in calls:
-        assert extra in declared, f"{path} names extra {extra!r}, not in pyproject.toml: {sorted(declared)}"
+        assert extra in declared, (
+            f"{path} names extra {extra!r}, not in pyproject.toml: {sorted(declared)}"
+        )
 
 
 def test_missing_module_names_the_extra_to_install():
-    with pytest.raises(MissingExtraError, match=r'some feature needs .*kreg_absent_module.*pip install "kreg\[plot\]"'):
+    with pytest.raises(
+        MissingExtraError,
+        match=r'some feature needs .*kreg_absent_module.*pip install "kreg\[plot\]"',
+    ):
         require("kreg_absent_module.sub", extra="plot", feature="some feature")
 
 
@@ -69,8 +74,13 @@ def test_kreg_tuning_without_keras_tuner(monkeypatch):
     _forget(monkeypatch, "kreg.tuning")
     _hide(monkeypatch, "keras_tuner")
     tuning = importlib.import_module("kreg.tuning")
-    assert callable(tuning.optuna_pruning_callback) and tuning.RegularizationSpace().dropout_name("dense")
-    with pytest.raises(MissingExtraError, match=r'kreg.tuning.CNNHyperModel needs .keras_tuner.*pip install "kreg\[tuning\]"'):
+    assert callable(tuning.optuna_pruning_callback) and tuning.RegularizationSpace().dropout_name(
+        "dense"
+    )
+    with pytest.raises(
+        MissingExtraError,
+        match=r'kreg.tuning.CNNHyperModel needs .keras_tuner.*pip install "kreg\[tuning\]"',
+    ):
         tuning.CNNHyperModel  # noqa: B018
 
 
@@ -103,7 +113,9 @@ def test_the_optuna_extra_alone_runs_a_study_without_keras_tuner():
     import subprocess
 
     pytest.importorskip("optuna")
-    result = subprocess.run([sys.executable, "-c", _OPTUNA_ONLY], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _OPTUNA_ONLY], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok TrialState.COMPLETE" in result.stdout
 
@@ -131,7 +143,9 @@ def test_keras_on_a_missing_tensorflow_names_the_extra_and_the_other_backends(mo
         raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
 
     monkeypatch.setattr(kreg._extras.importlib, "import_module", import_module)
-    with pytest.raises(MissingExtraError, match=r'pip install "kreg\[tensorflow\]".*KERAS_BACKEND=jax'):
+    with pytest.raises(
+        MissingExtraError, match=r'pip install "kreg\[tensorflow\]".*KERAS_BACKEND=jax'
+    ):
         kreg._extras.import_keras()
 
 
@@ -153,7 +167,10 @@ def test_optuna_pruning_callback_without_optuna(monkeypatch):
     import kreg.tuning
 
     _hide(monkeypatch, "optuna")
-    with pytest.raises(MissingExtraError, match=r'optuna_pruning_callback needs .optuna.*pip install "kreg\[optuna\]"'):
+    with pytest.raises(
+        MissingExtraError,
+        match=r'optuna_pruning_callback needs .optuna.*pip install "kreg\[optuna\]"',
+    ):
         kreg.tuning.optuna_pruning_callback(object(), "val_loss")
 
 
@@ -172,5 +189,8 @@ def test_kreg_tuning_on_tensorflow_without_tensorboard(monkeypatch):
     _forget(monkeypatch, "kreg.tuning")
     _hide(monkeypatch, "tensorboard")
     tuning = importlib.import_module("kreg.tuning")
-    with pytest.raises(MissingExtraError, match=r'TensorFlow backend needs .tensorboard.*pip install "kreg\[tuning\]"'):
+    with pytest.raises(
+        MissingExtraError,
+        match=r'TensorFlow backend needs .tensorboard.*pip install "kreg\[tuning\]"',
+    ):
         tuning.RegularizedHyperModel  # noqa: B018

@@ -1,7 +1,7 @@
 import json
-import warnings
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import keras
@@ -11,8 +11,8 @@ from keras import ops
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
-from kreg import fold_batch_norms
 from conftest import to_numpy as _numpy
+from kreg import fold_batch_norms
 
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -21,23 +21,57 @@ PAIRS = {
     "dense": (keras.layers.Dense, {"units": 6}, (5,)),
     "dense_3d": (keras.layers.Dense, {"units": 6}, (4, 5)),
     "conv1d": (keras.layers.Conv1D, {"filters": 6, "kernel_size": 3}, (9, 3)),
-    "conv1d_causal": (keras.layers.Conv1D, {"filters": 6, "kernel_size": 3, "padding": "causal"}, (9, 3)),
-    "conv2d": (keras.layers.Conv2D, {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same"}, (8, 8, 3)),
-    "conv2d_grouped": (keras.layers.Conv2D, {"filters": 6, "kernel_size": 3, "groups": 3}, (8, 8, 3)),
+    "conv1d_causal": (
+        keras.layers.Conv1D,
+        {"filters": 6, "kernel_size": 3, "padding": "causal"},
+        (9, 3),
+    ),
+    "conv2d": (
+        keras.layers.Conv2D,
+        {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same"},
+        (8, 8, 3),
+    ),
+    "conv2d_grouped": (
+        keras.layers.Conv2D,
+        {"filters": 6, "kernel_size": 3, "groups": 3},
+        (8, 8, 3),
+    ),
     "conv3d": (keras.layers.Conv3D, {"filters": 4, "kernel_size": 2}, (4, 4, 4, 3)),
     "conv1d_transpose": (keras.layers.Conv1DTranspose, {"filters": 6, "kernel_size": 3}, (7, 3)),
-    "conv2d_transpose": (keras.layers.Conv2DTranspose, {"filters": 6, "kernel_size": 3, "strides": 2}, (5, 5, 3)),
-    "conv3d_transpose": (keras.layers.Conv3DTranspose, {"filters": 4, "kernel_size": 2}, (3, 3, 3, 3)),
-    "depthwise1d": (keras.layers.DepthwiseConv1D, {"kernel_size": 3, "depth_multiplier": 2}, (9, 3)),
-    "depthwise2d": (keras.layers.DepthwiseConv2D, {"kernel_size": 3, "depth_multiplier": 2}, (7, 7, 3)),
-    "separable1d": (keras.layers.SeparableConv1D, {"filters": 6, "kernel_size": 3, "depth_multiplier": 2}, (9, 3)),
+    "conv2d_transpose": (
+        keras.layers.Conv2DTranspose,
+        {"filters": 6, "kernel_size": 3, "strides": 2},
+        (5, 5, 3),
+    ),
+    "conv3d_transpose": (
+        keras.layers.Conv3DTranspose,
+        {"filters": 4, "kernel_size": 2},
+        (3, 3, 3, 3),
+    ),
+    "depthwise1d": (
+        keras.layers.DepthwiseConv1D,
+        {"kernel_size": 3, "depth_multiplier": 2},
+        (9, 3),
+    ),
+    "depthwise2d": (
+        keras.layers.DepthwiseConv2D,
+        {"kernel_size": 3, "depth_multiplier": 2},
+        (7, 7, 3),
+    ),
+    "separable1d": (
+        keras.layers.SeparableConv1D,
+        {"filters": 6, "kernel_size": 3, "depth_multiplier": 2},
+        (9, 3),
+    ),
     "separable2d": (keras.layers.SeparableConv2D, {"filters": 6, "kernel_size": 3}, (7, 7, 3)),
 }
 CHANNELS_FIRST = ["conv1d", "conv2d", "conv2d_transpose", "depthwise2d", "separable2d"]
 
 
 def _randomize_batch_norms(model, seed=0):
-    batch_norms = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    batch_norms = [
+        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for index, layer in enumerate(batch_norms):
         randomize_batch_norm(layer, seed + index)  # each its own statistics
 
@@ -67,9 +101,14 @@ def _pair_params():
         shape = (shape[-1], *shape[:-1])
         params.append(
             pytest.param(
-                cls, {**kwargs, "data_format": "channels_first"}, shape, "channels_first",
+                cls,
+                {**kwargs, "data_format": "channels_first"},
+                shape,
+                "channels_first",
                 id=f"{name}_channels_first",
-                marks=pytest.mark.skipif(ON_TENSORFLOW, reason="TensorFlow's CPU convolutions are channels_last only"),
+                marks=pytest.mark.skipif(
+                    ON_TENSORFLOW, reason="TensorFlow's CPU convolutions are channels_last only"
+                ),
             )
         )
     return params
@@ -80,7 +119,12 @@ def _pair_params():
 def test_every_pair_folds_to_the_same_outputs(cls, kwargs, shape, layout, use_bias):
     axis = 1 if layout == "channels_first" else -1
     model = keras.Sequential(
-        [keras.Input(shape), cls(**kwargs, use_bias=use_bias), keras.layers.BatchNormalization(axis=axis), keras.layers.ReLU()]
+        [
+            keras.Input(shape),
+            cls(**kwargs, use_bias=use_bias),
+            keras.layers.BatchNormalization(axis=axis),
+            keras.layers.ReLU(),
+        ]
     )
     _randomize_batch_norms(model)
     x = _inputs(shape)
@@ -110,8 +154,12 @@ def _graph_model():
     """A functional model with foldable and unfoldable batch norms, shared layers and nesting."""
     inputs = keras.Input((8, 8, 3))
     stem = keras.Sequential(
-        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same", name="stem_conv"),
-         keras.layers.BatchNormalization(name="stem_bn"), keras.layers.ReLU()],
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", name="stem_conv"),
+            keras.layers.BatchNormalization(name="stem_bn"),
+            keras.layers.ReLU(),
+        ],
         name="stem",
     )
     x = stem(inputs)
@@ -168,9 +216,13 @@ def test_batch_norm_shared_by_two_convs_folds_into_both():
 
 def test_unfoldable_places_are_kept_with_a_reason():
     model = keras.Sequential(
-        [keras.Input((6, 6, 3)), keras.layers.BatchNormalization(name="at_input"),
-         keras.layers.Conv2D(4, 3, padding="same"), keras.layers.ReLU(),
-         keras.layers.BatchNormalization(name="after_relu")]
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.BatchNormalization(name="at_input"),
+            keras.layers.Conv2D(4, 3, padding="same"),
+            keras.layers.ReLU(),
+            keras.layers.BatchNormalization(name="after_relu"),
+        ]
     )
     _randomize_batch_norms(model)
     with pytest.warns(UserWarning):
@@ -201,8 +253,13 @@ def test_original_model_is_untouched():
 @pytest.mark.integration
 def test_folded_model_saves_and_loads_with_plain_keras(tmp_path):
     model = keras.Sequential(
-        [keras.Input((8, 8, 3)), kreg.Conv2DBatchNorm(4, 3, activation="relu"),
-         kreg.DepthwiseConv2DBatchNorm(3), keras.layers.Flatten(), kreg.DenseBatchNorm(2)]
+        [
+            keras.Input((8, 8, 3)),
+            kreg.Conv2DBatchNorm(4, 3, activation="relu"),
+            kreg.DepthwiseConv2DBatchNorm(3),
+            keras.layers.Flatten(),
+            kreg.DenseBatchNorm(2),
+        ]
     )
     _randomize_batch_norms(model)
     path = tmp_path / "folded.keras"
@@ -267,7 +324,11 @@ def _difference(a, b):
     return float(np.max(np.abs(_numpy(a) - _numpy(b))))
 
 
-@pytest.mark.parametrize("make", [lambda: keras.layers.Dense(6), lambda: keras.layers.Conv2D(6, 3)], ids=["dense", "conv2d"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: keras.layers.Dense(6), lambda: keras.layers.Conv2D(6, 3)],
+    ids=["dense", "conv2d"],
+)
 def test_lora_layers_fold_their_factor_too(make):
     model = keras.Sequential([keras.Input((8, 8, 3)), make(), keras.layers.BatchNormalization()])
     model.layers[0].enable_lora(2)
@@ -283,7 +344,12 @@ def test_lora_layers_fold_their_factor_too(make):
 @pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
 def test_quantized_layers_are_kept_with_fold_before_quantizing(mode):
     model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(6), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3)]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(3),
+        ]
     )
     _randomize_batch_norms(model)
     with warnings.catch_warnings():
@@ -299,7 +365,9 @@ def test_quantized_layers_are_kept_with_fold_before_quantizing(mode):
 
 def test_batch_norm_called_by_keyword_is_applied_once():
     inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.BatchNormalization(name="bn")(inputs=keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    outputs = keras.layers.BatchNormalization(name="bn")(
+        inputs=keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    )
     model = keras.Model(inputs, outputs)
     _randomize_batch_norms(model)
     folded, report = fold_batch_norms(model, return_report=True)
@@ -311,8 +379,12 @@ def test_batch_norm_called_by_keyword_is_applied_once():
 def test_training_true_and_explicit_masks_are_kept_propagated_masks_fold():
     tokens = keras.Input((5,), dtype="int32")
     embedded = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
-    masked = keras.layers.BatchNormalization(name="propagated")(keras.layers.Dense(4, name="dense")(embedded))
-    batch_stats = keras.layers.BatchNormalization(name="training")(keras.layers.Dense(4, name="d2")(embedded), training=True)
+    masked = keras.layers.BatchNormalization(name="propagated")(
+        keras.layers.Dense(4, name="dense")(embedded)
+    )
+    batch_stats = keras.layers.BatchNormalization(name="training")(
+        keras.layers.Dense(4, name="d2")(embedded), training=True
+    )
     own_mask = keras.layers.BatchNormalization(name="own_mask")(
         keras.layers.Dense(4, name="d3")(embedded), mask=keras.ops.ones((1, 5)) > 0
     )
@@ -340,20 +412,31 @@ def test_subclasses_are_never_guessed():
             return super().call(inputs, training=training) + 1.0
 
     model = keras.Sequential(
-        [keras.Input((6, 6, 3)), ScaledConv(4, 3, name="scaled"), keras.layers.BatchNormalization(name="bn"),
-         keras.layers.ReLU(), keras.layers.Conv2D(4, 1, name="conv"), OffsetNorm(name="offset")]
+        [
+            keras.Input((6, 6, 3)),
+            ScaledConv(4, 3, name="scaled"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(4, 1, name="conv"),
+            OffsetNorm(name="offset"),
+        ]
     )
     _randomize_batch_norms(model)
     with pytest.warns(UserWarning):
         folded, report = fold_batch_norms(model, return_report=True)
     reasons = dict(report.skipped)
-    assert "subclasses Conv2D" in reasons["bn"] and "subclasses BatchNormalization" in reasons["offset"]
+    assert (
+        "subclasses Conv2D" in reasons["bn"]
+        and "subclasses BatchNormalization" in reasons["offset"]
+    )
     x = _inputs((6, 6, 3))
     assert _difference(folded(x), model(x)) < 1e-4
 
 
 def test_verify_reports_the_difference():
-    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()]
+    )
     _randomize_batch_norms(model)
     _, report = fold_batch_norms(model, return_report=True)
     assert 0.0 <= report.max_difference < report.tolerance
@@ -376,11 +459,18 @@ def test_verify_catches_a_broken_fold(monkeypatch):
     fold_scale_and_shift = fold_module.fold_scale_and_shift
     monkeypatch.setattr(fold_module, "fold_scale_and_shift", wrong_bias)
     model = keras.Sequential(
-        [keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.BatchNormalization(name="bn"),
-         keras.layers.Conv2D(4, 3, name="good"), keras.layers.BatchNormalization(name="good_bn")]
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Conv2D(4, 3, name="good"),
+            keras.layers.BatchNormalization(name="good_bn"),
+        ]
     )
     _randomize_batch_norms(model)
-    with pytest.raises(kreg.fold.FoldVerificationError, match=r"differ .* by up to .*conv \+ bn") as error:
+    with pytest.raises(
+        kreg.fold.FoldVerificationError, match=r"differ .* by up to .*conv \+ bn"
+    ) as error:
         fold_batch_norms(model)
     assert error.value.max_difference > error.value.tolerance
     assert ("conv", "bn") in error.value.pairs
@@ -393,16 +483,32 @@ def _numpy_batch_norm(bn, x, axis=-1):
     weights = {w.name: _numpy(w).astype("float64") for w in bn.weights}
     shape = [1] * x.ndim
     shape[axis] = -1
-    normalized = (x - weights["moving_mean"].reshape(shape)) / np.sqrt(weights["moving_variance"].reshape(shape) + bn.epsilon)
-    return (normalized * weights["gamma"].reshape(shape) + weights["beta"].reshape(shape)).astype("float32")
+    normalized = (x - weights["moving_mean"].reshape(shape)) / np.sqrt(
+        weights["moving_variance"].reshape(shape) + bn.epsilon
+    )
+    return (normalized * weights["gamma"].reshape(shape) + weights["beta"].reshape(shape)).astype(
+        "float32"
+    )
 
 
 FORWARD = {
     "dense": (keras.layers.Dense, {"units": 5}, (4, 6)),
-    "conv1d_dilated": (keras.layers.Conv1D, {"filters": 5, "kernel_size": 3, "dilation_rate": 2}, (11, 3)),
-    "conv2d_strided": (keras.layers.Conv2D, {"filters": 5, "kernel_size": 3, "strides": 2}, (9, 9, 3)),
+    "conv1d_dilated": (
+        keras.layers.Conv1D,
+        {"filters": 5, "kernel_size": 3, "dilation_rate": 2},
+        (11, 3),
+    ),
+    "conv2d_strided": (
+        keras.layers.Conv2D,
+        {"filters": 5, "kernel_size": 3, "strides": 2},
+        (9, 9, 3),
+    ),
     "conv3d": (keras.layers.Conv3D, {"filters": 2, "kernel_size": 2}, (4, 4, 4, 3)),
-    "depthwise2d": (keras.layers.DepthwiseConv2D, {"kernel_size": 3, "depth_multiplier": 2}, (7, 7, 3)),
+    "depthwise2d": (
+        keras.layers.DepthwiseConv2D,
+        {"kernel_size": 3, "depth_multiplier": 2},
+        (7, 7, 3),
+    ),
     "depthwise1d": (keras.layers.DepthwiseConv1D, {"kernel_size": 3}, (7, 3)),
 }
 
@@ -411,7 +517,13 @@ FORWARD = {
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_forward_fold_matches_numpy_batch_norm_then_layer(name, use_bias):
     cls, kwargs, shape = FORWARD[name]
-    model = keras.Sequential([keras.Input(shape), keras.layers.BatchNormalization(name="bn"), cls(**kwargs, use_bias=use_bias, name="layer")])
+    model = keras.Sequential(
+        [
+            keras.Input(shape),
+            keras.layers.BatchNormalization(name="bn"),
+            cls(**kwargs, use_bias=use_bias, name="layer"),
+        ]
+    )
     _randomize_batch_norms(model)
     folded, report = fold_batch_norms(model, return_report=True)
     assert report.forward_folded == [("bn", "layer")] and not report.folded and not report.skipped
@@ -424,7 +536,11 @@ def test_forward_fold_matches_numpy_batch_norm_then_layer(name, use_bias):
 @pytest.mark.parametrize("padding", ["same", "causal"])
 def test_forward_fold_is_refused_where_zero_padding_makes_it_inexact(padding):
     model = keras.Sequential(
-        [keras.Input((9, 3)), keras.layers.BatchNormalization(name="bn"), keras.layers.Conv1D(4, 3, padding=padding)]
+        [
+            keras.Input((9, 3)),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Conv1D(4, 3, padding=padding),
+        ]
     )
     _randomize_batch_norms(model)
     with pytest.warns(UserWarning, match="zero"):
@@ -439,13 +555,17 @@ def test_both_directions_into_one_layer_and_preactivation_blocks():
     x = keras.layers.Conv2D(4, 3, name="stem")(x)
     x = keras.layers.BatchNormalization(name="stem_out_bn")(x)  # backward into the same conv
     shortcut = x
-    y = keras.layers.ReLU()(keras.layers.BatchNormalization(name="pre_bn")(x))  # pre-activation: BN-ReLU-conv
+    y = keras.layers.ReLU()(
+        keras.layers.BatchNormalization(name="pre_bn")(x)
+    )  # pre-activation: BN-ReLU-conv
     y = keras.layers.Conv2D(4, 3, padding="same", name="block_conv")(y)
     model = keras.Model(inputs, keras.layers.Add()([shortcut, y]))
     _randomize_batch_norms(model)
     with pytest.warns(UserWarning, match="pre_bn"):
         folded, report = fold_batch_norms(model, return_report=True)
-    assert report.forward_folded == [("stem_bn", "stem")] and report.folded == [("stem", "stem_out_bn")]
+    assert report.forward_folded == [("stem_bn", "stem")] and report.folded == [
+        ("stem", "stem_out_bn")
+    ]
     assert [bn for bn, _ in report.skipped] == ["pre_bn"]
     assert "1 into the layer before, 1 into the layer after" in str(report)
     x = _inputs((8, 8, 3))
@@ -501,8 +621,13 @@ def test_verify_is_relative_to_small_outputs(monkeypatch):
 
     monkeypatch.setattr(fold_module, "fold_scale_and_shift", slightly_wrong)
     model = keras.Sequential(
-        [keras.Input((6, 6, 3)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.BatchNormalization(name="bn"),
-         keras.layers.Flatten(), keras.layers.Dense(1000, activation="softmax")]
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(8, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1000, activation="softmax"),
+        ]
     )
     _randomize_batch_norms(model)
     with pytest.raises(kreg.fold.FoldVerificationError, match=r"conv \+ bn"):
@@ -513,8 +638,12 @@ def test_sequential_holding_a_nested_model_keeps_the_weights_of_layers_before_it
     # The nested model is folded while the outer Sequential's list of copies is
     # still being made: the copies before it are not built yet and must still
     # receive their weights once the outer Sequential builds them.
-    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.BatchNormalization()])
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), inner, keras.layers.Dense(3)])
+    inner = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5), keras.layers.BatchNormalization()]
+    )
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6), inner, keras.layers.Dense(3)]
+    )
     _randomize_batch_norms(model)
     folded, report = fold_batch_norms(model, return_report=True, verify=False)
     assert len(report.folded) == 1
@@ -548,7 +677,9 @@ def test_verify_is_relative_to_each_output(monkeypatch):
 
     monkeypatch.setattr(fold_module, "fold_scale_and_shift", slightly_wrong)
     inputs = keras.Input((6, 6, 3))
-    hidden = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(8, 3, name="conv")(inputs))
+    hidden = keras.layers.BatchNormalization(name="bn")(
+        keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    )
     probabilities = keras.layers.Dense(1000, activation="softmax")(keras.layers.Flatten()(hidden))
     amount = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(50.0))(
         keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))

@@ -48,7 +48,11 @@ def _numpy(x):
 def test_keras_hub_resnet_folds_and_lints(task):
     """Their config holds constructor arguments, not layers: the graph is read live."""
     backbone = _resnet_backbone()
-    model = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=3) if task else backbone
+    model = (
+        keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=3)
+        if task
+        else backbone
+    )
     _randomized(model)
     assert "foldable-batch-norm" in {finding.rule for finding in kreg.diagnose(model)}
     folded, report = _fold_quietly(model)
@@ -63,12 +67,17 @@ def test_keras_hub_pre_activation_blocks_keep_their_batch_norms_with_the_reason(
     model = _randomized(_resnet_backbone(pre_activation=True))
     folded, report = _fold_quietly(model)
     reasons = dict(report.skipped)
-    assert "stack0_block0_pre_activation_bn" in reasons and "not a conv or dense layer" in reasons["post_bn"]
+    assert (
+        "stack0_block0_pre_activation_bn" in reasons
+        and "not a conv or dense layer" in reasons["post_bn"]
+    )
     assert report.folded and report.max_difference < report.tolerance
 
 
 def test_folded_keras_hub_model_round_trips_through_keras_file(tmp_path):
-    model = _randomized(keras_hub.models.ResNetImageClassifier(backbone=_resnet_backbone(), num_classes=3))
+    model = _randomized(
+        keras_hub.models.ResNetImageClassifier(backbone=_resnet_backbone(), num_classes=3)
+    )
     folded, _ = _fold_quietly(model)
     folded.save(tmp_path / "folded.keras")
     loaded = keras.saving.load_model(tmp_path / "folded.keras")

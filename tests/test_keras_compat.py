@@ -92,7 +92,9 @@ def test_lambda_copy_calls_the_same_function_with_the_same_output_shape_and_mask
 def test_all_sublayers_reaches_nested_models_and_composite_layers():
     import kreg
 
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner"
+    )
     model = keras.Sequential([keras.Input((4,)), inner, kreg.DenseBatchNorm(2, name="fused")])
     names = {layer.name for layer in _keras_compat.all_sublayers(model)}
     assert {"inner", "inner_dense", "fused"} <= names
@@ -121,12 +123,19 @@ def test_predict_on_data_without_batches_raises_the_error_adapt_catches():
     import tensorflow as tf
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    empty = tf.data.Dataset.from_tensor_slices(np.ones((4, 3), "float32")).filter(lambda x: False).batch(2)
+    empty = (
+        tf.data.Dataset.from_tensor_slices(np.ones((4, 3), "float32"))
+        .filter(lambda x: False)
+        .batch(2)
+    )
     with pytest.raises(_keras_compat.PREDICT_ERROR_WITHOUT_BATCHES):
         model.predict(empty, verbose=0)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="compares with the TensorFlow backend's private check")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="compares with the TensorFlow backend's private check",
+)
 @pytest.mark.parametrize(
     "layer",
     [
@@ -154,11 +163,15 @@ def test_fused_rnn_arguments_match_keras_cudnn_conditions(layer):
         use_bias=layer.cell.use_bias,
     )
     if isinstance(layer, keras.layers.GRU):
-        expected = rnn._do_gru_arguments_support_cudnn(**arguments, reset_after=layer.cell.reset_after)
+        expected = rnn._do_gru_arguments_support_cudnn(
+            **arguments, reset_after=layer.cell.reset_after
+        )
     else:
         expected = rnn._do_lstm_arguments_support_cudnn(**arguments)
     assert _keras_compat.fused_rnn_arguments_ok(layer) == expected
-    assert "cudnn_ok" in inspect.getsource(type(layer).inner_loop) or "use_cudnn" in inspect.getsource(type(layer))
+    assert "cudnn_ok" in inspect.getsource(
+        type(layer).inner_loop
+    ) or "use_cudnn" in inspect.getsource(type(layer))
 
 
 def test_functional_nodes_history_and_arguments():
@@ -183,7 +196,14 @@ def test_functional_nodes_history_and_arguments():
 def test_step_loop_is_the_loop_keras_rnn_runs():
     assert "backend.rnn(" in inspect.getsource(keras.layers.RNN.inner_loop)
     parameters = inspect.signature(_keras_compat._backend.rnn).parameters
-    for name in ("go_backwards", "mask", "unroll", "input_length", "zero_output_for_mask", "return_all_outputs"):
+    for name in (
+        "go_backwards",
+        "mask",
+        "unroll",
+        "input_length",
+        "zero_output_for_mask",
+        "return_all_outputs",
+    ):
         assert name in parameters, f"backend.rnn lost its `{name}` argument"
 
     def cumulative_sum(inputs, states):
@@ -191,7 +211,9 @@ def test_step_loop_is_the_loop_keras_rnn_runs():
         return total, [total]
 
     x = np.ones((2, 3, 1), dtype="float32")
-    last, outputs, states = _keras_compat.step_loop(cumulative_sum, ops.convert_to_tensor(x), [ops.zeros((2, 1))])
+    last, outputs, states = _keras_compat.step_loop(
+        cumulative_sum, ops.convert_to_tensor(x), [ops.zeros((2, 1))]
+    )
     np.testing.assert_allclose(ops.convert_to_numpy(outputs)[0, :, 0], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(ops.convert_to_numpy(last), 3.0)
 
@@ -294,7 +316,9 @@ def test_trainable_values_in_fit_are_each_steps_new_weights():
         on_train_batch_end=lambda batch, logs: seen.append(
             [ops.convert_to_numpy(v).copy() for v in _keras_compat.trainable_values_in_fit(model)]
         ),
-        on_epoch_end=lambda epoch, logs: at_end.append([ops.convert_to_numpy(v).copy() for v in model.trainable_variables]),
+        on_epoch_end=lambda epoch, logs: at_end.append(
+            [ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
+        ),
     )
     x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
     model.fit(x, np.ones((12, 2)), batch_size=4, epochs=1, verbose=0, callbacks=[watcher])

@@ -101,7 +101,9 @@ def test_shuffled_shifted_batches_are_still_adapted_to(trained):
     eata = OnlineAdapter(model, method="eata", **arguments)
     guarded = eata.predict(x, batch_size=32)
     assert eata.few_classes_batches == 0
-    assert any(not np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(source, model.weights))
+    assert any(
+        not np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(source, model.weights)
+    )
     eata.reset()
     # Exactly what eata did before the test existed, one more pass per batch aside.
     unguarded = OnlineAdapter(model, method="eata", label_shift_ratio=None, **arguments)
@@ -113,6 +115,7 @@ def test_distance_is_zero_at_the_stored_statistics_and_grows_with_a_shift():
     layer.build((None, 2))
     layer.moving_mean.assign([1.0, -1.0])
     layer.moving_variance.assign([4.0, 1.0])
+
     def distance(mean, variance):
         return distance_from_stored_statistics(layer, np.array(mean), np.array(variance))
 

@@ -5,9 +5,9 @@ named in a saved file but its own, keras/src/saving/serialization_lib.py)."""
 
 import keras
 import numpy as np
+import pytest
 
 import multi_worker
-import pytest
 
 pytestmark = pytest.mark.integration
 

@@ -49,7 +49,9 @@ def test_flat_graph_opens_nested_models_and_keeps_operations():
     graph = model_graph.flat_graph(_operation_model())
     by_path = {call.path: call for call in graph.calls}
     assert _paths(by_path["conv"].inputs) == [INPUT]
-    assert _paths(by_path["block/inner_conv"].inputs) == [next(p for p in by_path if "relu" in p and "/" not in p)]
+    assert _paths(by_path["block/inner_conv"].inputs) == [
+        next(p for p in by_path if "relu" in p and "/" not in p)
+    ]
     assert _paths(by_path["block/inner_relu"].consumers) == [OUTPUT]
     assert [prefix for prefix, _ in graph.graph_models] == ["", "block/"]
     order = [call.path for call in graph.calls]
@@ -58,10 +60,16 @@ def test_flat_graph_opens_nested_models_and_keeps_operations():
 
 def test_multi_output_nested_model_is_wired_by_output_index():
     inner_in = keras.Input((4,))
-    inner = keras.Model(inner_in, [L.Dense(2, name="first")(inner_in), L.Dense(3, name="second")(inner_in)], name="inner")
+    inner = keras.Model(
+        inner_in,
+        [L.Dense(2, name="first")(inner_in), L.Dense(3, name="second")(inner_in)],
+        name="inner",
+    )
     inputs = keras.Input((4,))
     first, second = inner(inputs)
-    model = keras.Model(inputs, [L.Dense(1, name="after_first")(first), L.Dense(1, name="after_second")(second)])
+    model = keras.Model(
+        inputs, [L.Dense(1, name="after_first")(first), L.Dense(1, name="after_second")(second)]
+    )
     graph = model_graph.flat_graph(model)
     by_path = {call.path: call for call in graph.calls}
     assert _paths(by_path["after_first"].inputs) == ["inner/first"]
@@ -70,17 +78,23 @@ def test_multi_output_nested_model_is_wired_by_output_index():
 
 def test_rebuild_reproduces_the_model():
     model = _operation_model()
-    rebuilt = model_graph.rebuild(model_graph.read_graph(model), lambda call, args, kwargs: call.operation(*args, **kwargs))
+    rebuilt = model_graph.rebuild(
+        model_graph.read_graph(model), lambda call, args, kwargs: call.operation(*args, **kwargs)
+    )
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
     expected, actual = model(x), rebuilt(x)
     assert set(actual) == {"features", "raw"}
     for key in expected:
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(actual[key]), keras.ops.convert_to_numpy(expected[key]))
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(actual[key]), keras.ops.convert_to_numpy(expected[key])
+        )
 
 
 def test_batch_norm_layers_finds_nested_shared_and_fused_ones():
     shared = L.BatchNormalization(name="shared")
-    block = keras.Sequential([keras.Input((4,)), L.Dense(4), L.BatchNormalization(name="nested")], name="block")
+    block = keras.Sequential(
+        [keras.Input((4,)), L.Dense(4), L.BatchNormalization(name="nested")], name="block"
+    )
     inputs = keras.Input((4,))
     h = shared(block(inputs))
     h = shared(kreg.layers.DenseBatchNorm(4, name="fused")(h))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import kreg
-from kreg.monte_carlo import dropout_layers
 from conftest import to_numpy as _numpy
+from kreg.monte_carlo import dropout_layers
 
 
 def _features(n=16, d=4, seed=0):
@@ -38,7 +38,9 @@ def test_dropout_is_on_and_batch_norm_uses_its_moving_statistics():
     result = kreg.mc_predict(model, x, samples=4, seed=0, return_samples=True)
     assert result.samples.shape == (4, 32, 6)
     dropped = result.samples == 0
-    np.testing.assert_allclose(result.samples[~dropped], np.broadcast_to(2 * expected, dropped.shape)[~dropped], rtol=1e-5)
+    np.testing.assert_allclose(
+        result.samples[~dropped], np.broadcast_to(2 * expected, dropped.shape)[~dropped], rtol=1e-5
+    )
     assert 0.3 < dropped.mean() < 0.7
     # The model is unchanged: its own inference is still deterministic and BN's
     # moving statistics did not move.
@@ -63,7 +65,9 @@ def test_statistics_are_those_of_the_samples():
     np.testing.assert_allclose(
         summary.mutual_information, predictive - entropy(samples).mean(axis=0), rtol=1e-3, atol=1e-5
     )
-    assert np.all(summary.mutual_information > 0), "dropout disagreement must show as mutual information"
+    assert np.all(summary.mutual_information > 0), (
+        "dropout disagreement must show as mutual information"
+    )
     assert summary.dropout_layers == [model.layers[2].name]
 
 
@@ -131,10 +135,14 @@ def test_logits_are_turned_into_probabilities():
     logits.set_weights(head.get_weights())
     from_logits = kreg.mc_predict(logits_model, x, samples=6, seed=1, from_logits=True)
     np.testing.assert_allclose(from_logits.mean, probabilities.mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(from_logits.mutual_information, probabilities.mutual_information, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        from_logits.mutual_information, probabilities.mutual_information, rtol=1e-4, atol=1e-6
+    )
 
 
-@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch runs eagerly: nothing is traced")
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="torch runs eagerly: nothing is traced"
+)
 def test_all_samples_of_all_batches_run_in_one_traced_function():
     model = _classifier()
     dropout = model.layers[2]

@@ -31,7 +31,9 @@ def _fails_on_worker_one():
 
 
 def test_two_workers_form_one_cluster_and_all_reduce():
-    results = multi_worker.run_workers(_all_reduce_of_worker_indices, kwargs={"offset": 10}, timeout=240)
+    results = multi_worker.run_workers(
+        _all_reduce_of_worker_indices, kwargs={"offset": 10}, timeout=240
+    )
     assert [r["index"] for r in results] == [0, 1]
     for result in results:
         assert result["workers"] == 2

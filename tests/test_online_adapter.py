@@ -117,7 +117,9 @@ def test_reestimate_holds_the_exact_statistics_of_the_stream_so_far():
     kreg.adapt_batchnorm(reference, np.concatenate(stream), batch_size=16, verbose=0)
     for name in ("bn1", "bn2"):
         for a, b in zip(model.get_layer(name).weights, reference.get_layer(name).weights):
-            np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_eata_learns_nothing_from_a_stream_of_unreliable_predictions():
@@ -143,7 +145,9 @@ def test_the_collapse_guard_fires_on_a_degenerate_stream():
     rng = np.random.default_rng(0)
     one = rng.normal(size=(1, 6, 6, 1))
     stream = [(one + rng.normal(0, 1e-3, (16, 6, 6, 1))).astype("float32") for _ in range(80)]
-    arguments = dict(method="eata", learning_rate=0.5, entropy_factor=1.0, redundancy_threshold=None)
+    arguments = dict(
+        method="eata", learning_rate=0.5, entropy_factor=1.0, redundancy_threshold=None
+    )
     model = _cnn()
     unguarded = OnlineAdapter(model, collapse_factor=0.0, **arguments)
     last = [unguarded.predict_on_batch(x) for x in stream][-1]
@@ -163,7 +167,9 @@ def test_works_with_keras_kreg_and_fused_batch_norms(kind, method):
     if kind == "fused":
         model = _fused_cnn()
     else:
-        model = _cnn(keras.layers.BatchNormalization if kind == "keras" else kreg.AdaptiveBatchNormalization)
+        model = _cnn(
+            keras.layers.BatchNormalization if kind == "keras" else kreg.AdaptiveBatchNormalization
+        )
     source = _weights(model)
     adapter = OnlineAdapter(model, **_arguments(method))
     x = _stream()[0]
@@ -260,8 +266,12 @@ def test_a_snapshot_restores_only_into_its_own_method_and_model():
     source = _weights(model)
     with pytest.raises(ValueError, match="method='tent'.*this adapter's method is 'reestimate'"):
         OnlineAdapter(model, method="reestimate").restore(snapshot)
-    other = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")], name="other")
-    with pytest.raises(ValueError, match="batch norms of the model `.*`, which differ from those of `other`"):
+    other = keras.Sequential(
+        [keras.Input((3,)), keras.layers.BatchNormalization(name="bn")], name="other"
+    )
+    with pytest.raises(
+        ValueError, match="batch norms of the model `.*`, which differ from those of `other`"
+    ):
         OnlineAdapter(other, **_arguments("tent")).restore(snapshot)
     # A model built by the same code has the same batch norm paths and shapes,
     # but the snapshot holds the first model's weights and running state.
@@ -279,12 +289,16 @@ def test_from_logits_is_checked_against_the_last_activation():
     inputs = keras.Input((4,))
     hidden = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
     logits = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="logits")
-    with pytest.raises(ValueError, match="`logits` ends in a linear layer.*Received: from_logits=False"):
+    with pytest.raises(
+        ValueError, match="`logits` ends in a linear layer.*Received: from_logits=False"
+    ):
         OnlineAdapter(logits, method="tent")
     OnlineAdapter(logits, method="tent", from_logits=True)  # consistent: accepted
 
 
-@pytest.mark.parametrize("last", ["ops.softmax", "ops.sigmoid", "Activation", "activations.softmax"])
+@pytest.mark.parametrize(
+    "last", ["ops.softmax", "ops.sigmoid", "Activation", "activations.softmax"]
+)
 def test_from_logits_is_checked_on_a_softmax_activation_layer_or_ops_call(last):
     inputs = keras.Input((4,))
     logits = keras.layers.Dense(3)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs)))
@@ -295,7 +309,9 @@ def test_from_logits_is_checked_on_a_softmax_activation_layer_or_ops_call(last):
         "activations.softmax": lambda: keras.activations.softmax(logits),
     }[last]()
     model = keras.Model(inputs, outputs, name="probabilities")
-    with pytest.raises(ValueError, match="`probabilities` ends in a softmax or sigmoid.*from_logits=True"):
+    with pytest.raises(
+        ValueError, match="`probabilities` ends in a softmax or sigmoid.*from_logits=True"
+    ):
         OnlineAdapter(model, method="tent", from_logits=True)
     OnlineAdapter(model, method="tent")  # consistent: accepted
 
@@ -335,10 +351,16 @@ def test_reestimate_pools_single_samples_exactly():
     dense = model.layers[1]  # the Dense layer before bn1 (layers[0] is the input)
     first_inputs = ops.convert_to_numpy(dense(x))
     np.testing.assert_allclose(
-        ops.convert_to_numpy(model.get_layer("bn1").moving_mean), first_inputs.mean(axis=0), rtol=1e-4, atol=1e-5
+        ops.convert_to_numpy(model.get_layer("bn1").moving_mean),
+        first_inputs.mean(axis=0),
+        rtol=1e-4,
+        atol=1e-5,
     )
     np.testing.assert_allclose(
-        ops.convert_to_numpy(model.get_layer("bn1").moving_variance), first_inputs.var(axis=0), rtol=1e-4, atol=1e-5
+        ops.convert_to_numpy(model.get_layer("bn1").moving_variance),
+        first_inputs.var(axis=0),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 

@@ -90,7 +90,13 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
     """
 
     def __init__(
-        self, space=None, learning_rate=1e-3, seed=None, name=None, tunable=True, precise_batch_norm=True
+        self,
+        space=None,
+        learning_rate=1e-3,
+        seed=None,
+        name=None,
+        tunable=True,
+        precise_batch_norm=True,
     ):
         super().__init__(name=name, tunable=tunable)
         if space is not None and not isinstance(space, RegularizationSpace):
@@ -175,7 +181,10 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
                     "weight decay or label smoothing: call compile_model(model, hp). "
                     "Received: hp=None"
                 )
-            optimizer, loss = keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy"
+            optimizer, loss = (
+                keras.optimizers.Adam(self.learning_rate),
+                "sparse_categorical_crossentropy",
+            )
         else:
             optimizer, loss = space.optimizer(hp, self.learning_rate), space.loss(hp)
         if space.weight_decay_method == "l2" and not model.losses:
@@ -280,7 +289,11 @@ class CNNHyperModel(RegularizedHyperModel):
         if space is None:
             space = _default_space(self.filters, "batch", convolutions=len(self.filters))
         super().__init__(
-            space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable,
+            space=space,
+            learning_rate=learning_rate,
+            seed=seed,
+            name=name,
+            tunable=tunable,
             precise_batch_norm=precise_batch_norm,
         )
         self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
@@ -297,7 +310,10 @@ class CNNHyperModel(RegularizedHyperModel):
         for block, filters in enumerate(() if self.residual else self.filters):
             norm = self.space.norm(hp, channels=filters)
             conv = keras.layers.Conv2D(
-                filters, 3, padding="same", use_bias=not _cancels_bias(norm),
+                filters,
+                3,
+                padding="same",
+                use_bias=not _cancels_bias(norm),
                 kernel_regularizer=self.space.kernel_regularizer(hp),
             )
             x = norm(conv(x))
@@ -306,18 +322,25 @@ class CNNHyperModel(RegularizedHyperModel):
             x = self.space.dropout(hp, "early_conv" if block < early_blocks else "late_conv")(x)
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(
-            self.dense_units, activation="relu", kernel_regularizer=self.space.kernel_regularizer(hp)
+            self.dense_units,
+            activation="relu",
+            kernel_regularizer=self.space.kernel_regularizer(hp),
         )(x)
         x = self.space.dropout(hp, "dense")(x)
         outputs = keras.layers.Dense(
-            self.num_classes, activation="softmax", kernel_regularizer=self.space.kernel_regularizer(hp)
+            self.num_classes,
+            activation="softmax",
+            kernel_regularizer=self.space.kernel_regularizer(hp),
         )(x)
         return self.compile_model(keras.Model(inputs, outputs, name="kreg_cnn"), hp)
 
     def _conv_norm(self, hp, x, filters, kernel_size=3):
         norm = self.space.norm(hp, channels=filters)
         conv = keras.layers.Conv2D(
-            filters, kernel_size, padding="same", use_bias=not _cancels_bias(norm),
+            filters,
+            kernel_size,
+            padding="same",
+            use_bias=not _cancels_bias(norm),
             kernel_regularizer=self.space.kernel_regularizer(hp),
         )
         return norm(conv(x))
@@ -328,7 +351,9 @@ class CNNHyperModel(RegularizedHyperModel):
         for block, filters in enumerate(self.filters):
             branch = keras.layers.ReLU()(self._conv_norm(hp, x, filters))
             branch = self._conv_norm(hp, branch, filters)
-            shortcut = x if x.shape[-1] == filters else self._conv_norm(hp, x, filters, kernel_size=1)
+            shortcut = (
+                x if x.shape[-1] == filters else self._conv_norm(hp, x, filters, kernel_size=1)
+            )
             x = StochasticDepth(rates[block])([shortcut, branch])
             x = keras.layers.MaxPooling2D()(keras.layers.ReLU()(x))
             size //= 2
@@ -407,7 +432,11 @@ class RecurrentHyperModel(RegularizedHyperModel):
         if space is None:
             space = _default_space((self.input_shape[-1],), "layer")
         super().__init__(
-            space=space, learning_rate=learning_rate, seed=seed, name=name, tunable=tunable,
+            space=space,
+            learning_rate=learning_rate,
+            seed=seed,
+            name=name,
+            tunable=tunable,
             precise_batch_norm=precise_batch_norm,
         )
         self.num_classes = check_at_least("num_classes", num_classes, integer=True, minimum=2)
@@ -420,14 +449,19 @@ class RecurrentHyperModel(RegularizedHyperModel):
         for index, units in enumerate(self.units):
             x = self.space.dropout(hp, "recurrent")(x)
             x = layer(
-                units, return_sequences=index < len(self.units) - 1,
+                units,
+                return_sequences=index < len(self.units) - 1,
                 kernel_regularizer=self.space.kernel_regularizer(hp),
             )(x)
         x = keras.layers.Dense(
-            self.dense_units, activation="relu", kernel_regularizer=self.space.kernel_regularizer(hp)
+            self.dense_units,
+            activation="relu",
+            kernel_regularizer=self.space.kernel_regularizer(hp),
         )(x)
         x = self.space.dropout(hp, "dense")(x)
         outputs = keras.layers.Dense(
-            self.num_classes, activation="softmax", kernel_regularizer=self.space.kernel_regularizer(hp)
+            self.num_classes,
+            activation="softmax",
+            kernel_regularizer=self.space.kernel_regularizer(hp),
         )(x)
         return self.compile_model(keras.Model(inputs, outputs, name="kreg_rnn"), hp)

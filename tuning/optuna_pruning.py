@@ -7,8 +7,8 @@ import keras
 
 from kreg._extras import require
 from kreg._validation import check_choice
-from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.monitoring import monitor_direction
+from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.tuning.pruning import StopTrial
 from kreg.tuning.pruning import TrialPruningDetector
 
@@ -60,8 +60,12 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         prune_on = detector_kwargs.pop("prune_on", (OVERFITTING,))
         objective_patience = detector_kwargs.pop("objective_patience", None)
         self.detector = TrialPruningDetector(
-            prune_on, monitor, mode, objective_patience,
-            action=_EndOptunaTrial(self, prune_on), **detector_kwargs,
+            prune_on,
+            monitor,
+            mode,
+            objective_patience,
+            action=_EndOptunaTrial(self, prune_on),
+            **detector_kwargs,
         )
         # The study is the record of the best (every worker's, through RDB storage).
         self.detector.search.set_by_tuner = True
@@ -144,7 +148,8 @@ class OptunaPruningCallback(keras.callbacks.Callback):
         value = float(keras.ops.convert_to_numpy(value))
         self._reported = True
         if math.isfinite(value) and (
-            self.best is None or (value > self.best if self.direction == "maximize" else value < self.best)
+            self.best is None
+            or (value > self.best if self.direction == "maximize" else value < self.best)
         ):
             self.best = value
         self.trial.report(value, step=epoch)
@@ -270,7 +275,10 @@ def optuna_pruning_callback(
             f"callback. Received: directions={[d.name.lower() for d in directions]}"
         )
     detector_kwargs = dict(detector_kwargs or {})
-    for name, why in (("action", "sets the detector's action itself"), ("objective", "judges `monitor`")):
+    for name, why in (
+        ("action", "sets the detector's action itself"),
+        ("objective", "judges `monitor`"),
+    ):
         if name in detector_kwargs:
             raise ValueError(
                 f"Invalid value received for argument `detector_kwargs`. The callback {why}. "

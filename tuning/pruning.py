@@ -6,8 +6,6 @@ import keras
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_seed
-from kreg.tuning.precise_statistics import precise_batch_norm_callback
-from kreg.tuning.search_engine import fatal_value_error
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks.monitoring import MODES
 from kreg.callbacks.monitoring import monitor_direction
@@ -16,6 +14,8 @@ from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.callbacks.overfitting_detector import SATURATED
 from kreg.callbacks.overfitting_detector import UNDERFITTING
+from kreg.tuning.precise_statistics import precise_batch_norm_callback
+from kreg.tuning.search_engine import fatal_value_error
 
 PRUNABLE_STATES = (OVERFITTING, SATURATED, UNDERFITTING)
 
@@ -71,7 +71,11 @@ class SearchBest:
 
     def update(self, value):
         # A diverged (NaN) trial sets no best: NaN compares false with everything.
-        if value is not None and math.isfinite(value) and (self.value is None or value < self.value):
+        if (
+            value is not None
+            and math.isfinite(value)
+            and (self.value is None or value < self.value)
+        ):
             self.value = value
 
     def __deepcopy__(self, memo):
@@ -104,19 +108,32 @@ class TrialPruningDetector(OverfittingDetector):
     `pruning_detector`.
     """
 
-    def __init__(self, prune_on, objective, objective_mode, objective_patience, action=None, **detector_kwargs):
+    def __init__(
+        self,
+        prune_on,
+        objective,
+        objective_mode,
+        objective_patience,
+        action=None,
+        **detector_kwargs,
+    ):
         # Before the detector's own set-up, whose `reset()` starts the trial's record.
         self.search = SearchBest()
         # `action`: a `StopTrial` (the default, built from `prune_on`) or a subclass
         # that ends a trial its own way (kreg.tuning.optuna_pruning_callback).
-        super().__init__(action=StopTrial(prune_on) if action is None else action, **detector_kwargs)
+        super().__init__(
+            action=StopTrial(prune_on) if action is None else action, **detector_kwargs
+        )
         self.objective = objective
         # "auto": the direction the compiled metric declares, read at the first
         # epoch that logs the objective (kreg.callbacks.monitoring).
         self.objective_mode = check_choice("objective_mode", objective_mode, MODES)
         self.objective_patience = (
-            2 * self.patience if objective_patience is None
-            else int(check_at_least("objective_patience", objective_patience, integer=True, minimum=1))
+            2 * self.patience
+            if objective_patience is None
+            else int(
+                check_at_least("objective_patience", objective_patience, integer=True, minimum=1)
+            )
         )
 
     def reset(self):
@@ -174,7 +191,9 @@ class TrialPruningDetector(OverfittingDetector):
             )
         if epoch >= self.start_from_epoch and self.objective in logs:
             if self._objective_direction is None:
-                self._objective_direction = monitor_direction(self.model, self.objective, self.objective_mode)
+                self._objective_direction = monitor_direction(
+                    self.model, self.objective, self.objective_mode
+                )
             sign = -1.0 if self._objective_direction == "max" else 1.0
             value = sign * monitored_scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
@@ -194,7 +213,9 @@ class TrialPruningDetector(OverfittingDetector):
     def get_config(self):
         config = {key: value for key, value in self._detector_config().items() if key != "action"}
         if type(self.action) is not StopTrial:
-            raise TypeError(f"A TrialPruningDetector ending trials with {self.action!r} cannot be serialized.")
+            raise TypeError(
+                f"A TrialPruningDetector ending trials with {self.action!r} cannot be serialized."
+            )
         return {
             **config,
             "prune_on": list(self.action.prune_on),
@@ -220,7 +241,9 @@ def _objective_name_and_mode(objective, default):
     return name, direction
 
 
-def pruning_detector(prune_on=(SATURATED,), objective=None, objective_patience=None, **detector_kwargs):
+def pruning_detector(
+    prune_on=(SATURATED,), objective=None, objective_patience=None, **detector_kwargs
+):
     """An `OverfittingDetector` that ends a trial once it cannot reach the search's best.
 
     Pass it in `callbacks=` to any tuner's `search`: keras-tuner deep-copies it
@@ -381,7 +404,9 @@ class OverfittingPruning:
             precise = precise_batch_norm_callback(args, kwargs, callbacks)
         # keras-tuner deep-copies the callbacks for each execution; copying here
         # too keeps the template untouched whatever the tuner does.
-        kwargs["callbacks"] = ([precise] if precise else []) + callbacks + [copy.deepcopy(self.detector)]
+        kwargs["callbacks"] = (
+            ([precise] if precise else []) + callbacks + [copy.deepcopy(self.detector)]
+        )
         self.trial_epochs.setdefault(trial.trial_id, 0)
         if self.detector.search.set_by_tuner:
             self.detector.search.value = self.reference_for(trial)
@@ -401,7 +426,12 @@ class OverfittingPruning:
         # worker's too; none yet: the trial leads. Without a completed trial the
         # oracle's "best" is any other (running, or failed with a NaN score).
         best = self.oracle.get_best_trials(1)
-        if not best or best[0].status != "COMPLETED" or best[0].score is None or not math.isfinite(best[0].score):
+        if (
+            not best
+            or best[0].status != "COMPLETED"
+            or best[0].score is None
+            or not math.isfinite(best[0].score)
+        ):
             return None
         # The search's best is read only for the oracle's own objective (`set_by_tuner`).
         return (-1.0 if self.oracle.objective.direction == "max" else 1.0) * best[0].score

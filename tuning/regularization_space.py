@@ -59,7 +59,6 @@ DROPBLOCK_BLOCK_SIZES = (3, 5, 7)
 WEIGHT_AVERAGING = ("none", "ema", "swa")
 
 
-
 def _check_kwargs(name, kwargs, allowed):
     """A dict of constructor arguments whose keys are all among `allowed` (`axis`
     excluded: `norm(hp, axis=...)` sets it)."""
@@ -250,9 +249,13 @@ class RegularizationSpace:
                     f"(0, 1) or None. Received: step={step!r}"
                 )
         self.step = step
-        self.batch_norm_kwargs = _check_kwargs("batch_norm_kwargs", batch_norm_kwargs, BATCH_NORM_ARGUMENTS)
+        self.batch_norm_kwargs = _check_kwargs(
+            "batch_norm_kwargs", batch_norm_kwargs, BATCH_NORM_ARGUMENTS
+        )
         self.adaptive_batch_kwargs = _check_kwargs(
-            "adaptive_batch_kwargs", adaptive_batch_kwargs, tuple(BATCH_NORM_ARGUMENTS) + ADAPTIVE_BATCH_ARGUMENTS
+            "adaptive_batch_kwargs",
+            adaptive_batch_kwargs,
+            tuple(BATCH_NORM_ARGUMENTS) + ADAPTIVE_BATCH_ARGUMENTS,
         )
 
         if weight_decay is not None:
@@ -368,7 +371,9 @@ class RegularizationSpace:
             size to the feature map where it is smaller.
         """
         rate = self._float(hp, "dropblock_rate", *DROPBLOCK_RATE_RANGE)
-        block_size = as_hyperparameters(hp).Choice("dropblock_block_size", list(DROPBLOCK_BLOCK_SIZES), default=5)
+        block_size = as_hyperparameters(hp).Choice(
+            "dropblock_block_size", list(DROPBLOCK_BLOCK_SIZES), default=5
+        )
         return rate, int(block_size)
 
     # -- normalization ---------------------------------------------------------
@@ -414,7 +419,9 @@ class RegularizationSpace:
                 if len(self.groups) == 1:
                     groups = hp.Fixed(f"{hp_name}_groups", self.groups[0])
                 else:
-                    groups = hp.Choice(f"{hp_name}_groups", list(self.groups), default=self.groups[0])
+                    groups = hp.Choice(
+                        f"{hp_name}_groups", list(self.groups), default=self.groups[0]
+                    )
         if norm != "group":
             return norm, None
         if channels is not None and channels % groups:
@@ -557,7 +564,9 @@ class RegularizationSpace:
         """
         from kreg.callbacks import WeightAveraging
 
-        method = as_hyperparameters(hp).Choice("weight_averaging", list(WEIGHT_AVERAGING), default="none")
+        method = as_hyperparameters(hp).Choice(
+            "weight_averaging", list(WEIGHT_AVERAGING), default="none"
+        )
         if method == "none":
             return []
         return [WeightAveraging(method, bn_data=bn_data, **kwargs)]
@@ -591,7 +600,9 @@ class RegularizationSpace:
             words.append(f"stochastic depth up to {values['stochastic_depth_rate']:.2f}")
         if "dropblock_rate" in values:
             block = values.get("dropblock_block_size")
-            words.append(f"DropBlock {values['dropblock_rate']:.2f}" + (f" (block {block})" if block else ""))
+            words.append(
+                f"DropBlock {values['dropblock_rate']:.2f}" + (f" (block {block})" if block else "")
+            )
         if "weight_decay" in values:
             label = WEIGHT_DECAY_WORDS.get(self.weight_decay_method, "weight decay")
             words.append(f"{label} {values['weight_decay']:.1e}")
@@ -611,7 +622,9 @@ class RegularizationSpace:
             "adaptive_batch_kwargs": dict(self.adaptive_batch_kwargs),
             "batch_norm_kwargs": dict(self.batch_norm_kwargs),
             "weight_decay": self.weight_decay_method,
-            "weight_decay_range": None if self.weight_decay_range is None else list(self.weight_decay_range),
+            "weight_decay_range": None
+            if self.weight_decay_range is None
+            else list(self.weight_decay_range),
             "label_smoothing": (
                 False if self.label_smoothing_range is None else list(self.label_smoothing_range)
             ),

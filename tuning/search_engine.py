@@ -37,7 +37,9 @@ class OptunaHyperParameters:
         if self._inactive_scopes:
             return None
         log = sampling == "log"
-        return self.trial.suggest_float(name, min_value, max_value, step=None if log else step, log=log)
+        return self.trial.suggest_float(
+            name, min_value, max_value, step=None if log else step, log=log
+        )
 
     def Choice(self, name, values, default=None):
         if self._inactive_scopes:

@@ -37,7 +37,9 @@ def public_names(module):
     `__all__ += submodule.__all__` (kreg re-exports `kreg.layers.__all__` so)."""
     names = None
     for node in _tree(module).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "__all__" for t in node.targets
+        ):
             names = [element.value for element in node.value.elts]
         elif (
             isinstance(node, ast.AugAssign)
@@ -83,7 +85,9 @@ def on_config(config):
     for module, source in SOURCES.items():
         if module == "kreg" or not source.startswith("kreg/"):
             target = INSTALLED_LAYOUT.joinpath(*module.split("."))
-            shutil.copytree(REPOSITORY / pathlib.Path(source).parent, target, ignore=ignore, dirs_exist_ok=True)
+            shutil.copytree(
+                REPOSITORY / pathlib.Path(source).parent, target, ignore=ignore, dirs_exist_ok=True
+            )
     return config
 
 

@@ -14,7 +14,9 @@ import re
 import griffe
 
 _EXAMPLE = re.compile(r"^Example:\n((?:\n|(?!\S+:\n).*\n?)*)", re.MULTILINE)
-_SECTION_TITLE = re.compile(r"^(Args|Call arguments|Returns|Raises|Reference|References|Example|Examples|Attributes):$")
+_SECTION_TITLE = re.compile(
+    r"^(Args|Call arguments|Returns|Raises|Reference|References|Example|Examples|Attributes):$"
+)
 
 
 def _indent_example(match):
@@ -26,14 +28,16 @@ def _indent_example(match):
         if _SECTION_TITLE.match(line):
             break
         kept.append(line)
-    rest = "\n".join(lines[len(kept):])
+    rest = "\n".join(lines[len(kept) :])
     indented = "\n".join(("    " + line) if line.strip() else line for line in kept)
     return "Examples:\n" + indented + ("\n" + rest if rest else "")
 
 
 def _join_argument_lists(text):
     """`a, b,\\n    c: description` -> `a, b, c: description` inside Args."""
-    return re.sub(r"^(\s+)((?:\w+, )+\w*,?)\n\1((?:\w+, |\w+,\n\1)*\w+:)", _joined, text, flags=re.MULTILINE)
+    return re.sub(
+        r"^(\s+)((?:\w+, )+\w*,?)\n\1((?:\w+, |\w+,\n\1)*\w+:)", _joined, text, flags=re.MULTILINE
+    )
 
 
 def _joined(match):

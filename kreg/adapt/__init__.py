@@ -15,12 +15,12 @@ diagnose share.
 
 from kreg.adapt.adaptation import METHODS
 from kreg.adapt.adaptation import adapt_batchnorm
-from kreg.model_graph import batch_norm_layers
 from kreg.adapt.online_adapter import AdapterSnapshot
 from kreg.adapt.online_adapter import OnlineAdapter
 from kreg.adapt.report import AdaptationReport
 from kreg.adapt.report import LayerChange
 from kreg.adapt.test_time_mode import set_test_time_mode
+from kreg.model_graph import batch_norm_layers
 
 __all__ = [
     "METHODS",

@@ -8,7 +8,6 @@ from keras import ops
 
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
-from kreg.model_graph import batch_norm_layers
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import minimize_selected_entropy
 from kreg.adapt.entropy import check_from_logits
@@ -19,6 +18,7 @@ from kreg.adapt.reestimation import is_empty
 from kreg.adapt.reestimation import no_data_error
 from kreg.adapt.report import AdaptationReport
 from kreg.adapt.report import LayerChange
+from kreg.model_graph import batch_norm_layers
 
 METHODS = ("reestimate", "tent", "eata")
 
@@ -185,7 +185,9 @@ def plan_adaptation(model, data, method, predict_options, entropy_options, eata_
         )
     if is_empty(data):
         raise no_data_error()
-    return AdaptationPlan(model, layers, method, data, predict_options, epochs, learning_rate, from_logits, selection)
+    return AdaptationPlan(
+        model, layers, method, data, predict_options, epochs, learning_rate, from_logits, selection
+    )
 
 
 def run_adaptation_pass(plan):
@@ -200,10 +202,19 @@ def run_adaptation_pass(plan):
     resets = 0
     try:
         if plan.method == "tent":
-            minimize_entropy(model, layers, data, plan.epochs, plan.learning_rate, plan.from_logits, options)
+            minimize_entropy(
+                model, layers, data, plan.epochs, plan.learning_rate, plan.from_logits, options
+            )
         elif plan.method == "eata":
             resets = minimize_selected_entropy(
-                model, layers, data, plan.epochs, plan.learning_rate, plan.from_logits, options, plan.selection
+                model,
+                layers,
+                data,
+                plan.epochs,
+                plan.learning_rate,
+                plan.from_logits,
+                options,
+                plan.selection,
             )
         statistics, samples = collect_statistics(model, layers, data, options)
     except BaseException:
@@ -217,14 +228,18 @@ def commit_adaptation(plan, statistics, samples, resets):
     """Writes the statistics into the batch norms; returns the `AdaptationReport`."""
     changes = []
     for layer, (mean, variance, _) in zip(plan.layers, statistics):
-        old_mean, old_variance = (ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance))
+        old_mean, old_variance = (
+            ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance)
+        )
         assign_statistics(layer, mean, variance)
         old_std = np.sqrt(old_variance + layer.epsilon)
         changes.append(
             LayerChange(
                 name=layer.path,
                 mean_shift=float(np.mean(np.abs(mean - old_mean) / old_std)),
-                variance_ratio=float(np.mean((variance + layer.epsilon) / (old_variance + layer.epsilon))),
+                variance_ratio=float(
+                    np.mean((variance + layer.epsilon) / (old_variance + layer.epsilon))
+                ),
             )
         )
     return AdaptationReport(

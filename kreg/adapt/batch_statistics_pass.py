@@ -46,7 +46,10 @@ def _normalize_with_batch_statistics(layer, inputs, mask, synchronized, stored_w
         # All replicas normalize with the global batch's statistics, so the layers
         # after this one see what they would see on one device.
         norm_mean, norm_variance, norm_count = batch_moments(inputs, layer.axis, synchronized=True)
-    stored = (ops.cast(layer.moving_mean, inputs.dtype), ops.cast(layer.moving_variance, inputs.dtype))
+    stored = (
+        ops.cast(layer.moving_mean, inputs.dtype),
+        ops.cast(layer.moving_variance, inputs.dtype),
+    )
     # A batch with one value per channel (one sample after a dense layer) has no
     # variance: it normalizes with the stored statistics, as
     # AdaptiveBatchNormalization does, so that the layers after it see inputs
@@ -80,7 +83,9 @@ def batch_statistics_used(model, layers, recorder=None, stored_weight=0.0):
 
     def batch_statistics_call(layer):
         def call(inputs, training=None, mask=None):
-            outputs, moments = _normalize_with_batch_statistics(layer, inputs, mask, synchronized, stored_weight)
+            outputs, moments = _normalize_with_batch_statistics(
+                layer, inputs, mask, synchronized, stored_weight
+            )
             if recorder is not None and recorder.calls is not None:
                 recorder.calls.append((layer, moments))
             return outputs
@@ -105,5 +110,3 @@ def batch_statistics_used(model, layers, recorder=None, stored_weight=0.0):
         for fused in fused_layers:
             stack.enter_context(_keras_compat.call_replaced(fused, unfolded_call(fused)))
         yield
-
-

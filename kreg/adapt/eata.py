@@ -129,7 +129,9 @@ class AffineStepper:
     EATA), every other weight frozen for the duration of each call only.
     """
 
-    def __init__(self, model, layers, learning_rate, from_logits, method, train=True, stored_weight=0.0):
+    def __init__(
+        self, model, layers, learning_rate, from_logits, method, train=True, stored_weight=0.0
+    ):
         self.model, self.layers, self.method, self.from_logits = model, layers, method, from_logits
         self.train = train  # False: forward passes only (prediction-time BN)
         self.stored_weight = stored_weight  # of the stored statistics in each normalization
@@ -145,8 +147,12 @@ class AffineStepper:
     def _adapting(self):
         with contextlib.ExitStack() as stack:
             if self.train:
-                stack.enter_context(only_batch_norm_affine_trainable(self.model, self.layers, self.method))
-            stack.enter_context(batch_statistics_used(self.model, self.layers, stored_weight=self.stored_weight))
+                stack.enter_context(
+                    only_batch_norm_affine_trainable(self.model, self.layers, self.method)
+                )
+            stack.enter_context(
+                batch_statistics_used(self.model, self.layers, stored_weight=self.stored_weight)
+            )
             stack.enter_context(strategy_scope(self.model))
             yield
 
@@ -169,7 +175,9 @@ class AffineStepper:
             variable.assign(value)
 
 
-def minimize_selected_entropy(model, layers, data, epochs, learning_rate, from_logits, predict_options, selection):
+def minimize_selected_entropy(
+    model, layers, data, epochs, learning_rate, from_logits, predict_options, selection
+):
     """EATA over `data`, `epochs` times, batch by batch; returns the number of collapse resets.
 
     On a collapse the scale and shift go back to their values before adaptation
@@ -180,7 +188,9 @@ def minimize_selected_entropy(model, layers, data, epochs, learning_rate, from_l
     source = [ops.convert_to_numpy(v).copy() for v in affine]
     resets = 0
     for _ in range(epochs):
-        for x in _keras_compat.numpy_batches(data, predict_options["batch_size"], predict_options["steps"]):
+        for x in _keras_compat.numpy_batches(
+            data, predict_options["batch_size"], predict_options["steps"]
+        ):
             _, probabilities = stepper.predict(x)
             weights, entropy = selection.weights(probabilities)
             if weights.any():

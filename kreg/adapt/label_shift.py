@@ -60,7 +60,10 @@ def few_classes_batch(layers, batch_statistics, ratio):
         batch_statistics: `[(mean, variance, count)]` of the batch, one per layer.
         ratio: the threshold on `first distance / last distance`.
     """
-    (first_mean, first_variance, _), (last_mean, last_variance, _) = batch_statistics[0], batch_statistics[-1]
+    (first_mean, first_variance, _), (last_mean, last_variance, _) = (
+        batch_statistics[0],
+        batch_statistics[-1],
+    )
     first = distance_from_stored_statistics(layers[0], first_mean, first_variance)
     last = distance_from_stored_statistics(layers[-1], last_mean, last_variance)
     return first < min(ratio * last, SOURCE_LIKE_DISTANCE)

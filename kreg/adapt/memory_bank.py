@@ -72,7 +72,9 @@ class MemoryBank:
         return sum(len(items) for items in self.items)
 
     def _score(self, age, entropy):
-        return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / math.log(max(self.classes, 2))
+        return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / math.log(
+            max(self.classes, 2)
+        )
 
     def add(self, samples, predicted, entropies):
         """Adds each sample (a structure of arrays without the batch axis) with its
@@ -90,13 +92,17 @@ class MemoryBank:
                 return True
             most = max(len(items) for items in self.items)
             if len(self.items[label]) < most:
-                return self._remove_worst([c for c, items in enumerate(self.items) if len(items) == most], new_score)
+                return self._remove_worst(
+                    [c for c, items in enumerate(self.items) if len(items) == most], new_score
+                )
             return self._remove_worst([label], new_score)
         if len(self.items[label]) < self.per_class:
             if len(self) < self.capacity:
                 return True
             most = max(len(items) for items in self.items)
-            return self._remove_worst([c for c, items in enumerate(self.items) if len(items) == most], new_score)
+            return self._remove_worst(
+                [c for c, items in enumerate(self.items) if len(items) == most], new_score
+            )
         return self._remove_worst([label], new_score)
 
     def _remove_worst(self, classes, new_score):
@@ -117,4 +123,6 @@ class MemoryBank:
         """`(samples, ages)`: the samples held, in class order, and their ages in
         units of `capacity` (the samples added since each, divided by `capacity`)."""
         held = [item for items in self.items for item in items]
-        return [item[0] for item in held], np.array([item[2] for item in held], np.float64) / self.capacity
+        return [item[0] for item in held], np.array(
+            [item[2] for item in held], np.float64
+        ) / self.capacity

@@ -18,11 +18,11 @@ from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.entropy import check_from_logits
 from kreg.adapt.label_shift import few_classes_batch
-from kreg.adapt.reestimation import pool_statistics
-from kreg.adapt.robust import RobustAdaptation
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
+from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.model_graph import batch_norm_layers
 
@@ -226,7 +226,9 @@ class OnlineAdapter:
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
-        self.label_shift_ratio = check_positive("label_shift_ratio", label_shift_ratio, optional=True)
+        self.label_shift_ratio = check_positive(
+            "label_shift_ratio", label_shift_ratio, optional=True
+        )
         self.selection = SampleSelection(entropy_factor, redundancy_threshold, collapse_factor)
         self.model = model
         self.layers = batch_norm_layers(model)
@@ -256,15 +258,24 @@ class OnlineAdapter:
                 self.memory_fill,
             )
         if method in ("batch", "tent", "eata"):
-            self._stepper = AffineStepper(model, self.layers, learning_rate, from_logits, method, train=method != "batch")
+            self._stepper = AffineStepper(
+                model, self.layers, learning_rate, from_logits, method, train=method != "batch"
+            )
         self._source = self.snapshot()
 
     def _weights(self):
-        return {layer.path: [ops.convert_to_numpy(w).copy() for w in layer.weights] for layer in self.layers}
+        return {
+            layer.path: [ops.convert_to_numpy(w).copy() for w in layer.weights]
+            for layer in self.layers
+        }
 
     def snapshot(self):
         """Every batch norm's weights and the adapter's running state, as an `AdapterSnapshot`."""
-        optimizer = self._stepper.optimizer_state() if self._stepper is not None and self._stepper.train else None
+        optimizer = (
+            self._stepper.optimizer_state()
+            if self._stepper is not None and self._stepper.train
+            else None
+        )
         robust = self._robust.state() if self._robust is not None else None
         state = (
             self.selection.state(),
@@ -275,7 +286,11 @@ class OnlineAdapter:
             robust,
         )
         return AdapterSnapshot(
-            method=self.method, model=self.model.name, weights=self._weights(), state=state, model_id=id(self.model)
+            method=self.method,
+            model=self.model.name,
+            weights=self._weights(),
+            state=state,
+            model_id=id(self.model),
         )
 
     def restore(self, snapshot):
@@ -297,7 +312,8 @@ class OnlineAdapter:
             )
         current = self._weights()
         if current.keys() != snapshot.weights.keys() or any(
-            [w.shape for w in current[path]] != [w.shape for w in snapshot.weights[path]] for path in current
+            [w.shape for w in current[path]] != [w.shape for w in snapshot.weights[path]]
+            for path in current
         ):
             raise ValueError(
                 f"Invalid value received for argument `snapshot`: it holds the batch norms "
@@ -314,7 +330,14 @@ class OnlineAdapter:
         for layer in self.layers:
             for variable, value in zip(layer.weights, snapshot.weights[layer.path]):
                 variable.assign(value)
-        selection, optimizer, self._accumulated, self.collapse_resets, self.few_classes_batches, robust = snapshot.state
+        (
+            selection,
+            optimizer,
+            self._accumulated,
+            self.collapse_resets,
+            self.few_classes_batches,
+            robust,
+        ) = snapshot.state
         self.selection.set_state(selection)
         if robust is not None:
             self._robust.set_state(robust)
@@ -349,7 +372,9 @@ class OnlineAdapter:
         """
         if self.reset_mode == "stream":
             self.reset()
-        outputs = [self.predict_on_batch(x) for x in _keras_compat.numpy_batches(data, batch_size, steps)]
+        outputs = [
+            self.predict_on_batch(x) for x in _keras_compat.numpy_batches(data, batch_size, steps)
+        ]
         if not outputs:
             raise ValueError("OnlineAdapter.predict received data that yields no batch.")
         return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
@@ -394,13 +419,18 @@ class OnlineAdapter:
         # batch gets (and as one-class as a batch gets).
         batch, _ = self._batch_statistics(x)
         order = call_order(self.model, self.layers)
-        return few_classes_batch([self.layers[i] for i in order], [batch[i] for i in order], self.label_shift_ratio)
+        return few_classes_batch(
+            [self.layers[i] for i in order], [batch[i] for i in order], self.label_shift_ratio
+        )
 
     def _predict_with_updated_statistics(self, x):
         before = self._weights() if self.method == "mixed" else None
         batch, samples = self._batch_statistics(x)
         stored = [
-            (ops.convert_to_numpy(layer.moving_mean).astype("float64"), ops.convert_to_numpy(layer.moving_variance).astype("float64"))
+            (
+                ops.convert_to_numpy(layer.moving_mean).astype("float64"),
+                ops.convert_to_numpy(layer.moving_variance).astype("float64"),
+            )
             for layer in self.layers
         ]
         if self.method == "reestimate":
@@ -417,9 +447,14 @@ class OnlineAdapter:
                 if self.method == "mixed"
                 else self.online_momentum
             )
-            new = [combine_statistics(keep, old, (mean, variance)) for old, (mean, variance, _) in zip(stored, batch)]
+            new = [
+                combine_statistics(keep, old, (mean, variance))
+                for old, (mean, variance, _) in zip(stored, batch)
+            ]
         # Fewer than two values per channel so far: no variance to use yet.
-        new = [update if count > 1 else old for update, old, (_, _, count) in zip(new, stored, batch)]
+        new = [
+            update if count > 1 else old for update, old, (_, _, count) in zip(new, stored, batch)
+        ]
         for layer, (mean, variance) in zip(self.layers, new):
             assign_statistics(layer, mean, variance)
         outputs = self.model.predict_on_batch(x)

@@ -63,7 +63,9 @@ class _StatisticsCollector(keras.Model):
         finally:
             self.recorder.calls = None
         index_of = {id(layer): i for i, layer in enumerate(self.bn_layers)}
-        object.__setattr__(self, "call_order", tuple(dict.fromkeys(index_of[id(layer)] for layer, _ in record)))
+        object.__setattr__(
+            self, "call_order", tuple(dict.fromkeys(index_of[id(layer)] for layer, _ in record))
+        )
         batch_size = ops.shape(keras.tree.flatten(inputs)[0])[0]
         outputs, calls = {"samples": ops.reshape(batch_size, (1, 1))}, {}
         for layer, (mean, variance, count) in record:
@@ -169,7 +171,9 @@ def _predict_in_batches(collector, data, batch_size, steps):
     if not starts:
         raise no_data_error()
     batches = [
-        collector.predict_on_batch(keras.tree.map_structure(lambda a: a[start : start + (batch_size or 32)], data))
+        collector.predict_on_batch(
+            keras.tree.map_structure(lambda a: a[start : start + (batch_size or 32)], data)
+        )
         for start in starts
     ]
     return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
@@ -197,7 +201,9 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
     try:
         with batch_statistics_used(model, layers, collector.recorder, stored_weight):
             if quick:
-                outputs = _predict_in_batches(collector, data, predict_options["batch_size"], predict_options["steps"])
+                outputs = _predict_in_batches(
+                    collector, data, predict_options["batch_size"], predict_options["steps"]
+                )
             else:
                 outputs = collector.predict(data, callbacks=[counter], **predict_options)
     except _keras_compat.PREDICT_ERROR_WITHOUT_BATCHES as error:
@@ -239,5 +245,3 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
             )
         statistics.append((mean, variance, count))
     return statistics, samples
-
-

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+
 @dataclasses.dataclass
 class LayerChange:
     """How one batch norm layer's statistics moved."""
@@ -61,5 +62,3 @@ class AdaptationReport:
                 f"variance x{change.variance_ratio:.3f}"
             )
         return "\n".join(lines)
-
-

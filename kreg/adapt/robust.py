@@ -43,7 +43,6 @@ import numpy as np
 from keras import ops
 
 from kreg.adapt.eata import AffineStepper
-from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import entropy_of
 from kreg.adapt.entropy import class_probabilities
 from kreg.adapt.memory_bank import MemoryBank
@@ -56,7 +55,9 @@ from kreg.layers.batch_statistics import combine_statistics
 def _rows(x):
     """The samples of a batch (a structure of arrays), one structure per sample."""
     leaves = keras.tree.flatten(x)
-    return [keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))]
+    return [
+        keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))
+    ]
 
 
 def _stack(samples):
@@ -67,14 +68,26 @@ class RobustAdaptation:
     """The running state of the `"robust"` method for one model (see the module)."""
 
     def __init__(
-        self, model, layers, memory_size, statistics_momentum, learning_rate, from_logits, selection, memory_fill
+        self,
+        model,
+        layers,
+        memory_size,
+        statistics_momentum,
+        learning_rate,
+        from_logits,
+        selection,
+        memory_fill,
     ):
         self.model, self.layers = model, layers
         self.memory_size = memory_size
         self.momentum = statistics_momentum
         self.from_logits = from_logits
         self.selection = selection
-        classes = int(keras.tree.flatten(model.outputs)[0].shape[-1]) if hasattr(model, "outputs") else None
+        classes = (
+            int(keras.tree.flatten(model.outputs)[0].shape[-1])
+            if hasattr(model, "outputs")
+            else None
+        )
         self.bank = MemoryBank(memory_size, max(classes or 2, 2), memory_fill)
         self.stepper = None
         if learning_rate:
@@ -91,7 +104,13 @@ class RobustAdaptation:
 
     def state(self):
         optimizer = self.stepper.optimizer_state() if self.stepper is not None else None
-        return (self.bank.state(), self.since_update, self.updates, optimizer, self.selection.state())
+        return (
+            self.bank.state(),
+            self.since_update,
+            self.updates,
+            optimizer,
+            self.selection.state(),
+        )
 
     def set_state(self, state):
         bank, self.since_update, self.updates, optimizer, selection = state
@@ -125,7 +144,9 @@ class RobustAdaptation:
         # The pass normalizes with the global statistics, as the model predicts:
         # each layer's bank statistics are those of the inputs it meets at
         # inference, and a bank of few classes distorts no layer but its own.
-        statistics, _ = collect_statistics(self.model, self.layers, x, options, need_variance=False, stored_weight=1.0)
+        statistics, _ = collect_statistics(
+            self.model, self.layers, x, options, need_variance=False, stored_weight=1.0
+        )
         # A warm start: the first updates weigh the bank as a running average
         # would (1/2, 1/3... of a full bank), down to `statistics_momentum`
         # (RoTTA's alpha), so a stationary shift is followed within a few
@@ -133,7 +154,10 @@ class RobustAdaptation:
         alpha = max(self.momentum, len(samples) / self.memory_size / (self.updates + 2))
         for layer, (mean, variance, count) in zip(self.layers, statistics):
             if count > 1:
-                stored = tuple(ops.convert_to_numpy(v).astype("float64") for v in (layer.moving_mean, layer.moving_variance))
+                stored = tuple(
+                    ops.convert_to_numpy(v).astype("float64")
+                    for v in (layer.moving_mean, layer.moving_variance)
+                )
                 assign_statistics(layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)))
         self.updates += 1
         if self.stepper is None:

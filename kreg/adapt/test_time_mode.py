@@ -47,5 +47,3 @@ def set_test_time_mode(model, mode):
     for layer in layers:
         layer.test_time_mode = mode
     return len(layers)
-
-

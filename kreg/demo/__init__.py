@@ -44,13 +44,25 @@ def run(quick=False, out=None, log=print):
 
     section(1, "A small CNN on 300 digits, with and without kreg's callbacks")
     data = digit_data()
-    model, table, rows = train_with_and_without_callbacks(data, out, epochs=4 if quick else 40, quick=quick, log=log)
-    sections.append(("Training: overfitting detected, best epoch kept", table + "\n\n![training curves](training_curves.png)"))
+    model, table, rows = train_with_and_without_callbacks(
+        data, out, epochs=4 if quick else 40, quick=quick, log=log
+    )
+    sections.append(
+        (
+            "Training: overfitting detected, best epoch kept",
+            table + "\n\n![training curves](training_curves.png)",
+        )
+    )
     summary += rows
 
     section(2, "The same CNN on corrupted digits: adaptive batch norm")
     table, rows = adaptation_under_shift(model, data, out, log=log)
-    sections.append(("Covariate shift: batch norm adaptation", table + "\n\n![accuracy under shift](accuracy_under_shift.png)"))
+    sections.append(
+        (
+            "Covariate shift: batch norm adaptation",
+            table + "\n\n![accuracy under shift](accuracy_under_shift.png)",
+        )
+    )
     summary += rows
 
     section(3, "Folding its batch norms into the convolutions")
@@ -83,14 +95,18 @@ def run(quick=False, out=None, log=print):
     best = min(results, key=lambda r: r.best_val_loss)
     summary.append(("recurrent: lowest val loss", f"{best.variant} ({best.best_val_loss:.4f})"))
 
-    summary_table = "| what | result |\n| --- | --- |\n" + "\n".join(f"| {what} | {result} |" for what, result in summary)
+    summary_table = "| what | result |\n| --- | --- |\n" + "\n".join(
+        f"| {what} | {result} |" for what, result in summary
+    )
     log("\nSummary\n" + summary_table)
     report = out / "report.md"
     report.write_text(
         "# kreg demo\n\n"
         f"Backend {keras.backend.backend()}, {time.perf_counter() - started:.0f} s"
         + (" (--quick: tiny settings, numbers not meaningful)" if quick else "")
-        + ".\n\n## Summary\n\n" + summary_table + "\n\n"
+        + ".\n\n## Summary\n\n"
+        + summary_table
+        + "\n\n"
         + "\n\n".join(f"## {title}\n\n{body}" for title, body in sections)
         + "\n"
     )

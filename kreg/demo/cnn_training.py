@@ -60,7 +60,9 @@ def _compiled_cnn(seed, quick):
     keras.utils.set_random_seed(seed)
     model = small_cnn(channels=(8, 16), dense=32) if quick else small_cnn()
     # A high learning rate: the CNN fits its 300 digits within a dozen epochs.
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
@@ -121,7 +123,9 @@ def train_with_and_without_callbacks(data, out, epochs, quick=False, log=print):
     averaging = WeightAveraging("ema", bn_data=data.x_train, bn_batch_size=len(data.x_train))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the detector's warning was shown above
-        averaged_history = averaged.fit(callbacks=[averaging, averaged_detector, averaged_stopper], **fit_options)
+        averaged_history = averaged.fit(
+            callbacks=[averaging, averaged_detector, averaged_stopper], **fit_options
+        )
 
     def onset_of(found):
         return "not detected" if found.onset_epoch is None else f"epoch {found.onset_epoch + 1}"

@@ -34,5 +34,10 @@ def fold_and_time(model, x, out, repeats=5, log=print):
         f"| folded | {len(folded.layers)} | {folded_time:.3f} s (speed-up {original_time / folded_time:.2f}x) |\n\n"
         f"Largest output difference: {difference:.1e}."
     )
-    rows = [("fold_batch_norms: pairs folded, speed-up (original / folded time)", f"{len(report.folded)}, {original_time / folded_time:.2f}x")]
+    rows = [
+        (
+            "fold_batch_norms: pairs folded, speed-up (original / folded time)",
+            f"{len(report.folded)}, {original_time / folded_time:.2f}x",
+        )
+    ]
     return table, rows

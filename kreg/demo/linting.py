@@ -24,11 +24,15 @@ def lint_flawed_model(batch_size=8, log=print):
     lines = ["| severity | rule | layers | fix |", "| --- | --- | --- | --- |"]
     for finding in findings:
         log(f"  {finding.severity:<7} {finding.rule}: {', '.join(finding.layers)}")
-        lines.append(f"| {finding.severity} | {finding.rule} | {', '.join(finding.layers)} | {finding.fix} |")
+        lines.append(
+            f"| {finding.severity} | {finding.rule} | {', '.join(finding.layers)} | {finding.fix} |"
+        )
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     intro = (
         f"`kreg.diagnose(model, batch_size={batch_size})` on a small CNN written with "
         "classic mistakes (`kreg diagnose model.keras` does the same from the shell):\n\n"
     )
-    rows = [("diagnose: findings on the flawed CNN", ", ".join(f"{n} {s}" for s, n in counts.items()))]
+    rows = [
+        ("diagnose: findings on the flawed CNN", ", ".join(f"{n} {s}" for s, n in counts.items()))
+    ]
     return intro + "\n".join(lines), rows

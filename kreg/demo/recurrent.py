@@ -42,8 +42,11 @@ def kreg_recipe(rate, units, mode="unit", timesteps=8):
     return [
         ConsistentDropout(RECIPE_INPUT_DROPOUT),
         WeightDropLSTM(
-            units, weight_dropout=rate, weight_dropout_mode=mode,
-            mask_groups=RECIPE_MASK_GROUPS, return_sequences=True,
+            units,
+            weight_dropout=rate,
+            weight_dropout_mode=mode,
+            mask_groups=RECIPE_MASK_GROUPS,
+            return_sequences=True,
         ),
         ActivationRegularization(ar=RECIPE_AR, tar=RECIPE_TAR),
         # The last timestep: what LSTM(return_sequences=False) returns.
@@ -77,7 +80,11 @@ def _train_once(make_layers, data, seed, epochs, batch_size):
     (x_train, y_train), (x_val, y_val) = data
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [keras.Input(x_train.shape[1:]), *make_layers(), keras.layers.Dense(10, activation="softmax")]
+        [
+            keras.Input(x_train.shape[1:]),
+            *make_layers(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),

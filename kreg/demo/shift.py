@@ -1,6 +1,5 @@
 """Demo: the trained CNN under covariate shift, before and after adaptation."""
 
-import keras
 import numpy as np
 
 from kreg.adapt import METHODS as ADAPTATION_METHODS
@@ -39,27 +38,47 @@ def adaptation_under_shift(model, data, out, severity=5, log=print):
     weights = model.get_weights()
     test_sets = {"clean": data.x_test}
     for corruption in CORRUPTIONS:
-        test_sets[f"{corruption} {severity}"] = corrupt_images(data.x_test, corruption, severity, seed=1)
+        test_sets[f"{corruption} {severity}"] = corrupt_images(
+            data.x_test, corruption, severity, seed=1
+        )
     accuracy = {}
     for name, x in test_sets.items():
-        accuracy[name] = {label: accuracy_after(model, weights, m, x, data.y_test) for label, m in METHODS.items()}
-        log(f"  {name}: " + ", ".join(f"{label} {value:.3f}" for label, value in accuracy[name].items()))
+        accuracy[name] = {
+            label: accuracy_after(model, weights, m, x, data.y_test) for label, m in METHODS.items()
+        }
+        log(
+            f"  {name}: "
+            + ", ".join(f"{label} {value:.3f}" for label, value in accuracy[name].items())
+        )
     model.set_weights(weights)
 
     shifted = [name for name in test_sets if name != "clean"]
-    lost = accuracy["clean"]["no adaptation"] - np.mean([accuracy[n]["no adaptation"] for n in shifted])
-    recovered = np.mean([accuracy[n]['adapt_batchnorm("reestimate")'] - accuracy[n]["no adaptation"] for n in shifted])
+    lost = accuracy["clean"]["no adaptation"] - np.mean(
+        [accuracy[n]["no adaptation"] for n in shifted]
+    )
+    recovered = np.mean(
+        [
+            accuracy[n]['adapt_batchnorm("reestimate")'] - accuracy[n]["no adaptation"]
+            for n in shifted
+        ]
+    )
     header = "| test set | " + " | ".join(METHODS) + " |\n|" + " --- |" * (len(METHODS) + 1) + "\n"
     table = header + "\n".join(
         f"| {name} | " + " | ".join(f"{row[label]:.3f}" for label in METHODS) + " |"
         for name, row in accuracy.items()
     )
     share = 100 * recovered / lost if lost > 0 else float("nan")
-    table += f"\n\nRe-estimating the statistics recovers {share:.0f}% of the accuracy lost to shift."
+    table += (
+        f"\n\nRe-estimating the statistics recovers {share:.0f}% of the accuracy lost to shift."
+    )
     plot = _plot(accuracy, out / "accuracy_under_shift.png")
     log(f"  wrote {plot}")
-    rows = [("adaptive BN: shifted accuracy, before -> after reestimate",
-             f"{accuracy['clean']['no adaptation'] - lost:.3f} -> {accuracy['clean']['no adaptation'] - lost + recovered:.3f} ({share:.0f}% recovered)")]
+    rows = [
+        (
+            "adaptive BN: shifted accuracy, before -> after reestimate",
+            f"{accuracy['clean']['no adaptation'] - lost:.3f} -> {accuracy['clean']['no adaptation'] - lost + recovered:.3f} ({share:.0f}% recovered)",
+        )
+    ]
     return table, rows
 
 

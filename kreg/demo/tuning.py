@@ -46,12 +46,13 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
     best_words = hypermodel.space.describe(best.hyperparameters)
     budget = trials * epochs
     text = (
-        "\n".join(lines)
-        + f"\n\nBest: {best_words} (val accuracy {best.score:.3f}); "
+        "\n".join(lines) + f"\n\nBest: {best_words} (val accuracy {best.score:.3f}); "
         f"{tuner.total_epochs} epochs trained of the {budget} a search without pruning would run."
     )
-    rows = [("tuning: best regularization found", f"{best_words} ({best.score:.3f})"),
-            ("tuning: epochs trained / without pruning", f"{tuner.total_epochs} / {budget}")]
+    rows = [
+        ("tuning: best regularization found", f"{best_words} ({best.score:.3f})"),
+        ("tuning: epochs trained / without pruning", f"{tuner.total_epochs} / {budget}"),
+    ]
     comparison = _batch_norm_against_the_rest(tuner.oracle.trials.values())
     if comparison:
         text += f"\n\n{comparison}"

@@ -208,7 +208,9 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             )
             # One value per channel has no variance: keep the running statistics.
             running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
-            mean, variance = combine_statistics(running_weight, (moving_mean, moving_variance), (mean, variance))
+            mean, variance = combine_statistics(
+                running_weight, (moving_mean, moving_variance), (mean, variance)
+            )
             return mean, variance, clean
 
         if keras.backend.backend() == "torch" and not self.synchronized and not _torch_compiling():

@@ -74,8 +74,12 @@ class AdjustableDropout(AdjustableRates, keras.layers.Layer):
         noise_shape = None
         if self.noise_shape is not None:
             shape = ops.shape(inputs)
-            noise_shape = [shape[axis] if size is None else size for axis, size in enumerate(self.noise_shape)]
-        return dropout(inputs, self.rate_variable("rate"), noise_shape=noise_shape, seed=self.seed_generator)
+            noise_shape = [
+                shape[axis] if size is None else size for axis, size in enumerate(self.noise_shape)
+            ]
+        return dropout(
+            inputs, self.rate_variable("rate"), noise_shape=noise_shape, seed=self.seed_generator
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -48,7 +48,10 @@ class AdjustableRates:
         # Created with object.__setattr__ and kept out of Keras's tracking, so
         # it is not a weight (see the module docstring); `variables` adds it.
         variable = keras.Variable(
-            value, dtype="float32", trainable=False, name=f"{name}_variable",
+            value,
+            dtype="float32",
+            trainable=False,
+            name=f"{name}_variable",
             aggregation="only_first_replica",
         )
         rates = self.__dict__.get("_adjustable_rates")
@@ -63,7 +66,11 @@ class AdjustableRates:
     @property
     def adjustable_rates(self):
         """The names of this layer's rates that can be changed after tracing."""
-        return [name for name, (_, in_use) in self.__dict__.get("_adjustable_rates", {}).items() if in_use]
+        return [
+            name
+            for name, (_, in_use) in self.__dict__.get("_adjustable_rates", {}).items()
+            if in_use
+        ]
 
     def rate_variable(self, name):
         return self._adjustable_rates[name][0]

@@ -24,10 +24,14 @@ def _arguments(function, kind):
 
 # {name: default} in the order of `BatchNormalization.__init__`, without `**kwargs`
 # (the base layer's `name`, `dtype`...).
-BATCH_NORM_ARGUMENTS = _arguments(keras.layers.BatchNormalization.__init__, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+BATCH_NORM_ARGUMENTS = _arguments(
+    keras.layers.BatchNormalization.__init__, inspect.Parameter.POSITIONAL_OR_KEYWORD
+)
 # AdaptiveBatchNormalization's own arguments (keyword-only, beside
 # BatchNormalization's, which it passes on as they are).
-ADAPTIVE_BATCH_ARGUMENTS = tuple(_arguments(AdaptiveBatchNormalization.__init__, inspect.Parameter.KEYWORD_ONLY))
+ADAPTIVE_BATCH_ARGUMENTS = tuple(
+    _arguments(AdaptiveBatchNormalization.__init__, inspect.Parameter.KEYWORD_ONLY)
+)
 
 
 def split_batch_norm_arguments(kwargs):

@@ -61,7 +61,9 @@ def combine_statistics(stored_weight, stored, batch):
 
     Works on backend tensors and NumPy arrays alike.
     """
-    return tuple(stored_weight * old + (1.0 - stored_weight) * new for old, new in zip(stored, batch))
+    return tuple(
+        stored_weight * old + (1.0 - stored_weight) * new for old, new in zip(stored, batch)
+    )
 
 
 def batch_moments(inputs, axis, mask=None, synchronized=False):
@@ -93,7 +95,9 @@ def batch_moments(inputs, axis, mask=None, synchronized=False):
     # `where`, not a product with the mask: a NaN or inf in a padded position must
     # not reach the statistics. The division is guarded only; a fully masked batch
     # has count 0 and callers treat it as carrying no information.
-    mean = ops.sum(ops.where(kept, inputs, 0.0), axis=axes, keepdims=True) / ops.maximum(weight_sum, 1.0)
+    mean = ops.sum(ops.where(kept, inputs, 0.0), axis=axes, keepdims=True) / ops.maximum(
+        weight_sum, 1.0
+    )
     squares = ops.where(kept, ops.square(inputs - mean), 0.0)
     variance = ops.sum(squares, axis=axes, keepdims=True) / ops.maximum(weight_sum, 1.0)
     count = ops.reshape(weight_sum, (-1,))[0]

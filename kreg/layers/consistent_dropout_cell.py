@@ -69,9 +69,7 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
                 "a layer with a `call(inputs, states)` method and a `state_size` "
                 f"attribute. Received: cell={cell!r}"
             )
-        own_rates = {
-            name: getattr(cell, name, 0.0) for name in ("dropout", "recurrent_dropout")
-        }
+        own_rates = {name: getattr(cell, name, 0.0) for name in ("dropout", "recurrent_dropout")}
         if isinstance(cell, DropoutRNNCell) and any(own_rates.values()):
             # keras.layers.RNN prepares and clears the masks of the outermost cell
             # only: the inner cell's masks would be drawn inside the time loop.
@@ -110,10 +108,7 @@ class ConsistentDropoutCell(keras.layers.Layer, DropoutRNNCell):
         state_sizes = self.state_size
         if isinstance(state_sizes, int):
             state_sizes = [state_sizes]
-        return [
-            ops.zeros((batch_size, size), dtype=self.compute_dtype)
-            for size in state_sizes
-        ]
+        return [ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in state_sizes]
 
     def call(self, inputs, states, training=False):
         if training and self.dropout > 0.0:

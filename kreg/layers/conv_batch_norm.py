@@ -22,7 +22,6 @@ _BIAS_ARGS = ("use_bias", "bias_initializer", "bias_regularizer", "bias_constrai
 _OWN_CONFIG_KEYS = _BASE_LAYER_ARGS + _BIAS_ARGS + ("activation",)
 
 
-
 class FusedBatchNormLayer(keras.layers.Layer):
     """What the fused layers share; subclasses name their Keras layer and its op."""
 

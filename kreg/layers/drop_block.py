@@ -9,7 +9,6 @@ from kreg._validation import check_sizes
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
 
-
 # Layers that keep their input's layout, so the `data_format` of the layer that
 # fed them still describes their output.
 _LAYOUT_KEEPING = (
@@ -37,7 +36,9 @@ class DropBlock(AdjustableRates, keras.layers.Layer):
             )
         if data_format is None:
             data_format = keras.config.image_data_format()
-        self.data_format = check_choice("data_format", data_format, ("channels_last", "channels_first"))
+        self.data_format = check_choice(
+            "data_format", data_format, ("channels_last", "channels_first")
+        )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -115,7 +116,9 @@ class DropBlock(AdjustableRates, keras.layers.Layer):
             fraction_of_valid_seeds *= size / (size - block + 1)
         seed_rate = rate / block_area * fraction_of_valid_seeds
         noise = keras.random.uniform(ops.shape(inputs), dtype="float32", seed=self.seed_generator)
-        seeds = ops.cast(ops.logical_and(noise < seed_rate, self._valid_seed_region(sizes)), "float32")
+        seeds = ops.cast(
+            ops.logical_and(noise < seed_rate, self._valid_seed_region(sizes)), "float32"
+        )
         dropped = self._grow_blocks(seeds)
         keep = 1.0 - dropped
         # Rescaled by the kept fraction of the whole batch, as in the paper's

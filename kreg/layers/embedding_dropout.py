@@ -78,14 +78,18 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
             # As `Embedding.__init__` does, once this layer's own state exists:
             # a built layer takes no new state.
             self.build()
-            self.set_weights(weights if isinstance(weights, list) and len(weights) == 1 else [weights])
+            self.set_weights(
+                weights if isinstance(weights, list) and len(weights) == 1 else [weights]
+            )
 
     def call(self, inputs, training=False):
         return self._rows_dropped(inputs, super().call(inputs), training)
 
     def quantized_call(self, inputs, training=False):
         # Keras calls this instead of `call` once the layer is quantized.
-        return self._rows_dropped(inputs, super().quantized_call(inputs, training=training), training)
+        return self._rows_dropped(
+            inputs, super().quantized_call(inputs, training=training), training
+        )
 
     def _rows_dropped(self, inputs, outputs, training):
         if not training or not self.rate_in_use("rate"):

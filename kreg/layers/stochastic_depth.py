@@ -51,11 +51,15 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    rate = rate_property("rate", "The current drop rate of the branch (a float; assign to change it).")
+    rate = rate_property(
+        "rate", "The current drop rate of the branch (a float; assign to change it)."
+    )
 
     def _check_inputs(self, shapes):
-        if not isinstance(shapes, (list, tuple)) or len(shapes) != 2 or not all(
-            isinstance(shape, (list, tuple)) for shape in shapes
+        if (
+            not isinstance(shapes, (list, tuple))
+            or len(shapes) != 2
+            or not all(isinstance(shape, (list, tuple)) for shape in shapes)
         ):
             raise ValueError(
                 f"`{type(self).__name__}` expects a list of two tensors [shortcut, residual]. "
@@ -79,7 +83,12 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
         shortcut, residual = inputs
         if training and self.rate_in_use("rate"):
             noise_shape = (ops.shape(residual)[0],) + (1,) * (len(residual.shape) - 1)
-            residual = dropout(residual, self.rate_variable("rate"), noise_shape=noise_shape, seed=self.seed_generator)
+            residual = dropout(
+                residual,
+                self.rate_variable("rate"),
+                noise_shape=noise_shape,
+                seed=self.seed_generator,
+            )
         return ops.add(shortcut, residual)
 
     def compute_output_shape(self, input_shape):

@@ -15,6 +15,7 @@ from kreg.layers.adjustable_rates import rate_property
 
 WEIGHT_DROPOUT_MODES = ("unit", "weight")
 
+
 class _WeightDropMixin(AdjustableRates):
     """What `WeightDropLSTM` and `WeightDropGRU` share: the mask and its config."""
 
@@ -65,9 +66,7 @@ class _WeightDropMixin(AdjustableRates):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not training or not self.rate_in_use("weight_dropout"):
-            return super().inner_loop(
-                sequences, initial_state, mask=mask, training=training
-            )
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
         if self.mask_groups == 1:
             return self._masked_inner_loop(sequences, initial_state, mask, training)
         if tree.is_nested(mask):
@@ -121,11 +120,18 @@ class _WeightDropMixin(AdjustableRates):
         """What `inner_loop` returns for a group of no samples."""
         empty = ops.zeros((0, self.units), dtype=sequences.dtype)
         outputs = (
-            ops.zeros((0, sequences.shape[1] or ops.shape(sequences)[1], self.units), dtype=sequences.dtype)
+            ops.zeros(
+                (0, sequences.shape[1] or ops.shape(sequences)[1], self.units),
+                dtype=sequences.dtype,
+            )
             if self.return_sequences
             else ops.zeros((0, 1, self.units), dtype=sequences.dtype)
         )
-        return empty, outputs, [ops.zeros((0, self.units), dtype=state.dtype) for state in initial_state]
+        return (
+            empty,
+            outputs,
+            [ops.zeros((0, self.units), dtype=state.dtype) for state in initial_state],
+        )
 
     def get_config(self):
         config = {

@@ -79,7 +79,9 @@ class WeightNormalization(keras.layers.Wrapper):
         def kernel_norm(shape, dtype=None):
             # A tensor, not NumPy: a subclassed model builds its layers inside
             # its first traced call.
-            squared = ops.sum(ops.square(ops.cast(kernel, "float32")), axis=tuple(range(len(kernel.shape) - 1)))
+            squared = ops.sum(
+                ops.square(ops.cast(kernel, "float32")), axis=tuple(range(len(kernel.shape) - 1))
+            )
             return ops.cast(ops.sqrt(squared), dtype or "float32")
 
         self.g = self.add_weight(name="g", shape=(units,), initializer=kernel_norm, trainable=True)
@@ -87,13 +89,25 @@ class WeightNormalization(keras.layers.Wrapper):
             # Non-trainable and averaged across replicas: each replica measures its
             # own part of the first batch.
             self.g_offset = self.add_weight(
-                name="g_offset", shape=(units,), initializer="zeros", trainable=False, aggregation="mean"
+                name="g_offset",
+                shape=(units,),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
             )
             self.bias_offset = self.add_weight(
-                name="bias_offset", shape=(units,), initializer="zeros", trainable=False, aggregation="mean"
+                name="bias_offset",
+                shape=(units,),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
             )
             self.initialized = self.add_weight(
-                name="initialized", shape=(), initializer="zeros", trainable=False, aggregation="mean"
+                name="initialized",
+                shape=(),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
             )
 
     def length(self):
@@ -160,7 +174,11 @@ class WeightNormalization(keras.layers.Wrapper):
         std = ops.sqrt(ops.var(values, axis=axes) + 1e-6)
         first = ops.convert_to_tensor(self.initialized) < 0.5
         g = ops.cast(ops.convert_to_tensor(self.g), "float32")
-        bias = ops.cast(ops.convert_to_tensor(self.layer.bias), "float32") if self.layer.use_bias else 0.0
+        bias = (
+            ops.cast(ops.convert_to_tensor(self.layer.bias), "float32")
+            if self.layer.use_bias
+            else 0.0
+        )
         # Cast: under mixed precision a variable read in `call` is autocast to float16.
         g_offset = ops.cast(ops.convert_to_tensor(self.g_offset), "float32")
         bias_offset = ops.cast(ops.convert_to_tensor(self.bias_offset), "float32")
@@ -168,9 +186,9 @@ class WeightNormalization(keras.layers.Wrapper):
         self.g_offset.assign(ops.where(first, length / std - g, g_offset))
         self.bias_offset.assign(ops.where(first, (total_bias - mean) / std - bias, bias_offset))
         self.initialized.assign(1.0)
-        normalized = (pre_activations - ops.cast(self._broadcast(mean, rank), pre_activations.dtype)) / ops.cast(
-            self._broadcast(std, rank), pre_activations.dtype
-        )
+        normalized = (
+            pre_activations - ops.cast(self._broadcast(mean, rank), pre_activations.dtype)
+        ) / ops.cast(self._broadcast(std, rank), pre_activations.dtype)
         return ops.where(first, normalized, pre_activations)
 
     def compute_output_shape(self, input_shape):
@@ -181,7 +199,11 @@ class WeightNormalization(keras.layers.Wrapper):
         offsets folded in): what `kreg.fold_batch_norms` puts in its place."""
         kernel = ops.convert_to_numpy(self.normalized_kernel()).astype("float64")
         units = kernel.shape[-1]
-        bias = ops.convert_to_numpy(self.layer.bias).astype("float64") if self.layer.use_bias else np.zeros(units)
+        bias = (
+            ops.convert_to_numpy(self.layer.bias).astype("float64")
+            if self.layer.use_bias
+            else np.zeros(units)
+        )
         if self.data_init:
             bias = bias + ops.convert_to_numpy(self.bias_offset).astype("float64")
         config = self.layer.get_config()
@@ -190,7 +212,9 @@ class WeightNormalization(keras.layers.Wrapper):
         plain = type(self.layer).from_config(config)
         plain.build_from_config(self.layer.get_build_config())
         values = [kernel, bias] if needs_bias else [kernel]
-        plain.set_weights([value.astype(weight.dtype) for value, weight in zip(values, plain.weights)])
+        plain.set_weights(
+            [value.astype(weight.dtype) for value, weight in zip(values, plain.weights)]
+        )
         return plain
 
     def get_config(self):

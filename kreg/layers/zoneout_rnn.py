@@ -9,6 +9,7 @@ from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
 
+
 class _ZoneoutMixin(AdjustableRates):
     """What `ZoneoutLSTM` and `ZoneoutGRU` share: the step loop and the config.
 

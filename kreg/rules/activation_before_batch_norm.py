@@ -1,7 +1,7 @@
 """An activation before batch norm (Conv -> ReLU -> BN instead of Conv -> BN -> ReLU)."""
 
-from kreg.rules import _roles
 from kreg.model_graph import INPUT
+from kreg.rules import _roles
 
 ID = "activation-before-batch-norm"
 SEVERITY = "warning"

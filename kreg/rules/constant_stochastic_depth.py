@@ -21,7 +21,10 @@ def _rate(layer):
 
 
 def check(view):
-    found = [(path, _rate(layer)) for path, layer in view.unique_layers(lambda layer: _rate(layer) is not None)]
+    found = [
+        (path, _rate(layer))
+        for path, layer in view.unique_layers(lambda layer: _rate(layer) is not None)
+    ]
     rates = {round(rate, 6) for _, rate in found}
     if len(found) >= MIN_BLOCKS and len(rates) == 1 and rates.pop() > 0:
         rate = found[0][1]

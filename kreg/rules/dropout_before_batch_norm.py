@@ -15,7 +15,9 @@ def check(view):
         if not _roles.is_dropout(node.layer) or node.layer.rate == 0:
             continue
         # Through activations only: they keep the variance shift.
-        following = view.after(node, lambda op: _roles.activation_name(op) is None or _roles.is_anchor(op))
+        following = view.after(
+            node, lambda op: _roles.activation_name(op) is None or _roles.is_anchor(op)
+        )
         for bn in following:
             if bn is INPUT or not hasattr(bn, "layer") or not _roles.is_batch_norm(bn.layer):
                 continue
@@ -24,6 +26,5 @@ def check(view):
                 f"dropout `{node.path}` feeds batch norm `{bn.path}`: its moving variance is "
                 "estimated on dropped activations and applied to undropped ones at "
                 "inference (variance shift), which costs accuracy",
-                "move the dropout after the last batch norm (before the classifier), or "
-                "remove it",
+                "move the dropout after the last batch norm (before the classifier), or remove it",
             )

@@ -1,7 +1,7 @@
 """Dropout after the final classifier, on the model's output."""
 
-from kreg.rules import _roles
 from kreg.model_graph import OUTPUT
+from kreg.rules import _roles
 
 ID = "dropout-on-output"
 SEVERITY = "error"
@@ -10,8 +10,10 @@ SEVERITY = "error"
 def _passes_output_on(layer):
     # What may sit between the dropout and the output without undoing it.
     return (
-        _roles.activation_name(layer) is not None and not _roles.is_anchor(layer)
-    ) or _roles.is_dropout(layer) or type(layer).__name__ in ("Reshape", "Permute")
+        (_roles.activation_name(layer) is not None and not _roles.is_anchor(layer))
+        or _roles.is_dropout(layer)
+        or type(layer).__name__ in ("Reshape", "Permute")
+    )
 
 
 def check(view):

@@ -15,7 +15,11 @@ def check(view):
     for node in view.calls:
         layer = node.layer
         # Keras's Dropout without a noise_shape drops single activations.
-        if type(layer) is not keras.layers.Dropout or layer.noise_shape is not None or layer.rate == 0:
+        if (
+            type(layer) is not keras.layers.Dropout
+            or layer.noise_shape is not None
+            or layer.rate == 0
+        ):
             continue
         role, conv = _roles.dropout_role(view, node, early)
         if role in ("early conv", "late conv"):

@@ -22,7 +22,9 @@ def check(view):
         if isinstance(layer, (WeightDropLSTM, WeightDropGRU)):
             fix = f"recurrent_dropout=0 and weight_dropout={rate:g} on `{node.path}`"
         else:
-            kreg_layer = "WeightDropGRU" if isinstance(layer, keras.layers.GRU) else "WeightDropLSTM"
+            kreg_layer = (
+                "WeightDropGRU" if isinstance(layer, keras.layers.GRU) else "WeightDropLSTM"
+            )
             fix = (
                 f"kreg.layers.{kreg_layer}(units, weight_dropout={rate:g}): one "
                 "DropConnect mask on the recurrent kernel per batch, fused kernel kept"

@@ -53,7 +53,11 @@ class Report(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         s = self.stopper
-        print("resumed", json.dumps({"resumed": s.resumed, "best": s.best, "wait": s.wait}), flush=True)
+        print(
+            "resumed",
+            json.dumps({"resumed": s.resumed, "best": s.best, "wait": s.wait}),
+            flush=True,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         time.sleep(0.01)  # epochs long enough for a kill to land between them
@@ -67,13 +71,23 @@ if keras.backend.backend() == "tensorflow":
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((256, 16)).astype("float32")
-y = (np.tanh(x[:, :4]).sum(axis=1, keepdims=True) + 0.5 * rng.standard_normal((256, 1))).astype("float32")
-model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(1)])
+y = (np.tanh(x[:, :4]).sum(axis=1, keepdims=True) + 0.5 * rng.standard_normal((256, 1))).astype(
+    "float32"
+)
+model = keras.Sequential(
+    [keras.Input((16,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(1)]
+)
 model.compile(keras.optimizers.Adam(5e-4), "mse")
 stopper = EarlyStoppingWithCheckpoint(path, patience=5, min_delta=1e-4)
 model.fit(
-    x[:128], y[:128], validation_data=(x[128:], y[128:]), epochs=1000, batch_size=32,
-    shuffle=False, verbose=0, callbacks=[stopper, Report(stopper)],
+    x[:128],
+    y[:128],
+    validation_data=(x[128:], y[128:]),
+    epochs=1000,
+    batch_size=32,
+    shuffle=False,
+    verbose=0,
+    callbacks=[stopper, Report(stopper)],
 )
 np.savez(path + ".final.npz", *model.get_weights())
 summary = {

@@ -39,7 +39,12 @@ def fit_scripted(model, callback, epochs, **scripts):
     script = ScriptedMetrics(**scripts)
     x, y = tiny_data()
     model.fit(
-        x, y, validation_data=(x, y), epochs=epochs, batch_size=16, verbose=0,
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=epochs,
+        batch_size=16,
+        verbose=0,
         callbacks=[script, callback],
     )
     return script

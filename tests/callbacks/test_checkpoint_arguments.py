@@ -7,13 +7,13 @@ import os
 import keras
 import numpy as np
 import pytest
+from scripted import fit_scripted
+from scripted import tiny_data
+from scripted import tiny_model
 
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks import StopReason
 from kreg.callbacks.training_state import StateFileError
-from scripted import fit_scripted
-from scripted import tiny_data
-from scripted import tiny_model
 
 
 def _classifier():
@@ -26,20 +26,30 @@ def test_a_vector_valued_monitor_counts_by_its_mean(tmp_path):
     x, _ = tiny_data(48)
     y = keras.utils.to_categorical(np.argmax(x, axis=1), 3)
     seen = []
-    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(np.mean(logs["val_f1_score"])))
-    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "b.keras"), monitor="val_f1_score", patience=10)
-    _classifier().fit(x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=[record, stopper])
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs: seen.append(np.mean(logs["val_f1_score"]))
+    )
+    stopper = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "b.keras"), monitor="val_f1_score", patience=10
+    )
+    _classifier().fit(
+        x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=[record, stopper]
+    )
     assert stopper.stop_reason is StopReason.COMPLETED
     assert stopper.best == pytest.approx(max(seen)) and stopper.best_epoch == int(np.argmax(seen))
     assert os.path.exists(tmp_path / "b.keras")
 
 
 def test_non_finite_check_reads_arrays(tmp_path):
-    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "b.keras"), monitor="val_f1_score", mode="max", patience=5)
+    stopper = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "b.keras"), monitor="val_f1_score", mode="max", patience=5
+    )
 
     class VectorScript(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logs["val_f1_score"] = np.array([0.5, 0.6 + epoch / 10, math.nan if epoch == 2 else 0.1])
+            logs["val_f1_score"] = np.array(
+                [0.5, 0.6 + epoch / 10, math.nan if epoch == 2 else 0.1]
+            )
 
     x, y = tiny_data()
     tiny_model().fit(x, y, epochs=5, verbose=0, callbacks=[VectorScript(), stopper])
@@ -136,36 +146,70 @@ def test_an_unusable_state_file_is_a_clear_error(tmp_path, content, problem):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("best", "abc"), ("wait", -5), ("best_epoch", 1.5), ("finished", "no"), ("kept", [{"value": 1}]),
-     ("backup", "../../../../etc/hostname"), ("best_backup", "/etc/hostname"), ("mode", "up"),
-     ("previous", {"backup": None}), ("kept", [{"value": 1.0, "epoch": 0, "path": "/elsewhere/best.keras"}]),
-     ("version", 2)],
+    [
+        ("best", "abc"),
+        ("wait", -5),
+        ("best_epoch", 1.5),
+        ("finished", "no"),
+        ("kept", [{"value": 1}]),
+        ("backup", "../../../../etc/hostname"),
+        ("best_backup", "/etc/hostname"),
+        ("mode", "up"),
+        ("previous", {"backup": None}),
+        ("kept", [{"value": 1.0, "epoch": 0, "path": "/elsewhere/best.keras"}]),
+        ("version", 2),
+    ],
 )
 def test_each_field_of_the_state_is_checked(tmp_path, field, value):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[
-            EarlyStoppingWithCheckpoint(path),
-            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: 1 / 0 if e == 1 else None),
-        ])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[
+                EarlyStoppingWithCheckpoint(path),
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda e, logs: 1 / 0 if e == 1 else None
+                ),
+            ],
+        )
     state = json.loads(open(path + ".state.json").read())
     state[field] = value
     open(path + ".state.json", "w").write(json.dumps(state))
     with pytest.raises(StateFileError, match=rf"state.json.*{field}"):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path)],
+        )
 
 
 def test_a_state_of_another_monitor_is_not_taken_over(tmp_path):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[
-            EarlyStoppingWithCheckpoint(path),
-            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: 1 / 0),
-        ])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[
+                EarlyStoppingWithCheckpoint(path),
+                keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: 1 / 0),
+            ],
+        )
     with pytest.raises(StateFileError, match=r"monitor='val_loss', not 'loss'"):
-        tiny_model().fit(x, y, epochs=1, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path, monitor="loss")])
+        tiny_model().fit(
+            x, y, epochs=1, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path, monitor="loss")]
+        )
 
 
 @pytest.mark.parametrize("verbose", [0, 1])
@@ -202,7 +246,9 @@ def test_keep_best_keeps_the_k_best_files_named_as_model_checkpoint_names_them(t
         saved = keras.saving.load_model(entry["path"])
         for w, expected_w in zip(saved.get_weights(), script.weights[entry["epoch"]]):
             np.testing.assert_array_equal(w, expected_w)
-    leftovers = [p.name for p in (tmp_path / "ckpt").iterdir() if ".tmp-" in p.name or "backup" in p.name]
+    leftovers = [
+        p.name for p in (tmp_path / "ckpt").iterdir() if ".tmp-" in p.name or "backup" in p.name
+    ]
     assert leftovers == []
 
 

@@ -6,17 +6,19 @@ import os
 
 import keras
 import pytest
-
-from kreg.callbacks import EarlyStoppingWithCheckpoint
-from kreg.callbacks.best_checkpoints import BestCheckpoints
-from kreg.callbacks.training_state import StateFileError
 from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
 
+from kreg.callbacks import EarlyStoppingWithCheckpoint
+from kreg.callbacks.best_checkpoints import BestCheckpoints
+from kreg.callbacks.training_state import StateFileError
+
 
 def _crash(epoch):
-    return keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: 1 / 0 if e == epoch else None)
+    return keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs: 1 / 0 if e == epoch else None
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,41 +72,84 @@ def test_a_state_written_for_another_mode_is_refused(tmp_path):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(path, mode="max"), _crash(1)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path, mode="max"), _crash(1)],
+        )
     with pytest.raises(StateFileError, match=r"mode='max', not 'min'.*resume=False"):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(path, mode="min")])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path, mode="min")],
+        )
 
 
 def test_a_changed_architecture_is_one_line_naming_the_backup_and_resume_false(tmp_path):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=3, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(path), _crash(1)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path), _crash(1)],
+        )
     wider = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5), keras.layers.Dense(1)])
     wider.compile("sgd", "mse")
     with pytest.raises(StateFileError) as raised:
-        wider.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path)])
+        wider.fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path)],
+        )
     message = str(raised.value)
     assert "\n" not in message and ".best.keras.backup-000001.npz" in message
     assert "architecture changed" in message and "resume=False" in message
     # As the message says: resume=False starts fresh.
-    wider.fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
-              callbacks=[EarlyStoppingWithCheckpoint(path, resume=False)])
+    wider.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=1,
+        verbose=0,
+        callbacks=[EarlyStoppingWithCheckpoint(path, resume=False)],
+    )
 
 
 def test_two_callbacks_on_one_filepath_in_one_fit_are_refused(tmp_path):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
-    first, second = EarlyStoppingWithCheckpoint(path), EarlyStoppingWithCheckpoint(path, monitor="loss")
+    first, second = (
+        EarlyStoppingWithCheckpoint(path),
+        EarlyStoppingWithCheckpoint(path, monitor="loss"),
+    )
     with pytest.raises(ValueError, match=r"another EarlyStoppingWithCheckpoint.*same file"):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[first, second])
+        tiny_model().fit(
+            x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[first, second]
+        )
     # Nothing was written by either: the refusal comes before the first save.
     assert not os.path.exists(path)
     # One callback on it, in a later fit, is fine.
-    tiny_model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=[EarlyStoppingWithCheckpoint(path)])
+    tiny_model().fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=1,
+        verbose=0,
+        callbacks=[EarlyStoppingWithCheckpoint(path)],
+    )
     assert json.loads(open(path + ".state.json").read())["finished"] is True
 
 
@@ -114,13 +159,27 @@ def test_a_run_without_resume_leaves_no_state_a_later_resume_would_continue(tmp_
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(path), _crash(1)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=4,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path), _crash(1)],
+        )
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(path, resume=False), _crash(2)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=4,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path, resume=False), _crash(2)],
+        )
     stopper = EarlyStoppingWithCheckpoint(path)
-    history = tiny_model().fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[stopper])
+    history = tiny_model().fit(
+        x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[stopper]
+    )
     # Neither the replaced run (its backups) nor the unbacked one is resumed.
     assert not stopper.resumed and history.epoch == [0, 1]
 
@@ -133,14 +192,26 @@ def test_a_kept_entry_must_be_a_name_the_filepath_formats_to(tmp_path):
     precious.write_text("mine")
     x, y = tiny_data()
     with pytest.raises(ZeroDivisionError):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1), _crash(1)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=4,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1), _crash(1)],
+        )
     state_path = template + ".state.json"
     state = json.loads(open(state_path).read())
     state["kept"] = [{"value": 1e9, "epoch": 0, "path": str(precious)}]
     with open(state_path, "w") as file:
         json.dump(state, file)
     with pytest.raises(StateFileError, match="kept"):
-        tiny_model().fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
-                         callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1)])
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=4,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1)],
+        )
     assert precious.read_text() == "mine"

@@ -46,7 +46,13 @@ def _fit(schedule, fit_epochs=4, **kwargs):
     model = _model()
     recorder = _RateRecorder()
     x = np.ones((8, 5, 3), "float32")
-    model.fit(x, np.zeros((8, 1)), epochs=fit_epochs, verbose=0, callbacks=[DropoutSchedule(schedule, **kwargs), recorder])
+    model.fit(
+        x,
+        np.zeros((8, 1)),
+        epochs=fit_epochs,
+        verbose=0,
+        callbacks=[DropoutSchedule(schedule, **kwargs), recorder],
+    )
     return model, recorder.rates
 
 
@@ -59,7 +65,10 @@ def test_named_schedules_scale_every_rate_and_fit_restores_the_base(schedule, mu
     for epoch, multiplier in enumerate(multipliers):
         assert rates[epoch]["consistent.rate"] == pytest.approx(0.2 * multiplier, abs=1e-6), epoch
         assert rates[epoch]["dropout.rate"] == pytest.approx(0.4 * multiplier, abs=1e-6), epoch
-    after_fit = {f"{layer.name}.{name}": rate for (layer, name), rate in adjustable_dropout_rates(model).items()}
+    after_fit = {
+        f"{layer.name}.{name}": rate
+        for (layer, name), rate in adjustable_dropout_rates(model).items()
+    }
     assert after_fit == {"consistent.rate": 0.2, "dropout.rate": 0.4}
 
 
@@ -68,7 +77,9 @@ def test_a_callable_schedule_and_a_resumed_fit_continue_by_epoch():
     recorder = _RateRecorder()
     x = np.ones((8, 5, 3), "float32")
     schedule = DropoutSchedule(lambda epoch: 0.5 * epoch)
-    model.fit(x, np.zeros((8, 1)), epochs=3, initial_epoch=1, verbose=0, callbacks=[schedule, recorder])
+    model.fit(
+        x, np.zeros((8, 1)), epochs=3, initial_epoch=1, verbose=0, callbacks=[schedule, recorder]
+    )
     assert [rates["dropout.rate"] for rates in recorder.rates] == pytest.approx([0.2, 0.4])
 
 
@@ -86,7 +97,9 @@ def test_update_dropout_rates_is_the_public_mechanism():
 def test_a_model_without_adjustable_rates_is_told_how_to_convert(capsys):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
-    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[DropoutSchedule("late", epochs=1)])
+    model.fit(
+        np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[DropoutSchedule("late", epochs=1)]
+    )
     assert "kreg.convert_dropouts" in capsys.readouterr().out
 
 
@@ -127,5 +140,8 @@ def test_a_fit_stopped_by_an_error_does_not_make_the_scaled_rates_the_next_base(
     recorder = _RateRecorder()
     model.fit(x, y, epochs=1, verbose=0, callbacks=[schedule, recorder])
     assert recorder.rates[0]["dropout.rate"] == pytest.approx(0.4)
-    after_fit = {f"{layer.name}.{name}": rate for (layer, name), rate in adjustable_dropout_rates(model).items()}
+    after_fit = {
+        f"{layer.name}.{name}": rate
+        for (layer, name), rate in adjustable_dropout_rates(model).items()
+    }
     assert after_fit == {"consistent.rate": 0.2, "dropout.rate": 0.4}

@@ -5,15 +5,15 @@ import os
 import keras
 import numpy as np
 import pytest
-
-from kreg.callbacks import EarlyStoppingWithCheckpoint
-from kreg.callbacks import StopReason
 from scripted import Crash
 from scripted import CrashAt
 from scripted import ScriptedMetrics
 from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
+
+from kreg.callbacks import EarlyStoppingWithCheckpoint
+from kreg.callbacks import StopReason
 
 NAN = math.nan
 
@@ -47,7 +47,9 @@ def _run(values, kwargs, callback_cls, tmp_path, epochs=None):
 
 
 @pytest.mark.parametrize("values, kwargs, stopped, best", TABLE)
-def test_scripted_runs_stop_restore_and_save_the_best_epoch(values, kwargs, stopped, best, tmp_path):
+def test_scripted_runs_stop_restore_and_save_the_best_epoch(
+    values, kwargs, stopped, best, tmp_path
+):
     model, callback, script = _run(values, kwargs, EarlyStoppingWithCheckpoint, tmp_path)
     assert callback.best_epoch == best
     if stopped is None:
@@ -68,7 +70,9 @@ def test_decisions_match_keras_early_stopping(values, kwargs, stopped, best, tmp
     _, ours, _ = _run(values, kwargs, EarlyStoppingWithCheckpoint, tmp_path)
     _, theirs, _ = _run(values, kwargs, keras.callbacks.EarlyStopping, tmp_path)
     assert (ours.stopped_epoch, ours.best_epoch, ours.wait) == (
-        theirs.stopped_epoch, theirs.best_epoch, theirs.wait
+        theirs.stopped_epoch,
+        theirs.best_epoch,
+        theirs.wait,
     )
     assert ours.best == theirs.best
 
@@ -77,8 +81,12 @@ def test_checkpoint_is_only_written_on_improvement(tmp_path, monkeypatch):
     saved_at = []
     original = EarlyStoppingWithCheckpoint._save_model
     monkeypatch.setattr(
-        EarlyStoppingWithCheckpoint, "_save_model",
-        lambda self, path: (saved_at.append(len(self._last_logs) and self.best_epoch), original(self, path)),
+        EarlyStoppingWithCheckpoint,
+        "_save_model",
+        lambda self, path: (
+            saved_at.append(len(self._last_logs) and self.best_epoch),
+            original(self, path),
+        ),
     )
     _run([1.0, 0.8, 0.9, 0.7, 0.75, 0.75], {"patience": 5}, EarlyStoppingWithCheckpoint, tmp_path)
     assert saved_at == [0, 1, 3]
@@ -121,7 +129,9 @@ def test_non_finite_loss_stops_and_restores_the_best_weights(bad_key, bad_value,
 
 def test_real_nan_loss_stops_at_the_end_of_that_epoch(tmp_path):
     x, y = tiny_data(64)
-    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), monitor="loss", patience=10)
+    callback = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "best.keras"), monitor="loss", patience=10
+    )
     model = tiny_model()
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
     good = model.get_weights()
@@ -140,15 +150,23 @@ def test_strict_missing_metric_fails_early_and_lists_the_available_ones(tmp_path
     model = tiny_model()
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_acuracy")
     # At the end of the first epoch, before a second one.
-    with pytest.raises(ValueError, match=r"`val_acuracy`.*Available: accuracy, loss, val_accuracy, val_loss"):
-        model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    with pytest.raises(
+        ValueError, match=r"`val_acuracy`.*Available: accuracy, loss, val_accuracy, val_loss"
+    ):
+        model.fit(
+            x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0, callbacks=[callback]
+        )
     assert model.optimizer.iterations.numpy() == len(x) // 8
     # Without validation data no epoch logs `val_loss`: an error once fit ends
     # (an epoch without validation may be one `validation_freq` skips).
     callback = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss")
-    with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
+    with pytest.raises(
+        ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"
+    ):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
-    lenient = EarlyStoppingWithCheckpoint(str(tmp_path / "m.keras"), monitor="val_loss", strict=False)
+    lenient = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "m.keras"), monitor="val_loss", strict=False
+    )
     with pytest.warns(UserWarning, match="val_loss"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[lenient])
 
@@ -162,22 +180,35 @@ def test_validation_freq_epochs_without_validation_are_not_monitored(tmp_path, v
     def run(callback):
         model = tiny_model()
         log = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: logs.update(val_loss=val_loss[epoch]) if "val_loss" in logs else None
+            on_epoch_end=lambda epoch, logs: (
+                logs.update(val_loss=val_loss[epoch]) if "val_loss" in logs else None
+            )
         )
         model.fit(
-            x, y, validation_data=(x, y), validation_freq=validation_freq, epochs=6, verbose=0,
+            x,
+            y,
+            validation_data=(x, y),
+            validation_freq=validation_freq,
+            epochs=6,
+            verbose=0,
             callbacks=[log, callback],
         )
 
     theirs = keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True)
     with pytest.warns(UserWarning, match="val_loss"):  # Keras warns on each skipped epoch
         run(theirs)
-    ours = EarlyStoppingWithCheckpoint(str(tmp_path / "b-{epoch}-{val_loss:.1f}.keras"), patience=1, keep_best=2)
+    ours = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "b-{epoch}-{val_loss:.1f}.keras"), patience=1, keep_best=2
+    )
     run(ours)
-    assert (ours.stopped_epoch, ours.best_epoch, ours.best) == (theirs.stopped_epoch, theirs.best_epoch, theirs.best)
-    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(e["path"]) for e in ours.kept) + [
-        "b-{epoch}-{val_loss:.1f}.keras.state.json"
-    ]
+    assert (ours.stopped_epoch, ours.best_epoch, ours.best) == (
+        theirs.stopped_epoch,
+        theirs.best_epoch,
+        theirs.best,
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(e["path"]) for e in ours.kept
+    ) + ["b-{epoch}-{val_loss:.1f}.keras.state.json"]
 
 
 def test_a_stop_by_another_callback_is_not_called_patience(tmp_path):
@@ -214,13 +245,28 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
     with pytest.raises(Crash):
         x, y = tiny_data()
         model.fit(
-            x, y, validation_data=(x, y), epochs=5, verbose=0,
-            callbacks=[ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
-                       EarlyStoppingWithCheckpoint(path, patience=3), CrashAt(2)],
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=5,
+            verbose=0,
+            callbacks=[
+                ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
+                EarlyStoppingWithCheckpoint(path, patience=3),
+                CrashAt(2),
+            ],
         )
     state = json.loads(open(path + ".state.json").read())
-    assert {key: state[key] for key in ("monitor", "best", "best_epoch", "wait", "next_epoch", "finished")} == {
-        "monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 1, "next_epoch": 3, "finished": False,
+    assert {
+        key: state[key]
+        for key in ("monitor", "best", "best_epoch", "wait", "next_epoch", "finished")
+    } == {
+        "monitor": "val_loss",
+        "best": 0.5,
+        "best_epoch": 1,
+        "wait": 1,
+        "next_epoch": 3,
+        "finished": False,
     }
     assert state["version"] == 3 and state["backup"].endswith("000002.npz")
     # The restarted run continues at epoch 3 (the crash came after epoch 2's
@@ -234,7 +280,9 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
     assert resumed.stop_reason is StopReason.PATIENCE and resumed.stopped_epoch == 4
     assert resumed.best_epoch == 1
     # The best weights are the first run's, read back from its backup.
-    for restored, expected in zip(restarted.get_weights(), keras.saving.load_model(path).get_weights()):
+    for restored, expected in zip(
+        restarted.get_weights(), keras.saving.load_model(path).get_weights()
+    ):
         np.testing.assert_array_equal(restored, expected)
     state = json.loads(open(path + ".state.json").read())
     assert state["finished"] is True and state["backup"] is None
@@ -246,11 +294,16 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
 
 
 def test_config_round_trip(tmp_path):
-    callback = EarlyStoppingWithCheckpoint(str(tmp_path / "b.keras"), patience=4, mode="min", min_delta=0.1)
+    callback = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "b.keras"), patience=4, mode="min", min_delta=0.1
+    )
     config = callback.get_config()
     revived = EarlyStoppingWithCheckpoint.from_config(config)
     assert revived.get_config() == config
-    assert keras.saving.get_registered_name(EarlyStoppingWithCheckpoint) == "kreg>EarlyStoppingWithCheckpoint"
+    assert (
+        keras.saving.get_registered_name(EarlyStoppingWithCheckpoint)
+        == "kreg>EarlyStoppingWithCheckpoint"
+    )
 
 
 @pytest.mark.parametrize(

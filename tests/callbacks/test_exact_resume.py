@@ -6,6 +6,8 @@ import os
 import keras
 import numpy as np
 import pytest
+from scripted import Crash
+from scripted import CrashAt
 
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks import StopReason
@@ -13,8 +15,6 @@ from kreg.layers import ConsistentDropout
 from kreg.layers import EmbeddingDropout
 from kreg.layers import WeightDropLSTM
 from kreg.layers import ZoneoutLSTM
-from scripted import Crash
-from scripted import CrashAt
 
 EPOCHS = 30
 
@@ -44,10 +44,18 @@ def _fit(path, crash_at=None, crash_first=False, epochs_run=None):
         crash = CrashAt(crash_at)
         callbacks = [crash, stopper] if crash_first else [stopper, crash]
     epochs_run = [] if epochs_run is None else epochs_run
-    callbacks.insert(0, keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_run.append(epoch)))
+    callbacks.insert(
+        0, keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_run.append(epoch))
+    )
     model.fit(
-        x, y, validation_data=(x_val, y_val), epochs=EPOCHS, batch_size=16, shuffle=False,
-        verbose=0, callbacks=callbacks,
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=EPOCHS,
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
     )
     return model, stopper, epochs_run
 
@@ -96,15 +104,17 @@ def _random_model():
     """Every kind of seed generator a backup must hold: Keras's Dropout, kreg's
     random layers, and a layer holding its own `keras.random.SeedGenerator`."""
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((6,), dtype="int32"),
-        EmbeddingDropout(20, 8, rate=0.2),
-        ConsistentDropout(0.3),
-        WeightDropLSTM(8, weight_dropout=0.3, return_sequences=True),
-        ZoneoutLSTM(8, cell_zoneout=0.2, hidden_zoneout=0.2),
-        keras.layers.Dropout(0.3),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            EmbeddingDropout(20, 8, rate=0.2),
+            ConsistentDropout(0.3),
+            WeightDropLSTM(8, weight_dropout=0.3, return_sequences=True),
+            ZoneoutLSTM(8, cell_zoneout=0.2, hidden_zoneout=0.2),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model
 

@@ -39,7 +39,9 @@ class InterruptingCallback(keras.callbacks.Callback):
 class CanaryLayer(keras.layers.Layer):
     def __init__(self):
         super().__init__()
-        self.counter = self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False)
+        self.counter = self.add_weight(
+            shape=(), initializer="zeros", dtype="float32", trainable=False
+        )
 
     def call(self, x):
         self.counter.assign_add(1)
@@ -54,7 +56,9 @@ def make_model():
 
 def _callback(tmp_path):
     # Patience never runs out: the runs last their `epochs`, as Keras's do.
-    return EarlyStoppingWithCheckpoint(str(tmp_path / "subdir" / "best.keras"), monitor="loss", patience=100)
+    return EarlyStoppingWithCheckpoint(
+        str(tmp_path / "subdir" / "best.keras"), monitor="loss", patience=100
+    )
 
 
 def _data():
@@ -75,13 +79,21 @@ def test_best_case_step(tmp_path):
     cbk = _callback(tmp_path)
     x_train, y_train = _data()
     with pytest.raises(RuntimeError, match="StepsInterruption"):
-        model.fit(x_train, y_train, batch_size=4, epochs=2, verbose=0,
-                  callbacks=[cbk, InterruptingCallback(steps_int=5, epoch_int=None)])
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            callbacks=[cbk, InterruptingCallback(steps_int=5, epoch_int=None)],
+        )
     # Interrupted in the second epoch (3 steps an epoch): the first epoch's backup.
     assert backup_dir.exists()
     assert int(model.layers[0].counter.value) == 5
     model = make_model()
-    hist = model.fit(x_train, y_train, batch_size=4, callbacks=[_callback(tmp_path)], epochs=5, verbose=0)
+    hist = model.fit(
+        x_train, y_train, batch_size=4, callbacks=[_callback(tmp_path)], epochs=5, verbose=0
+    )
     assert hist.epoch[0] == 1 and hist.epoch[-1] == 4
     assert int(model.layers[0].counter.value) == 15
 
@@ -93,8 +105,14 @@ def test_best_case_epoch(tmp_path):
     assert int(model.layers[0].counter.value) == 0
     x_train, y_train = _data()
     with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(x_train, y_train, batch_size=4, epochs=6, verbose=0,
-                  callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)])
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=4,
+            epochs=6,
+            verbose=0,
+            callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)],
+        )
     assert backup_dir.exists()
     assert int(model.layers[0].counter.value) == 6
     cbk = _callback(tmp_path)
@@ -110,8 +128,14 @@ def test_backup_corrupted(tmp_path):
     x_train, y_train = _data()
     cbk = _callback(tmp_path)
     with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(x_train, y_train, batch_size=4, epochs=6, verbose=0,
-                  callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)])
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=4,
+            epochs=6,
+            verbose=0,
+            callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
+        )
     backups = sorted(name for name in os.listdir(backup_dir) if ".backup-" in name)
     assert len(backups) == 2, "two generations of backup"
     assert int(model.layers[0].counter.value) == 6
@@ -131,8 +155,14 @@ def test_both_backups_corrupted_start_fresh_with_a_warning(tmp_path):
     model = make_model()
     x_train, y_train = _data()
     with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(x_train, y_train, batch_size=4, epochs=6, verbose=0,
-                  callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)])
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=4,
+            epochs=6,
+            verbose=0,
+            callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)],
+        )
     for name in os.listdir(backup_dir):
         if ".backup-" in name:
             (backup_dir / name).write_bytes(b"PK\x03\x04 truncated")

@@ -23,7 +23,9 @@ KILLS = 4
 def _start(path, *flags):
     return subprocess.Popen(
         [sys.executable, TARGET, str(path), *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 

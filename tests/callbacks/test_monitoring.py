@@ -59,11 +59,19 @@ def test_a_per_output_loss_is_minimized_without_mode(tmp_path):
     from kreg.callbacks import EarlyStoppingWithCheckpoint
 
     inputs = keras.Input((2,))
-    model = keras.Model(inputs, {"a": keras.layers.Dense(1, name="a")(inputs), "b": keras.layers.Dense(1, name="b")(inputs)})
+    model = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(1, name="a")(inputs),
+            "b": keras.layers.Dense(1, name="b")(inputs),
+        },
+    )
     model.compile("sgd", {"a": "mse", "b": "mse"})
     x = np.ones((8, 2), "float32")
     y = {"a": np.zeros((8, 1), "float32"), "b": np.ones((8, 1), "float32")}
-    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="val_b_loss", keep_best=2, patience=5)
+    stopper = EarlyStoppingWithCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_b_loss", keep_best=2, patience=5
+    )
     model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[stopper])
     assert monitor_direction(model, "val_b_loss") == "min"
     assert monitor_direction(model, "a_loss") == "min"

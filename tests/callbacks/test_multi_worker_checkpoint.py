@@ -80,7 +80,9 @@ def test_only_the_chief_writes_both_stop_together_and_a_restart_resumes(tmp_path
     import numpy as np
 
     folder = str(tmp_path)
-    chief, worker = multi_worker.run_workers(_train, kwargs={"folder": folder, "interrupt_at": 2}, timeout=300)
+    chief, worker = multi_worker.run_workers(
+        _train, kwargs={"folder": folder, "interrupt_at": 2}, timeout=300
+    )
     assert chief["epochs"] == worker["epochs"] == [0, 1, 2]
     assert "best.keras" in chief["writes"] and ".best.keras.backup-000002.npz" in chief["writes"]
     assert worker["writes"] == []
@@ -91,7 +93,11 @@ def test_only_the_chief_writes_both_stop_together_and_a_restart_resumes(tmp_path
     # Epoch 4 (0.69) is the best; patience 3 runs out at epoch 7, on both.
     assert chief["epochs"] == worker["epochs"] == [3, 4, 5, 6, 7]
     for result in (chief, worker):
-        assert (result["stop_reason"], result["stopped_epoch"], result["best_epoch"]) == ("PATIENCE", 7, 4)
+        assert (result["stop_reason"], result["stopped_epoch"], result["best_epoch"]) == (
+            "PATIENCE",
+            7,
+            4,
+        )
     assert worker["writes"] == [] and len(chief["writes"]) > 0
     for ours, theirs in zip(chief["weights"], worker["weights"]):
         np.testing.assert_array_equal(ours, theirs)  # both restored epoch 4's weights

@@ -1,15 +1,15 @@
 import keras
 import numpy as np
 import pytest
+from scripted import fit_scripted
+from scripted import tiny_data
+from scripted import tiny_model
 
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks import plot_training_curves
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.layers import ConsistentDropout
-from scripted import fit_scripted
-from scripted import tiny_data
-from scripted import tiny_model
 
 ACCURACY = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
 VAL_ACCURACY = [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65, 0.64, 0.62, 0.61, 0.6]
@@ -27,21 +27,56 @@ TABLE = [
     # the band, so 1.13, 1.22 at epochs 7-8 are no overfitting yet: first
     # saturated (no gain beyond the noise for 3 epochs), then overfitting at 9
     # (1.22, 1.3 lie above 1.1 + 0.07); the onset is the raw minimum (5).
-    (FALLING, [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-     {"patience": 3}, 8, "saturated", 5),
-    (FALLING, [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-     {"patience": 3}, 9, "overfitting", 5),
+    (
+        FALLING,
+        [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
+        {"patience": 3},
+        8,
+        "saturated",
+        5,
+    ),
+    (
+        FALLING,
+        [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
+        {"patience": 3},
+        9,
+        "overfitting",
+        5,
+    ),
     # Memorization plateau: validation flat within its noise while training
     # keeps falling is saturated, not overfitting.
-    (FALLING, [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06],
-     {"patience": 3}, 8, "saturated", 6),
+    (
+        FALLING,
+        [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06],
+        {"patience": 3},
+        8,
+        "saturated",
+        6,
+    ),
     # Both curves stall together, the training loss at 84% of its first value: underfitting.
-    ([2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
-     [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
-     {"patience": 3}, 8, "underfitting", None),
+    (
+        [2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
+        [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
+        {"patience": 3},
+        8,
+        "underfitting",
+        None,
+    ),
     # Accuracy (maximized): validation accuracy peaks at epoch 3 and falls.
-    (ACCURACY, VAL_ACCURACY, {"patience": 3, "monitor": "val_accuracy", "train_monitor": "accuracy", "mode": "max", "train_mode": "max"},
-     8, "overfitting", 3),
+    (
+        ACCURACY,
+        VAL_ACCURACY,
+        {
+            "patience": 3,
+            "monitor": "val_accuracy",
+            "train_monitor": "accuracy",
+            "mode": "max",
+            "train_mode": "max",
+        },
+        8,
+        "overfitting",
+        3,
+    ),
     # Prechelt's GL5 on the smoothed curve (factor 0.3): 5% above its best at epoch 7.
     (FALLING, U_SHAPE, {"criterion": "gl"}, 7, "overfitting", 4),
     # UP with strips of 2 epochs (raw curves): the strips ending at epochs 5,
@@ -78,7 +113,9 @@ def test_each_monitor_keeps_its_own_direction():
     # accuracy's "max" applied to the loss would read it as getting worse).
     train_loss = [2.0 * 0.8**epoch for epoch in range(12)]
     val_accuracy = [0.5 + 0.04 * epoch for epoch in range(12)]
-    detector, states = _detect(train_loss, val_accuracy, {"monitor": "val_accuracy", "mode": "max", "patience": 3})
+    detector, states = _detect(
+        train_loss, val_accuracy, {"monitor": "val_accuracy", "mode": "max", "patience": 3}
+    )
     assert set(states) == {"learning"}
     assert OverfittingDetector(train_monitor="accuracy", monitor="val_loss").train_mode == "auto"
 
@@ -96,7 +133,15 @@ def test_auto_mode_without_a_model_knows_only_a_loss():
 def test_gl_on_an_accuracy_the_model_declares_maximized_is_an_error_at_the_first_epoch():
     detector = OverfittingDetector(criterion="gl", monitor="val_accuracy", train_monitor="accuracy")
     with pytest.raises(ValueError, match=r"`criterion`.*'gl'.*maximized"):
-        fit_scripted(tiny_model(), detector, 2, loss=[1.0, 0.9], val_loss=[1.0, 0.9], accuracy=[0.5, 0.6], val_accuracy=[0.5, 0.6])
+        fit_scripted(
+            tiny_model(),
+            detector,
+            2,
+            loss=[1.0, 0.9],
+            val_loss=[1.0, 0.9],
+            accuracy=[0.5, 0.6],
+            val_accuracy=[0.5, 0.6],
+        )
 
 
 def test_auto_mode_reads_the_direction_the_compiled_metric_declares():
@@ -107,18 +152,37 @@ def test_auto_mode_reads_the_direction_the_compiled_metric_declares():
     model.compile(keras.optimizers.SGD(0.01), "mse", metrics=[keras.metrics.CosineSimilarity()])
     rising = [0.3 + 0.05 * epoch for epoch in range(12)]
     detector = OverfittingDetector(
-        monitor="val_cosine_similarity", train_monitor="cosine_similarity", patience=3, action=lambda *_: None
+        monitor="val_cosine_similarity",
+        train_monitor="cosine_similarity",
+        patience=3,
+        action=lambda *_: None,
     )
-    fit_scripted(model, detector, 12, cosine_similarity=[r + 0.02 for r in rising], val_cosine_similarity=rising)
+    fit_scripted(
+        model,
+        detector,
+        12,
+        cosine_similarity=[r + 0.02 for r in rising],
+        val_cosine_similarity=rising,
+    )
     assert set(detector.states) == {"learning"}, detector.states
 
 
 def test_epochs_that_validation_freq_skips_are_not_read():
     x, y = tiny_data()
     detector = OverfittingDetector(patience=2, action=lambda *_: None)
-    history = tiny_model().fit(
-        x, y, validation_data=(x, y), validation_freq=2, epochs=6, verbose=0, callbacks=[detector]
-    ).history
+    history = (
+        tiny_model()
+        .fit(
+            x,
+            y,
+            validation_data=(x, y),
+            validation_freq=2,
+            epochs=6,
+            verbose=0,
+            callbacks=[detector],
+        )
+        .history
+    )
     assert len(detector.states) == 3 and detector._epochs == [1, 3, 5]
     assert len(history["generalization_gap"]) == 3
 
@@ -126,7 +190,9 @@ def test_epochs_that_validation_freq_skips_are_not_read():
 def test_in_fit_it_records_gap_and_state_and_acts_once():
     train, val = FALLING, U_SHAPE
     calls = []
-    detector = OverfittingDetector(patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch)))
+    detector = OverfittingDetector(
+        patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch))
+    )
     model = tiny_model()
     fit_scripted(model, detector, 12, loss=train, val_loss=val)
     history = model.history.history
@@ -140,10 +206,38 @@ def test_a_withdrawn_detection_acts_again_at_the_next_onset():
     # A bump at epochs 4-8 (overfitting at 8), a real recovery (withdrawn at
     # 10, once 0.8 beats 1.1 by more than the noise), a plateau within the
     # noise (saturated at 15) and a second rise (overfitting at 19).
-    val = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.3, 1.0, 0.8, 0.7, 0.65, 0.6, 0.58, 0.57, 0.56,
-           0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
+    val = [
+        2.1,
+        1.6,
+        1.3,
+        1.15,
+        1.1,
+        1.12,
+        1.18,
+        1.25,
+        1.3,
+        1.0,
+        0.8,
+        0.7,
+        0.65,
+        0.6,
+        0.58,
+        0.57,
+        0.56,
+        0.6,
+        0.65,
+        0.7,
+        0.75,
+        0.8,
+        0.85,
+        0.9,
+        0.95,
+        1.0,
+    ]
     calls = []
-    detector = OverfittingDetector(patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch)))
+    detector = OverfittingDetector(
+        patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch))
+    )
     fit_scripted(tiny_model(), detector, len(val), loss=train, val_loss=val)
     assert calls == [(8, "overfitting", 4), (15, "saturated", 15), (19, "overfitting", 15)]
     assert detector.states[10:15] == ["learning"] * 5
@@ -174,13 +268,21 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(1)(x))
     model.compile(keras.optimizers.SGD(0.01), "mse")
-    detector = OverfittingDetector(patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0)
+    detector = OverfittingDetector(
+        patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0
+    )
     x_data = np.ones((16, 4, 3), "float32")
     from scripted import ScriptedMetrics
 
     script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
-    model.fit(x_data, x_data[:, 0, :1], validation_data=(x_data, x_data[:, 0, :1]), epochs=12,
-              verbose=0, callbacks=[script, detector])
+    model.fit(
+        x_data,
+        x_data[:, 0, :1],
+        validation_data=(x_data, x_data[:, 0, :1]),
+        epochs=12,
+        verbose=0,
+        callbacks=[script, detector],
+    )
     assert len(script.weights) == 12  # not stopped
     # Raised at epoch 8; the window restarts at the change, and its noise needs
     # 9 epochs again before a second detection.
@@ -198,8 +300,14 @@ def test_strengthen_names_rate_zero_layers_once():
     from scripted import ScriptedMetrics
 
     with pytest.warns(UserWarning, match=r"built at 0 cannot be raised: off\.rate") as record:
-        model.fit(x_data, x_data[:, 0, :1], validation_data=(x_data, x_data[:, 0, :1]), epochs=12, verbose=0,
-                  callbacks=[ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE), detector])
+        model.fit(
+            x_data,
+            x_data[:, 0, :1],
+            validation_data=(x_data, x_data[:, 0, :1]),
+            epochs=12,
+            verbose=0,
+            callbacks=[ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE), detector],
+        )
     assert len([w for w in record if "cannot be raised" in str(w.message)]) == 1
     assert model.get_layer("off").rate == 0.0
 
@@ -208,7 +316,10 @@ def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
     val = U_SHAPE[:5] + [float("nan")] + U_SHAPE[5:7] + [float("inf")] + U_SHAPE[7:]
     train = FALLING[:5] + [float("nan")] + FALLING[5:7] + [0.6] + FALLING[7:]
     detector = OverfittingDetector(patience=3, action=lambda *_: None)
-    with pytest.warns(UserWarning, match=r"epoch 6 logged loss=nan, val_loss=nan; a NaN or infinite epoch is skipped"):
+    with pytest.warns(
+        UserWarning,
+        match=r"epoch 6 logged loss=nan, val_loss=nan; a NaN or infinite epoch is skipped",
+    ):
         states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
     assert detector.skipped_epochs == [5, 8]
     # The epochs of U_SHAPE shift by one after the NaN and by two after the
@@ -223,16 +334,23 @@ def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
     stop = OverfittingDetector(patience=3, action="stop", verbose=0)
     model = tiny_model()
     fit_scripted(model, stop, 12, loss=FALLING, val_loss=plateau)
-    assert history_states(model)[8:] == [STATE_CODES["saturated"]] * 4  # "stop" acts on overfitting only
-    asked = OverfittingDetector(patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch)),
-                                act_on="saturated")
+    assert (
+        history_states(model)[8:] == [STATE_CODES["saturated"]] * 4
+    )  # "stop" acts on overfitting only
+    asked = OverfittingDetector(
+        patience=3,
+        action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch)),
+        act_on="saturated",
+    )
     fit_scripted(tiny_model(), asked, 12, loss=FALLING, val_loss=plateau)
     assert calls == [(8, "saturated", 6)]
 
 
 def test_rollback_on_saturation_restores_the_best_epoch_exactly():
     plateau = [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06]
-    detector = OverfittingDetector(patience=3, action="rollback", act_on=("overfitting", "saturated"), verbose=0)
+    detector = OverfittingDetector(
+        patience=3, action="rollback", act_on=("overfitting", "saturated"), verbose=0
+    )
     model = tiny_model()
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=plateau)
     assert len(script.weights) == 9 and detector.onset_epoch == 6
@@ -247,12 +365,19 @@ def history_states(model):
 def test_warn_action_warns_and_state_resets_between_fits():
     detector = OverfittingDetector(patience=3)
     model = tiny_model()
-    with pytest.warns(UserWarning, match=r"Overfitting detected at epoch 9: val_loss is worse than its best \(epoch 5\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Overfitting detected at epoch 9: val_loss is worse than its best \(epoch 5\)",
+    ):
         fit_scripted(model, detector, 10, loss=FALLING[:10], val_loss=U_SHAPE[:10])
     with pytest.warns(UserWarning) as record:
         fit_scripted(model, detector, 3, loss=FALLING[:3], val_loss=[2, 1, 0.9])
     # The only warning of the second fit is that 3 epochs are too few to judge.
-    assert [str(w.message) for w in record if "OverfittingDetector" in str(w.message) or "detected" in str(w.message)] == [
+    assert [
+        str(w.message)
+        for w in record
+        if "OverfittingDetector" in str(w.message) or "detected" in str(w.message)
+    ] == [
         "OverfittingDetector judged nothing: 3 finite validated epochs, and its noise estimate needs 9. "
         "Train longer to get a state other than learning."
     ]
@@ -261,7 +386,12 @@ def test_warn_action_warns_and_state_resets_between_fits():
 
 def test_a_vector_valued_monitor_counts_by_its_mean():
     detector = OverfittingDetector(
-        monitor="val_f1_score", train_monitor="f1_score", mode="max", train_mode="max", patience=3, smoothing=0.0,
+        monitor="val_f1_score",
+        train_monitor="f1_score",
+        mode="max",
+        train_mode="max",
+        patience=3,
+        smoothing=0.0,
         action=lambda *_: None,
     )
     states = [
@@ -273,7 +403,9 @@ def test_a_vector_valued_monitor_counts_by_its_mean():
 
 def test_missing_validation_metric_is_an_error():
     x = np.ones((8, 3), "float32")
-    with pytest.raises(ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"):
+    with pytest.raises(
+        ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"
+    ):
         tiny_model().fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
 
 
@@ -293,7 +425,10 @@ def test_missing_validation_metric_is_an_error():
         ({"verbose": 2}, r"`verbose`.*0 or 1"),
         ({"monitor": None}, r"`monitor`.*None"),
         ({"action": "explode"}, r"`action`.*'warn'.*'rollback'.*'strengthen'.*callable.*'explode'"),
-        ({"criterion": "gl", "monitor": "val_accuracy", "mode": "max"}, r"`criterion`.*'gl'.*maximized"),
+        (
+            {"criterion": "gl", "monitor": "val_accuracy", "mode": "max"},
+            r"`criterion`.*'gl'.*maximized",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
@@ -304,9 +439,16 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
 def test_a_mode_against_the_declared_direction_is_an_error():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.01), "mse", metrics=[keras.metrics.CosineSimilarity()])
-    detector = OverfittingDetector(monitor="val_cosine_similarity", train_monitor="cosine_similarity", mode="min")
-    with pytest.raises(ValueError, match=r"`mode`.*'val_cosine_similarity' declares that it is maximized.*mode='min'"):
-        fit_scripted(model, detector, 2, cosine_similarity=[0.1, 0.2], val_cosine_similarity=[0.1, 0.2])
+    detector = OverfittingDetector(
+        monitor="val_cosine_similarity", train_monitor="cosine_similarity", mode="min"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"`mode`.*'val_cosine_similarity' declares that it is maximized.*mode='min'",
+    ):
+        fit_scripted(
+            model, detector, 2, cosine_similarity=[0.1, 0.2], val_cosine_similarity=[0.1, 0.2]
+        )
 
 
 def test_a_run_too_short_to_judge_says_so():
@@ -317,7 +459,9 @@ def test_a_run_too_short_to_judge_says_so():
 
 
 def test_config_round_trip():
-    detector = OverfittingDetector(patience=4, min_gap=0.1, action="rollback", criterion="p_value", threshold=0.3)
+    detector = OverfittingDetector(
+        patience=4, min_gap=0.1, action="rollback", criterion="p_value", threshold=0.3
+    )
     config = detector.get_config()
     assert OverfittingDetector.from_config(config).get_config() == config
     assert config["criterion"] == "p_value" and config["train_mode"] == "auto"
@@ -326,14 +470,25 @@ def test_config_round_trip():
 
 def test_positional_arguments_of_earlier_versions_keep_their_meaning():
     detector = OverfittingDetector("val_loss", "loss", 4, 0.01, 0.2, 0.5, 0.02, "min", "stop", 2)
-    assert (detector.patience, detector.min_delta, detector.min_gap, detector.smoothing) == (4, 0.01, 0.2, 0.5)
-    assert (detector.underfit_tolerance, detector.mode, detector.action, detector.start_from_epoch) == (
-        0.02, "min", "stop", 2)
+    assert (detector.patience, detector.min_delta, detector.min_gap, detector.smoothing) == (
+        4,
+        0.01,
+        0.2,
+        0.5,
+    )
+    assert (
+        detector.underfit_tolerance,
+        detector.mode,
+        detector.action,
+        detector.start_from_epoch,
+    ) == (0.02, "min", "stop", 2)
 
 
 def test_plot_marks_onset_and_best_epoch(tmp_path):
     history = {"loss": FALLING, "val_loss": U_SHAPE}
-    path = plot_training_curves(history, tmp_path / "plots" / "curves.png", onset_epoch=4, best_epoch=4)
+    path = plot_training_curves(
+        history, tmp_path / "plots" / "curves.png", onset_epoch=4, best_epoch=4
+    )
     data = open(path, "rb").read()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
     with pytest.raises(ValueError, match=r"`metrics`.*val_accuracy.*Available"):
@@ -360,7 +515,14 @@ def test_overfitting_is_logged_only_while_validation_stays_above_its_band():
 def test_rollback_restores_non_trainable_weights_too():
     # Batch norm's moving statistics are weights that no gradient moves: the
     # onset epoch's are restored with the rest.
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.SGD(0.01), "mse")
     detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
@@ -368,4 +530,6 @@ def test_rollback_restores_non_trainable_weights_too():
     assert len(model.non_trainable_weights) == 2
     for restored, expected in zip(model.get_weights(), script.weights[4]):
         np.testing.assert_array_equal(restored, expected)
-    assert not np.array_equal(script.weights[4][-4], script.weights[8][-4]), "the moving mean moved after the onset"
+    assert not np.array_equal(script.weights[4][-4], script.weights[8][-4]), (
+        "the moving mean moved after the onset"
+    )

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import kreg
-from kreg.callbacks import PreciseBatchNorm
 from conftest import to_numpy as _numpy
+from kreg.callbacks import PreciseBatchNorm
 
 
 def _cnn(conv_block="keras"):
@@ -16,7 +16,11 @@ def _cnn(conv_block="keras"):
     if conv_block == "fused":
         x = kreg.Conv2DBatchNorm(4, 3, activation="relu", name="block")(inputs)
     else:
-        bn = kreg.AdaptiveBatchNormalization if conv_block == "adaptive" else keras.layers.BatchNormalization
+        bn = (
+            kreg.AdaptiveBatchNormalization
+            if conv_block == "adaptive"
+            else keras.layers.BatchNormalization
+        )
         x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
         x = keras.layers.ReLU()(bn(name="block")(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -58,7 +62,12 @@ def test_validation_sees_the_statistics_of_the_current_weights(conv_block):
     x_val, y_val = _data(24, seed=1)
     model = _cnn(conv_block)
     history = model.fit(
-        x, y, batch_size=16, epochs=2, validation_data=(x_val, y_val), verbose=0,
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        validation_data=(x_val, y_val),
+        verbose=0,
         callbacks=[PreciseBatchNorm(x, batch_size=len(x))],
     )
     expected = _reestimated_twin(model, x, batch_size=len(x))
@@ -73,7 +82,9 @@ def test_validation_sees_the_statistics_of_the_current_weights(conv_block):
 def test_without_validation_the_statistics_are_reestimated_at_the_end():
     x, y = _data()
     model = _cnn()
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x, batch_size=16)])
+    model.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x, batch_size=16)]
+    )
     expected = _reestimated_twin(model, x, batch_size=16)
     for got, want in zip(_statistics(model), _statistics(expected)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -103,12 +114,27 @@ def test_a_py_dataset_or_tf_data_gives_the_statistics_of_the_arrays():
     x, y = _data()
     reference = _cnn()
     initial = reference.get_weights()
-    reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[PreciseBatchNorm(x, batch_size=16)])
+    reference.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[PreciseBatchNorm(x, batch_size=16)],
+    )
     for data in _datasets(x):
         model = _cnn()
         model.set_weights(initial)
-        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[PreciseBatchNorm(data)])
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[PreciseBatchNorm(data)],
+        )
         for got, want in zip(_statistics(model), _statistics(reference)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -131,7 +157,12 @@ def test_every_n_epochs_and_the_last_epoch(every_n_epochs, validation, expected)
     x, y = _data(32)
     callback = _Counting(x, batch_size=32, every_n_epochs=every_n_epochs)
     _cnn().fit(
-        x, y, batch_size=16, epochs=5, verbose=0, callbacks=[callback],
+        x,
+        y,
+        batch_size=16,
+        epochs=5,
+        verbose=0,
+        callbacks=[callback],
         validation_data=(x, y) if validation else None,
     )
     assert callback.epochs_estimated == expected
@@ -140,9 +171,17 @@ def test_every_n_epochs_and_the_last_epoch(every_n_epochs, validation, expected)
 def test_steps_with_arrays_draw_a_random_subset_each_time(capsys):
     x, y = _data(64)
     model = _cnn()
-    model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-              callbacks=[PreciseBatchNorm(x, steps=2, batch_size=8, seed=0, verbose=1)])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PreciseBatchNorm")]
+    model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[PreciseBatchNorm(x, steps=2, batch_size=8, seed=0, verbose=1)],
+    )
+    lines = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("PreciseBatchNorm")
+    ]
     assert len(lines) == 2 and all("from 16 samples" in line for line in lines)
 
 
@@ -163,7 +202,13 @@ def test_a_deep_copy_shares_the_data_and_keeps_the_settings():
     callback = PreciseBatchNorm(x, steps=3, batch_size=8, every_n_epochs=2, seed=4)
     copied = copy.deepcopy(callback)
     assert copied.data is x and copied.get_config() == callback.get_config()
-    assert copied.get_config() == {"steps": 3, "batch_size": 8, "every_n_epochs": 2, "seed": 4, "verbose": 0}
+    assert copied.get_config() == {
+        "steps": 3,
+        "batch_size": 8,
+        "every_n_epochs": 2,
+        "seed": 4,
+        "verbose": 0,
+    }
 
 
 def test_bad_arguments_are_refused_at_construction():
@@ -204,7 +249,9 @@ def test_a_generator_function_is_read_again_at_every_epoch():
         yield (x[:8],)  # Keras reads a generator of tuples
         yield (x[8:],)
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()]
+    )
     model.compile("sgd", "mse")
     model.fit(x, x, epochs=2, verbose=0, callbacks=[PreciseBatchNorm(batches)])
     assert len(calls) >= 2  # one fresh generator per re-estimation (is_empty may draw one more)
@@ -223,14 +270,20 @@ def test_a_model_without_batch_norm_is_warned_about():
 def test_unbatched_data_is_a_clear_error_that_shows_no_array():
     tf = pytest.importorskip("tensorflow")
     x = (np.random.default_rng(0).normal(size=(16, 4)) + 12345.678).astype("float32")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()]
+    )
     model.compile("sgd", "mse")
-    with pytest.raises(ValueError, match=r"`data`.*yields ndarray objects.*tuples.*\(inputs,\)") as raised:
+    with pytest.raises(
+        ValueError, match=r"`data`.*yields ndarray objects.*tuples.*\(inputs,\)"
+    ) as raised:
         PreciseBatchNorm(lambda: (x[i : i + 8] for i in (0, 8)))  # bare arrays, no tuple
     assert "12345" not in str(raised.value)
     for data in (tf.data.Dataset.from_tensor_slices(x), lambda: ((row,) for row in x)):
         precise = PreciseBatchNorm(data)  # one batch read here
-        with pytest.raises(ValueError, match=r"`data`.*single samples.*\(4,\).*\(None, 4\).*batch") as raised:
+        with pytest.raises(
+            ValueError, match=r"`data`.*single samples.*\(4,\).*\(None, 4\).*batch"
+        ) as raised:
             model.fit(x, x, epochs=1, verbose=0, callbacks=[precise])
         assert "12345" not in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(ValueError, match=r"`data`.*single samples.*\(\)"):
@@ -238,4 +291,10 @@ def test_unbatched_data_is_a_clear_error_that_shows_no_array():
     with pytest.raises(ValueError, match="no batch"):
         PreciseBatchNorm(lambda: iter(()))
     # Batched, the same data is fine.
-    model.fit(x, x, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(tf.data.Dataset.from_tensor_slices(x).batch(8))])
+    model.fit(
+        x,
+        x,
+        epochs=1,
+        verbose=0,
+        callbacks=[PreciseBatchNorm(tf.data.Dataset.from_tensor_slices(x).batch(8))],
+    )

@@ -6,8 +6,8 @@ import pytest
 from keras import ops
 
 import kreg
-from kreg.callbacks import WeightAveraging
 from kreg._keras_compat import trainable_values_in_fit
+from kreg.callbacks import WeightAveraging
 from kreg.callbacks.weight_average import ema_decay
 
 
@@ -23,7 +23,11 @@ def _cnn(batch_norm=True):
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -101,10 +105,14 @@ def test_swa_averages_the_epochs_from_start_and_training_goes_on_from_the_raw_we
 
 def test_validation_logs_are_the_averaged_models_and_raw_ones_on_request():
     x, y = _data()
-    averaging = WeightAveraging("swa", bn_data=x, start_epoch=0, raw_validation_data=(x[:16], y[:16]))
+    averaging = WeightAveraging(
+        "swa", bn_data=x, start_epoch=0, raw_validation_data=(x[:16], y[:16])
+    )
     _, history, _, _ = _fit(averaging, epochs=3)
     assert len(history["raw_val_loss"]) == 3 and len(history["val_loss"]) == 3
-    assert history["raw_val_loss"][1] != pytest.approx(history["val_loss"][1]), "the two models differ"
+    assert history["raw_val_loss"][1] != pytest.approx(history["val_loss"][1]), (
+        "the two models differ"
+    )
 
 
 def test_swa_anneals_the_learning_rate_and_restores_it():
@@ -112,9 +120,18 @@ def test_swa_anneals_the_learning_rate_and_restores_it():
     model = _cnn()
     rates = []
     watcher = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: rates.append(float(ops.convert_to_numpy(model.optimizer.learning_rate)))
+        on_epoch_begin=lambda epoch, logs: rates.append(
+            float(ops.convert_to_numpy(model.optimizer.learning_rate))
+        )
     )
-    averaging = WeightAveraging("swa", bn_data=x, start_epoch=1, swa_learning_rate=0.01, annealing_epochs=2, annealing_strategy="linear")
+    averaging = WeightAveraging(
+        "swa",
+        bn_data=x,
+        start_epoch=1,
+        swa_learning_rate=0.01,
+        annealing_epochs=2,
+        annealing_strategy="linear",
+    )
     model.fit(x, _data()[1], epochs=4, batch_size=32, verbose=0, callbacks=[averaging, watcher])
     assert rates == pytest.approx([0.1, 0.055, 0.01, 0.01])
     assert float(ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.1)
@@ -123,7 +140,9 @@ def test_swa_anneals_the_learning_rate_and_restores_it():
 def test_a_model_without_batch_norm_is_averaged_and_the_skip_said_once(capsys):
     model, _, raw, _ = _fit(WeightAveraging("swa", start_epoch=0), model=_cnn(batch_norm=False))
     assert capsys.readouterr().out.count("no trainable batch norm") == 1
-    np.testing.assert_allclose(_numpy(model.trainable_variables)[0], np.mean([w[0] for w in raw], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        _numpy(model.trainable_variables)[0], np.mean([w[0] for w in raw], axis=0), rtol=1e-5
+    )
 
 
 def test_an_error_during_reestimation_leaves_the_raw_weights():
@@ -133,7 +152,14 @@ def test_an_error_during_reestimation_leaves_the_raw_weights():
     model = _cnn()
     raw = _Recorder("batch")
     with pytest.raises(ValueError, match="not finite"):
-        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[raw, WeightAveraging("ema", bn_data=bad)])
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            batch_size=32,
+            verbose=0,
+            callbacks=[raw, WeightAveraging("ema", bn_data=bad)],
+        )
     for actual, wanted in zip(_numpy(model.trainable_variables), raw.weights[-1]):
         np.testing.assert_array_equal(actual, wanted)
 
@@ -171,7 +197,13 @@ def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
     averaging = WeightAveraging("ema", bn_data=x, momentum=0.8)
     stopper = EarlyStoppingWithCheckpoint(path, patience=10, resume=False)
     history = model.fit(
-        x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x[:16], y[:16]), callbacks=[averaging, stopper]
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        verbose=0,
+        validation_data=(x[:16], y[:16]),
+        callbacks=[averaging, stopper],
     ).history
     saved = keras.saving.load_model(path)
     loss = saved.evaluate(x[:16], y[:16], verbose=0, return_dict=True)["loss"]
@@ -213,7 +245,13 @@ def test_bad_arguments_that_need_the_fit_are_refused_at_its_start():
         with pytest.raises(ValueError, match=match):
             model.fit(x, y, epochs=3, verbose=0, callbacks=[averaging])
     with pytest.raises(ValueError, match="Two WeightAveraging"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[WeightAveraging(bn_data=x), WeightAveraging("swa", bn_data=x)])
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[WeightAveraging(bn_data=x), WeightAveraging("swa", bn_data=x)],
+        )
 
 
 def test_ema_decay_warms_up_as_timm():
@@ -227,10 +265,14 @@ def test_config_and_deep_copy_keep_the_settings():
     import copy
 
     x, _ = _data()
-    averaging = WeightAveraging("swa", bn_data=x, start_epoch=0.5, swa_learning_rate=0.05, verbose=1)
+    averaging = WeightAveraging(
+        "swa", bn_data=x, start_epoch=0.5, swa_learning_rate=0.05, verbose=1
+    )
     clone = copy.deepcopy(averaging)
     assert clone.get_config() == averaging.get_config() and clone.bn_data is x
-    assert WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()
+    assert (
+        WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()
+    )
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -249,7 +291,9 @@ def test_a_fit_stopped_by_an_error_does_not_keep_the_annealed_learning_rate():
         model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[averaging, _Interrupt()])
     rates = []
     watcher = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: rates.append(float(ops.convert_to_numpy(model.optimizer.learning_rate)))
+        on_epoch_begin=lambda epoch, logs: rates.append(
+            float(ops.convert_to_numpy(model.optimizer.learning_rate))
+        )
     )
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[averaging, watcher])
     assert rates == pytest.approx([0.1, 0.01])
@@ -266,7 +310,9 @@ def test_set_state_puts_back_the_raw_weights_and_their_moving_statistics():
     # each epoch's end (synced from JAX's training state), before the swap.
     raw = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: setattr(
-            raw, "values", _numpy(model.trainable_variables) + _numpy(model.get_layer("bn").non_trainable_weights)
+            raw,
+            "values",
+            _numpy(model.trainable_variables) + _numpy(model.get_layer("bn").non_trainable_weights),
         )
     )
     first = WeightAveraging("ema", bn_data=x)
@@ -278,7 +324,12 @@ def test_set_state_puts_back_the_raw_weights_and_their_moving_statistics():
     second.set_state(first.get_state())
     at_begin = keras.callbacks.LambdaCallback(
         on_train_begin=lambda logs: setattr(
-            at_begin, "values", (_numpy(resumed.trainable_variables), _numpy(resumed.get_layer("bn").non_trainable_weights))
+            at_begin,
+            "values",
+            (
+                _numpy(resumed.trainable_variables),
+                _numpy(resumed.get_layer("bn").non_trainable_weights),
+            ),
         )
     )
     resumed.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second, at_begin])

@@ -22,7 +22,10 @@ swa_utils = pytest.importorskip("torch.optim.swa_utils")
 
 def _weight_sequence(steps=6, seed=0):
     rng = np.random.default_rng(seed)
-    return [[rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(3,)).astype("float32")] for _ in range(steps)]
+    return [
+        [rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(3,)).astype("float32")]
+        for _ in range(steps)
+    ]
 
 
 def _torch_average(sequence, **averaged_model_kwargs):
@@ -67,7 +70,9 @@ def test_annealed_learning_rate_is_swalrs(strategy):
     for steps in range(1, 6):
         optimizer.step()
         scheduler.step()
-        assert annealed_learning_rate(0.1, 0.01, steps, 3, strategy) == pytest.approx(optimizer.param_groups[0]["lr"])
+        assert annealed_learning_rate(0.1, 0.01, steps, 3, strategy) == pytest.approx(
+            optimizer.param_groups[0]["lr"]
+        )
 
 
 def _keras_cnn():
@@ -89,7 +94,11 @@ def _torch_twin(model):
     )  # fmt: skip
     with torch.no_grad():
         for conv, keras_conv in ((twin[0], first), (twin[3], second)):
-            conv.weight.copy_(torch.from_numpy(ops.convert_to_numpy(keras_conv.kernel).transpose(3, 2, 0, 1).copy()))
+            conv.weight.copy_(
+                torch.from_numpy(
+                    ops.convert_to_numpy(keras_conv.kernel).transpose(3, 2, 0, 1).copy()
+                )
+            )
         for norm, keras_norm in ((twin[1], norms[0]), (twin[4], norms[1])):
             norm.weight.copy_(torch.from_numpy(ops.convert_to_numpy(keras_norm.gamma)))
             norm.bias.copy_(torch.from_numpy(ops.convert_to_numpy(keras_norm.beta)))
@@ -113,7 +122,10 @@ def test_reestimated_statistics_are_update_bns():
     for torch_norm, keras_norm, spatial in zip(torch_norms, keras_norms, (4 * 4, 2 * 2)):
         values = len(x) * spatial
         np.testing.assert_allclose(
-            ops.convert_to_numpy(keras_norm.moving_mean), torch_norm.running_mean.numpy(), rtol=1e-4, atol=1e-5
+            ops.convert_to_numpy(keras_norm.moving_mean),
+            torch_norm.running_mean.numpy(),
+            rtol=1e-4,
+            atol=1e-5,
         )
         np.testing.assert_allclose(
             ops.convert_to_numpy(keras_norm.moving_variance) * values / (values - 1),

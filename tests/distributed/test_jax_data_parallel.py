@@ -67,14 +67,18 @@ def every_layer(folder):
 def test_every_layer_trains_saves_and_loads_under_data_parallel(tmp_path):
     from layer_examples import EXAMPLES
 
-    results = multi_worker.run_isolated(every_layer, JAX_ON_TWO_CPUS, kwargs={"folder": str(tmp_path)}, timeout=600)
+    results = multi_worker.run_isolated(
+        every_layer, JAX_ON_TWO_CPUS, kwargs={"folder": str(tmp_path)}, timeout=600
+    )
     assert sorted(results) == sorted(EXAMPLES)
     for name, result in results.items():
         assert np.all(np.isfinite(result["loss"])), name
         assert result["moved"], f"{name}: training changed no weight"
         assert result["devices"] == [2], f"{name}: variables on {result['devices']} devices"
         assert result["reloaded_devices"] == [2], name
-        np.testing.assert_allclose(result["reloaded"], result["prediction"], rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            result["reloaded"], result["prediction"], rtol=1e-6, atol=1e-6, err_msg=name
+        )
 
 
 def model_tools():
@@ -87,7 +91,9 @@ def model_tools():
     rng = np.random.default_rng(0)
 
     # adapt_batchnorm: the exact statistics of all the data, batches split over devices.
-    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(), kreg.AdaptiveBatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.BatchNormalization(), kreg.AdaptiveBatchNormalization()]
+    )
     x = rng.normal([0.0, 3.0, -2.0], [1.0, 2.0, 0.5], (32, 3)).astype("float32")
     report = kreg.adapt_batchnorm(model, x, batch_size=8, verbose=0)
     adapt = {

@@ -41,7 +41,9 @@ def _train(strategy, model, x, y, batch_size, epochs, learning_rate=0.05):
     with strategy.scope():
         optimizer = keras.optimizers.SGD(learning_rate)
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size * strategy.num_replicas_in_sync)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(
+        batch_size * strategy.num_replicas_in_sync
+    )
 
     @tf.function
     def step(batch):
@@ -49,7 +51,10 @@ def _train(strategy, model, x, y, batch_size, epochs, learning_rate=0.05):
             with tf.GradientTape() as tape:
                 predictions = model(inputs, training=True)
                 # Each replica's share of the global mean: the optimizer sums them.
-                loss = keras.ops.mean(keras.ops.square(predictions - targets)) / strategy.num_replicas_in_sync
+                loss = (
+                    keras.ops.mean(keras.ops.square(predictions - targets))
+                    / strategy.num_replicas_in_sync
+                )
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return loss
@@ -118,7 +123,9 @@ def test_keras_fit_still_fails_under_multi_worker(model_tools_results):
 def test_every_layer_trains_in_step_on_two_workers(tmp_path):
     from layer_examples import EXAMPLES
 
-    first, second = multi_worker.run_workers(train_every_layer, kwargs={"folder": str(tmp_path)}, timeout=600)
+    first, second = multi_worker.run_workers(
+        train_every_layer, kwargs={"folder": str(tmp_path)}, timeout=600
+    )
     assert sorted(first) == sorted(EXAMPLES)
     for name in sorted(EXAMPLES):
         a, b = first[name], second[name]
@@ -132,7 +139,9 @@ def test_every_layer_trains_in_step_on_two_workers(tmp_path):
         for u, v in zip(a["trainable"], b["trainable"]):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6, err_msg=name)
         for result in (a, b):
-            np.testing.assert_allclose(result["reloaded"], result["prediction"], rtol=1e-6, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(
+                result["reloaded"], result["prediction"], rtol=1e-6, atol=1e-6, err_msg=name
+            )
 
 
 def batch_norm_statistics(strategy):
@@ -145,19 +154,34 @@ def batch_norm_statistics(strategy):
         inputs = keras.Input((3,))
         synchronized = kreg.AdaptiveBatchNormalization(synchronized=True, momentum=0.5)
         local = kreg.AdaptiveBatchNormalization(momentum=0.5)
-        outputs = keras.layers.Dense(1)(keras.layers.Concatenate()([synchronized(inputs), local(inputs)]))
+        outputs = keras.layers.Dense(1)(
+            keras.layers.Concatenate()([synchronized(inputs), local(inputs)])
+        )
         model = keras.Model(inputs, outputs)
     # The workers' data differ: worker 1's features are shifted and scaled.
     index = multi_worker.worker_index()
     x = np.random.default_rng(index).normal(3.0 * index, 1.0 + index, (32, 3)).astype("float32")
-    _train(strategy, model, x, np.zeros((32, 1), "float32"), batch_size=16, epochs=2, learning_rate=0.01)
+    _train(
+        strategy,
+        model,
+        x,
+        np.zeros((32, 1), "float32"),
+        batch_size=16,
+        epochs=2,
+        learning_rate=0.01,
+    )
     return {
-        "synchronized": [np.asarray(synchronized.moving_mean), np.asarray(synchronized.moving_variance)],
+        "synchronized": [
+            np.asarray(synchronized.moving_mean),
+            np.asarray(synchronized.moving_variance),
+        ],
         "local": [np.asarray(local.moving_mean), np.asarray(local.moving_variance)],
     }
 
 
-def test_synchronized_adaptive_batch_norm_has_the_same_statistics_on_both_workers(model_tools_results):
+def test_synchronized_adaptive_batch_norm_has_the_same_statistics_on_both_workers(
+    model_tools_results,
+):
     first, second = (result["batch_norm"] for result in model_tools_results)
     for a, b in zip(first["synchronized"], second["synchronized"]):
         np.testing.assert_allclose(a, b, rtol=1e-5)
@@ -177,7 +201,11 @@ def adapt_on_shared_data(strategy):
         model = keras.Model(inputs, outputs)
     # Both workers pass the same data, as with a dataset on shared storage;
     # TensorFlow shards it, so each worker runs the model on its half.
-    x = np.random.default_rng(0).normal([0.0, 3.0, -2.0], [1.0, 2.0, 0.5], (32, 3)).astype("float32")
+    x = (
+        np.random.default_rng(0)
+        .normal([0.0, 3.0, -2.0], [1.0, 2.0, 0.5], (32, 3))
+        .astype("float32")
+    )
     report = kreg.adapt_batchnorm(model, x, batch_size=8, verbose=0)
     first_norm = model.layers[1]
     return {
@@ -215,7 +243,11 @@ def fold_after_training(strategy):
                 keras.layers.Dense(1),
             ]
         )
-    x = np.random.default_rng(multi_worker.worker_index()).standard_normal((32, 6, 6, 2)).astype("float32")
+    x = (
+        np.random.default_rng(multi_worker.worker_index())
+        .standard_normal((32, 6, 6, 2))
+        .astype("float32")
+    )
     _train(strategy, model, x, np.ones((32, 1), "float32"), batch_size=16, epochs=2)
     folded, report = kreg.fold_batch_norms(model, return_report=True)
     probe = np.random.default_rng(9).standard_normal((4, 6, 6, 2)).astype("float32")

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import to_numpy as _numpy
 from kreg.layers import ActivationRegularization
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 def _sequences(shape=(3, 5, 4), seed=0):
@@ -31,9 +31,13 @@ def test_layer_contract(kwargs, tmp_path):
 
 def test_penalties_are_awd_lstm_means():
     x = _sequences()
-    assert _loss(ActivationRegularization(ar=2.0, tar=0.0), x, training=True) == pytest.approx(2 * np.mean(x**2), rel=1e-5)
+    assert _loss(ActivationRegularization(ar=2.0, tar=0.0), x, training=True) == pytest.approx(
+        2 * np.mean(x**2), rel=1e-5
+    )
     expected_tar = 3 * np.mean((x[:, 1:] - x[:, :-1]) ** 2)
-    assert _loss(ActivationRegularization(ar=0.0, tar=3.0), x, training=True) == pytest.approx(expected_tar, rel=1e-5)
+    assert _loss(ActivationRegularization(ar=0.0, tar=3.0), x, training=True) == pytest.approx(
+        expected_tar, rel=1e-5
+    )
     both = _loss(ActivationRegularization(ar=2.0, tar=3.0), x, training=True)
     assert both == pytest.approx(2 * np.mean(x**2) + expected_tar, rel=1e-5)
 
@@ -80,13 +84,22 @@ def test_penalty_reaches_the_training_loss_and_shrinks_activations():
     def trained(ar):
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
-            [keras.Input((6, 3)), keras.layers.LSTM(8, return_sequences=True), ActivationRegularization(ar=ar, tar=ar),
-             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)]
+            [
+                keras.Input((6, 3)),
+                keras.layers.LSTM(8, return_sequences=True),
+                ActivationRegularization(ar=ar, tar=ar),
+                keras.layers.GlobalAveragePooling1D(),
+                keras.layers.Dense(1),
+            ]
         )
         model.compile(keras.optimizers.Adam(0.02), "mse")
         history = model.fit(x, y, epochs=15, batch_size=32, verbose=0).history
         hidden = keras.Model(model.inputs[0], model.layers[0].output)
-        return history["loss"][0], float(np.mean(_numpy(hidden(x)) ** 2)), model.evaluate(x, y, verbose=0)
+        return (
+            history["loss"][0],
+            float(np.mean(_numpy(hidden(x)) ** 2)),
+            model.evaluate(x, y, verbose=0),
+        )
 
     plain_loss, plain_energy, _ = trained(0.0)
     penalized_loss, penalized_energy, evaluated = trained(50.0)
@@ -117,4 +130,6 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
 def test_tar_on_inputs_without_time_fails_at_build():
     with pytest.raises(ValueError, match=r"rank 3.*\(None, 4\)"):
         keras.Sequential([keras.Input((4,)), ActivationRegularization(tar=1.0)])
-    keras.Sequential([keras.Input((4,)), ActivationRegularization(ar=1.0, tar=0.0)])  # AR alone is fine
+    keras.Sequential(
+        [keras.Input((4,)), ActivationRegularization(ar=1.0, tar=0.0)]
+    )  # AR alone is fine

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import to_numpy as _numpy
+from kreg.layers import AdaptiveBatchNormalization
 from layer_test_case import JIT_BACKENDS
 from layer_test_case import run_layer_test
-from kreg.layers import AdaptiveBatchNormalization
-from conftest import to_numpy as _numpy
 
 MODES = ("running", "batch", "mixed", "online")
 EPSILON = 1e-3
@@ -36,9 +36,7 @@ def _weights(layer):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(
-    "input_shape", [(6, 4), (2, 5, 5, 3)], ids=["dense", "conv"]
-)
+@pytest.mark.parametrize("input_shape", [(6, 4), (2, 5, 5, 3)], ids=["dense", "conv"])
 def test_layer_contract(mode, input_shape, tmp_path):
     run_layer_test(
         functools.partial(AdaptiveBatchNormalization, test_time_mode=mode),
@@ -97,7 +95,9 @@ def test_default_mode_reproduces_batch_normalization(settings):
             atol=1e-5,
         )
     keras_config, kreg_config = keras_bn.get_config(), kreg_bn.get_config()
-    added = {key: kreg_config.pop(key) for key in ("test_time_mode", "prior_strength", "online_momentum")}
+    added = {
+        key: kreg_config.pop(key) for key in ("test_time_mode", "prior_strength", "online_momentum")
+    }
     assert added == {"test_time_mode": "running", "prior_strength": 16.0, "online_momentum": 0.9}
     keras_config.pop("name"), kreg_config.pop("name")
     assert kreg_config == keras_config
@@ -122,7 +122,10 @@ def test_batch_mode_normalizes_with_the_batch_statistics():
     w = _weights(layer)
     x = np.random.default_rng(1).normal(4.0, 2.0, (32, 3)).astype("float32")
     np.testing.assert_allclose(
-        _numpy(layer(x)), _normalize(x, x.mean(0), x.var(0), w["gamma"], w["beta"]), rtol=1e-4, atol=1e-4
+        _numpy(layer(x)),
+        _normalize(x, x.mean(0), x.var(0), w["gamma"], w["beta"]),
+        rtol=1e-4,
+        atol=1e-4,
     )
     assert _weights(layer)["moving_mean"].tolist() == w["moving_mean"].tolist()
 
@@ -132,7 +135,9 @@ def test_batch_mode_reduces_every_axis_but_the_channels():
     x = np.random.default_rng(2).normal(1.0, 3.0, (4, 3, 5, 5)).astype("float32")
     mean = x.mean(axis=(0, 2, 3), keepdims=True)
     variance = x.var(axis=(0, 2, 3), keepdims=True)
-    np.testing.assert_allclose(_numpy(layer(x)), (x - mean) / np.sqrt(variance + EPSILON), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        _numpy(layer(x)), (x - mean) / np.sqrt(variance + EPSILON), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_batch_mode_leaves_masked_timesteps_out_of_the_statistics():
@@ -186,7 +191,9 @@ def test_a_batch_of_one_falls_back_to_the_running_statistics(mode):
     output = _numpy(layer(x))
     assert np.all(np.isfinite(output))
     np.testing.assert_allclose(
-        output, _normalize(x, w["moving_mean"], w["moving_variance"], w["gamma"], w["beta"]), rtol=1e-5
+        output,
+        _normalize(x, w["moving_mean"], w["moving_variance"], w["gamma"], w["beta"]),
+        rtol=1e-5,
     )
     np.testing.assert_array_equal(_weights(layer)["moving_variance"], w["moving_variance"])
 
@@ -332,7 +339,9 @@ def test_padded_positions_holding_nan_do_not_reach_the_statistics():
 def test_export_keeps_the_mode(tmp_path):
     import tensorflow as tf
 
-    model = keras.Sequential([keras.Input((3,)), AdaptiveBatchNormalization(test_time_mode="batch")])
+    model = keras.Sequential(
+        [keras.Input((3,)), AdaptiveBatchNormalization(test_time_mode="batch")]
+    )
     x = np.random.default_rng(10).normal(3.0, 2.0, (8, 3)).astype("float32")
     model.export(tmp_path / "saved_model", verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "saved_model"))  # kept: it owns the variables
@@ -353,7 +362,11 @@ def test_the_mode_is_state_that_compiled_functions_receive_but_not_a_weight():
 def test_batch_normalizations_positional_arguments_mean_the_same():
     layer = AdaptiveBatchNormalization(1, 0.9, 1e-5, test_time_mode="batch")
     keras_layer = keras.layers.BatchNormalization(1, 0.9, 1e-5)
-    assert (layer.axis, layer.momentum, layer.epsilon) == (keras_layer.axis, keras_layer.momentum, keras_layer.epsilon)
+    assert (layer.axis, layer.momentum, layer.epsilon) == (
+        keras_layer.axis,
+        keras_layer.momentum,
+        keras_layer.epsilon,
+    )
     with pytest.raises(ValueError, match="not_an_argument"):  # as BatchNormalization
         AdaptiveBatchNormalization(not_an_argument=1)
 

@@ -45,7 +45,9 @@ def test_rate_is_a_variable_not_a_weight_and_saved_in_the_config(tmp_path):
     assert revived.layers[0].rate == pytest.approx(0.35)
 
 
-@pytest.mark.parametrize("layer_cls, base", [(WeightDropLSTM, keras.layers.LSTM), (WeightDropGRU, keras.layers.GRU)])
+@pytest.mark.parametrize(
+    "layer_cls, base", [(WeightDropLSTM, keras.layers.LSTM), (WeightDropGRU, keras.layers.GRU)]
+)
 def test_weight_dropout_is_adjustable_and_weights_stay_those_of_keras(layer_cls, base):
     layer = layer_cls(3, weight_dropout=0.2)
     x = np.ones((2, 4, 5), "float32")

@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from conftest import to_numpy as _numpy
 from kreg.layers import ConsistentDropout
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(

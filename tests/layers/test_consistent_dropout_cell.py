@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import to_numpy as _numpy
 from kreg.layers import ConsistentDropoutCell
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 @keras.saving.register_keras_serializable(package="kreg_tests")
@@ -48,7 +48,9 @@ class MinimalRNNCell(keras.layers.Layer):
         )
 
     def call(self, inputs, states):
-        output = ops.tanh(ops.matmul(inputs, self.kernel) + ops.matmul(states[0], self.recurrent_kernel))
+        output = ops.tanh(
+            ops.matmul(inputs, self.kernel) + ops.matmul(states[0], self.recurrent_kernel)
+        )
         return output, [output]
 
     def get_config(self):
@@ -130,7 +132,9 @@ def test_stacked_cells_each_get_their_own_input_masks_once_per_sequence():
         return_sequences=True,
         return_state=True,
     )
-    y, first_state, _ = (_numpy(t) for t in rnn(np.ones((16, 4, 32), dtype="float32"), training=True))
+    y, first_state, _ = (
+        _numpy(t) for t in rnn(np.ones((16, 4, 32), dtype="float32"), training=True)
+    )
     triangular = np.array([1, 3, 6, 10], dtype="float32")[None, :, None]
     np.testing.assert_allclose(y, triangular * y[:, :1], rtol=1e-6)
     assert set(np.unique(y[:, 0])) == {0.0, 4.0}, "each cell scales what it keeps by 1 / (1 - 0.5)"
@@ -204,7 +208,10 @@ def test_wraps_a_keras_cell_with_a_training_argument():
         ({"dropout": 1.5}, r"`dropout`.*\[0, 1\).*dropout=1.5"),
         ({"recurrent_dropout": -0.5}, r"`recurrent_dropout`.*recurrent_dropout=-0.5"),
         ({"recurrent_dropout": "0.2"}, r"`recurrent_dropout`.*'0.2'"),
-        ({"cell": keras.layers.LSTMCell(4, dropout=0.5)}, r"`cell`.*masks of its own \(dropout=0.5, recurrent_dropout=0.0\)"),
+        (
+            {"cell": keras.layers.LSTMCell(4, dropout=0.5)},
+            r"`cell`.*masks of its own \(dropout=0.5, recurrent_dropout=0.0\)",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):

@@ -27,7 +27,9 @@ def _model():
     x = kreg.ConsistentDropout(0.2, seed=1)(inputs)
     x = kreg.WeightDropLSTM(8, weight_dropout=0.3, return_sequences=True, seed=2)(x)
     x = keras.layers.RNN(
-        kreg.ConsistentDropoutCell(keras.layers.SimpleRNNCell(6), dropout=0.2, recurrent_dropout=0.2),
+        kreg.ConsistentDropoutCell(
+            keras.layers.SimpleRNNCell(6), dropout=0.2, recurrent_dropout=0.2
+        ),
         return_sequences=True,
     )(x)
     x = kreg.WeightDropGRU(4, weight_dropout=0.3, weight_dropout_mode="weight", seed=3)(x)
@@ -107,7 +109,13 @@ def test_callbacks_under_two_replicas(strategy, tmp_path):
     stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=2)
     detector = OverfittingDetector(action=lambda *_: None)
     history = model.fit(
-        x, y, validation_split=0.25, batch_size=8, epochs=3, verbose=0, callbacks=[detector, stopper]
+        x,
+        y,
+        validation_split=0.25,
+        batch_size=8,
+        epochs=3,
+        verbose=0,
+        callbacks=[detector, stopper],
     ).history
     assert len(history["generalization_gap"]) == len(history["loss"])
     saved = keras.saving.load_model(tmp_path / "best.keras")
@@ -132,7 +140,9 @@ def _assert_both_replicas_hold_the_single_device_statistics(replicated, single):
             replicas = [v.numpy() for v in variable.value.values]
             np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
             expected = getattr(single.layers[index], name).numpy()
-            np.testing.assert_allclose(replicas[0], expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+            np.testing.assert_allclose(
+                replicas[0], expected, rtol=1e-5, atol=1e-6, err_msg=variable.path
+            )
 
 
 def test_adapt_batchnorm_on_two_replicas_gives_the_statistics_of_one_device(strategy):
@@ -201,7 +211,10 @@ def test_recurrent_regularizers_train_on_two_replicas(strategy):
     single = _recurrent_recipe_model()
     single.set_weights(model.get_weights())
     np.testing.assert_allclose(
-        model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
+        model.predict(x, batch_size=8, verbose=0),
+        single.predict(x, batch_size=8, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -217,7 +230,12 @@ def test_precise_batch_norm_during_fit_on_two_replicas_gives_one_devices_statist
         replicated = _adaptive_cnn()
         replicated.compile("sgd", "mse")
     replicated.fit(
-        x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x, y),
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        validation_data=(x, y),
         callbacks=[PreciseBatchNorm(x, batch_size=8)],
     )
     single = _adaptive_cnn()
@@ -228,7 +246,9 @@ def test_precise_batch_norm_during_fit_on_two_replicas_gives_one_devices_statist
 
 def _spatial_regularizers_cnn():
     inputs = keras.Input((8, 8, 3))
-    x = kreg.WeightNormalization(keras.layers.Conv2D(4, 3, padding="same", activation="relu"), data_init=True)(inputs)
+    x = kreg.WeightNormalization(
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu"), data_init=True
+    )(inputs)
     x = kreg.DropBlock2D(0.2, 3, seed=1)(x)
     branch = keras.layers.Conv2D(4, 3, padding="same")(x)
     x = kreg.StochasticDepth(0.3, seed=2)([x, branch])
@@ -251,7 +271,10 @@ def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(st
     single = _spatial_regularizers_cnn()
     single.set_weights(model.get_weights())
     np.testing.assert_allclose(
-        model.predict(x, batch_size=8, verbose=0), single.predict(x, batch_size=8, verbose=0), rtol=1e-5, atol=1e-6
+        model.predict(x, batch_size=8, verbose=0),
+        single.predict(x, batch_size=8, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -268,7 +291,12 @@ def test_weight_averaging_on_two_replicas_reestimates_like_one_device(strategy):
         replicated.compile("sgd", "mse")
     raw = replicated.get_weights()
     replicated.fit(
-        x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y),
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        validation_data=(x, y),
         callbacks=[WeightAveraging("ema", bn_data=x, bn_batch_size=8, momentum=0.5)],
     )
     kernel = replicated.trainable_variables[0]

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import to_numpy as _numpy
 from kreg.layers import DropBlock1D
 from kreg.layers import DropBlock2D
 from kreg.layers import DropBlock3D
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(
@@ -16,13 +16,20 @@ from conftest import to_numpy as _numpy
     [
         (DropBlock1D, {"rate": 0.2, "block_size": 3, "seed": 1}, (4, 10, 3)),
         (DropBlock2D, {"rate": 0.1, "block_size": 3}, (4, 6, 6, 3)),
-        (DropBlock2D, {"rate": 0.3, "block_size": (2, 3), "data_format": "channels_first", "seed": 2}, (4, 3, 6, 7)),
+        (
+            DropBlock2D,
+            {"rate": 0.3, "block_size": (2, 3), "data_format": "channels_first", "seed": 2},
+            (4, 3, 6, 7),
+        ),
         (DropBlock3D, {"rate": 0.2, "block_size": 2, "seed": 3}, (2, 4, 4, 4, 2)),
     ],
 )
 def test_layer_contract(cls, kwargs, input_shape, tmp_path):
     run_layer_test(
-        functools.partial(cls, **kwargs), input_shape=input_shape, expected_output_shape=input_shape, tmp_path=tmp_path
+        functools.partial(cls, **kwargs),
+        input_shape=input_shape,
+        expected_output_shape=input_shape,
+        tmp_path=tmp_path,
     )
 
 
@@ -53,7 +60,9 @@ def test_dropped_fraction_matches_the_paper_algorithm(rate, block):
     layer = DropBlock2D(rate, block, seed=3)
     ours = _dropped_fraction_samples(lambda: np.mean(_numpy(layer(x, training=True)) == 0), 20)
     rng = np.random.default_rng(0)
-    paper = _dropped_fraction_samples(lambda: np.mean(_paper_drop_block(x, rate, block, rng)[1] == 0), 20)
+    paper = _dropped_fraction_samples(
+        lambda: np.mean(_paper_drop_block(x, rate, block, rng)[1] == 0), 20
+    )
     # Both are means of 20 batches: compare within five standard errors of the difference.
     bound = 5 * np.sqrt(ours.var() / len(ours) + paper.var() / len(paper)) + 1e-3
     assert abs(ours.mean() - paper.mean()) < bound, (
@@ -74,7 +83,9 @@ def _assert_whole_blocks(dropped, block):
             fully[:, i, j] = dropped[:, i : i + block, j : j + block].all(axis=(1, 2))
     for i, j in zip(*np.nonzero(fully.any(axis=(0, 3)))):
         regrown[:, i : i + block, j : j + block] |= fully[:, i, j][:, None, None, :]
-    np.testing.assert_array_equal(regrown, dropped, err_msg="a dropped unit lies outside any whole block")
+    np.testing.assert_array_equal(
+        regrown, dropped, err_msg="a dropped unit lies outside any whole block"
+    )
 
 
 @pytest.mark.parametrize("block", [2, 3, 5])
@@ -88,7 +99,9 @@ def test_dropped_units_form_whole_blocks_inside_the_map(block):
 
 def test_channels_first_drops_whole_blocks_of_the_spatial_axes():
     x = np.ones((4, 3, 10, 10), "float32")
-    dropped = _numpy(DropBlock2D(0.3, 3, data_format="channels_first", seed=4)(x, training=True)) == 0
+    dropped = (
+        _numpy(DropBlock2D(0.3, 3, data_format="channels_first", seed=4)(x, training=True)) == 0
+    )
     assert 0.1 < dropped.mean() < 0.4
     _assert_whole_blocks(np.moveaxis(dropped, 1, -1), 3)
 
@@ -122,8 +135,12 @@ def test_identity_at_inference_and_rate_adjustable_without_retrace():
 
     inputs = keras.Input((16, 16, 8))
     dropped = DropBlock2D(0.1, 3, seed=2)(inputs)
-    fraction = keras.ops.mean(keras.ops.cast(keras.ops.equal(dropped, 0), "float32"), axis=(1, 2, 3))[:, None]
-    model = keras.Model(inputs, fraction + 0.0 * keras.layers.Dense(1)(keras.layers.Flatten()(inputs)))
+    fraction = keras.ops.mean(
+        keras.ops.cast(keras.ops.equal(dropped, 0), "float32"), axis=(1, 2, 3)
+    )[:, None]
+    model = keras.Model(
+        inputs, fraction + 0.0 * keras.layers.Dense(1)(keras.layers.Flatten()(inputs))
+    )
     model.compile(keras.optimizers.SGD(0.0), "mae")
     ones, zeros = np.ones((16, 16, 16, 8), "float32"), np.zeros((16, 1), "float32")
     low = model.train_on_batch(ones, zeros)
@@ -141,7 +158,10 @@ def test_identity_at_inference_and_rate_adjustable_without_retrace():
         ({"rate": -0.1, "block_size": 3}, r"`rate`.*rate=-0.1"),
         ({"rate": 0.1, "block_size": 0}, r"`block_size`.*positive.*block_size=0"),
         ({"rate": 0.1, "block_size": (3, 3, 3)}, r"`block_size`.*tuple of 2.*\(3, 3, 3\)"),
-        ({"rate": 0.1, "block_size": 3, "data_format": "NHWC"}, r"`data_format`.*channels_last.*'NHWC'"),
+        (
+            {"rate": 0.1, "block_size": 3, "data_format": "NHWC"},
+            r"`data_format`.*channels_last.*'NHWC'",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
@@ -159,13 +179,18 @@ def test_block_larger_than_the_map_or_wrong_rank_fails_when_built():
         DropBlock2D(0.1, 3)(keras.Input((8, 3)))
 
 
-@pytest.mark.parametrize("between", [[], [keras.layers.ReLU], [keras.layers.BatchNormalization, keras.layers.ReLU]])
+@pytest.mark.parametrize(
+    "between", [[], [keras.layers.ReLU], [keras.layers.BatchNormalization, keras.layers.ReLU]]
+)
 def test_data_format_other_than_the_conv_before_it_fails_when_called(between):
     # 16x16x16 fits a block of 3 either way: only the conv's data_format tells.
     inputs = keras.Input((16, 16, 16))
     x = keras.layers.Conv2D(16, 3, padding="same", data_format="channels_last", name="conv")(inputs)
     for layer in between:
         x = layer()(x)
-    with pytest.raises(ValueError, match=r"`data_format`.*'channels_last' \(from `conv`\).*data_format='channels_first'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`data_format`.*'channels_last' \(from `conv`\).*data_format='channels_first'",
+    ):
         DropBlock2D(0.1, 3, data_format="channels_first")(x)
     assert DropBlock2D(0.1, 3, data_format="channels_last")(x).shape == x.shape

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import to_numpy as _numpy
 from kreg.layers import EmbeddingDropout
 from layer_test_case import _check_config_round_trip
-from conftest import to_numpy as _numpy
 
 
 def _ids(shape=(8, 12), vocabulary=20, seed=0):
@@ -28,8 +28,12 @@ def test_config_round_trip_and_registration(kwargs):
 def test_trains_saves_and_loads_with_identical_outputs(tmp_path):
     ids = _ids()
     model = keras.Sequential(
-        [keras.Input((12,), dtype="int32"), EmbeddingDropout(20, 6, rate=0.3, mask_zero=True, seed=0),
-         keras.layers.LSTM(4), keras.layers.Dense(1)]
+        [
+            keras.Input((12,), dtype="int32"),
+            EmbeddingDropout(20, 6, rate=0.3, mask_zero=True, seed=0),
+            keras.layers.LSTM(4),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile("adam", "mse")
     before = _numpy(model.layers[0].embeddings).copy()
@@ -46,7 +50,13 @@ def test_trains_saves_and_loads_with_identical_outputs(tmp_path):
 def test_jit_compiled_training(jit_compile):
     if jit_compile and keras.backend.backend() == "torch":
         pytest.skip("torch.compile is not what kreg's layers are checked with")
-    model = keras.Sequential([keras.Input((12,), dtype="int32"), EmbeddingDropout(20, 3, rate=0.5), keras.layers.Flatten()])
+    model = keras.Sequential(
+        [
+            keras.Input((12,), dtype="int32"),
+            EmbeddingDropout(20, 3, rate=0.5),
+            keras.layers.Flatten(),
+        ]
+    )
     model.compile("sgd", "mse", jit_compile=jit_compile)
     assert np.isfinite(model.fit(_ids(), np.ones((8, 36)), verbose=0).history["loss"][0])
 

@@ -42,9 +42,18 @@ class Subclassed(keras.Model):
 
 def _models(example):
     sequential = keras.Sequential(
-        [keras.Input(example.input_shape), *example.stack(), keras.layers.Flatten(), keras.layers.Dense(1)]
+        [
+            keras.Input(example.input_shape),
+            *example.stack(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
     )
-    return {"sequential": sequential, "functional": example.model(), "subclassed": Subclassed(example.stack())}
+    return {
+        "sequential": sequential,
+        "functional": example.model(),
+        "subclassed": Subclassed(example.stack()),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(kreg.layers.__all__))

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 import kreg
+from conftest import to_numpy as _numpy
 from kreg.layers import StochasticDepth
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(
-    "kwargs, shape", [({"rate": 0.2}, (4, 5, 5, 3)), ({"rate": 0.5, "seed": 3}, (4, 6)), ({"rate": 0.0}, (2, 3, 4))]
+    "kwargs, shape",
+    [({"rate": 0.2}, (4, 5, 5, 3)), ({"rate": 0.5, "seed": 3}, (4, 6)), ({"rate": 0.0}, (2, 3, 4))],
 )
 def test_layer_contract(kwargs, shape, tmp_path):
     run_layer_test(
@@ -58,7 +59,9 @@ def test_drops_whole_samples_at_the_paper_rate(rate):
     np.testing.assert_allclose(flat[kept, 0], 2.0 + 1.0 / (1 - rate), rtol=1e-6)
     _, paper_kept = _paper_stochastic_depth(shortcut, residual, rate, np.random.default_rng(0))
     bound = 5 * np.sqrt(2 * rate * (1 - rate) / n)  # difference of two binomial proportions
-    assert abs(kept.mean() - paper_kept.mean()) < bound, f"kept {kept.mean():.4f} vs {paper_kept.mean():.4f}"
+    assert abs(kept.mean() - paper_kept.mean()) < bound, (
+        f"kept {kept.mean():.4f} vs {paper_kept.mean():.4f}"
+    )
     # The expected output is shortcut + residual (same bound, on the branch's scale).
     assert abs(y.mean() - 3.0) < bound / (1 - rate) * 1.5
 
@@ -73,7 +76,11 @@ def test_identity_sum_at_inference_and_bad_inputs():
         StochasticDepth(0.1)([keras.Input((4, 3)), keras.Input((4, 1))])
     with pytest.raises(ValueError, match=r"list of two tensors"):
         StochasticDepth(0.1)(keras.Input((4, 3)))
-    for rate, message in [(1.0, r"`rate`.*\[0, 1\).*rate=1.0"), (-0.5, r"`rate`.*rate=-0.5"), ("x", r"`rate`.*'x'")]:
+    for rate, message in [
+        (1.0, r"`rate`.*\[0, 1\).*rate=1.0"),
+        (-0.5, r"`rate`.*rate=-0.5"),
+        ("x", r"`rate`.*'x'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             StochasticDepth(rate)
 

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import to_numpy as _numpy
 from kreg import _keras_compat
 from kreg.layers import WeightDropGRU
 from kreg.layers import WeightDropLSTM
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 PAIRS = [(WeightDropLSTM, keras.layers.LSTM), (WeightDropGRU, keras.layers.GRU)]
 PAIR_IDS = ["lstm", "gru"]
@@ -22,7 +22,10 @@ def _twins(kreg_cls, keras_cls, x, units=5, **kwargs):
     """A kreg layer and its Keras counterpart, built, with the same weights."""
     ours = kreg_cls(units, **kwargs)
     ours(x)
-    theirs = keras_cls(units, **{k: v for k, v in kwargs.items() if not k.startswith("weight_") and k != "mask_groups"})
+    theirs = keras_cls(
+        units,
+        **{k: v for k, v in kwargs.items() if not k.startswith("weight_") and k != "mask_groups"},
+    )
     theirs(x)
     theirs.set_weights(ours.get_weights())
     return ours, theirs
@@ -47,7 +50,10 @@ def _capture_dropped_kernels(layer):
     "kwargs, expected_shape",
     [
         ({"weight_dropout": 0.25}, (4, 6)),
-        ({"weight_dropout": 0.5, "weight_dropout_mode": "weight", "return_sequences": True}, (4, 5, 6)),
+        (
+            {"weight_dropout": 0.5, "weight_dropout_mode": "weight", "return_sequences": True},
+            (4, 5, 6),
+        ),
         ({"weight_dropout": 0.3, "dropout": 0.2, "go_backwards": True, "seed": 4}, (4, 6)),
         ({"weight_dropout": 0.3, "return_state": True, "unroll": True}, (4, 6)),
         ({"weight_dropout": 0.3, "mask_groups": 2, "return_sequences": True}, (4, 5, 6)),
@@ -101,8 +107,13 @@ def test_training_equals_keras_with_one_masked_kernel_for_all_timesteps(kreg_cls
     """The whole sequence runs on a single dropped kernel, drawn once per batch."""
     x = _inputs((6, 9, 3))
     ours, theirs = _twins(
-        kreg_cls, keras_cls, x, weight_dropout=0.4, weight_dropout_mode=mode,
-        return_sequences=True, seed=2,
+        kreg_cls,
+        keras_cls,
+        x,
+        weight_dropout=0.4,
+        weight_dropout_mode=mode,
+        return_sequences=True,
+        seed=2,
     )
     captured = _capture_dropped_kernels(ours)
     trained = _numpy(ours(x, training=True))
@@ -219,7 +230,11 @@ def test_config_keeps_every_keras_argument_and_adds_its_own():
     ours = WeightDropLSTM(4, weight_dropout=0.2, weight_dropout_mode="weight", dropout=0.1)
     theirs = keras.layers.LSTM(4, dropout=0.1)
     config = ours.get_config()
-    assert set(config) - set(theirs.get_config()) == {"weight_dropout", "weight_dropout_mode", "mask_groups"}
+    assert set(config) - set(theirs.get_config()) == {
+        "weight_dropout",
+        "weight_dropout_mode",
+        "mask_groups",
+    }
     assert config["weight_dropout"] == 0.2 and config["weight_dropout_mode"] == "weight"
     assert config["dropout"] == 0.1
 
@@ -250,8 +265,15 @@ def test_mask_groups_give_each_slice_of_the_batch_its_own_mask(kreg_cls, keras_c
     # 16 units: two "unit" masks agree by chance with probability 2**-16 (with
     # 5 they did, 1 in 32, for one seed on JAX).
     ours, theirs = _twins(
-        kreg_cls, keras_cls, x, units=16, weight_dropout=0.5, weight_dropout_mode=mode,
-        mask_groups=3, return_sequences=True, seed=4,
+        kreg_cls,
+        keras_cls,
+        x,
+        units=16,
+        weight_dropout=0.5,
+        weight_dropout_mode=mode,
+        mask_groups=3,
+        return_sequences=True,
+        seed=4,
     )
     captured = _capture_dropped_kernels(ours)
     trained = _numpy(ours(x, training=True))
@@ -289,8 +311,15 @@ def test_mask_groups_combine_with_keras_dropout_and_recurrent_dropout(kreg_cls, 
     """
     x = _inputs((8, 6, 3))
     ours, theirs = _twins(
-        kreg_cls, keras_cls, x, weight_dropout=0.5, mask_groups=2, dropout=0.3,
-        recurrent_dropout=0.2, return_sequences=True, seed=4,
+        kreg_cls,
+        keras_cls,
+        x,
+        weight_dropout=0.5,
+        mask_groups=2,
+        dropout=0.3,
+        recurrent_dropout=0.2,
+        return_sequences=True,
+        seed=4,
     )
     kernels = _capture_dropped_kernels(ours)
     keras_masks = _capture_keras_dropout_masks(ours)
@@ -328,8 +357,13 @@ def test_mask_groups_with_a_batch_size_known_only_at_run_time(kreg_cls):
     import tensorflow as tf
 
     layer = kreg_cls(
-        4, weight_dropout=0.5, mask_groups=3, dropout=0.2, recurrent_dropout=0.2,
-        return_sequences=True, seed=0,
+        4,
+        weight_dropout=0.5,
+        mask_groups=3,
+        dropout=0.2,
+        recurrent_dropout=0.2,
+        return_sequences=True,
+        seed=0,
     )
     x = _inputs((8, 5, 3))
     layer(x)
@@ -342,9 +376,15 @@ def test_mask_groups_with_a_batch_size_known_only_at_run_time(kreg_cls):
 
 def test_mask_groups_train_in_a_model_with_a_partial_last_batch():
     model = keras.Sequential(
-        [keras.Input((5, 3)), WeightDropLSTM(6, weight_dropout=0.4, mask_groups=4), keras.layers.Dense(1)]
+        [
+            keras.Input((5, 3)),
+            WeightDropLSTM(6, weight_dropout=0.4, mask_groups=4),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile("adam", "mse")
     x = _inputs((10, 5, 3))
-    losses = model.fit(x, x.sum(axis=(1, 2))[:, None], batch_size=8, epochs=3, verbose=0).history["loss"]
+    losses = model.fit(x, x.sum(axis=(1, 2))[:, None], batch_size=8, epochs=3, verbose=0).history[
+        "loss"
+    ]
     assert np.all(np.isfinite(losses))

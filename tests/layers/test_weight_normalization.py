@@ -1,13 +1,12 @@
-
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 import kreg
+from conftest import to_numpy as _numpy
 from kreg.layers import WeightNormalization
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 
 @pytest.mark.parametrize(
@@ -16,7 +15,11 @@ from conftest import to_numpy as _numpy
         (lambda: keras.layers.Dense(3, activation="relu"), (4, 5), (4, 3)),
         (lambda: keras.layers.Conv2D(4, 3, padding="same"), (2, 6, 6, 3), (2, 6, 6, 4)),
         (lambda: keras.layers.Conv1D(2, 3, use_bias=False), (3, 8, 2), (3, 6, 2)),
-        (lambda: keras.layers.Conv2D(4, 3, data_format="channels_first"), (2, 3, 6, 6), (2, 4, 4, 4)),
+        (
+            lambda: keras.layers.Conv2D(4, 3, data_format="channels_first"),
+            (2, 3, 6, 6),
+            (2, 4, 4, 4),
+        ),
     ],
 )
 @pytest.mark.parametrize("data_init", [False, True])
@@ -30,7 +33,8 @@ def test_layer_contract(make_layer, input_shape, output_shape, data_init, tmp_pa
         expected_output_shape=output_shape,
         tmp_path=tmp_path,
         # TensorFlow's CPU kernels have no float16 NCHW convolution (Keras's own Conv2D fails alike).
-        run_mixed_precision_check=factory().layer.get_config().get("data_format") != "channels_first",
+        run_mixed_precision_check=factory().layer.get_config().get("data_format")
+        != "channels_first",
     )
 
 
@@ -39,12 +43,16 @@ def test_kernel_is_g_times_the_unit_direction_and_starts_as_the_plain_layer():
     plain = keras.layers.Conv2D(5, 3, activation="tanh")
     expected = _numpy(plain(x))
     layer = WeightNormalization(plain)
-    np.testing.assert_allclose(_numpy(layer(x)), expected, rtol=1e-5, atol=1e-6)  # g starts at ||v||
+    np.testing.assert_allclose(
+        _numpy(layer(x)), expected, rtol=1e-5, atol=1e-6
+    )  # g starts at ||v||
     layer.g.assign(np.arange(1, 6, dtype="float32"))
     kernel = _numpy(layer.normalized_kernel()).reshape(-1, 5)
     np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), np.arange(1, 6), rtol=1e-5)
     v = _numpy(plain.kernel).reshape(-1, 5)
-    np.testing.assert_allclose(kernel / np.linalg.norm(kernel, axis=0), v / np.linalg.norm(v, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        kernel / np.linalg.norm(kernel, axis=0), v / np.linalg.norm(v, axis=0), rtol=1e-5
+    )
     assert {w.name for w in layer.trainable_weights} == {"kernel", "bias", "g"}
 
 
@@ -58,7 +66,9 @@ def test_data_dependent_init_normalizes_the_first_batch_then_stays():
     offsets = _numpy(layer.g_offset).copy(), _numpy(layer.bias_offset).copy()
     np.testing.assert_allclose(_numpy(layer(x)), first, rtol=1e-4, atol=1e-4)  # inference agrees
     later = _numpy(layer(rng.normal(0.0, 1.0, (64, 8)).astype("float32"), training=True))
-    np.testing.assert_array_equal(_numpy(layer.g_offset), offsets[0])  # only the first batch sets them
+    np.testing.assert_array_equal(
+        _numpy(layer.g_offset), offsets[0]
+    )  # only the first batch sets them
     np.testing.assert_array_equal(_numpy(layer.bias_offset), offsets[1])
     assert abs(later.mean()) > 0.1
 
@@ -72,17 +82,24 @@ def test_after_data_init_the_length_trains_as_the_papers_g():
     layer = WeightNormalization(keras.layers.Dense(3), data_init=True)
     inputs = keras.Input((6,))
     model = keras.Model(inputs, layer(inputs))
-    layer(rng.normal(0.0, 8.0, (256, 6)).astype("float32"), training=True)  # the init: std far from 1
+    layer(
+        rng.normal(0.0, 8.0, (256, 6)).astype("float32"), training=True
+    )  # the init: std far from 1
     x = rng.standard_normal((32, 6)).astype("float32")
     r = rng.standard_normal((32, 3)).astype("float32")
     v = _numpy(layer.layer.kernel)
     t = x @ (v / np.linalg.norm(v, axis=0))
     before = np.linalg.norm(_numpy(layer.normalized_kernel()), axis=0)
     learning_rate = 0.01
-    model.compile(keras.optimizers.SGD(learning_rate), loss=lambda y_true, y_pred: ops.sum(y_true * y_pred, axis=-1))
+    model.compile(
+        keras.optimizers.SGD(learning_rate),
+        loss=lambda y_true, y_pred: ops.sum(y_true * y_pred, axis=-1),
+    )
     model.train_on_batch(x, r)
     after = np.linalg.norm(_numpy(layer.normalized_kernel()), axis=0)
-    np.testing.assert_allclose(after - before, -learning_rate * np.mean(r * t, axis=0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        after - before, -learning_rate * np.mean(r * t, axis=0), rtol=1e-3, atol=1e-6
+    )
 
 
 def test_fold_batch_norms_turns_it_into_the_plain_layer():
@@ -94,7 +111,12 @@ def test_fold_batch_norms_turns_it_into_the_plain_layer():
     batch = np.random.default_rng(2).standard_normal((16, 8, 8, 3)).astype("float32")
     model(batch, training=True)  # the data-dependent init
     folded, report = kreg.fold_batch_norms(model, return_report=True)
-    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Conv2D", "Flatten", "Dense"]
+    assert [type(layer).__name__ for layer in folded.layers] == [
+        "InputLayer",
+        "Conv2D",
+        "Flatten",
+        "Dense",
+    ]
     assert len(report.converted) == 2
     np.testing.assert_allclose(_numpy(folded(batch)), _numpy(model(batch)), rtol=1e-4, atol=1e-5)
 
@@ -119,4 +141,6 @@ def test_causal_conv1d_computes_what_the_plain_layer_computes(data_format):
     x = np.random.default_rng(3).standard_normal(shape).astype("float32")
     plain = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, data_format=data_format)
     expected = _numpy(plain(x))
-    np.testing.assert_allclose(_numpy(WeightNormalization(plain)(x)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _numpy(WeightNormalization(plain)(x)), expected, rtol=1e-5, atol=1e-5
+    )

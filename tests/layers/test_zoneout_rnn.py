@@ -5,14 +5,17 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import to_numpy as _numpy
 from kreg.layers import ZoneoutGRU
 from kreg.layers import ZoneoutLSTM
 from layer_test_case import run_layer_test
-from conftest import to_numpy as _numpy
 
 PAIRS = [(ZoneoutLSTM, keras.layers.LSTM), (ZoneoutGRU, keras.layers.GRU)]
 PAIR_IDS = ["lstm", "gru"]
-RATES = {ZoneoutLSTM: {"cell_zoneout": 0.5, "hidden_zoneout": 0.2}, ZoneoutGRU: {"hidden_zoneout": 0.3}}
+RATES = {
+    ZoneoutLSTM: {"cell_zoneout": 0.5, "hidden_zoneout": 0.2},
+    ZoneoutGRU: {"hidden_zoneout": 0.3},
+}
 
 
 def _inputs(shape=(6, 7, 3), seed=0):
@@ -29,7 +32,9 @@ def _twins(zoneout_cls, keras_cls, x, **kwargs):
 
 
 def _cell_step(layer, x_t, states):
-    _, new_states = layer.cell(ops.convert_to_tensor(x_t), [ops.convert_to_tensor(s) for s in states])
+    _, new_states = layer.cell(
+        ops.convert_to_tensor(x_t), [ops.convert_to_tensor(s) for s in states]
+    )
     return [_numpy(s) for s in keras.tree.flatten(new_states)]
 
 
@@ -53,12 +58,17 @@ def test_layer_contract(zoneout_cls, kwargs, expected_shape, tmp_path):
 
 
 @pytest.mark.parametrize("zoneout_cls, keras_cls", PAIRS, ids=PAIR_IDS)
-@pytest.mark.parametrize("kwargs", [{}, {"return_sequences": True, "go_backwards": True}, {"return_state": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"return_sequences": True, "go_backwards": True}, {"return_state": True}]
+)
 def test_without_zoneout_matches_keras_exactly(zoneout_cls, keras_cls, kwargs):
     x = _inputs()
     ours, theirs = _twins(zoneout_cls, keras_cls, x, **kwargs)
     for training in (False, True):
-        for a, b in zip(keras.tree.flatten(ours(x, training=training)), keras.tree.flatten(theirs(x, training=training))):
+        for a, b in zip(
+            keras.tree.flatten(ours(x, training=training)),
+            keras.tree.flatten(theirs(x, training=training)),
+        ):
             np.testing.assert_array_equal(_numpy(a), _numpy(b))
 
 
@@ -91,9 +101,11 @@ def test_training_keeps_each_unit_or_updates_it_with_a_fresh_choice_per_step(zon
     # can be followed step by step from the observed h.
     layer = zoneout_cls(units, hidden_zoneout=rate, return_sequences=True, seed=7)
     h = _numpy(layer(x, training=True))
-    previous = [np.zeros((batch, units), "float32") for _ in layer.cell.state_size] if isinstance(
-        layer.cell.state_size, (list, tuple)
-    ) else [np.zeros((batch, units), "float32")]
+    previous = (
+        [np.zeros((batch, units), "float32") for _ in layer.cell.state_size]
+        if isinstance(layer.cell.state_size, (list, tuple))
+        else [np.zeros((batch, units), "float32")]
+    )
     kept_fractions, patterns = [], []
     for t in range(steps):
         new = _cell_step(layer, x[:, t], previous)
@@ -142,7 +154,11 @@ def test_trains_inside_a_model():
     x = _inputs((16, 6, 3))
     y = x.sum(axis=(1, 2))[:, None]
     model = keras.Sequential(
-        [keras.Input((6, 3)), ZoneoutLSTM(8, cell_zoneout=0.3, hidden_zoneout=0.1), keras.layers.Dense(1)]
+        [
+            keras.Input((6, 3)),
+            ZoneoutLSTM(8, cell_zoneout=0.3, hidden_zoneout=0.1),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile("adam", "mse")
     losses = model.fit(x, y, epochs=5, batch_size=8, verbose=0).history["loss"]
@@ -151,9 +167,14 @@ def test_trains_inside_a_model():
 
 def test_config_keeps_every_keras_argument_and_adds_its_own():
     config = ZoneoutLSTM(4, cell_zoneout=0.3, hidden_zoneout=0.1, dropout=0.2).get_config()
-    assert set(config) - set(keras.layers.LSTM(4).get_config()) == {"cell_zoneout", "hidden_zoneout"}
+    assert set(config) - set(keras.layers.LSTM(4).get_config()) == {
+        "cell_zoneout",
+        "hidden_zoneout",
+    }
     assert config["dropout"] == 0.2
-    assert set(ZoneoutGRU(4).get_config()) - set(keras.layers.GRU(4).get_config()) == {"hidden_zoneout"}
+    assert set(ZoneoutGRU(4).get_config()) - set(keras.layers.GRU(4).get_config()) == {
+        "hidden_zoneout"
+    }
 
 
 @pytest.mark.parametrize(
@@ -162,7 +183,11 @@ def test_config_keeps_every_keras_argument_and_adds_its_own():
         (ZoneoutLSTM, {"cell_zoneout": 1.0}, r"`cell_zoneout`.*\[0, 1\).*cell_zoneout=1.0"),
         (ZoneoutLSTM, {"hidden_zoneout": -0.1}, r"`hidden_zoneout`.*hidden_zoneout=-0.1"),
         (ZoneoutGRU, {"hidden_zoneout": "0.1"}, r"`hidden_zoneout`.*'0.1'"),
-        (ZoneoutGRU, {"hidden_zoneout": 0.1, "use_cudnn": True}, r"`use_cudnn`.*fused.*use_cudnn=True"),
+        (
+            ZoneoutGRU,
+            {"hidden_zoneout": 0.1, "use_cudnn": True},
+            r"`use_cudnn`.*fused.*use_cudnn=True",
+        ),
         (ZoneoutLSTM, {"cell_zoneout": 0.1, "use_cudnn": True}, r"`use_cudnn`"),
     ],
 )

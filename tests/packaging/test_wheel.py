@@ -12,10 +12,10 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 import zipfile
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,9 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
 def _run(command, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -60,12 +62,18 @@ def _pip_install(python, *requirements):
 
 
 def _installed(python):
-    listing = _run([str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"])
+    listing = _run(
+        [str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"]
+    )
     return {line.split("==")[0].lower() for line in listing.splitlines()}
 
 
 def _clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_", "PYTHONPATH", "TF_CONFIG"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KERAS_", "PYTHONPATH", "TF_CONFIG"))
+    }
     env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
     return env
 
@@ -74,7 +82,14 @@ def test_core_install_runs_a_layer_on_jax_without_tensorflow(wheel, tmp_path):
     python = _fresh_venv(tmp_path / "venv")
     _pip_install(python, str(wheel), "jax")  # jax: the user's backend, not a kreg dependency
     installed = _installed(python)
-    for heavy in ("tensorflow", "keras-tuner", "tensorboard", "matplotlib", "scikit-learn", "optuna"):
+    for heavy in (
+        "tensorflow",
+        "keras-tuner",
+        "tensorboard",
+        "matplotlib",
+        "scikit-learn",
+        "optuna",
+    ):
         assert heavy not in installed, f"the core install brought {heavy}"
     script = textwrap.dedent(
         """
@@ -101,7 +116,13 @@ def test_core_install_runs_a_layer_on_jax_without_tensorflow(wheel, tmp_path):
     assert output.split()[:2] == ["ok", "jax"]
 
     # Keras's default backend is TensorFlow, which the core does not install.
-    default = subprocess.run([str(python), "-c", "import kreg"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True)
+    default = subprocess.run(
+        [str(python), "-c", "import kreg"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+    )
     assert default.returncode != 0
     last_line = default.stderr.strip().splitlines()[-1]
     assert 'pip install "kreg[tensorflow]"' in last_line, default.stderr[-2000:]

@@ -12,11 +12,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras_tuner  # noqa: E402
+from search_helpers import wait_for_each_other  # noqa: E402
 
 from kreg.datasets import load_digit_sequences  # noqa: E402
 from kreg.tuning import OverfittingPruning  # noqa: E402
 from kreg.tuning import RecurrentHyperModel  # noqa: E402
-from search_helpers import wait_for_each_other  # noqa: E402
 
 MAX_TRIALS = 4
 
@@ -38,8 +38,12 @@ def main():
     tuner_id = os.environ["KERASTUNER_TUNER_ID"]
     hypermodel = RecurrentHyperModel((8, 8), 10, units=(16,), dense_units=16, seed=3)
     tuner = Search(
-        hypermodel, objective="val_accuracy", max_trials=MAX_TRIALS, seed=3,
-        directory=directory, project_name="distributed",
+        hypermodel,
+        objective="val_accuracy",
+        max_trials=MAX_TRIALS,
+        seed=3,
+        directory=directory,
+        project_name="distributed",
     )
     (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
     if tuner_id != "chief":

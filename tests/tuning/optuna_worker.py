@@ -11,11 +11,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import optuna  # noqa: E402
+from search_helpers import wait_for_each_other  # noqa: E402
 
 from kreg.datasets import load_digit_sequences  # noqa: E402
 from kreg.tuning import RecurrentHyperModel  # noqa: E402
 from kreg.tuning import optuna_pruning_callback  # noqa: E402
-from search_helpers import wait_for_each_other  # noqa: E402
 
 
 def main():
@@ -30,8 +30,16 @@ def main():
         trial.set_user_attr("worker", worker)
         model = hypermodel.build(trial)
         callback = optuna_pruning_callback(trial, "val_accuracy")
-        hypermodel.fit(trial, model, x, y, validation_data=(x_val[:200], y_val[:200]), epochs=2,
-                       verbose=0, callbacks=[callback])
+        hypermodel.fit(
+            trial,
+            model,
+            x,
+            y,
+            validation_data=(x_val[:200], y_val[:200]),
+            epochs=2,
+            verbose=0,
+            callbacks=[callback],
+        )
         return callback.best
 
     wait_for_each_other(directory, worker, count=2)

@@ -16,13 +16,17 @@ class Memorizer(RegularizedHyperModel):
     """A wide MLP that memorizes noise: validation loss rises within a few epochs."""
 
     def build_model(self, hp):
-        model = keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(256, activation="relu"),
-            self.space.dropout(hp, "dense"),
-            keras.layers.Dense(4, activation="softmax"),
-        ])
-        model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(256, activation="relu"),
+                self.space.dropout(hp, "dense"),
+                keras.layers.Dense(4, activation="softmax"),
+            ]
+        )
+        model.compile(
+            keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         return model
 
 
@@ -30,12 +34,14 @@ class GroupsBreakSomeModels(RegularizedHyperModel):
     """Six channels: group norm with 4 groups cannot be built; 2 groups or layer norm can."""
 
     def build_model(self, hp):
-        model = keras.Sequential([
-            keras.Input((4, 6)),
-            self.space.norm(hp),  # no `channels`: the mismatch shows only when building
-            keras.layers.Flatten(),
-            keras.layers.Dense(3, activation="softmax"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((4, 6)),
+                self.space.norm(hp),  # no `channels`: the mismatch shows only when building
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         return self.compile_model(model)
 
 
@@ -72,7 +78,10 @@ def run_processes(commands, log_directory, timeout=240):
     processes = {}
     for name, (argv, env) in commands.items():
         log = open(log_directory / f"{name}.log", "w")
-        processes[name] = (subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        processes[name] = (
+            subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT),
+            log,
+        )
     try:
         for name, (process, log) in processes.items():
             code = process.wait(timeout=timeout)

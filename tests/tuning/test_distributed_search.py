@@ -34,7 +34,10 @@ def test_chief_and_two_workers_on_loopback(tmp_path):
             TF_NUM_INTRAOP_THREADS="1",
             TF_NUM_INTEROP_THREADS="1",
         )
-        commands[tuner_id] = ([sys.executable, SCRIPT, str(tmp_path), str(tmp_path / f"{tuner_id}.json")], env)
+        commands[tuner_id] = (
+            [sys.executable, SCRIPT, str(tmp_path), str(tmp_path / f"{tuner_id}.json")],
+            env,
+        )
     # Three processes that each trace their own models: on JAX and PyTorch, with the
     # machine shared, more than run_processes's default 240 s (245 s measured on JAX).
     run_processes(commands, tmp_path, timeout=600)

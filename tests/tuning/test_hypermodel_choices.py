@@ -42,10 +42,15 @@ def _findings(hypermodel, fixed):
 HYPERMODELS = {
     "cnn": lambda space: CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, space=space),
     "cnn_rgb_deep": lambda space: CNNHyperModel(
-        (16, 16, 3), 10, filters=(8, 8, 16, 16), dense_units=16, space=space),
+        (16, 16, 3), 10, filters=(8, 8, 16, 16), dense_units=16, space=space
+    ),
     "lstm": lambda space: RecurrentHyperModel((8, 8), 10, units=(8, 8), dense_units=8, space=space),
-    "gru": lambda space: RecurrentHyperModel((8, 6), 3, units=(8,), cell="gru", dense_units=8, space=space),
+    "gru": lambda space: RecurrentHyperModel(
+        (8, 6), 3, units=(8,), cell="gru", dense_units=8, space=space
+    ),
 }
+
+
 @pytest.mark.parametrize("kind", sorted(HYPERMODELS))
 def test_every_choice_of_the_default_space_passes_diagnose(kind):
     hypermodel = HYPERMODELS[kind](None)
@@ -62,7 +67,9 @@ def test_every_norm_and_the_whole_toolbox_pass_diagnose(kind, weight_decay):
     # A deep stack without any norm is what missing-normalization warns about:
     # the default space leaves "none" out there (test below), this one does too.
     norms = tuple(n for n in NORMS if n != "none") if kind == "cnn_rgb_deep" else NORMS
-    space = RegularizationSpace(norms=norms, groups=(2, 4), weight_decay=weight_decay, label_smoothing=True)
+    space = RegularizationSpace(
+        norms=norms, groups=(2, 4), weight_decay=weight_decay, label_smoothing=True
+    )
     hypermodel = HYPERMODELS[kind](space)
     for fixed in _every_choice(hypermodel):
         assert _findings(hypermodel, fixed) == [], (kind, fixed)
@@ -77,8 +84,14 @@ def test_every_norm_of_recurrent_models_passes_diagnose(kind):
 
 def test_no_bias_before_a_norm_that_cancels_it():
     hypermodel = HYPERMODELS["cnn"](RegularizationSpace(norms=NORMS))
-    for norm, bias in [("batch", False), ("adaptive_batch", False), ("instance", False),
-                       ("layer", True), ("group", True), ("none", True)]:
+    for norm, bias in [
+        ("batch", False),
+        ("adaptive_batch", False),
+        ("instance", False),
+        ("layer", True),
+        ("group", True),
+        ("none", True),
+    ]:
         hp = keras_tuner.HyperParameters()
         hp.Fixed("norm", norm)
         convs = [layer for layer in hypermodel.build(hp).layers if type(layer).__name__ == "Conv2D"]

@@ -6,15 +6,15 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from search_helpers import GroupsBreakSomeModels
+from search_helpers import Memorizer
+from search_helpers import noise
 
 from kreg.datasets import load_digit_sequences
 from kreg.tuning import CNNHyperModel
 from kreg.tuning import RecurrentHyperModel
 from kreg.tuning import RegularizationSpace
 from kreg.tuning import optuna_pruning_callback
-from search_helpers import GroupsBreakSomeModels
-from search_helpers import Memorizer
-from search_helpers import noise
 
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -40,10 +40,13 @@ def _optuna_range(distribution):
     return ("choice", tuple(distribution.choices))
 
 
-@pytest.mark.parametrize("make", [
-    lambda space: CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=8, space=space),
-    lambda space: RecurrentHyperModel((8, 8), 10, units=(8,), dense_units=8, space=space),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda space: CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=8, space=space),
+        lambda space: RecurrentHyperModel((8, 8), 10, units=(8,), dense_units=8, space=space),
+    ],
+)
 def test_same_names_ranges_and_conditions_as_keras_tuner(make):
     space = RegularizationSpace(groups=(2, 4), weight_decay="adamw", label_smoothing=True)
     hypermodel = make(space)
@@ -59,8 +62,12 @@ def test_same_names_ranges_and_conditions_as_keras_tuner(make):
             assert _optuna_range(distribution) == expected[name], name
         seen |= set(trial.params)
         assert set(trial.params) >= set(expected) - {"norm_groups"}
-        assert "weight decay" in space.describe(trial) and "label smoothing" in space.describe(trial)
-    assert seen == set(expected), "12 random trials reach every hyperparameter, norm_groups included"
+        assert "weight decay" in space.describe(trial) and "label smoothing" in space.describe(
+            trial
+        )
+    assert seen == set(expected), (
+        "12 random trials reach every hyperparameter, norm_groups included"
+    )
     assert space.describe(study.best_trial) == space.describe(study.best_params)
 
 
@@ -87,8 +94,17 @@ def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     def objective(trial):
         model = hypermodel.build(trial)
         callback = optuna_pruning_callback(trial, "val_accuracy")
-        history = hypermodel.fit(trial, model, x, y, validation_data=(x_val, y_val), epochs=3,
-                                 batch_size=32, verbose=0, callbacks=[callback])
+        history = hypermodel.fit(
+            trial,
+            model,
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=3,
+            batch_size=32,
+            verbose=0,
+            callbacks=[callback],
+        )
         reported[trial.number] = history.history["val_accuracy"]
         assert callback.best == pytest.approx(max(history.history["val_accuracy"]))
         return callback.best
@@ -109,8 +125,14 @@ def test_the_study_pruner_prunes(digits):
 
     def objective(trial):
         model = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1).build(trial)
-        model.fit(x, y, validation_data=(x_val, y_val), epochs=5, verbose=0,
-                  callbacks=[optuna_pruning_callback(trial)])
+        model.fit(
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=5,
+            verbose=0,
+            callbacks=[optuna_pruning_callback(trial)],
+        )
         return 0.0
 
     # Prunes any trial whose val_loss is above 1e-3 at epoch 2 or later.
@@ -133,21 +155,37 @@ def _learnable_then_hopeless(monitor, on_overfitting, epochs=30, patience=2, **d
     def objective(trial):
         validation = (x, y) if trial.number == 0 else (x_noise, y_noise)
         callback = optuna_pruning_callback(
-            trial, monitor, on_overfitting=on_overfitting,
-            detector_kwargs={"patience": patience, "objective_patience": 2 * patience, "smoothing": 0.0, "verbose": 0,
-                             **detector_kwargs})
+            trial,
+            monitor,
+            on_overfitting=on_overfitting,
+            detector_kwargs={
+                "patience": patience,
+                "objective_patience": 2 * patience,
+                "smoothing": 0.0,
+                "verbose": 0,
+                **detector_kwargs,
+            },
+        )
         model = hypermodel.build(trial)
-        history = model.fit(x, y, validation_data=validation, epochs=epochs, verbose=0, callbacks=[callback])
+        history = model.fit(
+            x, y, validation_data=validation, epochs=epochs, verbose=0, callbacks=[callback]
+        )
         ran[trial.number] = len(history.epoch)
-        assert callback.ended_after == (None if len(history.epoch) == epochs else len(history.epoch) - 1)
+        assert callback.ended_after == (
+            None if len(history.epoch) == epochs else len(history.epoch) - 1
+        )
         return callback.best
 
     return objective, ran
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("on_overfitting, monitor", [("stop", "val_loss"), ("prune", "val_accuracy")])
-def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(on_overfitting, monitor):
+@pytest.mark.parametrize(
+    "on_overfitting, monitor", [("stop", "val_loss"), ("prune", "val_accuracy")]
+)
+def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(
+    on_overfitting, monitor
+):
     objective, ran = _learnable_then_hopeless(monitor, on_overfitting)
     direction = "maximize" if monitor == "val_accuracy" else "minimize"
     study = optuna.create_study(direction=direction)  # no pruner of its own would stop these trials
@@ -163,7 +201,9 @@ def test_a_trial_that_cannot_reach_the_study_best_ends_and_the_first_does_not(on
         assert "would not reach the search's best" in trial.user_attrs["stopped_because"]
         if on_overfitting == "stop":
             # Stopped, not pruned: the trial completes with its best score.
-            assert trial.state == optuna.trial.TrialState.COMPLETE and ran[trial.number] == stopped + 1
+            assert (
+                trial.state == optuna.trial.TrialState.COMPLETE and ran[trial.number] == stopped + 1
+            )
             assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
         else:
             assert trial.state == optuna.trial.TrialState.PRUNED and trial.number not in ran
@@ -194,9 +234,14 @@ def test_unbuildable_trial_fails_alone():
     study = optuna.create_study()
     study.enqueue_trial({"norm_groups": 4})
     study.enqueue_trial({"norm_groups": 2})
-    study.optimize(lambda trial: float(hypermodel.build(trial).count_params()), n_trials=2, catch=(ValueError,))
+    study.optimize(
+        lambda trial: float(hypermodel.build(trial).count_params()), n_trials=2, catch=(ValueError,)
+    )
     failed, completed = study.trials
-    assert failed.state == optuna.trial.TrialState.FAIL and completed.state == optuna.trial.TrialState.COMPLETE
+    assert (
+        failed.state == optuna.trial.TrialState.FAIL
+        and completed.state == optuna.trial.TrialState.COMPLETE
+    )
 
 
 def test_bad_arguments():
@@ -221,10 +266,21 @@ def test_bad_arguments():
     model.compile("sgd", "mse")
     data = np.zeros((4, 2)), np.zeros((4, 1))
     with pytest.raises(ValueError, match="direction='maximize'.*monitor='val_loss'"):
-        model.fit(*data, validation_data=data, epochs=1, verbose=0, callbacks=[optuna_pruning_callback(trial)])
+        model.fit(
+            *data,
+            validation_data=data,
+            epochs=1,
+            verbose=0,
+            callbacks=[optuna_pruning_callback(trial)],
+        )
     with pytest.raises(ValueError, match="val_acc.*not in the epoch's logs"):
-        model.fit(*data, validation_data=data, epochs=1, verbose=0,
-                  callbacks=[optuna_pruning_callback(trial, "val_acc")])
+        model.fit(
+            *data,
+            validation_data=data,
+            epochs=1,
+            verbose=0,
+            callbacks=[optuna_pruning_callback(trial, "val_acc")],
+        )
 
 
 def test_missing_optuna_names_the_extra(monkeypatch):
@@ -245,8 +301,14 @@ def test_a_fit_without_validation_is_refused_not_left_unpruned():
         with pytest.raises(ValueError, match="`val_loss` was in no epoch's logs"):
             model.fit(*data, epochs=2, verbose=0, callbacks=[optuna_pruning_callback(trial)])
     # validation_freq=2: the first epoch has no validation, the second reports.
-    model.fit(*data, validation_data=data, validation_freq=2, epochs=2, verbose=0,
-              callbacks=[optuna_pruning_callback(trial)])
+    model.fit(
+        *data,
+        validation_data=data,
+        validation_freq=2,
+        epochs=2,
+        verbose=0,
+        callbacks=[optuna_pruning_callback(trial)],
+    )
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
 
 
@@ -259,10 +321,17 @@ def test_auto_mode_never_guesses_a_direction_from_the_name():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
     data = np.ones((4, 2)), np.ones((4, 2))
-    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_r2_score=0.5))
+    logger = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: logs.update(val_r2_score=0.5)
+    )
     with pytest.raises(ValueError, match="Pass mode='min' or mode='max'"):
-        model.fit(*data, validation_data=data, epochs=1, verbose=0,
-                  callbacks=[logger, optuna_pruning_callback(trial, "val_r2_score")])
+        model.fit(
+            *data,
+            validation_data=data,
+            epochs=1,
+            verbose=0,
+            callbacks=[logger, optuna_pruning_callback(trial, "val_r2_score")],
+        )
     assert not study.trials[0].intermediate_values
     callback = optuna_pruning_callback(study.ask(), "val_loss", mode="max")
     assert callback.direction == "maximize"

@@ -16,7 +16,9 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "optuna_worker.py")
 def test_two_workers_share_a_study_on_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(
-        study_name="kreg", storage=url, direction="maximize",
+        study_name="kreg",
+        storage=url,
+        direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=3),
     )
     env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
@@ -27,7 +29,9 @@ def test_two_workers_share_a_study_on_sqlite(tmp_path):
     run_processes(commands, tmp_path)
 
     trials = optuna.load_study(study_name="kreg", storage=url).trials
-    assert len(trials) == 4 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}, trials
+    assert len(trials) == 4 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}, (
+        trials
+    )
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     workers = [t.user_attrs["worker"] for t in trials]
     assert workers.count("worker0") == 2 and workers.count("worker1") == 2, workers

@@ -6,14 +6,14 @@ import math
 import keras
 import keras_tuner
 import pytest
-
-from kreg.tuning import OverfittingPruning
-from kreg.tuning import RegularizationSpace
-from kreg.tuning import pruning_detector
 from search_helpers import Memorizer
 from search_helpers import PrunedRandomSearch
 from search_helpers import noise
 from search_helpers import replay
+
+from kreg.tuning import OverfittingPruning
+from kreg.tuning import RegularizationSpace
+from kreg.tuning import pruning_detector
 
 # The replayed model compiles no metric to read a direction from: the objective says it.
 VAL_ACCURACY = keras_tuner.Objective("val_accuracy", "max")
@@ -27,7 +27,9 @@ def test_a_diverged_trial_neither_poisons_the_search_best_nor_escapes_pruning():
     def diverged(epoch):
         return {"loss": math.nan, "val_loss": math.nan}
 
-    detector = pruning_detector(objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0)
+    detector = pruning_detector(
+        objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0
+    )
     # The first trial diverges at once: it sets no search best (NaN would compare
     # false with everything and end pruning for the rest of the search).
     assert replay(detector, diverged, epochs=10) is None
@@ -40,7 +42,9 @@ def test_a_diverged_trial_neither_poisons_the_search_best_nor_escapes_pruning():
     def diverges_after_a_good_start(epoch):
         return {"loss": 1.0, "val_loss": 0.4 if epoch < 3 else math.nan}
 
-    detector = pruning_detector(objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0)
+    detector = pruning_detector(
+        objective="val_loss", objective_patience=2, patience=2, smoothing=0.0, verbose=0
+    )
     replay(detector, diverges_after_a_good_start, epochs=10)
     assert detector.search.value == pytest.approx(0.4)
 
@@ -55,27 +59,41 @@ def test_the_last_epoch_ends_nothing():
 
 def test_the_pace_is_per_epoch_when_validation_runs_every_other_epoch():
     def slow(epoch):  # val_accuracy gains 0.01 an epoch: 0.79 by the last epoch, short of 0.85
-        return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.01 * epoch}
+        return {
+            "loss": 1.0 - 0.01 * epoch,
+            "val_loss": 1.0 - 0.01 * epoch,
+            "val_accuracy": 0.5 + 0.01 * epoch,
+        }
 
     def every_other(epoch):  # fit(validation_freq=2): validation after epochs 2, 4, 6, ...
         logs = slow(epoch)
         return logs if epoch % 2 == 1 else {"loss": logs["loss"]}
 
     for curve, first_pace in ((slow, 2), (every_other, 5)):
-        detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0)
+        detector = pruning_detector(
+            objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0
+        )
         assert replay(detector, curve, epochs=30, search_best=-0.85) == first_pace, curve.__name__
 
 
 def test_pruning_detector_config_round_trip():
     detector = pruning_detector(
-        prune_on=("overfitting", "underfitting"), objective=keras_tuner.Objective("val_auc", "max"),
-        objective_patience=3, patience=2, smoothing=0.1, verbose=0,
+        prune_on=("overfitting", "underfitting"),
+        objective=keras_tuner.Objective("val_auc", "max"),
+        objective_patience=3,
+        patience=2,
+        smoothing=0.1,
+        verbose=0,
     )
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(detector))
     assert type(restored) is type(detector)
     assert restored.get_config() == detector.get_config()
     assert restored.action.prune_on == ("overfitting", "underfitting")
-    assert (restored.objective, restored.objective_mode, restored.objective_patience) == ("val_auc", "max", 3)
+    assert (restored.objective, restored.objective_mode, restored.objective_patience) == (
+        "val_auc",
+        "max",
+        3,
+    )
     assert (restored.patience, restored.smoothing) == (2, 0.1)
 
 
@@ -104,10 +122,16 @@ def test_executions_of_one_trial_are_not_judged_against_each_other(tmp_path):
     x_val, y_val = noise(128, 1)
     tuner = PrunedRandomSearch(
         Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})),
-        objective="val_loss", max_trials=1, executions_per_trial=3, directory=tmp_path, project_name="executions",
+        objective="val_loss",
+        max_trials=1,
+        executions_per_trial=3,
+        directory=tmp_path,
+        project_name="executions",
         detector_kwargs={"patience": 1, "smoothing": 0.0, "objective_patience": 1, "verbose": 0},
     )
-    tuner.search(x, y, validation_data=(x_val, y_val), epochs=12, verbose=0, callbacks=[_Recorder()])
+    tuner.search(
+        x, y, validation_data=(x_val, y_val), epochs=12, verbose=0, callbacks=[_Recorder()]
+    )
     assert SEEN == [12, 12, 12], SEEN
     assert tuner.pruned_trials == {}
 
@@ -115,7 +139,12 @@ def test_executions_of_one_trial_are_not_judged_against_each_other(tmp_path):
 @pytest.mark.integration
 def test_hyperband_rounds_that_feed_successive_halving_are_not_pruned(tmp_path):
     tuner = PrunedHyperband(
-        Memorizer(), objective="val_loss", max_epochs=3, factor=3, directory=tmp_path, project_name="hb",
+        Memorizer(),
+        objective="val_loss",
+        max_epochs=3,
+        factor=3,
+        directory=tmp_path,
+        project_name="hb",
         detector_kwargs={"patience": 1, "objective_patience": 1, "verbose": 0},
     )
     x, y = noise(32, 0)
@@ -125,18 +154,24 @@ def test_hyperband_rounds_that_feed_successive_halving_are_not_pruned(tmp_path):
     # A round whose trials Hyperband ranks for promotion has no reference to be pruned against...
     early = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
     early.hyperparameters.values.update(
-        {"tuner/epochs": 1, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0})
+        {"tuner/epochs": 1, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0}
+    )
     assert tuner.reference_for(early) is None
     # ... while a bracket's last round is judged against the search's best.
     last = keras_tuner.engine.trial.Trial(tuner.oracle.get_space())
     last.hyperparameters.values.update(
-        {"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/bracket": 1, "tuner/round": 1})
+        {"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/bracket": 1, "tuner/round": 1}
+    )
     assert tuner.reference_for(last) == pytest.approx(min(t.score for t in finished))
 
 
 def test_only_completed_trials_are_a_reference(tmp_path):
     tuner = PrunedRandomSearch(
-        Memorizer(), objective="val_accuracy", max_trials=5, directory=tmp_path, project_name="completed",
+        Memorizer(),
+        objective="val_accuracy",
+        max_trials=5,
+        directory=tmp_path,
+        project_name="completed",
     )
     running = tuner.oracle.create_trial("worker")
     assert tuner.reference_for(running) is None, "no finished trial: it leads"
@@ -151,10 +186,22 @@ def test_only_completed_trials_are_a_reference(tmp_path):
 
 def test_several_objectives_need_the_judged_one_named(tmp_path):
     objectives = ["val_loss", keras_tuner.Objective("val_accuracy", "max")]
-    with pytest.raises(ValueError, match=r"name the one whose pace is judged.*\['val_loss', 'val_accuracy'\]"):
-        PrunedRandomSearch(Memorizer(), objective=objectives, max_trials=1, directory=tmp_path, project_name="multi")
+    with pytest.raises(
+        ValueError, match=r"name the one whose pace is judged.*\['val_loss', 'val_accuracy'\]"
+    ):
+        PrunedRandomSearch(
+            Memorizer(),
+            objective=objectives,
+            max_trials=1,
+            directory=tmp_path,
+            project_name="multi",
+        )
     tuner = PrunedRandomSearch(
-        Memorizer(), objective=objectives, max_trials=1, directory=tmp_path, project_name="multi",
+        Memorizer(),
+        objective=objectives,
+        max_trials=1,
+        directory=tmp_path,
+        project_name="multi",
         detector_kwargs={"objective": keras_tuner.Objective("val_accuracy", "max")},
     )
     # Not the oracle's score (a sum of both): the detector keeps its own record.
@@ -162,9 +209,16 @@ def test_several_objectives_need_the_judged_one_named(tmp_path):
 
 
 def test_an_objective_the_logs_never_hold_is_an_error_listing_the_logged_keys():
-    detector = pruning_detector(objective="val_accurcy", objective_patience=2, patience=2, verbose=0)
-    with pytest.raises(ValueError, match=r"`val_accurcy` is not in the epoch's logs.*'val_accuracy'"):
+    detector = pruning_detector(
+        objective="val_accurcy", objective_patience=2, patience=2, verbose=0
+    )
+    with pytest.raises(
+        ValueError, match=r"`val_accurcy` is not in the epoch's logs.*'val_accuracy'"
+    ):
         replay(detector, _flat, epochs=4)
     # An epoch without validation (validation_freq) is not held against it.
     detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=2, patience=2, verbose=0)
-    assert replay(detector, lambda epoch: {"loss": 1.0} if epoch % 2 == 0 else _flat(epoch), epochs=3) is None
+    assert (
+        replay(detector, lambda epoch: {"loss": 1.0} if epoch % 2 == 0 else _flat(epoch), epochs=3)
+        is None
+    )

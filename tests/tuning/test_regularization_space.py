@@ -120,8 +120,12 @@ class _BuildOnly(keras_tuner.RandomSearch):
 def test_oracle_only_varies_active_hyperparameters(tmp_path):
     space = RegularizationSpace(groups=(2, 4))
     tuner = _BuildOnly(
-        lambda hp: _norm_model(space, hp), objective="loss", max_trials=25, seed=3,
-        directory=tmp_path, project_name="space",
+        lambda hp: _norm_model(space, hp),
+        objective="loss",
+        max_trials=25,
+        seed=3,
+        directory=tmp_path,
+        project_name="space",
     )
     tuner.search(verbose=0)
     trials = list(tuner.oracle.trials.values())
@@ -186,11 +190,16 @@ def test_describe_in_words():
     space.dropout(hp, "dense")
     space.norm(hp, channels=8)
     assert space.describe(hp) == "dense dropout 0.42, group norm (4 groups)"
-    assert space.describe({"late_conv_dropout": 0.2, "norm": "none"}) == "late conv dropout 0.20, no norm"
+    assert (
+        space.describe({"late_conv_dropout": 0.2, "norm": "none"})
+        == "late conv dropout 0.20, no norm"
+    )
 
 
 def test_config_round_trip():
-    space = RegularizationSpace(dropout_ranges={"dense": (0.2, 0.6)}, norms=("layer", "group"), groups=4)
+    space = RegularizationSpace(
+        dropout_ranges={"dense": (0.2, 0.6)}, norms=("layer", "group"), groups=4
+    )
     again = RegularizationSpace.from_config(space.get_config())
     assert again.get_config() == space.get_config()
     assert again.groups == (4,) and again.dropout_ranges["dense"] == (0.2, 0.6)
@@ -214,7 +223,10 @@ def test_config_round_trip():
         ({"step": 1.0}, "step=1.0"),
         ({"weight_decay": "l1"}, "weight_decay='l1'"),
         ({"weight_decay_range": (1e-4, 1e-2)}, "weight_decay=None"),
-        ({"weight_decay": "adamw", "weight_decay_range": (0.0, 1e-2)}, r"weight_decay_range=\(0\.0"),
+        (
+            {"weight_decay": "adamw", "weight_decay_range": (0.0, 1e-2)},
+            r"weight_decay_range=\(0\.0",
+        ),
         ({"weight_decay": "l2", "weight_decay_range": (1e-2, 1e-4)}, "inverted"),
         ({"label_smoothing": (0.1, 1.0)}, r"label_smoothing=\(0\.1, 1\.0\)"),
         ({"label_smoothing": 0.1}, "label_smoothing=0.1"),
@@ -243,7 +255,8 @@ def test_bad_role_and_group_count_at_declaration():
 
 def test_batch_norm_arguments_checked_against_keras_and_passed_on():
     space = RegularizationSpace(
-        norms=NORMS, batch_norm_kwargs={"momentum": 0.9, "renorm": True},
+        norms=NORMS,
+        batch_norm_kwargs={"momentum": 0.9, "renorm": True},
         adaptive_batch_kwargs={"test_time_mode": "batch", "epsilon": 0.01},
     )
     for norm in ("batch", "adaptive_batch"):
@@ -254,7 +267,9 @@ def test_batch_norm_arguments_checked_against_keras_and_passed_on():
     assert layer.test_time_mode == "batch" and layer.epsilon == 0.01
     hp = keras_tuner.HyperParameters()
     hp.Fixed("norm", "layer")
-    assert isinstance(space.norm(hp), keras.layers.LayerNormalization), "BN arguments only for batch norms"
+    assert isinstance(space.norm(hp), keras.layers.LayerNormalization), (
+        "BN arguments only for batch norms"
+    )
     assert RegularizationSpace.from_config(space.get_config()).get_config() == space.get_config()
     with pytest.raises(ValueError, match="batch_norm_kwargs=.*'momentun'"):
         RegularizationSpace(batch_norm_kwargs={"momentun": 0.9})
@@ -266,5 +281,7 @@ def test_batch_norm_arguments_checked_against_keras_and_passed_on():
 
 @pytest.mark.parametrize("hp", [None, {"dense_dropout": 0.3}])
 def test_an_hp_that_is_neither_keras_tuner_nor_optuna_is_refused(hp):
-    with pytest.raises(TypeError, match=r"argument `hp`.*keras_tuner.HyperParameters or an optuna.Trial"):
+    with pytest.raises(
+        TypeError, match=r"argument `hp`.*keras_tuner.HyperParameters or an optuna.Trial"
+    ):
         RegularizationSpace().dropout(hp, "dense")

@@ -42,10 +42,19 @@ def test_residual_cnn_uses_the_schedule_and_dropblock_clipped_to_the_map():
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)
     depth = [layer for layer in model.layers if isinstance(layer, StochasticDepth)]
-    np.testing.assert_allclose([layer.rate for layer in depth], kreg.stochastic_depth_rates(3, 0.15))
+    np.testing.assert_allclose(
+        [layer.rate for layer in depth], kreg.stochastic_depth_rates(3, 0.15)
+    )
     blocks = [layer for layer in model.layers if isinstance(layer, DropBlock2D)]
-    assert [layer.block_size for layer in blocks] == [(4, 4), (2, 2)]  # maps of 4x4 and 2x2: block 5 clipped
-    assert not [layer for layer in model.layers if type(layer) is keras.layers.Dropout and "conv" in layer.name]
+    assert [layer.block_size for layer in blocks] == [
+        (4, 4),
+        (2, 2),
+    ]  # maps of 4x4 and 2x2: block 5 clipped
+    assert not [
+        layer
+        for layer in model.layers
+        if type(layer) is keras.layers.Dropout and "conv" in layer.name
+    ]
     assert {"stochastic_depth_rate", "dropblock_rate", "dropblock_block_size"} <= set(hp.values)
     x = np.random.default_rng(0).standard_normal((8, 16, 16, 1)).astype("float32")
     model.fit(x, np.arange(8) % 3, epochs=1, verbose=0)

@@ -4,6 +4,11 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from search_helpers import GroupsBreakSomeModels
+from search_helpers import Memorizer
+from search_helpers import PrunedRandomSearch
+from search_helpers import noise
+from search_helpers import replay
 
 from kreg.datasets import load_digit_sequences
 from kreg.layers import ConsistentDropout
@@ -11,11 +16,6 @@ from kreg.tuning import CNNHyperModel
 from kreg.tuning import RecurrentHyperModel
 from kreg.tuning import RegularizationSpace
 from kreg.tuning import pruning_detector
-from search_helpers import GroupsBreakSomeModels
-from search_helpers import Memorizer
-from search_helpers import PrunedRandomSearch
-from search_helpers import noise
-from search_helpers import replay
 
 # The replayed model compiles no metric to read a direction from: the objective says it.
 VAL_ACCURACY = keras_tuner.Objective("val_accuracy", "max")
@@ -34,10 +34,14 @@ def _small(digits, n_train=160, n_val=160):
 def test_hypermodels_build_with_defaults_and_train_a_step(digits):
     (x, y), _ = _small(digits, 32)
     for hypermodel, names in [
-        (CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16),
-         ["norm", "norm_groups", "early_conv_dropout", "late_conv_dropout", "dense_dropout"]),
-        (RecurrentHyperModel((8, 8), 10, units=(8, 8), dense_units=8),
-         ["norm", "norm_groups", "recurrent_dropout", "dense_dropout"]),
+        (
+            CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16),
+            ["norm", "norm_groups", "early_conv_dropout", "late_conv_dropout", "dense_dropout"],
+        ),
+        (
+            RecurrentHyperModel((8, 8), 10, units=(8, 8), dense_units=8),
+            ["norm", "norm_groups", "recurrent_dropout", "dense_dropout"],
+        ),
     ]:
         hp = keras_tuner.HyperParameters()
         model = hypermodel.build(hp)
@@ -65,8 +69,12 @@ def test_hypermodel_default_space_keeps_group_counts_that_divide():
         (lambda: CNNHyperModel((8, 8), 10, space="default"), "space='default'"),
         (lambda: CNNHyperModel((8, 8), 10, learning_rate=0), "learning_rate=0"),
         # The space's group counts are checked against the filters when the tuner starts.
-        (lambda: CNNHyperModel((8, 8), 10, filters=(6,), space=RegularizationSpace(groups=4))
-         .build(keras_tuner.HyperParameters()), "4 does not divide 6"),
+        (
+            lambda: CNNHyperModel(
+                (8, 8), 10, filters=(6,), space=RegularizationSpace(groups=4)
+            ).build(keras_tuner.HyperParameters()),
+            "4 does not divide 6",
+        ),
     ],
 )
 def test_hypermodel_bad_arguments(make, match):
@@ -74,7 +82,9 @@ def test_hypermodel_bad_arguments(make, match):
         make()
 
 
-@pytest.mark.parametrize("error", [TypeError("unsupported operand"), KeyError("units"), RuntimeError("out of memory")])
+@pytest.mark.parametrize(
+    "error", [TypeError("unsupported operand"), KeyError("units"), RuntimeError("out of memory")]
+)
 def test_any_error_while_building_fails_only_its_trial(error):
     # keras-tuner marks any other error INVALID and retries the same values.
     from kreg.tuning import RegularizedHyperModel
@@ -83,7 +93,10 @@ def test_any_error_while_building_fails_only_its_trial(error):
         def build_model(self, hp):
             raise error
 
-    with pytest.raises(keras_tuner.errors.FailedTrialError, match=rf"cannot build a model for .*{type(error).__name__}"):
+    with pytest.raises(
+        keras_tuner.errors.FailedTrialError,
+        match=rf"cannot build a model for .*{type(error).__name__}",
+    ):
         Breaks().build(keras_tuner.HyperParameters())
     optuna = pytest.importorskip("optuna")
     with pytest.raises(type(error)):  # under Optuna only a ValueError is reworded
@@ -96,8 +109,11 @@ def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     # tuner starts (2 groups here, which builds); the 4-group trial fails later.
     space = RegularizationSpace(norms=("group", "layer"), groups=(2, 4))
     tuner = keras_tuner.GridSearch(
-        GroupsBreakSomeModels(space=space), objective="val_loss", max_trials=3,
-        directory=tmp_path, project_name="fail",
+        GroupsBreakSomeModels(space=space),
+        objective="val_loss",
+        max_trials=3,
+        directory=tmp_path,
+        project_name="fail",
     )
     x = np.random.default_rng(0).normal(size=(16, 4, 6)).astype("float32")
     y = np.arange(16) % 3
@@ -108,7 +124,9 @@ def test_trial_whose_model_cannot_be_built_fails_without_crashing(tmp_path):
     assert failed.status == "FAILED", failed.status
     assert "Number of groups (4)" in failed.message, failed.message
     assert "cannot build a model for group norm (4 groups)" in failed.message, failed.message
-    assert all(t.status == "COMPLETED" for t in trials.values()), [t.status for t in trials.values()]
+    assert all(t.status == "COMPLETED" for t in trials.values()), [
+        t.status for t in trials.values()
+    ]
     assert tuner.get_best_hyperparameters()[0].values.get("norm_groups") != 4
 
 
@@ -122,7 +140,12 @@ def test_each_tuner_runs_a_tiny_search(digits, tmp_path, tuner_name):
     if tuner_name == "BayesianOptimization":
         budget["num_initial_points"] = 2
     tuner = tuner_class(
-        hypermodel, objective="val_accuracy", seed=1, directory=tmp_path, project_name=tuner_name, **budget,
+        hypermodel,
+        objective="val_accuracy",
+        seed=1,
+        directory=tmp_path,
+        project_name=tuner_name,
+        **budget,
     )
     tuner.search(x, y, validation_data=(x_val, y_val), epochs=2, verbose=0)
     trials = list(tuner.oracle.trials.values())
@@ -154,12 +177,18 @@ def test_pruning_ends_trials_behind_the_search_and_keeps_the_best_epoch_score(tm
     x_val, y_val = noise(128, 1)
     space = RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})
     tuner = PrunedRandomSearch(
-        Memorizer(space=space, seed=2), objective="val_loss", max_trials=3, seed=2,
-        directory=tmp_path, project_name="pruned",
+        Memorizer(space=space, seed=2),
+        objective="val_loss",
+        max_trials=3,
+        seed=2,
+        directory=tmp_path,
+        project_name="pruned",
         detector_kwargs={"patience": 2, "smoothing": 0.0, "objective_patience": 3},
     )
     epochs = 40
-    tuner.search(x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0, callbacks=[_Recorder()])
+    tuner.search(
+        x, y, validation_data=(x_val, y_val), epochs=epochs, verbose=0, callbacks=[_Recorder()]
+    )
     trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
     assert len(trials) == 3 and len(SEEN) == 3
     first = trials[0]
@@ -187,10 +216,21 @@ def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
     x_val, y_val = noise(128, 1)
     tuner = keras_tuner.RandomSearch(
         Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)}), seed=2),
-        objective="val_loss", max_trials=3, seed=2, directory=tmp_path, project_name="cb",
+        objective="val_loss",
+        max_trials=3,
+        seed=2,
+        directory=tmp_path,
+        project_name="cb",
     )
     detector = pruning_detector(patience=2, smoothing=0.0, objective_patience=3)
-    tuner.search(x, y, validation_data=(x_val, y_val), epochs=40, verbose=0, callbacks=[detector, _Recorder()])
+    tuner.search(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=40,
+        verbose=0,
+        callbacks=[detector, _Recorder()],
+    )
     trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
     assert [len(logs) for logs in SEEN][0] == 40, "the first trial leads: not ended"
     assert all(0 < len(logs) < 20 for logs in SEEN[1:]), [len(logs) for logs in SEEN]
@@ -205,7 +245,11 @@ def test_pruning_detector_callback_works_with_any_tuner(tmp_path):
 def test_pruning_needs_validation_data(tmp_path):
     x, y = noise(32, 0)
     tuner = PrunedRandomSearch(
-        Memorizer(), objective="loss", max_trials=1, directory=tmp_path, project_name="noval",
+        Memorizer(),
+        objective="loss",
+        max_trials=1,
+        directory=tmp_path,
+        project_name="noval",
     )
     with pytest.raises(ValueError, match="validation_data"):
         tuner.search(x, y, epochs=1, verbose=0)
@@ -234,26 +278,44 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
     # The detector judges nothing before its 9th validated epoch (its noise
     # estimate): the loss curves' U is called overfitting at epoch 8.
     detector = pruning_detector(
-        prune_on="overfitting", objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0
+        prune_on="overfitting",
+        objective=VAL_ACCURACY,
+        objective_patience=4,
+        patience=2,
+        smoothing=0.0,
     )
     stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
     assert detector.states[7:9] == ["learning", "overfitting"], detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
 
     def learning(epoch):  # the same objective, healthy loss curves
-        return {**_overfits_while_accuracy_creeps(epoch), "loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch}
+        return {
+            **_overfits_while_accuracy_creeps(epoch),
+            "loss": 1.0 - 0.01 * epoch,
+            "val_loss": 1.0 - 0.01 * epoch,
+        }
 
     detector = pruning_detector(
-        prune_on="overfitting", objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0
+        prune_on="overfitting",
+        objective=VAL_ACCURACY,
+        objective_patience=4,
+        patience=2,
+        smoothing=0.0,
     )
-    assert replay(detector, learning, search_best=-0.64) == 11 + 4, "its pace over `objective_patience` epochs"
+    assert replay(detector, learning, search_best=-0.64) == 11 + 4, (
+        "its pace over `objective_patience` epochs"
+    )
     assert "overfitting" not in detector.states
 
 
 def test_the_leading_trial_is_never_ended_for_overfitting():
     for search_best in (None, -0.6):  # the first trial; a trial ahead of the others
         detector = pruning_detector(
-            prune_on="overfitting", objective=VAL_ACCURACY, objective_patience=4, patience=2, smoothing=0.0
+            prune_on="overfitting",
+            objective=VAL_ACCURACY,
+            objective_patience=4,
+            patience=2,
+            smoothing=0.0,
         )
         assert replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
         assert detector.state == "overfitting"
@@ -263,7 +325,11 @@ def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
     detector = pruning_detector(objective=VAL_ACCURACY, objective_patience=5, patience=2)
 
     def slow(epoch):  # healthy and improving, by 0.001 an epoch
-        return {"loss": 1.0 - 0.01 * epoch, "val_loss": 1.0 - 0.01 * epoch, "val_accuracy": 0.5 + 0.001 * epoch}
+        return {
+            "loss": 1.0 - 0.01 * epoch,
+            "val_loss": 1.0 - 0.01 * epoch,
+            "val_accuracy": 0.5 + 0.001 * epoch,
+        }
 
     # 0.5 + 0.001 * 29 < 0.9: hopeless from the first pace measured (epoch 5).
     assert replay(detector, slow, search_best=-0.9) == 5
@@ -272,13 +338,19 @@ def test_a_trial_too_slow_to_reach_the_search_best_ends_while_still_learning():
     # Within reach at that pace: trains on.
     assert replay(detector, slow, search_best=-0.52) is None
     # Watching only: nothing ends a trial.
-    watcher = pruning_detector(prune_on=(), objective=VAL_ACCURACY, objective_patience=5, patience=2)
+    watcher = pruning_detector(
+        prune_on=(), objective=VAL_ACCURACY, objective_patience=5, patience=2
+    )
     assert replay(watcher, slow, search_best=-0.9) is None
 
 
 def test_pruning_objective_defaults_to_the_tuners(tmp_path):
     tuner = PrunedRandomSearch(
-        Memorizer(), objective="val_accuracy", max_trials=1, directory=tmp_path, project_name="objective",
+        Memorizer(),
+        objective="val_accuracy",
+        max_trials=1,
+        directory=tmp_path,
+        project_name="objective",
     )
     assert (tuner.detector.objective, tuner.detector.objective_mode) == ("val_accuracy", "max")
     assert tuner.detector.objective_patience == 2 * tuner.detector.patience

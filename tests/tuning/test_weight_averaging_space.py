@@ -18,14 +18,23 @@ def test_default_is_none_and_a_fixed_choice_gives_the_callback():
     fixed = keras_tuner.HyperParameters()
     fixed.Fixed("weight_averaging", "swa")
     (callback,) = space.weight_averaging(fixed, bn_data=x, start_epoch=2)
-    assert isinstance(callback, WeightAveraging) and callback.method == "swa" and callback.start_epoch == 2
+    assert (
+        isinstance(callback, WeightAveraging)
+        and callback.method == "swa"
+        and callback.start_epoch == 2
+    )
     assert callback.bn_data is x
 
 
 def test_describe_in_words():
     space = RegularizationSpace()
-    assert space.describe({"dense_dropout": 0.4, "weight_averaging": "ema"}) == "dense dropout 0.40, EMA weight averaging"
-    assert space.describe({"dense_dropout": 0.4, "weight_averaging": "none"}) == "dense dropout 0.40"
+    assert (
+        space.describe({"dense_dropout": 0.4, "weight_averaging": "ema"})
+        == "dense dropout 0.40, EMA weight averaging"
+    )
+    assert (
+        space.describe({"dense_dropout": 0.4, "weight_averaging": "none"}) == "dense dropout 0.40"
+    )
 
 
 def test_optuna_asks_the_same_choice():
@@ -39,5 +48,7 @@ def test_optuna_asks_the_same_choice():
     distribution = study.trials[0].distributions["weight_averaging"]
     assert tuple(distribution.choices) == ("none", "ema", "swa")
     for trial, callbacks in zip(study.trials, chosen):
-        assert [c.method for c in callbacks] == ([] if trial.params["weight_averaging"] == "none" else [trial.params["weight_averaging"]])
+        assert [c.method for c in callbacks] == (
+            [] if trial.params["weight_averaging"] == "none" else [trial.params["weight_averaging"]]
+        )
     assert space.describe(study.trials[0]) in ("", "EMA weight averaging", "SWA weight averaging")

@@ -11,10 +11,12 @@ from kreg.tuning import RegularizedHyperModel
 from kreg.tuning import SparseCategoricalCrossentropy
 
 
-
 def _plain_adam(optimizer):
     """Adam, not AdamW (its subclass); on PyTorch Keras builds a torch subclass of each."""
-    return isinstance(optimizer, keras.optimizers.Adam) and not isinstance(optimizer, keras.optimizers.AdamW)
+    return isinstance(optimizer, keras.optimizers.Adam) and not isinstance(
+        optimizer, keras.optimizers.AdamW
+    )
+
 
 def _parameters(hp):
     return {p.name: p for p in hp.space}
@@ -57,7 +59,9 @@ def test_label_smoothing_name_range_and_loss():
     parameter = _parameters(hp)["label_smoothing"]
     assert (parameter.min_value, parameter.max_value, parameter.step) == (0.0, 0.2, 0.05)
     loss = space.loss(hp)
-    assert isinstance(loss, SparseCategoricalCrossentropy) and loss.label_smoothing == pytest.approx(0.1)
+    assert isinstance(
+        loss, SparseCategoricalCrossentropy
+    ) and loss.label_smoothing == pytest.approx(0.1)
     assert isinstance(space.loss(hp, sparse=False), keras.losses.CategoricalCrossentropy)
     # Not searched: no hyperparameter, Keras's own loss.
     hp = keras_tuner.HyperParameters()
@@ -71,14 +75,20 @@ def test_sparse_loss_with_label_smoothing_matches_the_one_hot_loss():
     labels = np.array([0, 1, 2, 3, 1, 0])
     one_hot = np.eye(4, dtype="float32")[labels]
     for smoothing in (0.0, 0.1, 0.3):
-        expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(one_hot, probabilities)
+        expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(
+            one_hot, probabilities
+        )
         ours = SparseCategoricalCrossentropy(label_smoothing=smoothing)(labels, probabilities)
         assert float(ours) == pytest.approx(float(expected), rel=1e-5)
         # (batch, 1) labels and logits work too.
         from_logits = SparseCategoricalCrossentropy(label_smoothing=smoothing, from_logits=True)
-        assert float(from_logits(labels[:, None], logits)) == pytest.approx(float(expected), rel=1e-4)
+        assert float(from_logits(labels[:, None], logits)) == pytest.approx(
+            float(expected), rel=1e-4
+        )
     plain = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
-    assert float(SparseCategoricalCrossentropy()(labels, probabilities)) == pytest.approx(float(plain), rel=1e-5)
+    assert float(SparseCategoricalCrossentropy()(labels, probabilities)) == pytest.approx(
+        float(plain), rel=1e-5
+    )
     with pytest.raises(ValueError, match="label_smoothing=1.0"):
         SparseCategoricalCrossentropy(label_smoothing=1.0)
 
@@ -99,12 +109,16 @@ def test_hypermodel_uses_the_toolbox_and_saves(tmp_path):
             # Two convolutions and two dense kernels carry the L2 penalty.
             assert len(model.losses) == 4
         words = space.describe(hp)
-        assert ("AdamW weight decay" if method == "adamw" else "L2") in words and "label smoothing 0.10" in words
+        assert (
+            "AdamW weight decay" if method == "adamw" else "L2"
+        ) in words and "label smoothing 0.10" in words
         model.fit(x, y, epochs=1, verbose=0)
         path = tmp_path / f"{method}.keras"
         model.save(path)
         again = keras.saving.load_model(path)
-        np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+        np.testing.assert_allclose(
+            again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+        )
         assert isinstance(again.loss, SparseCategoricalCrossentropy)
 
 
@@ -132,7 +146,9 @@ def test_searched_decay_never_silently_ignored():
 
 
 def test_config_round_trip_with_the_toolbox():
-    space = RegularizationSpace(weight_decay="l2", weight_decay_range=(1e-5, 1e-3), label_smoothing=(0.05, 0.15))
+    space = RegularizationSpace(
+        weight_decay="l2", weight_decay_range=(1e-5, 1e-3), label_smoothing=(0.05, 0.15)
+    )
     again = RegularizationSpace.from_config(space.get_config())
     assert again.get_config() == space.get_config()
     assert again.weight_decay_range == (1e-5, 1e-3) and again.label_smoothing_range == (0.05, 0.15)
