@@ -5,6 +5,7 @@ import warnings
 
 import keras
 
+from kreg.callbacks import PreciseBatchNorm
 from kreg.model_graph import batch_norm_layers
 
 # Inference batch of the statistics pass over array inputs: the first batch norm's
@@ -40,6 +41,22 @@ def training_inputs(args, kwargs):
     return None
 
 
+class TrialPreciseBatchNorm(PreciseBatchNorm):
+    """`PreciseBatchNorm` as added to every trial of a search.
+
+    A search mixes models with and without batch norm (a norm choice of
+    `"layer"` or `"none"`), so a trial's model without one is expected: it is
+    not warned about, as a model given by hand is.
+    """
+
+    def on_train_begin(self, logs=None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="PreciseBatchNorm: the model has no batch norm"
+            )
+            super().on_train_begin(logs)
+
+
 def precise_batch_norm_callback(args, kwargs, callbacks, model=None):
     """A `kreg.callbacks.PreciseBatchNorm` on the training inputs of `fit(*args, **kwargs)`,
     or `None` when not needed or not possible.
@@ -49,8 +66,6 @@ def precise_batch_norm_callback(args, kwargs, callbacks, model=None):
     nothing on a model without batch norms). Not possible: inputs a second pass
     cannot read (a warning says so when `model` has batch norms).
     """
-    from kreg.callbacks import PreciseBatchNorm
-
     if any(isinstance(callback, PreciseBatchNorm) for callback in callbacks):
         return None
     if model is not None and not any(layer.trainable for layer in batch_norm_layers(model)):
@@ -68,7 +83,7 @@ def precise_batch_norm_callback(args, kwargs, callbacks, model=None):
         )
         return None
     if _is_arrays(data):
-        return PreciseBatchNorm(data, batch_size=STATISTICS_BATCH_SIZE)
+        return TrialPreciseBatchNorm(data, batch_size=STATISTICS_BATCH_SIZE)
     # A dataset that repeats forever (`dataset.repeat()` with `steps_per_epoch`)
     # is read for as many batches as an epoch trains on.
-    return PreciseBatchNorm(data, steps=kwargs.get("steps_per_epoch"))
+    return TrialPreciseBatchNorm(data, steps=kwargs.get("steps_per_epoch"))

@@ -11,6 +11,7 @@ from kreg.datasets import load_digit_sequences
 from kreg.tuning import CNNHyperModel
 from kreg.tuning import OverfittingPruning
 from kreg.tuning import RegularizationSpace
+from kreg.tuning.precise_statistics import precise_batch_norm_callback
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,17 @@ def test_pruning_tuner_adds_precise_statistics_for_any_hypermodel(digits, tmp_pa
     np.testing.assert_allclose(
         model.layers[2].moving_variance, again.layers[2].moving_variance, rtol=1e-4
     )
+
+
+def test_a_trial_without_batch_norm_is_not_warned_about(digits, recwarn):
+    (x, y), (x_val, y_val) = digits
+    hypermodel = CNNHyperModel(
+        (8, 8), 10, filters=(8, 16), dense_units=8, space=RegularizationSpace(norms=("layer",))
+    )
+    model = hypermodel.build(_hp("layer"))
+    assert not kreg.model_graph.batch_norm_layers(model)
+    precise = precise_batch_norm_callback((x, y), {}, [])  # as the pruning tuner adds it
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=1, verbose=0, callbacks=[precise])
+    assert not [w for w in recwarn if "no batch norm" in str(w.message)]
+    with pytest.warns(UserWarning, match="no batch norm"):  # given by hand, it still warns
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x)])
