@@ -29,55 +29,55 @@ def schedule_multiplier(schedule, epoch, epochs):
 class DropoutSchedule(keras.callbacks.Callback):
     """Scales every adjustable dropout rate of the model, epoch by epoch.
 
-        At the start of each epoch every adjustable rate is set to its base rate (the
-        one it had when `fit` began) times the schedule's multiplier for that epoch;
-        the next step uses it without a retrace. At the end of `fit` the base rates
-        come back, so the model saved afterwards keeps the rates it was built with (after
+    At the start of each epoch every adjustable rate is set to its base rate (the
+    one it had when `fit` began) times the schedule's multiplier for that epoch;
+    the next step uses it without a retrace. At the end of `fit` the base rates
+    come back, so the model saved afterwards keeps the rates it was built with (after
     a `fit` stopped by an error, at the start of the next `fit` with this callback).
 
-        Adjustable rates are those of kreg's dropout layers (`AdjustableDropout`,
-        `ConsistentDropout`, `EmbeddingDropout`, the weight dropout of
-        `WeightDropLSTM`...). Keras's `Dropout` and `SpatialDropout*D` keep theirs as
-        a Python float: convert the model first with `kreg.convert_dropouts(model)`.
-        A layer built with rate 0 never drops and is not scheduled. The schedule reads
-        the epoch number `fit` passes, so a resumed `fit(initial_epoch=k)` continues it.
+    Adjustable rates are those of kreg's dropout layers (`AdjustableDropout`,
+    `ConsistentDropout`, `EmbeddingDropout`, the weight dropout of
+    `WeightDropLSTM`...). Keras's `Dropout` and `SpatialDropout*D` keep theirs as
+    a Python float: convert the model first with `kreg.convert_dropouts(model)`.
+    A layer built with rate 0 never drops and is not scheduled. The schedule reads
+    the epoch number `fit` passes, so a resumed `fit(initial_epoch=k)` continues it.
 
-        Schedules:
-            - `"early"`: the full rate for the first `epochs` epochs, then 0. Early
-              dropout helps a model that underfits (Liu et al., 2023).
-            - `"late"`: 0 for the first `epochs` epochs, then the full rate. Late
-              dropout helps a model that overfits (Liu et al., 2023).
-            - `"curriculum"`: from 0 up to the full rate, as `1 - exp(-gamma * epoch)`,
-              99% of it reached at epoch `epochs` (Morerio et al., 2017).
-            - a callable from the epoch (0-based) to the multiplier, a float >= 0; each
-              scaled rate must stay in `[0, 1)`.
+    Schedules:
+        - `"early"`: the full rate for the first `epochs` epochs, then 0. Early
+          dropout helps a model that underfits (Liu et al., 2023).
+        - `"late"`: 0 for the first `epochs` epochs, then the full rate. Late
+          dropout helps a model that overfits (Liu et al., 2023).
+        - `"curriculum"`: from 0 up to the full rate, as `1 - exp(-gamma * epoch)`,
+          99% of it reached at epoch `epochs` (Morerio et al., 2017).
+        - a callable from the epoch (0-based) to the multiplier, a float >= 0; each
+          scaled rate must stay in `[0, 1)`.
 
-        Args:
-            schedule: One of `"early"`, `"late"`, `"curriculum"`, or a callable.
-            epochs: Positive integer, the schedule's length in epochs (the switch
-                epoch of `"early"` and `"late"`). Required by the named schedules;
-                must be `None` with a callable.
-            verbose: 0 (silent, default) or 1 (one line per epoch whose rates change).
+    Args:
+        schedule: One of `"early"`, `"late"`, `"curriculum"`, or a callable.
+        epochs: Positive integer, the schedule's length in epochs (the switch
+            epoch of `"early"` and `"late"`). Required by the named schedules;
+            must be `None` with a callable.
+        verbose: 0 (silent, default) or 1 (one line per epoch whose rates change).
 
-        Example:
+    Example:
 
-        >>> from kreg import convert_dropouts
-        >>> from kreg.callbacks import DropoutSchedule
-        >>> model = convert_dropouts(keras.Sequential(
-        ...     [keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
-        ...      keras.layers.Dense(1)]))
-        >>> model.compile("sgd", "mse")
-        >>> x = np.ones((8, 4), "float32")
-        >>> _ = model.fit(x, x[:, :1], epochs=3, verbose=0,
-        ...               callbacks=[DropoutSchedule("early", epochs=2)])
-        >>> model.layers[1].rate  # the base rate is back after fit
-        0.5
+    >>> from kreg import convert_dropouts
+    >>> from kreg.callbacks import DropoutSchedule
+    >>> model = convert_dropouts(keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
+    ...      keras.layers.Dense(1)]))
+    >>> model.compile("sgd", "mse")
+    >>> x = np.ones((8, 4), "float32")
+    >>> _ = model.fit(x, x[:, :1], epochs=3, verbose=0,
+    ...               callbacks=[DropoutSchedule("early", epochs=2)])
+    >>> model.layers[1].rate  # the base rate is back after fit
+    0.5
 
-        Reference:
-            - [Liu et al., 2023](https://arxiv.org/abs/2303.01500), Dropout Reduces
-              Underfitting: early and late dropout.
-            - [Morerio et al., 2017](https://arxiv.org/abs/1703.06229), Curriculum
-              Dropout.
+    Reference:
+        - [Liu et al., 2023](https://arxiv.org/abs/2303.01500), Dropout Reduces
+          Underfitting: early and late dropout.
+        - [Morerio et al., 2017](https://arxiv.org/abs/1703.06229), Curriculum
+          Dropout.
     """
 
     def __init__(self, schedule, epochs=None, verbose=0):

@@ -49,6 +49,7 @@ class LayerExample:
         return keras.Model(inputs, keras.layers.Dense(1)(x))
 
 
+@keras.saving.register_keras_serializable(package="kreg_tests")
 class ResidualBlock(keras.layers.Layer):
     """`StochasticDepth([x, conv(x)])`: the smallest stack for a layer that adds a
     branch to its shortcut (a stack layer takes one tensor)."""

@@ -152,7 +152,7 @@ def test_diagnose_json(runs):
     result = results["flawed_json"]
     assert result.returncode == 1, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert report["counts"] == {"error": 1, "warning": 2, "info": 0}
+    assert report["counts"] == {"error": 1, "warning": 2, "info": 1}
     [output_dropout] = [f for f in report["findings"] if f["rule"] == "dropout-on-output"]
     assert output_dropout["severity"] == "error" and output_dropout["layers"] == ["dropout_1"]
     assert set(output_dropout) == {"rule", "severity", "layers", "message", "fix"}

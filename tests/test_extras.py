@@ -5,6 +5,7 @@ import importlib
 import pathlib
 import sys
 
+import keras
 import pytest
 
 from kreg._extras import MissingExtraError
@@ -61,6 +62,11 @@ def _forget(monkeypatch, module):
     for name in list(sys.modules):
         if name == module or name.startswith(module + "."):
             monkeypatch.delitem(sys.modules, name)
+    # A re-import registers new class objects under the same names; restore the
+    # registered ones, or later tests deserialize into classes no module holds.
+    registry = keras.saving.get_custom_objects()
+    for key, value in list(registry.items()):
+        monkeypatch.setitem(registry, key, value)
 
 
 def _hide(monkeypatch, module):
