@@ -43,6 +43,7 @@ adaptation, the mean recovered share on shifted cells
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -72,6 +73,13 @@ VARIANTS = [
     ("robust-note-lr0", "robust", {"memory_fill": "note", "learning_rate": 0.0}),
     ("robust-rotta-lr1e-3", "robust", {"memory_fill": "rotta", "learning_rate": 1e-3}),
     ("robust-note-lr1e-3", "robust", {"memory_fill": "note", "learning_rate": 1e-3}),
+    # The shift test (kreg/adapt/robust.py) at label_shift.py's SOURCE_LIKE_DISTANCE.
+    ("robust-rotta-shift", "robust", {"learning_rate": 0.0, "shift_distance": math.log(1.5)}),
+    (
+        "robust-note-shift",
+        "robust",
+        {"memory_fill": "note", "learning_rate": 0.0, "shift_distance": math.log(1.5)},
+    ),
 ]
 SLOTS = 10  # time slots of the Dirichlet label shift
 
@@ -283,7 +291,9 @@ def run(args):
                     for order in args.orders:
                         for shift in ("shifted",) if order == "continual" else args.shifts:
                             cell = f"{arch}/{data}/{shift}/{order}/{batch_size}/{seed}"
-                            if cell in done:
+                            if cell in done or (
+                                args.half and in_tuning_half(cell) != (args.half == "tuning")
+                            ):
                                 continue
                             corruption = (
                                 corruption_of(cell, data) if order != "continual" else "all"
@@ -418,11 +428,12 @@ def report(results):
         print(f"  {key[0]}: {sorted({_part(r, key[1]) for r in results})}")
     default = choose_default(tuning, candidates) if candidates and tuning else None
     print(f"\nDefault chosen on the tuning half: {default}")
-    summary(tuning, names, "Tuning half")
-    summary(held_out, names, "Held-out half")
+    for rows, title in ((tuning, "Tuning half"), (held_out, "Held-out half")):
+        if rows:  # a run of one half (`--half`) has nothing in the other
+            summary(rows, names, title)
     if default and held_out:
         targets(held_out, default)
-    for title, index in (("order", 3), ("batch size", 4), ("architecture", 0)):
+    for title, index in (("order", 3), ("batch size", 4), ("architecture", 0)) if held_out else ():
         print(f"\nHeld-out mean accuracy by {title} (shifted and clean):\n")
         groups = sorted({_part(r, index) for r in held_out}, key=lambda v: (len(v), v))
         print(f"| {title} | cells | " + " | ".join(names) + " |")
@@ -462,6 +473,12 @@ def main():
     )
     parser.add_argument(
         "--variants", nargs="+", default=None, help="a subset of the rows (default: all)"
+    )
+    parser.add_argument(
+        "--half",
+        choices=["tuning", "held-out"],
+        default=None,
+        help="run the cells of one half of the pre-registered split only (default: both)",
     )
     parser.add_argument("--cache", default="/tmp/kreg-adaptation-grid")
     parser.add_argument("--out", default="/tmp/kreg-adaptation-grid/cells.json")

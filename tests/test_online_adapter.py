@@ -389,3 +389,91 @@ def test_robust_adapts_a_subclassed_model_with_more_than_two_classes():
     assert len(adapter._robust.bank.items) == 5
     adapter.reset()  # the source snapshot's empty bank comes back, and adapting goes on
     adapter.predict_on_batch(rng.normal(size=(4, 4)).astype("float32"))
+
+
+# The robust method's shift test (`shift_distance`).
+
+_SHIFT = dict(memory_size=16, shift_distance=math.log(1.5))
+
+
+def _source_cnn(seed=0):
+    """`_cnn` with every batch norm holding the exact statistics of its source data."""
+    model = _cnn(seed=seed)
+    source = np.random.default_rng(seed + 10).normal(0.0, 1.0, (64, 6, 6, 1)).astype("float32")
+    kreg.adapt_batchnorm(model, source, batch_size=64, verbose=0)
+    return model
+
+
+def test_a_covariate_shift_is_followed_at_once_with_the_recent_samples_statistics():
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, **_SHIFT)
+    rng = np.random.default_rng(1)
+    # 16 samples, one window, far from the source (mean +3, twice the spread).
+    stream = [rng.normal(3.0, 2.0, (8, 6, 6, 1)).astype("float32") for _ in range(2)]
+    last = [adapter.predict_on_batch(x) for x in stream][-1]
+    assert adapter._robust.shift_updates == 1
+    # The statistics of the 16 samples, every batch norm normalizing with them
+    # (AdaBN on the window), and the batch that completed the window is
+    # predicted with them already.
+    kreg.adapt_batchnorm(twin, np.concatenate(stream), batch_size=16, verbose=0)
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(last, twin.predict(stream[1], verbose=0), rtol=1e-4, atol=1e-5)
+    # The bank filled under the shifted predictions was emptied: it holds the
+    # last batch only, predicted with the new statistics.
+    assert len(adapter._robust.bank) == 8
+
+
+def test_source_like_inputs_keep_the_slow_rate_of_the_class_balanced_bank():
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, **_SHIFT)
+    plain = OnlineAdapter(_source_cnn(), memory_size=16)
+    rng = np.random.default_rng(2)
+    for _ in range(4):  # source-like inputs of a narrower spread: a few classes, say
+        x = rng.normal(0.2, 0.9, (8, 6, 6, 1)).astype("float32")
+        np.testing.assert_allclose(
+            adapter.predict_on_batch(x), plain.predict_on_batch(x), rtol=1e-5, atol=1e-6
+        )
+    assert adapter._robust.shift_updates == 0
+    assert adapter._robust.updates == 2  # RoTTA's updates from the bank went on
+
+
+def test_the_shift_test_needs_statistics_pooled_over_positions():
+    # A dense layer's batch norm sees class-specific features: a few classes
+    # move it as far as a corruption, so the test never fires there.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6), keras.layers.BatchNormalization()]
+        + [keras.layers.Dense(3, activation="softmax")]
+    )
+    adapter = OnlineAdapter(model, **_SHIFT)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        adapter.predict_on_batch(rng.normal(5.0, 3.0, (8, 4)).astype("float32"))
+    assert adapter._robust.shift_updates == 0
+    assert adapter._robust.updates == 2
+
+
+def test_the_shift_state_is_snapshotted_and_a_nan_batch_changes_nothing():
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, on_invalid="skip", **_SHIFT)
+    rng = np.random.default_rng(4)
+    stream = [rng.normal(3.0, 2.0, (8, 6, 6, 1)).astype("float32") for _ in range(4)]
+    adapter.predict_on_batch(stream[0])
+    snapshot, at_snapshot = adapter.snapshot(), _weights(model)
+    bad = stream[1].copy()
+    bad[0, 0, 0, 0] = np.nan
+    adapter.predict_on_batch(bad)  # would complete the window
+    _assert_same(_weights(model), at_snapshot)
+    expected = [adapter.predict_on_batch(x) for x in stream[1:]]
+    assert adapter._robust.shift_updates == 1
+    adapter.restore(snapshot)
+    _assert_same(_weights(model), at_snapshot)
+    for x, predictions in zip(stream[1:], expected):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), predictions)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.inf, "far", True])
+def test_a_bad_shift_distance_is_refused(value):
+    with pytest.raises(ValueError, match=r"shift_distance.*> 0 or None.*Received"):
+        OnlineAdapter(_cnn(), shift_distance=value)

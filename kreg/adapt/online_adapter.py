@@ -152,6 +152,13 @@ class OnlineAdapter:
             holds at most `memory_size / classes` samples) or `"note"` (full
             from the start, balanced by replacement); see
             `kreg/adapt/memory_bank.py`.
+        shift_distance: `"robust"`: `None` (default) or a distance (> 0) of
+            the first batch norm's input from its stored statistics (the
+            measure of `kreg/adapt/label_shift.py`; `math.log(1.5)` is a 1.5x
+            change of the variance) beyond which the last `memory_size`
+            samples count as shifted inputs, not as a few classes: their
+            statistics then replace the stored ones at once, instead of
+            `statistics_momentum` of the bank's. See `kreg/adapt/robust.py`.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts
@@ -204,6 +211,7 @@ class OnlineAdapter:
         memory_size=64,
         statistics_momentum=0.05,
         memory_fill="rotta",
+        shift_distance=None,
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -224,6 +232,7 @@ class OnlineAdapter:
         self.memory_size = check_at_least("memory_size", memory_size, integer=True, minimum=2)
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
+        self.shift_distance = check_positive("shift_distance", shift_distance, optional=True)
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive(
@@ -256,6 +265,7 @@ class OnlineAdapter:
                 from_logits,
                 SampleSelection(entropy_factor, None, collapse_factor),
                 self.memory_fill,
+                self.shift_distance,
             )
         if method in ("batch", "tent", "eata"):
             self._stepper = AffineStepper(

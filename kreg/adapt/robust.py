@@ -38,6 +38,8 @@ The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
 """
 
+import collections
+
 import keras
 import numpy as np
 from keras import ops
@@ -45,9 +47,11 @@ from keras import ops
 from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import entropy_of
 from kreg.adapt.entropy import class_probabilities
+from kreg.adapt.label_shift import distance_from_stored_statistics
 from kreg.adapt.memory_bank import MemoryBank
 from kreg.adapt.memory_bank import timeliness_weights
 from kreg.adapt.reestimation import assign_statistics
+from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
 from kreg.layers.batch_statistics import combine_statistics
 
@@ -77,8 +81,10 @@ class RobustAdaptation:
         from_logits,
         selection,
         memory_fill,
+        shift_distance=None,
     ):
         self.model, self.layers = model, layers
+        self.shift_distance = shift_distance
         self.memory_size = memory_size
         self.momentum = statistics_momentum
         self.from_logits = from_logits
@@ -99,8 +105,10 @@ class RobustAdaptation:
     def reset(self):
         self.selection.reset()
         self.bank.reset()
+        self.window = collections.deque(maxlen=self.memory_size)
         self.since_update = 0
         self.updates = 0
+        self.shift_updates = 0
 
     def state(self):
         optimizer = self.stepper.optimizer_state() if self.stepper is not None else None
@@ -110,11 +118,15 @@ class RobustAdaptation:
             self.updates,
             optimizer,
             self.selection.state(),
+            list(self.window),
+            self.shift_updates,
         )
 
     def set_state(self, state):
-        bank, self.since_update, self.updates, optimizer, selection = state
+        bank, self.since_update, self.updates, optimizer, selection, window, shifts = state
         self.bank.set_state(bank)
+        self.window = collections.deque(window, maxlen=self.memory_size)
+        self.shift_updates = shifts
         self.selection.set_state(selection)
         if optimizer is not None:
             self.stepper.set_optimizer_state(optimizer)
@@ -122,20 +134,80 @@ class RobustAdaptation:
     def predict_and_adapt(self, x):
         """The model's predictions on `x` with its statistics as they are; then `x`
         goes into the bank, and every `memory_size` samples the model learns from
-        the bank. Returns `(outputs, collapsed)`."""
+        the bank. Returns `(outputs, collapsed)`.
+
+        With `shift_distance`, the update comes before the prediction of the
+        batch that completes it, and starts with the shift test: when the
+        last `memory_size` samples of the stream (this batch included) sit
+        further than `shift_distance` from the first batch norm's stored
+        statistics, every batch norm takes their statistics outright, and the
+        bank (filled under predictions the shift made wrong) is emptied."""
+        rows = _rows(x)
+        shifted = False
+        if self.shift_distance is not None:
+            self.window.extend(rows)
+            if self.since_update + len(rows) >= self.memory_size:
+                shifted = self._follow_a_shift()
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
             # A model without declared outputs (subclassed) tells its number of
             # classes by its first prediction; the bank is still empty then.
             self.bank = MemoryBank(self.memory_size, probabilities.shape[-1], self.bank.fill)
-        self.bank.add(_rows(x), probabilities.argmax(-1), entropy_of(probabilities))
+        self.bank.add(rows, probabilities.argmax(-1), entropy_of(probabilities))
         self.since_update += len(probabilities)
         collapsed = False
-        if self.since_update >= self.memory_size:
+        if shifted:
+            self.since_update = 0
+        elif self.since_update >= self.memory_size:
             self.since_update = 0
             collapsed = self._update_from_bank()
         return outputs, collapsed
+
+    def _follow_a_shift(self):
+        """The shift test on the stream's last `memory_size` samples; on a
+        shift, their statistics replace the stored ones. Returns whether it did.
+
+        A class-balanced bank protects the statistics from label shift, at the
+        price of following a covariate shift by a few per cent per update; but
+        the classes it balances are the model's predictions, which a covariate
+        shift makes wrong (a corruption at full severity collapses them to
+        one class, and RoTTA's bank then holds `memory_size / classes` samples).
+        Where the shift is, the first batch norm tells: label shift moves its
+        input by no more than the spread of the class means of low-level
+        features, a corruption moves it further (`label_shift.py`). So the
+        bank's balance is trusted, and its slow rate kept, until the recent
+        stream is further than `shift_distance` from the stored statistics;
+        then the statistics are those of the recent samples, taken with every
+        batch norm normalizing with them (AdaBN on the window, the limit of
+        DELTA's renormalization towards the batch, Zhao et al., 2023).
+        """
+        x = _stack(list(self.window))
+        options = dict(steps=None, batch_size=len(self.window), verbose=0)
+        statistics, _ = collect_statistics(
+            self.model, self.layers, x, options, need_variance=False, stored_weight=0.0
+        )
+        # The first batch norm the model calls: where a shift of the inputs
+        # shows first (`label_shift.py`); the order is known after a pass.
+        first = call_order(self.model, self.layers)[0]
+        mean, variance, count = statistics[first]
+        # Only statistics pooled over positions (a batch norm after a
+        # convolution: more values per channel than samples) are low-level
+        # features whose class means stay close; one after a dense layer on
+        # the whole input already sees class-specific features, and a few
+        # classes move it as far as a corruption does (docs/BENCHMARKS.md).
+        if count <= len(self.window):
+            return False
+        distance = distance_from_stored_statistics(self.layers[first], mean, variance)
+        if distance <= self.shift_distance:
+            return False
+        for layer, (mean, variance, count) in zip(self.layers, statistics):
+            if count > 1:
+                assign_statistics(layer, mean, variance)
+        self.bank.reset()
+        self.updates += 1
+        self.shift_updates += 1
+        return True
 
     def _update_from_bank(self):
         samples, ages = self.bank.contents()
