@@ -477,3 +477,25 @@ def test_the_shift_state_is_snapshotted_and_a_nan_batch_changes_nothing():
 def test_a_bad_shift_distance_is_refused(value):
     with pytest.raises(ValueError, match=r"shift_distance.*> 0 or None.*Received"):
         OnlineAdapter(_cnn(), shift_distance=value)
+
+
+def test_windows_shifted_one_after_another_are_pooled():
+    # Corruptions that change faster than a window: the statistics are those of
+    # every window since the stream last settled, not of the last one alone.
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, **_SHIFT)
+    rng = np.random.default_rng(5)
+    stream = [rng.normal(centre, 2.0, (16, 6, 6, 1)).astype("float32") for centre in (3.0, -3.0)]
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 2
+    # The first batch norm sees the inputs through a convolution alone: its
+    # pooled statistics are exactly those of the 32 samples.
+    kreg.adapt_batchnorm(twin, np.concatenate(stream), batch_size=32, verbose=0)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(getattr(model.get_layer("bn1"), name)),
+            ops.convert_to_numpy(getattr(twin.get_layer("bn1"), name)),
+            rtol=1e-4,
+            atol=1e-5,
+        )

@@ -24,15 +24,42 @@ their reference code:
   and SAR's reset to the source state when the filtered entropy collapses.
   Not taken: EATA's redundancy filter (the bank is class-balanced already).
 - **NOTE** (Gong et al., NeurIPS 2022). Its prediction-balanced reservoir
-  sampling serves the same end as RoTTA's bank, which adds timeliness; its
-  instance-aware batch norm needs the layers replaced in the model, which
-  kreg's adapter does not do to a user's model. Not taken.
+  sampling serves the same end as RoTTA's bank, which adds timeliness
+  (`memory_fill="note"` offers it). Its instance-aware batch norm needs the
+  layers replaced in the model, which kreg's adapter does not do to a user's
+  model; its principle is taken by the shift test below: correct only the
+  deviation that class-conditional variation does not explain.
 - **DELTA** (Zhao et al., ICLR 2023). Its test-time batch renormalization
   normalizes with the batch's statistics corrected towards the moving ones;
   the robust batch norm normalizes with moving statistics alone, which is the
   limit of that correction and needs no batch at all (batch size 1 works). Its
   dynamic online reweighting against class bias is what the class-balanced
   bank does at the sample level. Not taken separately.
+
+**The shift test** (`shift_distance`, on by default; kreg's own, built on the
+measure of `label_shift.py`). RoTTA's bank balances the model's predicted
+classes, and its statistics move by `alpha` per update: safe under label
+shift, slow under a covariate shift, where the predictions it balances are
+wrong (a corruption at full severity collapses them to one class, the bank
+then holds `memory_size / classes` samples, and on `bench/adaptation_grid.py`
+the model recovered a fifth of what re-estimating the statistics did). The
+two shifts differ at the first batch norm after a convolution: its per-channel
+statistics pool low-level features over all positions, whose class means lie
+close together, so a stream of one class moves them little (at most 0.27 in
+the distance of `label_shift.py` on the grid's clean one-class windows), and
+a corruption moves them further (0.5 to 1.7 for blur, contrast, brightness,
+pixelation, fog). So every `memory_size` samples, the last `memory_size`
+samples of the stream (not the bank: under a covariate shift the predicted
+classes carry no information) are tested at that layer; further than
+`shift_distance` (`log 1.5`, `label_shift.py`'s bound for source-like
+low-level statistics, not tuned) and their statistics, taken with every
+batch norm normalizing with them (AdaBN on the window), replace the stored
+ones at once and the bank is emptied; otherwise RoTTA's update from the bank.
+Weak corruptions (noise, speckle, quantization: 0.1 to 0.3) stay on RoTTA's
+slow path. A model whose first batch norm follows a dense layer sees
+class-specific features there (one class moves it by 1 to 2, as far as a
+corruption), so the test never fires in it (the grid's MLP): RoTTA's path.
+The window costs one more forward pass of `memory_size` samples per update.
 
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
@@ -53,6 +80,7 @@ from kreg.adapt.memory_bank import timeliness_weights
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
+from kreg.adapt.reestimation import pool_statistics
 from kreg.layers.batch_statistics import combine_statistics
 
 
@@ -109,6 +137,7 @@ class RobustAdaptation:
         self.since_update = 0
         self.updates = 0
         self.shift_updates = 0
+        self.unsettled = None  # pooled statistics of consecutive shifted windows
 
     def state(self):
         optimizer = self.stepper.optimizer_state() if self.stepper is not None else None
@@ -120,13 +149,14 @@ class RobustAdaptation:
             self.selection.state(),
             list(self.window),
             self.shift_updates,
+            self.unsettled,
         )
 
     def set_state(self, state):
-        bank, self.since_update, self.updates, optimizer, selection, window, shifts = state
+        (bank, self.since_update, self.updates, optimizer, selection, window) = state[:6]
+        self.shift_updates, self.unsettled = state[6:]
         self.bank.set_state(bank)
         self.window = collections.deque(window, maxlen=self.memory_size)
-        self.shift_updates = shifts
         self.selection.set_state(selection)
         if optimizer is not None:
             self.stepper.set_optimizer_state(optimizer)
@@ -166,7 +196,8 @@ class RobustAdaptation:
 
     def _follow_a_shift(self):
         """The shift test on the stream's last `memory_size` samples; on a
-        shift, their statistics replace the stored ones. Returns whether it did.
+        shift, their statistics (pooled with those of the shifted windows just
+        before it) replace the stored ones. Returns whether it did.
 
         A class-balanced bank protects the statistics from label shift, at the
         price of following a covariate shift by a few per cent per update; but
@@ -200,7 +231,17 @@ class RobustAdaptation:
             return False
         distance = distance_from_stored_statistics(self.layers[first], mean, variance)
         if distance <= self.shift_distance:
+            self.unsettled = None  # the stream has settled where the statistics are
             return False
+        # Windows found shifted one after another (corruptions that change
+        # faster than a window) are pooled exactly: AdaBN over the stretch that
+        # has not settled, rather than the last window's statistics alone.
+        if self.unsettled is not None:
+            statistics = [
+                pool_statistics((m0, m1), (v0, v1), (c0, c1))
+                for (m0, v0, c0), (m1, v1, c1) in zip(self.unsettled, statistics)
+            ]
+        self.unsettled = statistics
         for layer, (mean, variance, count) in zip(self.layers, statistics):
             if count > 1:
                 assign_statistics(layer, mean, variance)
