@@ -75,11 +75,6 @@ VARIANTS = [
     ("robust-note-lr1e-3", "robust", {"memory_fill": "note", "learning_rate": 1e-3}),
     # The shift test (kreg/adapt/robust.py) at label_shift.py's SOURCE_LIKE_DISTANCE.
     ("robust-rotta-shift", "robust", {"learning_rate": 0.0, "shift_distance": math.log(1.5)}),
-    (
-        "robust-note-shift",
-        "robust",
-        {"memory_fill": "note", "learning_rate": 0.0, "shift_distance": math.log(1.5)},
-    ),
 ]
 SLOTS = 10  # time slots of the Dirichlet label shift
 
