@@ -80,10 +80,12 @@ class OnlineAdapter:
       an exponential average (`statistics_momentum`, after a warm start), and,
       with `learning_rate` > 0, the scale and shift take one entropy step on the
       bank's reliable samples, weighted by their age (EATA's filter, SAR's
-      reset). A batch of one class, or of one sample, cannot bend it: this is
-      the method that never did harm on `bench/adaptation_grid.py`'s held-out
-      cells. `kreg/adapt/robust.py` says which parts of RoTTA, NOTE, DELTA,
-      EATA and SAR it takes and why.
+      reset). A batch of one class, or of one sample, cannot bend it: on
+      `bench/adaptation_grid.py`'s held-out cells it did the least harm of
+      the methods (at worst 2.6 points below no adaptation), and it recovers
+      slowly from a strong corruption; `shift_distance` follows one at once
+      (off by default, see docs/BENCHMARKS.md). `kreg/adapt/robust.py` says
+      which parts of RoTTA, NOTE, DELTA, EATA and SAR it takes and why.
     - `"eata"`: the same as `"tent"` with EATA's filters and weights, and SAR's collapse
       guard (see `kreg.adapt_batchnorm`): when the filtered entropy collapses,
       back to the source state. A batch that looks like source inputs of few
