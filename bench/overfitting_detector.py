@@ -36,6 +36,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from corpus_labels import label  # noqa: E402
 from corpus_labels import split  # noqa: E402
+from overfitting_variants import VARIANTS  # noqa: E402
+from overfitting_variants import variant  # noqa: E402
 from record_corpus import CORPUS  # noqa: E402
 
 from kreg.callbacks import OverfittingDetector  # noqa: E402
@@ -157,23 +159,53 @@ def tune(runs):
     print("Grid on the tuning half (criterion='noise'):\n")
     print(HEADER)
     results = []
-    default_confirm = criteria.CONFIRM
-    for confirm, threshold, patience in itertools.product(
-        (1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)
+    default_confirm, default_residuals = criteria.CONFIRM, criteria.MIN_RESIDUALS
+    for residuals, confirm, threshold, patience in itertools.product(
+        (2, 3, 4, 5), (1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)
     ):
-        criteria.CONFIRM = confirm
+        criteria.CONFIRM, criteria.MIN_RESIDUALS = confirm, residuals
         figures = score(runs, threshold=threshold, patience=patience)
-        results.append((objective(figures), confirm, -patience, threshold, patience))
-        print(
-            summary_row(
-                f"{confirm} epochs above, threshold {threshold}, patience {patience}", figures
+        # Ties go to the shorter median delay (target (b)), then the most
+        # residuals (the surer noise), the longest patience, the smallest threshold.
+        delay = statistics.median(figures["delays"]) if figures["delays"] else float("inf")
+        results.append(
+            (
+                objective(figures),
+                -delay,
+                residuals,
+                -patience,
+                -threshold,
+                confirm,
+                threshold,
+                patience,
             )
         )
-    criteria.CONFIRM = default_confirm
+        print(
+            summary_row(
+                f"judged from epoch {residuals + 4}, {confirm} epochs above, "
+                f"threshold {threshold}, patience {patience}",
+                figures,
+            )
+        )
+    criteria.CONFIRM, criteria.MIN_RESIDUALS = default_confirm, default_residuals
     best = max(results)
     print(
-        f"\nbest on the tuning half: {best[1]} epochs above, threshold {best[3]}, patience {best[4]} (objective {best[0]})"
+        f"\nbest on the tuning half: judged from validated epoch {best[2] + 4}, {best[5]} epochs "
+        f"above, threshold {best[6]}, patience {best[7]} (objective {best[0]}, median delay {-best[1]:+.1f})"
     )
+    print("\nDelay against false alarms on the tuning half (the defaults, threshold varied):\n")
+    print(HEADER)
+    for threshold in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
+        print(summary_row(f"threshold {threshold}", score(runs, threshold=threshold)))
+    print("\nAlternatives (bench/overfitting_variants.py) on the tuning half:\n")
+    print("| variant | objective " + HEADER.split("| detector ")[1].split("\n")[0])
+    print("| --- " * 11 + "|")
+    for residuals in (default_residuals, 5):
+        for name, spec in {"default": {}, **VARIANTS}.items():
+            with variant(spec, residuals):
+                figures = score(runs, threshold=spec.get("threshold"))
+            row = summary_row(f"{name}, judged from epoch {residuals + 4}", figures)
+            print(row.replace(" |", f" | {objective(figures)} |", 1))
 
 
 def run_table(runs):
