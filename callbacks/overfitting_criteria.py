@@ -39,7 +39,9 @@ CONFIRM = 2
 # The noise of a curve smooth to float precision: this fraction of its best value.
 NOISE_FLOOR = 1e-3
 # Residuals (epochs with two neighbours on each side) needed before the noise,
-# and so any state that rests on it, is estimated.
+# and so any state that rests on it, is estimated: 3, so the 7th validated epoch
+# is the first judged (chosen among 2-5 on the tuning half of bench/data/corpus,
+# `bench/overfitting_detector.py --tune`, docs/BENCHMARKS.md).
 MIN_RESIDUALS = 3
 
 
