@@ -59,14 +59,24 @@ def load_corpus():
     return runs
 
 
+ACCURACY = {
+    "monitor": "val_accuracy",
+    "train_monitor": "accuracy",
+    "mode": "max",
+    "train_mode": "max",
+}
+
+
 def replay(history, **kwargs):
-    """Feeds a run's losses to a detector; returns its states per epoch and the
-    (epoch, onset) of its first overfitting alarm, or (None, None)."""
+    """Feeds a run's losses (or the curves `monitor` / `train_monitor` name) to a
+    detector; returns its states per epoch and the (epoch, onset) of its first
+    overfitting alarm, or (None, None)."""
     detector = OverfittingDetector(action=lambda *_: None, **kwargs)
     fired = onset = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NaN epochs are skipped with a warning
-        for epoch, (train, val) in enumerate(zip(history["loss"], history["val_loss"])):
+        curves = history[detector.train_monitor], history[detector.monitor]
+        for epoch, (train, val) in enumerate(zip(*curves)):
             state = detector.update(epoch, train, val)
             if state == "overfitting" and fired is None:
                 fired, onset = epoch, detector.onset_epoch
@@ -86,13 +96,15 @@ def early_stopping_epoch(val, patience=10):
     return None
 
 
-def score(runs, **kwargs):
-    """The figures of one detector setting on some runs."""
+def score(runs, binomial=False, **kwargs):
+    """The figures of one detector setting on some runs (`binomial`: each run's
+    validation sample count as `validation_samples`)."""
     figures = {"improving": 0, "improving alarms": 0, "overfit": 0, "flagged": 0, "early": 0, "met": 0,
                "delays": [], "onset errors": [], "saturated": 0, "saturated reported": 0,
                "saturated called overfitting": 0, "other alarms": 0, "other": 0}  # fmt: skip
     for run in runs:
-        states, fired, onset = replay(run["history"], **kwargs)
+        samples = {"validation_samples": run["validation_samples"]} if binomial else {}
+        states, fired, onset = replay(run["history"], **samples, **kwargs)
         kind, minimum = run["label"], run["minimum"]
         if kind == "improving":
             figures["improving"] += 1
@@ -232,6 +244,11 @@ def main():
     parser.add_argument(
         "--runs", action="store_true", help="print the default detector's table per run"
     )
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="replay val_accuracy: its noise from the curve, or binomial over the samples",
+    )
     args = parser.parse_args()
     runs = load_corpus()
     halves = {half: [run for run in runs if run["half"] == half] for half in ("tuning", "held-out")}
@@ -246,6 +263,13 @@ def main():
     )
     if args.tune:
         tune(halves["tuning"])
+        return
+    if args.accuracy:
+        for half, part in halves.items():
+            print(f"\n{half} half, monitor val_accuracy (labels from the loss curves):\n")
+            print(HEADER)
+            print(summary_row("noise from the curve", score(part, **ACCURACY)))
+            print(summary_row("binomial, validation_samples", score(part, True, **ACCURACY)))
         return
     for half, part in halves.items():
         print(f"\n{half} half:\n")
