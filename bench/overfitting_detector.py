@@ -36,6 +36,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from corpus_labels import label  # noqa: E402
 from corpus_labels import split  # noqa: E402
+from overfitting_variants import VARIANTS  # noqa: E402
+from overfitting_variants import variant  # noqa: E402
 from record_corpus import CORPUS  # noqa: E402
 
 from kreg.callbacks import OverfittingDetector  # noqa: E402
@@ -57,14 +59,24 @@ def load_corpus():
     return runs
 
 
+ACCURACY = {
+    "monitor": "val_accuracy",
+    "train_monitor": "accuracy",
+    "mode": "max",
+    "train_mode": "max",
+}
+
+
 def replay(history, **kwargs):
-    """Feeds a run's losses to a detector; returns its states per epoch and the
-    (epoch, onset) of its first overfitting alarm, or (None, None)."""
+    """Feeds a run's losses (or the curves `monitor` / `train_monitor` name) to a
+    detector; returns its states per epoch and the (epoch, onset) of its first
+    overfitting alarm, or (None, None)."""
     detector = OverfittingDetector(action=lambda *_: None, **kwargs)
     fired = onset = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NaN epochs are skipped with a warning
-        for epoch, (train, val) in enumerate(zip(history["loss"], history["val_loss"])):
+        curves = history[detector.train_monitor], history[detector.monitor]
+        for epoch, (train, val) in enumerate(zip(*curves)):
             state = detector.update(epoch, train, val)
             if state == "overfitting" and fired is None:
                 fired, onset = epoch, detector.onset_epoch
@@ -84,13 +96,15 @@ def early_stopping_epoch(val, patience=10):
     return None
 
 
-def score(runs, **kwargs):
-    """The figures of one detector setting on some runs."""
+def score(runs, binomial=False, **kwargs):
+    """The figures of one detector setting on some runs (`binomial`: each run's
+    validation sample count as `validation_samples`)."""
     figures = {"improving": 0, "improving alarms": 0, "overfit": 0, "flagged": 0, "early": 0, "met": 0,
                "delays": [], "onset errors": [], "saturated": 0, "saturated reported": 0,
                "saturated called overfitting": 0, "other alarms": 0, "other": 0}  # fmt: skip
     for run in runs:
-        states, fired, onset = replay(run["history"], **kwargs)
+        samples = {"validation_samples": run["validation_samples"]} if binomial else {}
+        states, fired, onset = replay(run["history"], **samples, **kwargs)
         kind, minimum = run["label"], run["minimum"]
         if kind == "improving":
             figures["improving"] += 1
@@ -157,23 +171,53 @@ def tune(runs):
     print("Grid on the tuning half (criterion='noise'):\n")
     print(HEADER)
     results = []
-    default_confirm = criteria.CONFIRM
-    for confirm, threshold, patience in itertools.product(
-        (1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)
+    default_confirm, default_residuals = criteria.CONFIRM, criteria.MIN_RESIDUALS
+    for residuals, confirm, threshold, patience in itertools.product(
+        (2, 3, 4, 5), (1, 2, 3), (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), (3, 5, 8)
     ):
-        criteria.CONFIRM = confirm
+        criteria.CONFIRM, criteria.MIN_RESIDUALS = confirm, residuals
         figures = score(runs, threshold=threshold, patience=patience)
-        results.append((objective(figures), confirm, -patience, threshold, patience))
-        print(
-            summary_row(
-                f"{confirm} epochs above, threshold {threshold}, patience {patience}", figures
+        # Ties go to the shorter median delay (target (b)), then the most
+        # residuals (the surer noise), the longest patience, the smallest threshold.
+        delay = statistics.median(figures["delays"]) if figures["delays"] else float("inf")
+        results.append(
+            (
+                objective(figures),
+                -delay,
+                residuals,
+                -patience,
+                -threshold,
+                confirm,
+                threshold,
+                patience,
             )
         )
-    criteria.CONFIRM = default_confirm
+        print(
+            summary_row(
+                f"judged from epoch {residuals + 4}, {confirm} epochs above, "
+                f"threshold {threshold}, patience {patience}",
+                figures,
+            )
+        )
+    criteria.CONFIRM, criteria.MIN_RESIDUALS = default_confirm, default_residuals
     best = max(results)
     print(
-        f"\nbest on the tuning half: {best[1]} epochs above, threshold {best[3]}, patience {best[4]} (objective {best[0]})"
+        f"\nbest on the tuning half: judged from validated epoch {best[2] + 4}, {best[5]} epochs "
+        f"above, threshold {best[6]}, patience {best[7]} (objective {best[0]}, median delay {-best[1]:+.1f})"
     )
+    print("\nDelay against false alarms on the tuning half (the defaults, threshold varied):\n")
+    print(HEADER)
+    for threshold in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
+        print(summary_row(f"threshold {threshold}", score(runs, threshold=threshold)))
+    print("\nAlternatives (bench/overfitting_variants.py) on the tuning half:\n")
+    print("| variant | objective " + HEADER.split("| detector ")[1].split("\n")[0])
+    print("| --- " * 11 + "|")
+    for residuals in (default_residuals, 5):
+        for name, spec in {"default": {}, **VARIANTS}.items():
+            with variant(spec, residuals):
+                figures = score(runs, threshold=spec.get("threshold"))
+            row = summary_row(f"{name}, judged from epoch {residuals + 4}", figures)
+            print(row.replace(" |", f" | {objective(figures)} |", 1))
 
 
 def run_table(runs):
@@ -200,6 +244,11 @@ def main():
     parser.add_argument(
         "--runs", action="store_true", help="print the default detector's table per run"
     )
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="replay val_accuracy: its noise from the curve, or binomial over the samples",
+    )
     args = parser.parse_args()
     runs = load_corpus()
     halves = {half: [run for run in runs if run["half"] == half] for half in ("tuning", "held-out")}
@@ -214,6 +263,13 @@ def main():
     )
     if args.tune:
         tune(halves["tuning"])
+        return
+    if args.accuracy:
+        for half, part in halves.items():
+            print(f"\n{half} half, monitor val_accuracy (labels from the loss curves):\n")
+            print(HEADER)
+            print(summary_row("noise from the curve", score(part, **ACCURACY)))
+            print(summary_row("binomial, validation_samples", score(part, True, **ACCURACY)))
         return
     for half, part in halves.items():
         print(f"\n{half} half:\n")

@@ -237,7 +237,11 @@ def replay(path, detector_kwargs):
     """The pruned search that the recorded plain trials would have made, in trial order."""
     with open(path) as f:
         recorded = json.load(f)
-    template = pruning_detector(objective="val_accuracy", verbose=0, **detector_kwargs)
+    # The direction given: a replay has no compiled metric to read it from
+    # (mode="auto" reads it there, kreg.callbacks.monitoring.monitor_direction).
+    template = pruning_detector(
+        objective=keras_tuner.Objective("val_accuracy", "max"), verbose=0, **detector_kwargs
+    )
     rows, epochs_total, epochs_plain = [], 0, 0
     for trial_id, trial in sorted(recorded["trials"].items()):
         logs = trial["logs"]

@@ -12,20 +12,38 @@ from kreg._keras_compat import all_sublayers
 from kreg.layers.adjustable_rates import AdjustableRates
 
 
+def _adjustable_layers(model):
+    """Every layer of `model` with adjustable rates, nested and shared ones once."""
+    seen = set()
+    for layer in [model, *all_sublayers(model)]:
+        if id(layer) in seen or not isinstance(layer, AdjustableRates):
+            continue
+        seen.add(id(layer))
+        yield layer
+
+
 def adjustable_dropout_rates(model):
     """`{(layer, rate name): current rate}` for every rate of `model` that can change.
 
     Nested and shared layers are listed once. A rate a layer was built with at 0
     is not listed: that layer never drops, and its rate cannot be raised.
     """
-    rates, seen = {}, set()
-    for layer in [model, *all_sublayers(model)]:
-        if id(layer) in seen or not isinstance(layer, AdjustableRates):
-            continue
-        seen.add(id(layer))
-        for name in layer.adjustable_rates:
-            rates[(layer, name)] = layer.get_rate(name)
-    return rates
+    return {
+        (layer, name): layer.get_rate(name)
+        for layer in _adjustable_layers(model)
+        for name in layer.adjustable_rates
+    }
+
+
+def rates_built_at_zero(model):
+    """`["<layer name>.<rate name>", ...]`: the adjustable rates of `model` built at 0,
+    which no update can raise (the layer was built without its dropout)."""
+    return [
+        f"{layer.name}.{name}"
+        for layer in _adjustable_layers(model)
+        for name in getattr(layer, "_adjustable_rates", {})
+        if not layer.rate_in_use(name)
+    ]
 
 
 def update_dropout_rates(model, update):

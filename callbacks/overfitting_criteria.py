@@ -4,7 +4,9 @@ Each takes the curves seen so far, signed so that lower is better (a quantity
 maximized, such as accuracy, enters negated), and says whether the run is
 overfitting at the last epoch. `patience` is the number of epochs a criterion
 looks back over; `threshold` is each criterion's own level; `noise` is the
-validation curve's noise estimated from the run (`curve_noise`).
+validation curve's noise estimated from the run (`curve_noise`), or for an
+accuracy over a known number of validation samples its binomial standard
+error (`accuracy_noise`).
 
 - `"noise"` (default): validation is worse than its best by more than
   `threshold` (1) times its noise at each of the last `CONFIRM` (2) epochs,
@@ -37,8 +39,10 @@ CONFIRM = 2
 # The noise of a curve smooth to float precision: this fraction of its best value.
 NOISE_FLOOR = 1e-3
 # Residuals (epochs with two neighbours on each side) needed before the noise,
-# and so any state that rests on it, is estimated.
-MIN_RESIDUALS = 5
+# and so any state that rests on it, is estimated: 3, so the 7th validated epoch
+# is the first judged (chosen among 2-5 on the tuning half of bench/data/corpus,
+# `bench/overfitting_detector.py --tune`, docs/BENCHMARKS.md).
+MIN_RESIDUALS = 3
 
 
 def curve_noise(values):
@@ -60,6 +64,18 @@ def curve_noise(values):
     ]
     sigma = 1.4826 * statistics.median(residuals) / math.sqrt(1.25)
     return max(sigma, NOISE_FLOOR * min(abs(v) for v in values))
+
+
+def accuracy_noise(accuracy, samples):
+    """Binomial standard error of an accuracy (a fraction) measured on `samples` samples.
+
+    `sqrt(p (1 - p) / n)` at `p = accuracy`: the spread of the fraction of `n`
+    independent samples called right. Known from the first epoch (no curve to
+    estimate it from), and at least `1 / n`, one sample's worth, so that an
+    accuracy of 0 or 1 still has a band.
+    """
+    p = min(max(float(accuracy), 0.0), 1.0)
+    return max(math.sqrt(p * (1.0 - p) / samples), 1.0 / samples)
 
 
 def noise_band(train, val, patience, threshold, min_delta, noise):

@@ -9,6 +9,8 @@ from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_rate
+from kreg.callbacks.dropout_rates import rates_built_at_zero
+from kreg.callbacks.dropout_rates import update_dropout_rates
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
@@ -16,6 +18,7 @@ from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import MIN_RESIDUALS
 from kreg.callbacks.overfitting_criteria import TESTS
+from kreg.callbacks.overfitting_criteria import accuracy_noise
 from kreg.callbacks.overfitting_criteria import curve_noise
 
 LEARNING, OVERFITTING, SATURATED, UNDERFITTING = (
@@ -46,8 +49,10 @@ class OverfittingDetector(keras.callbacks.Callback):
     ran validation (`fit(validation_freq=...)` skips some). The validation
     curve's noise is estimated from the run itself: the residual of each epoch
     around the mean of its two neighbours on each side, as a robust standard
-    deviation (`noise`; none before the 9th validated epoch, so no state but
-    learning until then). Each state is a claim about the curves that can be
+    deviation (`noise`; none before the 7th validated epoch, so no state but
+    learning until then; for an accuracy over a known number of validation
+    samples, `validation_samples`, the binomial standard error instead, known
+    from the first epoch). Each state is a claim about the curves that can be
     checked:
 
     - **overfitting**: validation is worse than its best by more than
@@ -142,6 +147,13 @@ class OverfittingDetector(keras.callbacks.Callback):
         underfit_level: Stalled training counts as underfitting while its loss
             stays above this fraction of its first epoch's value (a minimized
             `train_monitor` only). Defaults to 0.5.
+        validation_samples: `None` (default) or the number of validation
+            samples (>= 1), for a `monitor` that is a fraction of them, such
+            as `"val_accuracy"`: its noise is then the binomial standard error
+            `sqrt(p (1 - p) / validation_samples)` at its best value `p` (at
+            least one sample's worth, `1 / validation_samples`), known from the
+            first epoch, instead of the estimate from the curve that needs 7
+            validated epochs. A logged value outside `[0, 1]` is a `ValueError`.
 
     Example:
 
@@ -176,6 +188,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         verbose=1,
         act_on=None,
         underfit_level=0.5,
+        validation_samples=None,
     ):
         super().__init__()
         for name, value in (("monitor", monitor), ("train_monitor", train_monitor)):
@@ -192,6 +205,11 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.smoothing = check_rate("smoothing", smoothing)
         self.underfit_tolerance = check_at_least("underfit_tolerance", underfit_tolerance)
         self.underfit_level = check_at_least("underfit_level", underfit_level)
+        self.validation_samples = (
+            None
+            if validation_samples is None
+            else check_at_least("validation_samples", validation_samples, integer=True, minimum=1)
+        )
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
@@ -323,7 +341,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._smooth_train.append(self._smooth(self._smooth_train, train))
         self._smooth_val.append(self._smooth(self._smooth_val, val))
         self._epochs.append(epoch)
-        self.noise = curve_noise(self._raw_val)
+        self.noise = self._noise(val_value)
 
         if self.state in (OVERFITTING, SATURATED) and self._beats_onset(val):
             # Validation beat the onset's value by more than its noise: that
@@ -339,6 +357,21 @@ class OverfittingDetector(keras.callbacks.Callback):
             self.onset_epoch = None
         self.states.append(self.state)
         return self.state
+
+    def _noise(self, val_value):
+        """The validation curve's noise: from the curve, or for an accuracy over
+        `validation_samples` samples its binomial standard error at the best value."""
+        if self.validation_samples is None:
+            return curve_noise(self._raw_val)
+        value = monitored_scalar(val_value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"Invalid value received for argument `validation_samples`: it makes the noise "
+                f"of `{self.monitor}` the binomial standard error of a fraction (an accuracy) "
+                f"over {self.validation_samples} samples, and `{self.monitor}` logged {value!r}, "
+                "not a fraction in [0, 1]. Pass validation_samples=None for other metrics."
+            )
+        return accuracy_noise(abs(min(self._raw_val)), self.validation_samples)
 
     def _beats_onset(self, val):
         onset = self._epochs.index(self.onset_epoch)
@@ -538,6 +571,7 @@ class OverfittingDetector(keras.callbacks.Callback):
             "verbose": self.verbose,
             "act_on": None if self.act_on is None else list(self.act_on),
             "underfit_level": self.underfit_level,
+            "validation_samples": self.validation_samples,
         }
 
     @classmethod
@@ -551,21 +585,7 @@ MAX_STRENGTHENED_RATE = 0.9
 def strengthen_dropout(model, step):
     """Adds `step` to every adjustable kreg dropout rate in `model` (clipped to
     `[0, 0.9]`); returns `({"layer.rate": new value}, ["layer.rate" built at 0])`."""
-    from kreg._keras_compat import all_sublayers
-    from kreg.layers.adjustable_rates import AdjustableRates
-
-    changed, at_zero = {}, []
-    for layer in [model, *all_sublayers(model)]:
-        if not isinstance(layer, AdjustableRates):
-            continue
-        in_use = layer.adjustable_rates
-        at_zero += [
-            f"{layer.name}.{name}"
-            for name in getattr(layer, "_adjustable_rates", {})
-            if name not in in_use
-        ]
-        for name in in_use:
-            value = min(max(layer.get_rate(name) + step, 0.0), MAX_STRENGTHENED_RATE)
-            layer.set_rate(name, round(value, 6))
-            changed[f"{layer.name}.{name}"] = layer.get_rate(name)
-    return changed, at_zero
+    changed = update_dropout_rates(
+        model, lambda layer, name, rate: min(max(rate + step, 0.0), MAX_STRENGTHENED_RATE)
+    )
+    return changed, rates_built_at_zero(model)

@@ -7,6 +7,7 @@ import pytest
 import kreg
 from kreg.callbacks import DropoutSchedule
 from kreg.callbacks.dropout_rates import adjustable_dropout_rates
+from kreg.callbacks.dropout_rates import rates_built_at_zero
 from kreg.callbacks.dropout_rates import update_dropout_rates
 
 
@@ -92,6 +93,23 @@ def test_update_dropout_rates_is_the_public_mechanism():
     model = _model()
     changed = update_dropout_rates(model, lambda layer, name, rate: min(rate + 0.6, 0.9))
     assert changed == {"consistent.rate": 0.8, "dropout.rate": 0.9}
+
+
+def test_rates_built_at_zero_are_named_and_never_updated():
+    model = kreg.convert_dropouts(
+        keras.Sequential(
+            [
+                keras.Input((5, 3)),
+                kreg.ConsistentDropout(0.0, name="off"),
+                kreg.ConsistentDropout(0.2, name="on"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+    )
+    assert rates_built_at_zero(model) == ["off.rate"]
+    assert update_dropout_rates(model, lambda layer, name, rate: rate + 0.1) == {"on.rate": 0.3}
+    assert model.get_layer("off").rate == 0.0
 
 
 def test_a_model_without_adjustable_rates_is_told_how_to_convert(capsys):

@@ -8,6 +8,7 @@ from scripted import tiny_model
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks import plot_training_curves
 from kreg.callbacks.overfitting_criteria import CRITERIA
+from kreg.callbacks.overfitting_criteria import accuracy_noise
 from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.layers import ConsistentDropout
 
@@ -20,7 +21,8 @@ U_SHAPE = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]
 # first reached, that state, onset epoch)
 TABLE = [
     # Textbook overfitting: validation bottoms out at epoch 4 and rises. The
-    # noise needs 9 epochs (5 residuals); at epoch 8 the last two epochs
+    # noise needs 7 epochs (3 residuals); at epochs 6-7 the rise is within the
+    # noise of the descent so far (saturated), at epoch 8 the last two epochs
     # (1.25, 1.33) lie above the best by more than the noise (0.046).
     (FALLING, U_SHAPE, {"patience": 3}, 8, "overfitting", 4),
     # The same with a noisy bottom: the noise (0.07, from the wiggles) widens
@@ -31,7 +33,7 @@ TABLE = [
         FALLING,
         [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
         {"patience": 3},
-        8,
+        6,
         "saturated",
         5,
     ),
@@ -49,7 +51,7 @@ TABLE = [
         FALLING,
         [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06],
         {"patience": 3},
-        8,
+        6,
         "saturated",
         6,
     ),
@@ -58,7 +60,7 @@ TABLE = [
         [2.0, 1.8, 1.7, 1.69, 1.69, 1.688, 1.688, 1.687, 1.687, 1.687],
         [2.0, 1.82, 1.72, 1.71, 1.70, 1.70, 1.70, 1.70, 1.70, 1.70],
         {"patience": 3},
-        8,
+        7,
         "underfitting",
         None,
     ),
@@ -73,7 +75,7 @@ TABLE = [
             "mode": "max",
             "train_mode": "max",
         },
-        8,
+        7,
         "overfitting",
         3,
     ),
@@ -197,13 +199,18 @@ def test_in_fit_it_records_gap_and_state_and_acts_once():
     fit_scripted(model, detector, 12, loss=train, val_loss=val)
     history = model.history.history
     np.testing.assert_allclose(history["generalization_gap"], np.subtract(val, train), rtol=1e-6)
-    assert history["overfitting_state"] == [0.0] * 8 + [STATE_CODES["overfitting"]] * 4
-    assert calls == [(8, 4)], "the action runs once, when overfitting is first detected"
+    # The rise at epochs 6-7 is within the noise of the descent so far
+    # (saturated), at 8 beyond it (overfitting).
+    assert (
+        history["overfitting_state"]
+        == [0.0] * 6 + [STATE_CODES["saturated"]] * 2 + [STATE_CODES["overfitting"]] * 4
+    )
+    assert calls == [(6, 4), (8, 4)], "the action runs once per state, when it is first reached"
 
 
 def test_a_withdrawn_detection_acts_again_at_the_next_onset():
     train = [2.0 * 0.9**epoch for epoch in range(26)]
-    # A bump at epochs 4-8 (overfitting at 8), a real recovery (withdrawn at
+    # A bump at epochs 4-8 (saturated at 6, overfitting at 8), a real recovery (withdrawn at
     # 10, once 0.8 beats 1.1 by more than the noise), a plateau within the
     # noise (saturated at 15) and a second rise (overfitting at 19).
     val = [
@@ -239,7 +246,12 @@ def test_a_withdrawn_detection_acts_again_at_the_next_onset():
         patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch))
     )
     fit_scripted(tiny_model(), detector, len(val), loss=train, val_loss=val)
-    assert calls == [(8, "overfitting", 4), (15, "saturated", 15), (19, "overfitting", 15)]
+    assert calls == [
+        (6, "saturated", 4),
+        (8, "overfitting", 4),
+        (15, "saturated", 15),
+        (19, "overfitting", 15),
+    ]
     assert detector.states[10:15] == ["learning"] * 5
 
 
@@ -284,10 +296,11 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
         callbacks=[script, detector],
     )
     assert len(script.weights) == 12  # not stopped
-    # Raised at epoch 8; the window restarts at the change, and its noise needs
-    # 9 epochs again before a second detection.
+    # Raised at epoch 6 (saturated); the window restarts at the change, and its
+    # noise needs 7 epochs again before a second detection.
     assert model.get_layer("locked").rate == pytest.approx(0.2 + 0.15)
-    assert history_states(model)[8] == STATE_CODES["overfitting"]
+    assert history_states(model)[6] == STATE_CODES["saturated"]
+    assert set(history_states(model)[7:]) == {STATE_CODES["learning"]}
 
 
 def test_strengthen_names_rate_zero_layers_once():
@@ -325,7 +338,8 @@ def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
     # The epochs of U_SHAPE shift by one after the NaN and by two after the
     # inf: detected at its epoch 8 (here 10).
     assert states.index("overfitting") == 10 and detector.onset_epoch == 4
-    assert states[5] == "learning" and states[8] == "learning"
+    # A skipped epoch keeps the state it found.
+    assert states[5] == states[4] == "learning" and states[8] == states[7] == "saturated"
 
 
 def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
@@ -335,7 +349,7 @@ def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
     model = tiny_model()
     fit_scripted(model, stop, 12, loss=FALLING, val_loss=plateau)
     assert (
-        history_states(model)[8:] == [STATE_CODES["saturated"]] * 4
+        history_states(model)[6:] == [STATE_CODES["saturated"]] * 6
     )  # "stop" acts on overfitting only
     asked = OverfittingDetector(
         patience=3,
@@ -343,7 +357,7 @@ def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
         act_on="saturated",
     )
     fit_scripted(tiny_model(), asked, 12, loss=FALLING, val_loss=plateau)
-    assert calls == [(8, "saturated", 6)]
+    assert calls == [(6, "saturated", 6)]
 
 
 def test_rollback_on_saturation_restores_the_best_epoch_exactly():
@@ -353,7 +367,7 @@ def test_rollback_on_saturation_restores_the_best_epoch_exactly():
     )
     model = tiny_model()
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=plateau)
-    assert len(script.weights) == 9 and detector.onset_epoch == 6
+    assert len(script.weights) == 7 and detector.onset_epoch == 6
     for restored, expected in zip(model.get_weights(), script.weights[6]):
         np.testing.assert_array_equal(restored, expected)
 
@@ -378,7 +392,7 @@ def test_warn_action_warns_and_state_resets_between_fits():
         for w in record
         if "OverfittingDetector" in str(w.message) or "detected" in str(w.message)
     ] == [
-        "OverfittingDetector judged nothing: 3 finite validated epochs, and its noise estimate needs 9. "
+        "OverfittingDetector judged nothing: 3 finite validated epochs, and its noise estimate needs 7. "
         "Train longer to get a state other than learning."
     ]
     assert detector.state == "learning" and detector.onset_epoch is None
@@ -398,7 +412,7 @@ def test_a_vector_valued_monitor_counts_by_its_mean():
         detector.update(epoch, np.array([t, t]), np.array([v, v + 0.02]))
         for epoch, (t, v) in enumerate(zip(ACCURACY, VAL_ACCURACY))
     ]
-    assert states.index("overfitting") == 8 and detector.onset_epoch == 3
+    assert states.index("overfitting") == 7 and detector.onset_epoch == 3
 
 
 def test_missing_validation_metric_is_an_error():
@@ -423,6 +437,8 @@ def test_missing_validation_metric_is_an_error():
         ({"threshold": 0}, r"`threshold`.*> 0"),
         ({"threshold": "5"}, r"`threshold`.*'5'"),
         ({"verbose": 2}, r"`verbose`.*0 or 1"),
+        ({"validation_samples": 0}, r"`validation_samples`.*>= 1.*validation_samples=0"),
+        ({"validation_samples": 10.5}, r"`validation_samples`.*integer"),
         ({"monitor": None}, r"`monitor`.*None"),
         ({"action": "explode"}, r"`action`.*'warn'.*'rollback'.*'strengthen'.*callable.*'explode'"),
         (
@@ -453,16 +469,22 @@ def test_a_mode_against_the_declared_direction_is_an_error():
 
 def test_a_run_too_short_to_judge_says_so():
     detector = OverfittingDetector(patience=3)
-    with pytest.warns(UserWarning, match=r"judged nothing: 5 finite validated epochs.*needs 9"):
+    with pytest.warns(UserWarning, match=r"judged nothing: 5 finite validated epochs.*needs 7"):
         fit_scripted(tiny_model(), detector, 5, loss=FALLING[:5], val_loss=U_SHAPE[:5])
     assert set(detector.states) == {"learning"}
 
 
 def test_config_round_trip():
     detector = OverfittingDetector(
-        patience=4, min_gap=0.1, action="rollback", criterion="p_value", threshold=0.3
+        patience=4,
+        min_gap=0.1,
+        action="rollback",
+        criterion="p_value",
+        threshold=0.3,
+        validation_samples=500,
     )
     config = detector.get_config()
+    assert config["validation_samples"] == 500
     assert OverfittingDetector.from_config(config).get_config() == config
     assert config["criterion"] == "p_value" and config["train_mode"] == "auto"
     assert keras.saving.get_registered_name(OverfittingDetector) == "kreg>OverfittingDetector"
@@ -533,3 +555,35 @@ def test_rollback_restores_non_trainable_weights_too():
     assert not np.array_equal(script.weights[4][-4], script.weights[8][-4]), (
         "the moving mean moved after the onset"
     )
+
+
+def test_accuracy_noise_is_the_binomial_standard_error_over_the_validation_samples():
+    assert accuracy_noise(0.9, 100) == pytest.approx(0.03)
+    assert accuracy_noise(1.0, 200) == pytest.approx(1 / 200), "one sample's worth at p = 1"
+
+
+def test_an_accuracy_over_known_validation_samples_is_judged_from_its_binomial_noise():
+    kwargs = {
+        "monitor": "val_accuracy",
+        "train_monitor": "accuracy",
+        "mode": "max",
+        "train_mode": "max",
+        "patience": 3,
+    }
+    _, from_curve = _detect(ACCURACY, VAL_ACCURACY, kwargs)
+    # Over 1000 samples the peak 0.72 has a standard error of 0.014: 0.70 and
+    # 0.69 at epochs 4-5 lie below it by more, before the curve's own noise
+    # (7 validated epochs) exists.
+    detector, binomial = _detect(ACCURACY, VAL_ACCURACY, {**kwargs, "validation_samples": 1000})
+    assert from_curve.index("overfitting") == 7
+    assert binomial.index("overfitting") == 5 and detector.onset_epoch == 3
+    assert detector.noise == pytest.approx(accuracy_noise(0.72, 1000))
+    # Over 100 samples the same dip is within the noise (0.045): not yet overfitting.
+    _, few = _detect(ACCURACY, VAL_ACCURACY, {**kwargs, "validation_samples": 100})
+    assert few.index("overfitting") > 5
+
+
+def test_validation_samples_on_a_monitor_that_is_no_fraction_is_an_error():
+    detector = OverfittingDetector(validation_samples=100, action=lambda *_: None)
+    with pytest.raises(ValueError, match=r"`validation_samples`.*`val_loss` logged 2\.1.*\[0, 1\]"):
+        detector.update(0, 2.0, 2.1)

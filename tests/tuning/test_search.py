@@ -275,8 +275,8 @@ def _overfits_while_accuracy_creeps(epoch):
 def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
     # Another trial scored 0.64 (signed: lower is better): this one trails it,
     # and its val_accuracy stalls after epoch 11 at 0.61.
-    # The detector judges nothing before its 9th validated epoch (its noise
-    # estimate): the loss curves' U is called overfitting at epoch 8.
+    # The detector judges nothing before its 7th validated epoch (its noise
+    # estimate): the loss curves' U is called overfitting at epoch 6.
     detector = pruning_detector(
         prune_on="overfitting",
         objective=VAL_ACCURACY,
@@ -285,7 +285,7 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
         smoothing=0.0,
     )
     stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
-    assert detector.states[7:9] == ["learning", "overfitting"], detector.states
+    assert detector.states[5:7] == ["learning", "overfitting"], detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
 
     def learning(epoch):  # the same objective, healthy loss curves

@@ -1,0 +1,108 @@
+"""Alternatives to the default overfitting test, replayed on the tuning half only.
+
+Used by `bench/overfitting_detector.py --tune`: each variant swaps one part of
+`kreg.callbacks.overfitting_criteria` (the noise estimator or the `"noise"`
+test) for the length of a replay, so that it is judged by the same objective
+on the same runs as the shipped defaults. None of them ships.
+
+- `pk`: the U-shape's "training still improves" read as Prechelt's training
+  progress P_k (1998, section 2.2): 1000 * (mean / min - 1) over the last 5
+  training values above 0.1 per mille.
+- `cusum k h`: a one-sided CUSUM (Page, 1954) of validation above its best in
+  noise units, drift `k`, alarm above `h`: fires in one epoch on a large rise.
+- `jump z`: also fire on a single epoch more than `z` noise units above the best.
+- `savgol`: noise from the residuals around a 5-point quadratic
+  Savitzky-Golay smoothing (zero on a parabola, so the bend of the descent
+  does not count as noise).
+- `t band`: the band widened by Student's t quantile for the residuals' count
+  (a noise estimated from 3 residuals is itself uncertain).
+"""
+
+import contextlib
+import math
+import statistics
+
+from kreg.callbacks import overfitting_criteria as criteria
+from kreg.callbacks import overfitting_detector as detector_module
+
+
+def _trained_after_best(train, best):
+    return min(train[best + 1 :]) < train[best]
+
+
+def _training_progress(train, best):
+    strip = train[-5:]
+    return 1000.0 * (sum(strip) / (len(strip) * min(strip)) - 1.0) > 0.1
+
+
+def _band_test(confirm=2, jump=None, cusum=None, t_band=False, progress=_trained_after_best):
+    def test(train, val, patience, threshold, min_delta, noise):
+        if noise is None:
+            return False
+        best = min(range(len(val)), key=val.__getitem__)
+        after = len(val) - 1 - best
+        if after < 1:
+            return False
+        level = threshold
+        if t_band:
+            level = _t_quantile(_normal_cdf(threshold), max(len(val) - 5, 1))
+        above = after >= confirm and min(val[-confirm:]) > val[best] + level * noise + min_delta
+        if jump is not None:
+            above = above or val[-1] > val[best] + jump * noise + min_delta
+        if cusum is not None:
+            drift, limit, total = cusum[0], cusum[1], 0.0
+            for value in val[best + 1 :]:
+                total = max(0.0, total + (value - val[best] - min_delta) / noise - drift)
+            above = total > limit
+        return above and progress(train, best)
+
+    return test
+
+
+def _normal_cdf(z):
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _t_quantile(p, dof):
+    low, high = 0.0, 50.0
+    for _ in range(60):
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if criteria.student_t_cdf(middle, dof) < p else (low, middle)
+    return (low + high) / 2.0
+
+
+def _savgol_noise(values):
+    if len(values) < criteria.MIN_RESIDUALS + 4:
+        return None
+    residuals = [
+        abs(values[i] - (-3 * values[i - 2] + 12 * values[i - 1] + 17 * values[i]
+                         + 12 * values[i + 1] - 3 * values[i + 2]) / 35.0)
+        for i in range(2, len(values) - 2)
+    ]  # fmt: skip
+    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(630 / 1225)
+    return max(sigma, criteria.NOISE_FLOOR * min(abs(v) for v in values))
+
+
+VARIANTS = {
+    "pk": {"test": _band_test(progress=_training_progress)},
+    "cusum 0.5 2": {"test": _band_test(cusum=(0.5, 2.0))},
+    "cusum 1 3": {"test": _band_test(cusum=(1.0, 3.0))},
+    "jump 3": {"test": _band_test(jump=3.0)},
+    "jump 4": {"test": _band_test(jump=4.0)},
+    "savgol": {"noise": _savgol_noise},
+    "savgol, threshold 1.5": {"noise": _savgol_noise, "threshold": 1.5},
+    "t band": {"test": _band_test(t_band=True)},
+}
+
+
+@contextlib.contextmanager
+def variant(spec, min_residuals):
+    """Replays run with `spec`'s test / noise and `min_residuals` in place."""
+    saved = criteria.TESTS["noise"], detector_module.curve_noise, criteria.MIN_RESIDUALS
+    try:
+        criteria.TESTS["noise"] = spec.get("test", saved[0])
+        detector_module.curve_noise = spec.get("noise", saved[1])
+        criteria.MIN_RESIDUALS = min_residuals
+        yield
+    finally:
+        criteria.TESTS["noise"], detector_module.curve_noise, criteria.MIN_RESIDUALS = saved
