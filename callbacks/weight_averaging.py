@@ -222,6 +222,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._told_no_batch_norm = False
         self._in_fit = False
         self._learning_rate_at_begin = None
+        self._swa_start_rate = None
         self._epoch = self._closed_epoch = None
 
     # -- the average's state, for an exact resume --------------------------------
@@ -230,25 +231,41 @@ class WeightAveraging(keras.callbacks.Callback):
         """What a resumed `fit` needs to continue exactly, as NumPy arrays.
 
         `{"count": updates so far, "values": the average, "raw": the raw weights,
-        "raw_statistics": the raw weights' batch norm statistics}`, the weights in
-        the order of `model.trainable_variables`. `"raw"` and `"raw_statistics"`
-        are set while the model holds the average (after `fit`, or after an epoch
-        that validated it); otherwise they are `None` and the model holds the raw
-        weights and their moving statistics.
+        "raw_statistics": the raw weights' batch norm statistics,
+        "swa_start_rate": the learning rate SWA's annealing starts from}`, the
+        weights in the order of `model.trainable_variables`. `"raw"` and
+        `"raw_statistics"` are set while the model holds the average (after
+        `fit`, or after an epoch that validated it); otherwise they are `None`
+        and the model holds the raw weights and their moving statistics.
+        `EarlyStoppingWithCheckpoint` keeps this state in its backups.
         """
         held = self._swapped if self._swapped is not None else self._raw_in_waiting
         raw, raw_statistics = (
             (None, None) if held is None else ([v.copy() for v in part] for part in held)
         )
-        return {**self._average.state(), "raw": raw, "raw_statistics": raw_statistics}
+        return {
+            **self._average.state(),
+            "raw": raw,
+            "raw_statistics": raw_statistics,
+            "swa_start_rate": self._swa_start_rate,
+        }
 
     def set_state(self, state):
         """Restores a `get_state()`: the next `fit` puts the raw weights back in the
         model (if the state has them) and continues the average."""
         self._average.set_state(state)
         self._raw_to_restore = (state.get("raw") or [], state.get("raw_statistics") or [])
+        self._swa_start_rate = state.get("swa_start_rate")
         self._statistics_key = None
         self._state_given = True
+
+    def _restore_in_fit(self, state):
+        """`set_state` at once, from `EarlyStoppingWithCheckpoint`'s resume: its
+        `on_train_begin` runs after this one's and has just put the backup in
+        the model (the average, if the backed-up epoch validated it)."""
+        self.set_state(state)
+        self._assign(self._raw_to_restore)
+        self._state_given, self._raw_to_restore = False, None
 
     # -- fit hooks ---------------------------------------------------------------
 
@@ -266,11 +283,11 @@ class WeightAveraging(keras.callbacks.Callback):
         else:
             self._average = WeightAverage()
             self._statistics_key = None
+            self._swa_start_rate = None
         self._state_given, self._raw_to_restore, self._raw_in_waiting = False, None, None
         self._start = self._resolve_start_epoch()
         self._check_bn_data()
         self._learning_rate_at_begin = self._swa_learning_rate_check()
-        self._swa_start_rate = None
         self._in_fit = True
         self._epoch = self._closed_epoch = None
 
