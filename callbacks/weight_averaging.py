@@ -24,6 +24,19 @@ ANNEALING_STRATEGIES = ("cos", "linear")
 # Lightning's `StochasticWeightAveraging` starts at 80% of the epochs and the
 # SWA paper at 75% (Izmailov et al., 2018, section 4: the last quarter of the budget).
 DEFAULT_SWA_START = 0.75
+# The arguments of one method only. They default to None, so that one given
+# with the other method is told apart from the default and refused.
+METHOD_OF_ARGUMENT = {
+    "momentum": "ema",
+    "warmup_power": "ema",
+    "start_epoch": "swa",
+    "swa_learning_rate": "swa",
+}
+# The EMA's defaults: a decay for runs of thousands of steps (timm's
+# `ModelEmaV3`, timm/utils/model_ema.py, defaults to 0.9999 for ImageNet-length
+# runs) and timm's warmup power.
+DEFAULT_EMA_MOMENTUM = 0.999
+DEFAULT_WARMUP_POWER = 2 / 3
 
 
 def _numpy(values):
@@ -83,10 +96,11 @@ class WeightAveraging(keras.callbacks.Callback):
             data of `fit`. Checked at construction (one batch is drawn) and at
             the start of `fit` (the model must accept that batch). Not part of
             `get_config`.
-        momentum: For `"ema"`: the largest decay, in (0, 1). Defaults to 0.999.
-        warmup_power: For `"ema"`: the power of the decay warmup, a positive
-            float, or `None` for none (every update but the first uses
-            `momentum`). Defaults to 2/3, as timm's.
+        momentum: For `"ema"` only (refused with `"swa"`): the largest decay,
+            in (0, 1). Defaults to 0.999.
+        warmup_power: For `"ema"` only (refused with `"swa"`): the power of the
+            decay warmup, a float >= 0; 0 for none (every update but the first
+            uses `momentum`). Defaults to 2/3, as timm's.
         start_epoch: For `"swa"`: the first epoch (0-based) whose weights enter
             the average, an integer, or a float in (0, 1) for a fraction of the
             epochs of `fit`. Defaults to 0.75. Must fall before the last epoch.
@@ -139,8 +153,8 @@ class WeightAveraging(keras.callbacks.Callback):
         self,
         method="ema",
         bn_data=None,
-        momentum=0.999,
-        warmup_power=2 / 3,
+        momentum=None,
+        warmup_power=None,
         start_epoch=None,
         swa_learning_rate=None,
         annealing_epochs=1,
@@ -154,27 +168,38 @@ class WeightAveraging(keras.callbacks.Callback):
     ):
         super().__init__()
         self.method = check_choice("method", method, METHODS)
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, numbers.Real)
-            or not 0.0 < momentum < 1.0
-        ):
-            raise ValueError(
-                "Invalid value received for argument `momentum`. Expected a float in "
-                f"(0, 1). Received: momentum={momentum!r}"
-            )
-        self.momentum = float(momentum)
-        self.warmup_power = check_positive("warmup_power", warmup_power, optional=True)
+        given = {
+            "momentum": momentum,
+            "warmup_power": warmup_power,
+            "start_epoch": start_epoch,
+            "swa_learning_rate": swa_learning_rate,
+        }
+        for name, value in given.items():
+            if value is not None and METHOD_OF_ARGUMENT[name] != method:
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. It applies to method="
+                    f"{METHOD_OF_ARGUMENT[name]!r} only; with method={method!r} "
+                    f"expected None. Received: {name}={value!r}"
+                )
+        self.momentum = self.warmup_power = None
         if method == "ema":
-            for name, value in (
-                ("start_epoch", start_epoch),
-                ("swa_learning_rate", swa_learning_rate),
+            momentum = DEFAULT_EMA_MOMENTUM if momentum is None else momentum
+            if (
+                isinstance(momentum, bool)
+                or not isinstance(momentum, numbers.Real)
+                or not 0.0 < momentum < 1.0
             ):
-                if value is not None:
-                    raise ValueError(
-                        f"Invalid value received for argument `{name}`. It applies to "
-                        f"method='swa' only; with method='ema' expected None. Received: {name}={value!r}"
-                    )
+                raise ValueError(
+                    "Invalid value received for argument `momentum`. Expected a float in "
+                    f"(0, 1). Received: momentum={momentum!r}"
+                )
+            self.momentum = float(momentum)
+            self.warmup_power = float(
+                check_at_least(
+                    "warmup_power",
+                    DEFAULT_WARMUP_POWER if warmup_power is None else warmup_power,
+                )
+            )
         self.start_epoch = _check_start_epoch(
             DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch
         )
@@ -193,7 +218,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self.bn_data = bn_data
         self.bn_steps = bn_steps
         self.bn_batch_size = bn_batch_size
-        self.raw_validation_data = raw_validation_data
+        self.raw_validation_data = _check_raw_validation_data(raw_validation_data)
         self.seed = seed
         self.verbose = check_at_least("verbose", verbose, integer=True)
         # The re-estimation is PreciseBatchNorm's; it also checks bn_steps,
@@ -307,7 +332,7 @@ class WeightAveraging(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.method == "ema":
-            decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
+            decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power or None)
             self._average.update_ema(
                 _numpy(_keras_compat.trainable_values_in_fit(self.model)), decay
             )
@@ -530,6 +555,45 @@ def _first_batch(data, batch_size):
             f"takes (arrays, a tf.data.Dataset, a PyDataset); drawing one batch failed "
             f"({type(error).__name__}: {error}). Received: bn_data of type {type(data).__name__}"
         ) from error
+
+
+def _check_raw_validation_data(data):
+    """`data` if `evaluate` can read it as fit's `validation_data`: a tuple
+    `(x, y[, sample_weight])` or a dataset that yields targets (one batch is drawn)."""
+    if data is None:
+        return None
+    expected = (
+        "Expected fit's `validation_data`: a tuple (x, y) or (x, y, sample_weight) of arrays, "
+        "or a tf.data.Dataset or keras.utils.PyDataset yielding (x, y) batches"
+    )
+    if isinstance(data, tuple):
+        if len(data) not in (2, 3):
+            raise ValueError(
+                f"Invalid value received for argument `raw_validation_data`. {expected}. "
+                f"Received: a tuple of {len(data)} element(s)"
+            )
+    elif isinstance(data, (list, dict, str, bytes, np.ndarray, types.GeneratorType)) or hasattr(
+        data, "__array__"
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected} "
+            "(read at every validation, so not a generator). "
+            f"Received: raw_validation_data of type {type(data).__name__}"
+        )
+    try:
+        batch = next(iter(_keras_compat.numpy_batches(data, steps=1, targets=True)))
+    except Exception as error:
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected}; drawing "
+            f"one batch failed ({type(error).__name__}: {error}). Received: "
+            f"raw_validation_data of type {type(data).__name__}"
+        ) from error
+    if batch[1] is None:
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected}; its "
+            "batches hold inputs only, and the raw model's metrics need targets."
+        )
+    return data
 
 
 def _evaluate(model, data):

@@ -218,6 +218,13 @@ def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
         ({"momentum": 1.0}, "momentum"),
         ({"momentum": "0.9"}, "momentum"),
         ({"warmup_power": -1.0}, "warmup_power"),
+        ({"method": "swa", "momentum": 0.9}, "momentum"),
+        ({"method": "swa", "momentum": 0.999}, "momentum"),
+        ({"method": "swa", "warmup_power": 2 / 3}, "warmup_power"),
+        ({"raw_validation_data": np.zeros((4, 6, 6, 1))}, "raw_validation_data"),
+        ({"raw_validation_data": (np.zeros((4, 6, 6, 1)),)}, "raw_validation_data"),
+        ({"raw_validation_data": (np.zeros((4, 6, 6, 1)), np.zeros(3))}, "raw_validation_data"),
+        ({"raw_validation_data": "val"}, "raw_validation_data"),
         ({"method": "ema", "start_epoch": 3}, "start_epoch"),
         ({"method": "swa", "start_epoch": 1.5}, "start_epoch"),
         ({"method": "swa", "start_epoch": -1}, "start_epoch"),
@@ -273,6 +280,11 @@ def test_config_and_deep_copy_keep_the_settings():
     assert (
         WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()
     )
+    assert averaging.get_config()["momentum"] is None
+    ema = WeightAveraging(warmup_power=0)
+    assert (ema.momentum, ema.warmup_power) == (0.999, 0.0)
+    assert WeightAveraging(**ema.get_config()).get_config() == ema.get_config()
+    assert WeightAveraging().warmup_power == pytest.approx(2 / 3)
 
 
 class _Interrupt(keras.callbacks.Callback):

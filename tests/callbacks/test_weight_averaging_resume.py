@@ -33,7 +33,9 @@ def _model():
 def _averaging(method, x):
     if method == "ema":
         return WeightAveraging("ema", bn_data=x, momentum=0.8)
-    return WeightAveraging("swa", bn_data=x, start_epoch=1, swa_learning_rate=0.02, annealing_epochs=2)
+    return WeightAveraging(
+        "swa", bn_data=x, start_epoch=1, swa_learning_rate=0.02, annealing_epochs=2
+    )
 
 
 def _fit(path, method, crash=None):
