@@ -93,7 +93,9 @@ class WeightAveraging(keras.callbacks.Callback):
             or a structure of arrays), a `tf.data.Dataset` or a
             `keras.utils.PyDataset` (targets in it are ignored). Required when the
             model has a trainable batch norm: Keras does not show callbacks the
-            data of `fit`. Checked at construction (one batch is drawn) and at
+            data of `fit` (its trainers, keras/src/backend/*/trainer.py, keep it
+            in a local epoch iterator; callbacks get `params` with the epochs
+            and steps only). Checked at construction (one batch is drawn) and at
             the start of `fit` (the model must accept that batch). Not part of
             `get_config`.
         momentum: For `"ema"` only (refused with `"swa"`): the largest decay,
@@ -484,7 +486,7 @@ class WeightAveraging(keras.callbacks.Callback):
                 "Invalid value received for argument `bn_data`. The model has "
                 f"{len(self._layers)} trainable batch norm(s), whose statistics must be "
                 "re-estimated for the averaged weights: pass the training inputs (`x` of "
-                "fit) as bn_data. Received: bn_data=None"
+                "fit) as bn_data (Keras shows callbacks no data of fit). Received: bn_data=None"
             )
         try:
             self.model(self._first_batch, training=False)
