@@ -13,10 +13,12 @@ from kreg import _keras_compat
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_positive
+from kreg.callbacks.flat_weights import FlatWeights
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
 from kreg.callbacks.weight_average import WeightAverage
 from kreg.callbacks.weight_average import annealed_learning_rate
 from kreg.callbacks.weight_average import ema_decay
+from kreg.callbacks.weight_average import unflatten
 from kreg.model_graph import batch_norm_layers
 
 METHODS = ("ema", "swa")
@@ -305,6 +307,7 @@ class WeightAveraging(keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self._learning_rate_at_begin
         self._refuse_a_second_averaging()
         self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
+        self._reader = FlatWeights(self.model)
         if self._state_given:
             self._assign(self._raw_to_restore)
         else:
@@ -335,9 +338,7 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.method == "ema":
             decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power or None)
-            self._average.update_ema(
-                _numpy(_keras_compat.trainable_values_in_fit(self.model)), decay
-            )
+            self._average.update_ema_flat(self._reader.read(), self._reader.shapes, decay)
 
     def on_test_begin(self, logs=None):
         # `fit` runs its validation (starting here) before `on_epoch_end`.
@@ -378,7 +379,7 @@ class WeightAveraging(keras.callbacks.Callback):
         goes into the model if this epoch validates it."""
         self._closed_epoch = self._epoch
         if self.method == "swa" and self._epoch >= self._start:
-            self._average.update_mean(_numpy(self.model.trainable_variables))
+            self._average.update_mean_flat(self._reader.read(), self._reader.shapes)
         if (self._epoch + 1) % self.every_n_epochs == 0 and self._average.values is not None:
             self._swap_in()
 
@@ -386,7 +387,10 @@ class WeightAveraging(keras.callbacks.Callback):
         return [variable for layer in self._layers for variable in layer.non_trainable_weights]
 
     def _swap_in(self):
-        raw = (_numpy(self.model.trainable_variables), _numpy(self._statistics_variables()))
+        raw = (
+            unflatten(self._reader.read(), self._reader.shapes),
+            _numpy(self._statistics_variables()),
+        )
         try:
             for variable, value in zip(self.model.trainable_variables, self._average.values):
                 variable.assign(value)
