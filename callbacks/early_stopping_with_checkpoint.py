@@ -100,8 +100,9 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       kept by epoch: where two epochs format to one name, the better file is
       never overwritten by the worse;
     - with `resume=True` (default), a backup of the weights, the optimizer
-      state (its `iterations` included) and the state of every seed generator
-      (dropout masks: `save_weights` leaves them out) is written atomically
+      state (its `iterations` included), the state of every seed generator
+      (dropout masks: `save_weights` leaves them out) and the average of a
+      `WeightAveraging` placed before this callback is written atomically
       after every epoch, with a state file (`filepath + ".state.json"`) holding
       the epoch to continue from, the best value, the best epoch's weights and
       the patience counter, for this epoch and the one before. A `fit`

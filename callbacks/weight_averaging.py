@@ -31,6 +31,7 @@ DEFAULT_SWA_START = 0.75
 METHOD_OF_ARGUMENT = {
     "momentum": "ema",
     "warmup_power": "ema",
+    "update_every_n_steps": "ema",
     "start_epoch": "swa",
     "swa_learning_rate": "swa",
 }
@@ -105,6 +106,17 @@ class WeightAveraging(keras.callbacks.Callback):
         warmup_power: For `"ema"` only (refused with `"swa"`): the power of the
             decay warmup, a float >= 0; 0 for none (every update but the first
             uses `momentum`). Defaults to 2/3, as timm's.
+        update_every_n_steps: For `"ema"` only (refused with `"swa"`): update
+            the average after every n-th optimizer step (counted by the
+            optimizer's `iterations`), with the decay raised to the n-th power,
+            as n updates towards the same weights would give. Each update reads
+            every trainable weight off the device: a larger n trades a coarser
+            average for less of that cost. Defaults to 1. Torchvision's
+            reference training script (references/classification/train.py,
+            `--model-ema-steps`) updates every n steps and scales `1 - decay` by
+            n; Lightning's `WeightAveraging` leaves the cadence to an overridden
+            `should_update` and the decay as given; timm's train.py updates
+            `ModelEmaV3` after every optimizer step.
         start_epoch: For `"swa"`: the first epoch (0-based) whose weights enter
             the average, an integer, or a float in (0, 1) for a fraction of the
             epochs of `fit`. Defaults to 0.75. Must fall before the last epoch.
@@ -159,6 +171,7 @@ class WeightAveraging(keras.callbacks.Callback):
         bn_data=None,
         momentum=None,
         warmup_power=None,
+        update_every_n_steps=None,
         start_epoch=None,
         swa_learning_rate=None,
         annealing_epochs=1,
@@ -175,6 +188,7 @@ class WeightAveraging(keras.callbacks.Callback):
         given = {
             "momentum": momentum,
             "warmup_power": warmup_power,
+            "update_every_n_steps": update_every_n_steps,
             "start_epoch": start_epoch,
             "swa_learning_rate": swa_learning_rate,
         }
@@ -185,7 +199,7 @@ class WeightAveraging(keras.callbacks.Callback):
                     f"{METHOD_OF_ARGUMENT[name]!r} only; with method={method!r} "
                     f"expected None. Received: {name}={value!r}"
                 )
-        self.momentum = self.warmup_power = None
+        self.momentum = self.warmup_power = self.update_every_n_steps = None
         if method == "ema":
             momentum = DEFAULT_EMA_MOMENTUM if momentum is None else momentum
             if (
@@ -203,6 +217,12 @@ class WeightAveraging(keras.callbacks.Callback):
                     "warmup_power",
                     DEFAULT_WARMUP_POWER if warmup_power is None else warmup_power,
                 )
+            )
+            self.update_every_n_steps = check_at_least(
+                "update_every_n_steps",
+                1 if update_every_n_steps is None else update_every_n_steps,
+                integer=True,
+                minimum=1,
             )
         self.start_epoch = _check_start_epoch(
             DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch
@@ -325,6 +345,11 @@ class WeightAveraging(keras.callbacks.Callback):
         if self._swapped is not None:
             self._swap_out()
         self._epoch, self._closed_epoch = epoch, None
+        if self.method == "ema":
+            # The optimizer's step count (a backup's, after a resume): where
+            # the EMA's updates fall does not depend on where fit started.
+            self._epoch_start_step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._updated_at = self._epoch_start_step
         if self.method == "swa" and self.swa_learning_rate is not None and epoch >= self._start:
             if self._swa_start_rate is None:
                 self._swa_start_rate = float(
@@ -336,8 +361,19 @@ class WeightAveraging(keras.callbacks.Callback):
             )  # fmt: skip
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.method == "ema":
-            decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power or None)
+        if self.method != "ema":
+            return
+        # `batch` is the epoch's last step done (several per call with
+        # `steps_per_execution`); an update is due when a multiple of
+        # `update_every_n_steps` was crossed.
+        step, every = self._epoch_start_step + batch + 1, self.update_every_n_steps
+        if step // every > self._updated_at // every:
+            self._updated_at = step
+            # n steps' decay in one update, as n updates with the same decay would.
+            decay = (
+                ema_decay(self._average.count + 1, self.momentum, self.warmup_power or None)
+                ** self.update_every_n_steps
+            )
             self._average.update_ema_flat(self._reader.read(), self._reader.shapes, decay)
 
     def on_test_begin(self, logs=None):
@@ -520,6 +556,7 @@ class WeightAveraging(keras.callbacks.Callback):
             "method": self.method,
             "momentum": self.momentum,
             "warmup_power": self.warmup_power,
+            "update_every_n_steps": self.update_every_n_steps,
             "start_epoch": self.start_epoch if self.method == "swa" else None,
             "swa_learning_rate": self.swa_learning_rate,
             "annealing_epochs": self.annealing_epochs,

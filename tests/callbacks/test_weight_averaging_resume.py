@@ -33,6 +33,8 @@ def _model():
 def _averaging(method, x):
     if method == "ema":
         return WeightAveraging("ema", bn_data=x, momentum=0.8)
+    if method == "ema-every-3":  # updates across the epochs' ends (4 steps each)
+        return WeightAveraging("ema", bn_data=x, momentum=0.8, update_every_n_steps=3)
     return WeightAveraging(
         "swa", bn_data=x, start_epoch=1, swa_learning_rate=0.02, annealing_epochs=2
     )
@@ -69,7 +71,7 @@ def _assert_close(ours, theirs):
 
 
 @pytest.mark.parametrize("when", ["after", "before"])
-@pytest.mark.parametrize("method", ["ema", "swa"])
+@pytest.mark.parametrize("method", ["ema", "ema-every-3", "swa"])
 def test_a_killed_run_resumes_the_average_exactly(tmp_path, method, when):
     reference, reference_averaging, reference_stopper = _fit(str(tmp_path / "a.keras"), method)
     path = str(tmp_path / "b.keras")
