@@ -68,7 +68,8 @@ class WeightAveraging(keras.callbacks.Callback):
 
     Methods:
         - `"ema"`: an exponential moving average, updated after every training
-            batch (once per execution with `steps_per_execution`), with the decay
+            batch (once per execution with `steps_per_execution`; every n-th
+            step with `update_every_n_steps`), with the decay
             warmup of timm's `ModelEmaV3`: the `n`-th update uses the decay
             `min(momentum, 1 - n ** -warmup_power)`, so the first steps' random
             weights fade quickly.
