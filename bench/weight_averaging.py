@@ -16,9 +16,10 @@ digits (10 steps per epoch) for `--epochs` epochs and validated every epoch on
 - kreg EMA: `WeightAveraging("ema")` (momentum 0.999, timm's warmup), re-estimated;
 - kreg SWA: `WeightAveraging("swa")` from 75% of the epochs, re-estimated.
 
-Cost: seconds per epoch (train + validate) of a plain fit and of fits with
-`WeightAveraging` re-estimating every epoch, runs interleaved, median over
-epochs 2..N of every round.
+Cost: seconds per epoch (train + validate) of a plain fit, of Keras's
+`use_ema=True` with `SwapEMAWeights`, and of fits with `WeightAveraging`
+re-estimating every epoch, runs interleaved in one process, median over epochs
+2..N of every round.
 
     python bench/weight_averaging.py                       # 3 seeds, 15 epochs
     python bench/weight_averaging.py --seeds 0 1 2 --epochs 15 --rounds 3
@@ -106,8 +107,10 @@ def fit(data, seed, epochs, callbacks, use_ema=False):
     return model
 
 
-def averaging(method, data):
-    return WeightAveraging(method, bn_data=data.x_train, bn_batch_size=300)
+def averaging(method, data, every=None):
+    return WeightAveraging(
+        method, bn_data=data.x_train, bn_batch_size=300, update_every_n_steps=every
+    )
 
 
 def scores_for_seed(data, seed, epochs):
@@ -132,21 +135,33 @@ def scores_for_seed(data, seed, epochs):
 
 
 def cost(data, epochs, rounds):
-    variants = [("plain fit", lambda: []), ("kreg EMA", lambda: [averaging("ema", data)]),
-                ("kreg SWA", lambda: [averaging("swa", data)])]  # fmt: skip
-    seconds = {label: [] for label, _ in variants}
+    variants = [
+        ("plain fit", lambda: [], False),
+        ("Keras use_ema=True + SwapEMAWeights", lambda: [keras.callbacks.SwapEMAWeights()], True),
+        ("kreg EMA", lambda: [averaging("ema", data)], False),
+        ("kreg EMA, update_every_n_steps=5", lambda: [averaging("ema", data, every=5)], False),
+        ("kreg SWA", lambda: [averaging("swa", data)], False),
+    ]
+    seconds = {label: [] for label, _, _ in variants}
+    cpu_seconds = {label: [] for label, _, _ in variants}
     for round_ in range(rounds):
-        for label, callbacks in variants:
-            timer = EpochTimer()
-            fit(data, round_, epochs, callbacks() + [timer])
+        for label, callbacks, use_ema in variants:
+            timer = EpochTimer()  # first: its epoch holds the other callbacks' hooks
+            fit(data, round_, epochs, [timer] + callbacks(), use_ema=use_ema)
             seconds[label].extend(timer.seconds[1:])  # the first epoch traces
+            cpu_seconds[label].extend(timer.cpu_seconds[1:])
     base = statistics.median(seconds["plain fit"])
+    cpu_base = statistics.median(cpu_seconds["plain fit"])
     print(
-        f"\nSeconds per epoch (train + validate), median of {rounds} x {epochs - 1} epochs, runs interleaved"
+        f"\nPer epoch (train + validate), median of {rounds} x {epochs - 1} epochs, runs interleaved: "
+        "wall clock, and CPU time of this process"
     )
     for label, values in seconds.items():
-        median = statistics.median(values)
-        print(f"  {label}: {median * 1000:.1f} ms/epoch, {median / base:.3f}x")
+        median, cpu = statistics.median(values), statistics.median(cpu_seconds[label])
+        print(
+            f"  {label}: {median * 1000:.1f} ms/epoch, {median / base:.3f}x; "
+            f"CPU {cpu * 1000:.1f} ms/epoch, {cpu / cpu_base:.3f}x"
+        )
 
 
 def main():

@@ -27,12 +27,15 @@ from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.training_state import BackupUnreadable
 from kreg.callbacks.training_state import StateFileError
+from kreg.callbacks.training_state import check_averaging_fits
 from kreg.callbacks.training_state import check_backup_fits
+from kreg.callbacks.training_state import fit_averaging
 from kreg.callbacks.training_state import generation
 from kreg.callbacks.training_state import host_copy
 from kreg.callbacks.training_state import new_state
 from kreg.callbacks.training_state import read_backup
 from kreg.callbacks.training_state import read_state
+from kreg.callbacks.training_state import restore_averaging
 from kreg.callbacks.training_state import restore_backup
 from kreg.callbacks.training_state import write_backup
 
@@ -97,8 +100,9 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       kept by epoch: where two epochs format to one name, the better file is
       never overwritten by the worse;
     - with `resume=True` (default), a backup of the weights, the optimizer
-      state (its `iterations` included) and the state of every seed generator
-      (dropout masks: `save_weights` leaves them out) is written atomically
+      state (its `iterations` included), the state of every seed generator
+      (dropout masks: `save_weights` leaves them out) and the average of a
+      `WeightAveraging` placed before this callback is written atomically
       after every epoch, with a state file (`filepath + ".state.json"`) holding
       the epoch to continue from, the best value, the best epoch's weights and
       the patience counter, for this epoch and the one before. A `fit`
@@ -328,8 +332,13 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         for name, loaded in ((chosen["backup"], arrays), (chosen["best_backup"], best)):
             if loaded is not None:
                 check_backup_fits(self.model, loaded, os.path.join(self._folder, name))
+        averaging = fit_averaging(self)
         if arrays is not None:
+            check_averaging_fits(
+                self.model, averaging, arrays, os.path.join(self._folder, chosen["backup"])
+            )
             restore_backup(self.model, arrays)
+            restore_averaging(averaging, arrays)
         if best is not None:
             self.best_weights = best["weights"]
         self.best = chosen["best"]
@@ -513,7 +522,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         previous = generation(state) if state["next_epoch"] > 0 else None
         if self.resume and back_up and self._is_chief():
             name = self._backup_name(epoch)
-            arrays = host_copy(self.model)
+            arrays = host_copy(self.model, fit_averaging(self))
             self._make_folder()
             write_atomically(
                 os.path.join(self._folder, name),

@@ -6,7 +6,9 @@ Two kinds of file:
   variable a resumed run needs, the model's weights, the state of every seed
   generator (`Dropout`'s, kreg's random layers', any `keras.random.SeedGenerator`
   a layer holds: `model.variables` has them, `save_weights` and `.keras` files
-  do not) and the optimizer's variables (its `iterations` included);
+  do not), the optimizer's variables (its `iterations` included) and, when a
+  `WeightAveraging` takes part in the `fit`, its `get_state()` (the average
+  and, while the model holds the average, the raw weights and statistics);
 - the state file (`<name>.state.json`), the commit record: the run's settings
   and two generations, the latest epoch's and the one before it, each naming
   its backup, the best epoch's backup and the counters of early stopping.
@@ -34,7 +36,12 @@ import numpy as np
 FORMAT = "kreg.EarlyStoppingWithCheckpoint"
 VERSION = 3
 # The variables of a backup, in the order they are restored.
-GROUPS = ("weights", "seeds", "optimizer", "backend_random")
+GROUPS = ("weights", "seeds", "optimizer", "backend_random") + (
+    "averaging_meta",
+    "averaging_values",
+    "averaging_raw",
+    "averaging_raw_statistics",
+)
 
 
 class StateFileError(ValueError):
@@ -237,14 +244,92 @@ def _set_backend_random_state(arrays):
         torch.cuda.set_rng_state_all([as_tensor(array) for array in cuda])
 
 
-def host_copy(model):
-    """Every variable of the backup as NumPy arrays, copied off the device."""
+def host_copy(model, averaging=None):
+    """Every variable of the backup as NumPy arrays, copied off the device,
+    and the state of `averaging` (the `WeightAveraging` of this fit, if any)."""
     arrays = {
         group: [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in variables]
         for group, variables in _variables(model).items()
     }
     arrays["backend_random"] = _backend_random_state()
+    arrays.update(_averaging_arrays(None if averaging is None else averaging.get_state()))
     return arrays
+
+
+# The average of a `WeightAveraging` (kreg/callbacks/weight_averaging.py). At
+# an epoch's end it may have swapped the average (and its re-estimated
+# statistics) into the model, so the backup's "weights" are the average's and
+# the raw ones live in its state; a resume must put them back, or training
+# would go on from the average.
+
+
+def fit_averaging(callback):
+    """The `WeightAveraging` taking part in `callback`'s `fit`, or `None`.
+
+    It marks the model in its `on_train_begin`; callbacks of one `fit` share
+    its `params` dict (a mark left by an earlier fit an error stopped is not
+    this fit's). Placed after `callback` in the list, it is not found at
+    `callback`'s `on_train_begin`.
+    """
+    marker = getattr(callback.model, "_kreg_weight_averaging", None)
+    averaging = marker() if marker is not None else None
+    if averaging is None or not averaging._in_fit or averaging.params is not callback.params:
+        return None
+    return averaging
+
+
+def _averaging_arrays(state):
+    if state is None:
+        return {group: [] for group in GROUPS if group.startswith("averaging_")}
+    rate = state.get("swa_start_rate")
+    return {
+        "averaging_meta": [
+            np.array(state["count"], dtype="int64"),
+            np.array(np.nan if rate is None else rate, dtype="float64"),
+        ],
+        "averaging_values": list(state["values"] or []),
+        "averaging_raw": list(state["raw"] or []),
+        "averaging_raw_statistics": list(state["raw_statistics"] or []),
+    }
+
+
+def check_averaging_fits(model, averaging, arrays, path):
+    """Raises a `StateFileError` where the backup's average cannot continue in
+    `averaging` (the `fit_averaging` of the resuming fit)."""
+    if not arrays["averaging_meta"]:
+        return  # a backup without an average: a new average begins
+    if averaging is None:
+        raise StateFileError(
+            f"Cannot resume from the backup {path!r}: it holds the state of a WeightAveraging, "
+            "and this fit has none before the EarlyStoppingWithCheckpoint in its callbacks "
+            "(training would go on from the averaged weights). Pass the same WeightAveraging, "
+            "before it in the list, or pass `resume=False` to start fresh."
+        )
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    for group in ("averaging_values", "averaging_raw"):
+        saved = [tuple(a.shape) for a in arrays[group]]
+        if saved and saved != shapes:
+            raise StateFileError(
+                f"Cannot resume from the backup {path!r}: its WeightAveraging state holds "
+                f"{len(saved)} weights of shapes {_short(saved)}, this model has "
+                f"{len(shapes)} trainable weights of shapes {_short(shapes)}."
+            )
+
+
+def restore_averaging(averaging, arrays):
+    """Gives `averaging` the state a backup holds (after `restore_backup`)."""
+    if averaging is None or not arrays["averaging_meta"]:
+        return
+    count, rate = arrays["averaging_meta"]
+    averaging._restore_in_fit(
+        {
+            "count": int(count),
+            "swa_start_rate": None if np.isnan(rate) else float(rate),
+            "values": arrays["averaging_values"] or None,
+            "raw": arrays["averaging_raw"] or None,
+            "raw_statistics": arrays["averaging_raw_statistics"] or None,
+        }
+    )
 
 
 def write_backup(path, arrays):

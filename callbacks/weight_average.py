@@ -45,28 +45,45 @@ class WeightAverage:
     `update_ema(weights, decay)` moves it towards `weights` by `1 - decay`
     (timm's `lerp_`); `update_mean(weights)` makes it the equal mean of every list
     given so far (`AveragedModel`'s default `avg_fn`). `count` is the number of
-    updates, `values` the average (`None` before the first).
+    updates, `values` the average (`None` before the first): views of one flat
+    buffer, updated in place (`update_ema_flat` and `update_mean_flat` take the
+    weights already flattened, in that order), so an update allocates nothing.
     """
 
     def __init__(self):
         self.values = None
         self.count = 0
+        self._flat = self._scratch = None
+
+    def _start(self, flat, shapes):
+        self._flat = np.array(flat, copy=True)
+        self._scratch = np.empty_like(self._flat)
+        self.values = unflatten(self._flat, shapes)
+
+    def update_ema_flat(self, flat, shapes, decay):
+        self.count += 1
+        if self._flat is None or decay == 0.0:
+            self._start(flat, shapes)
+            return
+        # average += (1 - decay) * (weights - average), as timm's `lerp_`.
+        np.subtract(flat, self._flat, out=self._scratch)
+        np.multiply(self._scratch, 1.0 - decay, out=self._scratch)
+        np.add(self._flat, self._scratch, out=self._flat)
+
+    def update_mean_flat(self, flat, shapes):
+        self.count += 1
+        if self._flat is None:
+            self._start(flat, shapes)
+            return
+        np.subtract(flat, self._flat, out=self._scratch)
+        np.divide(self._scratch, self.count, out=self._scratch)
+        np.add(self._flat, self._scratch, out=self._flat)
 
     def update_ema(self, weights, decay):
-        self.count += 1
-        if self.values is None or decay == 0.0:
-            self.values = [np.array(w, copy=True) for w in weights]
-            return
-        for average, weight in zip(self.values, weights):
-            average += (1.0 - decay) * (np.asarray(weight, average.dtype) - average)
+        self.update_ema_flat(*_flatten(weights), decay=decay)
 
     def update_mean(self, weights):
-        self.count += 1
-        if self.values is None:
-            self.values = [np.array(w, copy=True) for w in weights]
-            return
-        for average, weight in zip(self.values, weights):
-            average += (np.asarray(weight, average.dtype) - average) / self.count
+        self.update_mean_flat(*_flatten(weights))
 
     def state(self):
         """`{"count": n, "values": [arrays]}`: everything to continue the average."""
@@ -77,6 +94,29 @@ class WeightAverage:
 
     def set_state(self, state):
         self.count = int(state["count"])
-        self.values = (
-            None if state["values"] is None else [np.array(v, copy=True) for v in state["values"]]
-        )
+        if state["values"] is None:
+            self.values = self._flat = self._scratch = None
+        else:
+            self._start(*_flatten(state["values"]))
+
+
+def _flatten(weights):
+    """`(flat, shapes)`: the arrays of `weights` end to end in one 1-D array."""
+    arrays = [np.asarray(w) for w in weights]
+    dtype = np.result_type(*arrays) if arrays else np.float32
+    flat = (
+        np.concatenate([a.ravel() for a in arrays]).astype(dtype, copy=False)
+        if arrays
+        else np.zeros(0, dtype)
+    )
+    return flat, [a.shape for a in arrays]
+
+
+def unflatten(flat, shapes):
+    """Views of the 1-D `flat` with the given shapes, end to end."""
+    views, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        views.append(flat[offset : offset + size].reshape(shape))
+        offset += size
+    return views

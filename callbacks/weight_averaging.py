@@ -13,10 +13,12 @@ from kreg import _keras_compat
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_positive
+from kreg.callbacks.flat_weights import FlatWeights
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
 from kreg.callbacks.weight_average import WeightAverage
 from kreg.callbacks.weight_average import annealed_learning_rate
 from kreg.callbacks.weight_average import ema_decay
+from kreg.callbacks.weight_average import unflatten
 from kreg.model_graph import batch_norm_layers
 
 METHODS = ("ema", "swa")
@@ -24,6 +26,20 @@ ANNEALING_STRATEGIES = ("cos", "linear")
 # Lightning's `StochasticWeightAveraging` starts at 80% of the epochs and the
 # SWA paper at 75% (Izmailov et al., 2018, section 4: the last quarter of the budget).
 DEFAULT_SWA_START = 0.75
+# The arguments of one method only. They default to None, so that one given
+# with the other method is told apart from the default and refused.
+METHOD_OF_ARGUMENT = {
+    "momentum": "ema",
+    "warmup_power": "ema",
+    "update_every_n_steps": "ema",
+    "start_epoch": "swa",
+    "swa_learning_rate": "swa",
+}
+# The EMA's defaults: a decay for runs of thousands of steps (timm's
+# `ModelEmaV3`, timm/utils/model_ema.py, defaults to 0.9999 for ImageNet-length
+# runs) and timm's warmup power.
+DEFAULT_EMA_MOMENTUM = 0.999
+DEFAULT_WARMUP_POWER = 2 / 3
 
 
 def _numpy(values):
@@ -52,7 +68,8 @@ class WeightAveraging(keras.callbacks.Callback):
 
     Methods:
         - `"ema"`: an exponential moving average, updated after every training
-            batch (once per execution with `steps_per_execution`), with the decay
+            batch (once per execution with `steps_per_execution`; every n-th
+            step with `update_every_n_steps`), with the decay
             warmup of timm's `ModelEmaV3`: the `n`-th update uses the decay
             `min(momentum, 1 - n ** -warmup_power)`, so the first steps' random
             weights fade quickly.
@@ -80,13 +97,27 @@ class WeightAveraging(keras.callbacks.Callback):
             or a structure of arrays), a `tf.data.Dataset` or a
             `keras.utils.PyDataset` (targets in it are ignored). Required when the
             model has a trainable batch norm: Keras does not show callbacks the
-            data of `fit`. Checked at construction (one batch is drawn) and at
+            data of `fit` (its trainers, keras/src/backend/*/trainer.py, keep it
+            in a local epoch iterator; callbacks get `params` with the epochs
+            and steps only). Checked at construction (one batch is drawn) and at
             the start of `fit` (the model must accept that batch). Not part of
             `get_config`.
-        momentum: For `"ema"`: the largest decay, in (0, 1). Defaults to 0.999.
-        warmup_power: For `"ema"`: the power of the decay warmup, a positive
-            float, or `None` for none (every update but the first uses
-            `momentum`). Defaults to 2/3, as timm's.
+        momentum: For `"ema"` only (refused with `"swa"`): the largest decay,
+            in (0, 1). Defaults to 0.999.
+        warmup_power: For `"ema"` only (refused with `"swa"`): the power of the
+            decay warmup, a float >= 0; 0 for none (every update but the first
+            uses `momentum`). Defaults to 2/3, as timm's.
+        update_every_n_steps: For `"ema"` only (refused with `"swa"`): update
+            the average after every n-th optimizer step (counted by the
+            optimizer's `iterations`), with the decay raised to the n-th power,
+            as n updates towards the same weights would give. Each update reads
+            every trainable weight off the device: a larger n trades a coarser
+            average for less of that cost. Defaults to 1. Torchvision's
+            reference training script (references/classification/train.py,
+            `--model-ema-steps`) updates every n steps and scales `1 - decay` by
+            n; Lightning's `WeightAveraging` leaves the cadence to an overridden
+            `should_update` and the decay as given; timm's train.py updates
+            `ModelEmaV3` after every optimizer step.
         start_epoch: For `"swa"`: the first epoch (0-based) whose weights enter
             the average, an integer, or a float in (0, 1) for a fraction of the
             epochs of `fit`. Defaults to 0.75. Must fall before the last epoch.
@@ -139,8 +170,9 @@ class WeightAveraging(keras.callbacks.Callback):
         self,
         method="ema",
         bn_data=None,
-        momentum=0.999,
-        warmup_power=2 / 3,
+        momentum=None,
+        warmup_power=None,
+        update_every_n_steps=None,
         start_epoch=None,
         swa_learning_rate=None,
         annealing_epochs=1,
@@ -154,27 +186,45 @@ class WeightAveraging(keras.callbacks.Callback):
     ):
         super().__init__()
         self.method = check_choice("method", method, METHODS)
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, numbers.Real)
-            or not 0.0 < momentum < 1.0
-        ):
-            raise ValueError(
-                "Invalid value received for argument `momentum`. Expected a float in "
-                f"(0, 1). Received: momentum={momentum!r}"
-            )
-        self.momentum = float(momentum)
-        self.warmup_power = check_positive("warmup_power", warmup_power, optional=True)
+        given = {
+            "momentum": momentum,
+            "warmup_power": warmup_power,
+            "update_every_n_steps": update_every_n_steps,
+            "start_epoch": start_epoch,
+            "swa_learning_rate": swa_learning_rate,
+        }
+        for name, value in given.items():
+            if value is not None and METHOD_OF_ARGUMENT[name] != method:
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. It applies to method="
+                    f"{METHOD_OF_ARGUMENT[name]!r} only; with method={method!r} "
+                    f"expected None. Received: {name}={value!r}"
+                )
+        self.momentum = self.warmup_power = self.update_every_n_steps = None
         if method == "ema":
-            for name, value in (
-                ("start_epoch", start_epoch),
-                ("swa_learning_rate", swa_learning_rate),
+            momentum = DEFAULT_EMA_MOMENTUM if momentum is None else momentum
+            if (
+                isinstance(momentum, bool)
+                or not isinstance(momentum, numbers.Real)
+                or not 0.0 < momentum < 1.0
             ):
-                if value is not None:
-                    raise ValueError(
-                        f"Invalid value received for argument `{name}`. It applies to "
-                        f"method='swa' only; with method='ema' expected None. Received: {name}={value!r}"
-                    )
+                raise ValueError(
+                    "Invalid value received for argument `momentum`. Expected a float in "
+                    f"(0, 1). Received: momentum={momentum!r}"
+                )
+            self.momentum = float(momentum)
+            self.warmup_power = float(
+                check_at_least(
+                    "warmup_power",
+                    DEFAULT_WARMUP_POWER if warmup_power is None else warmup_power,
+                )
+            )
+            self.update_every_n_steps = check_at_least(
+                "update_every_n_steps",
+                1 if update_every_n_steps is None else update_every_n_steps,
+                integer=True,
+                minimum=1,
+            )
         self.start_epoch = _check_start_epoch(
             DEFAULT_SWA_START if method == "swa" and start_epoch is None else start_epoch
         )
@@ -193,7 +243,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self.bn_data = bn_data
         self.bn_steps = bn_steps
         self.bn_batch_size = bn_batch_size
-        self.raw_validation_data = raw_validation_data
+        self.raw_validation_data = _check_raw_validation_data(raw_validation_data)
         self.seed = seed
         self.verbose = check_at_least("verbose", verbose, integer=True)
         # The re-estimation is PreciseBatchNorm's; it also checks bn_steps,
@@ -222,6 +272,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._told_no_batch_norm = False
         self._in_fit = False
         self._learning_rate_at_begin = None
+        self._swa_start_rate = None
         self._epoch = self._closed_epoch = None
 
     # -- the average's state, for an exact resume --------------------------------
@@ -230,25 +281,41 @@ class WeightAveraging(keras.callbacks.Callback):
         """What a resumed `fit` needs to continue exactly, as NumPy arrays.
 
         `{"count": updates so far, "values": the average, "raw": the raw weights,
-        "raw_statistics": the raw weights' batch norm statistics}`, the weights in
-        the order of `model.trainable_variables`. `"raw"` and `"raw_statistics"`
-        are set while the model holds the average (after `fit`, or after an epoch
-        that validated it); otherwise they are `None` and the model holds the raw
-        weights and their moving statistics.
+        "raw_statistics": the raw weights' batch norm statistics,
+        "swa_start_rate": the learning rate SWA's annealing starts from}`, the
+        weights in the order of `model.trainable_variables`. `"raw"` and
+        `"raw_statistics"` are set while the model holds the average (after
+        `fit`, or after an epoch that validated it); otherwise they are `None`
+        and the model holds the raw weights and their moving statistics.
+        `EarlyStoppingWithCheckpoint` keeps this state in its backups.
         """
         held = self._swapped if self._swapped is not None else self._raw_in_waiting
         raw, raw_statistics = (
             (None, None) if held is None else ([v.copy() for v in part] for part in held)
         )
-        return {**self._average.state(), "raw": raw, "raw_statistics": raw_statistics}
+        return {
+            **self._average.state(),
+            "raw": raw,
+            "raw_statistics": raw_statistics,
+            "swa_start_rate": self._swa_start_rate,
+        }
 
     def set_state(self, state):
         """Restores a `get_state()`: the next `fit` puts the raw weights back in the
         model (if the state has them) and continues the average."""
         self._average.set_state(state)
         self._raw_to_restore = (state.get("raw") or [], state.get("raw_statistics") or [])
+        self._swa_start_rate = state.get("swa_start_rate")
         self._statistics_key = None
         self._state_given = True
+
+    def _restore_in_fit(self, state):
+        """`set_state` at once, from `EarlyStoppingWithCheckpoint`'s resume: its
+        `on_train_begin` runs after this one's and has just put the backup in
+        the model (the average, if the backed-up epoch validated it)."""
+        self.set_state(state)
+        self._assign(self._raw_to_restore)
+        self._state_given, self._raw_to_restore = False, None
 
     # -- fit hooks ---------------------------------------------------------------
 
@@ -261,16 +328,17 @@ class WeightAveraging(keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self._learning_rate_at_begin
         self._refuse_a_second_averaging()
         self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
+        self._reader = FlatWeights(self.model)
         if self._state_given:
             self._assign(self._raw_to_restore)
         else:
             self._average = WeightAverage()
             self._statistics_key = None
+            self._swa_start_rate = None
         self._state_given, self._raw_to_restore, self._raw_in_waiting = False, None, None
         self._start = self._resolve_start_epoch()
         self._check_bn_data()
         self._learning_rate_at_begin = self._swa_learning_rate_check()
-        self._swa_start_rate = None
         self._in_fit = True
         self._epoch = self._closed_epoch = None
 
@@ -278,6 +346,11 @@ class WeightAveraging(keras.callbacks.Callback):
         if self._swapped is not None:
             self._swap_out()
         self._epoch, self._closed_epoch = epoch, None
+        if self.method == "ema":
+            # The optimizer's step count (a backup's, after a resume): where
+            # the EMA's updates fall does not depend on where fit started.
+            self._epoch_start_step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._updated_at = self._epoch_start_step
         if self.method == "swa" and self.swa_learning_rate is not None and epoch >= self._start:
             if self._swa_start_rate is None:
                 self._swa_start_rate = float(
@@ -289,11 +362,20 @@ class WeightAveraging(keras.callbacks.Callback):
             )  # fmt: skip
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.method == "ema":
-            decay = ema_decay(self._average.count + 1, self.momentum, self.warmup_power)
-            self._average.update_ema(
-                _numpy(_keras_compat.trainable_values_in_fit(self.model)), decay
+        if self.method != "ema":
+            return
+        # `batch` is the epoch's last step done (several per call with
+        # `steps_per_execution`); an update is due when a multiple of
+        # `update_every_n_steps` was crossed.
+        step, every = self._epoch_start_step + batch + 1, self.update_every_n_steps
+        if step // every > self._updated_at // every:
+            self._updated_at = step
+            # n steps' decay in one update, as n updates with the same decay would.
+            decay = (
+                ema_decay(self._average.count + 1, self.momentum, self.warmup_power or None)
+                ** self.update_every_n_steps
             )
+            self._average.update_ema_flat(self._reader.read(), self._reader.shapes, decay)
 
     def on_test_begin(self, logs=None):
         # `fit` runs its validation (starting here) before `on_epoch_end`.
@@ -334,7 +416,7 @@ class WeightAveraging(keras.callbacks.Callback):
         goes into the model if this epoch validates it."""
         self._closed_epoch = self._epoch
         if self.method == "swa" and self._epoch >= self._start:
-            self._average.update_mean(_numpy(self.model.trainable_variables))
+            self._average.update_mean_flat(self._reader.read(), self._reader.shapes)
         if (self._epoch + 1) % self.every_n_epochs == 0 and self._average.values is not None:
             self._swap_in()
 
@@ -342,7 +424,10 @@ class WeightAveraging(keras.callbacks.Callback):
         return [variable for layer in self._layers for variable in layer.non_trainable_weights]
 
     def _swap_in(self):
-        raw = (_numpy(self.model.trainable_variables), _numpy(self._statistics_variables()))
+        raw = (
+            unflatten(self._reader.read(), self._reader.shapes),
+            _numpy(self._statistics_variables()),
+        )
         try:
             for variable, value in zip(self.model.trainable_variables, self._average.values):
                 variable.assign(value)
@@ -442,7 +527,7 @@ class WeightAveraging(keras.callbacks.Callback):
                 "Invalid value received for argument `bn_data`. The model has "
                 f"{len(self._layers)} trainable batch norm(s), whose statistics must be "
                 "re-estimated for the averaged weights: pass the training inputs (`x` of "
-                "fit) as bn_data. Received: bn_data=None"
+                "fit) as bn_data (Keras shows callbacks no data of fit). Received: bn_data=None"
             )
         try:
             self.model(self._first_batch, training=False)
@@ -472,6 +557,7 @@ class WeightAveraging(keras.callbacks.Callback):
             "method": self.method,
             "momentum": self.momentum,
             "warmup_power": self.warmup_power,
+            "update_every_n_steps": self.update_every_n_steps,
             "start_epoch": self.start_epoch if self.method == "swa" else None,
             "swa_learning_rate": self.swa_learning_rate,
             "annealing_epochs": self.annealing_epochs,
@@ -513,6 +599,45 @@ def _first_batch(data, batch_size):
             f"takes (arrays, a tf.data.Dataset, a PyDataset); drawing one batch failed "
             f"({type(error).__name__}: {error}). Received: bn_data of type {type(data).__name__}"
         ) from error
+
+
+def _check_raw_validation_data(data):
+    """`data` if `evaluate` can read it as fit's `validation_data`: a tuple
+    `(x, y[, sample_weight])` or a dataset that yields targets (one batch is drawn)."""
+    if data is None:
+        return None
+    expected = (
+        "Expected fit's `validation_data`: a tuple (x, y) or (x, y, sample_weight) of arrays, "
+        "or a tf.data.Dataset or keras.utils.PyDataset yielding (x, y) batches"
+    )
+    if isinstance(data, tuple):
+        if len(data) not in (2, 3):
+            raise ValueError(
+                f"Invalid value received for argument `raw_validation_data`. {expected}. "
+                f"Received: a tuple of {len(data)} element(s)"
+            )
+    elif isinstance(data, (list, dict, str, bytes, np.ndarray, types.GeneratorType)) or hasattr(
+        data, "__array__"
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected} "
+            "(read at every validation, so not a generator). "
+            f"Received: raw_validation_data of type {type(data).__name__}"
+        )
+    try:
+        batch = next(iter(_keras_compat.numpy_batches(data, steps=1, targets=True)))
+    except Exception as error:
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected}; drawing "
+            f"one batch failed ({type(error).__name__}: {error}). Received: "
+            f"raw_validation_data of type {type(data).__name__}"
+        ) from error
+    if batch[1] is None:
+        raise ValueError(
+            f"Invalid value received for argument `raw_validation_data`. {expected}; its "
+            "batches hold inputs only, and the raw model's metrics need targets."
+        )
+    return data
 
 
 def _evaluate(model, data):

@@ -309,25 +309,30 @@ def set_initial_epoch(model, epoch):
     object.__setattr__(model, "_initial_epoch", epoch)
 
 
-def numpy_batches(data, batch_size=None, steps=None):
+def numpy_batches(data, batch_size=None, steps=None, targets=False):
     """The input batches of `data` as NumPy structures, in order, as `predict` reads them.
 
     Arrays, `tf.data.Dataset`, `keras.utils.PyDataset` and generators, through
     the adapter `fit` and `predict` use (`keras/src/trainers/data_adapters/`):
     stepping through data one batch at a time in Python (EATA's per-batch
-    update) has no public equivalent. Targets and sample weights are dropped.
+    update) has no public equivalent. Targets and sample weights are dropped,
+    unless `targets`: then each batch is `(x, y, sample_weight)`, and a tuple
+    `data` is read as `(x, y[, sample_weight])`, as fit's `validation_data`.
     """
     import keras
     from keras.src.trainers.data_adapters import get_data_adapter
 
+    x, y, sample_weight = data, None, None
+    if targets and isinstance(data, tuple):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     adapter = get_data_adapter(
-        data, batch_size=batch_size or 32, steps_per_epoch=steps, shuffle=False
+        x, y, sample_weight, batch_size=batch_size or 32, steps_per_epoch=steps, shuffle=False
     )
     for index, batch in enumerate(adapter.get_numpy_iterator()):
         if steps is not None and index >= steps:
             return
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        yield x
+        unpacked = keras.utils.unpack_x_y_sample_weight(batch)
+        yield unpacked if targets else unpacked[0]
 
 
 def declared_direction(model, monitor):

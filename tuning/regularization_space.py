@@ -556,19 +556,23 @@ class RegularizationSpace:
                 for the averaged weights (`kreg.callbacks.WeightAveraging`'s
                 `bn_data`).
             **kwargs: Other `WeightAveraging` arguments (`momentum`,
-                `start_epoch`...).
+                `start_epoch`...). Those of one method only (`momentum` and
+                `warmup_power` for EMA, `start_epoch` and `swa_learning_rate`
+                for SWA) are passed when the trial chooses that method.
 
         Returns:
             `[]` for `"none"`, else `[kreg.callbacks.WeightAveraging(method, ...)]`:
             a list to add to the callbacks.
         """
         from kreg.callbacks import WeightAveraging
+        from kreg.callbacks.weight_averaging import METHOD_OF_ARGUMENT
 
         method = as_hyperparameters(hp).Choice(
             "weight_averaging", list(WEIGHT_AVERAGING), default="none"
         )
         if method == "none":
             return []
+        kwargs = {k: v for k, v in kwargs.items() if METHOD_OF_ARGUMENT.get(k, method) == method}
         return [WeightAveraging(method, bn_data=bn_data, **kwargs)]
 
     # -- reporting -------------------------------------------------------------

@@ -91,6 +91,17 @@ def test_ema_with_warmup_stays_in_the_model_with_its_own_statistics():
     assert history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
 
 
+def test_ema_every_n_steps_updates_at_multiples_of_n_with_the_decay_to_the_nth():
+    x, _ = _data()
+    averaging = WeightAveraging("ema", bn_data=x, momentum=0.9, update_every_n_steps=2)
+    model, _, raw, _ = _fit(averaging, epochs=5)  # one step per epoch
+    assert averaging.get_state()["count"] == 2  # after steps 2 and 4
+    decay = min(0.9, 1 - 2 ** (-2 / 3)) ** 2
+    expected = [decay * a + (1 - decay) * b for a, b in zip(raw[1], raw[3])]
+    for actual, wanted in zip(averaging.get_state()["values"], expected):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+
+
 def test_swa_averages_the_epochs_from_start_and_training_goes_on_from_the_raw_weights():
     x, _ = _data()
     model, _, raw_end, raw_begin = _fit(WeightAveraging("swa", bn_data=x, start_epoch=1), epochs=4)
@@ -218,6 +229,15 @@ def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
         ({"momentum": 1.0}, "momentum"),
         ({"momentum": "0.9"}, "momentum"),
         ({"warmup_power": -1.0}, "warmup_power"),
+        ({"method": "swa", "momentum": 0.9}, "momentum"),
+        ({"method": "swa", "momentum": 0.999}, "momentum"),
+        ({"method": "swa", "warmup_power": 2 / 3}, "warmup_power"),
+        ({"method": "swa", "update_every_n_steps": 1}, "update_every_n_steps"),
+        ({"update_every_n_steps": 0}, "update_every_n_steps"),
+        ({"raw_validation_data": np.zeros((4, 6, 6, 1))}, "raw_validation_data"),
+        ({"raw_validation_data": (np.zeros((4, 6, 6, 1)),)}, "raw_validation_data"),
+        ({"raw_validation_data": (np.zeros((4, 6, 6, 1)), np.zeros(3))}, "raw_validation_data"),
+        ({"raw_validation_data": "val"}, "raw_validation_data"),
         ({"method": "ema", "start_epoch": 3}, "start_epoch"),
         ({"method": "swa", "start_epoch": 1.5}, "start_epoch"),
         ({"method": "swa", "start_epoch": -1}, "start_epoch"),
@@ -273,6 +293,11 @@ def test_config_and_deep_copy_keep_the_settings():
     assert (
         WeightAveraging(bn_data=x, **averaging.get_config()).get_config() == averaging.get_config()
     )
+    assert averaging.get_config()["momentum"] is None
+    ema = WeightAveraging(warmup_power=0)
+    assert (ema.momentum, ema.warmup_power) == (0.999, 0.0)
+    assert WeightAveraging(**ema.get_config()).get_config() == ema.get_config()
+    assert WeightAveraging().warmup_power == pytest.approx(2 / 3)
 
 
 class _Interrupt(keras.callbacks.Callback):

@@ -24,6 +24,13 @@ def test_default_is_none_and_a_fixed_choice_gives_the_callback():
         and callback.start_epoch == 2
     )
     assert callback.bn_data is x
+    # One method's own arguments reach the callback only when that method is chosen.
+    (callback,) = space.weight_averaging(fixed, bn_data=x, start_epoch=2, momentum=0.9)
+    assert callback.start_epoch == 2 and callback.momentum is None
+    ema = keras_tuner.HyperParameters()
+    ema.Fixed("weight_averaging", "ema")
+    (callback,) = space.weight_averaging(ema, bn_data=x, start_epoch=2, momentum=0.9)
+    assert callback.momentum == 0.9 and callback.start_epoch is None
 
 
 def test_describe_in_words():
