@@ -7,12 +7,15 @@ regularizer into a no-op.
 """
 
 import contextlib
+import zipfile
 
 import keras
+import numpy as np
 from keras.src import backend as _backend
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.ops.nn import Sigmoid as _Sigmoid
 from keras.src.ops.nn import Softmax as _Softmax
+from keras.src.saving import saving_lib as _saving_lib
 
 # `keras.layers.RNN` draws a cell's dropout masks once per sequence, before its
 # time loop, and clears them afterwards, only for cells that inherit this mixin
@@ -30,6 +33,7 @@ __all__ = [
     "fused_rnn_kernels",
     "is_functional",
     "lambda_layer_copy",
+    "model_snapshot",
     "node_arguments",
     "numpy_batches",
     "node_index",
@@ -41,6 +45,7 @@ __all__ = [
     "tensor_history",
     "step_loop",
     "trainable_values_in_fit",
+    "write_model_snapshot",
 ]
 
 # What `Model.predict` raises when its data runs out before the first batch:
@@ -356,3 +361,147 @@ def declared_direction(model, monitor):
         loss_names = {m.name for m in getattr(compile_loss, "metrics", None) or ()}
         return "min" if monitor.removeprefix("val_") in loss_names else None
     return "max" if probe.monitor_op is ops.greater else "min"
+
+
+# A model's file as host arrays, written later (off the training thread).
+#
+# `model.save` and `model.save_weights` read the variables while they write the
+# file, so a writer in another thread would read weights the next training steps
+# are changing. Keras has no public way to split the two. What follows runs
+# Keras's own traversal (`_save_state` in keras/src/saving/saving_lib.py, the one
+# `save_model` and `save_weights_only` run) into a store that keeps host copies
+# of what each object saves, and later replays them into Keras's own
+# `H5IOStore`, in the same order, inside the same zip layout as
+# `_save_model_to_fileobj`: the file has the entries, names and metadata of a
+# `model.save` of the model at the time of the snapshot.
+
+
+class _RecordingStore(_saving_lib.H5IOStore):
+    """The weights store `_save_state` writes to, kept in memory as NumPy copies.
+
+    `_save_state` accepts only Keras's own store classes, hence the subclass;
+    none of `H5IOStore`'s file handling is used.
+    """
+
+    def __init__(self):  # no file: skips H5IOStore.__init__ on purpose
+        self.mode = "w"
+        self.entries = []  # [(inner_path, metadata, {key: array})], in save order
+        self._values = None
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        self._values = {}
+        self.entries.append((path, dict(metadata) if metadata else None, self._values))
+        return self
+
+    def __setitem__(self, key, value):
+        # A copy: a backend may hand out a view of a buffer the next step reuses.
+        self._values[key] = np.array(keras.ops.convert_to_numpy(value), copy=True)
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __len__(self):
+        return len(self._values)
+
+    def keys(self):
+        return self._values.keys()
+
+    def __contains__(self, key):
+        return key in self._values
+
+    def close(self):
+        pass
+
+
+class ModelSnapshot:
+    """What `model.save` (or `save_weights`) would write now, held in memory.
+
+    Made by `model_snapshot` on the thread that trains; `write_model_snapshot`
+    writes it from any thread, without the model.
+    """
+
+    def __init__(self, weights, config_json=None, metadata_json=None, assets=None):
+        self.weights = weights
+        self.config_json = config_json
+        self.metadata_json = metadata_json
+        self.assets = assets
+
+    @property
+    def weights_only(self):
+        return self.config_json is None
+
+    def discard(self):
+        """Deletes the temporary folder of the assets (after writing, or instead)."""
+        if self.assets is not None:
+            self.assets.close()
+            self.assets = None
+
+
+def model_snapshot(model, weights_only=False):
+    """A `ModelSnapshot` of `model`: its weights file's entries as host arrays and,
+    for a whole model, its config and metadata JSON and its assets (written to a
+    temporary folder now: a layer writes its own asset files)."""
+    weights = _RecordingStore()
+    assets = (
+        None if weights_only else _saving_lib.DiskIOStore(_saving_lib._ASSETS_DIRNAME, mode="w")
+    )
+    try:
+        _saving_lib._save_state(
+            model,
+            weights_store=weights,
+            assets_store=assets,
+            inner_path="",
+            visited_saveables=set(),
+        )
+    except BaseException:
+        if assets is not None:
+            assets.close()
+        raise
+    if weights_only:
+        return ModelSnapshot(weights.entries)
+    config_json, metadata_json = _saving_lib._serialize_model_as_json(model)
+    return ModelSnapshot(weights.entries, config_json, metadata_json, assets)
+
+
+def _replay(entries, store):
+    for path, metadata, values in entries:
+        store.make(path, metadata=metadata)
+        for key, value in values.items():
+            store[key] = value
+
+
+def write_model_snapshot(snapshot, path):
+    """Writes `snapshot` to `path`: a `.weights.h5` file as `save_weights` writes
+    it, or a `.keras` file as `save` writes it. Deletes the snapshot's temporary
+    assets folder, whether the write succeeds or not."""
+    try:
+        if snapshot.weights_only:
+            store = _saving_lib.H5IOStore(path, mode="w")
+            try:
+                _replay(snapshot.weights, store)
+            finally:
+                store.close()
+            return
+        with open(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
+            with archive.open(_saving_lib._METADATA_FILENAME, "w") as member:
+                member.write(snapshot.metadata_json.encode())
+            with archive.open(_saving_lib._CONFIG_FILENAME, "w") as member:
+                member.write(snapshot.config_json.encode())
+            store = _saving_lib.H5IOStore(_saving_lib._VARS_FNAME_H5, archive=archive, mode="w")
+            try:
+                _replay(snapshot.weights, store)
+            except BaseException:
+                store.archive = None  # as `_save_model_to_fileobj`: no half entry
+                raise
+            finally:
+                store.close()
+            if snapshot.assets is not None:
+                _saving_lib._write_to_zip_recursively(
+                    archive, snapshot.assets.working_dir, _saving_lib._ASSETS_DIRNAME
+                )
+            file.flush()
+    finally:
+        snapshot.discard()
