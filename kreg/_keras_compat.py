@@ -416,6 +416,25 @@ class _RecordingStore(_saving_lib.H5IOStore):
         pass
 
 
+class _AssetStore(_saving_lib.DiskIOStore):
+    """Keras's asset store (a temporary folder each layer writes its asset files
+    into), made at the first layer that has assets: most models have none, and
+    `_save_state` asks only those layers (`save_assets`, as `StringLookup`'s)."""
+
+    def __init__(self):  # the folder comes with the first `make`
+        self.working_dir = None
+
+    def make(self, path):
+        if self.working_dir is None:
+            super().__init__(_saving_lib._ASSETS_DIRNAME, mode="w")
+        return super().make(path)
+
+    def close(self):
+        if self.working_dir is not None:
+            super().close()
+            self.working_dir = None
+
+
 class ModelSnapshot:
     """What `model.save` (or `save_weights`) would write now, held in memory.
 
@@ -445,9 +464,7 @@ def model_snapshot(model, weights_only=False):
     for a whole model, its config and metadata JSON and its assets (written to a
     temporary folder now: a layer writes its own asset files)."""
     weights = _RecordingStore()
-    assets = (
-        None if weights_only else _saving_lib.DiskIOStore(_saving_lib._ASSETS_DIRNAME, mode="w")
-    )
+    assets = None if weights_only else _AssetStore()
     try:
         _saving_lib._save_state(
             model,
@@ -498,7 +515,7 @@ def write_model_snapshot(snapshot, path):
                 raise
             finally:
                 store.close()
-            if snapshot.assets is not None:
+            if snapshot.assets is not None and snapshot.assets.working_dir is not None:
                 _saving_lib._write_to_zip_recursively(
                     archive, snapshot.assets.working_dir, _saving_lib._ASSETS_DIRNAME
                 )
