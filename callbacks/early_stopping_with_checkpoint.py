@@ -289,7 +289,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         # A host copy now; the file is written in the background, before the
         # state that names it (see `_commit`), which also flushes the folder.
         self._make_folder()
-        snapshot = model_snapshot(self.model, weights_only=self.save_weights_only)
+        snapshot = model_snapshot(
+            self.model, weights_only=self.save_weights_only, layout=self._save_layout
+        )
+        self._save_layout = snapshot.layout  # the next save skips Keras's walk of the model
         self._steps.append(
             Step(
                 path,
@@ -401,6 +404,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         # before anything here reads or clears the folder.
         self._writer().wait()
         self._steps = []
+        self._save_layout = None
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
@@ -617,6 +621,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             del _WRITERS[os.path.abspath(self.filepath)]
         # The last epoch's files, before the state that ends the run; a write
         # that failed is raised here, in the training thread.
+        self._save_layout = None
         self._writer().wait()
         self._state.update(
             finished=True,

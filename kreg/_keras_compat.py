@@ -7,6 +7,7 @@ regularizer into a no-op.
 """
 
 import contextlib
+import sys
 import zipfile
 
 import keras
@@ -386,12 +387,14 @@ class _RecordingStore(_saving_lib.H5IOStore):
     def __init__(self):  # no file: skips H5IOStore.__init__ on purpose
         self.mode = "w"
         self.entries = []  # [(inner_path, metadata, {key: array})], in save order
+        self.owners = []  # the object that saved each entry (see `_caller_saveable`)
         self._values = None
 
     def __bool__(self):
         return True
 
     def make(self, path, metadata=None):
+        self.owners.append(_caller_saveable())
         self._values = {}
         self.entries.append((path, dict(metadata) if metadata else None, self._values))
         return self
@@ -423,8 +426,10 @@ class _AssetStore(_saving_lib.DiskIOStore):
 
     def __init__(self):  # the folder comes with the first `make`
         self.working_dir = None
+        self.owners = []
 
     def make(self, path):
+        self.owners.append((_caller_saveable(), path))
         if self.working_dir is None:
             super().__init__(_saving_lib._ASSETS_DIRNAME, mode="w")
         return super().make(path)
@@ -435,6 +440,46 @@ class _AssetStore(_saving_lib.DiskIOStore):
             self.working_dir = None
 
 
+def _caller_saveable():
+    """The object `_save_state` is saving when it calls a store's `make`.
+
+    `_save_state(saveable, ...)` calls `saveable.save_own_variables(
+    weights_store.make(inner_path, ...))` and `saveable.save_assets(
+    assets_store.make(inner_path))`: its local `saveable` is the object that
+    fills the entry. Knowing it, the next save of the same model skips Keras's
+    walk over every attribute of every object (`_walk_saveable`, most of a
+    small model's save time) and asks those objects again, in the same order.
+    `None` where Keras no longer names it so: the next save walks again.
+    """
+    return sys._getframe(2).f_locals.get("saveable")
+
+
+class SaveLayout:
+    """The objects a model's file is saved from, in Keras's order, with the entry
+    each fills: what `_save_state` found walking the model, kept for saving the
+    same model again without the walk. Valid while the model's objects stay
+    the same (one `fit`: `EarlyStoppingWithCheckpoint` takes a new one per `fit`).
+    """
+
+    def __init__(self, weights, assets):
+        self.weights = weights  # [(saveable, inner_path, metadata)]
+        self.assets = assets  # [(saveable, inner_path)]
+
+
+def _layout(weights, assets):
+    if any(owner is None for owner in weights.owners):
+        return None
+    if assets is not None and any(owner is None for owner, _ in assets.owners):
+        return None
+    return SaveLayout(
+        [
+            (owner, path, metadata)
+            for owner, (path, metadata, _) in zip(weights.owners, weights.entries)
+        ],
+        [] if assets is None else list(assets.owners),
+    )
+
+
 class ModelSnapshot:
     """What `model.save` (or `save_weights`) would write now, held in memory.
 
@@ -442,8 +487,9 @@ class ModelSnapshot:
     writes it from any thread, without the model.
     """
 
-    def __init__(self, weights, config_json=None, metadata_json=None, assets=None):
+    def __init__(self, weights, config_json=None, metadata_json=None, assets=None, layout=None):
         self.weights = weights
+        self.layout = layout
         self.config_json = config_json
         self.metadata_json = metadata_json
         self.assets = assets
@@ -459,28 +505,40 @@ class ModelSnapshot:
             self.assets = None
 
 
-def model_snapshot(model, weights_only=False):
+def model_snapshot(model, weights_only=False, layout=None):
     """A `ModelSnapshot` of `model`: its weights file's entries as host arrays and,
     for a whole model, its config and metadata JSON and its assets (written to a
-    temporary folder now: a layer writes its own asset files)."""
+    temporary folder now: a layer writes its own asset files).
+
+    `layout`, the `SaveLayout` of an earlier snapshot of the same model
+    (`snapshot.layout`), saves from the objects it lists instead of walking
+    the model again.
+    """
     weights = _RecordingStore()
     assets = None if weights_only else _AssetStore()
     try:
-        _saving_lib._save_state(
-            model,
-            weights_store=weights,
-            assets_store=assets,
-            inner_path="",
-            visited_saveables=set(),
-        )
+        if layout is None:
+            _saving_lib._save_state(
+                model,
+                weights_store=weights,
+                assets_store=assets,
+                inner_path="",
+                visited_saveables=set(),
+            )
+            layout = _layout(weights, assets)
+        else:
+            for owner, path, metadata in layout.weights:
+                owner.save_own_variables(weights.make(path, metadata=metadata))
+            for owner, path in layout.assets if assets is not None else ():
+                owner.save_assets(assets.make(path))
     except BaseException:
         if assets is not None:
             assets.close()
         raise
     if weights_only:
-        return ModelSnapshot(weights.entries)
+        return ModelSnapshot(weights.entries, layout=layout)
     config_json, metadata_json = _saving_lib._serialize_model_as_json(model)
-    return ModelSnapshot(weights.entries, config_json, metadata_json, assets)
+    return ModelSnapshot(weights.entries, config_json, metadata_json, assets, layout)
 
 
 def _replay(entries, store):

@@ -417,6 +417,37 @@ def test_a_model_snapshot_writes_what_model_save_writes(tmp_path):
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
 
 
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_a_snapshot_from_the_layout_of_an_earlier_one_writes_what_keras_writes(
+    tmp_path, weights_only
+):
+    import io
+    import zipfile
+
+    model = _snapshot_model()
+    first = _keras_compat.model_snapshot(model, weights_only=weights_only)
+    first.discard()
+    # Keras's walk found every object it saved from: the next save skips it.
+    assert first.layout is not None and len(first.layout.weights) == len(first.weights)
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    model.optimizer.iterations.assign(7)
+    again = _keras_compat.model_snapshot(model, weights_only=weights_only, layout=first.layout)
+    suffix = ".weights.h5" if weights_only else ".keras"
+    ours, theirs = tmp_path / f"ours{suffix}", tmp_path / f"keras{suffix}"
+    _keras_compat.write_model_snapshot(again, str(ours))
+    if weights_only:
+        model.save_weights(theirs)
+        _assert_same_h5(ours, theirs)
+        return
+    model.save(theirs)
+    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(theirs) as b:
+        assert a.namelist() == b.namelist()
+        _assert_same_h5(
+            io.BytesIO(a.read("model.weights.h5")), io.BytesIO(b.read("model.weights.h5"))
+        )
+        assert any(n.endswith("/vocabulary.txt") for n in a.namelist())
+
+
 def test_a_weights_snapshot_writes_what_save_weights_writes(tmp_path):
     model = _snapshot_model()
     snapshot = _keras_compat.model_snapshot(model, weights_only=True)
