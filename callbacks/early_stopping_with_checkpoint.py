@@ -1,3 +1,4 @@
+import copy
 import enum
 import glob
 import math
@@ -8,8 +9,10 @@ import weakref
 
 import keras
 
+from kreg._keras_compat import model_snapshot
 from kreg._keras_compat import print_msg
 from kreg._keras_compat import set_initial_epoch
+from kreg._keras_compat import write_model_snapshot
 from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
@@ -21,6 +24,8 @@ from kreg.callbacks.checkpoint_path import check_filepath
 from kreg.callbacks.checkpoint_path import format_filepath
 from kreg.callbacks.checkpoint_path import name_glob
 from kreg.callbacks.checkpoint_path import placeholders
+from kreg.callbacks.checkpoint_writer import Step
+from kreg.callbacks.checkpoint_writer import writer_for
 from kreg.callbacks.monitoring import all_finite
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
@@ -94,6 +99,14 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       to `filepath` atomically: written to a temporary file in the same folder,
       flushed to disk, then renamed over `filepath`, so the file on disk is always
       a complete, loadable checkpoint, even if the process is killed mid-save;
+    - the training thread only takes a host copy of what is saved; a background
+      thread writes the files (as `keras.callbacks.OrbaxCheckpoint` saves
+      asynchronously), one epoch's at a time, each before the state file that
+      names it. `fit` waits for them before it returns; after a `fit` an
+      exception stopped, `wait_until_finished()` does (so does the next `fit`
+      on the same `filepath`). A write that fails is raised in the training
+      thread, at the next epoch's end or when training ends, as a
+      `kreg.callbacks.CheckpointWriteError` naming the file;
     - with `keep_best=k` and placeholders in `filepath` (`"best-{epoch:02d}-
       {val_loss:.4f}.keras"`, formatted as `ModelCheckpoint` formats them), the
       k files with the best monitored values are kept and the others deleted,
@@ -264,11 +277,36 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         # `from_config`) leaves the disk as it is.
         os.makedirs(self._folder, exist_ok=True)
 
+    def _writer(self):
+        return writer_for(os.path.abspath(self.filepath))
+
+    def wait_until_finished(self):
+        """Blocks until the files of the last epoch are written (they are written
+        in a background thread); raises the writer's error, naming the file.
+
+        `fit` waits at its end. After a `fit` an exception stopped, call this
+        before reading the files (the next `fit` on this filepath waits too).
+        """
+        self._writer().wait()
+
     def _save_model(self, path):
+        # A host copy now; the file is written in the background, before the
+        # state that names it (see `_commit`), which also flushes the folder.
         self._make_folder()
-        save = self.model.save_weights if self.save_weights_only else self.model.save
-        # The state file written after it flushes the folder (see `_commit`).
-        write_atomically(path, save, sync_folder=False)
+        snapshot = model_snapshot(
+            self.model, weights_only=self.save_weights_only, layout=self._save_layout
+        )
+        self._save_layout = snapshot.layout  # the next save skips Keras's walk of the model
+        self._steps.append(
+            Step(
+                path,
+                lambda: write_atomically(
+                    path,
+                    lambda temporary: write_model_snapshot(snapshot, temporary),
+                    sync_folder=False,
+                ),
+            )
+        )
 
     def _backup_name(self, epoch):
         return f"{self._backup_prefix}{epoch:06d}.npz"
@@ -371,6 +409,11 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     # Hooks.
 
     def on_train_begin(self, logs=None):
+        # Files a `fit` stopped by an exception left in flight are written
+        # before anything here reads or clears the folder.
+        self._writer().wait()
+        self._steps = []
+        self._save_layout = None
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
@@ -481,9 +524,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
                 removed = self._keep_if_among_best(epoch, logs, current)
         if self.model.stop_training and not already_stopping:
             self.stop_reason = StopReason.PATIENCE
-        self._commit(epoch, back_up=True, improved=improved)
-        for path in removed:
-            _remove(path)
+        self._commit(epoch, back_up=True, improved=improved, removed=removed)
 
     def _announce(self, epoch, path):
         if self.verbose > 0:
@@ -514,20 +555,31 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.kept, removed = plan
         return removed
 
-    def _commit(self, epoch, back_up, improved=False):
-        """Writes this epoch's backup, then the state that names it (and the
-        generation before it), then deletes what neither generation names: a
-        kill anywhere leaves a usable state."""
+    def _commit(self, epoch, back_up, improved=False, removed=()):
+        """Writes this epoch's checkpoint and backup, then the state that names
+        them (and the generation before it), then deletes what neither
+        generation names: a kill anywhere leaves a usable state.
+
+        The training thread takes host copies; the files are written in that
+        order by a background thread (`CheckpointWriter`), this epoch's once
+        the previous epoch's are.
+        """
         state = self._state
         previous = generation(state) if state["next_epoch"] > 0 else None
-        if self.resume and back_up and self._is_chief():
+        steps, self._steps = self._steps, []
+        chief = self._is_chief()
+        if self.resume and back_up and chief:
             name = self._backup_name(epoch)
             arrays = host_copy(self.model, fit_averaging(self))
             self._make_folder()
-            write_atomically(
-                os.path.join(self._folder, name),
-                lambda path: write_backup(path, arrays),
-                sync_folder=False,
+            backup_path = os.path.join(self._folder, name)
+            steps.append(
+                Step(
+                    backup_path,
+                    lambda: write_atomically(
+                        backup_path, lambda path: write_backup(path, arrays), sync_folder=False
+                    ),
+                )
             )
             state["backup"] = name
             if self.restore_best_weights and improved:
@@ -544,11 +596,24 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         )
         # Without backups (`resume=False`) there is nothing a state could resume:
         # a run killed now must not leave one naming epochs without weights.
-        if self.resume and self._is_chief():
+        if self.resume and chief:
             self._make_folder()
-            write_json_atomically(self.state_path, state)
+            committed = copy.deepcopy(state)
+            steps.append(
+                Step(self.state_path, lambda: write_json_atomically(self.state_path, committed))
+            )
             named = {g[key] for g in (state, previous) if g for key in ("backup", "best_backup")}
-            self._remove_backups(keep=named)
+            steps.append(
+                Step(
+                    self._folder,
+                    lambda: self._remove_backups(keep=named),
+                    "deleting old backups in",
+                )
+            )
+        if chief:
+            # Kept files that dropped out of the best, once the state no longer names them.
+            steps += [Step(path, lambda path=path: _remove(path), "deleting") for path in removed]
+            self._writer().submit(steps)
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:
@@ -563,6 +628,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             and _WRITERS[os.path.abspath(self.filepath)]() is self
         ):
             del _WRITERS[os.path.abspath(self.filepath)]
+        # The last epoch's files, before the state that ends the run; a write
+        # that failed is raised here, in the training thread.
+        self._save_layout = None
+        self._writer().wait()
         self._state.update(
             finished=True,
             backup=None,

@@ -7,12 +7,16 @@ regularizer into a no-op.
 """
 
 import contextlib
+import sys
+import zipfile
 
 import keras
+import numpy as np
 from keras.src import backend as _backend
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.ops.nn import Sigmoid as _Sigmoid
 from keras.src.ops.nn import Softmax as _Softmax
+from keras.src.saving import saving_lib as _saving_lib
 
 # `keras.layers.RNN` draws a cell's dropout masks once per sequence, before its
 # time loop, and clears them afterwards, only for cells that inherit this mixin
@@ -30,6 +34,7 @@ __all__ = [
     "fused_rnn_kernels",
     "is_functional",
     "lambda_layer_copy",
+    "model_snapshot",
     "node_arguments",
     "numpy_batches",
     "node_index",
@@ -41,6 +46,7 @@ __all__ = [
     "tensor_history",
     "step_loop",
     "trainable_values_in_fit",
+    "write_model_snapshot",
 ]
 
 # What `Model.predict` raises when its data runs out before the first batch:
@@ -361,3 +367,221 @@ def declared_direction(model, monitor):
         loss_names = {m.name for m in getattr(compile_loss, "metrics", None) or ()}
         return "min" if monitor.removeprefix("val_") in loss_names else None
     return "max" if probe.monitor_op is ops.greater else "min"
+
+
+# A model's file as host arrays, written later (off the training thread).
+#
+# `model.save` and `model.save_weights` read the variables while they write the
+# file, so a writer in another thread would read weights the next training steps
+# are changing. Keras has no public way to split the two. What follows runs
+# Keras's own traversal (`_save_state` in keras/src/saving/saving_lib.py, the one
+# `save_model` and `save_weights_only` run) into a store that keeps host copies
+# of what each object saves, and later replays them into Keras's own
+# `H5IOStore`, in the same order, inside the same zip layout as
+# `_save_model_to_fileobj`: the file has the entries, names and metadata of a
+# `model.save` of the model at the time of the snapshot.
+
+
+class _RecordingStore(_saving_lib.H5IOStore):
+    """The weights store `_save_state` writes to, kept in memory as NumPy copies.
+
+    `_save_state` accepts only Keras's own store classes, hence the subclass;
+    none of `H5IOStore`'s file handling is used.
+    """
+
+    def __init__(self):  # no file: skips H5IOStore.__init__ on purpose
+        self.mode = "w"
+        self.entries = []  # [(inner_path, metadata, {key: array})], in save order
+        self.owners = []  # the object that saved each entry (see `_caller_saveable`)
+        self._values = None
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        self.owners.append(_caller_saveable())
+        self._values = {}
+        self.entries.append((path, dict(metadata) if metadata else None, self._values))
+        return self
+
+    def __setitem__(self, key, value):
+        # A copy: a backend may hand out a view of a buffer the next step reuses.
+        self._values[key] = np.array(keras.ops.convert_to_numpy(value), copy=True)
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __len__(self):
+        return len(self._values)
+
+    def keys(self):
+        return self._values.keys()
+
+    def __contains__(self, key):
+        return key in self._values
+
+    def close(self):
+        pass
+
+
+class _AssetStore(_saving_lib.DiskIOStore):
+    """Keras's asset store (a temporary folder each layer writes its asset files
+    into), made at the first layer that has assets: most models have none, and
+    `_save_state` asks only those layers (`save_assets`, as `StringLookup`'s)."""
+
+    def __init__(self):  # the folder comes with the first `make`
+        self.working_dir = None
+        self.owners = []
+
+    def make(self, path):
+        self.owners.append((_caller_saveable(), path))
+        if self.working_dir is None:
+            super().__init__(_saving_lib._ASSETS_DIRNAME, mode="w")
+        return super().make(path)
+
+    def close(self):
+        if self.working_dir is not None:
+            super().close()
+            self.working_dir = None
+
+
+def _caller_saveable():
+    """The object `_save_state` is saving when it calls a store's `make`.
+
+    `_save_state(saveable, ...)` calls `saveable.save_own_variables(
+    weights_store.make(inner_path, ...))` and `saveable.save_assets(
+    assets_store.make(inner_path))`: its local `saveable` is the object that
+    fills the entry. Knowing it, the next save of the same model skips Keras's
+    walk over every attribute of every object (`_walk_saveable`, most of a
+    small model's save time) and asks those objects again, in the same order.
+    `None` where Keras no longer names it so: the next save walks again.
+    """
+    return sys._getframe(2).f_locals.get("saveable")
+
+
+class SaveLayout:
+    """The objects a model's file is saved from, in Keras's order, with the entry
+    each fills: what `_save_state` found walking the model, kept for saving the
+    same model again without the walk. Valid while the model's objects stay
+    the same (one `fit`: `EarlyStoppingWithCheckpoint` takes a new one per `fit`).
+    """
+
+    def __init__(self, weights, assets):
+        self.weights = weights  # [(saveable, inner_path, metadata)]
+        self.assets = assets  # [(saveable, inner_path)]
+
+
+def _layout(weights, assets):
+    if any(owner is None for owner in weights.owners):
+        return None
+    if assets is not None and any(owner is None for owner, _ in assets.owners):
+        return None
+    return SaveLayout(
+        [
+            (owner, path, metadata)
+            for owner, (path, metadata, _) in zip(weights.owners, weights.entries)
+        ],
+        [] if assets is None else list(assets.owners),
+    )
+
+
+class ModelSnapshot:
+    """What `model.save` (or `save_weights`) would write now, held in memory.
+
+    Made by `model_snapshot` on the thread that trains; `write_model_snapshot`
+    writes it from any thread, without the model.
+    """
+
+    def __init__(self, weights, config_json=None, metadata_json=None, assets=None, layout=None):
+        self.weights = weights
+        self.layout = layout
+        self.config_json = config_json
+        self.metadata_json = metadata_json
+        self.assets = assets
+
+    @property
+    def weights_only(self):
+        return self.config_json is None
+
+    def discard(self):
+        """Deletes the temporary folder of the assets (after writing, or instead)."""
+        if self.assets is not None:
+            self.assets.close()
+            self.assets = None
+
+
+def model_snapshot(model, weights_only=False, layout=None):
+    """A `ModelSnapshot` of `model`: its weights file's entries as host arrays and,
+    for a whole model, its config and metadata JSON and its assets (written to a
+    temporary folder now: a layer writes its own asset files).
+
+    `layout`, the `SaveLayout` of an earlier snapshot of the same model
+    (`snapshot.layout`), saves from the objects it lists instead of walking
+    the model again.
+    """
+    weights = _RecordingStore()
+    assets = None if weights_only else _AssetStore()
+    try:
+        if layout is None:
+            _saving_lib._save_state(
+                model,
+                weights_store=weights,
+                assets_store=assets,
+                inner_path="",
+                visited_saveables=set(),
+            )
+            layout = _layout(weights, assets)
+        else:
+            for owner, path, metadata in layout.weights:
+                owner.save_own_variables(weights.make(path, metadata=metadata))
+            for owner, path in layout.assets if assets is not None else ():
+                owner.save_assets(assets.make(path))
+    except BaseException:
+        if assets is not None:
+            assets.close()
+        raise
+    if weights_only:
+        return ModelSnapshot(weights.entries, layout=layout)
+    config_json, metadata_json = _saving_lib._serialize_model_as_json(model)
+    return ModelSnapshot(weights.entries, config_json, metadata_json, assets, layout)
+
+
+def _replay(entries, store):
+    for path, metadata, values in entries:
+        store.make(path, metadata=metadata)
+        for key, value in values.items():
+            store[key] = value
+
+
+def write_model_snapshot(snapshot, path):
+    """Writes `snapshot` to `path`: a `.weights.h5` file as `save_weights` writes
+    it, or a `.keras` file as `save` writes it. Deletes the snapshot's temporary
+    assets folder, whether the write succeeds or not."""
+    try:
+        if snapshot.weights_only:
+            store = _saving_lib.H5IOStore(path, mode="w")
+            try:
+                _replay(snapshot.weights, store)
+            finally:
+                store.close()
+            return
+        with open(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
+            with archive.open(_saving_lib._METADATA_FILENAME, "w") as member:
+                member.write(snapshot.metadata_json.encode())
+            with archive.open(_saving_lib._CONFIG_FILENAME, "w") as member:
+                member.write(snapshot.config_json.encode())
+            store = _saving_lib.H5IOStore(_saving_lib._VARS_FNAME_H5, archive=archive, mode="w")
+            try:
+                _replay(snapshot.weights, store)
+            except BaseException:
+                store.archive = None  # as `_save_model_to_fileobj`: no half entry
+                raise
+            finally:
+                store.close()
+            if snapshot.assets is not None and snapshot.assets.working_dir is not None:
+                _saving_lib._write_to_zip_recursively(
+                    archive, snapshot.assets.working_dir, _saving_lib._ASSETS_DIRNAME
+                )
+            file.flush()
+    finally:
+        snapshot.discard()

@@ -37,6 +37,7 @@ MODULES = [
     "kreg.adapt.report",
     "kreg.stochastic_depth",
     "kreg.callbacks.early_stopping_with_checkpoint",
+    "kreg.callbacks.checkpoint_writer",
     "kreg.callbacks.plotting",
 ]
 

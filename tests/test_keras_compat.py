@@ -1,6 +1,7 @@
 """Fails loudly when a Keras upgrade moves what kreg/_keras_compat.py relies on."""
 
 import inspect
+import os
 
 import keras
 import numpy as np
@@ -326,3 +327,131 @@ def test_trainable_values_in_fit_are_each_steps_new_weights():
     assert not np.array_equal(seen[0][0], seen[1][0]) and not np.array_equal(seen[1][0], seen[2][0])
     for last, stored in zip(seen[-1], at_end[0]):
         np.testing.assert_array_equal(last, stored)
+
+
+@keras.saving.register_keras_serializable(package="kreg_test_compat")
+class _Vocabulary(keras.layers.Layer):
+    """A layer with an asset file, as Keras's lookup layers write theirs."""
+
+    def __init__(self, words=("a", "b"), **kwargs):
+        super().__init__(**kwargs)
+        self.words = list(words)
+
+    def call(self, inputs):
+        return inputs
+
+    def save_assets(self, dir_path):
+        with open(os.path.join(dir_path, "vocabulary.txt"), "w") as file:
+            file.write("\n".join(self.words))
+
+    def load_assets(self, dir_path):
+        with open(os.path.join(dir_path, "vocabulary.txt")) as file:
+            self.words = file.read().split("\n")
+
+    def get_config(self):
+        return {**super().get_config(), "words": self.words}
+
+
+def _snapshot_model():
+    inputs = keras.Input((4,))
+    x = _Vocabulary(["x", "y", "z"])(inputs)
+    x = keras.layers.Dense(3)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.3, seed=1)(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.standard_normal((8, 4)), rng.standard_normal((8, 1)), epochs=1, verbose=0)
+    return model
+
+
+def _h5_tree(source):
+    import h5py
+
+    tree = {}
+    with h5py.File(source, "r") as file:
+        file.visititems(
+            lambda name, item: tree.__setitem__(
+                name,
+                (np.array(item) if isinstance(item, h5py.Dataset) else None, dict(item.attrs)),
+            )
+        )
+    return tree
+
+
+def _assert_same_h5(ours, theirs):
+    ours, theirs = _h5_tree(ours), _h5_tree(theirs)
+    assert sorted(ours) == sorted(theirs)
+    for name, (value, attrs) in theirs.items():
+        assert ours[name][1] == attrs, name
+        if value is not None:
+            np.testing.assert_array_equal(ours[name][0], value, err_msg=name)
+
+
+def test_a_model_snapshot_writes_what_model_save_writes(tmp_path):
+    import io
+    import zipfile
+
+    model = _snapshot_model()
+    snapshot = _keras_compat.model_snapshot(model)
+    keras_path, ours_path = tmp_path / "keras.keras", tmp_path / "ours.keras"
+    model.save(keras_path)
+    before = [np.array(w) for w in model.get_weights()]
+    # Training goes on after the snapshot: the file holds the weights of then.
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    model.layers[1].words.append("changed")
+    _keras_compat.write_model_snapshot(snapshot, str(ours_path))
+    assert snapshot.assets is None, "the assets' temporary folder is deleted"
+    with zipfile.ZipFile(ours_path) as ours, zipfile.ZipFile(keras_path) as theirs:
+        assert ours.namelist() == theirs.namelist()
+        assert any(n.endswith("/vocabulary.txt") for n in ours.namelist())
+        for name in theirs.namelist():
+            if name.endswith(".h5"):
+                _assert_same_h5(io.BytesIO(ours.read(name)), io.BytesIO(theirs.read(name)))
+            elif name != "metadata.json":  # the date differs
+                assert ours.read(name) == theirs.read(name), name
+    loaded = keras.saving.load_model(ours_path)
+    for got, expected in zip(loaded.get_weights(), before):
+        np.testing.assert_array_equal(got, expected)
+    assert loaded.layers[1].words == ["x", "y", "z"]
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_a_snapshot_from_the_layout_of_an_earlier_one_writes_what_keras_writes(
+    tmp_path, weights_only
+):
+    import io
+    import zipfile
+
+    model = _snapshot_model()
+    first = _keras_compat.model_snapshot(model, weights_only=weights_only)
+    first.discard()
+    # Keras's walk found every object it saved from: the next save skips it.
+    assert first.layout is not None and len(first.layout.weights) == len(first.weights)
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    model.optimizer.iterations.assign(7)
+    again = _keras_compat.model_snapshot(model, weights_only=weights_only, layout=first.layout)
+    suffix = ".weights.h5" if weights_only else ".keras"
+    ours, theirs = tmp_path / f"ours{suffix}", tmp_path / f"keras{suffix}"
+    _keras_compat.write_model_snapshot(again, str(ours))
+    if weights_only:
+        model.save_weights(theirs)
+        _assert_same_h5(ours, theirs)
+        return
+    model.save(theirs)
+    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(theirs) as b:
+        assert a.namelist() == b.namelist()
+        _assert_same_h5(
+            io.BytesIO(a.read("model.weights.h5")), io.BytesIO(b.read("model.weights.h5"))
+        )
+        assert any(n.endswith("/vocabulary.txt") for n in a.namelist())
+
+
+def test_a_weights_snapshot_writes_what_save_weights_writes(tmp_path):
+    model = _snapshot_model()
+    snapshot = _keras_compat.model_snapshot(model, weights_only=True)
+    model.save_weights(tmp_path / "keras.weights.h5")
+    model.set_weights([w * 0.0 for w in model.get_weights()])
+    _keras_compat.write_model_snapshot(snapshot, str(tmp_path / "ours.weights.h5"))
+    _assert_same_h5(tmp_path / "ours.weights.h5", tmp_path / "keras.weights.h5")

@@ -163,6 +163,7 @@ def test_an_unusable_state_file_is_a_clear_error(tmp_path, content, problem):
 def test_each_field_of_the_state_is_checked(tmp_path, field, value):
     path = str(tmp_path / "best.keras")
     x, y = tiny_data()
+    stopper = EarlyStoppingWithCheckpoint(path)
     with pytest.raises(ZeroDivisionError):
         tiny_model().fit(
             x,
@@ -171,12 +172,13 @@ def test_each_field_of_the_state_is_checked(tmp_path, field, value):
             epochs=3,
             verbose=0,
             callbacks=[
-                EarlyStoppingWithCheckpoint(path),
+                stopper,
                 keras.callbacks.LambdaCallback(
                     on_epoch_end=lambda e, logs: 1 / 0 if e == 1 else None
                 ),
             ],
         )
+    stopper.wait_until_finished()  # the files are written in the background
     state = json.loads(open(path + ".state.json").read())
     state[field] = value
     open(path + ".state.json", "w").write(json.dumps(state))

@@ -191,15 +191,12 @@ def test_a_kept_entry_must_be_a_name_the_filepath_formats_to(tmp_path):
     precious = tmp_path / "notes.keras"
     precious.write_text("mine")
     x, y = tiny_data()
+    stopper = EarlyStoppingWithCheckpoint(template, keep_best=1)
     with pytest.raises(ZeroDivisionError):
         tiny_model().fit(
-            x,
-            y,
-            validation_data=(x, y),
-            epochs=4,
-            verbose=0,
-            callbacks=[EarlyStoppingWithCheckpoint(template, keep_best=1), _crash(1)],
+            x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=[stopper, _crash(1)]
         )
+    stopper.wait_until_finished()  # the files are written in the background
     state_path = template + ".state.json"
     state = json.loads(open(state_path).read())
     state["kept"] = [{"value": 1e9, "epoch": 0, "path": str(precious)}]

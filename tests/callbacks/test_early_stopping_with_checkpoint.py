@@ -242,6 +242,7 @@ def test_state_resets_between_fit_calls_on_the_same_callback(tmp_path):
 def test_a_crashed_run_resumes_its_patience(tmp_path):
     path = str(tmp_path / "best.keras")
     model = tiny_model()
+    crashed = EarlyStoppingWithCheckpoint(path, patience=3)
     with pytest.raises(Crash):
         x, y = tiny_data()
         model.fit(
@@ -250,12 +251,9 @@ def test_a_crashed_run_resumes_its_patience(tmp_path):
             validation_data=(x, y),
             epochs=5,
             verbose=0,
-            callbacks=[
-                ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]),
-                EarlyStoppingWithCheckpoint(path, patience=3),
-                CrashAt(2),
-            ],
+            callbacks=[ScriptedMetrics(val_loss=[1.0, 0.5, 0.6, 0.7, 0.8]), crashed, CrashAt(2)],
         )
+    crashed.wait_until_finished()  # the files are written in the background
     state = json.loads(open(path + ".state.json").read())
     assert {
         key: state[key]

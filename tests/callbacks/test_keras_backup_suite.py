@@ -136,6 +136,7 @@ def test_backup_corrupted(tmp_path):
             verbose=0,
             callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
         )
+    cbk.wait_until_finished()  # the files are written in the background
     backups = sorted(name for name in os.listdir(backup_dir) if ".backup-" in name)
     assert len(backups) == 2, "two generations of backup"
     assert int(model.layers[0].counter.value) == 6
@@ -154,6 +155,7 @@ def test_both_backups_corrupted_start_fresh_with_a_warning(tmp_path):
     backup_dir = tmp_path / "subdir"
     model = make_model()
     x_train, y_train = _data()
+    cbk = _callback(tmp_path)
     with pytest.raises(RuntimeError, match="EpochInterruption"):
         model.fit(
             x_train,
@@ -161,8 +163,9 @@ def test_both_backups_corrupted_start_fresh_with_a_warning(tmp_path):
             batch_size=4,
             epochs=6,
             verbose=0,
-            callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)],
+            callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
         )
+    cbk.wait_until_finished()  # the files are written in the background
     for name in os.listdir(backup_dir):
         if ".backup-" in name:
             (backup_dir / name).write_bytes(b"PK\x03\x04 truncated")

@@ -62,6 +62,9 @@ def _train(folder, interrupt_at=None):
             break  # the process dies here: no on_train_end
         if model.stop_training:
             break
+    # The files are written in a background thread, which a process that ends
+    # waits for (it is not a daemon): the count below must include them.
+    stopper.wait_until_finished()
     if epochs and epochs[-1] != interrupt_at:
         stopper.on_train_end()
     return {

@@ -1,0 +1,177 @@
+"""The background writer of EarlyStoppingWithCheckpoint's files: steps in order,
+one commit at a time, errors raised in the training thread naming the file."""
+
+import json
+import os
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+from scripted import Crash
+from scripted import CrashAt
+from scripted import fit_scripted
+from scripted import tiny_data
+from scripted import tiny_model
+
+import kreg.callbacks.early_stopping_with_checkpoint as module
+from kreg.callbacks import EarlyStoppingWithCheckpoint
+from kreg.callbacks.checkpoint_writer import CheckpointWriteError
+from kreg.callbacks.checkpoint_writer import CheckpointWriter
+from kreg.callbacks.checkpoint_writer import Step
+from kreg.callbacks.checkpoint_writer import writer_for
+
+
+def test_steps_run_in_order_in_another_thread_and_wait_blocks_until_they_ran():
+    writer = CheckpointWriter()
+    release = threading.Event()
+    ran = []
+
+    def first():
+        release.wait()
+        ran.append(("a", threading.current_thread() is threading.main_thread()))
+
+    writer.submit([Step("a", first), Step("b", lambda: ran.append(("b", None)))])
+    # `submit` returned while the first step is still blocked: it runs elsewhere.
+    assert ran == [] and writer.busy
+    release.set()
+    writer.wait()
+    assert ran == [("a", False), ("b", None)] and not writer.busy
+
+
+def test_a_failed_step_ends_its_commit_and_wait_raises_it_naming_the_file_once():
+    writer = CheckpointWriter()
+    ran = []
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(
+        [
+            Step("/ckpt/best.keras", lambda: ran.append("model")),
+            Step("/ckpt/.best.keras.backup-000003.npz", full_disk),
+            Step("/ckpt/best.keras.state.json", lambda: ran.append("state")),
+        ]
+    )
+    with pytest.raises(
+        CheckpointWriteError, match=r"Writing '/ckpt/.best.keras.backup-000003.npz'"
+    ) as raised:
+        writer.wait()
+    assert "No space left on device" in str(raised.value)
+    assert isinstance(raised.value.__cause__, OSError)
+    assert ran == ["model"], "the state naming the failed file must not be written"
+    writer.wait()  # raised once; the writer is usable again
+    writer.submit([Step("x", lambda: ran.append("next"))])
+    writer.wait()
+    assert ran == ["model", "next"]
+
+
+def test_a_failed_commit_is_raised_by_the_next_submit_which_starts_nothing():
+    writer = CheckpointWriter()
+    ran = []
+    writer.submit([Step("old", lambda: 1 / 0, "deleting")])
+    with pytest.raises(CheckpointWriteError, match=r"Deleting 'old'.*ZeroDivisionError"):
+        writer.submit([Step("new", lambda: ran.append("new"))])
+    writer.wait()
+    assert ran == []
+
+
+def test_submit_waits_for_the_commit_in_flight():
+    writer = CheckpointWriter()
+    release = threading.Event()
+    order = []
+    writer.submit([Step("first", lambda: (release.wait(), order.append("first")))])
+    second = threading.Thread(
+        target=writer.submit, args=([Step("second", lambda: order.append("second"))],)
+    )
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive(), "a second commit must not start while the first is in flight"
+    release.set()
+    second.join()
+    writer.wait()
+    assert order == ["first", "second"]
+
+
+def test_one_writer_per_checkpoint_path():
+    assert writer_for("/a/best.keras") is writer_for("/a/best.keras")
+    assert writer_for("/a/best.keras") is not writer_for("/b/best.keras")
+
+
+def _failing_after(calls, error):
+    original = module.write_model_snapshot
+    count = []
+
+    def write(snapshot, path):
+        count.append(path)
+        if len(count) > calls:
+            raise error
+        original(snapshot, path)
+
+    return write
+
+
+@pytest.mark.parametrize("failing_epoch", [1, 2])
+def test_a_failed_write_in_fit_is_raised_in_the_training_thread_and_commits_nothing(
+    tmp_path, monkeypatch, failing_epoch
+):
+    # The model improves every epoch; the save of `failing_epoch` fails. Epoch 1's
+    # failure surfaces when epoch 2 hands over its files, epoch 2's (the last)
+    # when training ends.
+    monkeypatch.setattr(
+        module, "write_model_snapshot", _failing_after(failing_epoch, OSError("disk full"))
+    )
+    path = tmp_path / "best.keras"
+    stopper = EarlyStoppingWithCheckpoint(str(path), patience=5)
+    model = tiny_model()
+    with pytest.raises(CheckpointWriteError, match=r"best.keras'.*OSError: disk full"):
+        fit_scripted(model, stopper, 3, val_loss=[1.0, 0.9, 0.8])
+    # The state still names the last epoch whose files were all written.
+    state = json.loads((tmp_path / "best.keras.state.json").read_text())
+    assert state["next_epoch"] == failing_epoch and state["finished"] is False
+    assert os.path.exists(tmp_path / state["backup"])
+    assert keras.saving.load_model(path).count_params() == model.count_params()
+    assert [name for name in os.listdir(tmp_path) if ".tmp-" in name] == []
+
+
+def test_a_fit_that_an_exception_stopped_is_resumed_after_its_last_write(tmp_path, monkeypatch):
+    # The last state write of the crashed fit is slow: the next fit (a new
+    # callback, a new model, as after a restart) must wait for it, not resume
+    # from the epoch before.
+    original = module.write_json_atomically
+
+    def slow_state(path, data):
+        time.sleep(0.3)
+        original(path, data)
+
+    monkeypatch.setattr(module, "write_json_atomically", slow_state)
+    path = str(tmp_path / "best.keras")
+    x, y = tiny_data()
+    with pytest.raises(Crash):
+        tiny_model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=5,
+            verbose=0,
+            callbacks=[EarlyStoppingWithCheckpoint(path, patience=5), CrashAt(1)],
+        )
+    stopper = EarlyStoppingWithCheckpoint(path, patience=5)
+    history = tiny_model().fit(
+        x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[stopper]
+    )
+    assert stopper.resumed and stopper.initial_epoch == 2 and history.epoch == [2]
+
+
+def test_the_files_are_complete_when_fit_returns(tmp_path):
+    path = tmp_path / "best.weights.h5"
+    stopper = EarlyStoppingWithCheckpoint(str(path), save_weights_only=True, patience=3)
+    model = tiny_model()
+    script = fit_scripted(model, stopper, 3, val_loss=[1.0, 0.5, 0.7])
+    assert not writer_for(os.path.abspath(path)).busy
+    fresh = tiny_model()
+    fresh.load_weights(path)
+    for loaded, expected in zip(fresh.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(loaded, expected)
+    assert json.loads((tmp_path / "best.weights.h5.state.json").read_text())["finished"] is True
