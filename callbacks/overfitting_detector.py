@@ -153,7 +153,9 @@ class OverfittingDetector(keras.callbacks.Callback):
             `sqrt(p (1 - p) / validation_samples)` at its best value `p` (at
             least one sample's worth, `1 / validation_samples`), known from the
             first epoch, instead of the estimate from the curve that needs 7
-            validated epochs. A logged value outside `[0, 1]` is a `ValueError`.
+            validated epochs. A loss `monitor` (`"val_loss"`, `"<output>_loss"`)
+            is a `ValueError` here, and a logged value outside `[0, 1]` (an
+            accuracy in percent) one at that epoch.
 
     Example:
 
@@ -210,6 +212,17 @@ class OverfittingDetector(keras.callbacks.Callback):
             if validation_samples is None
             else check_at_least("validation_samples", validation_samples, integer=True, minimum=1)
         )
+        if self.validation_samples is not None and (
+            monitor.removeprefix("val_") == "loss" or monitor.endswith("_loss")
+        ):
+            # A loss below 1 would pass for a fraction in `update`, and its
+            # noise would silently become a binomial one.
+            raise ValueError(
+                "Invalid value received for argument `validation_samples`. Expected None "
+                "unless `monitor` is a fraction of the validation samples (an accuracy); "
+                f"`{monitor}` is a loss. Received: validation_samples={validation_samples!r}, "
+                f"monitor={monitor!r}"
+            )
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
