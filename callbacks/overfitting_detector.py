@@ -296,6 +296,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.states = []
         self.onset_weights = None
         self.noise = None
+        self._judged = False  # whether any epoch of this fit had a noise to judge by
         self.skipped_epochs = []
         self._smooth_train = []
         self._smooth_val = []
@@ -355,6 +356,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._smooth_val.append(self._smooth(self._smooth_val, val))
         self._epochs.append(epoch)
         self.noise = self._noise(val_value)
+        self._judged = self._judged or self.noise is not None
 
         if self.state in (OVERFITTING, SATURATED) and self._beats_onset(val):
             # Validation beat the onset's value by more than its noise: that
@@ -470,7 +472,9 @@ class OverfittingDetector(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._last_logs is not None and not self.states:
             self._check_logs(self._last_logs)  # no epoch had validation
-        if self.states and self.noise is None and self.criterion == "noise":
+        # Not `self.noise is None`: a window restarted by "strengthen" has no
+        # noise again for a few epochs, after states were judged.
+        if self.states and not self._judged and self.criterion == "noise":
             warnings.warn(
                 f"OverfittingDetector judged nothing: {len(self._raw_val)} finite validated "
                 f"epochs, and its noise estimate needs {MIN_RESIDUALS + 4}. Train longer to "

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -293,15 +295,19 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     from scripted import ScriptedMetrics
 
     script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
-    model.fit(
-        x_data,
-        x_data[:, 0, :1],
-        validation_data=(x_data, x_data[:, 0, :1]),
-        epochs=12,
-        verbose=0,
-        callbacks=[script, detector],
-    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(
+            x_data,
+            x_data[:, 0, :1],
+            validation_data=(x_data, x_data[:, 0, :1]),
+            epochs=12,
+            verbose=0,
+            callbacks=[script, detector],
+        )
     assert len(script.weights) == 12  # not stopped
+    # Fewer than 7 epochs after the change: no noise at the end, but the run was judged.
+    assert not [w for w in record if "judged nothing" in str(w.message)]
     # Raised at epoch 6 (saturated); the window restarts at the change, and its
     # noise needs 7 epochs again before a second detection.
     assert model.get_layer("locked").rate == pytest.approx(0.2 + 0.15)
