@@ -282,29 +282,35 @@ def test_rollback_restores_the_onset_weights_and_stops():
         np.testing.assert_array_equal(restored, expected)
 
 
-def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
+def _fit_sequence_model(rate, name, detector):
+    """12 scripted epochs (FALLING / U_SHAPE) of a model with one
+    `ConsistentDropout(rate, name=name)`; returns the model and the script."""
+    from scripted import ScriptedMetrics
+
     inputs = keras.Input((4, 3))
-    x = ConsistentDropout(0.2, name="locked")(inputs)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    x = ConsistentDropout(rate, name=name)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
     model.compile(keras.optimizers.SGD(0.01), "mse")
+    x_data = np.ones((16, 4, 3), "float32")
+    script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
+    model.fit(
+        x_data,
+        x_data[:, 0, :1],
+        validation_data=(x_data, x_data[:, 0, :1]),
+        epochs=12,
+        verbose=0,
+        callbacks=[script, detector],
+    )
+    return model, script
+
+
+def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     detector = OverfittingDetector(
         patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0
     )
-    x_data = np.ones((16, 4, 3), "float32")
-    from scripted import ScriptedMetrics
-
-    script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        model.fit(
-            x_data,
-            x_data[:, 0, :1],
-            validation_data=(x_data, x_data[:, 0, :1]),
-            epochs=12,
-            verbose=0,
-            callbacks=[script, detector],
-        )
+        model, script = _fit_sequence_model(0.2, "locked", detector)
     assert len(script.weights) == 12  # not stopped
     # Fewer than 7 epochs after the change: no noise at the end, but the run was judged.
     assert not [w for w in record if "judged nothing" in str(w.message)]
@@ -316,23 +322,9 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
 
 
 def test_strengthen_names_rate_zero_layers_once():
-    inputs = keras.Input((4, 3))
-    x = ConsistentDropout(0.0, name="off")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
-    model.compile(keras.optimizers.SGD(0.01), "mse")
     detector = OverfittingDetector(patience=3, action="strengthen", verbose=0)
-    x_data = np.ones((16, 4, 3), "float32")
-    from scripted import ScriptedMetrics
-
     with pytest.warns(UserWarning, match=r"built at 0 cannot be raised: off\.rate") as record:
-        model.fit(
-            x_data,
-            x_data[:, 0, :1],
-            validation_data=(x_data, x_data[:, 0, :1]),
-            epochs=12,
-            verbose=0,
-            callbacks=[ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE), detector],
-        )
+        model, _ = _fit_sequence_model(0.0, "off", detector)
     assert len([w for w in record if "cannot be raised" in str(w.message)]) == 1
     assert model.get_layer("off").rate == 0.0
 
