@@ -185,7 +185,7 @@ def tune(runs):
                 objective(figures),
                 -delay,
                 residuals,
-                -patience,
+                patience,
                 -threshold,
                 confirm,
                 threshold,

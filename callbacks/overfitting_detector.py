@@ -153,7 +153,9 @@ class OverfittingDetector(keras.callbacks.Callback):
             `sqrt(p (1 - p) / validation_samples)` at its best value `p` (at
             least one sample's worth, `1 / validation_samples`), known from the
             first epoch, instead of the estimate from the curve that needs 7
-            validated epochs. A logged value outside `[0, 1]` is a `ValueError`.
+            validated epochs. A loss `monitor` (`"val_loss"`, `"<output>_loss"`)
+            is a `ValueError` here, and a logged value outside `[0, 1]` (an
+            accuracy in percent) one at that epoch.
 
     Example:
 
@@ -210,6 +212,17 @@ class OverfittingDetector(keras.callbacks.Callback):
             if validation_samples is None
             else check_at_least("validation_samples", validation_samples, integer=True, minimum=1)
         )
+        if self.validation_samples is not None and (
+            monitor.removeprefix("val_") == "loss" or monitor.endswith("_loss")
+        ):
+            # A loss below 1 would pass for a fraction in `update`, and its
+            # noise would silently become a binomial one.
+            raise ValueError(
+                "Invalid value received for argument `validation_samples`. Expected None "
+                "unless `monitor` is a fraction of the validation samples (an accuracy); "
+                f"`{monitor}` is a loss. Received: validation_samples={validation_samples!r}, "
+                f"monitor={monitor!r}"
+            )
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
@@ -283,6 +296,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.states = []
         self.onset_weights = None
         self.noise = None
+        self._judged = False  # whether any epoch of this fit had a noise to judge by
         self.skipped_epochs = []
         self._smooth_train = []
         self._smooth_val = []
@@ -342,6 +356,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._smooth_val.append(self._smooth(self._smooth_val, val))
         self._epochs.append(epoch)
         self.noise = self._noise(val_value)
+        self._judged = self._judged or self.noise is not None
 
         if self.state in (OVERFITTING, SATURATED) and self._beats_onset(val):
             # Validation beat the onset's value by more than its noise: that
@@ -457,7 +472,9 @@ class OverfittingDetector(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._last_logs is not None and not self.states:
             self._check_logs(self._last_logs)  # no epoch had validation
-        if self.states and self.noise is None and self.criterion == "noise":
+        # Not `self.noise is None`: a window restarted by "strengthen" has no
+        # noise again for a few epochs, after states were judged.
+        if self.states and not self._judged and self.criterion == "noise":
             warnings.warn(
                 f"OverfittingDetector judged nothing: {len(self._raw_val)} finite validated "
                 f"epochs, and its noise estimate needs {MIN_RESIDUALS + 4}. Train longer to "

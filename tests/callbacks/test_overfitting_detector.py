@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -16,6 +18,12 @@ ACCURACY = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
 VAL_ACCURACY = [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65, 0.64, 0.62, 0.61, 0.6]
 FALLING = [2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50]
 U_SHAPE = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]
+ON_ACCURACY = {
+    "monitor": "val_accuracy",
+    "train_monitor": "accuracy",
+    "mode": "max",
+    "train_mode": "max",
+}
 
 # (train values, validation values, detector arguments, epoch the state is
 # first reached, that state, onset epoch)
@@ -274,18 +282,16 @@ def test_rollback_restores_the_onset_weights_and_stops():
         np.testing.assert_array_equal(restored, expected)
 
 
-def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
-    inputs = keras.Input((4, 3))
-    x = ConsistentDropout(0.2, name="locked")(inputs)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(inputs, keras.layers.Dense(1)(x))
-    model.compile(keras.optimizers.SGD(0.01), "mse")
-    detector = OverfittingDetector(
-        patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0
-    )
-    x_data = np.ones((16, 4, 3), "float32")
+def _fit_sequence_model(rate, name, detector):
+    """12 scripted epochs (FALLING / U_SHAPE) of a model with one
+    `ConsistentDropout(rate, name=name)`; returns the model and the script."""
     from scripted import ScriptedMetrics
 
+    inputs = keras.Input((4, 3))
+    x = ConsistentDropout(rate, name=name)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x_data = np.ones((16, 4, 3), "float32")
     script = ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE)
     model.fit(
         x_data,
@@ -295,7 +301,19 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
         verbose=0,
         callbacks=[script, detector],
     )
+    return model, script
+
+
+def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
+    detector = OverfittingDetector(
+        patience=3, smoothing=0.0, action="strengthen", strengthen_step=0.15, verbose=0
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model, script = _fit_sequence_model(0.2, "locked", detector)
     assert len(script.weights) == 12  # not stopped
+    # Fewer than 7 epochs after the change: no noise at the end, but the run was judged.
+    assert not [w for w in record if "judged nothing" in str(w.message)]
     # Raised at epoch 6 (saturated); the window restarts at the change, and its
     # noise needs 7 epochs again before a second detection.
     assert model.get_layer("locked").rate == pytest.approx(0.2 + 0.15)
@@ -304,23 +322,9 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
 
 
 def test_strengthen_names_rate_zero_layers_once():
-    inputs = keras.Input((4, 3))
-    x = ConsistentDropout(0.0, name="off")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
-    model.compile(keras.optimizers.SGD(0.01), "mse")
     detector = OverfittingDetector(patience=3, action="strengthen", verbose=0)
-    x_data = np.ones((16, 4, 3), "float32")
-    from scripted import ScriptedMetrics
-
     with pytest.warns(UserWarning, match=r"built at 0 cannot be raised: off\.rate") as record:
-        model.fit(
-            x_data,
-            x_data[:, 0, :1],
-            validation_data=(x_data, x_data[:, 0, :1]),
-            epochs=12,
-            verbose=0,
-            callbacks=[ScriptedMetrics(loss=FALLING, val_loss=U_SHAPE), detector],
-        )
+        model, _ = _fit_sequence_model(0.0, "off", detector)
     assert len([w for w in record if "cannot be raised" in str(w.message)]) == 1
     assert model.get_layer("off").rate == 0.0
 
@@ -481,6 +485,8 @@ def test_config_round_trip():
         action="rollback",
         criterion="p_value",
         threshold=0.3,
+        monitor="val_accuracy",
+        mode="max",
         validation_samples=500,
     )
     config = detector.get_config()
@@ -563,13 +569,7 @@ def test_accuracy_noise_is_the_binomial_standard_error_over_the_validation_sampl
 
 
 def test_an_accuracy_over_known_validation_samples_is_judged_from_its_binomial_noise():
-    kwargs = {
-        "monitor": "val_accuracy",
-        "train_monitor": "accuracy",
-        "mode": "max",
-        "train_mode": "max",
-        "patience": 3,
-    }
+    kwargs = {**ON_ACCURACY, "patience": 3}
     _, from_curve = _detect(ACCURACY, VAL_ACCURACY, kwargs)
     # Over 1000 samples the peak 0.72 has a standard error of 0.014: 0.70 and
     # 0.69 at epochs 4-5 lie below it by more, before the curve's own noise
@@ -583,7 +583,20 @@ def test_an_accuracy_over_known_validation_samples_is_judged_from_its_binomial_n
     assert few.index("overfitting") > 5
 
 
-def test_validation_samples_on_a_monitor_that_is_no_fraction_is_an_error():
-    detector = OverfittingDetector(validation_samples=100, action=lambda *_: None)
-    with pytest.raises(ValueError, match=r"`validation_samples`.*`val_loss` logged 2\.1.*\[0, 1\]"):
-        detector.update(0, 2.0, 2.1)
+def test_validation_samples_on_an_accuracy_logged_as_a_percentage_is_an_error():
+    detector = OverfittingDetector(**ON_ACCURACY, validation_samples=100, action=lambda *_: None)
+    with pytest.raises(
+        ValueError, match=r"`validation_samples`.*`val_accuracy` logged 72\.0.*\[0, 1\]"
+    ):
+        detector.update(0, 70.0, 72.0)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "loss", "val_output_a_loss"])
+def test_validation_samples_on_a_loss_monitor_is_refused_at_construction(monitor):
+    # A loss below 1 (a cross-entropy near convergence) would pass for a
+    # fraction, and its noise would silently be a binomial one.
+    with pytest.raises(
+        ValueError,
+        match=rf"`validation_samples`.*accuracy.*Received: validation_samples=100, monitor='{monitor}'",
+    ):
+        OverfittingDetector(monitor=monitor, validation_samples=100)
