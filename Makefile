@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
 DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
-.PHONY: demo lint test test-fast test-tensorflow test-jax test-torch test-packaging docs bench
+.PHONY: demo lint test test-fast test-tensorflow test-tensorflow-core test-tensorflow-training test-jax test-torch test-packaging docs bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,24 +26,36 @@ demo: $(DEMO_INSTALLED)
 
 # Everything runs on TensorFlow (the API reference is built strict there too);
 # the layer, fold, adapt, callbacks and tuning tests run again on JAX and
-# PyTorch (tf.distribute tests skip there, marked tensorflow_only). KERAS_BACKEND
-# is read once, at import, so each backend is its own pytest run: two of them
-# run at once (most tests keep one core busy, and CI has two; their progress
-# lines interleave, each run ends with its own summary). The wheel tests
-# install into fresh virtual environments, so they have their own target.
+# PyTorch, without the tests marked `integration` (subprocesses, kills,
+# clusters, whole searches: process and file orchestration that the TensorFlow
+# run covers; tf.distribute tests skip there, marked tensorflow_only).
+# KERAS_BACKEND is read once, at import, so each backend is its own pytest run,
+# and the TensorFlow run is split in two so that `make -j2` keeps CI's two cores
+# busy to the end (most tests keep one core busy; the longest runs start first;
+# progress lines interleave, each run ends with its own summary and its slowest
+# tests). The wheel tests install into fresh virtual environments, so they
+# have their own target.
+PYTEST := $(PY) -m pytest -q --durations=15
+BACKEND_TESTS := tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+
 test: $(INSTALLED)
 	$(MAKE) lint
-	$(MAKE) -j2 test-tensorflow test-jax test-torch
+	$(MAKE) -j2 test-tensorflow-core test-jax test-tensorflow-training test-torch
 	$(MAKE) test-packaging
 
-test-tensorflow: $(INSTALLED)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/packaging
+test-tensorflow: test-tensorflow-core test-tensorflow-training
+
+test-tensorflow-core: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests --ignore=tests/packaging --ignore=tests/callbacks --ignore=tests/tuning
+
+test-tensorflow-training: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests/callbacks tests/tuning
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+	KERAS_BACKEND=jax $(PYTEST) -m "not integration" $(BACKEND_TESTS)
 
 test-torch: $(INSTALLED)
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+	KERAS_BACKEND=torch $(PYTEST) -m "not integration" $(BACKEND_TESTS)
 
 # ruff (configured in pyproject.toml): lint and import order, then the format check.
 lint: $(INSTALLED)
@@ -53,11 +65,11 @@ lint: $(INSTALLED)
 # The quick local loop: TensorFlow only, without the tests marked `integration`
 # (subprocesses, kills, clusters, whole searches). CI runs `make test`.
 test-fast: $(INSTALLED)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not integration" tests --ignore=tests/packaging
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not integration" tests --ignore=tests/packaging
 
 # The wheel, installed with no extras and with [tensorflow] in fresh venvs.
 test-packaging: $(INSTALLED)
-	$(PY) -m pytest -q tests/packaging
+	$(PYTEST) tests/packaging
 
 # The API reference, served at http://127.0.0.1:8000 while it runs.
 docs: $(INSTALLED)
