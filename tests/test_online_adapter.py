@@ -499,3 +499,27 @@ def test_windows_shifted_one_after_another_are_pooled():
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+@pytest.mark.parametrize("shift", [None, math.log(1.5)])
+def test_robust_keeps_its_own_copy_of_the_samples_it_holds(shift):
+    # A stream read into one reused buffer (a camera, a queue) must adapt as
+    # the same stream in fresh arrays: the bank and the shift test's window
+    # hold the samples, not views of the caller's array.
+    rng = np.random.default_rng(6)
+    centres = (3.0, -3.0, 1.0, 0.0, 2.0, -1.0, 3.0, 0.0)
+    stream = [rng.normal(centre, 2.0, (8, 6, 6, 1)).astype("float32") for centre in centres]
+    fresh = OnlineAdapter(_source_cnn(), memory_size=16, shift_distance=shift)
+    reused = OnlineAdapter(_source_cnn(), memory_size=16, shift_distance=shift)
+    buffer = np.empty_like(stream[0])
+    for x in stream:
+        buffer[...] = x
+        np.testing.assert_array_equal(reused.predict_on_batch(buffer), fresh.predict_on_batch(x))
+    # A snapshot does not change when the caller overwrites a batch it gave.
+    first = stream[0].copy()
+    fresh.predict_on_batch(first)
+    snapshot = fresh.snapshot()
+    expected = fresh.predict_on_batch(stream[1])
+    fresh.restore(snapshot)
+    first[...] = 0.0
+    np.testing.assert_array_equal(fresh.predict_on_batch(stream[1]), expected)

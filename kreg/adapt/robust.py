@@ -92,8 +92,12 @@ from kreg.layers.batch_statistics import combine_statistics
 
 
 def _rows(x):
-    """The samples of a batch (a structure of arrays), one structure per sample."""
-    leaves = keras.tree.flatten(x)
+    """The samples of a batch (a structure of arrays), one structure per sample.
+
+    Views of a copy, not of `x`: the bank and the shift test's window hold them
+    for many batches, and a caller may read its stream into one reused buffer.
+    """
+    leaves = [np.array(leaf, copy=True) for leaf in keras.tree.flatten(x)]
     return [
         keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))
     ]
