@@ -523,3 +523,20 @@ def test_robust_keeps_its_own_copy_of_the_samples_it_holds(shift):
     fresh.restore(snapshot)
     first[...] = 0.0
     np.testing.assert_array_equal(fresh.predict_on_batch(stream[1]), expected)
+
+
+def test_a_batch_the_shift_test_refuses_leaves_the_window_as_it_was():
+    # Finite inputs that overflow in the model pass the NaN check and make the
+    # shift test's statistics infinite: that batch raises, and the next ones
+    # adapt as if it had never come (its samples are not kept in the window).
+    rng = np.random.default_rng(7)
+    stream = [rng.normal(3.0, 2.0, (8, 6, 6, 1)).astype("float32") for _ in range(3)]
+    adapter = OnlineAdapter(_source_cnn(), **_SHIFT)
+    clean = OnlineAdapter(_source_cnn(), **_SHIFT)
+    for x in stream[:1]:
+        adapter.predict_on_batch(x), clean.predict_on_batch(x)
+    with pytest.raises(ValueError, match="not finite"):
+        adapter.predict_on_batch(np.full((8, 6, 6, 1), 3e38, "float32"))
+    for x in stream[1:]:
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), clean.predict_on_batch(x))
+    assert adapter._robust.shift_updates == clean._robust.shift_updates == 1

@@ -186,9 +186,13 @@ class RobustAdaptation:
         rows = _rows(x)
         shifted = False
         if self.shift_distance is not None:
-            self.window.extend(rows)
+            # Kept only once the test has taken the batch: a batch it refuses
+            # (statistics not finite) must not stay to fail the next windows.
+            window = collections.deque(self.window, maxlen=self.memory_size)
+            window.extend(rows)
             if self.since_update + len(rows) >= self.memory_size:
-                shifted = self._follow_a_shift()
+                shifted = self._follow_a_shift(window)
+            self.window = window
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
@@ -205,8 +209,8 @@ class RobustAdaptation:
             collapsed = self._update_from_bank()
         return outputs, collapsed
 
-    def _follow_a_shift(self):
-        """The shift test on the stream's last `memory_size` samples; on a
+    def _follow_a_shift(self, window):
+        """The shift test on the stream's last `memory_size` samples, `window`; on a
         shift, their statistics (pooled with those of the shifted windows just
         before it) replace the stored ones. Returns whether it did.
 
@@ -224,8 +228,8 @@ class RobustAdaptation:
         batch norm normalizing with them (AdaBN on the window, the limit of
         DELTA's renormalization towards the batch, Zhao et al., 2023).
         """
-        x = _stack(list(self.window))
-        options = dict(steps=None, batch_size=len(self.window), verbose=0)
+        x = _stack(list(window))
+        options = dict(steps=None, batch_size=len(window), verbose=0)
         statistics, _ = collect_statistics(
             self.model, self.layers, x, options, need_variance=False, stored_weight=0.0
         )
@@ -238,7 +242,7 @@ class RobustAdaptation:
         # features whose class means stay close; one after a dense layer on
         # the whole input already sees class-specific features, and a few
         # classes move it as far as a corruption does (docs/BENCHMARKS.md).
-        if count <= len(self.window):
+        if count <= len(window):
             return False
         distance = distance_from_stored_statistics(self.layers[first], mean, variance)
         if distance <= self.shift_distance:
