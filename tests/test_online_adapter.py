@@ -540,3 +540,23 @@ def test_a_batch_the_shift_test_refuses_leaves_the_window_as_it_was():
     for x in stream[1:]:
         np.testing.assert_array_equal(adapter.predict_on_batch(x), clean.predict_on_batch(x))
     assert adapter._robust.shift_updates == clean._robust.shift_updates == 1
+
+
+@pytest.mark.parametrize("batch_size", [12, 40])
+def test_the_shift_test_takes_every_sample_since_the_last_update(batch_size):
+    # Batches that do not divide `memory_size` (12), or exceed it (40): every
+    # sample since the last update is in the window, none is left out, so the
+    # windows found shifted one after another pool to AdaBN over the whole
+    # stretch, batch by batch as `adapt_batchnorm` does it.
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, **_SHIFT)
+    rng = np.random.default_rng(8)
+    centres = (3.0, 3.0, -3.0, -3.0) if batch_size == 12 else (3.0, -3.0)
+    stream = [rng.normal(c, 2.0, (batch_size, 6, 6, 1)).astype("float32") for c in centres]
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 2
+    window = max(batch_size, 24)  # the samples from one update to the next
+    kreg.adapt_batchnorm(twin, np.concatenate(stream), batch_size=window, verbose=0)
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

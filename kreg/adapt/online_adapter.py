@@ -157,10 +157,11 @@ class OnlineAdapter:
         shift_distance: `"robust"`: `None` (default) or a distance (> 0) of
             the first batch norm's input from its stored statistics (the
             measure of `kreg/adapt/label_shift.py`; `math.log(1.5)` is a 1.5x
-            change of the variance) beyond which the last `memory_size`
-            samples count as shifted inputs, not as a few classes: their
-            statistics then replace the stored ones at once, instead of
-            `statistics_momentum` of the bank's. See `kreg/adapt/robust.py`.
+            change of the variance) beyond which the samples since the last
+            update (every `memory_size` samples) count as shifted inputs, not
+            as a few classes: their statistics then replace the stored ones at
+            once, instead of `statistics_momentum` of the bank's, and the bank
+            is emptied. See `kreg/adapt/robust.py`.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts

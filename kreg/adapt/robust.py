@@ -48,20 +48,21 @@ statistics pool low-level features over all positions, whose class means lie
 close together, so a stream of one class moves them little (at most 0.27 in
 the distance of `label_shift.py` on the grid's clean one-class windows), and
 a corruption moves them further (0.5 to 1.7 for blur, contrast, brightness,
-pixelation, fog). So every `memory_size` samples, the last `memory_size`
-samples of the stream (not the bank: under a covariate shift the predicted
-classes carry no information) are tested at that layer; further than
-`shift_distance` (`log 1.5`, `label_shift.py`'s bound for source-like
-low-level statistics, not tuned) and their statistics, taken with every
-batch norm normalizing with them (AdaBN on the window), replace the stored
-ones at once and the bank is emptied; windows found shifted one after another
+pixelation, fog). So every `memory_size` samples, the samples of the stream
+since the last update (`memory_size` or more, a window: not the bank, under
+a covariate shift the predicted classes carry no information) are tested at
+that layer; further than `shift_distance` (`log 1.5`, `label_shift.py`'s
+bound for source-like low-level statistics, not tuned) and their statistics,
+taken with every batch norm normalizing with them (AdaBN on the window),
+replace the stored ones at once and the bank is emptied; windows found
+shifted one after another
 (corruptions that change faster than a window) are pooled exactly, AdaBN over
 the stretch that has not settled; otherwise RoTTA's update from the bank.
 Weak corruptions (noise, speckle, quantization: 0.1 to 0.3) stay on RoTTA's
 slow path. A model whose first batch norm follows a dense layer sees
 class-specific features there (one class moves it by 1 to 2, as far as a
 corruption), so the test never fires in it (the grid's MLP): RoTTA's path.
-The window costs one more forward pass of `memory_size` samples per update.
+The window costs one more forward pass of its samples per update.
 Measured on the grid's tuning half (docs/BENCHMARKS.md): it recovers about
 twice as much on shifted streams, and loses up to 4 points against no
 adaptation on continual streams whose corruption changes every window (each
@@ -71,8 +72,6 @@ kept it off.
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
 """
-
-import collections
 
 import keras
 import numpy as np
@@ -144,7 +143,7 @@ class RobustAdaptation:
     def reset(self):
         self.selection.reset()
         self.bank.reset()
-        self.window = collections.deque(maxlen=self.memory_size)
+        self.window = []  # with `shift_distance`: the samples since the last update
         self.since_update = 0
         self.updates = 0
         self.shift_updates = 0
@@ -167,7 +166,7 @@ class RobustAdaptation:
         (bank, self.since_update, self.updates, optimizer, selection, window) = state[:6]
         self.shift_updates, self.unsettled = state[6:]
         self.bank.set_state(bank)
-        self.window = collections.deque(window, maxlen=self.memory_size)
+        self.window = list(window)
         self.selection.set_state(selection)
         if optimizer is not None:
             self.stepper.set_optimizer_state(optimizer)
@@ -179,7 +178,7 @@ class RobustAdaptation:
 
         With `shift_distance`, the update comes before the prediction of the
         batch that completes it, and starts with the shift test: when the
-        last `memory_size` samples of the stream (this batch included) sit
+        samples since the last update (this batch included) sit
         further than `shift_distance` from the first batch norm's stored
         statistics, every batch norm takes their statistics outright, and the
         bank (filled under predictions the shift made wrong) is emptied."""
@@ -188,11 +187,10 @@ class RobustAdaptation:
         if self.shift_distance is not None:
             # Kept only once the test has taken the batch: a batch it refuses
             # (statistics not finite) must not stay to fail the next windows.
-            window = collections.deque(self.window, maxlen=self.memory_size)
-            window.extend(rows)
-            if self.since_update + len(rows) >= self.memory_size:
-                shifted = self._follow_a_shift(window)
-            self.window = window
+            window = self.window + rows
+            due = self.since_update + len(rows) >= self.memory_size
+            shifted = due and self._follow_a_shift(window)
+            self.window = [] if due else window
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
@@ -210,7 +208,7 @@ class RobustAdaptation:
         return outputs, collapsed
 
     def _follow_a_shift(self, window):
-        """The shift test on the stream's last `memory_size` samples, `window`; on a
+        """The shift test on `window`, the samples since the last update; on a
         shift, their statistics (pooled with those of the shifted windows just
         before it) replace the stored ones. Returns whether it did.
 
