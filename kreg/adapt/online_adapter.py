@@ -21,7 +21,7 @@ from kreg.adapt.label_shift import few_classes_batch
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
-from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.model_graph import batch_norm_layers
@@ -447,12 +447,7 @@ class OnlineAdapter:
             for layer in self.layers
         ]
         if self.method == "reestimate":
-            if self._accumulated is not None:
-                batch = [
-                    pool_statistics((m0, m1), (v0, v1), (c0, c1))
-                    for (m0, v0, c0), (m1, v1, c1) in zip(self._accumulated, batch)
-                ]
-            self._accumulated = batch
+            batch = self._accumulated = pool_layer_statistics(self._accumulated, batch)
             new = [(mean, variance) for mean, variance, _ in batch]
         else:
             keep = (

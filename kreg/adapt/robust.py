@@ -86,7 +86,7 @@ from kreg.adapt.memory_bank import timeliness_weights
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
-from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.layers.batch_statistics import combine_statistics
 
 
@@ -163,8 +163,16 @@ class RobustAdaptation:
         )
 
     def set_state(self, state):
-        (bank, self.since_update, self.updates, optimizer, selection, window) = state[:6]
-        self.shift_updates, self.unsettled = state[6:]
+        (
+            bank,
+            self.since_update,
+            self.updates,
+            optimizer,
+            selection,
+            window,
+            self.shift_updates,
+            self.unsettled,
+        ) = state
         self.bank.set_state(bank)
         self.window = list(window)
         self.selection.set_state(selection)
@@ -249,12 +257,7 @@ class RobustAdaptation:
         # Windows found shifted one after another (corruptions that change
         # faster than a window) are pooled exactly: AdaBN over the stretch that
         # has not settled, rather than the last window's statistics alone.
-        if self.unsettled is not None:
-            statistics = [
-                pool_statistics((m0, m1), (v0, v1), (c0, c1))
-                for (m0, v0, c0), (m1, v1, c1) in zip(self.unsettled, statistics)
-            ]
-        self.unsettled = statistics
+        statistics = self.unsettled = pool_layer_statistics(self.unsettled, statistics)
         for layer, (mean, variance, count) in zip(self.layers, statistics):
             if count > 1:
                 assign_statistics(layer, mean, variance)
