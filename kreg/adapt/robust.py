@@ -184,12 +184,13 @@ class RobustAdaptation:
         goes into the bank, and every `memory_size` samples the model learns from
         the bank. Returns `(outputs, collapsed)`.
 
-        With `shift_distance`, the update comes before the prediction of the
-        batch that completes it, and starts with the shift test: when the
-        samples since the last update (this batch included) sit
-        further than `shift_distance` from the first batch norm's stored
-        statistics, every batch norm takes their statistics outright, and the
-        bank (filled under predictions the shift made wrong) is emptied."""
+        With `shift_distance`, the shift test comes first, before the batch
+        that completes `memory_size` samples is predicted: when the samples
+        since the last update (this batch included) sit further than
+        `shift_distance` from the first batch norm's stored statistics, every
+        batch norm takes their statistics outright and the bank (filled under
+        predictions the shift made wrong) is emptied, in place of the bank's
+        update; otherwise the bank's update follows the prediction, as without."""
         rows = _rows(x)
         shifted = False
         if self.shift_distance is not None:
