@@ -479,6 +479,12 @@ def test_a_bad_shift_distance_is_refused(value):
         OnlineAdapter(_cnn(), shift_distance=value)
 
 
+@pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m != "robust"])
+def test_a_shift_distance_outside_the_robust_method_is_refused(method):
+    with pytest.raises(ValueError, match=rf"shift_distance.*None with method='{method}'.*Received"):
+        OnlineAdapter(_cnn(), method=method, shift_distance=math.log(1.5))
+
+
 def test_windows_shifted_one_after_another_are_pooled():
     # Corruptions that change faster than a window: the statistics are those of
     # every window since the stream last settled, not of the last one alone.

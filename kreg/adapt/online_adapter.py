@@ -161,7 +161,8 @@ class OnlineAdapter:
             update (every `memory_size` samples) count as shifted inputs, not
             as a few classes: their statistics then replace the stored ones at
             once, instead of `statistics_momentum` of the bank's, and the bank
-            is emptied. See `kreg/adapt/robust.py`.
+            is emptied. See `kreg/adapt/robust.py`. With another method, an
+            error.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts
@@ -236,6 +237,13 @@ class OnlineAdapter:
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.shift_distance = check_positive("shift_distance", shift_distance, optional=True)
+        if self.shift_distance is not None and self.method != "robust":
+            # Opting in where the test does not exist would otherwise do nothing, silently.
+            raise ValueError(
+                "Invalid value received for argument `shift_distance`. Expected None with "
+                f"method={self.method!r} (the shift test is part of method='robust'). "
+                f"Received: shift_distance={shift_distance!r}"
+            )
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive(
