@@ -479,6 +479,12 @@ def test_a_bad_shift_distance_is_refused(value):
         OnlineAdapter(_cnn(), shift_distance=value)
 
 
+@pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m != "robust"])
+def test_a_shift_distance_outside_the_robust_method_is_refused(method):
+    with pytest.raises(ValueError, match=rf"shift_distance.*None with method='{method}'.*Received"):
+        OnlineAdapter(_cnn(), method=method, shift_distance=math.log(1.5))
+
+
 def test_windows_shifted_one_after_another_are_pooled():
     # Corruptions that change faster than a window: the statistics are those of
     # every window since the stream last settled, not of the last one alone.
@@ -499,3 +505,64 @@ def test_windows_shifted_one_after_another_are_pooled():
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+@pytest.mark.parametrize("shift", [None, math.log(1.5)])
+def test_robust_keeps_its_own_copy_of_the_samples_it_holds(shift):
+    # A stream read into one reused buffer (a camera, a queue) must adapt as
+    # the same stream in fresh arrays: the bank and the shift test's window
+    # hold the samples, not views of the caller's array.
+    rng = np.random.default_rng(6)
+    centres = (3.0, -3.0, 1.0, 0.0, 2.0, -1.0, 3.0, 0.0)
+    stream = [rng.normal(centre, 2.0, (8, 6, 6, 1)).astype("float32") for centre in centres]
+    fresh = OnlineAdapter(_source_cnn(), memory_size=16, shift_distance=shift)
+    reused = OnlineAdapter(_source_cnn(), memory_size=16, shift_distance=shift)
+    buffer = np.empty_like(stream[0])
+    for x in stream:
+        buffer[...] = x
+        np.testing.assert_array_equal(reused.predict_on_batch(buffer), fresh.predict_on_batch(x))
+    # A snapshot does not change when the caller overwrites a batch it gave.
+    first = stream[0].copy()
+    fresh.predict_on_batch(first)
+    snapshot = fresh.snapshot()
+    expected = fresh.predict_on_batch(stream[1])
+    fresh.restore(snapshot)
+    first[...] = 0.0
+    np.testing.assert_array_equal(fresh.predict_on_batch(stream[1]), expected)
+
+
+def test_a_batch_the_shift_test_refuses_leaves_the_window_as_it_was():
+    # Finite inputs that overflow in the model pass the NaN check and make the
+    # shift test's statistics infinite: that batch raises, and the next ones
+    # adapt as if it had never come (its samples are not kept in the window).
+    rng = np.random.default_rng(7)
+    stream = [rng.normal(3.0, 2.0, (8, 6, 6, 1)).astype("float32") for _ in range(3)]
+    adapter = OnlineAdapter(_source_cnn(), **_SHIFT)
+    clean = OnlineAdapter(_source_cnn(), **_SHIFT)
+    for x in stream[:1]:
+        adapter.predict_on_batch(x), clean.predict_on_batch(x)
+    with pytest.raises(ValueError, match="not finite"):
+        adapter.predict_on_batch(np.full((8, 6, 6, 1), 3e38, "float32"))
+    for x in stream[1:]:
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), clean.predict_on_batch(x))
+    assert adapter._robust.shift_updates == clean._robust.shift_updates == 1
+
+
+@pytest.mark.parametrize("batch_size", [12, 40])
+def test_the_shift_test_takes_every_sample_since_the_last_update(batch_size):
+    # Batches that do not divide `memory_size` (12), or exceed it (40): every
+    # sample since the last update is in the window, none is left out, so the
+    # windows found shifted one after another pool to AdaBN over the whole
+    # stretch, batch by batch as `adapt_batchnorm` does it.
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, **_SHIFT)
+    rng = np.random.default_rng(8)
+    centres = (3.0, 3.0, -3.0, -3.0) if batch_size == 12 else (3.0, -3.0)
+    stream = [rng.normal(c, 2.0, (batch_size, 6, 6, 1)).astype("float32") for c in centres]
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 2
+    window = max(batch_size, 24)  # the samples from one update to the next
+    kreg.adapt_batchnorm(twin, np.concatenate(stream), batch_size=window, verbose=0)
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

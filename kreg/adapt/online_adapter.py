@@ -21,7 +21,7 @@ from kreg.adapt.label_shift import few_classes_batch
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
-from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.model_graph import batch_norm_layers
@@ -157,10 +157,12 @@ class OnlineAdapter:
         shift_distance: `"robust"`: `None` (default) or a distance (> 0) of
             the first batch norm's input from its stored statistics (the
             measure of `kreg/adapt/label_shift.py`; `math.log(1.5)` is a 1.5x
-            change of the variance) beyond which the last `memory_size`
-            samples count as shifted inputs, not as a few classes: their
-            statistics then replace the stored ones at once, instead of
-            `statistics_momentum` of the bank's. See `kreg/adapt/robust.py`.
+            change of the variance) beyond which the samples since the last
+            update (every `memory_size` samples) count as shifted inputs, not
+            as a few classes: their statistics then replace the stored ones at
+            once, instead of `statistics_momentum` of the bank's, and the bank
+            is emptied. See `kreg/adapt/robust.py`. With another method, an
+            error.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts
@@ -235,6 +237,13 @@ class OnlineAdapter:
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.shift_distance = check_positive("shift_distance", shift_distance, optional=True)
+        if self.shift_distance is not None and self.method != "robust":
+            # Opting in where the test does not exist would otherwise do nothing, silently.
+            raise ValueError(
+                "Invalid value received for argument `shift_distance`. Expected None with "
+                f"method={self.method!r} (the shift test is part of method='robust'). "
+                f"Received: shift_distance={shift_distance!r}"
+            )
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive(
@@ -446,12 +455,7 @@ class OnlineAdapter:
             for layer in self.layers
         ]
         if self.method == "reestimate":
-            if self._accumulated is not None:
-                batch = [
-                    pool_statistics((m0, m1), (v0, v1), (c0, c1))
-                    for (m0, v0, c0), (m1, v1, c1) in zip(self._accumulated, batch)
-                ]
-            self._accumulated = batch
+            batch = self._accumulated = pool_layer_statistics(self._accumulated, batch)
             new = [(mean, variance) for mean, variance, _ in batch]
         else:
             keep = (

@@ -121,6 +121,17 @@ def pool_statistics(means, variances, counts):
     return mean, squares / total, total
 
 
+def pool_layer_statistics(so_far, new):
+    """`new` (`[(mean, variance, count)]`, one per layer) pooled exactly with
+    `so_far`, the same for the data before it; `new` itself when `so_far` is None."""
+    if so_far is None:
+        return new
+    return [
+        pool_statistics((m0, m1), (v0, v1), (c0, c1))
+        for (m0, v0, c0), (m1, v1, c1) in zip(so_far, new)
+    ]
+
+
 def no_data_error():
     return ValueError(
         "adapt_batchnorm received data that yields no batch: there is nothing to "

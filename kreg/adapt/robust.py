@@ -48,20 +48,21 @@ statistics pool low-level features over all positions, whose class means lie
 close together, so a stream of one class moves them little (at most 0.27 in
 the distance of `label_shift.py` on the grid's clean one-class windows), and
 a corruption moves them further (0.5 to 1.7 for blur, contrast, brightness,
-pixelation, fog). So every `memory_size` samples, the last `memory_size`
-samples of the stream (not the bank: under a covariate shift the predicted
-classes carry no information) are tested at that layer; further than
-`shift_distance` (`log 1.5`, `label_shift.py`'s bound for source-like
-low-level statistics, not tuned) and their statistics, taken with every
-batch norm normalizing with them (AdaBN on the window), replace the stored
-ones at once and the bank is emptied; windows found shifted one after another
+pixelation, fog). So every `memory_size` samples, the samples of the stream
+since the last update (`memory_size` or more, a window: not the bank, under
+a covariate shift the predicted classes carry no information) are tested at
+that layer; further than `shift_distance` (`log 1.5`, `label_shift.py`'s
+bound for source-like low-level statistics, not tuned) and their statistics,
+taken with every batch norm normalizing with them (AdaBN on the window),
+replace the stored ones at once and the bank is emptied; windows found
+shifted one after another
 (corruptions that change faster than a window) are pooled exactly, AdaBN over
 the stretch that has not settled; otherwise RoTTA's update from the bank.
 Weak corruptions (noise, speckle, quantization: 0.1 to 0.3) stay on RoTTA's
 slow path. A model whose first batch norm follows a dense layer sees
 class-specific features there (one class moves it by 1 to 2, as far as a
 corruption), so the test never fires in it (the grid's MLP): RoTTA's path.
-The window costs one more forward pass of `memory_size` samples per update.
+The window costs one more forward pass of its samples per update.
 Measured on the grid's tuning half (docs/BENCHMARKS.md): it recovers about
 twice as much on shifted streams, and loses up to 4 points against no
 adaptation on continual streams whose corruption changes every window (each
@@ -71,8 +72,6 @@ kept it off.
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
 """
-
-import collections
 
 import keras
 import numpy as np
@@ -87,13 +86,17 @@ from kreg.adapt.memory_bank import timeliness_weights
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
-from kreg.adapt.reestimation import pool_statistics
+from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.layers.batch_statistics import combine_statistics
 
 
 def _rows(x):
-    """The samples of a batch (a structure of arrays), one structure per sample."""
-    leaves = keras.tree.flatten(x)
+    """The samples of a batch (a structure of arrays), one structure per sample.
+
+    Views of a copy, not of `x`: the bank and the shift test's window hold them
+    for many batches, and a caller may read its stream into one reused buffer.
+    """
+    leaves = [np.array(leaf, copy=True) for leaf in keras.tree.flatten(x)]
     return [
         keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))
     ]
@@ -140,7 +143,7 @@ class RobustAdaptation:
     def reset(self):
         self.selection.reset()
         self.bank.reset()
-        self.window = collections.deque(maxlen=self.memory_size)
+        self.window = []  # with `shift_distance`: the samples since the last update
         self.since_update = 0
         self.updates = 0
         self.shift_updates = 0
@@ -160,10 +163,18 @@ class RobustAdaptation:
         )
 
     def set_state(self, state):
-        (bank, self.since_update, self.updates, optimizer, selection, window) = state[:6]
-        self.shift_updates, self.unsettled = state[6:]
+        (
+            bank,
+            self.since_update,
+            self.updates,
+            optimizer,
+            selection,
+            window,
+            self.shift_updates,
+            self.unsettled,
+        ) = state
         self.bank.set_state(bank)
-        self.window = collections.deque(window, maxlen=self.memory_size)
+        self.window = list(window)
         self.selection.set_state(selection)
         if optimizer is not None:
             self.stepper.set_optimizer_state(optimizer)
@@ -173,18 +184,22 @@ class RobustAdaptation:
         goes into the bank, and every `memory_size` samples the model learns from
         the bank. Returns `(outputs, collapsed)`.
 
-        With `shift_distance`, the update comes before the prediction of the
-        batch that completes it, and starts with the shift test: when the
-        last `memory_size` samples of the stream (this batch included) sit
-        further than `shift_distance` from the first batch norm's stored
-        statistics, every batch norm takes their statistics outright, and the
-        bank (filled under predictions the shift made wrong) is emptied."""
+        With `shift_distance`, the shift test comes first, before the batch
+        that completes `memory_size` samples is predicted: when the samples
+        since the last update (this batch included) sit further than
+        `shift_distance` from the first batch norm's stored statistics, every
+        batch norm takes their statistics outright and the bank (filled under
+        predictions the shift made wrong) is emptied, in place of the bank's
+        update; otherwise the bank's update follows the prediction, as without."""
         rows = _rows(x)
         shifted = False
         if self.shift_distance is not None:
-            self.window.extend(rows)
-            if self.since_update + len(rows) >= self.memory_size:
-                shifted = self._follow_a_shift()
+            # Kept only once the test has taken the batch: a batch it refuses
+            # (statistics not finite) must not stay to fail the next windows.
+            window = self.window + rows
+            due = self.since_update + len(rows) >= self.memory_size
+            shifted = due and self._follow_a_shift(window)
+            self.window = [] if due else window
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
@@ -201,8 +216,8 @@ class RobustAdaptation:
             collapsed = self._update_from_bank()
         return outputs, collapsed
 
-    def _follow_a_shift(self):
-        """The shift test on the stream's last `memory_size` samples; on a
+    def _follow_a_shift(self, window):
+        """The shift test on `window`, the samples since the last update; on a
         shift, their statistics (pooled with those of the shifted windows just
         before it) replace the stored ones. Returns whether it did.
 
@@ -220,8 +235,8 @@ class RobustAdaptation:
         batch norm normalizing with them (AdaBN on the window, the limit of
         DELTA's renormalization towards the batch, Zhao et al., 2023).
         """
-        x = _stack(list(self.window))
-        options = dict(steps=None, batch_size=len(self.window), verbose=0)
+        x = _stack(list(window))
+        options = dict(steps=None, batch_size=len(window), verbose=0)
         statistics, _ = collect_statistics(
             self.model, self.layers, x, options, need_variance=False, stored_weight=0.0
         )
@@ -234,7 +249,7 @@ class RobustAdaptation:
         # features whose class means stay close; one after a dense layer on
         # the whole input already sees class-specific features, and a few
         # classes move it as far as a corruption does (docs/BENCHMARKS.md).
-        if count <= len(self.window):
+        if count <= len(window):
             return False
         distance = distance_from_stored_statistics(self.layers[first], mean, variance)
         if distance <= self.shift_distance:
@@ -243,12 +258,7 @@ class RobustAdaptation:
         # Windows found shifted one after another (corruptions that change
         # faster than a window) are pooled exactly: AdaBN over the stretch that
         # has not settled, rather than the last window's statistics alone.
-        if self.unsettled is not None:
-            statistics = [
-                pool_statistics((m0, m1), (v0, v1), (c0, c1))
-                for (m0, v0, c0), (m1, v1, c1) in zip(self.unsettled, statistics)
-            ]
-        self.unsettled = statistics
+        statistics = self.unsettled = pool_layer_statistics(self.unsettled, statistics)
         for layer, (mean, variance, count) in zip(self.layers, statistics):
             if count > 1:
                 assign_statistics(layer, mean, variance)
