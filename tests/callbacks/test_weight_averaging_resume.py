@@ -104,3 +104,13 @@ def test_a_backup_with_an_average_is_not_resumed_without_the_averaging(tmp_path)
             validation_data=(x[:16], y[:16]),
             callbacks=[EarlyStoppingWithCheckpoint(path)],
         )
+
+
+def test_a_backup_of_one_method_is_not_resumed_by_the_other(tmp_path):
+    # An EMA's average continued as SWA's equal mean (or the reverse) would
+    # weigh its updates wrongly without a word.
+    path = str(tmp_path / "d.keras")
+    with pytest.raises(Crash):
+        _fit(path, "ema", crash=(2, "after"))
+    with pytest.raises(ValueError, match="method='ema'.*method='swa'"):
+        _fit(path, "swa")
