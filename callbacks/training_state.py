@@ -322,8 +322,8 @@ def check_averaging_fits(model, averaging, arrays, path):
         if saved and saved != shapes:
             raise StateFileError(
                 f"Cannot resume from the backup {path!r}: its WeightAveraging state holds "
-                f"{len(saved)} weights of shapes {_short(saved)}, this model has "
-                f"{len(shapes)} trainable weights of shapes {_short(shapes)}."
+                f"{len(saved)} weights of shapes {short_shapes(saved)}, this model has "
+                f"{len(shapes)} trainable weights of shapes {short_shapes(shapes)}."
             )
 
 
@@ -377,13 +377,14 @@ def check_backup_fits(model, arrays, path):
         if saved != ours:
             raise StateFileError(
                 f"Cannot resume from the backup {path!r}: it holds {len(saved)} {group} "
-                f"variables of shapes {_short(saved)}, this model has {len(ours)} of shapes "
-                f"{_short(ours)} (the architecture changed). To start fresh, pass "
+                f"variables of shapes {short_shapes(saved)}, this model has {len(ours)} of shapes "
+                f"{short_shapes(ours)} (the architecture changed). To start fresh, pass "
                 "`resume=False` or delete the state file and the backups beside it."
             )
 
 
-def _short(shapes, limit=6):
+def short_shapes(shapes, limit=6):
+    """`shapes` in a message: the first `limit`, then an ellipsis."""
     text = ", ".join(str(s) for s in shapes[:limit])
     return f"[{text}{', ...' if len(shapes) > limit else ''}]"
 

@@ -15,6 +15,7 @@ from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg.callbacks.flat_weights import FlatWeights
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
+from kreg.callbacks.training_state import short_shapes
 from kreg.callbacks.weight_average import WeightAverage
 from kreg.callbacks.weight_average import annealed_learning_rate
 from kreg.callbacks.weight_average import ema_decay
@@ -330,6 +331,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
         self._reader = FlatWeights(self.model)
         if self._state_given:
+            self._check_state_fits()
             self._assign(self._raw_to_restore)
         else:
             self._average = WeightAverage()
@@ -499,6 +501,26 @@ class WeightAveraging(keras.callbacks.Callback):
                 "into the model before the other's validation. Pass one."
             )
         object.__setattr__(self.model, "_kreg_weight_averaging", weakref.ref(self))
+
+    def _check_state_fits(self):
+        """A `set_state` state is assigned by position: refuses one of other
+        trainable weights (a layer frozen or unfrozen since `get_state`)."""
+        raw, raw_statistics = self._raw_to_restore
+        statistics = [tuple(v.shape) for v in self._statistics_variables()]
+        for saved, ours, what in (
+            (self._average.values or [], self._reader.shapes, "trainable weights"),
+            (raw, self._reader.shapes, "trainable weights"),
+            (raw_statistics, statistics, "batch norm statistics"),
+        ):
+            saved = [tuple(np.shape(a)) for a in saved]
+            if saved and saved != [tuple(shape) for shape in ours]:
+                self._state_given, self._raw_to_restore = False, None
+                raise ValueError(
+                    "Invalid state received by `set_state`. Expected the state of this model's "
+                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives them. "
+                    f"Received: {len(saved)} weights of shapes {short_shapes(saved)} (were layers "
+                    "frozen or unfrozen since `get_state`?)"
+                )
 
     def _resolve_start_epoch(self):
         if self.method == "ema":

@@ -361,3 +361,21 @@ def test_set_state_puts_back_the_raw_weights_and_their_moving_statistics():
     assert len(raw.values) == len(at_begin.values[0]) + 2
     for actual, wanted in zip(at_begin.values[0] + at_begin.values[1], raw.values):
         np.testing.assert_array_equal(actual, wanted)
+
+
+def test_set_state_of_another_set_of_trainable_weights_is_refused_before_any_assignment():
+    # A layer frozen between the fits: the state's weights would be assigned,
+    # by position, to other variables.
+    x, y = _data()
+    model = _cnn()
+    first = WeightAveraging("ema", bn_data=x)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[first])
+    model.layers[1].trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    before = model.get_weights()
+    second = WeightAveraging("ema", bn_data=x)
+    second.set_state(first.get_state())
+    with pytest.raises(ValueError, match=r"set_state.*4 trainable weights.*Received: 5 weights"):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second])
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
