@@ -379,3 +379,27 @@ def test_set_state_of_another_set_of_trainable_weights_is_refused_before_any_ass
         model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second])
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ema_of_float16_weights_is_accumulated_in_float32():
+    # With momentum 0.999, `(1 - decay) * (weight - average)` falls below half a
+    # float16 step of the average: an average kept in float16 stops moving.
+    keras.config.set_dtype_policy("float16")
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 4)).astype("float16")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    raw = _Recorder("batch")
+    averaging = WeightAveraging("ema", momentum=0.999, warmup_power=0)
+    model.fit(x, x[:, :1] * 3, batch_size=8, epochs=2, verbose=0, callbacks=[raw, averaging])
+    expected = [w.astype("float64") for w in raw.weights[0]]
+    for weights in raw.weights[1:]:
+        expected = [0.999 * e + 0.001 * w.astype("float64") for e, w in zip(expected, weights)]
+    values = averaging.get_state()["values"]
+    assert all(v.dtype == np.float32 for v in values)
+    for actual, wanted in zip(values, expected):
+        np.testing.assert_allclose(actual, wanted, rtol=0, atol=1e-5)
+    # The model holds the average in its own dtype.
+    for variable, value in zip(model.trainable_variables, values):
+        np.testing.assert_array_equal(ops.convert_to_numpy(variable), value.astype("float16"))
