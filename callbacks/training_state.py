@@ -347,9 +347,21 @@ def write_backup(path, arrays):
     """Writes `host_copy(model)`'s arrays to `path` (an `.npz` file)."""
     with open(path, "wb") as file:
         np.savez(
-            file, **{f"{group}_{i:06d}": a for group in GROUPS for i, a in enumerate(arrays[group])}
+            file,
+            **{
+                f"{group}_{i:06d}": _storable(a)
+                for group in GROUPS
+                for i, a in enumerate(arrays[group])
+            },
         )
         file.flush()
+
+
+def _storable(array):
+    """`array`, or as float32 if its dtype is not NumPy's own (bfloat16, the
+    float8 types of `ml_dtypes`: kind "V"), which `.npz` keeps as raw bytes that
+    no variable takes back; float32 holds each of their values exactly."""
+    return array.astype("float32") if array.dtype.kind == "V" else array
 
 
 def read_backup(path):
