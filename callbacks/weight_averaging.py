@@ -264,6 +264,7 @@ class WeightAveraging(keras.callbacks.Callback):
             )
             self._first_batch = _first_batch(bn_data, bn_batch_size)
         self._average = WeightAverage()
+        self._reader = None  # a FlatWeights of the model's trainable variables, from fit
         self._state_given = False
         self._raw_to_restore = None
         self._raw_in_waiting = None  # the raw weights after fit, for get_state
@@ -431,7 +432,7 @@ class WeightAveraging(keras.callbacks.Callback):
             _numpy(self._statistics_variables()),
         )
         try:
-            for variable, value in zip(self.model.trainable_variables, self._average.values):
+            for variable, value in zip(self._reader.variables, self._average.values):
                 variable.assign(value)
             self._statistics_for_average()
         except BaseException:
@@ -469,8 +470,11 @@ class WeightAveraging(keras.callbacks.Callback):
         self._assign(raw)
 
     def _assign(self, raw):
+        # The variables the reader was made for: raw weights left by a fit an
+        # error stopped go back where they came from, even if a layer has been
+        # frozen since (`on_train_begin` swaps them out before a new reader).
         weights, statistics = raw
-        for variable, value in zip(self.model.trainable_variables, weights):
+        for variable, value in zip(self._reader.variables, weights):
             variable.assign(value)
         for variable, value in zip(self._statistics_variables(), statistics):
             variable.assign(value)

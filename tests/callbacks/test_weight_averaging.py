@@ -403,3 +403,26 @@ def test_ema_of_float16_weights_is_accumulated_in_float32():
     # The model holds the average in its own dtype.
     for variable, value in zip(model.trainable_variables, values):
         np.testing.assert_array_equal(ops.convert_to_numpy(variable), value.astype("float16"))
+
+
+def test_raw_weights_left_by_an_interrupted_fit_go_back_after_a_layer_is_frozen():
+    # The model holds the average when the error stops fit; the next fit puts
+    # the raw weights back into the variables they were read from, not into
+    # the new, shorter list of trainable variables.
+    x, y = _data()
+    model = _cnn()
+    raw = _Recorder("batch")
+    averaging = WeightAveraging("ema", bn_data=x)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x, y, epochs=4, batch_size=32, verbose=0, callbacks=[raw, averaging, _Interrupt()]
+        )
+    every_weight = list(model.trainable_variables)
+    model.layers[1].trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    at_begin = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: setattr(at_begin, "values", _numpy(every_weight))
+    )
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[averaging, at_begin])
+    for actual, wanted in zip(at_begin.values, raw.weights[-1]):
+        np.testing.assert_array_equal(actual, wanted)
