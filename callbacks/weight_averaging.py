@@ -242,13 +242,15 @@ class WeightAveraging(keras.callbacks.Callback):
             "every_n_epochs", every_n_epochs, integer=True, minimum=1
         )
         self.bn_data = bn_data
-        self.bn_steps = bn_steps
-        self.bn_batch_size = bn_batch_size
+        # Checked here, under their own names, with or without bn_data
+        # (PreciseBatchNorm's checks name its `steps` and `batch_size`).
+        self.bn_steps = _optional_count("bn_steps", bn_steps, minimum=1)
+        self.bn_batch_size = _optional_count("bn_batch_size", bn_batch_size, minimum=1)
         self.raw_validation_data = _check_raw_validation_data(raw_validation_data)
-        self.seed = seed
+        self.seed = _optional_count("seed", seed, minimum=0)
         self.verbose = check_at_least("verbose", verbose, integer=True)
-        # The re-estimation is PreciseBatchNorm's; it also checks bn_steps,
-        # bn_batch_size and that bn_data yields something.
+        # The re-estimation is PreciseBatchNorm's; it also checks that bn_data
+        # yields something.
         self._estimator = None
         self._first_batch = None
         if bn_data is not None:
@@ -601,6 +603,10 @@ class WeightAveraging(keras.callbacks.Callback):
         return type(self)(
             bn_data=self.bn_data, raw_validation_data=self.raw_validation_data, **self.get_config()
         )
+
+
+def _optional_count(name, value, minimum):
+    return None if value is None else check_at_least(name, value, integer=True, minimum=minimum)
 
 
 def _check_start_epoch(value):

@@ -246,7 +246,12 @@ def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"bn_data": np.zeros((0, 6, 6, 1), "float32")}, "no batch"),
         ({"bn_data": (row for row in np.zeros((4, 6, 6, 1)))}, "generator"),
-        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_steps": 0}, "steps"),
+        # Named as WeightAveraging's arguments, and checked without bn_data too.
+        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_steps": 0}, "`bn_steps`.*bn_steps=0"),
+        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_batch_size": 0}, "`bn_batch_size`"),
+        ({"bn_steps": -1}, "`bn_steps`"),
+        ({"bn_batch_size": 0}, "`bn_batch_size`"),
+        ({"seed": "x"}, "`seed`"),
     ],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs, match):
