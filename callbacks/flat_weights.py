@@ -71,7 +71,8 @@ def _reader(variables, model, dtype):
         def concatenated():
             with torch.no_grad():
                 flat = torch.cat([v.value.detach().reshape(-1) for v in variables])
-            return flat.to(getattr(torch, dtype)).cpu().numpy().copy()
+            # torch.cat made a fresh tensor: NumPy may share it.
+            return flat.to(getattr(torch, dtype)).cpu().numpy()
 
         return concatenated
     return lambda: np.concatenate(  # other backends: one read per variable
