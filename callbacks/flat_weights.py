@@ -19,7 +19,8 @@ from kreg import _keras_compat
 
 class FlatWeights:
     """Reads `model.trainable_variables` (also between two steps of JAX's `fit`)
-    as one 1-D NumPy array, in their order; `shapes` unflattens it.
+    as one 1-D NumPy array, in their order; `shapes` unflattens it. The array
+    is float32 (float64 where a variable is), whatever the variables' dtypes.
 
     Args:
         model: A built model; its trainable variables must not change while
@@ -31,10 +32,11 @@ class FlatWeights:
         self.variables = list(model.trainable_variables)
         self.shapes = [tuple(v.shape) for v in self.variables]
         self.size = sum(math.prod(shape) for shape in self.shapes)
-        self.dtype = (
-            np.result_type(*[np.dtype(v.dtype) for v in self.variables])
-            if self.variables
-            else np.dtype("float32")
+        # At least float32: an EMA of float16/bfloat16 weights kept in their
+        # dtype stops moving once `(1 - decay) * (weight - average)` is below
+        # half a step of the average (0.001 * 0.1 against 0.0005 near 1).
+        self.dtype = np.dtype(
+            "float64" if any(v.dtype == "float64" for v in self.variables) else "float32"
         )
         self._read = _reader(self.variables, model, str(self.dtype))
 
@@ -69,7 +71,8 @@ def _reader(variables, model, dtype):
         def concatenated():
             with torch.no_grad():
                 flat = torch.cat([v.value.detach().reshape(-1) for v in variables])
-            return flat.to(getattr(torch, dtype)).cpu().numpy().copy()
+            # torch.cat made a fresh tensor: NumPy may share it.
+            return flat.to(getattr(torch, dtype)).cpu().numpy()
 
         return concatenated
     return lambda: np.concatenate(  # other backends: one read per variable

@@ -252,7 +252,7 @@ def host_copy(model, averaging=None):
         for group, variables in _variables(model).items()
     }
     arrays["backend_random"] = _backend_random_state()
-    arrays.update(_averaging_arrays(None if averaging is None else averaging.get_state()))
+    arrays.update(_averaging_arrays(averaging))
     return arrays
 
 
@@ -278,14 +278,17 @@ def fit_averaging(callback):
     return averaging
 
 
-def _averaging_arrays(state):
-    if state is None:
+def _averaging_arrays(averaging):
+    if averaging is None:
         return {group: [] for group in GROUPS if group.startswith("averaging_")}
+    state = averaging.get_state()
     rate = state.get("swa_start_rate")
     return {
+        # The method last: backups written before it was kept have two entries.
         "averaging_meta": [
             np.array(state["count"], dtype="int64"),
             np.array(np.nan if rate is None else rate, dtype="float64"),
+            np.array(averaging.method),
         ],
         "averaging_values": list(state["values"] or []),
         "averaging_raw": list(state["raw"] or []),
@@ -305,14 +308,22 @@ def check_averaging_fits(model, averaging, arrays, path):
             "(training would go on from the averaged weights). Pass the same WeightAveraging, "
             "before it in the list, or pass `resume=False` to start fresh."
         )
+    meta = arrays["averaging_meta"]
+    if len(meta) > 2 and str(meta[2]) != averaging.method:
+        raise StateFileError(
+            f"Cannot resume from the backup {path!r}: it holds the average of a WeightAveraging "
+            f"with method={str(meta[2])!r}, and this fit's has method={averaging.method!r} (the "
+            "average of one method cannot be continued by the other). Pass "
+            f"WeightAveraging(method={str(meta[2])!r}, ...), or pass `resume=False` to start fresh."
+        )
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     for group in ("averaging_values", "averaging_raw"):
         saved = [tuple(a.shape) for a in arrays[group]]
         if saved and saved != shapes:
             raise StateFileError(
                 f"Cannot resume from the backup {path!r}: its WeightAveraging state holds "
-                f"{len(saved)} weights of shapes {_short(saved)}, this model has "
-                f"{len(shapes)} trainable weights of shapes {_short(shapes)}."
+                f"{len(saved)} weights of shapes {short_shapes(saved)}, this model has "
+                f"{len(shapes)} trainable weights of shapes {short_shapes(shapes)}."
             )
 
 
@@ -320,7 +331,7 @@ def restore_averaging(averaging, arrays):
     """Gives `averaging` the state a backup holds (after `restore_backup`)."""
     if averaging is None or not arrays["averaging_meta"]:
         return
-    count, rate = arrays["averaging_meta"]
+    count, rate = arrays["averaging_meta"][:2]
     averaging._restore_in_fit(
         {
             "count": int(count),
@@ -336,9 +347,21 @@ def write_backup(path, arrays):
     """Writes `host_copy(model)`'s arrays to `path` (an `.npz` file)."""
     with open(path, "wb") as file:
         np.savez(
-            file, **{f"{group}_{i:06d}": a for group in GROUPS for i, a in enumerate(arrays[group])}
+            file,
+            **{
+                f"{group}_{i:06d}": _storable(a)
+                for group in GROUPS
+                for i, a in enumerate(arrays[group])
+            },
         )
         file.flush()
+
+
+def _storable(array):
+    """`array`, or as float32 if its dtype is not NumPy's own (bfloat16, the
+    float8 types of `ml_dtypes`: kind "V"), which `.npz` keeps as raw bytes that
+    no variable takes back; float32 holds each of their values exactly."""
+    return array.astype("float32") if array.dtype.kind == "V" else array
 
 
 def read_backup(path):
@@ -366,13 +389,14 @@ def check_backup_fits(model, arrays, path):
         if saved != ours:
             raise StateFileError(
                 f"Cannot resume from the backup {path!r}: it holds {len(saved)} {group} "
-                f"variables of shapes {_short(saved)}, this model has {len(ours)} of shapes "
-                f"{_short(ours)} (the architecture changed). To start fresh, pass "
+                f"variables of shapes {short_shapes(saved)}, this model has {len(ours)} of shapes "
+                f"{short_shapes(ours)} (the architecture changed). To start fresh, pass "
                 "`resume=False` or delete the state file and the backups beside it."
             )
 
 
-def _short(shapes, limit=6):
+def short_shapes(shapes, limit=6):
+    """`shapes` in a message: the first `limit`, then an ellipsis."""
     text = ", ".join(str(s) for s in shapes[:limit])
     return f"[{text}{', ...' if len(shapes) > limit else ''}]"
 

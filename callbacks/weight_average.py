@@ -56,7 +56,9 @@ class WeightAverage:
         self._flat = self._scratch = None
 
     def _start(self, flat, shapes):
-        self._flat = np.array(flat, copy=True)
+        # Kept in float32 at least (float64 stays): see `FlatWeights.dtype`.
+        dtype = np.float64 if flat.dtype == np.float64 else np.float32
+        self._flat = np.array(flat, dtype=dtype, copy=True)
         self._scratch = np.empty_like(self._flat)
         self.values = unflatten(self._flat, shapes)
 

@@ -15,6 +15,7 @@ from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg.callbacks.flat_weights import FlatWeights
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
+from kreg.callbacks.training_state import short_shapes
 from kreg.callbacks.weight_average import WeightAverage
 from kreg.callbacks.weight_average import annealed_learning_rate
 from kreg.callbacks.weight_average import ema_decay
@@ -241,13 +242,15 @@ class WeightAveraging(keras.callbacks.Callback):
             "every_n_epochs", every_n_epochs, integer=True, minimum=1
         )
         self.bn_data = bn_data
-        self.bn_steps = bn_steps
-        self.bn_batch_size = bn_batch_size
+        # Checked here, under their own names, with or without bn_data
+        # (PreciseBatchNorm's checks name its `steps` and `batch_size`).
+        self.bn_steps = _optional_count("bn_steps", bn_steps, minimum=1)
+        self.bn_batch_size = _optional_count("bn_batch_size", bn_batch_size, minimum=1)
         self.raw_validation_data = _check_raw_validation_data(raw_validation_data)
-        self.seed = seed
+        self.seed = _optional_count("seed", seed, minimum=0)
         self.verbose = check_at_least("verbose", verbose, integer=True)
-        # The re-estimation is PreciseBatchNorm's; it also checks bn_steps,
-        # bn_batch_size and that bn_data yields something.
+        # The re-estimation is PreciseBatchNorm's; it also checks that bn_data
+        # yields something.
         self._estimator = None
         self._first_batch = None
         if bn_data is not None:
@@ -263,6 +266,7 @@ class WeightAveraging(keras.callbacks.Callback):
             )
             self._first_batch = _first_batch(bn_data, bn_batch_size)
         self._average = WeightAverage()
+        self._reader = None  # a FlatWeights of the model's trainable variables, from fit
         self._state_given = False
         self._raw_to_restore = None
         self._raw_in_waiting = None  # the raw weights after fit, for get_state
@@ -330,6 +334,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._layers = [layer for layer in batch_norm_layers(self.model) if layer.trainable]
         self._reader = FlatWeights(self.model)
         if self._state_given:
+            self._check_state_fits()
             self._assign(self._raw_to_restore)
         else:
             self._average = WeightAverage()
@@ -429,7 +434,7 @@ class WeightAveraging(keras.callbacks.Callback):
             _numpy(self._statistics_variables()),
         )
         try:
-            for variable, value in zip(self.model.trainable_variables, self._average.values):
+            for variable, value in zip(self._reader.variables, self._average.values):
                 variable.assign(value)
             self._statistics_for_average()
         except BaseException:
@@ -467,8 +472,11 @@ class WeightAveraging(keras.callbacks.Callback):
         self._assign(raw)
 
     def _assign(self, raw):
+        # The variables the reader was made for: raw weights left by a fit an
+        # error stopped go back where they came from, even if a layer has been
+        # frozen since (`on_train_begin` swaps them out before a new reader).
         weights, statistics = raw
-        for variable, value in zip(self.model.trainable_variables, weights):
+        for variable, value in zip(self._reader.variables, weights):
             variable.assign(value)
         for variable, value in zip(self._statistics_variables(), statistics):
             variable.assign(value)
@@ -499,6 +507,26 @@ class WeightAveraging(keras.callbacks.Callback):
                 "into the model before the other's validation. Pass one."
             )
         object.__setattr__(self.model, "_kreg_weight_averaging", weakref.ref(self))
+
+    def _check_state_fits(self):
+        """A `set_state` state is assigned by position: refuses one of other
+        trainable weights (a layer frozen or unfrozen since `get_state`)."""
+        raw, raw_statistics = self._raw_to_restore
+        statistics = [tuple(v.shape) for v in self._statistics_variables()]
+        for saved, ours, what in (
+            (self._average.values or [], self._reader.shapes, "trainable weights"),
+            (raw, self._reader.shapes, "trainable weights"),
+            (raw_statistics, statistics, "batch norm statistics"),
+        ):
+            saved = [tuple(np.shape(a)) for a in saved]
+            if saved and saved != [tuple(shape) for shape in ours]:
+                self._state_given, self._raw_to_restore = False, None
+                raise ValueError(
+                    "Invalid state received by `set_state`. Expected the state of this model's "
+                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives them. "
+                    f"Received: {len(saved)} weights of shapes {short_shapes(saved)} (were layers "
+                    "frozen or unfrozen since `get_state`?)"
+                )
 
     def _resolve_start_epoch(self):
         if self.method == "ema":
@@ -575,6 +603,10 @@ class WeightAveraging(keras.callbacks.Callback):
         return type(self)(
             bn_data=self.bn_data, raw_validation_data=self.raw_validation_data, **self.get_config()
         )
+
+
+def _optional_count(name, value, minimum):
+    return None if value is None else check_at_least(name, value, integer=True, minimum=minimum)
 
 
 def _check_start_epoch(value):

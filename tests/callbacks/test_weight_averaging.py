@@ -246,7 +246,12 @@ def test_best_epoch_is_judged_and_saved_on_the_averaged_model(tmp_path):
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"bn_data": np.zeros((0, 6, 6, 1), "float32")}, "no batch"),
         ({"bn_data": (row for row in np.zeros((4, 6, 6, 1)))}, "generator"),
-        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_steps": 0}, "steps"),
+        # Named as WeightAveraging's arguments, and checked without bn_data too.
+        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_steps": 0}, "`bn_steps`.*bn_steps=0"),
+        ({"bn_data": np.zeros((4, 6, 6, 1)), "bn_batch_size": 0}, "`bn_batch_size`"),
+        ({"bn_steps": -1}, "`bn_steps`"),
+        ({"bn_batch_size": 0}, "`bn_batch_size`"),
+        ({"seed": "x"}, "`seed`"),
     ],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs, match):
@@ -360,4 +365,69 @@ def test_set_state_puts_back_the_raw_weights_and_their_moving_statistics():
     resumed.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second, at_begin])
     assert len(raw.values) == len(at_begin.values[0]) + 2
     for actual, wanted in zip(at_begin.values[0] + at_begin.values[1], raw.values):
+        np.testing.assert_array_equal(actual, wanted)
+
+
+def test_set_state_of_another_set_of_trainable_weights_is_refused_before_any_assignment():
+    # A layer frozen between the fits: the state's weights would be assigned,
+    # by position, to other variables.
+    x, y = _data()
+    model = _cnn()
+    first = WeightAveraging("ema", bn_data=x)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[first])
+    model.layers[1].trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    before = model.get_weights()
+    second = WeightAveraging("ema", bn_data=x)
+    second.set_state(first.get_state())
+    with pytest.raises(ValueError, match=r"set_state.*4 trainable weights.*Received: 5 weights"):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[second])
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ema_of_float16_weights_is_accumulated_in_float32():
+    # With momentum 0.999, `(1 - decay) * (weight - average)` falls below half a
+    # float16 step of the average: an average kept in float16 stops moving.
+    keras.config.set_dtype_policy("float16")
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 4)).astype("float16")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    raw = _Recorder("batch")
+    averaging = WeightAveraging("ema", momentum=0.999, warmup_power=0)
+    model.fit(x, x[:, :1] * 3, batch_size=8, epochs=2, verbose=0, callbacks=[raw, averaging])
+    expected = [w.astype("float64") for w in raw.weights[0]]
+    for weights in raw.weights[1:]:
+        expected = [0.999 * e + 0.001 * w.astype("float64") for e, w in zip(expected, weights)]
+    values = averaging.get_state()["values"]
+    assert all(v.dtype == np.float32 for v in values)
+    for actual, wanted in zip(values, expected):
+        np.testing.assert_allclose(actual, wanted, rtol=0, atol=1e-5)
+    # The model holds the average in its own dtype.
+    for variable, value in zip(model.trainable_variables, values):
+        np.testing.assert_array_equal(ops.convert_to_numpy(variable), value.astype("float16"))
+
+
+def test_raw_weights_left_by_an_interrupted_fit_go_back_after_a_layer_is_frozen():
+    # The model holds the average when the error stops fit; the next fit puts
+    # the raw weights back into the variables they were read from, not into
+    # the new, shorter list of trainable variables.
+    x, y = _data()
+    model = _cnn()
+    raw = _Recorder("batch")
+    averaging = WeightAveraging("ema", bn_data=x)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x, y, epochs=4, batch_size=32, verbose=0, callbacks=[raw, averaging, _Interrupt()]
+        )
+    every_weight = list(model.trainable_variables)
+    model.layers[1].trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    at_begin = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: setattr(at_begin, "values", _numpy(every_weight))
+    )
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[averaging, at_begin])
+    for actual, wanted in zip(at_begin.values, raw.weights[-1]):
         np.testing.assert_array_equal(actual, wanted)

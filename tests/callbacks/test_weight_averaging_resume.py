@@ -104,3 +104,39 @@ def test_a_backup_with_an_average_is_not_resumed_without_the_averaging(tmp_path)
             validation_data=(x[:16], y[:16]),
             callbacks=[EarlyStoppingWithCheckpoint(path)],
         )
+
+
+def test_a_backup_of_one_method_is_not_resumed_by_the_other(tmp_path):
+    # An EMA's average continued as SWA's equal mean (or the reverse) would
+    # weigh its updates wrongly without a word.
+    path = str(tmp_path / "d.keras")
+    with pytest.raises(Crash):
+        _fit(path, "ema", crash=(2, "after"))
+    with pytest.raises(ValueError, match="method='ema'.*method='swa'"):
+        _fit(path, "swa")
+
+
+def test_a_run_with_bfloat16_weights_resumes_exactly(tmp_path):
+    # NumPy has no bfloat16 of its own: an `.npz` keeps such arrays as raw
+    # bytes (dtype V2), which no variable takes back.
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+
+    def fit(path, crash=False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(8, dtype="bfloat16"), keras.layers.Dense(1)]
+        )
+        model.compile("sgd", "mse")
+        averaging = WeightAveraging("ema", momentum=0.8)
+        callbacks = [averaging, EarlyStoppingWithCheckpoint(path, patience=EPOCHS)]
+        callbacks += [CrashAt(2)] if crash else []
+        model.fit(x, x[:, :1], batch_size=8, epochs=EPOCHS, shuffle=False, verbose=0,
+                  validation_data=(x, x[:, :1]), callbacks=callbacks)  # fmt: skip
+        return model, averaging
+
+    reference, reference_averaging = fit(str(tmp_path / "a.keras"))
+    with pytest.raises(Crash):
+        fit(str(tmp_path / "b.keras"), crash=True)
+    model, averaging = fit(str(tmp_path / "b.keras"))
+    _assert_close(model.get_weights(), reference.get_weights())
+    _assert_close(averaging.get_state()["values"], reference_averaging.get_state()["values"])
