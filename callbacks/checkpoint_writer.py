@@ -25,7 +25,32 @@ import threading
 
 
 class CheckpointWriteError(RuntimeError):
-    """A checkpoint file could not be written or deleted in the background."""
+    """A checkpoint file could not be written or deleted in the background.
+
+    `EarlyStoppingWithCheckpoint` writes its files in a background thread. A
+    failure there comes back in the training thread, at the next epoch's save,
+    at `wait_until_finished()` or at the end of `fit`, as this error naming the
+    file; the original exception is its `__cause__`. The steps after the failed
+    one are not run, so the state file on disk still names the last complete
+    save.
+
+    Args:
+        message: What failed, naming the file.
+
+    Example:
+
+    >>> from kreg.callbacks import CheckpointWriteError
+    >>> from kreg.callbacks.checkpoint_writer import CheckpointWriter, Step
+    >>> def disk_full():
+    ...     raise OSError("No space left on device")
+    >>> writer = CheckpointWriter()
+    >>> writer.submit([Step("best.keras", disk_full)])
+    >>> try:
+    ...     writer.wait()
+    ... except CheckpointWriteError as error:
+    ...     print(type(error.__cause__).__name__, "best.keras" in str(error))
+    OSError True
+    """
 
 
 Step = collections.namedtuple("Step", ["path", "action", "verb"], defaults=["writing"])
