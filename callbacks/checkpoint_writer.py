@@ -105,9 +105,11 @@ class CheckpointWriter:
     def wait(self):
         """Blocks until the commit in flight is written; raises its error as a
         `CheckpointWriteError` naming the file (once: the writer is usable again)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
+        if self._thread is not None:
+            # Forgotten only once joined: a join a KeyboardInterrupt ends leaves
+            # the commit in flight, and the next `wait` must still wait for it.
+            self._thread.join()
+            self._thread = None
         if self._failure is not None:
             (step, error), self._failure = self._failure, None
             raise CheckpointWriteError(

@@ -94,6 +94,35 @@ def test_submit_waits_for_the_commit_in_flight():
     assert order == ["first", "second"]
 
 
+def test_a_wait_interrupted_by_ctrl_c_still_waits_the_next_time():
+    # A KeyboardInterrupt while `wait` (or `submit`) blocks on the commit in
+    # flight leaves that commit running: the next `wait` (the next `fit`'s
+    # `on_train_begin`) must still wait for it before reading the folder.
+    writer = CheckpointWriter()
+    release = threading.Event()
+    ran = []
+    writer.submit([Step("slow", lambda: (release.wait(), ran.append("slow")))])
+    thread = writer._thread
+
+    def interrupted_join(timeout=None):
+        raise KeyboardInterrupt
+
+    thread.join = interrupted_join
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            writer.wait()
+        del thread.join
+        assert writer.busy, "the commit is still in flight"
+        waiter = threading.Thread(target=writer.wait)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and ran == [], "wait must block until the commit is written"
+    finally:
+        release.set()  # a failing assert must not leave the (non-daemon) writer blocked
+    waiter.join()
+    assert ran == ["slow"] and not writer.busy
+
+
 def test_one_writer_per_checkpoint_path():
     assert writer_for("/a/best.keras") is writer_for("/a/best.keras")
     assert writer_for("/a/best.keras") is not writer_for("/b/best.keras")
