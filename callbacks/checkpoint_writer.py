@@ -112,10 +112,17 @@ class CheckpointWriter:
             self._thread = None
         if self._failure is not None:
             (step, error), self._failure = self._failure, None
+            # Deletions come after the state file that commits a save: by then
+            # the save is complete, and only the clean-up stopped.
+            consequence = (
+                "The save was committed before it; the files it left can be deleted by hand."
+                if step.verb.startswith("deleting")
+                else "The steps after it were not run: the files on disk are those of the "
+                "last complete save."
+            )
             raise CheckpointWriteError(
                 f"{step.verb.capitalize()} {step.path!r} failed in a background checkpoint write"
-                f" ({type(error).__name__}: {error}). The steps after it were not "
-                "run: the files on disk are those of the last complete save."
+                f" ({type(error).__name__}: {error}). {consequence}"
             ) from error
 
 

@@ -106,7 +106,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
       exception stopped, `wait_until_finished()` does (so does the next `fit`
       on the same `filepath`). A write that fails is raised in the training
       thread, at the next epoch's end or when training ends, as a
-      `kreg.callbacks.CheckpointWriteError` naming the file;
+      `kreg.callbacks.CheckpointWriteError` naming the file; the last write of
+      a `fit` an exception stopped is raised by `wait_until_finished()`, or
+      else by the next `fit` on the same `filepath` before it trains (it would
+      resume from the save before), and is lost if the process ends first;
     - with `keep_best=k` and placeholders in `filepath` (`"best-{epoch:02d}-
       {val_loss:.4f}.keras"`, formatted as `ModelCheckpoint` formats them), the
       k files with the best monitored values are kept and the others deleted,

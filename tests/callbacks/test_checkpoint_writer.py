@@ -67,6 +67,24 @@ def test_a_failed_step_ends_its_commit_and_wait_raises_it_naming_the_file_once()
     assert ran == ["model", "next"]
 
 
+def test_a_failed_deletion_says_the_save_was_committed_before_it():
+    writer = CheckpointWriter()
+
+    def busy_file():
+        raise PermissionError(13, "Permission denied")
+
+    writer.submit(
+        [
+            Step("/ckpt/best.keras.state.json", lambda: None),
+            Step("/ckpt/best-03.keras", busy_file, "deleting"),
+        ]
+    )
+    with pytest.raises(CheckpointWriteError, match=r"Deleting '/ckpt/best-03.keras'") as raised:
+        writer.wait()
+    assert "save was committed" in str(raised.value)
+    assert "last complete save" not in str(raised.value)
+
+
 def test_a_failed_commit_is_raised_by_the_next_submit_which_starts_nothing():
     writer = CheckpointWriter()
     ran = []
