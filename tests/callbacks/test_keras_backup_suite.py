@@ -65,6 +65,21 @@ def _data():
     return np.random.random((10, 3)), np.random.random((10, 1))
 
 
+def _interrupted_at_epoch_2(model, tmp_path, x_train, y_train):
+    """A 6-epoch fit that an exception stops at the end of epoch 2; its callback."""
+    cbk = _callback(tmp_path)
+    with pytest.raises(RuntimeError, match="EpochInterruption"):
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=4,
+            epochs=6,
+            verbose=0,
+            callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
+        )
+    return cbk
+
+
 def test_filepath_empty_or_none_error():
     with pytest.raises(ValueError, match="filepath"):
         EarlyStoppingWithCheckpoint("")
@@ -104,15 +119,7 @@ def test_best_case_epoch(tmp_path):
     model = make_model()
     assert int(model.layers[0].counter.value) == 0
     x_train, y_train = _data()
-    with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(
-            x_train,
-            y_train,
-            batch_size=4,
-            epochs=6,
-            verbose=0,
-            callbacks=[_callback(tmp_path), InterruptingCallback(steps_int=None, epoch_int=2)],
-        )
+    _interrupted_at_epoch_2(model, tmp_path, x_train, y_train)
     assert backup_dir.exists()
     assert int(model.layers[0].counter.value) == 6
     cbk = _callback(tmp_path)
@@ -126,16 +133,7 @@ def test_backup_corrupted(tmp_path):
     backup_dir = tmp_path / "subdir"
     model = make_model()
     x_train, y_train = _data()
-    cbk = _callback(tmp_path)
-    with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(
-            x_train,
-            y_train,
-            batch_size=4,
-            epochs=6,
-            verbose=0,
-            callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
-        )
+    cbk = _interrupted_at_epoch_2(model, tmp_path, x_train, y_train)
     cbk.wait_until_finished()  # the files are written in the background
     backups = sorted(name for name in os.listdir(backup_dir) if ".backup-" in name)
     assert len(backups) == 2, "two generations of backup"
@@ -155,16 +153,7 @@ def test_both_backups_corrupted_start_fresh_with_a_warning(tmp_path):
     backup_dir = tmp_path / "subdir"
     model = make_model()
     x_train, y_train = _data()
-    cbk = _callback(tmp_path)
-    with pytest.raises(RuntimeError, match="EpochInterruption"):
-        model.fit(
-            x_train,
-            y_train,
-            batch_size=4,
-            epochs=6,
-            verbose=0,
-            callbacks=[cbk, InterruptingCallback(steps_int=None, epoch_int=2)],
-        )
+    cbk = _interrupted_at_epoch_2(model, tmp_path, x_train, y_train)
     cbk.wait_until_finished()  # the files are written in the background
     for name in os.listdir(backup_dir):
         if ".backup-" in name:

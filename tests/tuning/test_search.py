@@ -272,18 +272,23 @@ def _overfits_while_accuracy_creeps(epoch):
     }
 
 
-def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
-    # Another trial scored 0.64 (signed: lower is better): this one trails it,
-    # and its val_accuracy stalls after epoch 11 at 0.61.
-    # The detector judges nothing before its 7th validated epoch (its noise
-    # estimate): the loss curves' U is called overfitting at epoch 6.
-    detector = pruning_detector(
+def _overfitting_pruner():
+    """Prunes on the overfitting state, judging the objective over 4 epochs."""
+    return pruning_detector(
         prune_on="overfitting",
         objective=VAL_ACCURACY,
         objective_patience=4,
         patience=2,
         smoothing=0.0,
     )
+
+
+def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
+    # Another trial scored 0.64 (signed: lower is better): this one trails it,
+    # and its val_accuracy stalls after epoch 11 at 0.61.
+    # The detector judges nothing before its 7th validated epoch (its noise
+    # estimate): the loss curves' U is called overfitting at epoch 6.
+    detector = _overfitting_pruner()
     stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
     assert detector.states[5:7] == ["learning", "overfitting"], detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
@@ -295,13 +300,7 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
             "val_loss": 1.0 - 0.01 * epoch,
         }
 
-    detector = pruning_detector(
-        prune_on="overfitting",
-        objective=VAL_ACCURACY,
-        objective_patience=4,
-        patience=2,
-        smoothing=0.0,
-    )
+    detector = _overfitting_pruner()
     assert replay(detector, learning, search_best=-0.64) == 11 + 4, (
         "its pace over `objective_patience` epochs"
     )
@@ -310,13 +309,7 @@ def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it
 
 def test_the_leading_trial_is_never_ended_for_overfitting():
     for search_best in (None, -0.6):  # the first trial; a trial ahead of the others
-        detector = pruning_detector(
-            prune_on="overfitting",
-            objective=VAL_ACCURACY,
-            objective_patience=4,
-            patience=2,
-            smoothing=0.0,
-        )
+        detector = _overfitting_pruner()
         assert replay(detector, _overfits_while_accuracy_creeps, search_best=search_best) is None
         assert detector.state == "overfitting"
 
