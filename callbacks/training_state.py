@@ -244,13 +244,16 @@ def _set_backend_random_state(arrays):
         torch.cuda.set_rng_state_all([as_tensor(array) for array in cuda])
 
 
+def host_arrays(values):
+    """`values` (variables or tensors of any backend) as NumPy arrays of their
+    own: copies, so that training does not change them afterwards."""
+    return [np.array(keras.ops.convert_to_numpy(value), copy=True) for value in values]
+
+
 def host_copy(model, averaging=None):
     """Every variable of the backup as NumPy arrays, copied off the device,
     and the state of `averaging` (the `WeightAveraging` of this fit, if any)."""
-    arrays = {
-        group: [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in variables]
-        for group, variables in _variables(model).items()
-    }
+    arrays = {group: host_arrays(variables) for group, variables in _variables(model).items()}
     arrays["backend_random"] = _backend_random_state()
     arrays.update(_averaging_arrays(averaging))
     return arrays

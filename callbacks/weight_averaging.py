@@ -15,6 +15,7 @@ from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg.callbacks.flat_weights import FlatWeights
 from kreg.callbacks.precise_batch_norm import PreciseBatchNorm
+from kreg.callbacks.training_state import host_arrays
 from kreg.callbacks.training_state import short_shapes
 from kreg.callbacks.weight_average import WeightAverage
 from kreg.callbacks.weight_average import annealed_learning_rate
@@ -41,10 +42,6 @@ METHOD_OF_ARGUMENT = {
 # runs) and timm's warmup power.
 DEFAULT_EMA_MOMENTUM = 0.999
 DEFAULT_WARMUP_POWER = 2 / 3
-
-
-def _numpy(values):
-    return [np.array(ops.convert_to_numpy(value), copy=True) for value in values]
 
 
 @keras.saving.register_keras_serializable(package="kreg")
@@ -431,7 +428,7 @@ class WeightAveraging(keras.callbacks.Callback):
     def _swap_in(self):
         raw = (
             unflatten(self._reader.read(), self._reader.shapes),
-            _numpy(self._statistics_variables()),
+            host_arrays(self._statistics_variables()),
         )
         try:
             for variable, value in zip(self._reader.variables, self._average.values):
@@ -459,7 +456,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._estimator.set_model(self.model)
         self._estimator._epoch = self._epoch
         self._estimator._reestimate()
-        self._average_statistics = _numpy(self._statistics_variables())
+        self._average_statistics = host_arrays(self._statistics_variables())
         self._statistics_key = key
         if self.verbose:
             _keras_compat.print_msg(
