@@ -9,6 +9,7 @@ from keras import ops
 
 import kreg
 from kreg import OnlineAdapter
+from kreg.adapt.online_adapter import METHOD_ARGUMENTS
 from kreg.adapt.online_adapter import ONLINE_METHODS
 
 # Arguments that make tent and eata move visibly within a few small batches.
@@ -50,8 +51,10 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[path], b[path], err_msg=path)
 
 
-def _arguments(method):
-    return dict(method=method, **(_FAST if method in ("tent", "eata") else {}))
+def _arguments(method, **robust_only):
+    # Arguments a method does not read must stay at their defaults (refused otherwise).
+    fast = {"tent": dict(learning_rate=_FAST["learning_rate"]), "eata": _FAST}.get(method, {})
+    return dict(method=method, **fast, **(robust_only if method == "robust" else {}))
 
 
 @pytest.mark.parametrize("method", ONLINE_METHODS)
@@ -224,7 +227,7 @@ def test_bad_arguments_are_refused_at_construction():
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_batch_holding_nan_or_inf_changes_nothing_in_any_method(method, bad):
     model = _cnn()
-    adapter = OnlineAdapter(model, memory_size=16, **_arguments(method))
+    adapter = OnlineAdapter(model, **_arguments(method, memory_size=16))
     first, second, third = _stream()
     adapter.predict_on_batch(first)
     at_first = _weights(model)
@@ -232,7 +235,7 @@ def test_a_batch_holding_nan_or_inf_changes_nothing_in_any_method(method, bad):
     with pytest.raises(ValueError, match="Batch 1 holds NaN or infinite values"):
         adapter.predict_on_batch(second)
     _assert_same(_weights(model), at_first)
-    skipping = OnlineAdapter(model, on_invalid="skip", memory_size=16, **_arguments(method))
+    skipping = OnlineAdapter(model, on_invalid="skip", **_arguments(method, memory_size=16))
     predictions = skipping.predict_on_batch(second)
     assert skipping.skipped_batches == 1
     assert np.all(np.isfinite(np.delete(predictions, 3, axis=0)))
@@ -331,7 +334,7 @@ def test_every_method_works_one_sample_at_a_time(method):
     model = _mlp()
     x = np.random.default_rng(0).normal(size=(12, 4)).astype("float32")
     unadapted = model.predict(x, verbose=0)
-    adapter = OnlineAdapter(model, memory_size=4, **_arguments(method))
+    adapter = OnlineAdapter(model, **_arguments(method, memory_size=4))
     predictions = np.concatenate([adapter.predict_on_batch(x[i : i + 1]) for i in range(len(x))])
     assert np.all(np.isfinite(predictions))
     assert np.ptp(predictions, axis=0).max() > 1e-3  # not one answer for every input
@@ -481,8 +484,41 @@ def test_a_bad_shift_distance_is_refused(value):
 
 @pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m != "robust"])
 def test_a_shift_distance_outside_the_robust_method_is_refused(method):
-    with pytest.raises(ValueError, match=rf"shift_distance.*None with method='{method}'.*Received"):
+    with pytest.raises(ValueError, match=r"shift_distance.*read only by method='robust'.*Received"):
         OnlineAdapter(_cnn(), method=method, shift_distance=math.log(1.5))
+
+
+_NOT_DEFAULT = dict(
+    learning_rate=0.01,
+    from_logits=True,
+    entropy_factor=0.5,
+    redundancy_threshold=0.1,
+    collapse_factor=0.1,
+    prior_strength=4,
+    online_momentum=0.5,
+    label_shift_ratio=0.25,
+    memory_size=16,
+    statistics_momentum=0.1,
+    memory_fill="note",
+    shift_distance=0.5,
+)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_ARGUMENTS))
+def test_an_argument_the_method_never_reads_is_refused(name):
+    # Each method-specific argument away from its default is refused by every method
+    # that would run exactly as without it, and accepted by those that read it.
+    assert set(METHOD_ARGUMENTS) == set(_NOT_DEFAULT)
+    model = _cnn()
+    value = _NOT_DEFAULT[name]
+    for method in ONLINE_METHODS:
+        if method in METHOD_ARGUMENTS[name]:
+            continue
+        with pytest.raises(ValueError, match=rf"`{name}`.*read only by.*Received: {name}="):
+            OnlineAdapter(model, method=method, **{name: value})
+    reader = METHOD_ARGUMENTS[name][0]
+    if name != "from_logits":  # the model outputs probabilities: checked against it
+        OnlineAdapter(model, method=reader, **{name: value})
 
 
 def test_windows_shifted_one_after_another_are_pooled():

@@ -1,6 +1,7 @@
 """`OnlineAdapter`: batch norm adaptation for data that arrives one batch at a time."""
 
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
@@ -36,6 +37,23 @@ MEMORY_FILLS = ("rotta", "note")
 # The methods that predict with the batch norms' stored statistics after
 # updating them from the batch (the others normalize with the batch's own).
 _STATISTICS_METHODS = ("mixed", "online", "reestimate")
+# The methods that read each method-specific argument. Another method given a
+# value other than the argument's default would run exactly as without it, so
+# the value is refused rather than silently ignored.
+METHOD_ARGUMENTS = {
+    "learning_rate": ("tent", "eata", "robust"),
+    "from_logits": ("tent", "eata", "robust"),
+    "entropy_factor": ("eata", "robust"),
+    "redundancy_threshold": ("eata",),
+    "collapse_factor": ("eata", "robust"),
+    "prior_strength": ("mixed",),
+    "online_momentum": ("online",),
+    "label_shift_ratio": ("eata",),
+    "memory_size": ("robust",),
+    "statistics_momentum": ("robust",),
+    "memory_fill": ("robust",),
+    "shift_distance": ("robust",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +147,10 @@ class OnlineAdapter:
             `BatchNormalization`, kreg's `AdaptiveBatchNormalization`, the
             batch norms inside kreg's fused layers).
         method: One of `"none"`, `"batch"`, `"mixed"`, `"online"`,
-            `"reestimate"`, `"tent"`, `"eata"`, `"robust"` (default).
+            `"reestimate"`, `"tent"`, `"eata"`, `"robust"` (default). The
+            arguments below that name their methods are read by those only:
+            set away from its default with another method, such an argument
+            is a `ValueError` (it would change nothing).
         reset: `None` (default) adapts continually; `"batch"` goes back to the
             source state after every batch (episodic); `"stream"` goes back at
             the start of every `predict(data)` call (one stream per call).
@@ -161,8 +182,7 @@ class OnlineAdapter:
             update (every `memory_size` samples) count as shifted inputs, not
             as a few classes: their statistics then replace the stored ones at
             once, instead of `statistics_momentum` of the bank's, and the bank
-            is emptied. See `kreg/adapt/robust.py`. With another method, an
-            error.
+            is emptied. See `kreg/adapt/robust.py`.
         on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model as it was; `"skip"` predicts
@@ -223,6 +243,7 @@ class OnlineAdapter:
                 f"`keras.Model`. Received: model={model!r}"
             )
         self.method = check_choice("method", method, ONLINE_METHODS)
+        _check_method_arguments(self.method, locals())
         self.reset_mode = check_choice("reset", reset, RESETS)
         self.on_invalid = check_choice("on_invalid", on_invalid, ON_INVALID)
         if learning_rate is None:
@@ -237,13 +258,6 @@ class OnlineAdapter:
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
         self.shift_distance = check_positive("shift_distance", shift_distance, optional=True)
-        if self.shift_distance is not None and self.method != "robust":
-            # Opting in where the test does not exist would otherwise do nothing, silently.
-            raise ValueError(
-                "Invalid value received for argument `shift_distance`. Expected None with "
-                f"method={self.method!r} (the shift test is part of method='robust'). "
-                f"Received: shift_distance={shift_distance!r}"
-            )
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive(
@@ -479,3 +493,17 @@ class OnlineAdapter:
                 for variable, value in zip(layer.weights, before[layer.path]):
                     variable.assign(value)
         return outputs
+
+
+def _check_method_arguments(method, arguments):
+    """Refuses a method-specific argument, set away from its default, that `method` never reads."""
+    defaults = inspect.signature(OnlineAdapter.__init__).parameters
+    for name, readers in METHOD_ARGUMENTS.items():
+        value = arguments[name]
+        if method not in readers and value != defaults[name].default:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. It is read only by "
+                f"method={' / '.join(map(repr, readers))}; with method={method!r} it would "
+                f"change nothing, so leave it at its default ({defaults[name].default!r}). "
+                f"Received: {name}={value!r}"
+            )
