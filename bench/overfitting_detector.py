@@ -21,6 +21,7 @@ their default levels (`criterion=`), beside the default.
     python bench/overfitting_detector.py            # both halves, every criterion
     python bench/overfitting_detector.py --runs     # plus the default's table per run
     python bench/overfitting_detector.py --tune     # the grid on the tuning half
+    python bench/overfitting_detector.py --variants # only its table of alternatives
 """
 
 import argparse
@@ -38,6 +39,7 @@ from corpus_labels import label  # noqa: E402
 from corpus_labels import split  # noqa: E402
 from overfitting_variants import VARIANTS  # noqa: E402
 from overfitting_variants import variant  # noqa: E402
+from overfitting_variants import warm_up_variants  # noqa: E402
 from record_corpus import CORPUS  # noqa: E402
 
 from kreg.callbacks import OverfittingDetector  # noqa: E402
@@ -209,11 +211,17 @@ def tune(runs):
     print(HEADER)
     for threshold in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
         print(summary_row(f"threshold {threshold}", score(runs, threshold=threshold)))
+    alternatives(runs)
+
+
+def alternatives(runs):
+    """The variants of bench/overfitting_variants.py, scored on `runs` (the tuning half)."""
     print("\nAlternatives (bench/overfitting_variants.py) on the tuning half:\n")
     print("| variant | objective " + HEADER.split("| detector ")[1].split("\n")[0])
     print("| --- " * 11 + "|")
-    for residuals in (default_residuals, 5):
-        for name, spec in {"default": {}, **VARIANTS}.items():
+    specs = {"default": {}, **warm_up_variants(runs), **VARIANTS}
+    for residuals in (criteria.MIN_RESIDUALS, 5):
+        for name, spec in specs.items():
             with variant(spec, residuals):
                 figures = score(runs, threshold=spec.get("threshold"))
             row = summary_row(f"{name}, judged from epoch {residuals + 4}", figures)
@@ -242,6 +250,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="print the grid on the tuning half")
     parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="print only the alternatives' table on the tuning half (part of --tune)",
+    )
+    parser.add_argument(
         "--runs", action="store_true", help="print the default detector's table per run"
     )
     parser.add_argument(
@@ -263,6 +276,9 @@ def main():
     )
     if args.tune:
         tune(halves["tuning"])
+        return
+    if args.variants:
+        alternatives(halves["tuning"])
         return
     if args.accuracy:
         for half, part in halves.items():

@@ -16,6 +16,17 @@ on the same runs as the shipped defaults. None of them ships.
   does not count as noise).
 - `t band`: the band widened by Student's t quantile for the residuals' count
   (a noise estimated from 3 residuals is itself uncertain).
+
+Judging before the run's own noise exists (its first 6 validated epochs):
+
+- `warm-up GL a`: while the noise is unknown, Prechelt's GL_alpha (1998,
+  section 2.2: validation more than `a` percent above its best so far; his
+  grid 1, 2, 3, 5), with training improved after that best; the default test
+  once the noise exists. `confirmed` asks it of the last 2 epochs (`CONFIRM`).
+- `noise prior q`: while the run has under 3 residuals, its noise is a fixed
+  fraction of its best validation value, the quantile `q` of the relative
+  noise (whole-run `curve_noise` / best) pooled over the tuning half's runs
+  (`noise_prior`); the run's own estimate replaces it from the 7th epoch.
 """
 
 import contextlib
@@ -81,6 +92,53 @@ def _savgol_noise(values):
     ]  # fmt: skip
     sigma = 1.4826 * statistics.median(residuals) / math.sqrt(630 / 1225)
     return max(sigma, criteria.NOISE_FLOOR * min(abs(v) for v in values))
+
+
+def _gl_warm_up(alpha, confirm=1):
+    def test(train, val, patience, threshold, min_delta, noise):
+        if noise is not None:
+            return criteria.noise_band(train, val, patience, threshold, min_delta, noise)
+        best = min(range(len(val)), key=val.__getitem__)
+        if len(val) - 1 - best < confirm:
+            return False
+        above = all(
+            criteria.generalization_loss(val[: len(val) - k]) > alpha for k in range(confirm)
+        )
+        return above and _trained_after_best(train, best)
+
+    return test
+
+
+def noise_prior(runs, quantile):
+    """The `quantile` of the relative validation-loss noise (whole-run
+    `curve_noise` over the best value) over `runs`."""
+    relative = sorted(
+        criteria.curve_noise(run["history"]["val_loss"]) / min(run["history"]["val_loss"])
+        for run in runs
+    )
+    return statistics.quantiles(relative, n=100, method="inclusive")[round(quantile * 100) - 1]
+
+
+def _prior_noise(fraction):
+    def noise(values):
+        own = criteria.curve_noise(values)
+        return own if own is not None else fraction * min(abs(v) for v in values)
+
+    return noise
+
+
+def warm_up_variants(tuning_runs):
+    """The variants that judge before the run's own noise exists; the noise
+    prior is pooled from `tuning_runs` (the tuning half only)."""
+    variants = {f"warm-up GL {alpha}": {"test": _gl_warm_up(alpha)} for alpha in (1, 2, 3, 5)}
+    for alpha in (2, 5):
+        variants[f"warm-up GL {alpha} confirmed"] = {"test": _gl_warm_up(alpha, criteria.CONFIRM)}
+    for quantile in (0.5, 0.75, 0.9):
+        fraction = noise_prior(tuning_runs, quantile)
+        variants[f"noise prior q{quantile:g} ({fraction:.3g} of the best)"] = {
+            "noise": _prior_noise(fraction)
+        }
+    return variants
 
 
 VARIANTS = {

@@ -346,6 +346,22 @@ def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
     assert states[5] == states[4] == "learning" and states[8] == states[7] == "saturated"
 
 
+def test_a_nan_epoch_in_fit_is_skipped_and_rollback_still_restores_the_onset_exactly():
+    nan = float("nan")
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
+    model = tiny_model()
+    with pytest.warns(UserWarning, match=r"epoch 6 logged loss=nan, val_loss=nan"):
+        script = fit_scripted(
+            model, detector, 13, loss=FALLING[:5] + [nan] + FALLING[5:],
+            val_loss=U_SHAPE[:5] + [nan] + U_SHAPE[5:],
+        )  # fmt: skip
+    # Detection goes on past the NaN: U_SHAPE's epoch 8, one later.
+    assert detector.skipped_epochs == [5] and len(script.weights) == 10
+    assert detector.onset_epoch == 4 and model.history.history["overfitting_state"][5] == 0.0
+    for restored, expected in zip(model.get_weights(), script.weights[4]):
+        np.testing.assert_array_equal(restored, expected)
+
+
 def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
     plateau = [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06]
     calls = []
