@@ -1,8 +1,6 @@
 import copy
 import enum
 import glob
-import math
-import numbers
 import os
 import warnings
 import weakref
@@ -16,6 +14,7 @@ from kreg._keras_compat import write_model_snapshot
 from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
+from kreg._validation import check_finite
 from kreg.callbacks.atomic_files import remove_stale_temporaries
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
@@ -217,16 +216,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             raise ValueError(
                 f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}"
             )
-        if baseline is not None:
-            if (
-                isinstance(baseline, bool)
-                or not isinstance(baseline, numbers.Real)
-                or not math.isfinite(baseline)
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `baseline`. Expected None or a "
-                    f"finite number. Received: baseline={baseline!r}"
-                )
+        check_finite("baseline", baseline, optional=True)
         for name, value in (
             ("restore_best_weights", restore_best_weights),
             ("save_weights_only", save_weights_only),

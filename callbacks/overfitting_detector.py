@@ -1,5 +1,4 @@
 import math
-import numbers
 import warnings
 
 import keras
@@ -8,6 +7,7 @@ from kreg._keras_compat import declared_direction
 from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg.callbacks.dropout_rates import rates_built_at_zero
 from kreg.callbacks.dropout_rates import update_dropout_rates
@@ -226,17 +226,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
-        if threshold is not None:
-            if (
-                isinstance(threshold, bool)
-                or not isinstance(threshold, numbers.Real)
-                or not math.isfinite(threshold)
-                or threshold <= 0
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `threshold`. Expected None or a "
-                    f"finite number > 0. Received: threshold={threshold!r}"
-                )
+        check_positive("threshold", threshold, optional=True)
         self.threshold = threshold
         if not (callable(action) or action in ACTIONS):
             raise ValueError(

@@ -11,6 +11,7 @@ from keras import ops
 
 from kreg import _keras_compat
 from kreg._validation import check_at_least
+from kreg._validation import check_between
 from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg.callbacks.flat_weights import FlatWeights
@@ -201,16 +202,9 @@ class WeightAveraging(keras.callbacks.Callback):
         self.momentum = self.warmup_power = self.update_every_n_steps = None
         if method == "ema":
             momentum = DEFAULT_EMA_MOMENTUM if momentum is None else momentum
-            if (
-                isinstance(momentum, bool)
-                or not isinstance(momentum, numbers.Real)
-                or not 0.0 < momentum < 1.0
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `momentum`. Expected a float in "
-                    f"(0, 1). Received: momentum={momentum!r}"
-                )
-            self.momentum = float(momentum)
+            self.momentum = check_between(
+                "momentum", momentum, 0, 1, include_low=False, include_high=False
+            )
             self.warmup_power = float(
                 check_at_least(
                     "warmup_power",
