@@ -201,18 +201,12 @@ def foldable_pairs(model):
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Invalid value received for argument `model`. Expected a "
-            f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
-        )
-    if not model_graph.is_graph_model(model):
-        raise TypeError(
-            "fold_batch_norms reads the layer graph of Sequential and functional "
-            f"models; `{type(model).__name__}` is a subclassed model whose graph "
-            "cannot be read. Rebuild it as a functional model, or use kreg's fused "
-            "layers (kreg.layers.Conv2DBatchNorm, ...) inside it."
-        )
+    model_graph.check_graph_model(
+        model,
+        "fold_batch_norms",
+        "Rebuild it as a functional model, or use kreg's fused layers "
+        "(kreg.layers.Conv2DBatchNorm, ...) inside it.",
+    )
     if not model.built or not model.inputs:
         raise ValueError(
             f"The model `{model.name}` is not built: fold_batch_norms needs its "
