@@ -392,7 +392,8 @@ class WeightAveraging(keras.callbacks.Callback):
                 self._swap_in()
             if self._average.values is None:
                 _keras_compat.print_msg(
-                    f"WeightAveraging: no weights were averaged (SWA starts at epoch {self._start + 1}): "
+                    "WeightAveraging: no weights were averaged (SWA starts at epoch "
+                    f"{self._start + 1}): "
                     "the model keeps its last weights."
                 )
             self._raw_in_waiting, self._swapped = (
@@ -454,7 +455,8 @@ class WeightAveraging(keras.callbacks.Callback):
         self._statistics_key = key
         if self.verbose:
             _keras_compat.print_msg(
-                f"WeightAveraging: {self.method.upper()} of {self._average.count} update(s) in the model, "
+                f"WeightAveraging: {self.method.upper()} of {self._average.count} update(s) in the "
+                "model, "
                 f"{len(self._layers)} batch norm(s) re-estimated"
             )
 
@@ -514,7 +516,8 @@ class WeightAveraging(keras.callbacks.Callback):
                 self._state_given, self._raw_to_restore = False, None
                 raise ValueError(
                     "Invalid state received by `set_state`. Expected the state of this model's "
-                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives them. "
+                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives "
+                    "them. "
                     f"Received: {len(saved)} weights of shapes {short_shapes(saved)} (were layers "
                     "frozen or unfrozen since `get_state`?)"
                 )

@@ -272,8 +272,8 @@ def _print_speed_up(model, folded, batch_size, seconds=1.0):
     original, fast = (statistics.median(times[k]) * 1e3 for k in ("original", "folded"))
     print(
         f"original {original:.3f} ms, folded {fast:.3f} ms per batch of {batch_size} "
-        f"(median of {len(times['folded'])} predict_on_batch calls): {original / fast:.2f}x speed-up; "
-        f"max |difference| {difference:.2e}"
+        f"(median of {len(times['folded'])} predict_on_batch calls): "
+        f"{original / fast:.2f}x speed-up; max |difference| {difference:.2e}"
     )
 
 

@@ -50,7 +50,8 @@ class Finding:
     fix: str
 
     def __str__(self):
-        return f"{self.severity} {self.rule} [{', '.join(self.layers)}]: {self.message} Fix: {self.fix}"
+        layers = ", ".join(self.layers)
+        return f"{self.severity} {self.rule} [{layers}]: {self.message} Fix: {self.fix}"
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "layers": list(self.layers)}

@@ -136,7 +136,8 @@ def fold_batch_norms(model, return_report=False, verify=True):
     one random batch drawn from the model's input spec, and a difference larger
     than the tolerance of the model's least precise compute dtype,
     `sqrt(machine epsilon)` times the largest `|value|` of that output (3.5e-4
-    of it for float32, 3.1e-2 for float16; each output has its own), raises a `FoldVerificationError` naming the folds that differ.
+    of it for float32, 3.1e-2 for float16; each output has its own), raises a
+    `FoldVerificationError` naming the folds that differ.
     The report carries the measured difference. It costs one forward pass of
     each model.
 
@@ -174,7 +175,8 @@ def fold_batch_norms(model, return_report=False, verify=True):
     """
     if not isinstance(verify, bool):
         raise TypeError(
-            f"Invalid value received for argument `verify`. Expected a bool. Received: verify={verify!r}"
+            "Invalid value received for argument `verify`. Expected a bool. Received: "
+            f"verify={verify!r}"
         )
     report = FoldReport()
     copies = _LayerCopies(report)
@@ -370,7 +372,8 @@ def _backward_fold(graph, bn_call, producer, plan):
         )
     if model_graph.is_graph_model(layer):
         raise _NotFoldable(
-            f"it follows the nested model `{layer.name}`; pairs are not folded across model boundaries"
+            f"it follows the nested model `{layer.name}`; pairs are not folded across model "
+            "boundaries"
         )
     if not _is_taught_kind(layer, FOLDABLE_KERNELS):
         raise _NotFoldable(
