@@ -17,7 +17,8 @@ from kreg.callbacks.monitoring import monitored_scalar
 
 def _fail(filepath, problem):
     raise ValueError(
-        f"Invalid value received for argument `filepath`: {problem}. Received: filepath={filepath!r}"
+        f"Invalid value received for argument `filepath`: {problem}. Received: "
+        f"filepath={filepath!r}"
     )
 
 
@@ -52,7 +53,8 @@ def check_filepath(filepath, save_weights_only, keep_best):
         saved = "weights only" if save_weights_only else "the whole model"
         _fail(
             filepath,
-            f"with save_weights_only={save_weights_only} it saves {saved}, so the path must end in `{extension}`",
+            f"with save_weights_only={save_weights_only} it saves {saved}, so the path must end "
+            f"in `{extension}`",
         )
     fields = placeholders(filepath)
     if placeholders(os.path.dirname(filepath)):
@@ -66,7 +68,8 @@ def check_filepath(filepath, save_weights_only, keep_best):
     if keep_best is not None and keep_best > 1 and not fields:
         _fail(
             filepath,
-            f"keep_best={keep_best} keeps several files, so the name needs a placeholder such as {{epoch}}",
+            f"keep_best={keep_best} keeps several files, so the name needs a placeholder such as "
+            f"{{epoch}}",
         )
     if fields:
         try:

@@ -1,8 +1,6 @@
 import copy
 import enum
 import glob
-import math
-import numbers
 import os
 import warnings
 import weakref
@@ -16,6 +14,7 @@ from kreg._keras_compat import write_model_snapshot
 from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
+from kreg._validation import check_finite
 from kreg.callbacks.atomic_files import remove_stale_temporaries
 from kreg.callbacks.atomic_files import write_atomically
 from kreg.callbacks.atomic_files import write_json_atomically
@@ -215,18 +214,10 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         check_choice("mode", mode, ("auto", "min", "max"))
         if isinstance(verbose, bool) or verbose not in (0, 1):
             raise ValueError(
-                f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}"
+                "Invalid value received for argument `verbose`. Expected 0 or 1. Received: "
+                f"verbose={verbose!r}"
             )
-        if baseline is not None:
-            if (
-                isinstance(baseline, bool)
-                or not isinstance(baseline, numbers.Real)
-                or not math.isfinite(baseline)
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `baseline`. Expected None or a "
-                    f"finite number. Received: baseline={baseline!r}"
-                )
+        check_finite("baseline", baseline, optional=True)
         for name, value in (
             ("restore_best_weights", restore_best_weights),
             ("save_weights_only", save_weights_only),
@@ -406,7 +397,8 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         if self.verbose > 0:
             print_msg(
                 f"Resuming from {self.state_path}: epoch {chosen['next_epoch'] + 1}, best "
-                f"{self.monitor} {self.best} at epoch {self.best_epoch + 1}, waited {self.wait} epoch(s)."
+                f"{self.monitor} {self.best} at epoch {self.best_epoch + 1}, waited {self.wait} "
+                "epoch(s)."
             )
 
     # Hooks.
@@ -532,7 +524,8 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def _announce(self, epoch, path):
         if self.verbose > 0:
             print_msg(
-                f"\nEpoch {epoch + 1}: {self.monitor} = {self.get_monitor_value(self._last_logs):.5f}, saved {path}"
+                f"\nEpoch {epoch + 1}: {self.monitor} = "
+                f"{self.get_monitor_value(self._last_logs):.5f}, saved {path}"
             )
 
     def _keep_if_among_best(self, epoch, logs, current):
@@ -717,5 +710,6 @@ def _check_writable_folder(filepath):
     if not os.access(existing, os.W_OK):
         raise ValueError(
             "Invalid value received for argument `filepath`: its folder "
-            f"{folder!r} cannot be written ({existing!r} is not writable). Received: filepath={filepath!r}"
+            f"{folder!r} cannot be written ({existing!r} is not writable). Received: "
+            f"filepath={filepath!r}"
         )

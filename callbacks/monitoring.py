@@ -55,7 +55,8 @@ def monitor_direction(model, monitor, mode="auto"):
     """
     if mode not in MODES:
         raise ValueError(
-            f"Invalid value received for argument `mode`. Expected one of {MODES}. Received: mode={mode!r}"
+            f"Invalid value received for argument `mode`. Expected one of {MODES}. Received: "
+            f"mode={mode!r}"
         )
     if mode != "auto":
         return mode

@@ -1,5 +1,4 @@
 import math
-import numbers
 import warnings
 
 import keras
@@ -8,6 +7,7 @@ from kreg._keras_compat import declared_direction
 from kreg._keras_compat import print_msg
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg.callbacks.dropout_rates import rates_built_at_zero
 from kreg.callbacks.dropout_rates import update_dropout_rates
@@ -226,17 +226,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.train_mode = check_choice("train_mode", train_mode, ("auto", "min", "max"))
         self.criterion = check_choice("criterion", criterion, CRITERIA)
-        if threshold is not None:
-            if (
-                isinstance(threshold, bool)
-                or not isinstance(threshold, numbers.Real)
-                or not math.isfinite(threshold)
-                or threshold <= 0
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `threshold`. Expected None or a "
-                    f"finite number > 0. Received: threshold={threshold!r}"
-                )
+        check_positive("threshold", threshold, optional=True)
         self.threshold = threshold
         if not (callable(action) or action in ACTIONS):
             raise ValueError(
@@ -253,7 +243,8 @@ class OverfittingDetector(keras.callbacks.Callback):
         self.strengthen_step = check_rate("strengthen_step", strengthen_step)
         if isinstance(verbose, bool) or verbose not in (0, 1):
             raise ValueError(
-                f"Invalid value received for argument `verbose`. Expected 0 or 1. Received: verbose={verbose!r}"
+                "Invalid value received for argument `verbose`. Expected 0 or 1. Received: "
+                f"verbose={verbose!r}"
             )
         self.verbose = verbose
         self._rate_zero_reported = False
@@ -341,7 +332,8 @@ class OverfittingDetector(keras.callbacks.Callback):
         if not (math.isfinite(train) and math.isfinite(val)):
             self.skipped_epochs.append(epoch)
             warnings.warn(
-                f"OverfittingDetector: epoch {epoch + 1} logged {self.train_monitor}={train_value!r}, "
+                f"OverfittingDetector: epoch {epoch + 1} logged "
+                f"{self.train_monitor}={train_value!r}, "
                 f"{self.monitor}={val_value!r}; a NaN or infinite epoch is skipped "
                 f"({len(self.skipped_epochs)} so far). If every later epoch is too, the run "
                 "diverged: lower the learning rate or use keras.callbacks.TerminateOnNaN().",
@@ -432,7 +424,8 @@ class OverfittingDetector(keras.callbacks.Callback):
                 if direction is not None and mode not in ("auto", direction):
                     raise ValueError(
                         f"Invalid value received for argument `{argument}`: the model's metric "
-                        f"{name!r} declares that it is {'maximized' if direction == 'max' else 'minimized'}. "
+                        f"{name!r} declares that it is "
+                        f"{'maximized' if direction == 'max' else 'minimized'}. "
                         f"Use {argument}='auto' or {direction!r}. Received: {argument}={mode!r}"
                     )
                 if direction is not None:
@@ -493,7 +486,8 @@ class OverfittingDetector(keras.callbacks.Callback):
         if state == SATURATED:
             return (
                 f"Validation saturated at epoch {epoch + 1}: {self.monitor} has not improved "
-                f"beyond its noise ({self.noise or 0.0:.3g}) since epoch {self.onset_epoch + 1} while "
+                f"beyond its noise ({self.noise or 0.0:.3g}) since epoch {self.onset_epoch + 1} "
+                "while "
                 f"{self.train_monitor} still improves: the model memorizes. More epochs will "
                 "not help; more data or regularization may."
             )
@@ -540,7 +534,8 @@ class OverfittingDetector(keras.callbacks.Callback):
                     else ""
                 )
                 + ("" if changed else "the model has no adjustable kreg dropout rate to change. ")
-                + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to let it act.",
+                + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to "
+                "let it act.",
                 stacklevel=3,
             )
         # A later detection acts again, on the curves after the change.

@@ -239,7 +239,8 @@ def _first_batch_shapes(data):
             raise ValueError(
                 "Invalid value received for argument `data`. Its generator yields "
                 f"{type(first).__name__} objects; Keras reads a generator of tuples: yield "
-                f"`(inputs,)` (or `(inputs, targets)`). Received: data={getattr(data, '__name__', type(data).__name__)}"
+                "`(inputs,)` (or `(inputs, targets)`). Received: "
+                f"data={getattr(data, '__name__', type(data).__name__)}"
             )
         batches = [keras.utils.unpack_x_y_sample_weight(first)[0]]
     else:

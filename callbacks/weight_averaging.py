@@ -11,6 +11,7 @@ from keras import ops
 
 from kreg import _keras_compat
 from kreg._validation import check_at_least
+from kreg._validation import check_between
 from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg.callbacks.flat_weights import FlatWeights
@@ -201,16 +202,9 @@ class WeightAveraging(keras.callbacks.Callback):
         self.momentum = self.warmup_power = self.update_every_n_steps = None
         if method == "ema":
             momentum = DEFAULT_EMA_MOMENTUM if momentum is None else momentum
-            if (
-                isinstance(momentum, bool)
-                or not isinstance(momentum, numbers.Real)
-                or not 0.0 < momentum < 1.0
-            ):
-                raise ValueError(
-                    "Invalid value received for argument `momentum`. Expected a float in "
-                    f"(0, 1). Received: momentum={momentum!r}"
-                )
-            self.momentum = float(momentum)
+            self.momentum = check_between(
+                "momentum", momentum, 0, 1, include_low=False, include_high=False
+            )
             self.warmup_power = float(
                 check_at_least(
                     "warmup_power",
@@ -398,7 +392,8 @@ class WeightAveraging(keras.callbacks.Callback):
                 self._swap_in()
             if self._average.values is None:
                 _keras_compat.print_msg(
-                    f"WeightAveraging: no weights were averaged (SWA starts at epoch {self._start + 1}): "
+                    "WeightAveraging: no weights were averaged (SWA starts at epoch "
+                    f"{self._start + 1}): "
                     "the model keeps its last weights."
                 )
             self._raw_in_waiting, self._swapped = (
@@ -460,7 +455,8 @@ class WeightAveraging(keras.callbacks.Callback):
         self._statistics_key = key
         if self.verbose:
             _keras_compat.print_msg(
-                f"WeightAveraging: {self.method.upper()} of {self._average.count} update(s) in the model, "
+                f"WeightAveraging: {self.method.upper()} of {self._average.count} update(s) in the "
+                "model, "
                 f"{len(self._layers)} batch norm(s) re-estimated"
             )
 
@@ -520,7 +516,8 @@ class WeightAveraging(keras.callbacks.Callback):
                 self._state_given, self._raw_to_restore = False, None
                 raise ValueError(
                     "Invalid state received by `set_state`. Expected the state of this model's "
-                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives them. "
+                    f"{len(ours)} {what} of shapes {short_shapes(ours)}, as `get_state` gives "
+                    "them. "
                     f"Received: {len(saved)} weights of shapes {short_shapes(saved)} (were layers "
                     "frozen or unfrozen since `get_state`?)"
                 )

@@ -15,18 +15,45 @@ def check_rate(name, value):
     so it is refused. Booleans, strings and `None` are refused even though Python
     would let some of them through arithmetic.
     """
+    return check_between(name, value, 0, 1, include_high=False)
+
+
+def check_between(name, value, low, high, include_low=True, include_high=True, optional=False):
+    """Returns `value` as a float if it lies between `low` and `high`, each bound
+    included or not (`[0, 1)` is `include_high=False`); with `optional`, `None`
+    is allowed and returned as it is. NaN, booleans and strings are refused."""
+    if optional and value is None:
+        return None
+    interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
+    allowed = f"a float in {interval}" + (" or None" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a float in "
-            f"[0, 1). Received: {name}={value!r} (of type {type(value).__name__})"
+            f"Invalid value received for argument `{name}`. Expected {allowed}. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     value = float(value)
-    if math.isnan(value) or not 0.0 <= value < 1.0:
+    above = value >= low if include_low else value > low
+    below = value <= high if include_high else value < high
+    if math.isnan(value) or not (above and below):
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a float in "
-            f"[0, 1). Received: {name}={value}"
+            f"Invalid value received for argument `{name}`. Expected {allowed}. "
+            f"Received: {name}={value}"
         )
     return value
+
+
+def check_finite(name, value, optional=False):
+    """Returns `value` as a float if it is a finite number (of any sign); with
+    `optional`, `None` is allowed and returned as it is."""
+    if optional and value is None:
+        return None
+    allowed = "a finite number or None" if optional else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected {allowed}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 def check_choice(name, value, allowed):

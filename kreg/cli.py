@@ -25,6 +25,9 @@ import zipfile
 USAGE_ERROR = 2
 # The longest error line the command prints; longer messages end at a word.
 _MESSAGE_WIDTH = 300
+# What one word counts for against that width: a long path or URL is kept whole
+# and leaves room for the words after it (what is wrong with the file).
+_LONGEST_WORD = 40
 
 
 class _InputError(Exception):
@@ -53,13 +56,30 @@ def _check_model_path(path, must_exist=True):
         raise _InputError(f"{path}: expected a .keras file (Keras 3 format)")
     if must_exist and not path.exists():
         raise _InputError(f"{path}: no such file")
+    if must_exist and path.is_dir():
+        raise _InputError(f"{path}: is a folder; give the path of a .keras file")
     if must_exist and not zipfile.is_zipfile(path):
         raise _InputError(f"{path}: not a Keras model (a .keras file is a zip archive)")
 
 
-def _shortened(text):
-    """`text` on one line of at most `_MESSAGE_WIDTH` characters, cut at a word."""
-    return textwrap.shorten(" ".join(text.split()), _MESSAGE_WIDTH, placeholder=" ...")
+def _shortened(text, placeholder=" ..."):
+    """`text` on one line, ended at a word once it is longer than `_MESSAGE_WIDTH`.
+
+    Words are never cut or dropped from the start (`textwrap.shorten` drops a
+    word longer than the width, such as a deep path, and splits at hyphens), and
+    each counts for at most `_LONGEST_WORD` characters.
+    """
+    words = text.split()
+    costs = [min(len(word), _LONGEST_WORD) for word in words]
+    if sum(costs) + len(costs) - 1 <= _MESSAGE_WIDTH:
+        return " ".join(words)
+    kept, used = [], len(placeholder)
+    for word, cost in zip(words, costs):
+        used += cost + (1 if kept else 0)
+        if kept and used > _MESSAGE_WIDTH:
+            break
+        kept.append(word)
+    return " ".join(kept) + placeholder
 
 
 # What Keras's safe mode refuses besides a Lambda layer, as its messages name it:
@@ -252,8 +272,8 @@ def _print_speed_up(model, folded, batch_size, seconds=1.0):
     original, fast = (statistics.median(times[k]) * 1e3 for k in ("original", "folded"))
     print(
         f"original {original:.3f} ms, folded {fast:.3f} ms per batch of {batch_size} "
-        f"(median of {len(times['folded'])} predict_on_batch calls): {original / fast:.2f}x speed-up; "
-        f"max |difference| {difference:.2e}"
+        f"(median of {len(times['folded'])} predict_on_batch calls): "
+        f"{original / fast:.2f}x speed-up; max |difference| {difference:.2e}"
     )
 
 

@@ -188,7 +188,8 @@ def _report_unreached(model, source, converted_ids, report):
             report.left.append(
                 (
                     layer.path,
-                    "inside a layer that is not a Sequential or functional model: only its class can replace it",
+                    "inside a layer that is not a Sequential or functional model: only its class "
+                    "can replace it",
                 )
             )
 

@@ -3,8 +3,6 @@ mistakes that fail silently."""
 
 import dataclasses
 
-import keras
-
 from kreg import model_graph
 from kreg._validation import check_at_least
 from kreg.rules import RULES
@@ -52,7 +50,8 @@ class Finding:
     fix: str
 
     def __str__(self):
-        return f"{self.severity} {self.rule} [{', '.join(self.layers)}]: {self.message} Fix: {self.fix}"
+        layers = ", ".join(self.layers)
+        return f"{self.severity} {self.rule} [{layers}]: {self.message} Fix: {self.fix}"
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "layers": list(self.layers)}
@@ -97,17 +96,9 @@ def diagnose(model, batch_size=None):
     >>> [finding.rule for finding in diagnose(model)]
     ['activation-before-batch-norm']
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Invalid value received for argument `model`. Expected a "
-            f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
-        )
-    if not model_graph.is_graph_model(model):
-        raise TypeError(
-            "diagnose reads the layer graph of Sequential and functional models; "
-            f"`{type(model).__name__}` is a subclassed model whose graph cannot be "
-            "read. Rebuild it as a functional model to check it."
-        )
+    model_graph.check_graph_model(
+        model, "diagnose", "Rebuild it as a functional model to check it."
+    )
     if batch_size is not None:
         batch_size = check_at_least("batch_size", batch_size, integer=True, minimum=1)
     view = ModelView(model, batch_size=batch_size)

@@ -33,7 +33,8 @@ class DropoutConversionReport:
 
     def __str__(self):
         lines = [
-            f"convert_dropouts: {len(self.converted)} dropout layer(s) now kreg.layers.AdjustableDropout"
+            f"convert_dropouts: {len(self.converted)} dropout layer(s) now "
+            "kreg.layers.AdjustableDropout"
         ]
         if not self.converted and not self.left:
             lines[0] += " (the model has no Dropout or SpatialDropout layer: nothing to schedule)"
@@ -126,7 +127,10 @@ def convert_dropouts(model, return_report=False):
         elif layer.rate == 0:
             reason = "rate 0: it never drops, so a schedule has no rate to scale"
         else:
-            reason = "inside a layer that is not a Sequential or functional model: only its class can replace it"
+            reason = (
+                "inside a layer that is not a Sequential or functional model: only its class "
+                "can replace it"
+            )
         report.left.append((layer.path or layer.name, reason))
     if not report.converted:
         warnings.warn(str(report), stacklevel=2)

@@ -136,7 +136,8 @@ def fold_batch_norms(model, return_report=False, verify=True):
     one random batch drawn from the model's input spec, and a difference larger
     than the tolerance of the model's least precise compute dtype,
     `sqrt(machine epsilon)` times the largest `|value|` of that output (3.5e-4
-    of it for float32, 3.1e-2 for float16; each output has its own), raises a `FoldVerificationError` naming the folds that differ.
+    of it for float32, 3.1e-2 for float16; each output has its own), raises a
+    `FoldVerificationError` naming the folds that differ.
     The report carries the measured difference. It costs one forward pass of
     each model.
 
@@ -174,7 +175,8 @@ def fold_batch_norms(model, return_report=False, verify=True):
     """
     if not isinstance(verify, bool):
         raise TypeError(
-            f"Invalid value received for argument `verify`. Expected a bool. Received: verify={verify!r}"
+            "Invalid value received for argument `verify`. Expected a bool. Received: "
+            f"verify={verify!r}"
         )
     report = FoldReport()
     copies = _LayerCopies(report)
@@ -201,18 +203,12 @@ def foldable_pairs(model):
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Invalid value received for argument `model`. Expected a "
-            f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
-        )
-    if not model_graph.is_graph_model(model):
-        raise TypeError(
-            "fold_batch_norms reads the layer graph of Sequential and functional "
-            f"models; `{type(model).__name__}` is a subclassed model whose graph "
-            "cannot be read. Rebuild it as a functional model, or use kreg's fused "
-            "layers (kreg.layers.Conv2DBatchNorm, ...) inside it."
-        )
+    model_graph.check_graph_model(
+        model,
+        "fold_batch_norms",
+        "Rebuild it as a functional model, or use kreg's fused layers "
+        "(kreg.layers.Conv2DBatchNorm, ...) inside it.",
+    )
     if not model.built or not model.inputs:
         raise ValueError(
             f"The model `{model.name}` is not built: fold_batch_norms needs its "
@@ -376,7 +372,8 @@ def _backward_fold(graph, bn_call, producer, plan):
         )
     if model_graph.is_graph_model(layer):
         raise _NotFoldable(
-            f"it follows the nested model `{layer.name}`; pairs are not folded across model boundaries"
+            f"it follows the nested model `{layer.name}`; pairs are not folded across model "
+            "boundaries"
         )
     if not _is_taught_kind(layer, FOLDABLE_KERNELS):
         raise _NotFoldable(

@@ -23,7 +23,8 @@ What it offers:
   model, nested models, shared layers and the layers inside composite layers
   (kreg's fused `Conv2DBatchNorm`, ...) included, each once.
 - `random_inputs(model)`: a random batch that fits the model's input spec.
-- `is_graph_model(model)`: whether the graph can be read.
+- `is_graph_model(model)`: whether the graph can be read;
+  `check_graph_model(model, reader, advice)` refuses any other model.
 
 The graph is read from the model's live nodes, not from `model.get_config()`:
 keras-hub backbones and task models are functional models whose config holds
@@ -148,6 +149,25 @@ def is_graph_model(model):
     """Whether `model`'s graph can be read: a Sequential or functional model
     (keras-hub's backbones and tasks are functional)."""
     return isinstance(model, keras.Sequential) or _keras_compat.is_functional(model)
+
+
+def check_graph_model(model, reader, advice):
+    """Raises a `TypeError` unless `model` is a Keras model whose graph can be read.
+
+    `reader` names the function that reads it (`"diagnose"`), `advice` says what
+    to do with a subclassed model instead.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a "
+            f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
+        )
+    if not is_graph_model(model):
+        raise TypeError(
+            f"{reader} reads the layer graph of Sequential and functional models; "
+            f"`{type(model).__name__}` is a subclassed model whose graph cannot be "
+            f"read. {advice}"
+        )
 
 
 def read_graph(model):

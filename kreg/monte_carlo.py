@@ -194,16 +194,39 @@ def _are_probabilities(mean, from_logits):
     return mean.shape[-1] == 1 or np.allclose(mean.sum(axis=-1), 1.0, atol=1e-3)
 
 
+def _no_samples_error(received):
+    return ValueError(
+        "Invalid value received for argument `x`. Expected at least one "
+        f"sample to predict. Received: {received}"
+    )
+
+
 def _check_not_empty(x):
-    """Arrays (or nested arrays) with no rows: Keras's `predict` would fail on
-    them with an `UnboundLocalError` (it never assigns a batch's outputs)."""
+    """Arrays (or nested arrays) with no rows, or an empty list: Keras's `predict`
+    would fail on them with an `UnboundLocalError` (it never assigns a batch's
+    outputs) or a `KeyError` (its data adapter finds no array)."""
+    if isinstance(x, (list, tuple, dict)) and not tree.flatten(x):
+        raise _no_samples_error(f"x={x!r}")
     for leaf in tree.flatten(x):
         shape = getattr(leaf, "shape", None)
         if shape is not None and len(shape) > 0 and shape[0] == 0:
-            raise ValueError(
-                "Invalid value received for argument `x`. Expected at least one "
-                f"sample to predict. Received: x with shape {tuple(shape)}"
-            )
+            raise _no_samples_error(f"x with shape {tuple(shape)}")
+
+
+def _predict_some(sampler, x, batch_size, verbose):
+    """`sampler.predict`, with a clear error for a dataset that yields no batch.
+
+    Keras's `predict` then reads its never-assigned `batch_outputs` (an
+    `UnboundLocalError`, keras/src/backend/*/trainer.py), or on JAX lets the
+    `StopIteration` of the batch it builds the model on escape
+    (keras/src/backend/jax/trainer.py).
+    """
+    try:
+        return sampler.predict(x, batch_size=batch_size, verbose=verbose)
+    except (UnboundLocalError, StopIteration) as error:
+        if isinstance(error, UnboundLocalError) and "batch_outputs" not in str(error):
+            raise
+        raise _no_samples_error(f"x={x!r}, which yielded no batch") from None
 
 
 def mc_predict(
@@ -311,7 +334,7 @@ def mc_predict(
                 state.assign(np.array([stream, 0]).astype(saved[index].dtype))
         for layer in layers:
             stack.enter_context(call_replaced(layer, _always_training(layer)))
-        outputs = sampler.predict(x, batch_size=batch_size, verbose=verbose)
+        outputs = _predict_some(sampler, x, batch_size, verbose)
 
     paths = [layer.name for layer in layers]
     if return_samples:

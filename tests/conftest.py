@@ -54,6 +54,16 @@ def _collect_garbage_per_module():
     gc.collect()
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits as sequences of 8 rows, the tuning tests' data: 160 for
+    training and 300 for validation (`kreg.datasets.load_digit_sequences`, seed 0)."""
+    from kreg.datasets import load_digit_sequences
+
+    (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
+    return (x, y), (x_val[:300], y_val[:300])
+
+
 def to_numpy(x):
     """A tensor or variable of any backend as a NumPy array (tests import it)."""
     return np.asarray(keras.ops.convert_to_numpy(x))

@@ -198,6 +198,8 @@ def test_custom_objects_that_cannot_be_imported(runs):
         (["diagnose", "missing.keras"], "missing.keras: no such file"),
         (["diagnose", "notes.keras"], "not a Keras model"),
         (["diagnose", "model.h5"], "expected a .keras file"),
+        (["diagnose", "folder.keras"], "folder.keras: is a folder"),
+        (["fold", "folder.keras", "out.keras"], "folder.keras: is a folder"),
         (["fold", "notes.keras", "out.txt"], "out.txt: expected a .keras file"),
         (["fold", "missing.keras", "out.keras"], "missing.keras: no such file"),
         (["diagnose", "empty.keras", "--import", "kreg_no_such_module"], "No module named"),
@@ -208,6 +210,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys, 
     (tmp_path / "notes.keras").write_text("not a zip archive")
     (tmp_path / "model.h5").write_text("")
     zipfile.ZipFile(tmp_path / "empty.keras", "w").close()
+    (tmp_path / "folder.keras").mkdir()
     assert cli.main(args) == 2
     stderr = capsys.readouterr().err.strip()
     assert message in stderr and len(stderr.splitlines()) == 1, stderr
@@ -301,6 +304,24 @@ def test_long_messages_end_at_a_word(tmp_path, capsys, monkeypatch):
     stderr = capsys.readouterr().err.strip()
     assert len(stderr.splitlines()) == 1 and stderr.endswith(" ..."), stderr
     assert stderr.split()[-2] in words.split(), "cut inside a word"
+
+
+def test_a_path_longer_than_the_line_is_kept_whole(tmp_path, capsys, monkeypatch):
+    # A CI checkout's paths run long: the message must still say which file and why.
+    folder = tmp_path.joinpath(*[f"a_rather_long_folder_name_{i:02d}" for i in range(12)])
+    path = folder / "model.keras"
+    assert len(str(path)) > cli._MESSAGE_WIDTH
+    assert cli.main(["diagnose", str(path)]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr == f"kreg diagnose: error: {path}: no such file", stderr
+
+
+def test_a_word_longer_than_the_line_is_not_dropped():
+    word = "x" * (cli._MESSAGE_WIDTH + 50)
+    assert cli._shortened(f"cannot load: {word}") == f"cannot load: {word}"
+    many = " ".join(f"word{i}" for i in range(200))
+    shortened = cli._shortened(f"{word} {many}")
+    assert shortened.startswith(f"{word} word0 ") and shortened.endswith(" ...")
 
 
 def test_an_unexpected_error_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
+from conftest import to_numpy as _numpy
 from kreg import model_graph
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -38,10 +39,6 @@ def _fold_quietly(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return kreg.fold_batch_norms(model, return_report=True)
-
-
-def _numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 @pytest.mark.parametrize("task", [False, True], ids=["backbone", "image_classifier"])

@@ -189,3 +189,17 @@ def test_inputs_with_no_samples_are_refused_with_the_shape():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match=r"argument `x`.*at least one sample.*\(0, 4\)"):
         kreg.mc_predict(model, np.ones((0, 4), "float32"), samples=3)
+
+
+@pytest.mark.parametrize("kind", ["empty list", "empty tf.data dataset"])
+def test_inputs_that_yield_no_batches_are_refused(kind):
+    # Keras's predict fails on both with internal errors: a KeyError from its
+    # data adapter, an UnboundLocalError once no batch ran.
+    if kind == "empty list":
+        x = []
+    else:
+        tf = pytest.importorskip("tensorflow")
+        x = tf.data.Dataset.from_tensor_slices(np.ones((0, 4), "float32")).batch(2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"argument `x`.*at least one sample"):
+        kreg.mc_predict(model, x, samples=3)

@@ -107,12 +107,7 @@ class RegularizedHyperModel(keras_tuner.HyperModel):
         self.space = space if space is not None else RegularizationSpace()
         self.learning_rate = check_positive("learning_rate", learning_rate)
         self.seed = check_seed("seed", seed)
-        if not isinstance(precise_batch_norm, bool):
-            raise ValueError(
-                "Invalid value received for argument `precise_batch_norm`. Expected "
-                f"True or False. Received: precise_batch_norm={precise_batch_norm!r}"
-            )
-        self.precise_batch_norm = precise_batch_norm
+        self.precise_batch_norm = check_bool("precise_batch_norm", precise_batch_norm)
 
     def build(self, hp):
         """Builds the model for `hp`; an unbuildable model fails only its trial."""

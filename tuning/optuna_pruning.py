@@ -42,7 +42,7 @@ class _EndOptunaTrial(StopTrial):
 
 
 class OptunaPruningCallback(keras.callbacks.Callback):
-    """Reports a Keras metric to an Optuna trial every epoch; ends the trial once it cannot reach the study's best.
+    """Reports a Keras metric to an Optuna trial every epoch; ends hopeless trials.
 
     Built by `kreg.tuning.optuna_pruning_callback`; see there.
     """
@@ -181,7 +181,7 @@ def optuna_pruning_callback(
     on_overfitting="stop",
     detector_kwargs=None,
 ):
-    """A Keras callback that lets an Optuna trial prune, and ends it once it cannot reach the study's best.
+    """A Keras callback that ends an Optuna trial once it cannot reach the study's best.
 
     Every epoch it reports `monitor` to the trial (`trial.report(value, epoch)`)
     and, when the study's pruner says so (`trial.should_prune()`), raises
@@ -243,8 +243,9 @@ def optuna_pruning_callback(
 
     def objective(trial):
         model = hypermodel.build(trial)  # the same space, names and ranges
+        callback = kreg.tuning.optuna_pruning_callback(trial, "val_accuracy")
         history = hypermodel.fit(trial, model, x, y, validation_data=(x_val, y_val), epochs=30,
-                                 callbacks=[kreg.tuning.optuna_pruning_callback(trial, "val_accuracy")])
+                                 callbacks=[callback])
         return max(history.history["val_accuracy"])
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner())

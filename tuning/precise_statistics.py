@@ -1,4 +1,4 @@
-"""The `PreciseBatchNorm` callback a hypermodel adds to a trial's `fit`, from `fit`'s own arguments."""
+"""The `PreciseBatchNorm` a hypermodel adds to a trial's `fit`, from `fit`'s own arguments."""
 
 import math
 import warnings
@@ -32,7 +32,8 @@ def training_inputs(args, kwargs):
         split = kwargs.get("validation_split") or 0.0
         if split:
             samples = keras.tree.flatten(x)[0].shape[0]
-            # As keras/src/trainers/data_adapters/array_slicing.py (train_validation_split) splits it.
+            # As Keras splits it: train_validation_split in
+            # keras/src/trainers/data_adapters/array_slicing.py.
             cut = int(math.floor(samples * (1.0 - split)))
             x = keras.tree.map_structure(lambda leaf: leaf[:cut], x)
         return x

@@ -311,7 +311,7 @@ def pruning_detector(
 
 
 class OverfittingPruning:
-    """Tuner mixin: ends each trial once it cannot reach the search's best, sooner once it saturates.
+    """Tuner mixin: ends a trial once it cannot reach the search's best, sooner once it saturates.
 
     keras-tuner has no in-trial pruning of its own: a trial ends early only
     when a callback stops its `fit`. Mixed into a tuner class, this adds a fresh
@@ -367,7 +367,8 @@ class OverfittingPruning:
         super().__init__(*args, **kwargs)
         if "objective" not in detector_kwargs:
             if hasattr(self.oracle.objective, "objectives"):
-                # keras-tuner's MultiObjective: a sum no epoch logs, that no trial would be judged by.
+                # keras-tuner's MultiObjective: a sum no epoch logs, that no trial would be
+                # judged by.
                 raise ValueError(
                     "Invalid value received for argument `detector_kwargs`. With several "
                     "objectives, name the one whose pace is judged, e.g. "

@@ -3,6 +3,7 @@ import math
 import keras
 
 from kreg._validation import check_at_least
+from kreg._validation import check_between
 from kreg._validation import check_choice
 from kreg._validation import check_interval
 from kreg._validation import check_positive
@@ -241,14 +242,9 @@ class RegularizationSpace:
         self.default_norm = check_choice("default_norm", default_norm, norms)
         self.groups = check_sizes("groups", groups)
 
-        if step is not None:
-            step = check_positive("step", step)
-            if step >= 1:
-                raise ValueError(
-                    "Invalid value received for argument `step`. Expected a float in "
-                    f"(0, 1) or None. Received: step={step!r}"
-                )
-        self.step = step
+        self.step = check_between(
+            "step", step, 0, 1, include_low=False, include_high=False, optional=True
+        )
         self.batch_norm_kwargs = _check_kwargs(
             "batch_norm_kwargs", batch_norm_kwargs, BATCH_NORM_ARGUMENTS
         )

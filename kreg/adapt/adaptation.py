@@ -8,6 +8,7 @@ from keras import ops
 
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_positive
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import minimize_selected_entropy
 from kreg.adapt.entropy import check_from_logits
@@ -163,12 +164,7 @@ def plan_adaptation(model, data, method, predict_options, entropy_options, eata_
     check_choice("method", method, METHODS)
     epochs = check_at_least("epochs", entropy_options["epochs"], integer=True, minimum=1)
     selection = SampleSelection(*eata_thresholds)
-    learning_rate = entropy_options["learning_rate"]
-    if check_at_least("learning_rate", learning_rate) == 0:
-        raise ValueError(
-            "Invalid value received for argument `learning_rate`. Expected a number > 0. "
-            "Received: learning_rate=0"
-        )
+    learning_rate = check_positive("learning_rate", entropy_options["learning_rate"])
     if not isinstance(model, keras.Model) or not model.built:
         raise TypeError(
             "Invalid value received for argument `model`. Expected a built "

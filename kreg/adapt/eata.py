@@ -28,6 +28,7 @@ from keras import ops
 
 from kreg import _keras_compat
 from kreg._validation import check_at_least
+from kreg._validation import check_between
 from kreg._validation import check_rate
 from kreg.adapt.batch_statistics_pass import batch_statistics_used
 from kreg.adapt.batch_statistics_pass import strategy_scope
@@ -42,12 +43,8 @@ AVERAGE_MOMENTUM = 0.9
 
 def check_eata_arguments(entropy_factor, redundancy_threshold, collapse_factor):
     """Checks EATA's three thresholds; returns them as floats (the redundancy one may be None)."""
-    entropy_factor = float(check_at_least("entropy_factor", entropy_factor))
-    if not 0.0 < entropy_factor <= 1.0:
-        raise ValueError(
-            "Invalid value received for argument `entropy_factor`. Expected a number in "
-            f"(0, 1] (a fraction of ln C, the largest entropy). Received: entropy_factor={entropy_factor}"
-        )
+    # A fraction of ln C, the largest entropy.
+    entropy_factor = check_between("entropy_factor", entropy_factor, 0, 1, include_low=False)
     if redundancy_threshold is not None:
         redundancy_threshold = float(check_at_least("redundancy_threshold", redundancy_threshold))
     collapse_factor = check_rate("collapse_factor", collapse_factor)

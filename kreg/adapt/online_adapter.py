@@ -25,6 +25,7 @@ from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
+from kreg.layers.batch_statistics import mixed_stored_weight
 from kreg.model_graph import batch_norm_layers
 
 ONLINE_METHODS = ("none", "batch", "mixed", "online", "reestimate", "tent", "eata", "robust")
@@ -473,7 +474,7 @@ class OnlineAdapter:
             new = [(mean, variance) for mean, variance, _ in batch]
         else:
             keep = (
-                self.prior_strength / (self.prior_strength + samples)
+                mixed_stored_weight(self.prior_strength, samples)
                 if self.method == "mixed"
                 else self.online_momentum
             )

@@ -139,15 +139,20 @@ def train_with_and_without_callbacks(data, out, epochs, quick=False, log=print):
         f"| epochs trained | {len(plain_history['loss'])} | {len(history.history['loss'])} "
         f"| {len(averaged_history.history['loss'])} |\n"
         f"| weights kept | last epoch | epoch {stopper.best_epoch + 1} (best val loss, restored) "
-        f"| EMA at epoch {averaged_stopper.best_epoch + 1}, statistics re-estimated (best val loss, restored) |\n"
-        f"| overfitting onset (default OverfittingDetector) | not watched | {onset} | {averaged_onset} |\n"
-        f"| val loss of the kept weights | {plain_history['val_loss'][-1]:.4f} | {stopper.best:.4f} "
+        f"| EMA at epoch {averaged_stopper.best_epoch + 1}, statistics re-estimated (best val "
+        "loss, restored) |\n"
+        f"| overfitting onset (default OverfittingDetector) | not watched | {onset} | "
+        f"{averaged_onset} |\n"
+        f"| val loss of the kept weights | {plain_history['val_loss'][-1]:.4f} | "
+        f"{stopper.best:.4f} "
         f"| {averaged_stopper.best:.4f} |\n"
-        f"| test accuracy | {plain_accuracy:.3f} | {kreg_accuracy:.3f} | {averaged_accuracy:.3f} |\n"
+        f"| test accuracy | {plain_accuracy:.3f} | {kreg_accuracy:.3f} "
+        f"| {averaged_accuracy:.3f} |\n"
         f"| stop reason | - | {stopper.stop_reason.value} | {averaged_stopper.stop_reason.value} |"
     )
     rows = [
-        ("callbacks: test accuracy, last vs restored best epoch", f"{plain_accuracy:.3f} -> {kreg_accuracy:.3f}"),
+        ("callbacks: test accuracy, last vs restored best epoch",
+         f"{plain_accuracy:.3f} -> {kreg_accuracy:.3f}"),
         ("callbacks: overfitting onset / kept epoch", f"{onset} / {stopper.best_epoch + 1}"),
         ("callbacks + weight averaging (EMA): test accuracy / kept epoch",
          f"{averaged_accuracy:.3f} / {averaged_stopper.best_epoch + 1}"),

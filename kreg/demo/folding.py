@@ -31,7 +31,8 @@ def fold_and_time(model, x, out, repeats=5, log=print):
         "| | layers | predict time (best of "
         f"{repeats}, {len(x)} images) |\n| --- | --- | --- |\n"
         f"| original | {len(model.layers)} | {original_time:.3f} s |\n"
-        f"| folded | {len(folded.layers)} | {folded_time:.3f} s (speed-up {original_time / folded_time:.2f}x) |\n\n"
+        f"| folded | {len(folded.layers)} | {folded_time:.3f} s (speed-up "
+        f"{original_time / folded_time:.2f}x) |\n\n"
         f"Largest output difference: {difference:.1e}."
     )
     rows = [

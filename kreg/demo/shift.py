@@ -76,7 +76,8 @@ def adaptation_under_shift(model, data, out, severity=5, log=print):
     rows = [
         (
             "adaptive BN: shifted accuracy, before -> after reestimate",
-            f"{accuracy['clean']['no adaptation'] - lost:.3f} -> {accuracy['clean']['no adaptation'] - lost + recovered:.3f} ({share:.0f}% recovered)",
+            f"{accuracy['clean']['no adaptation'] - lost:.3f} -> "
+            f"{accuracy['clean']['no adaptation'] - lost + recovered:.3f} ({share:.0f}% recovered)",
         )
     ]
     return table, rows

@@ -23,7 +23,8 @@ def short_search(data, out, trials, epochs, quick=False, log=print):
         overwrite=True,
     )
     log(
-        f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they cannot reach the search's best; "
+        f"  RandomSearch, {trials} trials of up to {epochs} epochs, trials pruned once they cannot "
+        "reach the search's best; "
         "batch norms validated with statistics re-estimated on the training data (PreciseBatchNorm)"
     )
     tuner.search(

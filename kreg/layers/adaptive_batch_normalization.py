@@ -8,6 +8,7 @@ from kreg.layers.batch_statistics import batch_moments
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.layers.batch_statistics import finite_samples
 from kreg.layers.batch_statistics import in_statistics_dtype
+from kreg.layers.batch_statistics import mixed_stored_weight
 from kreg.layers.batch_statistics import normalize
 
 # The index of each mode is what the `test_time_mode` variable holds.
@@ -203,7 +204,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             # differ only in the weight given to the running statistics.
             running_weight = ops.where(
                 mode == _MIXED,
-                self.prior_strength / ops.maximum(self.prior_strength + samples, 1.0),
+                mixed_stored_weight(self.prior_strength, samples),
                 ops.where(mode == _ONLINE, self.online_momentum, 0.0),
             )
             # One value per channel has no variance: keep the running statistics.

@@ -1,4 +1,4 @@
-"""`keras.layers.BatchNormalization`'s arguments and `AdaptiveBatchNormalization`'s, read from the classes.
+"""The arguments of `BatchNormalization` and `AdaptiveBatchNormalization`, read from the classes.
 
 The one list of batch norm arguments and defaults that kreg's batch norm layers
 (`AdaptiveBatchNormalization`, the fused `Conv2DBatchNorm` family) and the tuner's

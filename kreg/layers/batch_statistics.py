@@ -6,6 +6,8 @@ both reduce the same axes, honour a Keras mask the same way, count the same
 number of values and normalize with the same arithmetic.
 """
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -52,6 +54,17 @@ def finite_samples(inputs, mask=None):
     if mask is not None:
         finite = ops.logical_and(ops.cast(mask, "bool"), finite)
     return finite, clean, samples
+
+
+def mixed_stored_weight(prior_strength, samples):
+    """`N / (N + n)`: the weight of the stored statistics in the `"mixed"` mode,
+    for a prior strength `N` and a batch of `n` samples (Schneider et al., 2020,
+    https://arxiv.org/abs/2006.16971). `n` is a Python number or a backend
+    tensor; with `N = n = 0` the weight is 0.
+    """
+    total = prior_strength + samples
+    total = max(total, 1.0) if isinstance(total, numbers.Real) else ops.maximum(total, 1.0)
+    return prior_strength / total
 
 
 def combine_statistics(stored_weight, stored, batch):

@@ -10,7 +10,6 @@ from search_helpers import GroupsBreakSomeModels
 from search_helpers import Memorizer
 from search_helpers import noise
 
-from kreg.datasets import load_digit_sequences
 from kreg.tuning import CNNHyperModel
 from kreg.tuning import RecurrentHyperModel
 from kreg.tuning import RegularizationSpace
@@ -79,15 +78,10 @@ def test_fixed_values_are_used_as_is():
     assert isinstance(norm, keras.layers.GroupNormalization) and norm.groups == 4
 
 
-@pytest.fixture(scope="module")
-def digits():
-    (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
-    return (x, y), (x_val[:160], y_val[:160])
-
-
 @pytest.mark.integration
 def test_a_study_of_several_trials_with_the_pruning_callback(digits):
     (x, y), (x_val, y_val) = digits
+    x_val, y_val = x_val[:160], y_val[:160]
     hypermodel = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1)
     reported = {}
 
@@ -122,6 +116,7 @@ def test_a_study_of_several_trials_with_the_pruning_callback(digits):
 @pytest.mark.integration
 def test_the_study_pruner_prunes(digits):
     (x, y), (x_val, y_val) = digits
+    x_val, y_val = x_val[:160], y_val[:160]
 
     def objective(trial):
         model = CNNHyperModel((8, 8), 10, filters=(8, 16), dense_units=16, seed=1).build(trial)

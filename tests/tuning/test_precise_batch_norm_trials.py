@@ -7,17 +7,10 @@ import pytest
 
 import kreg
 from kreg.callbacks import PreciseBatchNorm
-from kreg.datasets import load_digit_sequences
 from kreg.tuning import CNNHyperModel
 from kreg.tuning import OverfittingPruning
 from kreg.tuning import RegularizationSpace
 from kreg.tuning.precise_statistics import precise_batch_norm_callback
-
-
-@pytest.fixture(scope="module")
-def digits():
-    (x, y), (x_val, y_val) = load_digit_sequences(train_size=160, seed=0)
-    return (x, y), (x_val[:300], y_val[:300])
 
 
 def _fit_callbacks(hypermodel, hp, **fit_kwargs):

@@ -10,7 +10,6 @@ from search_helpers import PrunedRandomSearch
 from search_helpers import noise
 from search_helpers import replay
 
-from kreg.datasets import load_digit_sequences
 from kreg.layers import ConsistentDropout
 from kreg.tuning import CNNHyperModel
 from kreg.tuning import RecurrentHyperModel
@@ -19,11 +18,6 @@ from kreg.tuning import pruning_detector
 
 # The replayed model compiles no metric to read a direction from: the objective says it.
 VAL_ACCURACY = keras_tuner.Objective("val_accuracy", "max")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digit_sequences(train_size=400, seed=0)
 
 
 def _small(digits, n_train=160, n_val=160):
