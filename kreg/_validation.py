@@ -207,3 +207,25 @@ def check_bool(name, value):
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     return value
+
+
+def check_keyword_rate(rate_name, positional, keras_argument, keras_layer):
+    """Refuses a rate given where a drop-in layer takes Keras's next positional argument.
+
+    kreg's drop-in layers take their parent's positional arguments in Keras's
+    order (`EmbeddingDropout(1000, 64, "uniform")` as `Embedding`), so their own
+    rates are keyword-only. A number in that position is a rate given by
+    position: Keras would read it as `keras_argument` and fail with a message
+    that names neither.
+    """
+    if (
+        positional
+        and isinstance(positional[0], numbers.Real)
+        and not isinstance(positional[0], bool)
+    ):
+        raise TypeError(
+            f"Invalid value received for argument `{keras_argument}`. In that position "
+            f"{keras_layer} takes `{keras_argument}`, as in Keras; `{rate_name}` is "
+            f"keyword-only: pass {rate_name}={positional[0]!r}. "
+            f"Received: {keras_argument}={positional[0]!r}"
+        )

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import dropout
@@ -26,7 +27,8 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
     of multiplying the whole `(input_dim, output_dim)` matrix, so the cost does
     not grow with the vocabulary.
 
-    The layer is a `keras.layers.Embedding` with one extra argument: the same
+    The layer is a `keras.layers.Embedding` with one extra argument (keyword-only:
+    Keras's arguments keep their positions): the same
     weights (`set_weights` / `get_weights` work both ways with a plain
     `Embedding`, and `weights=` loads a pretrained matrix), the same
     `mask_zero` masking and LoRA. `layer.quantize("int8")` / `"int4"` (and
@@ -68,9 +70,11 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
 
     rate = rate_property("rate", "The current fraction of rows dropped per batch.")
 
-    def __init__(self, input_dim, output_dim, rate=0.0, seed=None, weights=None, **kwargs):
+    def __init__(self, input_dim, output_dim, *args, rate=0.0, seed=None, weights=None, **kwargs):
+        # Keras's positional arguments pass through (a drop-in for `Embedding`).
+        check_keyword_rate("rate", args, "embeddings_initializer", "Embedding")
         rate = check_rate("rate", rate)
-        super().__init__(input_dim, output_dim, **kwargs)
+        super().__init__(input_dim, output_dim, *args, **kwargs)
         self.add_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

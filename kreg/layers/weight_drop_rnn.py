@@ -8,6 +8,7 @@ from kreg._keras_compat import recurrent_kernel_replaced
 from kreg._keras_compat import rnn_dropout_masks_sliced
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
+from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import dropout
@@ -22,15 +23,22 @@ class _WeightDropMixin(AdjustableRates):
     weight_dropout = rate_property("weight_dropout", "The current weight-dropout rate.")
 
     def __init__(
-        self, units, weight_dropout=0.0, weight_dropout_mode="unit", mask_groups=1, **kwargs
+        self, units, *args, weight_dropout=0.0, weight_dropout_mode="unit", mask_groups=1, **kwargs
     ):
+        # Keras's positional arguments pass through (a drop-in for LSTM / GRU).
+        check_keyword_rate(
+            "weight_dropout",
+            args,
+            "activation",
+            "LSTM" if isinstance(self, keras.layers.LSTM) else "GRU",
+        )
         # Checked before the parent builds its cell, so a bad rate fails first.
         weight_dropout = check_rate("weight_dropout", weight_dropout)
         weight_dropout_mode = check_choice(
             "weight_dropout_mode", weight_dropout_mode, WEIGHT_DROPOUT_MODES
         )
         mask_groups = int(check_at_least("mask_groups", mask_groups, integer=True, minimum=1))
-        super().__init__(units, **kwargs)
+        super().__init__(units, *args, **kwargs)
         self.add_rate("weight_dropout", weight_dropout)
         self.weight_dropout_mode = weight_dropout_mode
         self.mask_groups = mask_groups
@@ -155,7 +163,8 @@ class WeightDropLSTM(_WeightDropMixin, keras.layers.LSTM):
     backend. Where no fused kernel applies (on CPU, with masking), the generic
     loop reads the same masked kernel, so both paths compute the same thing.
 
-    Every argument of `keras.layers.LSTM` keeps its meaning, and with
+    Every argument of `keras.layers.LSTM` keeps its meaning (and its
+    position: kreg's own arguments are keyword-only), and with
     `weight_dropout=0` the layer computes exactly what `keras.layers.LSTM` does,
     with the same weights (`set_weights` works both ways).
 
@@ -216,7 +225,8 @@ class WeightDropGRU(_WeightDropMixin, keras.layers.GRU):
     backend. Where no fused kernel applies (on CPU, with masking), the generic
     loop reads the same masked kernel, so both paths compute the same thing.
 
-    Every argument of `keras.layers.GRU` keeps its meaning, and with
+    Every argument of `keras.layers.GRU` keeps its meaning (and its
+    position: kreg's own arguments are keyword-only), and with
     `weight_dropout=0` the layer computes exactly what `keras.layers.GRU` does,
     with the same weights (`set_weights` works both ways).
 

@@ -5,6 +5,7 @@ from keras import ops
 from keras import tree
 
 from kreg._keras_compat import step_loop
+from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
@@ -20,14 +21,14 @@ class _ZoneoutMixin(AdjustableRates):
 
     STATE_RATES = ()
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, *args, **kwargs):
         if kwargs.get("use_cudnn") is True:
             raise ValueError(
                 "Invalid value received for argument `use_cudnn`. Zoneout mixes the "
                 "states after every step, which no fused (cuDNN) kernel does; expected "
                 "'auto' or False. Received: use_cudnn=True"
             )
-        super().__init__(units, **kwargs)
+        super().__init__(units, *args, **kwargs)
 
     def _zoneout_keep_masks(self, sequences, rates):
         """One 0/1 tensor `(batch, timesteps, units)` per zoned state: 1 keeps."""
@@ -130,7 +131,8 @@ class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
 
     Every argument of `keras.layers.LSTM` keeps its meaning (`dropout` and
     `recurrent_dropout` combine with zoneout), and the layer has exactly the
-    weights of `keras.layers.LSTM`: `set_weights` works both ways, and with
+    weights and positional arguments of `keras.layers.LSTM` (the zoneout rates are
+    keyword-only): `set_weights` works both ways, and with
     every zoneout rate at 0 it computes what `keras.layers.LSTM` computes.
 
     Args:
@@ -164,11 +166,12 @@ class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
           Regularizing RNNs by Randomly Preserving Hidden Activations.
     """
 
-    def __init__(self, units, cell_zoneout=0.0, hidden_zoneout=0.0, **kwargs):
+    def __init__(self, units, *args, cell_zoneout=0.0, hidden_zoneout=0.0, **kwargs):
+        check_keyword_rate("cell_zoneout", args, "activation", "LSTM")
         # Checked before the parent builds its cell, so a bad rate fails first.
         cell_zoneout = check_rate("cell_zoneout", cell_zoneout)
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
-        super().__init__(units, **kwargs)
+        super().__init__(units, *args, **kwargs)
         self.add_rate("cell_zoneout", cell_zoneout)
         self.add_rate("hidden_zoneout", hidden_zoneout)
 
@@ -210,7 +213,8 @@ class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
 
     Every argument of `keras.layers.GRU` keeps its meaning (`dropout` and
     `recurrent_dropout` combine with zoneout), and the layer has exactly the
-    weights of `keras.layers.GRU`: `set_weights` works both ways, and with
+    weights and positional arguments of `keras.layers.GRU` (the zoneout rates are
+    keyword-only): `set_weights` works both ways, and with
     every zoneout rate at 0 it computes what `keras.layers.GRU` computes.
 
     Args:
@@ -241,9 +245,10 @@ class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
           Regularizing RNNs by Randomly Preserving Hidden Activations.
     """
 
-    def __init__(self, units, hidden_zoneout=0.0, **kwargs):
+    def __init__(self, units, *args, hidden_zoneout=0.0, **kwargs):
+        check_keyword_rate("hidden_zoneout", args, "activation", "GRU")
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
-        super().__init__(units, **kwargs)
+        super().__init__(units, *args, **kwargs)
         self.add_rate("hidden_zoneout", hidden_zoneout)
 
     STATE_RATES = ("hidden_zoneout",)

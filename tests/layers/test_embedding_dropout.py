@@ -189,3 +189,13 @@ def test_subclasses_are_refused_by_quantize_as_keras_refuses_its_own():
     layer.build()
     with pytest.raises(NotImplementedError):
         layer.quantize("int8")
+
+
+def test_keras_positional_arguments_keep_their_places_and_a_positional_rate_is_refused():
+    # A drop-in takes `Embedding(input_dim, output_dim, embeddings_initializer, ...)`.
+    layer = EmbeddingDropout(20, 6, "ones", rate=0.2)
+    layer.build((None,))
+    np.testing.assert_array_equal(_numpy(layer.embeddings), np.ones((20, 6)))
+    assert layer.rate == pytest.approx(0.2)
+    with pytest.raises(TypeError, match=r"`embeddings_initializer`.*keyword-only.*rate=0.1"):
+        EmbeddingDropout(20, 6, 0.1)

@@ -388,3 +388,17 @@ def test_mask_groups_train_in_a_model_with_a_partial_last_batch():
         "loss"
     ]
     assert np.all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("kreg_cls, keras_cls", PAIRS, ids=["lstm", "gru"])
+def test_keras_positional_arguments_keep_their_places_and_a_positional_rate_is_refused(
+    kreg_cls, keras_cls
+):
+    # A drop-in takes `LSTM(units, activation, recurrent_activation, ...)` by position.
+    layer = kreg_cls(4, "relu", "tanh", weight_dropout=0.25)
+    reference = keras_cls(4, "relu", "tanh")
+    assert layer.cell.activation is reference.cell.activation is keras.activations.relu
+    assert layer.cell.recurrent_activation is keras.activations.tanh
+    assert layer.weight_dropout == pytest.approx(0.25)
+    with pytest.raises(TypeError, match=r"`activation`.*keyword-only.*weight_dropout=0.3"):
+        kreg_cls(4, 0.3)

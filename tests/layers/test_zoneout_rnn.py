@@ -213,3 +213,16 @@ def test_rate_changed_on_a_live_model_applies_without_retrace():
     assert np.abs(np.diff(after, axis=1)).mean() < 0.5 * np.abs(np.diff(before, axis=1)).mean()
     with pytest.raises(ValueError, match="cell_zoneout"):
         ZoneoutLSTM(4, hidden_zoneout=0.1).cell_zoneout = 0.2  # built at 0: stays 0
+
+
+@pytest.mark.parametrize("cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_keras_positional_arguments_keep_their_places_and_a_positional_rate_is_refused(
+    cls, keras_cls
+):
+    # A drop-in takes `LSTM(units, activation, recurrent_activation, ...)` by position.
+    layer = cls(4, "relu", "tanh", **RATES[cls])
+    assert layer.cell.activation is keras.activations.relu
+    assert layer.cell.recurrent_activation is keras.activations.tanh
+    first = next(iter(RATES[cls]))
+    with pytest.raises(TypeError, match=rf"`activation`.*keyword-only.*{first}=0.1"):
+        cls(4, 0.1)
