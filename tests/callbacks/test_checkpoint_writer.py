@@ -15,7 +15,7 @@ from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
 
-import kreg.callbacks.early_stopping_with_checkpoint as module
+import kreg.callbacks.run_journal as module
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks.checkpoint_writer import CheckpointWriteError
 from kreg.callbacks.checkpoint_writer import CheckpointWriter
