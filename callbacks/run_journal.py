@@ -65,6 +65,7 @@ class RunJournal:
         self.state = None
         self._steps = []
         self._save_layout = None
+        self._copies = None  # the host copies of this epoch's checkpoint, by variable
 
     # Files.
 
@@ -131,6 +132,7 @@ class RunJournal:
         (`None` when the run starts fresh)."""
         self._steps = []
         self._save_layout = None
+        self._copies = None
         self.monitor, self.mode = monitor, mode
         self.state = new_state(monitor, mode)
         self._remove_stale_temporaries()
@@ -218,6 +220,9 @@ class RunJournal:
         self._make_folder()
         snapshot = model_snapshot(model, weights_only=weights_only, layout=self._save_layout)
         self._save_layout = snapshot.layout  # the next save skips Keras's walk of the model
+        # The backup of this epoch (`commit`, before the next training step)
+        # holds the same weights and optimizer state: it reuses these copies.
+        self._copies = snapshot.copies
         self._steps.append(
             Step(
                 path,
@@ -256,9 +261,10 @@ class RunJournal:
         state = self.state
         previous = generation(state) if state["next_epoch"] > 0 else None
         steps, self._steps = self._steps, []
+        copies, self._copies = self._copies, None
         if resume and back_up and chief:
             name = self.backup_name(epoch)
-            arrays = host_copy(model, averaging)
+            arrays = host_copy(model, averaging, copies)
             self._make_folder()
             backup_path = os.path.join(self.folder, name)
             steps.append(
