@@ -1,47 +1,25 @@
-import copy
 import enum
-import glob
 import os
 import warnings
-import weakref
 
 import keras
 
-from kreg._keras_compat import model_snapshot
 from kreg._keras_compat import print_msg
 from kreg._keras_compat import set_initial_epoch
-from kreg._keras_compat import write_model_snapshot
 from kreg._validation import check_at_least
 from kreg._validation import check_bool
 from kreg._validation import check_choice
 from kreg._validation import check_finite
-from kreg.callbacks.atomic_files import remove_stale_temporaries
-from kreg.callbacks.atomic_files import write_atomically
-from kreg.callbacks.atomic_files import write_json_atomically
 from kreg.callbacks.best_checkpoints import BestCheckpoints
 from kreg.callbacks.checkpoint_path import check_filepath
 from kreg.callbacks.checkpoint_path import format_filepath
-from kreg.callbacks.checkpoint_path import name_glob
 from kreg.callbacks.checkpoint_path import placeholders
-from kreg.callbacks.checkpoint_writer import Step
-from kreg.callbacks.checkpoint_writer import writer_for
 from kreg.callbacks.monitoring import all_finite
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
-from kreg.callbacks.training_state import BackupUnreadable
-from kreg.callbacks.training_state import StateFileError
-from kreg.callbacks.training_state import check_averaging_fits
-from kreg.callbacks.training_state import check_backup_fits
+from kreg.callbacks.run_journal import RunJournal
 from kreg.callbacks.training_state import fit_averaging
-from kreg.callbacks.training_state import generation
-from kreg.callbacks.training_state import host_copy
-from kreg.callbacks.training_state import new_state
-from kreg.callbacks.training_state import read_backup
-from kreg.callbacks.training_state import read_state
-from kreg.callbacks.training_state import restore_averaging
-from kreg.callbacks.training_state import restore_backup
-from kreg.callbacks.training_state import write_backup
 
 
 class StopReason(enum.Enum):
@@ -244,9 +222,8 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self.strict = strict
         self.resume = resume
         self.keep_best = keep_best
-        self.state_path = filepath + ".state.json"
-        self._folder = os.path.dirname(os.path.abspath(filepath))
-        self._backup_prefix = f".{os.path.basename(filepath)}.backup-"
+        # The checkpoints, backups and state file, and the order they are written in.
+        self._journal = RunJournal(filepath)
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
         self.initial_epoch = 0  # where the last `fit` started (after a resume: where it continued)
@@ -266,14 +243,6 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         extended = getattr(strategy, "extended", None)
         return getattr(extended, "should_checkpoint", True)
 
-    def _make_folder(self):
-        # At the first write, not in `__init__`: building the callback (or
-        # `from_config`) leaves the disk as it is.
-        os.makedirs(self._folder, exist_ok=True)
-
-    def _writer(self):
-        return writer_for(os.path.abspath(self.filepath))
-
     def wait_until_finished(self):
         """Blocks until the files of the last epoch are written (they are written
         in a background thread); raises the writer's error, naming the file.
@@ -281,106 +250,34 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         `fit` waits at its end. After a `fit` an exception stopped, call this
         before reading the files (the next `fit` on this filepath waits too).
         """
-        self._writer().wait()
+        self._journal.wait()
+
+    @property
+    def state_path(self):
+        """The state file beside the checkpoint: `filepath + ".state.json"`."""
+        return self._journal.state_path
 
     def _save_model(self, path):
         # A host copy now; the file is written in the background, before the
-        # state that names it (see `_commit`), which also flushes the folder.
-        self._make_folder()
-        snapshot = model_snapshot(
-            self.model, weights_only=self.save_weights_only, layout=self._save_layout
-        )
-        self._save_layout = snapshot.layout  # the next save skips Keras's walk of the model
-        self._steps.append(
-            Step(
-                path,
-                lambda: write_atomically(
-                    path,
-                    lambda temporary: write_model_snapshot(snapshot, temporary),
-                    sync_folder=False,
-                ),
-            )
-        )
-
-    def _backup_name(self, epoch):
-        return f"{self._backup_prefix}{epoch:06d}.npz"
-
-    def _remove_backups(self, keep=()):
-        pattern = os.path.join(self._folder, glob.escape(self._backup_prefix) + "*")
-        for path in glob.glob(pattern):
-            if os.path.basename(path) not in keep and ".tmp-" not in os.path.basename(path):
-                _remove(path)
-
-    def _remove_stale_temporaries(self):
-        if not os.path.isdir(self._folder):
-            return
-        remove_stale_temporaries(self.state_path)
-        # The backups are named per epoch: match every epoch's temporary.
-        remove_stale_temporaries(
-            os.path.join(self._folder, self._backup_prefix),
-            name_pattern=glob.escape(self._backup_prefix) + "*",
-        )
-        if placeholders(self.filepath):
-            remove_stale_temporaries(self.filepath, name_pattern=name_glob(self.filepath))
-        else:
-            remove_stale_temporaries(self.filepath)
+        # state that names it (see `RunJournal.commit`), which also flushes the folder.
+        self._journal.save_model(self.model, path, self.save_weights_only)
 
     # Resuming.
 
-    def _read_generation(self, generation):
-        """`(arrays, best_arrays)` of a generation's backups; `BackupUnreadable` if one is not."""
-        arrays = best = None
-        if generation["backup"] is not None:
-            arrays = read_backup(os.path.join(self._folder, generation["backup"]))
-        if self.restore_best_weights and generation["best_backup"] is not None:
-            best = read_backup(os.path.join(self._folder, generation["best_backup"]))
-        return arrays, best
-
     def _resume(self, state):
-        for key in ("monitor", "mode"):
-            if state[key] != getattr(self, key):
-                raise StateFileError(
-                    f"Cannot resume from the state file {self.state_path!r}: it was written "
-                    f"for {key}={state[key]!r}, not {getattr(self, key)!r}. To start fresh, "
-                    "delete that file or pass `resume=False`."
-                )
-        generations = [generation(state)] + ([state["previous"]] if state["previous"] else [])
-        for chosen in generations:
-            try:
-                arrays, best = self._read_generation(chosen)
-                break
-            except BackupUnreadable as error:
-                warnings.warn(
-                    f"EarlyStoppingWithCheckpoint: the backup {error}; trying the one before it.",
-                    stacklevel=3,
-                )
-        else:
-            warnings.warn(
-                f"EarlyStoppingWithCheckpoint: no backup named by {self.state_path!r} can be read; "
-                "training starts fresh from epoch 1.",
-                stacklevel=3,
-            )
+        restored = self._journal.restore(
+            state, self.model, fit_averaging(self), self.restore_best_weights
+        )
+        if restored is None:
             return
-        for name, loaded in ((chosen["backup"], arrays), (chosen["best_backup"], best)):
-            if loaded is not None:
-                check_backup_fits(self.model, loaded, os.path.join(self._folder, name))
-        averaging = fit_averaging(self)
-        if arrays is not None:
-            check_averaging_fits(
-                self.model, averaging, arrays, os.path.join(self._folder, chosen["backup"])
-            )
-            restore_backup(self.model, arrays)
-            restore_averaging(averaging, arrays)
+        chosen, best = restored
         if best is not None:
             self.best_weights = best["weights"]
         self.best = chosen["best"]
         self.best_epoch = chosen["best_epoch"]
         self.wait = chosen["wait"]
         self.stopped_epoch = chosen["stopped_epoch"]
-        # A kept file a later (unreadable) generation deleted is no longer kept.
-        self.kept = [dict(e) for e in chosen["kept"] if os.path.exists(e["path"])]
-        self._state.update(chosen, kept=self.kept)
-        self._state["previous"] = None if chosen is state["previous"] else state["previous"]
+        self.kept = chosen["kept"]
         next_epoch = chosen["next_epoch"]
         reason = (
             StopReason[chosen["stop_reason"]]
@@ -406,9 +303,7 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         # Files a `fit` stopped by an exception left in flight are written
         # before anything here reads or clears the folder.
-        self._writer().wait()
-        self._steps = []
-        self._save_layout = None
+        self._journal.wait()
         super().on_train_begin(logs)
         self.stop_reason = StopReason.RUNNING
         self.resumed = False
@@ -418,35 +313,15 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         self._last_logs = None
         self._direction = None
         self._collision_warned = False
-        self._state = new_state(self.monitor, self.mode)
-        _WRITERS[os.path.abspath(self.filepath)] = weakref.ref(self)
-        self._remove_stale_temporaries()
-        state = None
-        if self.resume:
-            kept_names = (
-                name_glob(self.filepath)
-                if placeholders(self.filepath)
-                else glob.escape(os.path.basename(self.filepath))
-            )
-            state = read_state(
-                self.state_path, self._backup_prefix, os.path.dirname(self.filepath), kept_names
-            )
-        if state is not None and not state["finished"]:
+        self._journal.claim(self)
+        state = self._journal.begin(self.monitor, self.mode, self.resume, self._is_chief())
+        if state is not None:
             self._resume(state)
-        elif self._is_chief() and os.path.isdir(self._folder):
-            if not self.resume and os.path.exists(self.state_path):
-                # Starting fresh: a later `resume=True` must not continue the
-                # run this one replaces (its backups are deleted below).
-                write_json_atomically(
-                    self.state_path, dict(new_state(self.monitor, self.mode), finished=True)
-                )
-            self._remove_backups()  # left by a kill after a finished state was written
         # If the very first epoch already diverges, these are the best weights.
         self._start_weights = self.model.get_weights() if self.restore_best_weights else None
 
     def _check_sole_writer(self):
-        holder = _WRITERS.get(os.path.abspath(self.filepath))
-        if holder is not None and holder() is not self:
+        if not self._journal.owned_by(self):
             raise ValueError(
                 "Invalid value received for argument `filepath`: another "
                 "EarlyStoppingWithCheckpoint began a `fit` on the same file since this one "
@@ -552,64 +427,26 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
         return removed
 
     def _commit(self, epoch, back_up, improved=False, removed=()):
-        """Writes this epoch's checkpoint and backup, then the state that names
-        them (and the generation before it), then deletes what neither
-        generation names: a kill anywhere leaves a usable state.
-
-        The training thread takes host copies; the files are written in that
-        order by a background thread (`CheckpointWriter`), this epoch's once
-        the previous epoch's are.
-        """
-        state = self._state
-        previous = generation(state) if state["next_epoch"] > 0 else None
-        steps, self._steps = self._steps, []
-        chief = self._is_chief()
-        if self.resume and back_up and chief:
-            name = self._backup_name(epoch)
-            arrays = host_copy(self.model, fit_averaging(self))
-            self._make_folder()
-            backup_path = os.path.join(self._folder, name)
-            steps.append(
-                Step(
-                    backup_path,
-                    lambda: write_atomically(
-                        backup_path, lambda path: write_backup(path, arrays), sync_folder=False
-                    ),
-                )
-            )
-            state["backup"] = name
-            if self.restore_best_weights and improved:
-                state["best_backup"] = name
-        state.update(
-            best=None if self.best is None else monitored_scalar(self.best),
-            best_epoch=int(self.best_epoch),
-            wait=int(self.wait),
-            next_epoch=epoch + 1,
-            stop_reason=self.stop_reason.name,
-            stopped_epoch=int(self.stopped_epoch),
-            kept=[dict(e) for e in self.kept],
-            previous=previous,
+        """Hands this epoch to the journal: its checkpoint (if saved), its
+        backup, and the counters of early stopping the state file records."""
+        self._journal.commit(
+            epoch,
+            {
+                "best": None if self.best is None else monitored_scalar(self.best),
+                "best_epoch": int(self.best_epoch),
+                "wait": int(self.wait),
+                "stop_reason": self.stop_reason.name,
+                "stopped_epoch": int(self.stopped_epoch),
+                "kept": [dict(e) for e in self.kept],
+            },
+            model=self.model,
+            averaging=fit_averaging(self),
+            chief=self._is_chief(),
+            resume=self.resume,
+            back_up=back_up,
+            best_backup=self.restore_best_weights and improved,
+            removed=removed,
         )
-        # Without backups (`resume=False`) there is nothing a state could resume:
-        # a run killed now must not leave one naming epochs without weights.
-        if self.resume and chief:
-            self._make_folder()
-            committed = copy.deepcopy(state)
-            steps.append(
-                Step(self.state_path, lambda: write_json_atomically(self.state_path, committed))
-            )
-            named = {g[key] for g in (state, previous) if g for key in ("backup", "best_backup")}
-            steps.append(
-                Step(
-                    self._folder,
-                    lambda: self._remove_backups(keep=named),
-                    "deleting old backups in",
-                )
-            )
-        if chief:
-            # Kept files that dropped out of the best, once the state no longer names them.
-            steps += [Step(path, lambda path=path: _remove(path), "deleting") for path in removed]
-            self._writer().submit(steps)
 
     def on_train_end(self, logs=None):
         if self.stop_reason is StopReason.RUNNING:
@@ -619,28 +456,17 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
             self.best_weights = self._start_weights
         super().on_train_end(logs)
         set_initial_epoch(self.model, None)
-        if (
-            _WRITERS.get(os.path.abspath(self.filepath)) is not None
-            and _WRITERS[os.path.abspath(self.filepath)]() is self
-        ):
-            del _WRITERS[os.path.abspath(self.filepath)]
+        self._journal.release(self)
         # The last epoch's files, before the state that ends the run; a write
         # that failed is raised here, in the training thread.
-        self._save_layout = None
-        self._writer().wait()
-        self._state.update(
-            finished=True,
-            backup=None,
-            best_backup=None,
-            stop_reason=self.stop_reason.name,
-            stopped_epoch=int(self.stopped_epoch),
-            kept=self.kept,
-            previous=None,
+        self._journal.finish(
+            {
+                "stop_reason": self.stop_reason.name,
+                "stopped_epoch": int(self.stopped_epoch),
+                "kept": self.kept,
+            },
+            chief=self._is_chief(),
         )
-        if self._is_chief():
-            self._make_folder()
-            write_json_atomically(self.state_path, self._state)
-            self._remove_backups()
         if not self._metric_checked and self._last_logs is not None:
             # No epoch had validation: the first-epoch check never ran.
             if self.strict:
@@ -680,18 +506,6 @@ class EarlyStoppingWithCheckpoint(keras.callbacks.EarlyStopping):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-# The callback that last began a `fit` on each checkpoint path (absolute) in
-# this process: two callbacks in one `fit` on one path would share its files.
-_WRITERS = {}
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _check_writable_folder(filepath):

@@ -1,4 +1,5 @@
-"""The run journal `EarlyStoppingWithCheckpoint` keeps beside its checkpoint.
+"""The files of the run journal `EarlyStoppingWithCheckpoint` keeps beside its
+checkpoint: their formats, how each is read and checked (`run_journal` writes them).
 
 Two kinds of file:
 
@@ -244,16 +245,31 @@ def _set_backend_random_state(arrays):
         torch.cuda.set_rng_state_all([as_tensor(array) for array in cuda])
 
 
-def host_arrays(values):
+def host_arrays(values, copies=None):
     """`values` (variables or tensors of any backend) as NumPy arrays of their
-    own: copies, so that training does not change them afterwards."""
-    return [np.array(keras.ops.convert_to_numpy(value), copy=True) for value in values]
+    own: copies, so that training does not change them afterwards. `copies`,
+    `{id(variable): array}` taken at this same moment, are used as they are."""
+    copies = copies or {}
+    return [
+        copies[id(value)]
+        if id(value) in copies
+        else np.array(keras.ops.convert_to_numpy(value), copy=True)
+        for value in values
+    ]
 
 
-def host_copy(model, averaging=None):
+def host_copy(model, averaging=None, copies=None):
     """Every variable of the backup as NumPy arrays, copied off the device,
-    and the state of `averaging` (the `WeightAveraging` of this fit, if any)."""
-    arrays = {group: host_arrays(variables) for group, variables in _variables(model).items()}
+    and the state of `averaging` (the `WeightAveraging` of this fit, if any).
+
+    `copies` (`ModelSnapshot.copies` of a snapshot taken at this same moment,
+    with no training step between) are reused: on an epoch that saves the best
+    model, its weights and optimizer state are copied off the device once.
+    The arrays are only read afterwards, by the writer of each file.
+    """
+    arrays = {
+        group: host_arrays(variables, copies) for group, variables in _variables(model).items()
+    }
     arrays["backend_random"] = _backend_random_state()
     arrays.update(_averaging_arrays(averaging))
     return arrays

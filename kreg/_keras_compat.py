@@ -16,6 +16,7 @@ from keras.src import backend as _backend
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.ops.nn import Sigmoid as _Sigmoid
 from keras.src.ops.nn import Softmax as _Softmax
+from keras.src.optimizers.base_optimizer import BaseOptimizer as _BaseOptimizer
 from keras.src.saving import saving_lib as _saving_lib
 
 # `keras.layers.RNN` draws a cell's dropout masks once per sequence, before its
@@ -393,6 +394,7 @@ class _RecordingStore(_saving_lib.H5IOStore):
         self.mode = "w"
         self.entries = []  # [(inner_path, metadata, {key: array})], in save order
         self.owners = []  # the object that saved each entry (see `_caller_saveable`)
+        self.copies = {}  # {id(variable): its copy}, for the variables handed over as such
         self._values = None
 
     def __bool__(self):
@@ -407,6 +409,8 @@ class _RecordingStore(_saving_lib.H5IOStore):
     def __setitem__(self, key, value):
         # A copy: a backend may hand out a view of a buffer the next step reuses.
         self._values[key] = np.array(keras.ops.convert_to_numpy(value), copy=True)
+        if isinstance(value, keras.Variable):  # a layer's (`Layer.save_own_variables`)
+            self.copies[id(value)] = self._values[key]
 
     def __getitem__(self, key):
         return self._values[key]
@@ -492,8 +496,14 @@ class ModelSnapshot:
     writes it from any thread, without the model.
     """
 
-    def __init__(self, weights, config_json=None, metadata_json=None, assets=None, layout=None):
+    def __init__(
+        self, weights, config_json=None, metadata_json=None, assets=None, layout=None, copies=None
+    ):
         self.weights = weights
+        # {id(variable): host copy} of the variables the file holds, taken with
+        # the snapshot: a backup of the same moment reuses them (`host_copy`)
+        # instead of copying the same weights off the device again.
+        self.copies = copies or {}
         self.layout = layout
         self.config_json = config_json
         self.metadata_json = metadata_json
@@ -521,6 +531,7 @@ def model_snapshot(model, weights_only=False, layout=None):
     """
     weights = _RecordingStore()
     assets = None if weights_only else _AssetStore()
+    owners = None
     try:
         if layout is None:
             _saving_lib._save_state(
@@ -531,7 +542,9 @@ def model_snapshot(model, weights_only=False, layout=None):
                 visited_saveables=set(),
             )
             layout = _layout(weights, assets)
+            owners = weights.owners
         else:
+            owners = [owner for owner, _, _ in layout.weights]
             for owner, path, metadata in layout.weights:
                 owner.save_own_variables(weights.make(path, metadata=metadata))
             for owner, path in layout.assets if assets is not None else ():
@@ -540,10 +553,27 @@ def model_snapshot(model, weights_only=False, layout=None):
         if assets is not None:
             assets.close()
         raise
+    copies = _copies(weights, owners)
     if weights_only:
-        return ModelSnapshot(weights.entries, layout=layout)
+        return ModelSnapshot(weights.entries, layout=layout, copies=copies)
     config_json, metadata_json = _saving_lib._serialize_model_as_json(model)
-    return ModelSnapshot(weights.entries, config_json, metadata_json, assets, layout)
+    return ModelSnapshot(weights.entries, config_json, metadata_json, assets, layout, copies)
+
+
+def _copies(store, owners):
+    """`{id(variable): copy}` of what `store` recorded: a layer hands over its
+    variables; an optimizer hands over `variable.numpy()` under the key `str(i)`
+    for `self.variables[i]` (`save_own_variables` and `load_own_variables` in
+    keras/src/optimizers/base_optimizer.py), paired back here; an optimizer
+    that saves its own way is not paired (its variables are copied again)."""
+    copies = dict(store.copies)
+    for owner, (_, _, values) in zip(owners or (), store.entries):
+        saves = getattr(type(owner), "save_own_variables", None)
+        if saves is _BaseOptimizer.save_own_variables and len(values) == len(owner.variables):
+            for i, variable in enumerate(owner.variables):
+                if str(i) in values:
+                    copies.setdefault(id(variable), values[str(i)])
+    return copies
 
 
 def _replay(entries, store):

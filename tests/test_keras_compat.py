@@ -455,3 +455,37 @@ def test_a_weights_snapshot_writes_what_save_weights_writes(tmp_path):
     model.set_weights([w * 0.0 for w in model.get_weights()])
     _keras_compat.write_model_snapshot(snapshot, str(tmp_path / "ours.weights.h5"))
     _assert_same_h5(tmp_path / "ours.weights.h5", tmp_path / "keras.weights.h5")
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_a_snapshot_hands_over_its_copy_of_every_weight_and_optimizer_variable(weights_only):
+    model = _snapshot_model()
+    first = _keras_compat.model_snapshot(model, weights_only=weights_only)
+    first.discard()
+    # The walk and the replay of its layout pair the same variables.
+    for walked in (True, False):
+        snapshot = (
+            first if walked else _keras_compat.model_snapshot(model, weights_only, first.layout)
+        )
+        snapshot.discard()
+        variables = model.weights + model.optimizer.variables
+        assert {id(v) for v in variables} <= set(snapshot.copies)
+        before = {id(v): np.array(v.numpy()) for v in variables}
+        model.set_weights([w + 1.0 for w in model.get_weights()])
+        model.optimizer.iterations.assign_add(3)
+        for variable in variables:  # copies of then, not views of the variables
+            np.testing.assert_array_equal(snapshot.copies[id(variable)], before[id(variable)])
+
+
+def test_an_optimizer_that_saves_its_own_way_is_not_paired():
+    class Reordered(keras.optimizers.Adam):
+        def save_own_variables(self, store):
+            for i, variable in enumerate(reversed(self.variables)):
+                store[str(i)] = variable.numpy()
+
+    model = _snapshot_model()
+    model.compile(Reordered(1e-2), "mse")
+    model.optimizer.build(model.trainable_variables)
+    snapshot = _keras_compat.model_snapshot(model, weights_only=True)
+    assert not {id(v) for v in model.optimizer.variables} & set(snapshot.copies)
+    assert {id(v) for v in model.weights} <= set(snapshot.copies)

@@ -41,7 +41,7 @@ def announced_write(target, writer, **options):
     write(target, slow_writer, **options)
 
 
-import kreg.callbacks.early_stopping_with_checkpoint as module  # noqa: E402
+import kreg.callbacks.run_journal as module  # noqa: E402
 
 module.write_atomically = announced_write
 

@@ -15,7 +15,7 @@ from scripted import fit_scripted
 from scripted import tiny_data
 from scripted import tiny_model
 
-import kreg.callbacks.early_stopping_with_checkpoint as module
+import kreg.callbacks.run_journal as module
 from kreg.callbacks import EarlyStoppingWithCheckpoint
 from kreg.callbacks.checkpoint_writer import CheckpointWriteError
 from kreg.callbacks.checkpoint_writer import CheckpointWriter
@@ -222,3 +222,24 @@ def test_the_files_are_complete_when_fit_returns(tmp_path):
     for loaded, expected in zip(fresh.get_weights(), script.weights[1]):
         np.testing.assert_array_equal(loaded, expected)
     assert json.loads((tmp_path / "best.weights.h5.state.json").read_text())["finished"] is True
+
+
+def test_an_improving_epoch_copies_the_weights_off_the_device_once(tmp_path, monkeypatch):
+    snapshots, backups = [], []
+    take_snapshot, take_copy = module.model_snapshot, module.host_copy
+    monkeypatch.setattr(
+        module,
+        "model_snapshot",
+        lambda *a, **k: snapshots.append(take_snapshot(*a, **k)) or snapshots[-1],
+    )
+    monkeypatch.setattr(
+        module, "host_copy", lambda *a, **k: backups.append(take_copy(*a, **k)) or backups[-1]
+    )
+    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=5)
+    fit_scripted(tiny_model(), stopper, 3, val_loss=[1.0, 0.9, 0.95])
+    assert len(snapshots) == 2 and len(backups) == 3  # epochs 1 and 2 improved
+    snapshot_arrays = [{id(a) for a in s.copies.values()} for s in snapshots]
+    for shared, backup in zip(snapshot_arrays, backups):
+        assert all(id(a) in shared for a in backup["weights"] + backup["optimizer"])
+    # Epoch 3 saved no checkpoint: its backup has copies of its own.
+    assert not {id(a) for a in backups[2]["weights"]} & set().union(*snapshot_arrays)

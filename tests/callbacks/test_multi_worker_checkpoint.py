@@ -29,7 +29,7 @@ def _train(folder, interrupt_at=None):
     import numpy as np
     import tensorflow as tf
 
-    import kreg.callbacks.early_stopping_with_checkpoint as module
+    import kreg.callbacks.run_journal as module
     from kreg.callbacks import EarlyStoppingWithCheckpoint
 
     writes = []
