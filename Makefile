@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kreg-installed
 DEMO_INSTALLED := $(VENV)/.kreg-demo-installed
 
-.PHONY: demo lint test test-fast test-tensorflow test-tensorflow-core test-tensorflow-training test-jax test-torch test-packaging docs bench
+.PHONY: demo lint test test-fast test-tensorflow test-tensorflow-core test-tensorflow-layers test-tensorflow-other test-tensorflow-training test-jax test-torch test-packaging docs bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,29 +30,37 @@ demo: $(DEMO_INSTALLED)
 # clusters, whole searches: process and file orchestration that the TensorFlow
 # run covers; tf.distribute tests skip there, marked tensorflow_only).
 # KERAS_BACKEND is read once, at import, so each backend is its own pytest run,
-# and the TensorFlow run is split in two so that `make -j2` keeps CI's two cores
-# busy to the end (most tests keep one core busy; the longest runs start first;
-# progress lines interleave, each run ends with its own summary and its slowest
-# tests). The wheel tests install into fresh virtual environments, so they
-# have their own target.
+# and the TensorFlow run is split in three so that `make -j2` keeps CI's two
+# cores busy to the end (most tests keep one core busy; the longest runs start
+# first; progress lines interleave, each run ends with its own summary and its
+# slowest tests). The JAX run spends most of its time in XLA compiling each
+# test's new model once: JAX_DISABLE_MOST_OPTIMIZATIONS (the switch JAX's own
+# test suite uses) compiles faster code-unoptimized, about a fifth off the run
+# (docs/BENCHMARKS.md). The wheel tests install into fresh virtual
+# environments, so they have their own target.
 PYTEST := $(PY) -m pytest -q --durations=15
 BACKEND_TESTS := tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
 
 test: $(INSTALLED)
 	$(MAKE) lint
-	$(MAKE) -j2 test-tensorflow-core test-jax test-tensorflow-training test-torch
+	$(MAKE) -j2 test-jax test-tensorflow-training test-tensorflow-other test-tensorflow-layers test-torch
 	$(MAKE) test-packaging
 
 test-tensorflow: test-tensorflow-core test-tensorflow-training
 
-test-tensorflow-core: $(INSTALLED)
-	KERAS_BACKEND=tensorflow $(PYTEST) tests --ignore=tests/packaging --ignore=tests/callbacks --ignore=tests/tuning
+test-tensorflow-core: test-tensorflow-layers test-tensorflow-other
+
+test-tensorflow-layers: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests/layers
+
+test-tensorflow-other: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests --ignore=tests/packaging --ignore=tests/callbacks --ignore=tests/tuning --ignore=tests/layers
 
 test-tensorflow-training: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PYTEST) tests/callbacks tests/tuning
 
 test-jax: $(INSTALLED)
-	KERAS_BACKEND=jax $(PYTEST) -m "not integration" $(BACKEND_TESTS)
+	JAX_DISABLE_MOST_OPTIMIZATIONS=1 KERAS_BACKEND=jax $(PYTEST) -m "not integration" $(BACKEND_TESTS)
 
 test-torch: $(INSTALLED)
 	KERAS_BACKEND=torch $(PYTEST) -m "not integration" $(BACKEND_TESTS)
