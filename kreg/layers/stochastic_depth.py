@@ -67,7 +67,7 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
             )
         shortcut, residual = (tuple(shape) for shape in shapes)
         if len(shortcut) != len(residual) or any(
-            a is not None and b is not None and a != b for a, b in zip(shortcut[1:], residual[1:])
+            a is not None and b is not None and a != b for a, b in zip(shortcut, residual)
         ):
             raise ValueError(
                 f"`{type(self).__name__}` expects the shortcut and the residual branch to have "

@@ -74,6 +74,11 @@ def test_identity_sum_at_inference_and_bad_inputs():
     np.testing.assert_array_equal(_numpy(StochasticDepth(0.0)([a, b], training=True)), expected)
     with pytest.raises(ValueError, match=r"same shape.*\(None, 4, 3\).*\(None, 4, 1\)"):
         StochasticDepth(0.1)([keras.Input((4, 3)), keras.Input((4, 1))])
+    # Batches of different sizes differ in shape too (it was the backend's raw error).
+    with pytest.raises(ValueError, match=r"same shape.*\(2, 4\).*\(3, 4\)"):
+        StochasticDepth(0.1)(
+            [np.ones((2, 4), "float32"), np.ones((3, 4), "float32")], training=True
+        )
     with pytest.raises(ValueError, match=r"list of two tensors"):
         StochasticDepth(0.1)(keras.Input((4, 3)))
     for rate, message in [
