@@ -10,6 +10,7 @@ import numpy as np
 from kreg import _keras_compat
 from kreg import model_graph
 from kreg._validation import check_at_least
+from kreg._validation import check_bool
 from kreg._validation import check_rate
 from kreg.layers.stochastic_depth import StochasticDepth
 
@@ -164,6 +165,8 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     """
     _check_model(model)
     max_rate = check_rate("max_rate", max_rate)
+    return_report = check_bool("return_report", return_report)
+    verify = check_bool("verify", verify)
     if seed is not None:
         seed = check_at_least("seed", seed, integer=True, minimum=0)
     graph = model_graph.read_graph(model)

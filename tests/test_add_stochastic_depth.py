@@ -95,6 +95,10 @@ def test_bad_models_and_rates():
         kreg.add_stochastic_depth(Subclassed(), 0.1)
     with pytest.raises(ValueError, match=r"`max_rate`.*\[0, 1\).*max_rate=1.5"):
         kreg.add_stochastic_depth(_residual_model(), 1.5)
+    # verify="no" is truthy: it would verify, the opposite of what was asked.
+    for argument in ("verify", "return_report"):
+        with pytest.raises(ValueError, match=rf"`{argument}`.*True or False.*'no'"):
+            kreg.add_stochastic_depth(_residual_model(), 0.1, **{argument: "no"})
 
 
 def _application(name, **kwargs):
