@@ -164,10 +164,9 @@ def test_convnext_stochastic_depth_layer_is_rescheduled_never_stacked():
     assert not [layer for layer in copy.layers if isinstance(layer, ConvNeXtStochasticDepth)]
 
 
-@pytest.mark.integration
-def test_keras_hub_resnet():
-    keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.ResNetBackbone(
+def _keras_hub_resnet(keras_hub):
+    """A small keras-hub ResNet backbone: 4 basic blocks."""
+    return keras_hub.models.ResNetBackbone(
         input_conv_filters=[64],
         input_conv_kernel_sizes=[3],
         stackwise_num_filters=[64, 64],
@@ -176,6 +175,12 @@ def test_keras_hub_resnet():
         block_type="basic_block",
         image_shape=(32, 32, 3),
     )
+
+
+@pytest.mark.integration
+def test_keras_hub_resnet():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = _keras_hub_resnet(keras_hub)
     _check_application(backbone, 4)
 
 
@@ -221,15 +226,7 @@ def test_residual_adds_inside_nested_models_are_changed_as_fold_enters_them():
 @pytest.mark.integration
 def test_keras_hub_image_classifier_backbone_is_entered():
     keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 64],
-        stackwise_num_blocks=[2, 2],
-        stackwise_num_strides=[1, 2],
-        block_type="basic_block",
-        image_shape=(32, 32, 3),
-    )
+    backbone = _keras_hub_resnet(keras_hub)
     classifier = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10)
     copy, report = kreg.add_stochastic_depth(classifier, 0.2, return_report=True)
     assert len(report.changed) == 4 and report.left == [], str(report)
