@@ -164,6 +164,33 @@ def test_convnext_stochastic_depth_layer_is_rescheduled_never_stacked():
     assert not [layer for layer in copy.layers if isinstance(layer, ConvNeXtStochasticDepth)]
 
 
+@pytest.mark.integration
+def test_convnext_tiny_with_drop_path_rate_is_rescheduled_never_stacked():
+    """The real ConvNeXt-T with `drop_path_rate` (only keras.applications'
+    `ConvNeXt` takes it): its first block's rate is 0, so Keras puts a linear
+    `Activation` there instead of its `StochasticDepth`."""
+    from keras.src.applications.convnext import MODEL_CONFIGS
+    from keras.src.applications.convnext import ConvNeXt
+
+    tiny = MODEL_CONFIGS["tiny"]
+    model = ConvNeXt(
+        depths=tiny["depths"],
+        projection_dims=tiny["projection_dims"],
+        drop_path_rate=0.1,
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=10,
+        include_preprocessing=False,
+    )
+    copy, report = _check_application(model, 1, expected_dropped=17)
+    assert all(drop.endswith("_stochastic_depth") for _, drop, _, _ in report.already_dropped)
+    assert not [
+        layer
+        for layer in copy.layers
+        if type(layer).__name__ == "StochasticDepth" and not isinstance(layer, StochasticDepth)
+    ]
+
+
 def _keras_hub_resnet(keras_hub):
     """A small keras-hub ResNet backbone: 4 basic blocks."""
     return keras_hub.models.ResNetBackbone(
