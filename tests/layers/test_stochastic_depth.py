@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -119,3 +120,24 @@ def test_linear_rule_of_huang_et_al():
     ]:
         with pytest.raises(ValueError, match=message):
             kreg.stochastic_depth_rates(**kwargs)
+
+
+def test_propagates_the_mask_as_keras_add_does():
+    """A residual add in a masked sequence model (add_stochastic_depth puts one
+    there) keeps the mask: Add's logical or of the two, and no warning that
+    the mask is destroyed."""
+    tokens = np.array([[1, 2, 0, 0], [3, 0, 0, 0]], "int32")
+    embedding = keras.layers.Embedding(5, 3, mask_zero=True)
+    dense = keras.layers.Dense(3)
+    x = embedding(tokens)
+    branch = dense(x)
+    expected = keras.layers.Add()([x, branch])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*mask.*")
+        for training in (False, True):
+            y = StochasticDepth(0.5, seed=1)([x, branch], training=training)
+            np.testing.assert_array_equal(_numpy(y._keras_mask), _numpy(expected._keras_mask))
+        symbolic = keras.Input((4,), dtype="int32")
+        embedded = embedding(symbolic)
+        y = StochasticDepth(0.5)([embedded, dense(embedded)])
+    assert y._keras_mask is not None
