@@ -2,15 +2,17 @@
 SpatialDropout2D, DropBlock2D or StochasticDepth, and the time of
 `kreg.add_stochastic_depth` on five keras.applications models.
 
-The step variants run in one process, interleaved round by round, so machine
-noise hits them alike; the script prints the median step time and the ratio to
-the Dropout model. Backend from KERAS_BACKEND.
+The step variants run in one process, interleaved round by round in a shuffled
+order, so machine noise hits them alike; the script prints the median CPU and
+wall time of a step and the CPU-time ratios to the Dropout and SpatialDropout2D
+models. Backend from KERAS_BACKEND.
 
     python bench/spatial_regularizers_speed.py                 # 32x32x3, batch 64, 20 steps x 5 rounds
     python bench/spatial_regularizers_speed.py --rounds 3 --steps 10 --skip-models
 """
 
 import argparse
+import random
 import statistics
 import time
 
@@ -67,23 +69,41 @@ def step_times(args):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, args.batch)
-    models = {name: residual_cnn(make) for name, make in REGULARIZERS.items()}
+    # "none": the same model with no regularizer, the floor every variant adds to.
+    models = {"none": residual_cnn(None)}
+    models.update({name: residual_cnn(make) for name, make in REGULARIZERS.items()})
     models["StochasticDepth"] = residual_cnn(None, stochastic_depth=True)
     for model in models.values():
         model.train_on_batch(x, y)  # trace
-    times = {name: [] for name in models}
+    # CPU time (all of the process's threads) is the cost; wall time on a shared
+    # machine mostly measures the other jobs. The order is shuffled every round:
+    # in a fixed order the first models ran up to 1.5x slower than the same
+    # models later in the round.
+    cpu = {name: [] for name in models}
+    wall = {name: [] for name in models}
+    order = list(models)
+    shuffler = random.Random(0)
     for round_index in range(args.rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
+        shuffler.shuffle(order)
+        for name in order:
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
-                model.train_on_batch(x, y)
-            times[name].append((time.perf_counter() - start) / args.steps)
+                models[name].train_on_batch(x, y)
+            cpu[name].append((time.process_time() - cpu_start) / args.steps)
+            wall[name].append((time.perf_counter() - wall_start) / args.steps)
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
-    base = statistics.median(times["Dropout"])
-    print(f"\nmedian training step, batch {args.batch}, backend {keras.backend.backend()}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:18s} {median * 1e3:7.2f} ms   {median / base:5.2f}x Dropout")
+    dropout = statistics.median(cpu["Dropout"])
+    spatial = statistics.median(cpu["SpatialDropout2D"])
+    print(
+        f"\nmedian training step, batch {args.batch}, backend {keras.backend.backend()} "
+        "(ratios of CPU time)"
+    )
+    for name in models:
+        median = statistics.median(cpu[name])
+        print(
+            f"  {name:18s} CPU {median * 1e3:7.2f} ms  wall {statistics.median(wall[name]) * 1e3:7.2f}"
+            f" ms   {median / dropout:5.2f}x Dropout   {median / spatial:5.2f}x SpatialDropout2D"
+        )
 
 
 def add_stochastic_depth_times():

@@ -10,6 +10,7 @@ import numpy as np
 from kreg import _keras_compat
 from kreg import model_graph
 from kreg._validation import check_at_least
+from kreg._validation import check_bool
 from kreg._validation import check_rate
 from kreg.layers.stochastic_depth import StochasticDepth
 
@@ -116,7 +117,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     two inputs, inputs of different shapes (broadcasting), inputs of equal
     depth (no branch to tell), a branch only one operation deeper than the
     shortcut (a position embedding added to token embeddings is not a residual
-    block), or when the add sits inside a nested model (not entered).
+    block). Functional models nested in the model (a keras-hub task's
+    backbone) are entered, as `fold_batch_norms` enters them: their adds share
+    the one schedule, are reported as `"nested/add"`, and the nested model's
+    copy is a plain `keras.Model`.
 
     Branches that already drop per sample (EfficientNet's `drop_connect_rate`:
     a `Dropout` with `noise_shape=(None, 1, 1, 1)` right before the add;
@@ -164,17 +168,20 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     """
     _check_model(model)
     max_rate = check_rate("max_rate", max_rate)
+    return_report = check_bool("return_report", return_report)
+    verify = check_bool("verify", verify)
     if seed is not None:
         seed = check_at_least("seed", seed, integer=True, minimum=0)
     graph = model_graph.read_graph(model)
     report = StochasticDepthReport()
-    plan = _plan(graph, report)
+    graphs = {}  # id(nested functional model) -> its Graph, read once
+    plan = _plan(graph, report, graphs)
     rates = stochastic_depth_rates(len(plan), max_rate) if plan else []
     replacements, removed = {}, set()
     for position, (residual, rate) in enumerate(zip(plan, rates)):
         name = (
             residual.call.name
-            if len(graph.calls_of(residual.call.operation)) == 1
+            if len(residual.graph.calls_of(residual.call.operation)) == 1
             else (f"{residual.call.name}_{residual.call.index}")
         )
         layer = StochasticDepth(rate, seed=None if seed is None else seed + position, name=name)
@@ -183,16 +190,18 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
             removed.add(id(residual.drop))
         if residual.old_rate is not None:
             dropped_by = (residual.drop or residual.call).name
-            report.already_dropped.append((name, dropped_by, residual.old_rate, rate))
+            report.already_dropped.append(
+                (residual.prefix + name, dropped_by, residual.old_rate, rate)
+            )
         else:
-            report.changed.append((name, residual.branch.name, rate))
+            report.changed.append((residual.prefix + name, residual.branch.name, rate))
     if not plan:
         warnings.warn(
             f"add_stochastic_depth found no residual add in `{model.name}`; the copy is unchanged"
             + (f" ({len(report.left)} add(s) left, see the report)" if report.left else ""),
             stacklevel=2,
         )
-    copy = _rebuild(graph, replacements, removed)
+    copy = _rebuild(graph, graphs, replacements, removed)
     if verify:
         batch = model_graph.random_inputs(model, batch_size=2, seed=0)
         expected = keras.tree.flatten(model(batch, training=False))
@@ -239,6 +248,8 @@ class _Residual:
     branch: object  # the call whose output is the (kept) branch
     drop: object = None  # the call of an existing per-sample drop, removed
     old_rate: float = None
+    graph: object = None  # the Graph (model level) the add is in
+    prefix: str = ""  # "nested_model/" path of that level, for the report
 
 
 def _is_add(call):
@@ -278,23 +289,26 @@ def _depths(graph):
     return depth
 
 
-def _plan(graph, report):
+def _plan(graph, report, graphs, prefix=""):
+    """The residual adds of `graph` and of the functional models nested in it
+    (entered where they are first called, as `fold_batch_norms` enters them),
+    in graph order; the others go to `report.left`."""
     depth = _depths(graph)
     plan = []
     for call in graph.calls:
         if call.layer is not None and model_graph.is_graph_model(call.layer):
-            nested = [c.name for c in model_graph.read_graph(call.layer).calls if _is_add(c)]
-            for name in nested:
-                report.left.append(
-                    (f"{call.name}/{name}", "inside a nested model, which is not entered")
-                )
+            # A Sequential model is one chain: no add of two tensors inside.
+            if not isinstance(call.layer, keras.Sequential) and id(call.layer) not in graphs:
+                graphs[id(call.layer)] = nested = model_graph.read_graph(call.layer)
+                plan += _plan(nested, report, graphs, f"{prefix}{call.name}/")
             continue
         if not _is_add(call):
             continue
         residual = _residual(call, depth)
         if isinstance(residual, str):
-            report.left.append((call.name, residual))
+            report.left.append((prefix + call.name, residual))
         else:
+            residual.graph, residual.prefix = graph, prefix
             plan.append(residual)
     return plan
 
@@ -344,12 +358,31 @@ def _residual(call, depth):
     return _Residual(call, 1 - branch_position, branch)
 
 
-def _rebuild(graph, replacements, removed):
+def _changes(graph, graphs, replacements, removed):
+    """Whether the copy of `graph` differs from it (here or in a nested model)."""
+    return any(
+        id(call) in replacements
+        or id(call) in removed
+        or (
+            call.layer is not None
+            and id(call.layer) in graphs
+            and _changes(graphs[id(call.layer)], graphs, replacements, removed)
+        )
+        for call in graph.calls
+    )
+
+
+def _rebuild(graph, graphs, replacements, removed):
     copies = {}
     pending = []
 
     def copy_of(layer):
         if id(layer) not in copies:
+            nested = graphs.get(id(layer))
+            if nested is not None and _changes(nested, graphs, replacements, removed):
+                # Rebuilt with its own weights; a plain keras.Model, as the outer copy.
+                copies[id(layer)] = _rebuild(nested, graphs, replacements, removed)
+                return copies[id(layer)]
             if model_graph.is_graph_model(layer):
                 copy = keras.models.clone_model(layer)
             elif type(layer) is keras.layers.Lambda:

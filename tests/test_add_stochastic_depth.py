@@ -95,6 +95,10 @@ def test_bad_models_and_rates():
         kreg.add_stochastic_depth(Subclassed(), 0.1)
     with pytest.raises(ValueError, match=r"`max_rate`.*\[0, 1\).*max_rate=1.5"):
         kreg.add_stochastic_depth(_residual_model(), 1.5)
+    # verify="no" is truthy: it would verify, the opposite of what was asked.
+    for argument in ("verify", "return_report"):
+        with pytest.raises(ValueError, match=rf"`{argument}`.*True or False.*'no'"):
+            kreg.add_stochastic_depth(_residual_model(), 0.1, **{argument: "no"})
 
 
 def _application(name, **kwargs):
@@ -161,9 +165,35 @@ def test_convnext_stochastic_depth_layer_is_rescheduled_never_stacked():
 
 
 @pytest.mark.integration
-def test_keras_hub_resnet():
-    keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.ResNetBackbone(
+def test_convnext_tiny_with_drop_path_rate_is_rescheduled_never_stacked():
+    """The real ConvNeXt-T with `drop_path_rate` (only keras.applications'
+    `ConvNeXt` takes it): its first block's rate is 0, so Keras puts a linear
+    `Activation` there instead of its `StochasticDepth`."""
+    from keras.src.applications.convnext import MODEL_CONFIGS
+    from keras.src.applications.convnext import ConvNeXt
+
+    tiny = MODEL_CONFIGS["tiny"]
+    model = ConvNeXt(
+        depths=tiny["depths"],
+        projection_dims=tiny["projection_dims"],
+        drop_path_rate=0.1,
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=10,
+        include_preprocessing=False,
+    )
+    copy, report = _check_application(model, 1, expected_dropped=17)
+    assert all(drop.endswith("_stochastic_depth") for _, drop, _, _ in report.already_dropped)
+    assert not [
+        layer
+        for layer in copy.layers
+        if type(layer).__name__ == "StochasticDepth" and not isinstance(layer, StochasticDepth)
+    ]
+
+
+def _keras_hub_resnet(keras_hub):
+    """A small keras-hub ResNet backbone: 4 basic blocks."""
+    return keras_hub.models.ResNetBackbone(
         input_conv_filters=[64],
         input_conv_kernel_sizes=[3],
         stackwise_num_filters=[64, 64],
@@ -172,6 +202,12 @@ def test_keras_hub_resnet():
         block_type="basic_block",
         image_shape=(32, 32, 3),
     )
+
+
+@pytest.mark.integration
+def test_keras_hub_resnet():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = _keras_hub_resnet(keras_hub)
     _check_application(backbone, 4)
 
 
@@ -189,3 +225,37 @@ def test_a_per_sample_drop_that_also_feeds_another_layer_is_neither_removed_nor_
     )
     assert "path_drop" in [layer.name for layer in copy.layers]  # the side path keeps its drop
     assert not _stochastic_depth_layers(copy)
+
+
+def test_residual_adds_inside_nested_models_are_changed_as_fold_enters_them():
+    """A functional model called inside another (a keras-hub task's backbone)
+    is entered: its adds share the one schedule, the copy computes the same."""
+    inner = _residual_model(blocks=2)
+    inner = keras.Model(inner.inputs, inner.layers[-3].output, name="backbone")
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    branch = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Add(name="outer_add")([x, keras.layers.Conv2D(4, 3, padding="same")(branch)])
+    x = inner(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    copy, report = kreg.add_stochastic_depth(model, 0.3, return_report=True, seed=1)
+    assert [(name, rate) for name, _, rate in report.changed] == [
+        ("outer_add", pytest.approx(0.1)),
+        (f"backbone/{inner.layers[4].name}", pytest.approx(0.2)),
+        (f"backbone/{inner.layers[7].name}", pytest.approx(0.3)),
+    ], str(report)
+    assert report.left == [] and report.max_difference == 0.0
+    assert len(_stochastic_depth_layers(copy)) == 3
+    assert not _stochastic_depth_layers(model)
+    _assert_same_inference(model, copy)
+
+
+@pytest.mark.integration
+def test_keras_hub_image_classifier_backbone_is_entered():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = _keras_hub_resnet(keras_hub)
+    classifier = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10)
+    copy, report = kreg.add_stochastic_depth(classifier, 0.2, return_report=True)
+    assert len(report.changed) == 4 and report.left == [], str(report)
+    assert all(name.startswith(f"{backbone.name}/") for name, _, _ in report.changed)
+    _assert_same_inference(classifier, copy)

@@ -179,6 +179,41 @@ VARIANTS = [
         SEQUENCE,
         lambda: [kreg.layers.WeightDropGRU(4, recurrent_dropout=0.1)],
     ),
+    # kreg's AdjustableDropout (what kreg.convert_dropouts makes of Dropout) is a
+    # dropout to every rule, and DropBlock's rescaled mask shifts a batch norm's
+    # variance as dropout's does.
+    (
+        "element-dropout-on-feature-map",
+        IMAGE,
+        lambda: [
+            *conv_block(),
+            *conv_block(),
+            kreg.layers.AdjustableDropout(0.2),
+            L.Flatten(),
+            L.Dense(2),
+        ],
+    ),
+    (
+        "dropout-before-batch-norm",
+        FEATURES,
+        lambda: [
+            L.Dense(8, use_bias=False),
+            kreg.layers.AdjustableDropout(0.3),
+            L.BatchNormalization(),
+            L.Dense(2),
+        ],
+    ),
+    (
+        "dropout-before-batch-norm",
+        IMAGE,
+        lambda: [
+            *conv_block(),
+            kreg.layers.DropBlock2D(0.1, 3),
+            L.BatchNormalization(),
+            L.Flatten(),
+            L.Dense(2),
+        ],
+    ),
 ]
 
 # Correct models a rule must not flag, though they look close to its mistake.
@@ -220,6 +255,19 @@ NEAR_MISSES = [
     ),
     ("batch-norm-on-recurrent-state", SEQUENCE, lambda: [L.LSTM(4), L.BatchNormalization()]),
     ("missing-normalization", IMAGE, lambda: [conv() for _ in range(3)]),
+    # Spatial AdjustableDropout (kreg.convert_dropouts' SpatialDropout2D) drops
+    # whole channels: what element-dropout-on-feature-map recommends.
+    (
+        "element-dropout-on-feature-map",
+        IMAGE,
+        lambda: [
+            *conv_block(),
+            *conv_block(),
+            kreg.layers.AdjustableDropout(0.2, noise_shape=(None, 1, 1, None)),
+            L.Flatten(),
+            L.Dense(2),
+        ],
+    ),
     (
         "activation-before-batch-norm",
         IMAGE,

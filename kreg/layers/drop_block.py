@@ -115,36 +115,39 @@ class DropBlock(AdjustableRates, keras.layers.Layer):
             block_area *= block
             fraction_of_valid_seeds *= size / (size - block + 1)
         seed_rate = rate / block_area * fraction_of_valid_seeds
-        noise = keras.random.uniform(ops.shape(inputs), dtype="float32", seed=self.seed_generator)
-        seeds = ops.cast(
-            ops.logical_and(noise < seed_rate, self._valid_seed_region(sizes)), "float32"
+        # Seeds are drawn only where a seed's block lies wholly inside the map
+        # (`size - block + 1` positions along each axis), not drawn everywhere
+        # and then masked: fewer random numbers, and no full-size mask.
+        noise = keras.random.uniform(
+            self._valid_seed_shape(ops.shape(inputs), sizes),
+            dtype="float32",
+            seed=self.seed_generator,
         )
-        dropped = self._grow_blocks(seeds)
+        dropped = self._grow_blocks(ops.cast(noise < seed_rate, "float32"))
         keep = 1.0 - dropped
         # Rescaled by the kept fraction of the whole batch, as in the paper's
         # algorithm 1 (count(M) / count_ones(M)).
         kept_fraction = ops.maximum(ops.mean(keep), 1e-7)
         return inputs * ops.cast(keep / kept_fraction, inputs.dtype)
 
-    def _valid_seed_region(self, sizes):
-        """Where a seed's block lies wholly inside the map: a boolean tensor that
-        broadcasts against the input (a block covers `[j - k // 2, j - k // 2 + k)`)."""
-        region = None
-        for position, (block, size) in enumerate(zip(self.block_size, sizes)):
-            index = ops.arange(size)
-            valid = ops.logical_and(index >= block // 2, index < size - (block - 1) // 2)
-            shape = [1] * (self.spatial_rank + 2)
-            shape[self._spatial_axes()[position]] = size
-            valid = ops.reshape(valid, shape)
-            region = valid if region is None else ops.logical_and(region, valid)
-        return region
+    def _valid_seed_shape(self, shape, sizes):
+        """The input's shape with each spatial size cut to the seed positions
+        whose block fits inside the map: `[k // 2, size - (k - 1) // 2)` (a seed at
+        `j` drops `[j - k // 2, j - k // 2 + k)`)."""
+        shape = list(shape)
+        for axis, block, size in zip(self._spatial_axes(), self.block_size, sizes):
+            shape[axis] = size - block + 1
+        return tuple(shape)
 
     def _grow_blocks(self, seeds):
-        """Each seed spread to its block by max-pooling (stride 1). The padding is
-        explicit, so every backend pads alike: `(k - 1) // 2` before, `k // 2` after."""
+        """Each seed spread to its block by max-pooling (stride 1) over the seeds
+        placed back in the full map. The padding is explicit, so every backend
+        pads alike: `k // 2` zeros before the valid seeds and `(k - 1) // 2` after
+        restore the map, then `(k - 1) // 2` before and `k // 2` after are the
+        pooling's "same" padding: `k - 1` on each side in all."""
         padding = [(0, 0)] * (self.spatial_rank + 2)
         for axis, block in zip(self._spatial_axes(), self.block_size):
-            padding[axis] = ((block - 1) // 2, block // 2)
+            padding[axis] = (block - 1, block - 1)
         return ops.max_pool(
             ops.pad(seeds, padding),
             pool_size=self.block_size,

@@ -29,6 +29,7 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
 
     Call arguments:
         inputs: A list `[shortcut, residual]` of two tensors of the same shape.
+            Their Keras masks, if any, combine as in `keras.layers.Add`.
         training: Python boolean. Whether to drop (`True`) or to add the two
             inputs unchanged (`False`, the default outside `fit`).
 
@@ -50,6 +51,7 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
         self.add_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
 
     rate = rate_property(
         "rate", "The current drop rate of the branch (a float; assign to change it)."
@@ -67,7 +69,7 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
             )
         shortcut, residual = (tuple(shape) for shape in shapes)
         if len(shortcut) != len(residual) or any(
-            a is not None and b is not None and a != b for a, b in zip(shortcut[1:], residual[1:])
+            a is not None and b is not None and a != b for a, b in zip(shortcut, residual)
         ):
             raise ValueError(
                 f"`{type(self).__name__}` expects the shortcut and the residual branch to have "
@@ -90,6 +92,13 @@ class StochasticDepth(AdjustableRates, keras.layers.Layer):
                 seed=self.seed_generator,
             )
         return ops.add(shortcut, residual)
+
+    def compute_mask(self, inputs, mask=None):
+        # As keras.layers.Add (keras/src/layers/merging/base_merge.py): a step
+        # is kept where either input keeps it; no mask if either has none.
+        if mask is None or not isinstance(mask, (list, tuple)) or any(m is None for m in mask):
+            return None
+        return ops.logical_or(mask[0], mask[1])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])

@@ -14,9 +14,12 @@ class WeightNormalization(keras.layers.Wrapper):
     Each output unit's weight vector is `w = g * v / ||v||`: its length `g` and
     its direction `v` (the wrapped layer's kernel) are trained separately,
     which conditions the optimization like batch norm does, without batch
-    statistics (so it fits small batches, recurrent and generative models and
-    reinforcement learning). `g` starts at `||v||`, so the wrapped layer
-    starts out computing what it computed before.
+    statistics (so it fits small batches and models where batch statistics
+    are noise, such as reinforcement learning). It wraps Dense and Conv1D/2D/3D
+    layers only: not recurrent layers, nor transposed or depthwise
+    convolutions, whose kernels hold their output units on another axis.
+    `g` starts at `||v||`, so the wrapped layer starts out computing what it
+    computed before.
 
     With `data_init=True`, the first training batch sets each unit's length
     and bias so that the pre-activations of that batch have mean 0 and

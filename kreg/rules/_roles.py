@@ -9,8 +9,10 @@ of the layer they wrap.
 import keras
 
 from kreg.dropout_ranges import USUAL_DROPOUT_RANGES
+from kreg.layers import AdjustableDropout
 from kreg.layers import ConsistentDropout
 from kreg.layers.conv_batch_norm import FusedBatchNormLayer
+from kreg.layers.drop_block import DropBlock
 from kreg.model_graph import INPUT
 
 L = keras.layers
@@ -27,9 +29,11 @@ NORMALIZATIONS = (
     L.UnitNormalization, L.RMSNormalization,
 )  # fmt: skip
 ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax)
-DROPOUTS = (L.Dropout, L.AlphaDropout, L.GaussianDropout, ConsistentDropout)
+# kreg's AdjustableDropout is Keras's Dropout with a rate held in a variable
+# (what kreg.convert_dropouts puts in Dropout's place), so it plays its part.
+DROPOUTS = (L.Dropout, L.AlphaDropout, L.GaussianDropout, ConsistentDropout, AdjustableDropout)
 # Dropouts that draw a new mask for every element, so for every timestep.
-PER_ELEMENT_DROPOUTS = (L.Dropout, L.AlphaDropout, L.GaussianDropout)
+PER_ELEMENT_DROPOUTS = (L.Dropout, L.AlphaDropout, L.GaussianDropout, AdjustableDropout)
 # Layers after which the features are a flat vector for a classifier.
 FLATTENERS = (
     L.Flatten,
@@ -99,6 +103,19 @@ def returns_sequences(layer):
 
 def is_dropout(layer):
     return isinstance(layer, DROPOUTS)
+
+
+def is_element_dropout(layer):
+    """Inverted dropout of single activations: Keras's `Dropout` (not its spatial
+    subclasses) or kreg's `AdjustableDropout`, without a `noise_shape`."""
+    return type(layer) in (L.Dropout, AdjustableDropout) and layer.noise_shape is None
+
+
+def drops_and_rescales(layer):
+    """Dropout of any kind, and kreg's DropBlock: layers whose training output
+    is masked and rescaled, so its variance differs from the inference output's
+    (Li et al. 2019, https://arxiv.org/abs/1801.05134)."""
+    return is_dropout(layer) or isinstance(layer, DropBlock)
 
 
 def is_per_timestep_dropout(layer):

@@ -12,7 +12,7 @@ SEVERITY = "warning"
 
 def check(view):
     for node in view.calls:
-        if not _roles.is_dropout(node.layer) or node.layer.rate == 0:
+        if not _roles.drops_and_rescales(node.layer) or node.layer.rate == 0:
             continue
         # Through activations only: they keep the variance shift.
         following = view.after(

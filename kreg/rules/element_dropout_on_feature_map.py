@@ -2,8 +2,6 @@
 same information (Tompson et al. 2015, https://arxiv.org/abs/1411.4280; Ghiasi et
 al. 2018, https://arxiv.org/abs/1810.12890)."""
 
-import keras
-
 from kreg.rules import _roles
 
 ID = "element-dropout-on-feature-map"
@@ -13,13 +11,7 @@ SEVERITY = "info"
 def check(view):
     early = _roles.early_convs(view)
     for node in view.calls:
-        layer = node.layer
-        # Keras's Dropout without a noise_shape drops single activations.
-        if (
-            type(layer) is not keras.layers.Dropout
-            or layer.noise_shape is not None
-            or layer.rate == 0
-        ):
+        if not _roles.is_element_dropout(node.layer) or node.layer.rate == 0:
             continue
         role, conv = _roles.dropout_role(view, node, early)
         if role in ("early conv", "late conv"):

@@ -256,19 +256,22 @@ def _spatial_regularizers_cnn():
     return keras.Model(inputs, keras.layers.Dense(1)(x))
 
 
-def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(strategy):
-    x = np.random.default_rng(7).standard_normal((32, 8, 8, 3)).astype("float32")
-    y = x.mean(axis=(1, 2, 3))[:, None]
+def _trains_on_two_replicas_like_one_device(strategy, make_model, x, y):
+    """Fits `make_model()` under the strategy; every mirrored variable (the
+    layers' rates and offsets included) agrees on both replicas, and a model on
+    one device with its weights predicts the same."""
     with strategy.scope():
-        model = _spatial_regularizers_cnn()
+        model = make_model()
         model.compile("adam", "mse")
+    before = [w.copy() for w in model.get_weights()]
     losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     for variable in model.variables:
         if hasattr(variable.value, "values"):
             replicas = [v.numpy() for v in variable.value.values]
             np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-6, err_msg=variable.path)
-    single = _spatial_regularizers_cnn()
+    single = make_model()
     single.set_weights(model.get_weights())
     np.testing.assert_allclose(
         model.predict(x, batch_size=8, verbose=0),
@@ -276,6 +279,25 @@ def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(st
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_drop_block_stochastic_depth_and_weight_normalization_on_two_replicas(strategy):
+    x = np.random.default_rng(7).standard_normal((32, 8, 8, 3)).astype("float32")
+    y = x.mean(axis=(1, 2, 3))[:, None]
+    _trains_on_two_replicas_like_one_device(strategy, _spatial_regularizers_cnn, x, y)
+
+
+@pytest.mark.parametrize(
+    "name", ["DropBlock1D", "DropBlock2D", "DropBlock3D", "StochasticDepth", "WeightNormalization"]
+)
+def test_layer_example_trains_on_two_replicas_and_predicts_like_one_device(strategy, name):
+    """Each layer in its tests/layer_examples.py stack (DropBlock1D and 3D, and
+    StochasticDepth inside a subclassed block, are in no model above)."""
+    from layer_examples import EXAMPLES
+
+    example = EXAMPLES[name]
+    x, y = example.inputs(32, seed=3), np.ones((32, 1), "float32")
+    _trains_on_two_replicas_like_one_device(strategy, example.model, x, y)
 
 
 def test_weight_averaging_on_two_replicas_reestimates_like_one_device(strategy):

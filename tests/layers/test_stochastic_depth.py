@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -74,6 +75,11 @@ def test_identity_sum_at_inference_and_bad_inputs():
     np.testing.assert_array_equal(_numpy(StochasticDepth(0.0)([a, b], training=True)), expected)
     with pytest.raises(ValueError, match=r"same shape.*\(None, 4, 3\).*\(None, 4, 1\)"):
         StochasticDepth(0.1)([keras.Input((4, 3)), keras.Input((4, 1))])
+    # Batches of different sizes differ in shape too (it was the backend's raw error).
+    with pytest.raises(ValueError, match=r"same shape.*\(2, 4\).*\(3, 4\)"):
+        StochasticDepth(0.1)(
+            [np.ones((2, 4), "float32"), np.ones((3, 4), "float32")], training=True
+        )
     with pytest.raises(ValueError, match=r"list of two tensors"):
         StochasticDepth(0.1)(keras.Input((4, 3)))
     for rate, message in [
@@ -114,3 +120,24 @@ def test_linear_rule_of_huang_et_al():
     ]:
         with pytest.raises(ValueError, match=message):
             kreg.stochastic_depth_rates(**kwargs)
+
+
+def test_propagates_the_mask_as_keras_add_does():
+    """A residual add in a masked sequence model (add_stochastic_depth puts one
+    there) keeps the mask: Add's logical or of the two, and no warning that
+    the mask is destroyed."""
+    tokens = np.array([[1, 2, 0, 0], [3, 0, 0, 0]], "int32")
+    embedding = keras.layers.Embedding(5, 3, mask_zero=True)
+    dense = keras.layers.Dense(3)
+    x = embedding(tokens)
+    branch = dense(x)
+    expected = keras.layers.Add()([x, branch])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*mask.*")
+        for training in (False, True):
+            y = StochasticDepth(0.5, seed=1)([x, branch], training=training)
+            np.testing.assert_array_equal(_numpy(y._keras_mask), _numpy(expected._keras_mask))
+        symbolic = keras.Input((4,), dtype="int32")
+        embedded = embedding(symbolic)
+        y = StochasticDepth(0.5)([embedded, dense(embedded)])
+    assert y._keras_mask is not None
