@@ -243,3 +243,46 @@ def test_an_improving_epoch_copies_the_weights_off_the_device_once(tmp_path, mon
         assert all(id(a) in shared for a in backup["weights"] + backup["optimizer"])
     # Epoch 3 saved no checkpoint: its backup has copies of its own.
     assert not {id(a) for a in backups[2]["weights"]} & set().union(*snapshot_arrays)
+
+
+@pytest.mark.parametrize("setup", ["mixed_float16", "weight_averaging"])
+def test_a_backup_from_the_checkpoints_copies_holds_what_a_fresh_copy_holds(
+    tmp_path, monkeypatch, setup
+):
+    # The two set-ups where the pairing could go wrong: a LossScaleOptimizer
+    # (its variables, then its inner optimizer's, which Keras also saves as a
+    # child), and a WeightAveraging that swaps the average into the model
+    # before this callback saves it.
+    take_copy, compared = module.host_copy, []
+
+    def compare(model, averaging=None, copies=None):
+        reused, fresh = take_copy(model, averaging, copies), take_copy(model, averaging)
+        for group in reused:
+            assert [a.dtype for a in reused[group]] == [a.dtype for a in fresh[group]], group
+            for got, expected in zip(reused[group], fresh[group], strict=True):
+                np.testing.assert_array_equal(got, expected, err_msg=group)
+        compared.append(bool(copies))
+        return reused
+
+    monkeypatch.setattr(module, "host_copy", compare)
+    before = []
+    if setup == "mixed_float16":
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    if setup == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    else:
+        from kreg.callbacks import WeightAveraging
+
+        before = [WeightAveraging(method="ema")]
+    stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=5)
+    x, y = tiny_data()
+    model.fit(
+        x, y, validation_data=(x, y), epochs=3, batch_size=16, verbose=0,
+        callbacks=[*before, stopper],
+    )  # fmt: skip
+    assert compared and any(compared), "no epoch saved the best model"
