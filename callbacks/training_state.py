@@ -248,14 +248,17 @@ def _set_backend_random_state(arrays):
 def host_arrays(values, copies=None):
     """`values` (variables or tensors of any backend) as NumPy arrays of their
     own: copies, so that training does not change them afterwards. `copies`,
-    `{id(variable): array}` taken at this same moment, are used as they are."""
+    `{id(variable): (variable, array)}` taken at this same moment, are used as
+    they are for those very variables."""
     copies = copies or {}
-    return [
-        copies[id(value)]
-        if id(value) in copies
-        else np.array(keras.ops.convert_to_numpy(value), copy=True)
-        for value in values
-    ]
+    return [_taken_copy(copies, value) for value in values]
+
+
+def _taken_copy(copies, value):
+    variable, array = copies.get(id(value), (None, None))
+    if variable is value:
+        return array
+    return np.array(keras.ops.convert_to_numpy(value), copy=True)
 
 
 def host_copy(model, averaging=None, copies=None):

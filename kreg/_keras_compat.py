@@ -394,7 +394,9 @@ class _RecordingStore(_saving_lib.H5IOStore):
         self.mode = "w"
         self.entries = []  # [(inner_path, metadata, {key: array})], in save order
         self.owners = []  # the object that saved each entry (see `_caller_saveable`)
-        self.copies = {}  # {id(variable): its copy}, for the variables handed over as such
+        # {id(variable): (variable, its copy)}, for the variables handed over as
+        # such; the variable is kept so that its id cannot be reused meanwhile.
+        self.copies = {}
         self._values = None
 
     def __bool__(self):
@@ -410,7 +412,7 @@ class _RecordingStore(_saving_lib.H5IOStore):
         # A copy: a backend may hand out a view of a buffer the next step reuses.
         self._values[key] = np.array(keras.ops.convert_to_numpy(value), copy=True)
         if isinstance(value, keras.Variable):  # a layer's (`Layer.save_own_variables`)
-            self.copies[id(value)] = self._values[key]
+            self.copies[id(value)] = (value, self._values[key])
 
     def __getitem__(self, key):
         return self._values[key]
@@ -500,7 +502,7 @@ class ModelSnapshot:
         self, weights, config_json=None, metadata_json=None, assets=None, layout=None, copies=None
     ):
         self.weights = weights
-        # {id(variable): host copy} of the variables the file holds, taken with
+        # {id(variable): (variable, host copy)} of the variables the file holds, taken with
         # the snapshot: a backup of the same moment reuses them (`host_copy`)
         # instead of copying the same weights off the device again.
         self.copies = copies or {}
@@ -561,7 +563,7 @@ def model_snapshot(model, weights_only=False, layout=None):
 
 
 def _copies(store, owners):
-    """`{id(variable): copy}` of what `store` recorded: a layer hands over its
+    """`{id(variable): (variable, copy)}` of what `store` recorded: a layer hands over its
     variables; an optimizer hands over `variable.numpy()` under the key `str(i)`
     for `self.variables[i]` (`save_own_variables` and `load_own_variables` in
     keras/src/optimizers/base_optimizer.py), paired back here; an optimizer
@@ -572,7 +574,7 @@ def _copies(store, owners):
         if saves is _BaseOptimizer.save_own_variables and len(values) == len(owner.variables):
             for i, variable in enumerate(owner.variables):
                 if str(i) in values:
-                    copies.setdefault(id(variable), values[str(i)])
+                    copies.setdefault(id(variable), (variable, values[str(i)]))
     return copies
 
 

@@ -474,7 +474,9 @@ def test_a_snapshot_hands_over_its_copy_of_every_weight_and_optimizer_variable(w
         model.set_weights([w + 1.0 for w in model.get_weights()])
         model.optimizer.iterations.assign_add(3)
         for variable in variables:  # copies of then, not views of the variables
-            np.testing.assert_array_equal(snapshot.copies[id(variable)], before[id(variable)])
+            copied_from, copy = snapshot.copies[id(variable)]
+            assert copied_from is variable
+            np.testing.assert_array_equal(copy, before[id(variable)])
 
 
 def test_an_optimizer_that_saves_its_own_way_is_not_paired():
@@ -489,3 +491,17 @@ def test_an_optimizer_that_saves_its_own_way_is_not_paired():
     snapshot = _keras_compat.model_snapshot(model, weights_only=True)
     assert not {id(v) for v in model.optimizer.variables} & set(snapshot.copies)
     assert {id(v) for v in model.weights} <= set(snapshot.copies)
+
+
+def test_a_copy_is_used_only_for_the_very_variable_it_was_taken_from():
+    # Copies are keyed by id(): another object that happens to get the same id
+    # (a temporary variable gone, a new one in its place) takes a fresh copy.
+    from kreg.callbacks.training_state import host_arrays
+
+    kept = keras.Variable(np.zeros(3, "float32"))
+    other = keras.Variable(np.ones(3, "float32"))
+    stale = np.full(3, 7.0, "float32")
+    copies = {id(kept): (kept, stale), id(other): (kept, stale)}  # `other` takes kept's id
+    taken_kept, taken_other = host_arrays([kept, other], copies)
+    assert taken_kept is stale
+    np.testing.assert_array_equal(taken_other, np.ones(3))

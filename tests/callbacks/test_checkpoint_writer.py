@@ -238,7 +238,7 @@ def test_an_improving_epoch_copies_the_weights_off_the_device_once(tmp_path, mon
     stopper = EarlyStoppingWithCheckpoint(str(tmp_path / "best.keras"), patience=5)
     fit_scripted(tiny_model(), stopper, 3, val_loss=[1.0, 0.9, 0.95])
     assert len(snapshots) == 2 and len(backups) == 3  # epochs 1 and 2 improved
-    snapshot_arrays = [{id(a) for a in s.copies.values()} for s in snapshots]
+    snapshot_arrays = [{id(a) for _, a in s.copies.values()} for s in snapshots]
     for shared, backup in zip(snapshot_arrays, backups):
         assert all(id(a) in shared for a in backup["weights"] + backup["optimizer"])
     # Epoch 3 saved no checkpoint: its backup has copies of its own.
