@@ -4,6 +4,7 @@ Each check raises a `ValueError` that names the argument, what is allowed and wh
 was received, so that a bad argument fails at construction, not at first call.
 """
 
+import inspect
 import math
 import numbers
 
@@ -229,3 +230,30 @@ def check_keyword_rate(rate_name, positional, keras_argument, keras_layer):
             f"keyword-only: pass {rate_name}={positional[0]!r}. "
             f"Received: {keras_argument}={positional[0]!r}"
         )
+
+
+def keras_keywords(keras_init, leading, args, kwargs):
+    """`kwargs` with the positional `args` named as `keras_init` names them.
+
+    `args` are the positional arguments a drop-in layer received after its first
+    `leading` ones (`units`; `input_dim, output_dim`). Named, they reach the
+    layer's own checks of Keras's arguments (`use_cudnn`, `weights`), which read
+    keywords. Too many, or one also given by keyword, is the `TypeError` Python
+    raises for a call to `keras_init`.
+    """
+    names = [
+        parameter.name
+        for parameter in list(inspect.signature(keras_init).parameters.values())[1 + leading :]
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+    ]
+    function = keras_init.__qualname__
+    if len(args) > len(names):
+        raise TypeError(
+            f"{function}() takes at most {1 + leading + len(names)} positional arguments "
+            f"but {1 + leading + len(args)} were given"
+        )
+    named = dict(zip(names, args))
+    for name in named:
+        if name in kwargs:
+            raise TypeError(f"{function}() got multiple values for argument '{name}'")
+    return {**named, **kwargs}

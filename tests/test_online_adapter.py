@@ -602,3 +602,16 @@ def test_the_shift_test_takes_every_sample_since_the_last_update(batch_size):
     kreg.adapt_batchnorm(twin, np.concatenate(stream), batch_size=window, verbose=0)
     for got, want in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["entropy_factor", "collapse_factor"])
+def test_robust_without_an_entropy_step_refuses_the_step_filters(name):
+    # learning_rate=0 (robust's default) builds no entropy step, and the sample
+    # filter and collapse watch read these only for that step.
+    model = _cnn()
+    with pytest.raises(ValueError, match=rf"`{name}`.*learning_rate > 0.*Received: {name}="):
+        OnlineAdapter(model, **{name: _NOT_DEFAULT[name]})
+    with pytest.raises(ValueError, match=rf"`{name}`.*learning_rate=0"):
+        OnlineAdapter(model, method="robust", learning_rate=0, **{name: _NOT_DEFAULT[name]})
+    adapter = OnlineAdapter(model, learning_rate=1e-3, **{name: _NOT_DEFAULT[name]})
+    assert adapter._robust.stepper is not None

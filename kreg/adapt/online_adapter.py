@@ -164,7 +164,9 @@ class OnlineAdapter:
             it is known (a softmax or sigmoid: probabilities; a linear `Dense`:
             logits).
         entropy_factor, redundancy_threshold, collapse_factor: `"eata"`: as in
-            `kreg.adapt_batchnorm`.
+            `kreg.adapt_batchnorm`. `entropy_factor` and `collapse_factor` also
+            `"robust"` with a `learning_rate` above 0 (they filter its entropy
+            steps), refused with robust's default `0`.
         prior_strength: `"mixed"`: `N`, the number of samples the source
             statistics count as. Defaults to `16`.
         online_momentum: `"online"`: in `[0, 1)`. Defaults to `0.9`.
@@ -255,6 +257,15 @@ class OnlineAdapter:
                 "(0, no entropy step, only with method='robust'). Received: learning_rate=0"
             )
         self.learning_rate = learning_rate
+        if self.method == "robust" and learning_rate == 0:
+            # No entropy step (robust's default): the sample filter and the
+            # collapse watch that read these never run (`RobustAdaptation`).
+            for name, value in (
+                ("entropy_factor", entropy_factor),
+                ("collapse_factor", collapse_factor),
+            ):
+                read_by = "method='eata', and by method='robust' with learning_rate > 0"
+                _refuse_if_set(name, value, read_by, "method='robust' and learning_rate=0")
         self.memory_size = check_at_least("memory_size", memory_size, integer=True, minimum=2)
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
@@ -498,13 +509,17 @@ class OnlineAdapter:
 
 def _check_method_arguments(method, arguments):
     """Refuses a method-specific argument, set away from its default, that `method` never reads."""
-    defaults = inspect.signature(OnlineAdapter.__init__).parameters
     for name, readers in METHOD_ARGUMENTS.items():
-        value = arguments[name]
-        if method not in readers and value != defaults[name].default:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. It is read only by "
-                f"method={' / '.join(map(repr, readers))}; with method={method!r} it would "
-                f"change nothing, so leave it at its default ({defaults[name].default!r}). "
-                f"Received: {name}={value!r}"
-            )
+        if method not in readers:
+            read_by = f"method={' / '.join(map(repr, readers))}"
+            _refuse_if_set(name, arguments[name], read_by, f"method={method!r}")
+
+
+def _refuse_if_set(name, value, read_by, here):
+    default = inspect.signature(OnlineAdapter.__init__).parameters[name].default
+    if value != default:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. It is read only by {read_by}; "
+            f"with {here} it would change nothing, so leave it at its default ({default!r}). "
+            f"Received: {name}={value!r}"
+        )

@@ -5,6 +5,7 @@ from keras import ops
 
 from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
+from kreg._validation import keras_keywords
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import dropout
 from kreg.layers.adjustable_rates import rate_property
@@ -70,11 +71,14 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
 
     rate = rate_property("rate", "The current fraction of rows dropped per batch.")
 
-    def __init__(self, input_dim, output_dim, *args, rate=0.0, seed=None, weights=None, **kwargs):
-        # Keras's positional arguments pass through (a drop-in for `Embedding`).
+    def __init__(self, input_dim, output_dim, *args, rate=0.0, seed=None, **kwargs):
+        # Keras's positional arguments pass through (a drop-in for `Embedding`),
+        # named, so that `weights` given by position loads here too.
         check_keyword_rate("rate", args, "embeddings_initializer", "Embedding")
+        kwargs = keras_keywords(keras.layers.Embedding.__init__, 2, args, kwargs)
+        weights = kwargs.pop("weights", None)
         rate = check_rate("rate", rate)
-        super().__init__(input_dim, output_dim, *args, **kwargs)
+        super().__init__(input_dim, output_dim, **kwargs)
         self.add_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

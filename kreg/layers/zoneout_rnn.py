@@ -7,6 +7,7 @@ from keras import tree
 from kreg._keras_compat import step_loop
 from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
+from kreg._validation import keras_keywords
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import rate_property
 
@@ -22,13 +23,16 @@ class _ZoneoutMixin(AdjustableRates):
     STATE_RATES = ()
 
     def __init__(self, units, *args, **kwargs):
+        # Named, so that `use_cudnn` given by position is checked too.
+        keras_class = keras.layers.LSTM if isinstance(self, keras.layers.LSTM) else keras.layers.GRU
+        kwargs = keras_keywords(keras_class.__init__, 1, args, kwargs)
         if kwargs.get("use_cudnn") is True:
             raise ValueError(
                 "Invalid value received for argument `use_cudnn`. Zoneout mixes the "
                 "states after every step, which no fused (cuDNN) kernel does; expected "
                 "'auto' or False. Received: use_cudnn=True"
             )
-        super().__init__(units, *args, **kwargs)
+        super().__init__(units, **kwargs)
 
     def _zoneout_keep_masks(self, sequences, rates):
         """One 0/1 tensor `(batch, timesteps, units)` per zoned state: 1 keeps."""

@@ -199,3 +199,14 @@ def test_keras_positional_arguments_keep_their_places_and_a_positional_rate_is_r
     assert layer.rate == pytest.approx(0.2)
     with pytest.raises(TypeError, match=r"`embeddings_initializer`.*keyword-only.*rate=0.1"):
         EmbeddingDropout(20, 6, 0.1)
+
+
+def test_pretrained_weights_given_by_position_load_as_by_keyword():
+    # `Embedding(input_dim, output_dim, embeddings_initializer, embeddings_regularizer,
+    # embeddings_constraint, mask_zero, weights)`: the matrix is Keras's seventh argument.
+    matrix = np.arange(12, dtype="float32").reshape(4, 3)
+    layer = EmbeddingDropout(4, 3, "uniform", None, None, False, matrix, rate=0.5)
+    np.testing.assert_array_equal(layer.get_weights()[0], matrix)
+    assert layer.rate == pytest.approx(0.5)
+    with pytest.raises(TypeError, match="multiple values for argument 'mask_zero'"):
+        EmbeddingDropout(4, 3, "uniform", None, None, False, mask_zero=True)

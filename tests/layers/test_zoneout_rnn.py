@@ -1,4 +1,5 @@
 import functools
+import inspect
 
 import keras
 import numpy as np
@@ -226,3 +227,17 @@ def test_keras_positional_arguments_keep_their_places_and_a_positional_rate_is_r
     first = next(iter(RATES[cls]))
     with pytest.raises(TypeError, match=rf"`activation`.*keyword-only.*{first}=0.1"):
         cls(4, 0.1)
+
+
+@pytest.mark.parametrize("cls, keras_cls", PAIRS, ids=PAIR_IDS)
+def test_use_cudnn_true_given_by_position_is_refused_as_by_keyword(cls, keras_cls):
+    # Every argument of Keras's signature up to `use_cudnn`, by position, at its default.
+    parameters = list(inspect.signature(keras_cls.__init__).parameters.values())[2:]
+    defaults = [p.default for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert parameters[len(defaults) - 1].name == "use_cudnn"
+    with pytest.raises(ValueError, match="`use_cudnn`"):
+        cls(4, *defaults[:-1], True, **RATES[cls])
+    layer = cls(4, *defaults[:-1], False, **RATES[cls])
+    assert layer.use_cudnn is False
+    with pytest.raises(TypeError, match="multiple values for argument 'activation'"):
+        cls(4, "tanh", activation="relu", **RATES[cls])
