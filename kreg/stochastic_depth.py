@@ -372,16 +372,21 @@ def _changes(graph, graphs, replacements, removed):
     )
 
 
-def _rebuild(graph, graphs, replacements, removed):
-    copies = {}
-    pending = []
+def _rebuild(graph, graphs, replacements, removed, copies=None, pending=None):
+    """The copy of `graph`. `copies` (id(original layer) -> its copy) and
+    `pending` are shared by every level, as fold's copies are: a layer or a
+    nested model used at two levels is copied once, so the copy keeps their
+    weights tied."""
+    top = copies is None
+    if top:
+        copies, pending = {}, []
 
     def copy_of(layer):
         if id(layer) not in copies:
             nested = graphs.get(id(layer))
             if nested is not None and _changes(nested, graphs, replacements, removed):
                 # Rebuilt with its own weights; a plain keras.Model, as the outer copy.
-                copies[id(layer)] = _rebuild(nested, graphs, replacements, removed)
+                copies[id(layer)] = _rebuild(nested, graphs, replacements, removed, copies, pending)
                 return copies[id(layer)]
             if model_graph.is_graph_model(layer):
                 copy = keras.models.clone_model(layer)
@@ -408,8 +413,9 @@ def _rebuild(graph, graphs, replacements, removed):
         return operation(*args, **kwargs)
 
     copy = model_graph.rebuild(graph, call)
-    for original, layer_copy in pending:
-        layer_copy.set_weights(original.get_weights())
+    if top:
+        for original, layer_copy in pending:
+            layer_copy.set_weights(original.get_weights())
     return copy
 
 

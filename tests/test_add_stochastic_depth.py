@@ -250,6 +250,26 @@ def test_residual_adds_inside_nested_models_are_changed_as_fold_enters_them():
     _assert_same_inference(model, copy)
 
 
+def test_layers_and_nested_models_shared_across_levels_stay_shared_in_the_copy():
+    """A nested model called both in the outer model and inside another nested
+    model, and a layer used both outside and inside a nested model, are copied
+    once: the copy has the original's tied weights, not two trainable copies."""
+    inner = _residual_model(blocks=1)
+    inner = keras.Model(inner.inputs, inner.layers[-3].output, name="inner")
+    shared_conv = keras.layers.Conv2D(4, 3, padding="same", name="shared_conv")
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    branch = shared_conv(keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x))
+    middle = keras.Model(inputs, inner(keras.layers.Add()([x, branch])), name="middle")
+    outer_inputs = keras.Input((8, 8, 4))
+    model = keras.Model(outer_inputs, middle(inner(shared_conv(outer_inputs))))
+    copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
+    assert len(report.changed) == 2 and report.max_difference == 0.0, str(report)
+    assert len({id(w) for w in copy.weights}) == len({id(w) for w in model.weights})
+    assert len({id(layer) for layer in _stochastic_depth_layers(copy)}) == 2
+    _assert_same_inference(model, copy)
+
+
 @pytest.mark.integration
 def test_keras_hub_image_classifier_backbone_is_entered():
     keras_hub = pytest.importorskip("keras_hub")
