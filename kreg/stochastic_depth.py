@@ -117,10 +117,11 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     two inputs, inputs of different shapes (broadcasting), inputs of equal
     depth (no branch to tell), a branch only one operation deeper than the
     shortcut (a position embedding added to token embeddings is not a residual
-    block). Functional models nested in the model (a keras-hub task's
-    backbone) are entered, as `fold_batch_norms` enters them: their adds share
-    the one schedule, are reported as `"nested/add"`, and the nested model's
-    copy is a plain `keras.Model`.
+    block). Functional and Sequential models nested in the model (a keras-hub
+    task's backbone; a backbone as the first layer of a Sequential classifier)
+    are entered, as `fold_batch_norms` enters them: their adds share the one
+    schedule, are reported as `"nested/add"`, and the nested model's copy is a
+    plain `keras.Model`, as is the copy of a Sequential model.
 
     Branches that already drop per sample (EfficientNet's `drop_connect_rate`:
     a `Dropout` with `noise_shape=(None, 1, 1, 1)` right before the add;
@@ -134,7 +135,8 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
 
     Args:
         model: A built functional `keras.Model` (`keras.applications` and
-            keras-hub models included).
+            keras-hub models included), or a Sequential one with a functional
+            model among its layers.
         max_rate: Float in `[0, 1)`, the rate of the deepest block.
         return_report: If `True`, return `(model, StochasticDepthReport)`.
         seed: Integer, optional. Seeds the `StochasticDepth` layers (the
@@ -146,8 +148,9 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
         The new model, or `(model, report)`.
 
     Raises:
-        TypeError: For a Sequential model (it has no residual adds) or a
-            subclassed one (its graph cannot be read).
+        TypeError: For a Sequential model without a functional model among
+            its layers (it has no residual adds) or a subclassed one (its
+            graph cannot be read).
 
     Example:
 
@@ -174,7 +177,7 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
         seed = check_at_least("seed", seed, integer=True, minimum=0)
     graph = model_graph.read_graph(model)
     report = StochasticDepthReport()
-    graphs = {}  # id(nested functional model) -> its Graph, read once
+    graphs = {}  # id(nested model) -> its Graph, read once
     plan = _plan(graph, report, graphs)
     rates = stochastic_depth_rates(len(plan), max_rate) if plan else []
     replacements, removed = {}, set()
@@ -222,11 +225,16 @@ def _check_model(model):
             "Invalid value received for argument `model`. Expected a functional "
             f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
         )
-    if isinstance(model, keras.Sequential):
+    # A Sequential model is one chain, unless a layer of it is a functional
+    # model (a backbone as its first layer): that one is entered.
+    if isinstance(model, keras.Sequential) and not any(
+        model_graph.is_graph_model(layer) for layer in model.layers
+    ):
         raise TypeError(
             "Invalid value received for argument `model`. add_stochastic_depth needs a "
             f"functional model with residual adds; `{model.name}` is a Sequential model, "
-            "whose layers form one chain without a shortcut."
+            "whose layers form one chain without a shortcut (and none of them is a "
+            "functional model)."
         )
     if not model_graph.is_graph_model(model):
         raise TypeError(
@@ -297,8 +305,8 @@ def _plan(graph, report, graphs, prefix=""):
     plan = []
     for call in graph.calls:
         if call.layer is not None and model_graph.is_graph_model(call.layer):
-            # A Sequential model is one chain: no add of two tensors inside.
-            if not isinstance(call.layer, keras.Sequential) and id(call.layer) not in graphs:
+            # A Sequential one is entered too: a functional model may be one of its layers.
+            if id(call.layer) not in graphs:
                 graphs[id(call.layer)] = nested = model_graph.read_graph(call.layer)
                 plan += _plan(nested, report, graphs, f"{prefix}{call.name}/")
             continue

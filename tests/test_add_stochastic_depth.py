@@ -270,6 +270,40 @@ def test_layers_and_nested_models_shared_across_levels_stay_shared_in_the_copy()
     _assert_same_inference(model, copy)
 
 
+def _backbone_in_sequential():
+    """The transfer-learning pattern: a functional residual backbone as the first
+    layer of a Sequential classifier."""
+    backbone = _residual_model(blocks=2)
+    backbone = keras.Model(backbone.inputs, backbone.layers[-3].output, name="backbone")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ],
+        name="classifier",
+    )
+
+
+def test_residual_adds_of_a_functional_model_inside_a_sequential_one_are_changed():
+    """A Sequential model holding a functional backbone has residual adds: they
+    are changed, whether the Sequential is the model or nested in it (they were
+    neither changed nor reported, and the model was refused as "one chain
+    without a shortcut")."""
+    classifier = _backbone_in_sequential()
+    inputs = keras.Input((8, 8, 4))
+    wrapped = keras.Model(inputs, classifier(inputs))
+    for model, prefix in [(classifier, "backbone/"), (wrapped, "classifier/backbone/")]:
+        copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
+        assert [name.startswith(prefix) for name, _, _ in report.changed] == [True, True], str(
+            report
+        )
+        assert report.left == [] and report.max_difference == 0.0
+        assert len(_stochastic_depth_layers(copy)) == 2 and not _stochastic_depth_layers(model)
+        _assert_same_inference(model, copy)
+
+
 @pytest.mark.integration
 def test_keras_hub_image_classifier_backbone_is_entered():
     keras_hub = pytest.importorskip("keras_hub")
