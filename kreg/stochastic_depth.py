@@ -106,9 +106,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     Every residual `Add` of the functional model (a `keras.layers.Add` or a
     `+` / `keras.ops.add` between a shortcut and a residual branch) becomes a
     `kreg.layers.StochasticDepth([shortcut, branch])`, with the rates of
-    `stochastic_depth_rates(number of residual adds, max_rate)` in graph order
-    (depth). The copy has new layers with the original's weights; the original
-    is not changed. `StochasticDepth` is the plain sum at inference, so the
+    `stochastic_depth_rates(number of residual adds, max_rate)` in order of
+    depth (the longest path from the model's inputs; ties in graph order).
+    The copy has new layers with the original's weights; the original is not
+    changed. `StochasticDepth` is the plain sum at inference, so the
     copy's inference outputs are identical.
 
     Which input of an add is the branch: the deeper one (the longest path from
@@ -258,6 +259,7 @@ class _Residual:
     old_rate: float = None
     graph: object = None  # the Graph (model level) the add is in
     prefix: str = ""  # "nested_model/" path of that level, for the report
+    depth: int = 0  # longest path from the outermost model's inputs, for the schedule
 
 
 def _is_add(call):
@@ -297,10 +299,14 @@ def _depths(graph):
     return depth
 
 
-def _plan(graph, report, graphs, prefix=""):
-    """The residual adds of `graph` and of the functional models nested in it
-    (entered where they are first called, as `fold_batch_norms` enters them),
-    in graph order; the others go to `report.left`."""
+def _plan(graph, report, graphs, prefix="", offset=0):
+    """The residual adds of `graph` and of the models nested in it (entered
+    where they are first called, as `fold_batch_norms` enters them), by depth
+    from the outermost model's inputs (`offset` is that of this level's
+    inputs), ties in graph order; the others go to `report.left`.
+
+    Keras orders a model's calls by their distance to an output, so a block
+    near an auxiliary output would come after deeper blocks of the main path."""
     depth = _depths(graph)
     plan = []
     for call in graph.calls:
@@ -308,7 +314,9 @@ def _plan(graph, report, graphs, prefix=""):
             # A Sequential one is entered too: a functional model may be one of its layers.
             if id(call.layer) not in graphs:
                 graphs[id(call.layer)] = nested = model_graph.read_graph(call.layer)
-                plan += _plan(nested, report, graphs, f"{prefix}{call.name}/")
+                plan += _plan(
+                    nested, report, graphs, f"{prefix}{call.name}/", offset + depth[id(call)] - 1
+                )
             continue
         if not _is_add(call):
             continue
@@ -317,8 +325,9 @@ def _plan(graph, report, graphs, prefix=""):
             report.left.append((prefix + call.name, residual))
         else:
             residual.graph, residual.prefix = graph, prefix
+            residual.depth = offset + depth[id(call)]
             plan.append(residual)
-    return plan
+    return sorted(plan, key=lambda residual: residual.depth)
 
 
 def _residual(call, depth):

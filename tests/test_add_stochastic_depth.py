@@ -54,6 +54,30 @@ def test_every_residual_add_gets_the_linear_schedule_and_inference_is_identical(
         np.testing.assert_array_equal(old, new)
 
 
+def test_rates_rise_with_depth_from_the_inputs_in_a_model_with_two_outputs():
+    """An auxiliary head's block, second from the input, is scheduled by its depth
+    (it got the rate of the fourth block: Keras orders a model's calls by their
+    distance to an output, and the head's output is near)."""
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+
+    def block(x, name):
+        branch = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+        return keras.layers.Add(name=name)([x, keras.layers.Conv2D(4, 3, padding="same")(branch)])
+
+    first = block(x, "block1")
+    auxiliary = block(first, "auxiliary_block")
+    x = block(block(block(first, "block2"), "block3"), "block4")
+    heads = [
+        keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(t)) for t in (x, auxiliary)
+    ]
+    model = keras.Model(inputs, heads)
+    _, report = kreg.add_stochastic_depth(model, 0.5, return_report=True)
+    rates = {name: rate for name, _, rate in report.changed}
+    assert rates["block1"] < rates["auxiliary_block"] < rates["block3"], str(report)
+    assert [name for name, _, _ in report.changed][-2:] == ["block3", "block4"], str(report)
+
+
 def test_the_copy_drops_whole_branches_in_training():
     copy = kreg.add_stochastic_depth(_residual_model(blocks=1), 0.5, seed=2)
     (layer,) = _stochastic_depth_layers(copy)
