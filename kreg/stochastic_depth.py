@@ -1,6 +1,7 @@
 """`add_stochastic_depth`: a copy of a residual model whose blocks drop their
 branches per sample, at rates rising linearly with depth."""
 
+import collections
 import dataclasses
 import warnings
 
@@ -375,21 +376,41 @@ def _residual(call, depth):
     return _Residual(call, 1 - branch_position, branch)
 
 
-def _changes(graph, graphs, replacements, removed):
-    """Whether the copy of `graph` differs from it (here or in a nested model)."""
+def _rebuilt_models(graph, graphs, replacements, removed):
+    """The ids of the nested models whose copy is rebuilt rather than cloned:
+    those with a changed add or a removed drop, those with a layer that is also
+    called at another level (`clone_model` would copy it apart from that
+    level's copy, untying its weights), and those holding such a model."""
+    levels = [graph, *graphs.values()]
+    levels_of = collections.Counter(
+        layer_id
+        for level in levels
+        for layer_id in {id(call.layer) for call in level.calls if call.layer is not None}
+    )
+    rebuilt = set()
+    for nested_id, nested in graphs.items():
+        if _differs(nested, graphs, replacements, removed, levels_of):
+            rebuilt.add(nested_id)
+    return rebuilt
+
+
+def _differs(graph, graphs, replacements, removed, levels_of):
     return any(
         id(call) in replacements
         or id(call) in removed
         or (
             call.layer is not None
-            and id(call.layer) in graphs
-            and _changes(graphs[id(call.layer)], graphs, replacements, removed)
+            and (
+                _differs(graphs[id(call.layer)], graphs, replacements, removed, levels_of)
+                if id(call.layer) in graphs
+                else levels_of[id(call.layer)] > 1
+            )
         )
         for call in graph.calls
     )
 
 
-def _rebuild(graph, graphs, replacements, removed, copies=None, pending=None):
+def _rebuild(graph, graphs, replacements, removed, copies=None, pending=None, rebuilt=None):
     """The copy of `graph`. `copies` (id(original layer) -> its copy) and
     `pending` are shared by every level, as fold's copies are: a layer or a
     nested model used at two levels is copied once, so the copy keeps their
@@ -397,13 +418,15 @@ def _rebuild(graph, graphs, replacements, removed, copies=None, pending=None):
     top = copies is None
     if top:
         copies, pending = {}, []
+        rebuilt = _rebuilt_models(graph, graphs, replacements, removed)
 
     def copy_of(layer):
         if id(layer) not in copies:
-            nested = graphs.get(id(layer))
-            if nested is not None and _changes(nested, graphs, replacements, removed):
+            if id(layer) in rebuilt:
                 # Rebuilt with its own weights; a plain keras.Model, as the outer copy.
-                copies[id(layer)] = _rebuild(nested, graphs, replacements, removed, copies, pending)
+                copies[id(layer)] = _rebuild(
+                    graphs[id(layer)], graphs, replacements, removed, copies, pending, rebuilt
+                )
                 return copies[id(layer)]
             if model_graph.is_graph_model(layer):
                 copy = keras.models.clone_model(layer)

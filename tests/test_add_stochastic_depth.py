@@ -276,8 +276,9 @@ def test_residual_adds_inside_nested_models_are_changed_as_fold_enters_them():
 
 def test_layers_and_nested_models_shared_across_levels_stay_shared_in_the_copy():
     """A nested model called both in the outer model and inside another nested
-    model, and a layer used both outside and inside a nested model, are copied
-    once: the copy has the original's tied weights, not two trainable copies."""
+    model, and a layer used both outside and inside a nested model (changed or
+    not), are copied once: the copy has the original's tied weights, not two
+    trainable copies."""
     inner = _residual_model(blocks=1)
     inner = keras.Model(inner.inputs, inner.layers[-3].output, name="inner")
     shared_conv = keras.layers.Conv2D(4, 3, padding="same", name="shared_conv")
@@ -291,6 +292,17 @@ def test_layers_and_nested_models_shared_across_levels_stay_shared_in_the_copy()
     assert len(report.changed) == 2 and report.max_difference == 0.0, str(report)
     assert len({id(w) for w in copy.weights}) == len({id(w) for w in model.weights})
     assert len({id(layer) for layer in _stochastic_depth_layers(copy)}) == 2
+    _assert_same_inference(model, copy)
+    # A nested model with no add to change, sharing a layer with the outer model.
+    shared_dense = keras.layers.Dense(4, name="shared_dense")
+    head_inputs = keras.Input((4,))
+    head = keras.Model(head_inputs, keras.layers.Dense(4)(shared_dense(head_inputs)), name="head")
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4)(inputs)
+    x = keras.layers.Add()([x, keras.layers.Dense(4)(keras.layers.Dense(4)(x))])
+    model = keras.Model(inputs, head(shared_dense(x)))
+    copy = kreg.add_stochastic_depth(model, 0.2)
+    assert len({id(w) for w in copy.weights}) == len({id(w) for w in model.weights})
     _assert_same_inference(model, copy)
 
 
