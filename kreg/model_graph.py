@@ -276,6 +276,15 @@ def rebuild(graph, call):
     structure; it is a plain `keras.Model`, whatever the original's class.
     """
     model = graph.model
+    if isinstance(model, keras.Sequential):
+        # One chain from one input (its calls record no Keras node to read).
+        tensor = model.inputs[0]
+        x = inputs = keras.Input(
+            batch_shape=tensor.shape, dtype=tensor.dtype, name=graph.inputs[0].name
+        )
+        for original in graph.calls[1:]:
+            x = call(original, (x,), {})
+        return keras.Model(inputs, x, name=model.name)
     new = {}  # (id(operation), node index, output index) -> new tensor
 
     def replace(value):

@@ -1,6 +1,7 @@
 """`add_stochastic_depth`: a copy of a residual model whose blocks drop their
 branches per sample, at rates rising linearly with depth."""
 
+import collections
 import dataclasses
 import warnings
 
@@ -106,9 +107,10 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     Every residual `Add` of the functional model (a `keras.layers.Add` or a
     `+` / `keras.ops.add` between a shortcut and a residual branch) becomes a
     `kreg.layers.StochasticDepth([shortcut, branch])`, with the rates of
-    `stochastic_depth_rates(number of residual adds, max_rate)` in graph order
-    (depth). The copy has new layers with the original's weights; the original
-    is not changed. `StochasticDepth` is the plain sum at inference, so the
+    `stochastic_depth_rates(number of residual adds, max_rate)` in order of
+    depth (the longest path from the model's inputs; ties in graph order).
+    The copy has new layers with the original's weights; the original is not
+    changed. `StochasticDepth` is the plain sum at inference, so the
     copy's inference outputs are identical.
 
     Which input of an add is the branch: the deeper one (the longest path from
@@ -117,10 +119,11 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
     two inputs, inputs of different shapes (broadcasting), inputs of equal
     depth (no branch to tell), a branch only one operation deeper than the
     shortcut (a position embedding added to token embeddings is not a residual
-    block). Functional models nested in the model (a keras-hub task's
-    backbone) are entered, as `fold_batch_norms` enters them: their adds share
-    the one schedule, are reported as `"nested/add"`, and the nested model's
-    copy is a plain `keras.Model`.
+    block). Functional and Sequential models nested in the model (a keras-hub
+    task's backbone; a backbone as the first layer of a Sequential classifier)
+    are entered, as `fold_batch_norms` enters them: their adds share the one
+    schedule, are reported as `"nested/add"`, and the nested model's copy is a
+    plain `keras.Model`, as is the copy of a Sequential model.
 
     Branches that already drop per sample (EfficientNet's `drop_connect_rate`:
     a `Dropout` with `noise_shape=(None, 1, 1, 1)` right before the add;
@@ -134,7 +137,8 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
 
     Args:
         model: A built functional `keras.Model` (`keras.applications` and
-            keras-hub models included).
+            keras-hub models included), or a Sequential one with a functional
+            model among its layers.
         max_rate: Float in `[0, 1)`, the rate of the deepest block.
         return_report: If `True`, return `(model, StochasticDepthReport)`.
         seed: Integer, optional. Seeds the `StochasticDepth` layers (the
@@ -146,8 +150,9 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
         The new model, or `(model, report)`.
 
     Raises:
-        TypeError: For a Sequential model (it has no residual adds) or a
-            subclassed one (its graph cannot be read).
+        TypeError: For a Sequential model without a functional model among
+            its layers (it has no residual adds) or a subclassed one (its
+            graph cannot be read).
 
     Example:
 
@@ -174,7 +179,7 @@ def add_stochastic_depth(model, max_rate, return_report=False, seed=None, verify
         seed = check_at_least("seed", seed, integer=True, minimum=0)
     graph = model_graph.read_graph(model)
     report = StochasticDepthReport()
-    graphs = {}  # id(nested functional model) -> its Graph, read once
+    graphs = {}  # id(nested model) -> its Graph, read once
     plan = _plan(graph, report, graphs)
     rates = stochastic_depth_rates(len(plan), max_rate) if plan else []
     replacements, removed = {}, set()
@@ -222,11 +227,16 @@ def _check_model(model):
             "Invalid value received for argument `model`. Expected a functional "
             f"`keras.Model`. Received: model={model!r} of type {type(model).__name__}"
         )
-    if isinstance(model, keras.Sequential):
+    # A Sequential model is one chain, unless a layer of it is a functional
+    # model (a backbone as its first layer): that one is entered.
+    if isinstance(model, keras.Sequential) and not any(
+        model_graph.is_graph_model(layer) for layer in model.layers
+    ):
         raise TypeError(
             "Invalid value received for argument `model`. add_stochastic_depth needs a "
             f"functional model with residual adds; `{model.name}` is a Sequential model, "
-            "whose layers form one chain without a shortcut."
+            "whose layers form one chain without a shortcut (and none of them is a "
+            "functional model)."
         )
     if not model_graph.is_graph_model(model):
         raise TypeError(
@@ -250,6 +260,7 @@ class _Residual:
     old_rate: float = None
     graph: object = None  # the Graph (model level) the add is in
     prefix: str = ""  # "nested_model/" path of that level, for the report
+    depth: int = 0  # longest path from the outermost model's inputs, for the schedule
 
 
 def _is_add(call):
@@ -289,18 +300,24 @@ def _depths(graph):
     return depth
 
 
-def _plan(graph, report, graphs, prefix=""):
-    """The residual adds of `graph` and of the functional models nested in it
-    (entered where they are first called, as `fold_batch_norms` enters them),
-    in graph order; the others go to `report.left`."""
+def _plan(graph, report, graphs, prefix="", offset=0):
+    """The residual adds of `graph` and of the models nested in it (entered
+    where they are first called, as `fold_batch_norms` enters them), by depth
+    from the outermost model's inputs (`offset` is that of this level's
+    inputs), ties in graph order; the others go to `report.left`.
+
+    Keras orders a model's calls by their distance to an output, so a block
+    near an auxiliary output would come after deeper blocks of the main path."""
     depth = _depths(graph)
     plan = []
     for call in graph.calls:
         if call.layer is not None and model_graph.is_graph_model(call.layer):
-            # A Sequential model is one chain: no add of two tensors inside.
-            if not isinstance(call.layer, keras.Sequential) and id(call.layer) not in graphs:
+            # A Sequential one is entered too: a functional model may be one of its layers.
+            if id(call.layer) not in graphs:
                 graphs[id(call.layer)] = nested = model_graph.read_graph(call.layer)
-                plan += _plan(nested, report, graphs, f"{prefix}{call.name}/")
+                plan += _plan(
+                    nested, report, graphs, f"{prefix}{call.name}/", offset + depth[id(call)] - 1
+                )
             continue
         if not _is_add(call):
             continue
@@ -309,8 +326,9 @@ def _plan(graph, report, graphs, prefix=""):
             report.left.append((prefix + call.name, residual))
         else:
             residual.graph, residual.prefix = graph, prefix
+            residual.depth = offset + depth[id(call)]
             plan.append(residual)
-    return plan
+    return sorted(plan, key=lambda residual: residual.depth)
 
 
 def _residual(call, depth):
@@ -358,30 +376,57 @@ def _residual(call, depth):
     return _Residual(call, 1 - branch_position, branch)
 
 
-def _changes(graph, graphs, replacements, removed):
-    """Whether the copy of `graph` differs from it (here or in a nested model)."""
+def _rebuilt_models(graph, graphs, replacements, removed):
+    """The ids of the nested models whose copy is rebuilt rather than cloned:
+    those with a changed add or a removed drop, those with a layer that is also
+    called at another level (`clone_model` would copy it apart from that
+    level's copy, untying its weights), and those holding such a model."""
+    levels = [graph, *graphs.values()]
+    levels_of = collections.Counter(
+        layer_id
+        for level in levels
+        for layer_id in {id(call.layer) for call in level.calls if call.layer is not None}
+    )
+    rebuilt = set()
+    for nested_id, nested in graphs.items():
+        if _differs(nested, graphs, replacements, removed, levels_of):
+            rebuilt.add(nested_id)
+    return rebuilt
+
+
+def _differs(graph, graphs, replacements, removed, levels_of):
     return any(
         id(call) in replacements
         or id(call) in removed
         or (
             call.layer is not None
-            and id(call.layer) in graphs
-            and _changes(graphs[id(call.layer)], graphs, replacements, removed)
+            and (
+                _differs(graphs[id(call.layer)], graphs, replacements, removed, levels_of)
+                if id(call.layer) in graphs
+                else levels_of[id(call.layer)] > 1
+            )
         )
         for call in graph.calls
     )
 
 
-def _rebuild(graph, graphs, replacements, removed):
-    copies = {}
-    pending = []
+def _rebuild(graph, graphs, replacements, removed, copies=None, pending=None, rebuilt=None):
+    """The copy of `graph`. `copies` (id(original layer) -> its copy) and
+    `pending` are shared by every level, as fold's copies are: a layer or a
+    nested model used at two levels is copied once, so the copy keeps their
+    weights tied."""
+    top = copies is None
+    if top:
+        copies, pending = {}, []
+        rebuilt = _rebuilt_models(graph, graphs, replacements, removed)
 
     def copy_of(layer):
         if id(layer) not in copies:
-            nested = graphs.get(id(layer))
-            if nested is not None and _changes(nested, graphs, replacements, removed):
+            if id(layer) in rebuilt:
                 # Rebuilt with its own weights; a plain keras.Model, as the outer copy.
-                copies[id(layer)] = _rebuild(nested, graphs, replacements, removed)
+                copies[id(layer)] = _rebuild(
+                    graphs[id(layer)], graphs, replacements, removed, copies, pending, rebuilt
+                )
                 return copies[id(layer)]
             if model_graph.is_graph_model(layer):
                 copy = keras.models.clone_model(layer)
@@ -408,8 +453,9 @@ def _rebuild(graph, graphs, replacements, removed):
         return operation(*args, **kwargs)
 
     copy = model_graph.rebuild(graph, call)
-    for original, layer_copy in pending:
-        layer_copy.set_weights(original.get_weights())
+    if top:
+        for original, layer_copy in pending:
+            layer_copy.set_weights(original.get_weights())
     return copy
 
 

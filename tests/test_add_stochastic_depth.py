@@ -54,6 +54,30 @@ def test_every_residual_add_gets_the_linear_schedule_and_inference_is_identical(
         np.testing.assert_array_equal(old, new)
 
 
+def test_rates_rise_with_depth_from_the_inputs_in_a_model_with_two_outputs():
+    """An auxiliary head's block, second from the input, is scheduled by its depth
+    (it got the rate of the fourth block: Keras orders a model's calls by their
+    distance to an output, and the head's output is near)."""
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+
+    def block(x, name):
+        branch = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+        return keras.layers.Add(name=name)([x, keras.layers.Conv2D(4, 3, padding="same")(branch)])
+
+    first = block(x, "block1")
+    auxiliary = block(first, "auxiliary_block")
+    x = block(block(block(first, "block2"), "block3"), "block4")
+    heads = [
+        keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(t)) for t in (x, auxiliary)
+    ]
+    model = keras.Model(inputs, heads)
+    _, report = kreg.add_stochastic_depth(model, 0.5, return_report=True)
+    rates = {name: rate for name, _, rate in report.changed}
+    assert rates["block1"] < rates["auxiliary_block"] < rates["block3"], str(report)
+    assert [name for name, _, _ in report.changed][-2:] == ["block3", "block4"], str(report)
+
+
 def test_the_copy_drops_whole_branches_in_training():
     copy = kreg.add_stochastic_depth(_residual_model(blocks=1), 0.5, seed=2)
     (layer,) = _stochastic_depth_layers(copy)
@@ -248,6 +272,72 @@ def test_residual_adds_inside_nested_models_are_changed_as_fold_enters_them():
     assert len(_stochastic_depth_layers(copy)) == 3
     assert not _stochastic_depth_layers(model)
     _assert_same_inference(model, copy)
+
+
+def test_layers_and_nested_models_shared_across_levels_stay_shared_in_the_copy():
+    """A nested model called both in the outer model and inside another nested
+    model, and a layer used both outside and inside a nested model (changed or
+    not), are copied once: the copy has the original's tied weights, not two
+    trainable copies."""
+    inner = _residual_model(blocks=1)
+    inner = keras.Model(inner.inputs, inner.layers[-3].output, name="inner")
+    shared_conv = keras.layers.Conv2D(4, 3, padding="same", name="shared_conv")
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    branch = shared_conv(keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x))
+    middle = keras.Model(inputs, inner(keras.layers.Add()([x, branch])), name="middle")
+    outer_inputs = keras.Input((8, 8, 4))
+    model = keras.Model(outer_inputs, middle(inner(shared_conv(outer_inputs))))
+    copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
+    assert len(report.changed) == 2 and report.max_difference == 0.0, str(report)
+    assert len({id(w) for w in copy.weights}) == len({id(w) for w in model.weights})
+    assert len({id(layer) for layer in _stochastic_depth_layers(copy)}) == 2
+    _assert_same_inference(model, copy)
+    # A nested model with no add to change, sharing a layer with the outer model.
+    shared_dense = keras.layers.Dense(4, name="shared_dense")
+    head_inputs = keras.Input((4,))
+    head = keras.Model(head_inputs, keras.layers.Dense(4)(shared_dense(head_inputs)), name="head")
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4)(inputs)
+    x = keras.layers.Add()([x, keras.layers.Dense(4)(keras.layers.Dense(4)(x))])
+    model = keras.Model(inputs, head(shared_dense(x)))
+    copy = kreg.add_stochastic_depth(model, 0.2)
+    assert len({id(w) for w in copy.weights}) == len({id(w) for w in model.weights})
+    _assert_same_inference(model, copy)
+
+
+def _backbone_in_sequential():
+    """The transfer-learning pattern: a functional residual backbone as the first
+    layer of a Sequential classifier."""
+    backbone = _residual_model(blocks=2)
+    backbone = keras.Model(backbone.inputs, backbone.layers[-3].output, name="backbone")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ],
+        name="classifier",
+    )
+
+
+def test_residual_adds_of_a_functional_model_inside_a_sequential_one_are_changed():
+    """A Sequential model holding a functional backbone has residual adds: they
+    are changed, whether the Sequential is the model or nested in it (they were
+    neither changed nor reported, and the model was refused as "one chain
+    without a shortcut")."""
+    classifier = _backbone_in_sequential()
+    inputs = keras.Input((8, 8, 4))
+    wrapped = keras.Model(inputs, classifier(inputs))
+    for model, prefix in [(classifier, "backbone/"), (wrapped, "classifier/backbone/")]:
+        copy, report = kreg.add_stochastic_depth(model, 0.2, return_report=True)
+        assert [name.startswith(prefix) for name, _, _ in report.changed] == [True, True], str(
+            report
+        )
+        assert report.left == [] and report.max_difference == 0.0
+        assert len(_stochastic_depth_layers(copy)) == 2 and not _stochastic_depth_layers(model)
+        _assert_same_inference(model, copy)
 
 
 @pytest.mark.integration

@@ -214,6 +214,13 @@ VARIANTS = [
             L.Dense(2),
         ],
     ),
+    # DropBlock between an activation and its batch norm hides the activation no
+    # more than Dropout does.
+    (
+        "activation-before-batch-norm",
+        IMAGE,
+        lambda: [conv(), L.ReLU(), kreg.layers.DropBlock2D(0.1, 3), L.BatchNormalization()],
+    ),
 ]
 
 # Correct models a rule must not flag, though they look close to its mistake.

@@ -11,8 +11,9 @@ def check(view):
     for node in view.calls:
         if not _roles.is_batch_norm(node.layer):
             continue
-        # Dropout between the activation and the batch norm changes nothing here.
-        for producer in view.before(node, lambda layer: not _roles.is_dropout(layer)):
+        # Dropout (or DropBlock) between the activation and the batch norm changes
+        # nothing here.
+        for producer in view.before(node, lambda layer: not _roles.drops_and_rescales(layer)):
             activation = None if producer is INPUT else _roles.activation_name(producer.operation)
             if activation is None:
                 continue
