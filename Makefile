@@ -25,7 +25,7 @@ demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/kreg demo
 
 # Everything runs on TensorFlow (the API reference is built strict there too);
-# the layer, fold, adapt, callbacks and tuning tests run again on JAX and
+# the layer, fold, add_stochastic_depth, adapt, callbacks and tuning tests run again on JAX and
 # PyTorch, without the tests marked `integration` (subprocesses, kills,
 # clusters, whole searches: process and file orchestration that the TensorFlow
 # run covers; tf.distribute tests skip there, marked tensorflow_only).
@@ -39,7 +39,7 @@ demo: $(DEMO_INSTALLED)
 # (docs/BENCHMARKS.md). The wheel tests install into fresh virtual
 # environments, so they have their own target.
 PYTEST := $(PY) -m pytest -q --durations=15
-BACKEND_TESTS := tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
+BACKEND_TESTS := tests/layers tests/test_keras_compat.py tests/test_fold.py tests/test_add_stochastic_depth.py tests/test_adapt.py tests/test_online_adapter.py tests/test_convert.py tests/test_monte_carlo.py tests/callbacks tests/tuning
 
 test: $(INSTALLED)
 	$(MAKE) lint
