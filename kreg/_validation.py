@@ -210,43 +210,36 @@ def check_bool(name, value):
     return value
 
 
-def check_keyword_rate(rate_name, positional, keras_argument, keras_layer):
-    """Refuses a rate given where a drop-in layer takes Keras's next positional argument.
+def keras_keywords(keras_class, leading, args, kwargs, rate_name):
+    """`kwargs` with the positional `args` named as `keras_class.__init__` names them.
 
     kreg's drop-in layers take their parent's positional arguments in Keras's
     order (`EmbeddingDropout(1000, 64, "uniform")` as `Embedding`), so their own
-    rates are keyword-only. A number in that position is a rate given by
-    position: Keras would read it as `keras_argument` and fail with a message
-    that names neither.
-    """
-    if (
-        positional
-        and isinstance(positional[0], numbers.Real)
-        and not isinstance(positional[0], bool)
-    ):
-        raise TypeError(
-            f"Invalid value received for argument `{keras_argument}`. In that position "
-            f"{keras_layer} takes `{keras_argument}`, as in Keras; `{rate_name}` is "
-            f"keyword-only: pass {rate_name}={positional[0]!r}. "
-            f"Received: {keras_argument}={positional[0]!r}"
-        )
+    rates, `rate_name` among them, are keyword-only. `args` are the positional
+    arguments a drop-in layer received after its first `leading` ones (`units`;
+    `input_dim, output_dim`). Named, they reach the layer's own checks of Keras's
+    arguments (`use_cudnn`, `weights`), which read keywords.
 
-
-def keras_keywords(keras_init, leading, args, kwargs):
-    """`kwargs` with the positional `args` named as `keras_init` names them.
-
-    `args` are the positional arguments a drop-in layer received after its first
-    `leading` ones (`units`; `input_dim, output_dim`). Named, they reach the
-    layer's own checks of Keras's arguments (`use_cudnn`, `weights`), which read
-    keywords. Too many, or one also given by keyword, is the `TypeError` Python
-    raises for a call to `keras_init`.
+    A number first among `args` is a rate given by position: Keras would read it
+    as its own argument there and fail with a message that names neither, so it
+    is a `TypeError` saying which keyword to use. Too many, or one also given by
+    keyword, is the `TypeError` Python raises for a call to `keras_class`.
     """
     names = [
         parameter.name
-        for parameter in list(inspect.signature(keras_init).parameters.values())[1 + leading :]
+        for parameter in list(inspect.signature(keras_class.__init__).parameters.values())[
+            1 + leading :
+        ]
         if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
     ]
-    function = keras_init.__qualname__
+    if args and isinstance(args[0], numbers.Real) and not isinstance(args[0], bool):
+        raise TypeError(
+            f"Invalid value received for argument `{names[0]}`. In that position "
+            f"{keras_class.__name__} takes `{names[0]}`, as in Keras; `{rate_name}` is "
+            f"keyword-only: pass {rate_name}={args[0]!r}. "
+            f"Received: {names[0]}={args[0]!r}"
+        )
+    function = keras_class.__init__.__qualname__
     if len(args) > len(names):
         raise TypeError(
             f"{function}() takes at most {1 + leading + len(names)} positional arguments "

@@ -50,13 +50,13 @@ def test_check_finite_takes_any_sign_and_refuses_nan_inf_bool():
 
 
 def test_keras_keywords_names_positional_arguments_as_keras_does():
-    init = keras.layers.Embedding.__init__
-    assert keras_keywords(init, 2, ("ones", None), {"name": "e"}) == {
+    embedding = keras.layers.Embedding
+    assert keras_keywords(embedding, 2, ("ones", None), {"name": "e"}, "rate") == {
         "embeddings_initializer": "ones",
         "embeddings_regularizer": None,
         "name": "e",
     }
     with pytest.raises(TypeError, match="multiple values for argument 'embeddings_initializer'"):
-        keras_keywords(init, 2, ("ones",), {"embeddings_initializer": "zeros"})
+        keras_keywords(embedding, 2, ("ones",), {"embeddings_initializer": "zeros"}, "rate")
     with pytest.raises(TypeError, match="positional arguments but 23 were given"):
-        keras_keywords(init, 2, (None,) * 20, {})
+        keras_keywords(embedding, 2, (None,) * 20, {}, "rate")

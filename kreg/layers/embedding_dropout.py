@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
 from kreg._validation import keras_keywords
 from kreg.layers.adjustable_rates import AdjustableRates
@@ -74,8 +73,7 @@ class EmbeddingDropout(AdjustableRates, keras.layers.Embedding):
     def __init__(self, input_dim, output_dim, *args, rate=0.0, seed=None, **kwargs):
         # Keras's positional arguments pass through (a drop-in for `Embedding`),
         # named, so that `weights` given by position loads here too.
-        check_keyword_rate("rate", args, "embeddings_initializer", "Embedding")
-        kwargs = keras_keywords(keras.layers.Embedding.__init__, 2, args, kwargs)
+        kwargs = keras_keywords(keras.layers.Embedding, 2, args, kwargs, "rate")
         weights = kwargs.pop("weights", None)
         rate = check_rate("rate", rate)
         super().__init__(input_dim, output_dim, **kwargs)

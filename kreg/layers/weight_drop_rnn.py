@@ -8,8 +8,8 @@ from kreg._keras_compat import recurrent_kernel_replaced
 from kreg._keras_compat import rnn_dropout_masks_sliced
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
-from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
+from kreg._validation import keras_keywords
 from kreg.layers.adjustable_rates import AdjustableRates
 from kreg.layers.adjustable_rates import dropout
 from kreg.layers.adjustable_rates import rate_property
@@ -26,19 +26,15 @@ class _WeightDropMixin(AdjustableRates):
         self, units, *args, weight_dropout=0.0, weight_dropout_mode="unit", mask_groups=1, **kwargs
     ):
         # Keras's positional arguments pass through (a drop-in for LSTM / GRU).
-        check_keyword_rate(
-            "weight_dropout",
-            args,
-            "activation",
-            "LSTM" if isinstance(self, keras.layers.LSTM) else "GRU",
-        )
+        keras_class = keras.layers.LSTM if isinstance(self, keras.layers.LSTM) else keras.layers.GRU
+        kwargs = keras_keywords(keras_class, 1, args, kwargs, "weight_dropout")
         # Checked before the parent builds its cell, so a bad rate fails first.
         weight_dropout = check_rate("weight_dropout", weight_dropout)
         weight_dropout_mode = check_choice(
             "weight_dropout_mode", weight_dropout_mode, WEIGHT_DROPOUT_MODES
         )
         mask_groups = int(check_at_least("mask_groups", mask_groups, integer=True, minimum=1))
-        super().__init__(units, *args, **kwargs)
+        super().__init__(units, **kwargs)
         self.add_rate("weight_dropout", weight_dropout)
         self.weight_dropout_mode = weight_dropout_mode
         self.mask_groups = mask_groups

@@ -5,7 +5,6 @@ from keras import ops
 from keras import tree
 
 from kreg._keras_compat import step_loop
-from kreg._validation import check_keyword_rate
 from kreg._validation import check_rate
 from kreg._validation import keras_keywords
 from kreg.layers.adjustable_rates import AdjustableRates
@@ -22,10 +21,9 @@ class _ZoneoutMixin(AdjustableRates):
 
     STATE_RATES = ()
 
-    def __init__(self, units, *args, **kwargs):
-        # Named, so that `use_cudnn` given by position is checked too.
-        keras_class = keras.layers.LSTM if isinstance(self, keras.layers.LSTM) else keras.layers.GRU
-        kwargs = keras_keywords(keras_class.__init__, 1, args, kwargs)
+    def __init__(self, units, **kwargs):
+        # Keras's positional arguments arrive named (`keras_keywords` in the
+        # subclasses), so `use_cudnn` given by position is checked too.
         if kwargs.get("use_cudnn") is True:
             raise ValueError(
                 "Invalid value received for argument `use_cudnn`. Zoneout mixes the "
@@ -171,11 +169,11 @@ class ZoneoutLSTM(_ZoneoutMixin, keras.layers.LSTM):
     """
 
     def __init__(self, units, *args, cell_zoneout=0.0, hidden_zoneout=0.0, **kwargs):
-        check_keyword_rate("cell_zoneout", args, "activation", "LSTM")
+        kwargs = keras_keywords(keras.layers.LSTM, 1, args, kwargs, "cell_zoneout")
         # Checked before the parent builds its cell, so a bad rate fails first.
         cell_zoneout = check_rate("cell_zoneout", cell_zoneout)
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
-        super().__init__(units, *args, **kwargs)
+        super().__init__(units, **kwargs)
         self.add_rate("cell_zoneout", cell_zoneout)
         self.add_rate("hidden_zoneout", hidden_zoneout)
 
@@ -250,9 +248,9 @@ class ZoneoutGRU(_ZoneoutMixin, keras.layers.GRU):
     """
 
     def __init__(self, units, *args, hidden_zoneout=0.0, **kwargs):
-        check_keyword_rate("hidden_zoneout", args, "activation", "GRU")
+        kwargs = keras_keywords(keras.layers.GRU, 1, args, kwargs, "hidden_zoneout")
         hidden_zoneout = check_rate("hidden_zoneout", hidden_zoneout)
-        super().__init__(units, *args, **kwargs)
+        super().__init__(units, **kwargs)
         self.add_rate("hidden_zoneout", hidden_zoneout)
 
     STATE_RATES = ("hidden_zoneout",)
