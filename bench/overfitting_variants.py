@@ -11,13 +11,19 @@ on the same runs as the shipped defaults. None of them ships.
 - `cusum k h`: a one-sided CUSUM (Page, 1954) of validation above its best in
   noise units, drift `k`, alarm above `h`: fires in one epoch on a large rise.
 - `jump z`: also fire on a single epoch more than `z` noise units above the best.
-- `savgol`: noise from the residuals around a 5-point quadratic
-  Savitzky-Golay smoothing (zero on a parabola, so the bend of the descent
-  does not count as noise).
+- `running mean, threshold t`: noise from the residuals around the mean of
+  each epoch's two neighbours on each side (the shipped estimator before the
+  second wave of the corpus, with its threshold 1 and at 1.5), where the
+  default now takes them around a 5-point quadratic Savitzky-Golay smoothing.
 - `t band`: the band widened by Student's t quantile for the residuals' count
   (a noise estimated from 3 residuals is itself uncertain).
 
-Judging before the run's own noise exists (its first 6 validated epochs):
+- `no warm-up GL`: nothing is judged before the noise exists (the shipped
+  test before the second wave of the corpus). `pk`, `cusum`, `jump` and
+  `t band` judge nothing before it either.
+
+Judging before the run's own noise exists (its first 6 validated epochs; the
+default now asks Prechelt's GL above 2 percent at 2 epochs, `WARM_UP_GL`):
 
 - `warm-up GL a`: while the noise is unknown, Prechelt's GL_alpha (1998,
   section 2.2: validation more than `a` percent above its best so far; his
@@ -82,15 +88,17 @@ def _t_quantile(p, dof):
     return (low + high) / 2.0
 
 
-def _savgol_noise(values):
+def _running_mean_noise(values):
+    """The shipped estimator before the second corpus wave: residuals around the
+    mean of each epoch's two neighbours on each side (zero on a straight line,
+    not on the bend of a descent; variance 1.25 sigma^2 for independent noise)."""
     if len(values) < criteria.MIN_RESIDUALS + 4:
         return None
     residuals = [
-        abs(values[i] - (-3 * values[i - 2] + 12 * values[i - 1] + 17 * values[i]
-                         + 12 * values[i + 1] - 3 * values[i + 2]) / 35.0)
+        abs(values[i] - (values[i - 2] + values[i - 1] + values[i + 1] + values[i + 2]) / 4.0)
         for i in range(2, len(values) - 2)
-    ]  # fmt: skip
-    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(630 / 1225)
+    ]
+    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(1.25)
     return max(sigma, criteria.NOISE_FLOOR * min(abs(v) for v in values))
 
 
@@ -141,14 +149,21 @@ def warm_up_variants(tuning_runs):
     return variants
 
 
+def _no_warm_up(train, val, patience, threshold, min_delta, noise):
+    if noise is None:
+        return False
+    return criteria.noise_band(train, val, patience, threshold, min_delta, noise)
+
+
 VARIANTS = {
+    "no warm-up GL": {"test": _no_warm_up},
     "pk": {"test": _band_test(progress=_training_progress)},
     "cusum 0.5 2": {"test": _band_test(cusum=(0.5, 2.0))},
     "cusum 1 3": {"test": _band_test(cusum=(1.0, 3.0))},
     "jump 3": {"test": _band_test(jump=3.0)},
     "jump 4": {"test": _band_test(jump=4.0)},
-    "savgol": {"noise": _savgol_noise},
-    "savgol, threshold 1.5": {"noise": _savgol_noise, "threshold": 1.5},
+    "running mean, threshold 1": {"noise": _running_mean_noise, "threshold": 1.0},
+    "running mean, threshold 1.5": {"noise": _running_mean_noise, "threshold": 1.5},
     "t band": {"test": _band_test(t_band=True)},
 }
 

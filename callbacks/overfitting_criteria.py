@@ -9,8 +9,10 @@ accuracy over a known number of validation samples its binomial standard
 error (`accuracy_noise`).
 
 - `"noise"` (default): validation is worse than its best by more than
-  `threshold` (1) times its noise at each of the last `CONFIRM` (2) epochs,
-  while training improved after that best (the U shape). A memorizing plateau
+  `threshold` (1.5) times its noise at each of the last `CONFIRM` (2) epochs,
+  while training improved after that best (the U shape). Before the noise
+  exists (the first 6 validated epochs), "worse" is Prechelt's GL above
+  `WARM_UP_GL` (2) percent instead. A memorizing plateau
   (validation flat within its noise) is not overfitting: the detector calls
   it "saturated".
 - `"gl"`: Prechelt's GL_alpha: validation is more than `threshold` (5) percent
@@ -32,12 +34,21 @@ import math
 import statistics
 
 CRITERIA = ("noise", "gl", "pq", "up", "p_value")
-DEFAULT_THRESHOLDS = {"noise": 1.0, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
+# "noise": 1.5 noise SDs with the Savitzky-Golay noise of `curve_noise`, chosen on
+# the tuning half of bench/data/corpus (`bench/overfitting_detector.py --tune`,
+# docs/BENCHMARKS.md).
+DEFAULT_THRESHOLDS = {"noise": 1.5, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.2}
 # Epochs in a row validation must lie above its noise band: one noisy epoch
 # above it is no overfitting.
 CONFIRM = 2
 # The noise of a curve smooth to float precision: this fraction of its best value.
 NOISE_FLOOR = 1e-3
+# Until the noise exists, the `"noise"` test asks validation to be more than this
+# many percent above its best (Prechelt's GL_alpha, 1998, section 2.2, alpha from
+# his grid 1, 2, 3, 5; chosen on the tuning half of bench/data/corpus): a run
+# whose validation minimum comes in its first epochs can be flagged before the
+# 7th. Only a positive monitor (a loss) has a GL; an accuracy waits for its noise.
+WARM_UP_GL = 2.0
 # Residuals (epochs with two neighbours on each side) needed before the noise,
 # and so any state that rests on it, is estimated: 3, so the 7th validated epoch
 # is the first judged (chosen among 2-5 on the tuning half of bench/data/corpus,
@@ -45,24 +56,36 @@ NOISE_FLOOR = 1e-3
 MIN_RESIDUALS = 3
 
 
+# The 5-point quadratic Savitzky-Golay smoothing weights (Savitzky & Golay,
+# 1964, table I): the fitted value of a parabola through 5 equally spaced points.
+SAVGOL_WEIGHTS = (-3.0 / 35.0, 12.0 / 35.0, 17.0 / 35.0, 12.0 / 35.0, -3.0 / 35.0)
+# For independent noise of variance sigma^2, the variance of an epoch's residual
+# around that smoothing: ((1 - 17/35)^2 + (3^2 + 12^2 + 12^2 + 3^2) / 35^2) sigma^2.
+SAVGOL_RESIDUAL_VARIANCE = 630.0 / 1225.0
+
+
 def curve_noise(values):
     """Standard deviation of a curve's epoch-to-epoch noise, from the curve itself.
 
-    The residual of each epoch around the mean of its two neighbours on each
-    side (zero on a straight line, so a trend does not count as noise; for
-    independent noise its variance is 1.25 sigma^2), scaled to a standard
-    deviation by the median absolute deviation (1.4826 * MAD, robust to a
-    single outlier epoch). `None` until `MIN_RESIDUALS` residuals exist; at
-    least `NOISE_FLOOR` of the best value, so a curve smooth to float
-    precision has a band at all.
+    The residual of each epoch around a 5-point quadratic Savitzky-Golay
+    smoothing (the parabola fitted to it and its two neighbours on each side:
+    zero on a parabola, so neither a trend nor the bend of a descent counts as
+    noise), scaled to a standard deviation by the median absolute deviation
+    (1.4826 * MAD, robust to a single outlier epoch) and the residual's
+    variance for independent noise (`SAVGOL_RESIDUAL_VARIANCE`). `None` until
+    `MIN_RESIDUALS` residuals exist; at least `NOISE_FLOOR` of the best value,
+    so a curve smooth to float precision has a band at all.
+
+    Reference: Savitzky and Golay, "Smoothing and Differentiation of Data by
+    Simplified Least Squares Procedures", Analytical Chemistry 36(8), 1964.
     """
     if len(values) < MIN_RESIDUALS + 4:
         return None
     residuals = [
-        abs(values[i] - (values[i - 2] + values[i - 1] + values[i + 1] + values[i + 2]) / 4.0)
+        abs(values[i] - sum(w * v for w, v in zip(SAVGOL_WEIGHTS, values[i - 2 : i + 3])))
         for i in range(2, len(values) - 2)
     ]
-    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(1.25)
+    sigma = 1.4826 * statistics.median(residuals) / math.sqrt(SAVGOL_RESIDUAL_VARIANCE)
     return max(sigma, NOISE_FLOOR * min(abs(v) for v in values))
 
 
@@ -80,14 +103,16 @@ def accuracy_noise(accuracy, samples):
 
 def noise_band(train, val, patience, threshold, min_delta, noise):
     del patience
-    if noise is None:
-        return False
     best = min(range(len(val)), key=val.__getitem__)
     if len(val) - 1 - best < CONFIRM:
         return False
-    if min(val[-CONFIRM:]) <= val[best] + threshold * noise + min_delta:
-        return False
-    return min(train[best + 1 :]) < train[best]  # training improved after validation's best
+    if noise is None:
+        # Before the run's own noise exists (`MIN_RESIDUALS`): Prechelt's GL above
+        # `WARM_UP_GL` percent at each of the last `CONFIRM` epochs.
+        above = all(generalization_loss(val[: len(val) - k]) > WARM_UP_GL for k in range(CONFIRM))
+    else:
+        above = min(val[-CONFIRM:]) > val[best] + threshold * noise + min_delta
+    return above and min(train[best + 1 :]) < train[best]  # training improved after the best
 
 
 def generalization_loss(val):

@@ -48,16 +48,18 @@ class OverfittingDetector(keras.callbacks.Callback):
     Reads the training and validation curves at the end of each epoch that
     ran validation (`fit(validation_freq=...)` skips some). The validation
     curve's noise is estimated from the run itself: the residual of each epoch
-    around the mean of its two neighbours on each side, as a robust standard
-    deviation (`noise`; none before the 7th validated epoch, so no state but
-    learning until then; for an accuracy over a known number of validation
-    samples, `validation_samples`, the binomial standard error instead, known
-    from the first epoch). Each state is a claim about the curves that can be
-    checked:
+    around a parabola fitted to it and its two neighbours on each side (a
+    5-point Savitzky-Golay smoothing), as a robust standard deviation (`noise`;
+    none before the 7th validated epoch; for an accuracy over a known number
+    of validation samples, `validation_samples`, the binomial standard error
+    instead, known from the first epoch). Each state is a claim about the
+    curves that can be checked:
 
     - **overfitting**: validation is worse than its best by more than
-      `threshold` (1) times its noise at each of the last 2 epochs, while
-      training improved after that best (the U shape);
+      `threshold` (1.5) times its noise at each of the last 2 epochs, while
+      training improved after that best (the U shape); before the noise
+      exists, a loss more than 2 percent above its best at each of the last
+      2 epochs (Prechelt's GL), no other state being judged until then;
     - **saturated**: over the last `patience` epochs validation has not
       improved beyond its noise, while training still improved by at least
       `underfit_tolerance` (relative): the model memorizes;
@@ -69,7 +71,7 @@ class OverfittingDetector(keras.callbacks.Callback):
     `criterion` swaps the overfitting test for Prechelt's `"gl"`, `"pq"` or
     `"up"` or a p-value test (`"p_value"`, after CatBoost's `IncToDec`);
     saturation and underfitting are judged as above whatever the criterion.
-    `bench/overfitting_detector.py` measures them all on 50 recorded runs
+    `bench/overfitting_detector.py` measures them all on 72 recorded runs
     (docs/BENCHMARKS.md).
 
     The onset (`onset_epoch`, 0-based like Keras's epochs) is the epoch of the
@@ -134,8 +136,8 @@ class OverfittingDetector(keras.callbacks.Callback):
         criterion: One of `"noise"` (default), `"gl"`, `"pq"`, `"up"`,
             `"p_value"`: the overfitting test (see above).
         threshold: The criterion's level; `None` (default) takes its own
-            default (noise 1 standard deviation, chosen on the tuning half of
-            `bench/data/corpus`; gl 5 percent, pq 0.5, up 2
+            default (noise 1.5 standard deviations, chosen on the tuning half
+            of `bench/data/corpus`; gl 5 percent, pq 0.5, up 2
             strips, p_value 0.2).
         strengthen_step: Rate added (or removed) per detection by
             `action="strengthen"`. Defaults to 0.1; rates stay in `[0, 0.9]`.
@@ -358,6 +360,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         # Judged afresh every epoch: the logs claim overfitting only while the
         # criterion holds (a rise that falls back within the noise is a plateau).
         self.state = OVERFITTING if self._overfitting() else self._stalled_state()
+        self._judged = self._judged or self.state == OVERFITTING  # by the warm-up GL
         if self.state in (OVERFITTING, SATURATED) and self.onset_epoch is None:
             self.onset_epoch = self._epochs[self._best_index()]
         elif self.state not in (OVERFITTING, SATURATED):

@@ -10,7 +10,9 @@ from scripted import tiny_model
 from kreg.callbacks import OverfittingDetector
 from kreg.callbacks import plot_training_curves
 from kreg.callbacks.overfitting_criteria import CRITERIA
+from kreg.callbacks.overfitting_criteria import NOISE_FLOOR
 from kreg.callbacks.overfitting_criteria import accuracy_noise
+from kreg.callbacks.overfitting_criteria import curve_noise
 from kreg.callbacks.overfitting_detector import STATE_CODES
 from kreg.layers import ConsistentDropout
 
@@ -18,6 +20,8 @@ ACCURACY = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
 VAL_ACCURACY = [0.5, 0.6, 0.68, 0.72, 0.7, 0.69, 0.67, 0.65, 0.64, 0.62, 0.61, 0.6]
 FALLING = [2.0, 1.5, 1.2, 1.0, 0.85, 0.75, 0.68, 0.62, 0.58, 0.55, 0.52, 0.50]
 U_SHAPE = [2.1, 1.6, 1.3, 1.15, 1.1, 1.12, 1.18, 1.25, 1.33, 1.4, 1.5, 1.6]
+# A U whose bottom wiggles: minimum 1.1 at epoch 5, noise 0.046.
+NOISY_BOTTOM = [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45]
 ON_ACCURACY = {
     "monitor": "val_accuracy",
     "train_monitor": "accuracy",
@@ -29,37 +33,25 @@ ON_ACCURACY = {
 # first reached, that state, onset epoch)
 TABLE = [
     # Textbook overfitting: validation bottoms out at epoch 4 and rises. The
-    # noise needs 7 epochs (3 residuals); at epochs 6-7 the rise is within the
-    # noise of the descent so far (saturated), at epoch 8 the last two epochs
-    # (1.25, 1.33) lie above the best by more than the noise (0.046).
-    (FALLING, U_SHAPE, {"patience": 3}, 8, "overfitting", 4),
-    # The same with a noisy bottom: the noise (0.07, from the wiggles) widens
-    # the band, so 1.13, 1.22 at epochs 7-8 are no overfitting yet: first
-    # saturated (no gain beyond the noise for 3 epochs), then overfitting at 9
-    # (1.22, 1.3 lie above 1.1 + 0.07); the onset is the raw minimum (5).
-    (
-        FALLING,
-        [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-        {"patience": 3},
-        6,
-        "saturated",
-        5,
-    ),
-    (
-        FALLING,
-        [2.1, 1.6, 1.35, 1.15, 1.12, 1.1, 1.16, 1.13, 1.22, 1.3, 1.36, 1.45],
-        {"patience": 3},
-        9,
-        "overfitting",
-        5,
-    ),
+    # noise needs 7 epochs (3 residuals); the curve is smooth (a parabola has
+    # no residual), so its noise is small (0.0035) and at epoch 6, the first
+    # judged, the last two epochs (1.12, 1.18) lie above the best by more than
+    # 1.5 times it. Before, 1.12 is under 2% above 1.1: no warm-up alarm.
+    (FALLING, U_SHAPE, {"patience": 3}, 6, "overfitting", 4),
+    # The same with a noisy bottom: the noise (0.046, from the wiggles) widens
+    # the band, so 1.16, 1.13 at epochs 6-7 are no overfitting: first
+    # saturated at 7 (no gain beyond the noise for 3 epochs), then
+    # overfitting at 9 (1.22, 1.3 lie above 1.1 + 1.5 * 0.046); the onset is
+    # the raw minimum (5).
+    (FALLING, NOISY_BOTTOM, {"patience": 3}, 7, "saturated", 5),
+    (FALLING, NOISY_BOTTOM, {"patience": 3}, 9, "overfitting", 5),
     # Memorization plateau: validation flat within its noise while training
     # keeps falling is saturated, not overfitting.
     (
         FALLING,
         [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04, 1.05, 1.06],
         {"patience": 3},
-        6,
+        7,
         "saturated",
         6,
     ),
@@ -83,7 +75,7 @@ TABLE = [
             "mode": "max",
             "train_mode": "max",
         },
-        7,
+        6,
         "overfitting",
         3,
     ),
@@ -198,7 +190,7 @@ def test_epochs_that_validation_freq_skips_are_not_read():
 
 
 def test_in_fit_it_records_gap_and_state_and_acts_once():
-    train, val = FALLING, U_SHAPE
+    train, val = FALLING, NOISY_BOTTOM
     calls = []
     detector = OverfittingDetector(
         patience=3, smoothing=0.0, action=lambda d, epoch: calls.append((epoch, d.onset_epoch))
@@ -207,20 +199,20 @@ def test_in_fit_it_records_gap_and_state_and_acts_once():
     fit_scripted(model, detector, 12, loss=train, val_loss=val)
     history = model.history.history
     np.testing.assert_allclose(history["generalization_gap"], np.subtract(val, train), rtol=1e-6)
-    # The rise at epochs 6-7 is within the noise of the descent so far
-    # (saturated), at 8 beyond it (overfitting).
+    # The wiggles at epochs 6-8 are within the noise (saturated from 7), the
+    # rise at 9 beyond it (overfitting).
     assert (
         history["overfitting_state"]
-        == [0.0] * 6 + [STATE_CODES["saturated"]] * 2 + [STATE_CODES["overfitting"]] * 4
+        == [0.0] * 7 + [STATE_CODES["saturated"]] * 2 + [STATE_CODES["overfitting"]] * 3
     )
-    assert calls == [(6, 4), (8, 4)], "the action runs once per state, when it is first reached"
+    assert calls == [(7, 5), (9, 5)], "the action runs once per state, when it is first reached"
 
 
 def test_a_withdrawn_detection_acts_again_at_the_next_onset():
     train = [2.0 * 0.9**epoch for epoch in range(26)]
-    # A bump at epochs 4-8 (saturated at 6, overfitting at 8), a real recovery (withdrawn at
-    # 10, once 0.8 beats 1.1 by more than the noise), a plateau within the
-    # noise (saturated at 15) and a second rise (overfitting at 19).
+    # A bump at epochs 4-8 (overfitting at 6), a real recovery (withdrawn at 9,
+    # once 1.0 beats 1.1 by more than the noise) and a second rise from the
+    # minimum at 16 (overfitting at 18).
     val = [
         2.1,
         1.6,
@@ -254,19 +246,14 @@ def test_a_withdrawn_detection_acts_again_at_the_next_onset():
         patience=3, action=lambda d, epoch: calls.append((epoch, d.state, d.onset_epoch))
     )
     fit_scripted(tiny_model(), detector, len(val), loss=train, val_loss=val)
-    assert calls == [
-        (6, "saturated", 4),
-        (8, "overfitting", 4),
-        (15, "saturated", 15),
-        (19, "overfitting", 15),
-    ]
-    assert detector.states[10:15] == ["learning"] * 5
+    assert calls == [(6, "overfitting", 4), (18, "overfitting", 16)]
+    assert detector.states[9:18] == ["learning"] * 9
 
 
 def test_stop_action_ends_training(capsys):
     detector = OverfittingDetector(patience=3, action="stop")
     script = fit_scripted(tiny_model(), detector, 12, loss=FALLING, val_loss=U_SHAPE)
-    assert len(script.weights) == 9  # detected at epoch 8 (0-based), then stopped
+    assert len(script.weights) == 7  # detected at epoch 6 (0-based), then stopped
     assert "Stopping training" in capsys.readouterr().out
     quiet = OverfittingDetector(patience=3, action="stop", verbose=0)
     fit_scripted(tiny_model(), quiet, 12, loss=FALLING, val_loss=U_SHAPE)
@@ -277,7 +264,7 @@ def test_rollback_restores_the_onset_weights_and_stops():
     detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
     model = tiny_model()
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
-    assert len(script.weights) == 9 and detector.onset_epoch == 4  # detected at 8
+    assert len(script.weights) == 7 and detector.onset_epoch == 4  # detected at 6
     for restored, expected in zip(model.get_weights(), script.weights[4]):
         np.testing.assert_array_equal(restored, expected)
 
@@ -314,11 +301,13 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     assert len(script.weights) == 12  # not stopped
     # Fewer than 7 epochs after the change: no noise at the end, but the run was judged.
     assert not [w for w in record if "judged nothing" in str(w.message)]
-    # Raised at epoch 6 (saturated); the window restarts at the change, and its
-    # noise needs 7 epochs again before a second detection.
-    assert model.get_layer("locked").rate == pytest.approx(0.2 + 0.15)
-    assert history_states(model)[6] == STATE_CODES["saturated"]
-    assert set(history_states(model)[7:]) == {STATE_CODES["learning"]}
+    # Raised at epoch 6 (overfitting); the window restarts at the change, so
+    # its noise needs 7 epochs again, but validation still rises: 2 epochs on,
+    # it is more than 2% above the window's best at 2 epochs in a row (the
+    # warm-up GL), overfitting again, and the rate rises again (8, 10).
+    overfitting, learning = STATE_CODES["overfitting"], STATE_CODES["learning"]
+    assert history_states(model)[6:] == [overfitting, learning] * 3
+    assert model.get_layer("locked").rate == pytest.approx(0.2 + 3 * 0.15)
 
 
 def test_strengthen_names_rate_zero_layers_once():
@@ -339,11 +328,11 @@ def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
     ):
         states = [detector.update(epoch, t, v) for epoch, (t, v) in enumerate(zip(train, val))]
     assert detector.skipped_epochs == [5, 8]
-    # The epochs of U_SHAPE shift by one after the NaN and by two after the
-    # inf: detected at its epoch 8 (here 10).
-    assert states.index("overfitting") == 10 and detector.onset_epoch == 4
+    # The epochs of U_SHAPE shift by one after the NaN: detected at its epoch
+    # 6 (here 7).
+    assert states.index("overfitting") == 7 and detector.onset_epoch == 4
     # A skipped epoch keeps the state it found.
-    assert states[5] == states[4] == "learning" and states[8] == states[7] == "saturated"
+    assert states[5] == states[4] == "learning" and states[8] == states[7] == "overfitting"
 
 
 def test_a_nan_epoch_in_fit_is_skipped_and_rollback_still_restores_the_onset_exactly():
@@ -355,8 +344,8 @@ def test_a_nan_epoch_in_fit_is_skipped_and_rollback_still_restores_the_onset_exa
             model, detector, 13, loss=FALLING[:5] + [nan] + FALLING[5:],
             val_loss=U_SHAPE[:5] + [nan] + U_SHAPE[5:],
         )  # fmt: skip
-    # Detection goes on past the NaN: U_SHAPE's epoch 8, one later.
-    assert detector.skipped_epochs == [5] and len(script.weights) == 10
+    # Detection goes on past the NaN: U_SHAPE's epoch 6, one later.
+    assert detector.skipped_epochs == [5] and len(script.weights) == 8
     assert detector.onset_epoch == 4 and model.history.history["overfitting_state"][5] == 0.0
     for restored, expected in zip(model.get_weights(), script.weights[4]):
         np.testing.assert_array_equal(restored, expected)
@@ -369,7 +358,7 @@ def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
     model = tiny_model()
     fit_scripted(model, stop, 12, loss=FALLING, val_loss=plateau)
     assert (
-        history_states(model)[6:] == [STATE_CODES["saturated"]] * 6
+        history_states(model)[7:] == [STATE_CODES["saturated"]] * 5
     )  # "stop" acts on overfitting only
     asked = OverfittingDetector(
         patience=3,
@@ -377,7 +366,7 @@ def test_saturated_plateau_is_logged_and_acted_on_only_where_asked():
         act_on="saturated",
     )
     fit_scripted(tiny_model(), asked, 12, loss=FALLING, val_loss=plateau)
-    assert calls == [(6, "saturated", 6)]
+    assert calls == [(7, "saturated", 6)]
 
 
 def test_rollback_on_saturation_restores_the_best_epoch_exactly():
@@ -387,7 +376,7 @@ def test_rollback_on_saturation_restores_the_best_epoch_exactly():
     )
     model = tiny_model()
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=plateau)
-    assert len(script.weights) == 7 and detector.onset_epoch == 6
+    assert len(script.weights) == 8 and detector.onset_epoch == 6
     for restored, expected in zip(model.get_weights(), script.weights[6]):
         np.testing.assert_array_equal(restored, expected)
 
@@ -401,7 +390,7 @@ def test_warn_action_warns_and_state_resets_between_fits():
     model = tiny_model()
     with pytest.warns(
         UserWarning,
-        match=r"Overfitting detected at epoch 9: val_loss is worse than its best \(epoch 5\)",
+        match=r"Overfitting detected at epoch 7: val_loss is worse than its best \(epoch 5\)",
     ):
         fit_scripted(model, detector, 10, loss=FALLING[:10], val_loss=U_SHAPE[:10])
     with pytest.warns(UserWarning) as record:
@@ -432,7 +421,7 @@ def test_a_vector_valued_monitor_counts_by_its_mean():
         detector.update(epoch, np.array([t, t]), np.array([v, v + 0.02]))
         for epoch, (t, v) in enumerate(zip(ACCURACY, VAL_ACCURACY))
     ]
-    assert states.index("overfitting") == 7 and detector.onset_epoch == 3
+    assert states.index("overfitting") == 6 and detector.onset_epoch == 3
 
 
 def test_missing_validation_metric_is_an_error():
@@ -485,6 +474,43 @@ def test_a_mode_against_the_declared_direction_is_an_error():
         fit_scripted(
             model, detector, 2, cosine_similarity=[0.1, 0.2], val_cosine_similarity=[0.1, 0.2]
         )
+
+
+def test_the_noise_is_not_the_bend_of_a_descent():
+    # A parabola has no residual around a quadratic smoothing: its noise is the
+    # floor, however steep its bend (a running mean reads the bend as noise).
+    parabola = [1.0 + 0.02 * (epoch - 6) ** 2 for epoch in range(12)]
+    assert curve_noise(parabola) == pytest.approx(NOISE_FLOOR * 1.0)
+    # Independent noise around a falling line: its standard deviation (0.05).
+    rng = np.random.default_rng(0)
+    noisy = [2.0 - 0.01 * epoch + 0.05 * rng.standard_normal() for epoch in range(400)]
+    assert curve_noise(noisy) == pytest.approx(0.05, rel=0.1)
+
+
+def test_a_minimum_in_the_first_epochs_is_flagged_before_the_noise_exists():
+    # Minimum at epoch 1, then more than 2% above it at epochs 2 and 3 (5.6%,
+    # 11%) while training falls: overfitting at 3, with no noise yet.
+    rising = [1.0, 0.9, 0.95, 1.0, 1.05, 1.1]
+    detector, states = _detect(FALLING[:6], rising, {"patience": 3})
+    assert states == ["learning"] * 3 + ["overfitting"] * 3 and detector.noise is None
+    assert detector.onset_epoch == 1
+    # A rise of under 2% waits for the noise (7 validated epochs).
+    _, slow = _detect(FALLING[:6], [1.0, 0.9, 0.91, 0.915, 0.917, 0.918], {"patience": 3})
+    assert set(slow) == {"learning"}
+    # So does a single epoch above 2%: it must hold at the last 2.
+    _, once = _detect(FALLING[:6], [1.0, 0.9, 0.95, 0.91, 0.95, 0.91], {"patience": 3})
+    assert set(once) == {"learning"}
+
+
+def test_a_short_run_flagged_before_its_noise_exists_was_judged():
+    detector = OverfittingDetector(patience=3, action=lambda *_: None)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit_scripted(
+            tiny_model(), detector, 5, loss=FALLING[:5], val_loss=[1.0, 0.9, 0.95, 1.0, 1.05]
+        )
+    assert detector.state == "overfitting"
+    assert not [w for w in record if "judged nothing" in str(w.message)]
 
 
 def test_a_run_too_short_to_judge_says_so():
@@ -544,7 +570,7 @@ def test_plot_marks_onset_and_best_epoch(tmp_path):
 
 
 def test_overfitting_is_logged_only_while_validation_stays_above_its_band():
-    # The U of U_SHAPE (overfitting at epoch 8), then validation comes back to
+    # The U of U_SHAPE (overfitting from epoch 6), then validation comes back to
     # its best's level and stays there within the noise: the last 2 epochs are
     # no longer above the band, so by its definition that is no overfitting;
     # with training still falling it is a memorizing plateau (saturated).
@@ -570,11 +596,11 @@ def test_rollback_restores_non_trainable_weights_too():
     model.compile(keras.optimizers.SGD(0.01), "mse")
     detector = OverfittingDetector(patience=3, smoothing=0.0, action="rollback", verbose=0)
     script = fit_scripted(model, detector, 12, loss=FALLING, val_loss=U_SHAPE)
-    assert len(script.weights) == 9 and detector.onset_epoch == 4
+    assert len(script.weights) == 7 and detector.onset_epoch == 4
     assert len(model.non_trainable_weights) == 2
     for restored, expected in zip(model.get_weights(), script.weights[4]):
         np.testing.assert_array_equal(restored, expected)
-    assert not np.array_equal(script.weights[4][-4], script.weights[8][-4]), (
+    assert not np.array_equal(script.weights[4][-4], script.weights[6][-4]), (
         "the moving mean moved after the onset"
     )
 
@@ -587,13 +613,13 @@ def test_accuracy_noise_is_the_binomial_standard_error_over_the_validation_sampl
 def test_an_accuracy_over_known_validation_samples_is_judged_from_its_binomial_noise():
     kwargs = {**ON_ACCURACY, "patience": 3}
     _, from_curve = _detect(ACCURACY, VAL_ACCURACY, kwargs)
-    # Over 1000 samples the peak 0.72 has a standard error of 0.014: 0.70 and
-    # 0.69 at epochs 4-5 lie below it by more, before the curve's own noise
-    # (7 validated epochs) exists.
-    detector, binomial = _detect(ACCURACY, VAL_ACCURACY, {**kwargs, "validation_samples": 1000})
-    assert from_curve.index("overfitting") == 7
+    # Over 2000 samples the peak 0.72 has a standard error of 0.010: 0.70 and
+    # 0.69 at epochs 4-5 lie below it by more than 1.5 times it, before the
+    # curve's own noise (7 validated epochs) exists.
+    detector, binomial = _detect(ACCURACY, VAL_ACCURACY, {**kwargs, "validation_samples": 2000})
+    assert from_curve.index("overfitting") == 6
     assert binomial.index("overfitting") == 5 and detector.onset_epoch == 3
-    assert detector.noise == pytest.approx(accuracy_noise(0.72, 1000))
+    assert detector.noise == pytest.approx(accuracy_noise(0.72, 2000))
     # Over 100 samples the same dip is within the noise (0.045): not yet overfitting.
     _, few = _detect(ACCURACY, VAL_ACCURACY, {**kwargs, "validation_samples": 100})
     assert few.index("overfitting") > 5

@@ -280,11 +280,12 @@ def _overfitting_pruner():
 def test_a_trial_behind_the_search_ends_once_its_objective_stalls_sooner_when_it_overfits():
     # Another trial scored 0.64 (signed: lower is better): this one trails it,
     # and its val_accuracy stalls after epoch 11 at 0.61.
-    # The detector judges nothing before its 7th validated epoch (its noise
-    # estimate): the loss curves' U is called overfitting at epoch 6.
+    # Before its 7th validated epoch (its noise estimate) the detector calls a
+    # loss overfitting only when it is more than 2% above its best at 2 epochs
+    # in a row: the loss curves' U (minimum at 3) is overfitting at epoch 5.
     detector = _overfitting_pruner()
     stopped_after = replay(detector, _overfits_while_accuracy_creeps, search_best=-0.64)
-    assert detector.states[5:7] == ["learning", "overfitting"], detector.states
+    assert detector.states[4:6] == ["learning", "overfitting"], detector.states
     assert stopped_after == 11 + 2, "overfitting: its pace over `patience` epochs"
 
     def learning(epoch):  # the same objective, healthy loss curves
