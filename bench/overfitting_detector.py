@@ -69,6 +69,11 @@ ACCURACY = {
 }
 
 
+def wave_of(run):
+    """`"second"` for the runs added as `wave2/...` (bench/record_corpus.py), else `"first"`."""
+    return "second" if run["name"].startswith("wave2/") else "first"
+
+
 def replay(history, **kwargs):
     """Feeds a run's losses (or the curves `monitor` / `train_monitor` name) to a
     detector; returns its states per epoch and the (epoch, onset) of its first
@@ -287,8 +292,11 @@ def main():
             print(summary_row("noise from the curve", score(part, **ACCURACY)))
             print(summary_row("binomial, validation_samples", score(part, True, **ACCURACY)))
         return
-    for half, part in halves.items():
-        print(f"\n{half} half:\n")
+    parts = dict(halves)
+    for wave in ("first", "second"):  # the held-out half by wave of the corpus
+        parts[f"held-out, {wave} wave"] = [r for r in halves["held-out"] if wave_of(r) == wave]
+    for half, part in parts.items():
+        print(f"\n{half} half ({len(part)} runs):\n")
         print(HEADER)
         for criterion in CRITERIA:
             print(
