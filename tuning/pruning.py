@@ -82,6 +82,15 @@ class SearchBest:
         return self
 
 
+# The overfitting band of the pruning detector, in noise SDs, unless given: the
+# level the pruning rule (`prune_on="saturated"`) was chosen with on the three
+# recorded searches of bench/tuning_early_stop.py. At the detector's own default
+# (1.5) fewer epochs are overfitting and more saturated, so more trials are
+# judged on the short window: 10 of 12 wrongly ended on seed 3, against 1 of 12
+# (docs/BENCHMARKS.md).
+PRUNING_NOISE_THRESHOLD = 1.0
+
+
 @keras.saving.register_keras_serializable(package="kreg")
 class TrialPruningDetector(OverfittingDetector):
     """An `OverfittingDetector` that ends a trial once it cannot reach the search's best.
@@ -119,6 +128,9 @@ class TrialPruningDetector(OverfittingDetector):
     ):
         # Before the detector's own set-up, whose `reset()` starts the trial's record.
         self.search = SearchBest()
+        if detector_kwargs.get("criterion", "noise") == "noise":
+            if detector_kwargs.get("threshold") is None:
+                detector_kwargs["threshold"] = PRUNING_NOISE_THRESHOLD
         # `action`: a `StopTrial` (the default, built from `prune_on`) or a subclass
         # that ends a trial its own way (kreg.tuning.optuna_pruning_callback).
         super().__init__(
@@ -288,7 +300,9 @@ def pruning_detector(
             trial that is not overfitting is measured. Defaults to twice the
             detector's `patience`.
         **detector_kwargs: Arguments of `kreg.callbacks.OverfittingDetector`
-            (`patience`, `smoothing`, ...), except `action`.
+            (`patience`, `smoothing`, ...), except `action`. Its `threshold`
+            defaults to 1 noise SD here (the detector's own default is 1.5),
+            the level this rule was chosen with.
 
     Returns:
         A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`).

@@ -222,3 +222,17 @@ def test_an_objective_the_logs_never_hold_is_an_error_listing_the_logged_keys():
         replay(detector, lambda epoch: {"loss": 1.0} if epoch % 2 == 0 else _flat(epoch), epochs=3)
         is None
     )
+
+
+def test_the_pruning_detector_keeps_the_band_its_rule_was_chosen_with():
+    # 1 noise SD (the detector's own default is 1.5): a wider band calls fewer
+    # epochs overfitting and more saturated, which prunes on the short window.
+    assert pruning_detector(objective="val_accuracy").threshold == 1.0
+    assert pruning_detector(objective="val_accuracy", threshold=2.0).threshold == 2.0
+    # Another criterion keeps its own default level.
+    assert pruning_detector(objective="val_accuracy", criterion="gl").threshold is None
+    detector = pruning_detector(objective="val_accuracy")
+    state = [detector.update(epoch, 1.0 - 0.05 * epoch, v) for epoch, v in enumerate(
+        [1.0, 0.9, 0.8, 0.75, 0.7, 0.69, 0.71, 0.7, 0.72, 0.715]
+    )]  # fmt: skip
+    assert state[-1] == "overfitting", "0.72, 0.715 lie above 0.69 + 1 noise SD, not 1.5"
