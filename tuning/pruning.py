@@ -287,9 +287,9 @@ def pruning_detector(
             noise while training does), `"overfitting"` and/or
             `"underfitting"`. `()` ends no trial. On the three recorded
             searches of `bench/tuning_early_stop.py` `"saturated"` ended 0, 0
-            and 1 of 12 trials wrongly and trained 34-38% of the epochs;
+            and 1 of 12 trials wrongly and trained 35-39% of the epochs;
             `"overfitting"` (read on `val_loss`, which turns up while the
-            accuracy still creeps up) 0, 2 and 1, at 41-48%.
+            accuracy still creeps up) 0, 2 and 1, at 41-47%.
         objective: The tuner's objective: a logged metric name or a
             `keras_tuner.Objective`. Defaults to the detector's `monitor`
             (`"val_loss"`). Pass the tuner's, e.g. `"val_accuracy"`. A
