@@ -3,7 +3,9 @@
 Used by `bench/overfitting_detector.py --tune`: each variant swaps one part of
 `kreg.callbacks.overfitting_criteria` (the noise estimator or the `"noise"`
 test) for the length of a replay, so that it is judged by the same objective
-on the same runs as the shipped defaults. None of them ships.
+on the same runs as the shipped defaults. Two variants listed here before
+were adopted and are now the default (the Savitzky-Golay noise at 1.5 SD, and
+`warm-up GL 2 confirmed`); the others do not ship.
 
 - `pk`: the U-shape's "training still improves" read as Prechelt's training
   progress P_k (1998, section 2.2): 1000 * (mean / min - 1) over the last 5
