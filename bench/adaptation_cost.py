@@ -7,12 +7,15 @@ bank, are those of a working classifier. The stream is the test digits in
 i.i.d. order, repeated to `--batches` batches of each batch size.
 
 Per batch size, one process: round 0 runs the whole stream through the model's
-`predict_on_batch` and through the adapter once, untimed (it traces: the model's
+`predict_on_batch` and through the adapter, untimed (it traces: the model's
 predict function, the statistics pass at each bank size); then `--rounds`
-rounds, each timing the whole stream through both, in alternating order, the
-adapter continuing its stream (its state is never reset, as in use). Printed:
-the median milliseconds per batch of each, and the median of the per-round
-ratios adapter / predict. Issue target for the default method: at most 2x.
+rounds, each timing the whole stream through both, batch by batch (each batch
+through one then the other, the order alternating), the adapter continuing its
+stream (its state is never reset, as in use). An adapter's cost comes in
+steps (the robust method's bank update every `memory_size` samples), so a
+round's ratio is of the sums over its batches. Printed: the median
+milliseconds per batch of each, and the median of the per-round ratios adapter
+/ predict. Issue target for the default method: at most 2x.
 
     KERAS_BACKEND=tensorflow python bench/adaptation_cost.py
     KERAS_BACKEND=tensorflow python bench/adaptation_cost.py --methods robust online reestimate
@@ -33,11 +36,17 @@ from adaptation_grid import trained  # noqa: E402
 import kreg  # noqa: E402
 
 
-def seconds_per_batch(predict, batches):
-    started = time.perf_counter()
-    for x in batches:
-        predict(x)
-    return (time.perf_counter() - started) / len(batches)
+def stream_seconds(runs, batches):
+    """`{name: seconds per batch}` over `batches`, each batch through every run
+    in turn (the order alternating from batch to batch), so that a load that
+    comes and goes on the machine falls on all of them alike."""
+    total = dict.fromkeys(runs, 0.0)
+    for index, x in enumerate(batches):
+        for name in sorted(runs, reverse=index % 2 == 1):
+            started = time.perf_counter()
+            runs[name](x)
+            total[name] += time.perf_counter() - started
+    return {name: seconds / len(batches) for name, seconds in total.items()}
 
 
 def main():
@@ -45,7 +54,7 @@ def main():
     parser.add_argument("--methods", nargs="+", default=["robust"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16, 64])
     parser.add_argument("--batches", type=int, default=64, help="batches per round")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after round 0)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (after round 0)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", default="/tmp/kreg-bench-cache")
     args = parser.parse_args()
@@ -67,12 +76,11 @@ def main():
             # `predict_on_batch` of the model as the adapter leaves it: the same
             # weights and graph, only the statistics differ, which costs nothing.
             runs = {"predict": model.predict_on_batch, "adapter": adapter.predict_on_batch}
-            for run in runs.values():
-                seconds_per_batch(run, batches)
+            stream_seconds(runs, batches)  # round 0: traces, untimed
             times = {name: [] for name in runs}
-            for round_ in range(args.rounds):
-                for name in sorted(runs, reverse=round_ % 2 == 1):
-                    times[name].append(seconds_per_batch(runs[name], batches))
+            for _ in range(args.rounds):
+                for name, seconds in stream_seconds(runs, batches).items():
+                    times[name].append(seconds)
             ratio = statistics.median(a / p for a, p in zip(times["adapter"], times["predict"]))
             print(
                 f"| {method} | {batch_size} | {1e3 * statistics.median(times['predict']):.2f} "
