@@ -1,6 +1,7 @@
 """adapt_batchnorm(method="eata"): EATA's sample filters and weights, SAR's collapse guard."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ from keras import ops
 from kreg import adapt_batchnorm
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import entropy_of
+from kreg.adapt.entropy import class_probabilities
 
 
 def _cnn(classes=3, seed=0, head_scale=1.0):
@@ -159,3 +161,22 @@ def test_bad_eata_arguments_are_refused_before_anything_runs(arguments, match):
     with pytest.raises(ValueError, match=match):
         adapt_batchnorm(model, _target(), method="eata", verbose=0, **arguments)
     assert not _changed(before, _weights(model))
+
+
+@pytest.mark.parametrize("classes", [1, 4])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_class_probabilities_of_numpy_outputs_match_the_backends(classes, from_logits):
+    # `predict_on_batch` returns NumPy, which the adapters turn into
+    # probabilities in NumPy; a tensor goes through the backend. Logits of
+    # +-100 saturate both, with no overflow warning from NumPy.
+    rng = np.random.default_rng(0)
+    scale = 100.0 if from_logits else 1.0
+    outputs = (rng.uniform(-1, 1, (6, classes)) * scale).astype("float32")
+    if not from_logits:
+        outputs = np.abs(outputs) / np.abs(outputs).sum(-1, keepdims=True).clip(min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = class_probabilities(outputs, from_logits)
+    assert isinstance(got, np.ndarray) and got.shape == (6, max(classes, 2))
+    want = ops.convert_to_numpy(class_probabilities(ops.convert_to_tensor(outputs), from_logits))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

@@ -24,6 +24,9 @@ the stream balanced over the predicted classes instead (Yuan et al., 2023,
   weights, so a sample as old as the bank still counts `0.27`, not `e^-64`.
 
 Everything is NumPy, outside the model: adding a sample costs no forward pass.
+A sample's age is the number of samples added since it came (a clock less its
+arrival), the ages RoTTA's code keeps by adding one to every held sample after
+each new one, without that loop over the bank per sample.
 """
 
 import math
@@ -54,37 +57,38 @@ class MemoryBank:
         self.classes = classes
         self.fill = fill
         self.per_class = capacity / classes
+        self.log_classes = math.log(max(classes, 2))  # the largest entropy
         self.reset()
 
     def reset(self):
-        # One list per class of [sample, entropy, age].
+        # One list per class of [sample, entropy, arrival]; `clock` counts the
+        # samples added, so a sample's age is `clock - arrival`.
         self.items = [[] for _ in range(self.classes)]
+        self.clock = 0
 
     def state(self):
-        return [[list(item) for item in items] for items in self.items]
+        return self.clock, [[list(item) for item in items] for items in self.items]
 
     def set_state(self, state):
-        self.items = [[list(item) for item in items] for items in state]
+        self.clock, items = state
+        self.items = [[list(item) for item in held] for held in items]
         self.classes = len(self.items)
         self.per_class = self.capacity / self.classes
+        self.log_classes = math.log(max(self.classes, 2))
 
     def __len__(self):
         return sum(len(items) for items in self.items)
 
     def _score(self, age, entropy):
-        return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / math.log(
-            max(self.classes, 2)
-        )
+        return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / self.log_classes
 
     def add(self, samples, predicted, entropies):
         """Adds each sample (a structure of arrays without the batch axis) with its
         predicted class and entropy, in order."""
         for sample, label, entropy in zip(samples, predicted, entropies):
             if self._make_room(int(label), self._score(0, float(entropy))):
-                self.items[int(label)].append([sample, float(entropy), 0])
-            for items in self.items:
-                for item in items:
-                    item[2] += 1
+                self.items[int(label)].append([sample, float(entropy), self.clock])
+            self.clock += 1  # every sample held, the new one too, is one sample older
 
     def _make_room(self, label, new_score):
         if self.fill == "note":
@@ -106,10 +110,10 @@ class MemoryBank:
         return self._remove_worst([label], new_score)
 
     def _remove_worst(self, classes, new_score):
-        worst = None
+        worst, clock, score_of = None, self.clock, self._score
         for label in classes:
-            for index, (_, entropy, age) in enumerate(self.items[label]):
-                score = self._score(age, entropy)
+            for index, (_, entropy, arrival) in enumerate(self.items[label]):
+                score = score_of(clock - arrival, entropy)
                 if worst is None or score >= worst[0]:
                     worst = (score, label, index)
         if worst is None:
@@ -124,5 +128,5 @@ class MemoryBank:
         units of `capacity` (the samples added since each, divided by `capacity`)."""
         held = [item for items in self.items for item in items]
         return [item[0] for item in held], np.array(
-            [item[2] for item in held], np.float64
+            [self.clock - item[2] for item in held], np.float64
         ) / self.capacity

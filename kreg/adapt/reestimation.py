@@ -11,15 +11,19 @@ from kreg.adapt.batch_statistics_pass import replicated
 from kreg.adapt.batch_statistics_pass import strategy_scope
 
 
-def assign_statistics(layer, mean, variance):
+def assign_statistics(layer, mean, variance, stored_variance=None):
     """Writes `mean` and `variance` (NumPy) into `layer`'s moving statistics.
 
     A channel whose variance is 0 (constant over all the data: a dead unit)
     keeps its stored variance: its normalized output is the shift whatever the
     variance, and a stored 0 would make the next inputs that do vary explode
-    (divided by sqrt(epsilon)).
+    (divided by sqrt(epsilon)). `stored_variance`: the layer's moving variance
+    as NumPy, when the caller has read it already (each read is a device
+    transfer); read here otherwise.
     """
-    stored_variance = ops.convert_to_numpy(layer.moving_variance).astype(variance.dtype)
+    if stored_variance is None:
+        stored_variance = ops.convert_to_numpy(layer.moving_variance)
+    stored_variance = stored_variance.astype(variance.dtype)
     variance = np.where(variance > 0, variance, stored_variance)
     layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
     layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))

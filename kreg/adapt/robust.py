@@ -95,7 +95,12 @@ def _rows(x):
 
     Views of a copy, not of `x`: the bank and the shift test's window hold them
     for many batches, and a caller may read its stream into one reused buffer.
+    A plain array (the usual batch) is split by iterating over its copy,
+    without packing a structure per sample (0.1 ms of a batch of 64 on
+    TensorFlow, a twentieth of its `predict_on_batch`).
     """
+    if not keras.tree.is_nested(x):
+        return list(np.array(x, copy=True))
     leaves = [np.array(leaf, copy=True) for leaf in keras.tree.flatten(x)]
     return [
         keras.tree.pack_sequence_as(x, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))
@@ -103,6 +108,8 @@ def _rows(x):
 
 
 def _stack(samples):
+    if not keras.tree.is_nested(samples[0]):
+        return np.stack(samples)
     return keras.tree.map_structure(lambda *rows: np.stack(rows), *samples)
 
 
@@ -288,7 +295,9 @@ class RobustAdaptation:
                     ops.convert_to_numpy(v).astype("float64")
                     for v in (layer.moving_mean, layer.moving_variance)
                 )
-                assign_statistics(layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)))
+                assign_statistics(
+                    layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)), stored[1]
+                )
         self.updates += 1
         if self.stepper is None:
             return False
