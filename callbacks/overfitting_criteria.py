@@ -12,7 +12,7 @@ error (`accuracy_noise`).
   `threshold` (1.5) times its noise at each of the last `CONFIRM` (2) epochs,
   while training improved after that best (the U shape). Before the noise
   exists (the first 6 validated epochs), "worse" is Prechelt's GL above
-  `WARM_UP_GL` (2) percent instead. A memorizing plateau
+  `WARM_UP_GL` (2) percent (and more than `min_delta`) instead. A memorizing plateau
   (validation flat within its noise) is not overfitting: the detector calls
   it "saturated".
 - `"gl"`: Prechelt's GL_alpha: validation is more than `threshold` (5) percent
@@ -108,8 +108,11 @@ def noise_band(train, val, patience, threshold, min_delta, noise):
         return False
     if noise is None:
         # Before the run's own noise exists (`MIN_RESIDUALS`): Prechelt's GL above
-        # `WARM_UP_GL` percent at each of the last `CONFIRM` epochs.
-        above = all(generalization_loss(val[: len(val) - k]) > WARM_UP_GL for k in range(CONFIRM))
+        # `WARM_UP_GL` percent at each of the last `CONFIRM` epochs, and by more
+        # than `min_delta`, which raises this band as it raises the noise band.
+        above = min(val[-CONFIRM:]) > val[best] + min_delta and all(
+            generalization_loss(val[: len(val) - k]) > WARM_UP_GL for k in range(CONFIRM)
+        )
     else:
         above = min(val[-CONFIRM:]) > val[best] + threshold * noise + min_delta
     return above and min(train[best + 1 :]) < train[best]  # training improved after the best

@@ -117,7 +117,8 @@ class OverfittingDetector(keras.callbacks.Callback):
             its noise to be saturated, and training must stall to underfit
             (also the strip length of `"pq"`, `"up"`, `"p_value"`). Defaults
             to 5.
-        min_delta: Added to the noise band (absolute, >= 0). Defaults to 0.
+        min_delta: Added to the noise band, and to the warm-up's 2 percent
+            band (absolute, >= 0). Defaults to 0.
         min_gap: `None` (default) or a gap (>= 0) between validation and
             training within which stalled training counts as underfitting
             whatever its level.
@@ -138,7 +139,9 @@ class OverfittingDetector(keras.callbacks.Callback):
         threshold: The criterion's level; `None` (default) takes its own
             default (noise 1.5 standard deviations, chosen on the tuning half
             of `bench/data/corpus`; gl 5 percent, pq 0.5, up 2
-            strips, p_value 0.2).
+            strips, p_value 0.2). The `"noise"` criterion's warm-up (GL above
+            2 percent, before the noise exists) does not read it; `min_delta`
+            raises both.
         strengthen_step: Rate added (or removed) per detection by
             `action="strengthen"`. Defaults to 0.1; rates stay in `[0, 0.9]`.
         verbose: 0 or 1 (default): whether `"stop"`, `"rollback"` and

@@ -502,6 +502,18 @@ def test_a_minimum_in_the_first_epochs_is_flagged_before_the_noise_exists():
     assert set(once) == {"learning"}
 
 
+def test_min_delta_raises_the_warm_up_band_as_it_raises_the_noise_band():
+    # 0.95-1.1 lie 6-22% above the best (0.9), over the warm-up's 2%, but
+    # within min_delta (0.5) of it: as once the noise exists, no overfitting.
+    rising = [1.0, 0.9, 0.95, 1.0, 1.05, 1.1]
+    _, within = _detect(FALLING[:6], rising, {"patience": 3, "min_delta": 0.5})
+    assert set(within) == {"learning"}
+    # 1.45 and 1.5 at epochs 3-4 lie more than 0.5 above it.
+    beyond = [1.0, 0.9, 1.2, 1.45, 1.5, 1.6]
+    detector, states = _detect(FALLING[:6], beyond, {"patience": 3, "min_delta": 0.5})
+    assert states.index("overfitting") == 4 and detector.onset_epoch == 1
+
+
 def test_a_short_run_flagged_before_its_noise_exists_was_judged():
     detector = OverfittingDetector(patience=3, action=lambda *_: None)
     with warnings.catch_warnings(record=True) as record:
