@@ -14,10 +14,12 @@ from kreg.callbacks.dropout_rates import update_dropout_rates
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
+from kreg.callbacks.overfitting_criteria import CONFIRM
 from kreg.callbacks.overfitting_criteria import CRITERIA
 from kreg.callbacks.overfitting_criteria import DEFAULT_THRESHOLDS
 from kreg.callbacks.overfitting_criteria import MIN_RESIDUALS
 from kreg.callbacks.overfitting_criteria import TESTS
+from kreg.callbacks.overfitting_criteria import WARM_UP_GL
 from kreg.callbacks.overfitting_criteria import accuracy_noise
 from kreg.callbacks.overfitting_criteria import curve_noise
 
@@ -317,11 +319,15 @@ class OverfittingDetector(keras.callbacks.Callback):
             return value
         return self.smoothing * history[-1] + (1 - self.smoothing) * value
 
+    def _threshold(self):
+        return DEFAULT_THRESHOLDS[self.criterion] if self.threshold is None else self.threshold
+
     def _overfitting(self):
-        threshold = DEFAULT_THRESHOLDS[self.criterion] if self.threshold is None else self.threshold
         test = TESTS[self.criterion]
         val = self._raw_val if self.criterion == "noise" else self._smooth_val
-        return test(self._smooth_train, val, self.patience, threshold, self.min_delta, self.noise)
+        return test(
+            self._smooth_train, val, self.patience, self._threshold(), self.min_delta, self.noise
+        )
 
     def _best_index(self):
         return min(range(len(self._raw_val)), key=self._raw_val.__getitem__)
@@ -484,10 +490,9 @@ class OverfittingDetector(keras.callbacks.Callback):
     def _message(self, state, epoch):
         if state == OVERFITTING:
             return (
-                f"Overfitting detected at epoch {epoch + 1}: {self.monitor} is worse than its "
-                f"best (epoch {self.onset_epoch + 1}) by more than its noise "
-                f"({self.noise or 0.0:.3g}) while {self.train_monitor} improves. Consider more "
-                "regularization (dropout, weight decay) or early stopping."
+                f"Overfitting detected at epoch {epoch + 1}: {self.monitor} is "
+                f"{self._how_worse()}. Consider more regularization (dropout, weight decay) "
+                "or early stopping."
             )
         if state == SATURATED:
             return (
@@ -502,6 +507,22 @@ class OverfittingDetector(keras.callbacks.Callback):
             f"stalled (under {self.underfit_tolerance:.0%} better over {self.patience} "
             "epochs) at a high value, and validation with it. Regularization may be too "
             "strong, or capacity or learning rate too low."
+        )
+
+    def _how_worse(self):
+        """What the overfitting test measured, in words (the noise is 0 to none of them)."""
+        best = f"its best (epoch {self.onset_epoch + 1})"
+        if self.criterion != "noise":
+            return f"worse than {best} by criterion={self.criterion!r} at {self._threshold():g}"
+        if self.noise is None:
+            return (
+                f"more than {WARM_UP_GL:g}% above {best} at each of the last {CONFIRM} epochs "
+                f"(Prechelt's GL, until its noise is estimated from {MIN_RESIDUALS + 4} "
+                f"validated epochs) while {self.train_monitor} improves"
+            )
+        return (
+            f"worse than {best} by more than {self._threshold():g} times its noise "
+            f"({self.noise:.3g}) while {self.train_monitor} improves"
         )
 
     def _act(self, state, epoch):

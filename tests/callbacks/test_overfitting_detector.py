@@ -514,6 +514,25 @@ def test_min_delta_raises_the_warm_up_band_as_it_raises_the_noise_band():
     assert states.index("overfitting") == 4 and detector.onset_epoch == 1
 
 
+def test_a_warm_up_alarm_says_what_it_measured():
+    # No noise exists yet: the message names the 2% of Prechelt's GL, not a
+    # noise of 0.
+    detector = OverfittingDetector(patience=3, verbose=0)
+    with pytest.warns(UserWarning) as record:
+        fit_scripted(
+            tiny_model(), detector, 5, loss=FALLING[:5], val_loss=[1.0, 0.9, 0.95, 1.0, 1.05]
+        )
+    (message,) = [str(w.message) for w in record if "Overfitting detected" in str(w.message)]
+    assert "at epoch 4" in message and "more than 2% above its best (epoch 2)" in message
+    assert "noise (0)" not in message
+    # Another criterion names itself and its level, not the noise band.
+    gl = OverfittingDetector(patience=3, smoothing=0.0, criterion="gl", verbose=0)
+    with pytest.warns(
+        UserWarning, match=r"worse than its best \(epoch 5\) by criterion='gl' at 5\."
+    ):
+        fit_scripted(tiny_model(), gl, 12, loss=FALLING, val_loss=U_SHAPE)
+
+
 def test_a_short_run_flagged_before_its_noise_exists_was_judged():
     detector = OverfittingDetector(patience=3, action=lambda *_: None)
     with warnings.catch_warnings(record=True) as record:
