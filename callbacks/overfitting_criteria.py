@@ -41,7 +41,8 @@ DEFAULT_THRESHOLDS = {"noise": 1.5, "gl": 5.0, "pq": 0.5, "up": 2, "p_value": 0.
 # Epochs in a row validation must lie above its noise band: one noisy epoch
 # above it is no overfitting.
 CONFIRM = 2
-# The noise of a curve smooth to float precision: this fraction of its best value.
+# The noise of a curve smooth to float precision: this fraction of its smallest
+# absolute value (a positive loss's best; an accuracy, entered negated, its worst).
 NOISE_FLOOR = 1e-3
 # Until the noise exists, the `"noise"` test asks validation to be more than this
 # many percent above its best (Prechelt's GL_alpha, 1998, section 2.2, alpha from
@@ -73,8 +74,9 @@ def curve_noise(values):
     noise), scaled to a standard deviation by the median absolute deviation
     (1.4826 * MAD, robust to a single outlier epoch) and the residual's
     variance for independent noise (`SAVGOL_RESIDUAL_VARIANCE`). `None` until
-    `MIN_RESIDUALS` residuals exist; at least `NOISE_FLOOR` of the best value,
-    so a curve smooth to float precision has a band at all.
+    `MIN_RESIDUALS` residuals exist; at least `NOISE_FLOOR` of the smallest
+    absolute value (the best of a positive loss), so a curve smooth to float
+    precision has a band at all.
 
     Reference: Savitzky and Golay, "Smoothing and Differentiation of Data by
     Simplified Least Squares Procedures", Analytical Chemistry 36(8), 1964.
