@@ -180,3 +180,32 @@ def test_class_probabilities_of_numpy_outputs_match_the_backends(classes, from_l
     assert isinstance(got, np.ndarray) and got.shape == (6, max(classes, 2))
     want = ops.convert_to_numpy(class_probabilities(ops.convert_to_tensor(outputs), from_logits))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "outputs, finite_rows",
+    [
+        # A float16 head (mixed precision) whose logits overflowed to +-inf.
+        (np.array([[np.inf, 1, 0], [-np.inf, -np.inf, -np.inf], [1, 2, 3]], "float16"), [2]),
+        # float64 logits beyond float32's range: inf once cast.
+        (np.array([[1e300, 0.0, 0.0], [1.0, 2.0, 3.0]]), [1]),
+        # One sigmoid unit of float64 logits beyond float32's range: saturated.
+        (np.array([[1e300], [-1e300], [0.5]]), [0, 1, 2]),
+    ],
+)
+def test_class_probabilities_of_overflowed_numpy_logits_warn_nothing(outputs, finite_rows):
+    # A model can overflow on finite inputs, which the adapters' NaN check lets
+    # through: its rows come out not finite (as from the backend's softmax),
+    # without a raw NumPy RuntimeWarning in the user's stream.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = class_probabilities(outputs, from_logits=True)
+    assert got.dtype == np.float32
+    finite = np.isfinite(got).all(axis=-1)
+    np.testing.assert_array_equal(np.flatnonzero(finite), finite_rows)
+    clipped = np.clip(outputs.astype("float64"), -50, 50)
+    if outputs.shape[-1] == 1:
+        want = np.concatenate([1 / (1 + np.exp(clipped)), 1 / (1 + np.exp(-clipped))], -1)
+    else:
+        want = np.exp(clipped) / np.exp(clipped).sum(-1, keepdims=True)
+    np.testing.assert_allclose(got[finite_rows], want[finite_rows], rtol=1e-6, atol=1e-7)

@@ -35,6 +35,25 @@ def test_an_uncertain_sample_does_not_replace_a_confident_recent_one():
     assert [int(s[0]) for s in bank.contents()[0]] == [1]
 
 
+def test_a_restored_state_resumes_with_the_same_ages_and_replacements():
+    # Ages are a clock less each arrival: the clock is part of the state, or a
+    # restored bank would score its samples as of another age.
+    bank = MemoryBank(capacity=4, classes=2)
+    bank.add([np.array([i]) for i in range(6)], [0, 1, 0, 1, 0, 1], [0.1, 0.6, 0.3] * 2)
+    state, ages = bank.state(), bank.contents()[1]
+    later = ([np.array([10 + i]) for i in range(5)], [0, 0, 1, 0, 1], [0.2, 0.5, 0.1, 0.4, 0.0])
+    bank.add(*later)
+    expected = bank.contents()
+    bank.reset()
+    bank.add([np.array([9])] * 3, [1] * 3, [0.0] * 3)  # another stream in between
+    bank.set_state(state)
+    np.testing.assert_array_equal(bank.contents()[1], ages)
+    bank.add(*later)
+    samples, ages = bank.contents()
+    assert [int(s[0]) for s in samples] == [int(s[0]) for s in expected[0]]
+    np.testing.assert_array_equal(ages, expected[1])
+
+
 def test_timeliness_weights_fade_with_age():
     weights = timeliness_weights([0, 1, 5])
     np.testing.assert_allclose(weights[0], 0.5)

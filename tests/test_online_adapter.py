@@ -543,6 +543,28 @@ def test_windows_shifted_one_after_another_are_pooled():
         )
 
 
+def test_robust_snapshot_and_restore_resume_exactly_with_the_banks_ages():
+    # The bank keeps ages as a clock less each arrival: the clock travels with
+    # the snapshot, or the restored bank would score its samples as younger or
+    # older than they are, and replace others than it did the first time.
+    model = _cnn()
+    adapter = OnlineAdapter(model, memory_size=16)
+    stream = _stream(batches=8, size=6, seed=3)
+    for x in stream[:3]:
+        adapter.predict_on_batch(x)
+    snapshot, at_snapshot = adapter.snapshot(), _weights(model)
+    ages_at_snapshot = adapter._robust.bank.contents()[1]
+    expected = [adapter.predict_on_batch(x) for x in stream[3:]]
+    expected_ages = adapter._robust.bank.contents()[1]
+    assert adapter._robust.updates == 2  # one update after the snapshot
+    adapter.restore(snapshot)
+    _assert_same(_weights(model), at_snapshot)
+    np.testing.assert_array_equal(adapter._robust.bank.contents()[1], ages_at_snapshot)
+    for x, predictions in zip(stream[3:], expected):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), predictions)
+    np.testing.assert_array_equal(adapter._robust.bank.contents()[1], expected_ages)
+
+
 @pytest.mark.parametrize("shift", [None, math.log(1.5)])
 def test_robust_keeps_its_own_copy_of_the_samples_it_holds(shift):
     # A stream read into one reused buffer (a camera, a queue) must adapt as

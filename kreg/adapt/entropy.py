@@ -46,7 +46,7 @@ def class_probabilities(y_pred, from_logits):
     """
     outputs = keras.tree.flatten(y_pred)[0]
     if isinstance(outputs, np.ndarray):
-        return _numpy_class_probabilities(outputs.astype("float32"), from_logits)
+        return _numpy_class_probabilities(outputs, from_logits)
     outputs = ops.cast(outputs, "float32")
     if outputs.shape[-1] == 1:
         p = ops.sigmoid(outputs) if from_logits else outputs
@@ -55,15 +55,22 @@ def class_probabilities(y_pred, from_logits):
 
 
 def _numpy_class_probabilities(outputs, from_logits):
-    """`class_probabilities` of float32 NumPy outputs, in NumPy."""
-    with np.errstate(over="ignore"):  # exp(-x) of a very negative logit: inf, p = 0
+    """`class_probabilities` of NumPy outputs, in NumPy.
+
+    No NumPy `RuntimeWarning` on what a model can overflow to (TensorFlow's
+    ops give none): float64 beyond float32's range (inf once cast), `exp(-x)`
+    of a very negative logit (inf: p = 0), an infinite logit (`inf - inf`: a
+    row of NaN, as the backends' softmax gives).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        outputs = outputs.astype("float32")
         if outputs.shape[-1] == 1:
             p = 1.0 / (1.0 + np.exp(-outputs)) if from_logits else outputs
             return np.concatenate([1.0 - p, p], axis=-1)
-    if not from_logits:
-        return outputs
-    exponentials = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+        if not from_logits:
+            return outputs
+        exponentials = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        return exponentials / exponentials.sum(axis=-1, keepdims=True)
 
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
