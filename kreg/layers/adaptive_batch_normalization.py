@@ -1,3 +1,5 @@
+import functools
+
 import keras
 from keras import ops
 
@@ -22,6 +24,88 @@ def _torch_compiling():
     import torch
 
     return torch.compiler.is_compiling()
+
+
+def _torch_grad_enabled():
+    """Whether torch records this call for gradients (`torch.compile` guards on
+    it: a change compiles another graph, never a wrong one)."""
+    import torch
+
+    return torch.is_grad_enabled()
+
+
+def _adapted_statistics(
+    inputs, mask, moving, mode, axis, prior_strength, online_momentum, synchronized=False
+):
+    """`(mean, variance, clean)` of the modes other than `"running"`: the
+    statistics to normalize with, and whether the batch held no NaN or inf."""
+    # A sample holding NaN or inf is left out of the statistics, so it changes no
+    # other sample's output; a batch holding one is never written into the
+    # running statistics ("online"). (`synchronized` layers keep their
+    # all-replica statistics, which a mask would turn off, as in Keras's masked
+    # path: NaN can spread there.)
+    sample_mask, clean, samples = finite_samples(inputs, mask)
+    if synchronized:
+        sample_mask = mask
+    mean, variance, count = batch_moments(inputs, axis, sample_mask, synchronized)
+    # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
+    # differ only in the weight given to the running statistics.
+    running_weight = ops.where(
+        mode == _MIXED,
+        mixed_stored_weight(prior_strength, samples),
+        ops.where(mode == _ONLINE, online_momentum, 0.0),
+    )
+    # One value per channel has no variance: keep the running statistics.
+    running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
+    mean, variance = combine_statistics(running_weight, moving, (mean, variance))
+    return mean, variance, clean
+
+
+def _torch_statistics_op():
+    """The statistics of every mode as one torch custom operator, which
+    `torch.compile` keeps opaque: its Python branch on the mode runs at each
+    call, so the running mode computes no batch moments and changing the mode
+    compiles nothing (https://pytorch.org/docs/stable/library.html).
+
+    Not `torch.cond`: in torch 2.13 Dynamo drops an attribute store that
+    follows a `cond` when the same attribute was stored before it
+    (torch/_dynamo/variables/higher_order_ops.py restores a copy of its side
+    effects after tracing the branches), and Keras stores and resets its call
+    context around every layer call (keras/src/layers/layer.py,
+    `_maybe_reset_call_context`): the context leaked and every predict
+    recompiled."""
+    import torch
+
+    @torch.library.custom_op("kreg::adaptive_batch_norm_statistics", mutates_args=())
+    def statistics(
+        inputs: torch.Tensor,
+        mask: torch.Tensor | None,
+        moving_mean: torch.Tensor,
+        moving_variance: torch.Tensor,
+        mode: torch.Tensor,
+        axis: int,
+        prior_strength: float,
+        online_momentum: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if int(mode) == _RUNNING:
+            # Copies: a custom operator's outputs may not alias its inputs.
+            clean = torch.ones((), dtype=torch.bool, device=inputs.device)
+            return moving_mean.clone(), moving_variance.clone(), clean
+        moving = (moving_mean, moving_variance)
+        return _adapted_statistics(
+            inputs, mask, moving, mode, axis, prior_strength, online_momentum
+        )
+
+    @statistics.register_fake
+    def _(inputs, mask, moving_mean, moving_variance, mode, axis, prior_strength, online_momentum):
+        clean = inputs.new_empty((), dtype=torch.bool)
+        return torch.empty_like(moving_mean), torch.empty_like(moving_variance), clean
+
+    return statistics
+
+
+# Registered at import: Dynamo cannot trace the registration itself.
+_TORCH_STATISTICS = _torch_statistics_op() if keras.backend.backend() == "torch" else None
 
 
 class _ModeHolder:
@@ -190,50 +274,54 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         mode = self._mode.variable
 
-        def adapted_statistics():
-            # A sample holding NaN or inf is left out of the statistics, so it
-            # changes no other sample's output; a batch holding one is never
-            # written into the running statistics ("online").
-            # (`synchronized` layers keep their all-replica statistics, which a
-            # mask would turn off, as in Keras's masked path: NaN can spread there.)
-            sample_mask, clean, samples = finite_samples(inputs, mask)
-            if self.synchronized:
-                sample_mask = mask
-            mean, variance, count = batch_moments(inputs, self.axis, sample_mask, self.synchronized)
-            # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
-            # differ only in the weight given to the running statistics.
-            running_weight = ops.where(
-                mode == _MIXED,
-                mixed_stored_weight(self.prior_strength, samples),
-                ops.where(mode == _ONLINE, self.online_momentum, 0.0),
-            )
-            # One value per channel has no variance: keep the running statistics.
-            running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
-            mean, variance = combine_statistics(
-                running_weight, (moving_mean, moving_variance), (mean, variance)
-            )
-            return mean, variance, clean
-
-        if keras.backend.backend() == "torch" and not self.synchronized and not _torch_compiling():
+        adapted_statistics = functools.partial(
+            _adapted_statistics,
+            inputs,
+            mask,
+            (moving_mean, moving_variance),
+            mode,
+            self.axis,
+            self.prior_strength,
+            self.online_momentum,
+            self.synchronized,
+        )
+        on_torch = keras.backend.backend() == "torch" and not self.synchronized
+        if on_torch and not _torch_compiling():
             # Eager torch (Keras's default there): a Python branch on the mode's
             # value costs nothing to trace, so the running mode is exactly
             # `BatchNormalization`'s arithmetic, with no batch moments and no write.
             if int(ops.convert_to_numpy(mode)) == _RUNNING:
                 return normalize(self, inputs, moving_mean, moving_variance)
             mean, variance, clean = adapted_statistics()
+        elif on_torch and not _torch_grad_enabled():
+            # Under `torch.compile` (Keras's `jit_compile=True`; `predict` and
+            # `evaluate` run without gradients, keras/src/backend/torch/trainer.py),
+            # `ops.cond` is a Python `if` on the mode's value (keras/src/backend/
+            # torch/core.py), which would recompile at every mode change: the
+            # branch runs inside an operator the compiler does not look into.
+            mean, variance, clean = _TORCH_STATISTICS(
+                inputs,
+                mask,
+                moving_mean,
+                moving_variance,
+                ops.convert_to_tensor(mode),
+                self.axis,
+                self.prior_strength,
+                float(self.online_momentum),
+            )
         elif self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
-            # tf.distribute, so synchronized layers compute the batch moments on
-            # every call and select. On torch, `ops.cond` is a Python `if` on the
-            # mode's value, which `torch.compile` (Keras's `jit_compile=True`)
-            # recompiles for on every batch until its recompile limit: selecting
-            # keeps one compiled graph that reads the mode live.
+            # tf.distribute, and that operator has no derivative (a compiled
+            # step that differentiates through the statistics, as Tent's does):
+            # compute the batch moments on every call and select, which reads
+            # the mode live in one graph.
             adapted_mean, adapted_variance, clean = adapted_statistics()
             is_running = mode == _RUNNING
             mean = ops.where(is_running, moving_mean, adapted_mean)
             variance = ops.where(is_running, moving_variance, adapted_variance)
         else:
-            # Only the modes that need them pay for the batch moments.
+            # Only the modes that need them pay for the batch moments (`tf.cond`,
+            # `jax.lax.cond`: one branch runs).
             mean, variance, clean = ops.cond(
                 mode == _RUNNING,
                 lambda: (moving_mean, moving_variance, ops.ones((), "bool")),
