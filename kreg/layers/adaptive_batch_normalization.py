@@ -18,12 +18,26 @@ TEST_TIME_MODES = ("running", "batch", "mixed", "online")
 _RUNNING, _BATCH, _MIXED, _ONLINE = range(len(TEST_TIME_MODES))
 
 
-def _torch_compiling():
-    """Whether this call is being traced by `torch.compile` (Keras's
-    `jit_compile=True` on torch), where a branch on a tensor's value recompiles."""
-    import torch
+def _concrete_mode(mode):
+    """The mode variable's value as a Python int where the call runs op by op
+    (torch outside `torch.compile`, JAX outside `jax.jit`), so that a Python
+    branch on it traces nothing; `None` where the call is traced."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
 
-    return torch.compiler.is_compiling()
+        if torch.compiler.is_compiling():
+            return None
+    elif backend == "jax":
+        import jax
+
+        # Inside Keras's stateless calls the variable reads the scope's value:
+        # a tracer under `jax.jit`, an array otherwise.
+        if isinstance(ops.convert_to_tensor(mode), jax.core.Tracer):
+            return None
+    else:
+        return None
+    return int(ops.convert_to_numpy(mode))
 
 
 def _torch_grad_enabled():
@@ -285,12 +299,15 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             self.online_momentum,
             self.synchronized,
         )
+        concrete_mode = None if self.synchronized else _concrete_mode(mode)
         on_torch = keras.backend.backend() == "torch" and not self.synchronized
-        if on_torch and not _torch_compiling():
-            # Eager torch (Keras's default there): a Python branch on the mode's
-            # value costs nothing to trace, so the running mode is exactly
-            # `BatchNormalization`'s arithmetic, with no batch moments and no write.
-            if int(ops.convert_to_numpy(mode)) == _RUNNING:
+        if concrete_mode is not None:
+            # Eager torch (Keras's default there) or JAX without `jit_compile`:
+            # a Python branch on the mode's value costs nothing to trace (where
+            # `jax.lax.cond` would trace and compile both branches on every
+            # call), so the running mode is exactly `BatchNormalization`'s
+            # arithmetic, with no batch moments and no write.
+            if concrete_mode == _RUNNING:
                 return normalize(self, inputs, moving_mean, moving_variance)
             mean, variance, clean = adapted_statistics()
         elif on_torch and not _torch_grad_enabled():

@@ -302,6 +302,32 @@ def test_a_compiled_step_differentiates_through_the_batch_statistics_on_torch():
     )
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.lax.cond outside jit")
+@pytest.mark.parametrize("mode", MODES)
+def test_predicting_without_jit_compiles_nothing_after_the_first_batch_on_jax(mode):
+    # Outside `jax.jit`, `jax.lax.cond` traces and compiles its branches again on
+    # every call (they are new closures each time): the running mode cost 32x
+    # Keras's batch norm in `predict_on_batch` without `jit_compile`.
+    import jax
+
+    model = keras.Sequential([keras.Input((3,)), AdaptiveBatchNormalization(test_time_mode=mode)])
+    model.compile(jit_compile=False)
+    x = np.random.default_rng(10).normal(size=(16, 3)).astype("float32")
+    model.predict_on_batch(x)
+    compiled = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        model.predict_on_batch(x)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
