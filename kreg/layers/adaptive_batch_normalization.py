@@ -354,26 +354,26 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         variance would be 0 (constant over the batch, with `online_momentum=0`)
         keeps its stored variance, as `kreg.adapt_batchnorm` does: a stored 0
         would divide the next inputs that vary by `sqrt(epsilon)`."""
-        variance = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
-        # Statistics that are not finite (inputs whose squares overflow, or a NaN
-        # reaching a synchronized layer's all-replica statistics from another
-        # replica's batch) are never written.
-        finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
-        write_now = ops.logical_and(write_now, finite)
+
+        def write(now):
+            kept = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
+            # Statistics that are not finite (inputs whose squares overflow, or a
+            # NaN reaching a synchronized layer's all-replica statistics from
+            # another replica's batch) are never written.
+            finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(kept)))
+            now = ops.logical_and(now, finite)
+            for variable, value in ((self.moving_mean, mean), (self.moving_variance, kept)):
+                variable.assign(ops.where(now, value, ops.convert_to_tensor(variable)))
+            return ops.ones((), "bool")
+
         if keras.backend.backend() in ("jax", "torch"):
             # JAX cannot assign state inside a `cond` branch (and torch would
             # recompile on the mode, as above): write on every call, the
             # unchanged values outside the online mode.
-            for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                variable.assign(ops.where(write_now, value, ops.convert_to_tensor(variable)))
+            write(write_now)
             return
-
-        def write():
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(variance)
-            return ops.ones((), "bool")
-
-        ops.cond(write_now, write, lambda: ops.zeros((), "bool"))
+        # TensorFlow: the other modes skip the checks as well as the write.
+        ops.cond(write_now, lambda: write(True), lambda: ops.zeros((), "bool"))
 
     def get_config(self):
         return {
