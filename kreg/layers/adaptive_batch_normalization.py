@@ -1,4 +1,5 @@
 import functools
+import weakref
 
 import keras
 from keras import ops
@@ -75,11 +76,19 @@ def _adapted_statistics(
     return mean, variance, clean
 
 
+# The layers that `_TORCH_STATISTICS` serves, by `id`: the compiled graph holds the
+# key, and the operator reads and writes the layer's statistics outside the graph.
+_TORCH_LAYERS = weakref.WeakValueDictionary()
+
+
 def _torch_statistics_op():
-    """The statistics of every mode as one torch custom operator, which
-    `torch.compile` keeps opaque: its Python branch on the mode runs at each
-    call, so the running mode computes no batch moments and changing the mode
-    compiles nothing (https://pytorch.org/docs/stable/library.html).
+    """The statistics of a layer as one torch custom operator, which
+    `torch.compile` keeps opaque: inside, the layer runs as in eager torch, a
+    Python branch on the mode at each call (https://pytorch.org/docs/stable/
+    library.html). So the running mode computes no batch moments, changing the
+    mode compiles nothing, and the `"online"` write happens outside the
+    compiled graph: a write of module parameters inside it, even of unchanged
+    values in the other modes, cost more than the rest of the layer.
 
     Not `torch.cond`: in torch 2.13 Dynamo drops an attribute store that
     follows a `cond` when the same attribute was stored before it
@@ -92,28 +101,18 @@ def _torch_statistics_op():
 
     @torch.library.custom_op("kreg::adaptive_batch_norm_statistics", mutates_args=())
     def statistics(
-        inputs: torch.Tensor,
-        mask: torch.Tensor | None,
-        moving_mean: torch.Tensor,
-        moving_variance: torch.Tensor,
-        mode: torch.Tensor,
-        axis: int,
-        prior_strength: float,
-        online_momentum: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if int(mode) == _RUNNING:
-            # Copies: a custom operator's outputs may not alias its inputs.
-            clean = torch.ones((), dtype=torch.bool, device=inputs.device)
-            return moving_mean.clone(), moving_variance.clone(), clean
-        moving = (moving_mean, moving_variance)
-        return _adapted_statistics(
-            inputs, mask, moving, mode, axis, prior_strength, online_momentum
-        )
+        inputs: torch.Tensor, mask: torch.Tensor | None, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = _TORCH_LAYERS[layer]
+        mode = int(ops.convert_to_numpy(layer._mode.variable))
+        mean, variance = layer._statistics_now(inputs, mask, mode)
+        # Copies: a custom operator's outputs may not alias what it reads.
+        return mean.clone(), variance.clone()
 
     @statistics.register_fake
-    def _(inputs, mask, moving_mean, moving_variance, mode, axis, prior_strength, online_momentum):
-        clean = inputs.new_empty((), dtype=torch.bool)
-        return torch.empty_like(moving_mean), torch.empty_like(moving_variance), clean
+    def _(inputs, mask, layer):
+        channels = inputs.shape[_TORCH_LAYERS[layer].axis]
+        return inputs.new_empty((channels,)), inputs.new_empty((channels,))
 
     return statistics
 
@@ -238,6 +237,8 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self._mode = _ModeHolder()
+        if keras.backend.backend() == "torch":
+            _TORCH_LAYERS[id(self)] = self
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -307,26 +308,17 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             # `jax.lax.cond` would trace and compile both branches on every
             # call), so the running mode is exactly `BatchNormalization`'s
             # arithmetic, with no batch moments and no write.
-            if concrete_mode == _RUNNING:
-                return normalize(self, inputs, moving_mean, moving_variance)
-            mean, variance, clean = adapted_statistics()
-        elif on_torch and not _torch_grad_enabled():
+            mean, variance = self._statistics_now(inputs, mask, concrete_mode)
+            return normalize(self, inputs, mean, variance)
+        if on_torch and not _torch_grad_enabled():
             # Under `torch.compile` (Keras's `jit_compile=True`; `predict` and
             # `evaluate` run without gradients, keras/src/backend/torch/trainer.py),
             # `ops.cond` is a Python `if` on the mode's value (keras/src/backend/
             # torch/core.py), which would recompile at every mode change: the
-            # branch runs inside an operator the compiler does not look into.
-            mean, variance, clean = _TORCH_STATISTICS(
-                inputs,
-                mask,
-                moving_mean,
-                moving_variance,
-                ops.convert_to_tensor(mode),
-                self.axis,
-                self.prior_strength,
-                float(self.online_momentum),
-            )
-        elif self.synchronized or keras.backend.backend() == "torch":
+            # same branch runs inside an operator the compiler does not look into.
+            mean, variance = _TORCH_STATISTICS(inputs, mask, id(self))
+            return normalize(self, inputs, mean, variance)
+        if self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
             # tf.distribute, and that operator has no derivative (a compiled
             # step that differentiates through the statistics, as Tent's does):
@@ -346,6 +338,25 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             )
         self._write_online_statistics(ops.logical_and(mode == _ONLINE, clean), mean, variance)
         return normalize(self, inputs, mean, variance)
+
+    def _statistics_now(self, inputs, mask, mode):
+        """`(mean, variance)` of `mode` (a Python int) for `inputs`, computed op
+        by op, after the `"online"` mode's write."""
+        stored = tuple(ops.cast(v, inputs.dtype) for v in (self.moving_mean, self.moving_variance))
+        if mode == _RUNNING:
+            return stored
+        mean, variance, clean = _adapted_statistics(
+            inputs,
+            mask,
+            stored,
+            self._mode.variable,
+            self.axis,
+            self.prior_strength,
+            self.online_momentum,
+        )
+        if mode == _ONLINE:
+            self._write_online_statistics(clean, mean, variance)
+        return mean, variance
 
     def _write_online_statistics(self, write_now, mean, variance):
         """Stores the `"online"` mode's updated statistics when `write_now`; other

@@ -328,6 +328,28 @@ def test_predicting_without_jit_compiles_nothing_after_the_first_batch_on_jax(mo
     assert compiled == []
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_the_online_mode_under_torch_compile_writes_what_eager_torch_writes():
+    # Under torch.compile the online write happens inside the statistics
+    # operator, outside the compiled graph; a batch holding NaN writes nothing.
+    x = np.random.default_rng(11).normal(5.0, 2.0, (32, 3)).astype("float32")
+    dirty = x.copy()
+    dirty[0, 0] = np.nan
+    written = []
+    for jit_compile in (False, True):
+        layer = AdaptiveBatchNormalization(test_time_mode="online")
+        model = keras.Sequential([keras.Input((3,)), layer])
+        model.compile(jit_compile=jit_compile)
+        outputs = [model.predict_on_batch(x) for _ in range(3)]
+        model.predict_on_batch(dirty)
+        written.append((_weights(layer), outputs))
+    (eager, eager_outputs), (compiled, compiled_outputs) = written
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-6, err_msg=name)
+    assert not np.allclose(eager["moving_mean"], 0.0)
+    np.testing.assert_allclose(compiled_outputs, eager_outputs, rtol=1e-5, atol=1e-5)
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
