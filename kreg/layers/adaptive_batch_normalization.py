@@ -88,7 +88,9 @@ def _torch_statistics_op():
     library.html). So the running mode computes no batch moments, changing the
     mode compiles nothing, and the `"online"` write happens outside the
     compiled graph: a write of module parameters inside it, even of unchanged
-    values in the other modes, cost more than the rest of the layer.
+    values in the other modes, cost more than the rest of the layer. The
+    operator is declared without mutated arguments: what it writes, the layer's
+    stored statistics, reaches the compiled graph only through the operator.
 
     Not `torch.cond`: in torch 2.13 Dynamo drops an attribute store that
     follows a `cond` when the same attribute was stored before it
