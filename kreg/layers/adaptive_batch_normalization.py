@@ -1,3 +1,6 @@
+import functools
+import weakref
+
 import keras
 from keras import ops
 
@@ -16,12 +19,108 @@ TEST_TIME_MODES = ("running", "batch", "mixed", "online")
 _RUNNING, _BATCH, _MIXED, _ONLINE = range(len(TEST_TIME_MODES))
 
 
-def _torch_compiling():
-    """Whether this call is being traced by `torch.compile` (Keras's
-    `jit_compile=True` on torch), where a branch on a tensor's value recompiles."""
+def _concrete_mode(mode):
+    """The mode variable's value as a Python int where the call runs op by op
+    (torch outside `torch.compile`, JAX outside `jax.jit`), so that a Python
+    branch on it traces nothing; `None` where the call is traced."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+    elif backend == "jax":
+        import jax
+
+        # Inside Keras's stateless calls the variable reads the scope's value:
+        # a tracer under `jax.jit`, an array otherwise.
+        if isinstance(ops.convert_to_tensor(mode), jax.core.Tracer):
+            return None
+    else:
+        return None
+    return int(ops.convert_to_numpy(mode))
+
+
+def _torch_grad_enabled():
+    """Whether torch records this call for gradients (`torch.compile` guards on
+    it: a change compiles another graph, never a wrong one)."""
     import torch
 
-    return torch.compiler.is_compiling()
+    return torch.is_grad_enabled()
+
+
+def _adapted_statistics(
+    inputs, mask, moving, mode, axis, prior_strength, online_momentum, synchronized=False
+):
+    """`(mean, variance, clean)` of the modes other than `"running"`: the
+    statistics to normalize with, and whether the batch held no NaN or inf."""
+    # A sample holding NaN or inf is left out of the statistics, so it changes no
+    # other sample's output; a batch holding one is never written into the
+    # running statistics ("online"). (`synchronized` layers keep their
+    # all-replica statistics, which a mask would turn off, as in Keras's masked
+    # path: NaN can spread there.)
+    sample_mask, clean, samples = finite_samples(inputs, mask)
+    if synchronized:
+        sample_mask = mask
+    mean, variance, count = batch_moments(inputs, axis, sample_mask, synchronized)
+    # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
+    # differ only in the weight given to the running statistics.
+    running_weight = ops.where(
+        mode == _MIXED,
+        mixed_stored_weight(prior_strength, samples),
+        ops.where(mode == _ONLINE, online_momentum, 0.0),
+    )
+    # One value per channel has no variance: keep the running statistics.
+    running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
+    mean, variance = combine_statistics(running_weight, moving, (mean, variance))
+    return mean, variance, clean
+
+
+# The layers that `_TORCH_STATISTICS` serves, by `id`: the compiled graph holds the
+# key, and the operator reads and writes the layer's statistics outside the graph.
+_TORCH_LAYERS = weakref.WeakValueDictionary()
+
+
+def _torch_statistics_op():
+    """The statistics of a layer as one torch custom operator, which
+    `torch.compile` keeps opaque: inside, the layer runs as in eager torch, a
+    Python branch on the mode at each call (https://pytorch.org/docs/stable/
+    library.html). So the running mode computes no batch moments, changing the
+    mode compiles nothing, and the `"online"` write happens outside the
+    compiled graph: a write of module parameters inside it, even of unchanged
+    values in the other modes, cost more than the rest of the layer. The
+    operator is declared without mutated arguments: what it writes, the layer's
+    stored statistics, reaches the compiled graph only through the operator.
+
+    Not `torch.cond`: in torch 2.13 Dynamo drops an attribute store that
+    follows a `cond` when the same attribute was stored before it
+    (torch/_dynamo/variables/higher_order_ops.py restores a copy of its side
+    effects after tracing the branches), and Keras stores and resets its call
+    context around every layer call (keras/src/layers/layer.py,
+    `_maybe_reset_call_context`): the context leaked and every predict
+    recompiled."""
+    import torch
+
+    @torch.library.custom_op("kreg::adaptive_batch_norm_statistics", mutates_args=())
+    def statistics(
+        inputs: torch.Tensor, mask: torch.Tensor | None, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = _TORCH_LAYERS[layer]
+        mode = int(ops.convert_to_numpy(layer._mode.variable))
+        mean, variance = layer._statistics_now(inputs, mask, mode)
+        # Copies: a custom operator's outputs may not alias what it reads.
+        return mean.clone(), variance.clone()
+
+    @statistics.register_fake
+    def _(inputs, mask, layer):
+        channels = inputs.shape[_TORCH_LAYERS[layer].axis]
+        return inputs.new_empty((channels,)), inputs.new_empty((channels,))
+
+    return statistics
+
+
+# Registered at import: Dynamo cannot trace the registration itself.
+_TORCH_STATISTICS = _torch_statistics_op() if keras.backend.backend() == "torch" else None
 
 
 class _ModeHolder:
@@ -140,6 +239,8 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self._mode = _ModeHolder()
+        if keras.backend.backend() == "torch":
+            _TORCH_LAYERS[id(self)] = self
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -190,50 +291,48 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         mode = self._mode.variable
 
-        def adapted_statistics():
-            # A sample holding NaN or inf is left out of the statistics, so it
-            # changes no other sample's output; a batch holding one is never
-            # written into the running statistics ("online").
-            # (`synchronized` layers keep their all-replica statistics, which a
-            # mask would turn off, as in Keras's masked path: NaN can spread there.)
-            sample_mask, clean, samples = finite_samples(inputs, mask)
-            if self.synchronized:
-                sample_mask = mask
-            mean, variance, count = batch_moments(inputs, self.axis, sample_mask, self.synchronized)
-            # Every adaptive mode is `weight * running + (1 - weight) * batch`; they
-            # differ only in the weight given to the running statistics.
-            running_weight = ops.where(
-                mode == _MIXED,
-                mixed_stored_weight(self.prior_strength, samples),
-                ops.where(mode == _ONLINE, self.online_momentum, 0.0),
-            )
-            # One value per channel has no variance: keep the running statistics.
-            running_weight = ops.cast(ops.where(count > 1, running_weight, 1.0), inputs.dtype)
-            mean, variance = combine_statistics(
-                running_weight, (moving_mean, moving_variance), (mean, variance)
-            )
-            return mean, variance, clean
-
-        if keras.backend.backend() == "torch" and not self.synchronized and not _torch_compiling():
-            # Eager torch (Keras's default there): a Python branch on the mode's
-            # value costs nothing to trace, so the running mode is exactly
-            # `BatchNormalization`'s arithmetic, with no batch moments and no write.
-            if int(ops.convert_to_numpy(mode)) == _RUNNING:
-                return normalize(self, inputs, moving_mean, moving_variance)
-            mean, variance, clean = adapted_statistics()
-        elif self.synchronized or keras.backend.backend() == "torch":
+        adapted_statistics = functools.partial(
+            _adapted_statistics,
+            inputs,
+            mask,
+            (moving_mean, moving_variance),
+            mode,
+            self.axis,
+            self.prior_strength,
+            self.online_momentum,
+            self.synchronized,
+        )
+        concrete_mode = None if self.synchronized else _concrete_mode(mode)
+        on_torch = keras.backend.backend() == "torch" and not self.synchronized
+        if concrete_mode is not None:
+            # Eager torch (Keras's default there) or JAX without `jit_compile`:
+            # a Python branch on the mode's value costs nothing to trace (where
+            # `jax.lax.cond` would trace and compile both branches on every
+            # call), so the running mode is exactly `BatchNormalization`'s
+            # arithmetic, with no batch moments and no write.
+            mean, variance = self._statistics_now(inputs, mask, concrete_mode)
+            return normalize(self, inputs, mean, variance)
+        if on_torch and not _torch_grad_enabled():
+            # Under `torch.compile` (Keras's `jit_compile=True`; `predict` and
+            # `evaluate` run without gradients, keras/src/backend/torch/trainer.py),
+            # `ops.cond` is a Python `if` on the mode's value (keras/src/backend/
+            # torch/core.py), which would recompile at every mode change: the
+            # same branch runs inside an operator the compiler does not look into.
+            mean, variance = _TORCH_STATISTICS(inputs, mask, id(self))
+            return normalize(self, inputs, mean, variance)
+        if self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
-            # tf.distribute, so synchronized layers compute the batch moments on
-            # every call and select. On torch, `ops.cond` is a Python `if` on the
-            # mode's value, which `torch.compile` (Keras's `jit_compile=True`)
-            # recompiles for on every batch until its recompile limit: selecting
-            # keeps one compiled graph that reads the mode live.
+            # tf.distribute, and that operator has no derivative (a compiled
+            # step that differentiates through the statistics, as Tent's does):
+            # compute the batch moments on every call and select, which reads
+            # the mode live in one graph.
             adapted_mean, adapted_variance, clean = adapted_statistics()
             is_running = mode == _RUNNING
             mean = ops.where(is_running, moving_mean, adapted_mean)
             variance = ops.where(is_running, moving_variance, adapted_variance)
         else:
-            # Only the modes that need them pay for the batch moments.
+            # Only the modes that need them pay for the batch moments (`tf.cond`,
+            # `jax.lax.cond`: one branch runs).
             mean, variance, clean = ops.cond(
                 mode == _RUNNING,
                 lambda: (moving_mean, moving_variance, ops.ones((), "bool")),
@@ -242,6 +341,25 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         self._write_online_statistics(ops.logical_and(mode == _ONLINE, clean), mean, variance)
         return normalize(self, inputs, mean, variance)
 
+    def _statistics_now(self, inputs, mask, mode):
+        """`(mean, variance)` of `mode` (a Python int) for `inputs`, computed op
+        by op, after the `"online"` mode's write."""
+        stored = tuple(ops.cast(v, inputs.dtype) for v in (self.moving_mean, self.moving_variance))
+        if mode == _RUNNING:
+            return stored
+        mean, variance, clean = _adapted_statistics(
+            inputs,
+            mask,
+            stored,
+            self._mode.variable,
+            self.axis,
+            self.prior_strength,
+            self.online_momentum,
+        )
+        if mode == _ONLINE:
+            self._write_online_statistics(clean, mean, variance)
+        return mean, variance
+
     def _write_online_statistics(self, write_now, mean, variance):
         """Stores the `"online"` mode's updated statistics when `write_now`; other
         modes, a batch holding NaN or inf, and statistics that are not finite,
@@ -249,26 +367,26 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         variance would be 0 (constant over the batch, with `online_momentum=0`)
         keeps its stored variance, as `kreg.adapt_batchnorm` does: a stored 0
         would divide the next inputs that vary by `sqrt(epsilon)`."""
-        variance = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
-        # Statistics that are not finite (inputs whose squares overflow, or a NaN
-        # reaching a synchronized layer's all-replica statistics from another
-        # replica's batch) are never written.
-        finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
-        write_now = ops.logical_and(write_now, finite)
+
+        def write(now):
+            kept = ops.where(variance > 0, variance, ops.cast(self.moving_variance, variance.dtype))
+            # Statistics that are not finite (inputs whose squares overflow, or a
+            # NaN reaching a synchronized layer's all-replica statistics from
+            # another replica's batch) are never written.
+            finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(kept)))
+            now = ops.logical_and(now, finite)
+            for variable, value in ((self.moving_mean, mean), (self.moving_variance, kept)):
+                variable.assign(ops.where(now, value, ops.convert_to_tensor(variable)))
+            return ops.ones((), "bool")
+
         if keras.backend.backend() in ("jax", "torch"):
             # JAX cannot assign state inside a `cond` branch (and torch would
             # recompile on the mode, as above): write on every call, the
             # unchanged values outside the online mode.
-            for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                variable.assign(ops.where(write_now, value, ops.convert_to_tensor(variable)))
+            write(write_now)
             return
-
-        def write():
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(variance)
-            return ops.ones((), "bool")
-
-        ops.cond(write_now, write, lambda: ops.zeros((), "bool"))
+        # TensorFlow: the other modes skip the checks as well as the write.
+        ops.cond(write_now, lambda: write(True), lambda: ops.zeros((), "bool"))
 
     def get_config(self):
         return {

@@ -5,6 +5,7 @@ import functools
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from conftest import to_numpy as _numpy
 from kreg.layers import AdaptiveBatchNormalization
@@ -240,6 +241,113 @@ def test_switching_the_mode_under_torch_compile_compiles_nothing_again():
     np.testing.assert_allclose(outputs["running"], running, rtol=1e-6)
     assert not np.allclose(outputs["batch"], running)
     np.testing.assert_allclose(outputs["batch"].mean(0), 0.0, atol=1e-3)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_the_running_mode_computes_no_batch_statistics_under_torch_compile():
+    # The drop-in must cost what BatchNormalization costs: under torch.compile the
+    # layer selected between the running and the batch statistics, so it reduced
+    # every batch for statistics it then discarded. The profiler records the ops
+    # run, those inside custom operators included; Dynamo's "eager" backend runs
+    # the captured graph op by op, where Keras's default (inductor) fuses them.
+    import torch
+
+    def reduces_the_batch(mode):
+        """Whether predicting in `mode` runs a reduction over the (16, 3) batch."""
+        layer.test_time_mode = mode
+        with torch.profiler.profile(record_shapes=True) as profile, torch.no_grad():
+            outputs[mode] = _numpy(predict(x))
+        return any(
+            [16, 3] in event.input_shapes
+            for event in profile.events()
+            if any(word in event.name for word in ("mean", "var", "sum", "all", "any"))
+        )
+
+    layer = _layer_with_statistics()
+    w = _weights(layer)
+    x = torch.as_tensor(np.random.default_rng(8).normal(3.0, 2.0, (16, 3)).astype("float32"))
+    layer(x, training=False)  # eager: Keras creates its call-context state, which Dynamo guards
+    predict = torch.compile(lambda inputs: layer(inputs, training=False), backend="eager")
+    with torch.no_grad():  # as Keras's predict (keras/src/backend/torch/trainer.py)
+        predict(x)  # compiles once
+    outputs = {}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert not reduces_the_batch("running")
+        assert reduces_the_batch("batch")  # the probe sees what it looks for
+    expected = _normalize(_numpy(x), w["moving_mean"], w["moving_variance"], w["gamma"], w["beta"])
+    np.testing.assert_allclose(outputs["running"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs["batch"].mean(0), w["beta"], atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_a_compiled_step_differentiates_through_the_batch_statistics_on_torch():
+    # Tent-like steps take gradients through the test-time statistics; under
+    # torch.compile with gradients on they must match eager torch.
+    import torch
+
+    dense = keras.layers.Dense(3)
+    layer = AdaptiveBatchNormalization(test_time_mode="batch")
+    x = torch.as_tensor(np.random.default_rng(9).normal(size=(16, 3)).astype("float32"))
+    layer(dense(x), training=False)
+
+    def kernel_gradient():
+        loss = ops.sum(layer(dense(x), training=False) ** 3)
+        return torch.autograd.grad(loss, dense.kernel.value)[0]
+
+    np.testing.assert_allclose(
+        _numpy(torch.compile(kernel_gradient, backend="eager")()),
+        _numpy(kernel_gradient()),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.lax.cond outside jit")
+@pytest.mark.parametrize("mode", MODES)
+def test_predicting_without_jit_compiles_nothing_after_the_first_batch_on_jax(mode):
+    # Outside `jax.jit`, `jax.lax.cond` traces and compiles its branches again on
+    # every call (they are new closures each time): the running mode cost 32x
+    # Keras's batch norm in `predict_on_batch` without `jit_compile`.
+    import jax
+
+    model = keras.Sequential([keras.Input((3,)), AdaptiveBatchNormalization(test_time_mode=mode)])
+    model.compile(jit_compile=False)
+    x = np.random.default_rng(10).normal(size=(16, 3)).astype("float32")
+    model.predict_on_batch(x)
+    compiled = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        model.predict_on_batch(x)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_the_online_mode_under_torch_compile_writes_what_eager_torch_writes():
+    # Under torch.compile the online write happens inside the statistics
+    # operator, outside the compiled graph; a batch holding NaN writes nothing.
+    x = np.random.default_rng(11).normal(5.0, 2.0, (32, 3)).astype("float32")
+    dirty = x.copy()
+    dirty[0, 0] = np.nan
+    written = []
+    for jit_compile in (False, True):
+        layer = AdaptiveBatchNormalization(test_time_mode="online")
+        model = keras.Sequential([keras.Input((3,)), layer])
+        model.compile(jit_compile=jit_compile)
+        outputs = [model.predict_on_batch(x) for _ in range(3)]
+        model.predict_on_batch(dirty)
+        written.append((_weights(layer), outputs))
+    (eager, eager_outputs), (compiled, compiled_outputs) = written
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-6, err_msg=name)
+    assert not np.allclose(eager["moving_mean"], 0.0)
+    np.testing.assert_allclose(compiled_outputs, eager_outputs, rtol=1e-5, atol=1e-5)
 
 
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
