@@ -3,6 +3,7 @@
 import math
 
 import keras
+import ml_dtypes
 import numpy as np
 import pytest
 from keras import ops
@@ -257,6 +258,23 @@ def test_batches_the_model_cannot_take_are_errors_naming_the_batch():
     with pytest.raises(TypeError, match="Batch 3 holds values of dtype <U1"):
         adapter.predict_on_batch(np.full((2, 6, 6, 1), "a"))
     _assert_same(_weights(model), source)
+
+
+def test_a_bfloat16_batch_is_checked_as_the_float_batch_it_is():
+    # NumPy sees ml_dtypes' bfloat16 (what a bfloat16 tensor converts to) as
+    # kind "V", not "f": it must still be taken, and its NaN still refused.
+    model = _cnn()
+    source = _weights(model)
+    first, second, _ = _stream()
+    adapter = OnlineAdapter(model, method="reestimate")
+    clean = adapter.predict_on_batch(first.astype(ml_dtypes.bfloat16))
+    assert np.all(np.isfinite(clean))
+    adapted = _weights(model)
+    second[0, 1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="Batch 1 holds NaN or infinite values"):
+        adapter.predict_on_batch(second.astype(ml_dtypes.bfloat16))
+    _assert_same(_weights(model), adapted)
+    assert any(not np.array_equal(source[k], adapted[k]) for k in source)
 
 
 def test_a_snapshot_restores_only_into_its_own_method_and_model():

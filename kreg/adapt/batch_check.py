@@ -19,6 +19,16 @@ def _input_shapes(model):
         return None
 
 
+def _is_float(dtype):
+    """Whether `dtype` is a float, ml_dtypes' bfloat16 included: NumPy gives it
+    kind "V", and it is what a bfloat16 tensor of JAX or TensorFlow converts to;
+    Keras's dtype names know it."""
+    try:
+        return keras.backend.is_float_dtype(keras.backend.standardize_dtype(dtype))
+    except ValueError:  # not a dtype Keras computes with (strings, objects)
+        return False
+
+
 def is_finite_batch(model, x, index):
     """Checks that `x` is a batch `model` takes; returns whether it holds no NaN or inf.
 
@@ -34,7 +44,7 @@ def is_finite_batch(model, x, index):
             f"{len(shapes)} input(s) of shapes {shapes}."
         )
     for position, leaf in enumerate(leaves):
-        if leaf.dtype.kind not in "biuf":
+        if leaf.dtype.kind not in "biu" and not _is_float(leaf.dtype):
             raise TypeError(
                 f"Batch {index} holds values of dtype {leaf.dtype} (input {position}); "
                 f"`{model.name}` takes numbers."
@@ -50,7 +60,7 @@ def is_finite_batch(model, x, index):
                     f"Batch {index} has shape {leaf.shape} (input {position}); "
                     f"`{model.name}` takes {expected}."
                 )
-    return all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype.kind == "f")
+    return all(np.all(np.isfinite(leaf)) for leaf in leaves if _is_float(leaf.dtype))
 
 
 def invalid_batch_error(index):
