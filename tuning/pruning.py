@@ -1,4 +1,5 @@
 import copy
+import inspect
 import math
 
 import keras
@@ -85,8 +86,9 @@ class SearchBest:
 # The overfitting band of the pruning detector, in noise SDs, unless given: the
 # level the pruning rule (`prune_on="saturated"`) was chosen with on the three
 # recorded searches of bench/tuning_early_stop.py. At the detector's own default
-# (1.5) fewer epochs are overfitting and more saturated, so more trials are
-# judged on the short window: 10 of 12 wrongly ended on seed 3, against 1 of 12
+# (`DEFAULT_THRESHOLDS["noise"]` in callbacks/overfitting_criteria.py)
+# fewer epochs are overfitting and more saturated, so more trials are judged on
+# the short window: 10 of 12 wrongly ended on seed 3, against 1 of 12
 # (docs/BENCHMARKS.md).
 PRUNING_NOISE_THRESHOLD = 1.0
 
@@ -128,7 +130,8 @@ class TrialPruningDetector(OverfittingDetector):
     ):
         # Before the detector's own set-up, whose `reset()` starts the trial's record.
         self.search = SearchBest()
-        if detector_kwargs.get("criterion", "noise") == "noise":
+        criterion = inspect.signature(OverfittingDetector).parameters["criterion"].default
+        if detector_kwargs.get("criterion", criterion) == "noise":
             if detector_kwargs.get("threshold") is None:
                 detector_kwargs["threshold"] = PRUNING_NOISE_THRESHOLD
         # `action`: a `StopTrial` (the default, built from `prune_on`) or a subclass
@@ -301,8 +304,8 @@ def pruning_detector(
             detector's `patience`.
         **detector_kwargs: Arguments of `kreg.callbacks.OverfittingDetector`
             (`patience`, `smoothing`, ...), except `action`. Its `threshold`
-            defaults to 1 noise SD here (the detector's own default is 1.5),
-            the level this rule was chosen with.
+            defaults to 1 noise SD here (`PRUNING_NOISE_THRESHOLD`; the
+            detector's own is higher), the level this rule was chosen with.
 
     Returns:
         A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`).
