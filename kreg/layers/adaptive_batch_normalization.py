@@ -78,7 +78,11 @@ def _adapted_statistics(
 
 # The layers that `_TORCH_STATISTICS` serves, by `id`: the compiled graph holds the
 # key, and the operator reads and writes the layer's statistics outside the graph.
-_TORCH_LAYERS = weakref.WeakValueDictionary()
+# Weak values: a collected layer leaves, so an `id` Python reuses never finds it.
+# `importlib.reload` (IPython's autoreload) runs this module again in the same
+# namespace (https://docs.python.org/3/library/importlib.html#importlib.reload):
+# the layers made before it stay registered.
+_TORCH_LAYERS = globals().get("_TORCH_LAYERS", weakref.WeakValueDictionary())
 
 
 def _torch_statistics_op():

@@ -350,6 +350,44 @@ def test_the_online_mode_under_torch_compile_writes_what_eager_torch_writes():
     np.testing.assert_allclose(compiled_outputs, eager_outputs, rtol=1e-5, atol=1e-5)
 
 
+# Run in a subprocess: a reload rebinds the module's class, which other tests'
+# isinstance checks (kreg.set_test_time_mode) would then miss.
+_RELOAD_THEN_PREDICT = """
+import importlib
+import keras
+import numpy as np
+from kreg.layers import adaptive_batch_normalization as module
+
+layer = module.AdaptiveBatchNormalization(test_time_mode="batch")
+model = keras.Sequential([keras.Input((3,)), layer])
+model.compile(jit_compile=True)
+x = np.random.default_rng(12).normal(5.0, 2.0, (8, 3)).astype("float32")
+before = model.predict(x, verbose=0)
+importlib.reload(module)
+np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_a_layer_made_before_its_module_is_reloaded_still_predicts_under_torch_compile():
+    # `importlib.reload` (IPython's autoreload) runs the module again in the
+    # same namespace; the layers made before it must stay reachable to the
+    # statistics operator.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    run = subprocess.run(
+        [sys.executable, "-c", _RELOAD_THEN_PREDICT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
