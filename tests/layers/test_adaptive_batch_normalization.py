@@ -388,6 +388,26 @@ def test_a_layer_made_before_its_module_is_reloaded_still_predicts_under_torch_c
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.export only")
+def test_a_torch_export_runs_after_its_layer_is_gone(tmp_path):
+    # `torch.export` traces with Dynamo as `torch.compile` does; an exported
+    # program must hold the statistics themselves, not a key to a live layer.
+    import gc
+
+    import torch
+
+    layer = _layer_with_statistics(test_time_mode="batch")
+    model = keras.Sequential([keras.Input((3,)), layer])
+    x = np.random.default_rng(13).normal(3.0, 2.0, (1, 3)).astype("float32")
+    expected = _numpy(model(x))
+    with torch.no_grad():  # as a predict-time export would run
+        model.export(tmp_path / "model.pt2", format="torch", verbose=False)
+    del model, layer
+    gc.collect()
+    program = torch.export.load(tmp_path / "model.pt2")
+    np.testing.assert_allclose(_numpy(program.module()(torch.as_tensor(x))), expected, rtol=1e-6)
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
