@@ -388,6 +388,33 @@ def test_a_layer_made_before_its_module_is_reloaded_still_predicts_under_torch_c
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle"])
+def test_a_copied_layer_predicts_under_torch_compile(how):
+    # The statistics operator finds its layer in a registry filled by
+    # `__init__`; copies must reach it too. Keras pickles (and so copies) a
+    # layer through its saving library (keras/src/saving/keras_saveable.py,
+    # `__reduce__`), which builds the copy with `__init__`.
+    import copy
+    import pickle
+
+    copies = {
+        "deepcopy": copy.deepcopy,
+        "copy": copy.copy,
+        "pickle": lambda layer: pickle.loads(pickle.dumps(layer)),
+    }
+    layer = _layer_with_statistics(test_time_mode="mixed")
+    copied = copies[how](layer)
+    assert copied is not layer
+    x = np.random.default_rng(14).normal(3.0, 2.0, (8, 3)).astype("float32")
+    outputs = []
+    for bn in (layer, copied):
+        model = keras.Sequential([keras.Input((3,)), bn])
+        model.compile(jit_compile=True)
+        outputs.append(model.predict(x, verbose=0))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.export only")
 def test_a_torch_export_runs_after_its_layer_is_gone(tmp_path):
     # `torch.export` traces with Dynamo as `torch.compile` does; an exported
