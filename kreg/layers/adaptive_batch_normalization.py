@@ -41,12 +41,15 @@ def _concrete_mode(mode):
     return int(ops.convert_to_numpy(mode))
 
 
-def _torch_grad_enabled():
-    """Whether torch records this call for gradients (`torch.compile` guards on
-    it: a change compiles another graph, never a wrong one)."""
+def _torch_statistics_op_serves():
+    """Whether `_TORCH_STATISTICS` computes the statistics of a call traced on
+    torch: under `torch.compile` without gradients (it guards on that: a change
+    compiles another graph, never a wrong one). Not under `torch.export`, which
+    traces with the same compiler: an exported program outlives the layer that
+    the operator looks up, and runs where kreg's operator is not registered."""
     import torch
 
-    return torch.is_grad_enabled()
+    return not torch.is_grad_enabled() and not torch.compiler.is_exporting()
 
 
 def _adapted_statistics(
@@ -78,7 +81,11 @@ def _adapted_statistics(
 
 # The layers that `_TORCH_STATISTICS` serves, by `id`: the compiled graph holds the
 # key, and the operator reads and writes the layer's statistics outside the graph.
-_TORCH_LAYERS = weakref.WeakValueDictionary()
+# Weak values: a collected layer leaves, so an `id` Python reuses never finds it.
+# `importlib.reload` (IPython's autoreload) runs this module again in the same
+# namespace (https://docs.python.org/3/library/importlib.html#importlib.reload):
+# the layers made before it stay registered.
+_TORCH_LAYERS = globals().get("_TORCH_LAYERS", weakref.WeakValueDictionary())
 
 
 def _torch_statistics_op():
@@ -312,7 +319,7 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
             # arithmetic, with no batch moments and no write.
             mean, variance = self._statistics_now(inputs, mask, concrete_mode)
             return normalize(self, inputs, mean, variance)
-        if on_torch and not _torch_grad_enabled():
+        if on_torch and _torch_statistics_op_serves():
             # Under `torch.compile` (Keras's `jit_compile=True`; `predict` and
             # `evaluate` run without gradients, keras/src/backend/torch/trainer.py),
             # `ops.cond` is a Python `if` on the mode's value (keras/src/backend/
@@ -323,8 +330,9 @@ class AdaptiveBatchNormalization(keras.layers.BatchNormalization):
         if self.synchronized or keras.backend.backend() == "torch":
             # A cross-replica all-reduce cannot sit inside a `cond` branch under
             # tf.distribute, and that operator has no derivative (a compiled
-            # step that differentiates through the statistics, as Tent's does):
-            # compute the batch moments on every call and select, which reads
+            # step that differentiates through the statistics, as Tent's does)
+            # nor a place in an exported program (`torch.export`): compute the
+            # batch moments on every call and select, which reads
             # the mode live in one graph.
             adapted_mean, adapted_variance, clean = adapted_statistics()
             is_running = mode == _RUNNING

@@ -350,6 +350,91 @@ def test_the_online_mode_under_torch_compile_writes_what_eager_torch_writes():
     np.testing.assert_allclose(compiled_outputs, eager_outputs, rtol=1e-5, atol=1e-5)
 
 
+# Run in a subprocess: a reload rebinds the module's class, which other tests'
+# isinstance checks (kreg.set_test_time_mode) would then miss.
+_RELOAD_THEN_PREDICT = """
+import importlib
+import keras
+import numpy as np
+from kreg.layers import adaptive_batch_normalization as module
+
+layer = module.AdaptiveBatchNormalization(test_time_mode="batch")
+model = keras.Sequential([keras.Input((3,)), layer])
+model.compile(jit_compile=True)
+x = np.random.default_rng(12).normal(5.0, 2.0, (8, 3)).astype("float32")
+before = model.predict(x, verbose=0)
+importlib.reload(module)
+np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+def test_a_layer_made_before_its_module_is_reloaded_still_predicts_under_torch_compile():
+    # `importlib.reload` (IPython's autoreload) runs the module again in the
+    # same namespace; the layers made before it must stay reachable to the
+    # statistics operator.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    run = subprocess.run(
+        [sys.executable, "-c", _RELOAD_THEN_PREDICT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile only")
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle"])
+def test_a_copied_layer_predicts_under_torch_compile(how):
+    # The statistics operator finds its layer in a registry filled by
+    # `__init__`; copies must reach it too. Keras pickles (and so copies) a
+    # layer through its saving library (keras/src/saving/keras_saveable.py,
+    # `__reduce__`), which builds the copy with `__init__`.
+    import copy
+    import pickle
+
+    copies = {
+        "deepcopy": copy.deepcopy,
+        "copy": copy.copy,
+        "pickle": lambda layer: pickle.loads(pickle.dumps(layer)),
+    }
+    layer = _layer_with_statistics(test_time_mode="mixed")
+    copied = copies[how](layer)
+    assert copied is not layer
+    x = np.random.default_rng(14).normal(3.0, 2.0, (8, 3)).astype("float32")
+    outputs = []
+    for bn in (layer, copied):
+        model = keras.Sequential([keras.Input((3,)), bn])
+        model.compile(jit_compile=True)
+        outputs.append(model.predict(x, verbose=0))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.export only")
+def test_a_torch_export_runs_after_its_layer_is_gone(tmp_path):
+    # `torch.export` traces with Dynamo as `torch.compile` does; an exported
+    # program must hold the statistics themselves, not a key to a live layer.
+    import gc
+
+    import torch
+
+    layer = _layer_with_statistics(test_time_mode="batch")
+    model = keras.Sequential([keras.Input((3,)), layer])
+    x = np.random.default_rng(13).normal(3.0, 2.0, (1, 3)).astype("float32")
+    expected = _numpy(model(x))
+    with torch.no_grad():  # as a predict-time export would run
+        model.export(tmp_path / "model.pt2", format="torch", verbose=False)
+    del model, layer
+    gc.collect()
+    program = torch.export.load(tmp_path / "model.pt2")
+    np.testing.assert_allclose(_numpy(program.module()(torch.as_tensor(x))), expected, rtol=1e-6)
+
+
 def test_save_and_load_keep_the_mode_and_a_loaded_model_can_switch(tmp_path):
     layer = _layer_with_statistics(test_time_mode="mixed", prior_strength=4)
     model = keras.Sequential([keras.Input((3,)), layer])
