@@ -120,7 +120,9 @@ def check_from_logits(model, from_logits):
 
 def prediction_entropy(y_pred, from_logits):
     """The entropy (nats) of each sample's predicted class distribution, `(batch,)`."""
-    probabilities = class_probabilities(y_pred, from_logits)
+    # A tensor also for NumPy outputs, which `class_probabilities` keeps in
+    # NumPy: on torch a NumPy array times a tensor is a TypeError.
+    probabilities = ops.convert_to_tensor(class_probabilities(y_pred, from_logits))
     log_probabilities = ops.log(ops.clip(probabilities, 1e-7, 1.0))
     return -ops.sum(probabilities * log_probabilities, axis=-1)
 
