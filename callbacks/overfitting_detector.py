@@ -481,7 +481,8 @@ class OverfittingDetector(keras.callbacks.Callback):
                 raise ValueError(
                     f"Invalid value received for argument `{argument}`: `{name}` is not in "
                     f"the logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
-                    "metrics need validation data (`validation_data` or `validation_split`). "
+                    "metrics need validation data (`validation_data` or `validation_split`) "
+                    "and a fit that reaches an epoch that validates (`validation_freq`). "
                     f"Received: {argument}={name!r}"
                 )
 

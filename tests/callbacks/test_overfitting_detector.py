@@ -440,6 +440,15 @@ def test_missing_validation_metric_is_an_error():
         tiny_model().fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
 
 
+def test_a_fit_shorter_than_its_validation_freq_is_an_error_saying_so():
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match=r"argument `monitor`.*`val_loss`.*`validation_freq`"):
+        tiny_model().fit(
+            x, y, validation_data=(x, y), validation_freq=5, epochs=3, verbose=0,
+            callbacks=[OverfittingDetector()],
+        )  # fmt: skip
+
+
 def test_a_misspelt_train_monitor_is_an_error_naming_its_argument():
     detector = OverfittingDetector(train_monitor="acc")
     with pytest.raises(
