@@ -41,6 +41,21 @@ def without_validation(logs, needed):
     )
 
 
+def check_declared_direction(model, monitor, mode, argument="mode"):
+    """The direction `model`'s compiled metric `monitor` declares (`None` where it
+    declares none); a `mode` of `"min"` or `"max"` against it is a `ValueError`
+    naming `argument`. Call it once the metrics are built (at an epoch's end)."""
+    direction = declared_direction(model, monitor)
+    if direction is not None and mode not in ("auto", direction):
+        raise ValueError(
+            f"Invalid value received for argument `{argument}`: the model's metric "
+            f"{monitor!r} declares that it is "
+            f"{'maximized' if direction == 'max' else 'minimized'}. Use {argument}='auto' or "
+            f"{direction!r}. Received: {argument}={mode!r}"
+        )
+    return direction
+
+
 def monitor_direction(model, monitor, mode="auto"):
     """`"min"` or `"max"`: which way `monitor` improves.
 

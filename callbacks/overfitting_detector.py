@@ -11,6 +11,7 @@ from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg.callbacks.dropout_rates import rates_built_at_zero
 from kreg.callbacks.dropout_rates import update_dropout_rates
+from kreg.callbacks.monitoring import check_declared_direction
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.monitoring import without_validation
@@ -82,7 +83,18 @@ class OverfittingDetector(keras.callbacks.Callback):
     withdrawn (the state returns to learning) and a later one is acted on
     afresh. An epoch whose value is NaN or infinite is skipped with a warning
     (`skipped_epochs` lists them): the state stays as it was and detection goes
-    on at the next finite epoch.
+    on at the next finite epoch. A run whose last validated epochs are all
+    NaN or infinite is reported as diverged, with a warning at the end of
+    `fit`.
+
+    What a run cannot tell is said at the end of `fit`, with a warning: a
+    noise not yet estimated (fewer than 7 finite validated epochs, nothing
+    judged), no more finite validated epochs than `patience` (saturation and
+    underfitting not judged), or a `fit` that ended before
+    `start_from_epoch`. A `monitor` or `train_monitor` missing from the logs
+    is a `ValueError`: at the first epoch that ran validation, or at the end
+    of a `fit` that ran none (until then its epochs look like those that
+    `validation_freq` skips).
 
     Each epoch the callback adds `generalization_gap` (validation minus
     training) and `overfitting_state` (0 learning, 1 overfitting,
@@ -99,8 +111,10 @@ class OverfittingDetector(keras.callbacks.Callback):
       see `kreg.layers.adjustable_rates`) by `strengthen_step` on overfitting
       or saturation, lower it on underfitting; training goes on with the new
       rates at the next step, no retrace. Layers built at rate 0 cannot be
-      raised: they are named once. On the corpus runs where it triggers it did
-      not lower the best validation loss (docs/BENCHMARKS.md);
+      raised: they are named once. Where no rate can change, a state is
+      acted on once, as `"warn"` acts, and stays in the logs. On the corpus
+      runs where it triggers it did not lower the best validation loss
+      (docs/BENCHMARKS.md);
     - a callable (all three), called as `action(detector, epoch)`.
 
     Each monitor keeps its own direction: `mode` for `monitor`, `train_mode` for
@@ -115,10 +129,11 @@ class OverfittingDetector(keras.callbacks.Callback):
     Args:
         monitor: Validation quantity. Defaults to `"val_loss"`.
         train_monitor: Training quantity. Defaults to `"loss"`.
-        patience: Epochs (>= 1) over which validation must not improve beyond
-            its noise to be saturated, and training must stall to underfit
-            (also the strip length of `"pq"`, `"up"`, `"p_value"`). Defaults
-            to 5.
+        patience: Validated epochs (>= 1; `k` epochs apart under
+            `fit(validation_freq=k)`) over which validation must not improve
+            beyond its noise to be saturated, and training must stall to
+            underfit (also the strip length of `"pq"`, `"up"`, `"p_value"`).
+            Defaults to 5.
         min_delta: Added to the noise band, and to the warm-up's 2 percent
             band (absolute, >= 0). Defaults to 0.
         min_gap: `None` (default) or a gap (>= 0) between validation and
@@ -305,6 +320,7 @@ class OverfittingDetector(keras.callbacks.Callback):
         self._new_best = False
         self._fired = set()
         self._last_logs = None
+        self._last_epoch = None  # the last epoch of this fit, read or not (`start_from_epoch`)
         self._metrics_read = False  # the model's metrics, read at the first epoch in fit
         # The direction of each monitor: a given mode, or a loss's, now; the
         # others from the model's metrics at the first epoch.
@@ -419,6 +435,7 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        self._last_epoch = epoch
         if epoch < self.start_from_epoch:
             return
         self._last_logs = logs
@@ -432,14 +449,7 @@ class OverfittingDetector(keras.callbacks.Callback):
                 (self.monitor, self.mode, "mode"),
                 (self.train_monitor, self.train_mode, "train_mode"),
             ):
-                direction = declared_direction(self.model, name)
-                if direction is not None and mode not in ("auto", direction):
-                    raise ValueError(
-                        f"Invalid value received for argument `{argument}`: the model's metric "
-                        f"{name!r} declares that it is "
-                        f"{'maximized' if direction == 'max' else 'minimized'}. "
-                        f"Use {argument}='auto' or {direction!r}. Received: {argument}={mode!r}"
-                    )
+                direction = check_declared_direction(self.model, name, mode, argument)
                 if direction is not None:
                     self._directions[name] = direction
             self._check_criterion_direction()
@@ -466,26 +476,65 @@ class OverfittingDetector(keras.callbacks.Callback):
             self._act(state, epoch)
 
     def _check_logs(self, logs):
-        missing = [key for key in (self.monitor, self.train_monitor) if key not in logs]
-        if missing:
-            raise ValueError(
-                f"OverfittingDetector needs {', '.join(f'`{m}`' for m in missing)} in the "
-                f"logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
-                "metrics need validation data (`validation_data` or `validation_split`)."
-            )
+        for argument, name in (("monitor", self.monitor), ("train_monitor", self.train_monitor)):
+            if name not in logs:
+                raise ValueError(
+                    f"Invalid value received for argument `{argument}`: `{name}` is not in "
+                    f"the logs. Available: {', '.join(sorted(logs)) or 'none'}. Validation "
+                    "metrics need validation data (`validation_data` or `validation_split`) "
+                    "and a fit that reaches an epoch that validates (`validation_freq`). "
+                    f"Received: {argument}={name!r}"
+                )
 
     def on_train_end(self, logs=None):
         if self._last_logs is not None and not self.states:
             self._check_logs(self._last_logs)  # no epoch had validation
+        message = self._unjudged()
+        if message:
+            warnings.warn(message, stacklevel=2)
+
+    def _unjudged(self):
+        """What this fit left unjudged, in words, or `None`: the run ended diverged,
+        was too short for the noise or for `patience`, or ended before
+        `start_from_epoch`."""
+        if not self.states:
+            if self._last_epoch is None or self._last_epoch >= self.start_from_epoch:
+                return None
+            return (
+                f"OverfittingDetector read no epoch: start_from_epoch={self.start_from_epoch}, "
+                f"and this fit ended after epoch {self._last_epoch + 1}. Lower "
+                "`start_from_epoch` or train longer."
+            )
+        last_finite = self._epochs[-1] if self._epochs else -1
+        diverged = [epoch for epoch in self.skipped_epochs if epoch > last_finite]
+        if diverged:
+            epochs = (
+                f"validated epoch ({diverged[0] + 1})"
+                if len(diverged) == 1
+                else f"{len(diverged)} validated epochs ({diverged[0] + 1}-{diverged[-1] + 1})"
+            )
+            return f"OverfittingDetector: the run ended diverged: its last {epochs} logged NaN " + (
+                "or infinite values; no validated epoch was finite, so nothing was judged."
+                if last_finite < 0
+                else f"or infinite values; its state ({self.state}) is that of epoch "
+                f"{last_finite + 1}, the last finite one."
+            )
         # Not `self.noise is None`: a window restarted by "strengthen" has no
         # noise again for a few epochs, after states were judged.
-        if self.states and not self._judged and self.criterion == "noise":
-            warnings.warn(
+        if not self._judged and self.criterion == "noise":
+            return (
                 f"OverfittingDetector judged nothing: {len(self._raw_val)} finite validated "
                 f"epochs, and its noise estimate needs {MIN_RESIDUALS + 4}. Train longer to "
-                "get a state other than learning.",
-                stacklevel=2,
+                "get a state other than learning."
             )
+        finite = len(self.states) - len(self.skipped_epochs)
+        if finite <= self.patience and set(self.states) == {LEARNING}:
+            return (
+                f"OverfittingDetector: {finite} finite validated epochs, not more than "
+                f"patience={self.patience}: saturation and underfitting were not judged. "
+                "Train longer or lower `patience`."
+            )
+        return None
 
     def _message(self, state, epoch):
         if state == OVERFITTING:
@@ -560,11 +609,15 @@ class OverfittingDetector(keras.callbacks.Callback):
                     if at_zero
                     else ""
                 )
-                + ("" if changed else "the model has no adjustable kreg dropout rate to change. ")
+                + ("" if changed else "The model has no adjustable kreg dropout rate to change. ")
                 + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to "
                 "let it act.",
                 stacklevel=3,
             )
+        if not changed:
+            # The curves still speak for the same model: acted on once, as "warn"
+            # acts, not again at every later epoch.
+            return
         # A later detection acts again, on the curves after the change.
         self._fired.discard(state)
         self.state, self.onset_epoch = LEARNING, None

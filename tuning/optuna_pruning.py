@@ -7,7 +7,9 @@ import keras
 
 from kreg._extras import require
 from kreg._validation import check_choice
+from kreg.callbacks.monitoring import check_declared_direction
 from kreg.callbacks.monitoring import monitor_direction
+from kreg.callbacks.monitoring import monitored_scalar
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.tuning.pruning import StopTrial
 from kreg.tuning.pruning import TrialPruningDetector
@@ -94,6 +96,7 @@ class OptunaPruningCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._checked_direction = False
+        self._checked_declared = False  # `mode` against the compiled metric's direction
         if self.mode != "auto":
             self._check_direction(self.direction)
         self.best = None
@@ -145,7 +148,13 @@ class OptunaPruningCallback(keras.callbacks.Callback):
             # mode="auto": the direction the compiled metric declares, as Keras's
             # callbacks and OverfittingDetector read it (its metrics exist by now).
             self._check_direction(_study_direction(monitor_direction(self.model, self.monitor)))
-        value = float(keras.ops.convert_to_numpy(value))
+        if not self._checked_declared:
+            # A `mode` against the compiled metric's direction would report and
+            # judge it upside down (its metrics exist by now).
+            self._checked_declared = True
+            check_declared_direction(self.model, self.monitor, self.mode)
+        # A vector-valued metric (F1Score, one value per class) by its mean.
+        value = monitored_scalar(keras.ops.convert_to_numpy(value))
         self._reported = True
         if math.isfinite(value) and (
             self.best is None
@@ -215,11 +224,14 @@ def optuna_pruning_callback(
             starts (with `mode="auto"`, at the first epoch's end, before
             anything is reported). A `fit` whose logs never hold it (a `val_` metric without
             validation data) is a `ValueError` when it ends: nothing could be
-            pruned.
+            pruned. A vector-valued metric (`keras.metrics.F1Score()`, one
+            value per class) is reported by its mean.
         mode: `"min"`, `"max"` or `"auto"` (default: the direction the
             compiled metric declares, read at the first epoch's end as
             Keras's callbacks read it; a metric that declares none is a
-            `ValueError` asking for `mode`).
+            `ValueError` asking for `mode`). A `"min"` or `"max"` against the
+            direction the compiled metric declares is a `ValueError` at the
+            first epoch's end.
         on_overfitting: What ending a trial does: `"stop"` (default: stop
             training, the trial completes) or `"prune"` (raise
             `optuna.TrialPruned`).

@@ -4,6 +4,7 @@ import math
 
 import keras
 
+from kreg._keras_compat import declared_direction
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_seed
@@ -106,8 +107,10 @@ class TrialPruningDetector(OverfittingDetector):
     detector's shorter `patience` once its state is in `prune_on` (by
     default saturated: validation has not improved beyond its noise for
     `patience` epochs): such a trial's best epoch is behind it, so its recent
-    pace is what is left. The first trial, and any trial that leads the search, is never ended,
-    nor is a trial at its last epoch (nothing is left to save). A NaN epoch
+    pace is what is left. Both windows count validated epochs; a trial that
+    has not yet logged more than its window is not judged. The first trial,
+    and any trial that leads the search, is never ended, nor is a trial at
+    its last epoch (nothing is left to save). A NaN epoch
     (diverged) counts as the worst value there is, and sets no search best.
 
     Why not end every overfitting trial: the loss curves the detector reads can
@@ -209,6 +212,7 @@ class TrialPruningDetector(OverfittingDetector):
                 self._objective_direction = monitor_direction(
                     self.model, self.objective, self.objective_mode
                 )
+                self._check_objective_direction()
             sign = -1.0 if self._objective_direction == "max" else 1.0
             value = sign * monitored_scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
@@ -219,6 +223,20 @@ class TrialPruningDetector(OverfittingDetector):
         # decided anew every epoch.
         if self.model is not None:
             self.action(self, epoch)
+
+    def _check_objective_direction(self):
+        """A direction given against the one the objective's compiled metric declares
+        would judge every improving trial as falling behind."""
+        declared = declared_direction(self.model, self.objective)
+        if declared is not None and declared != self._objective_direction:
+            raise fatal_value_error(
+                f"Invalid value received for argument `objective`: the model's metric "
+                f"{self.objective!r} declares that it is "
+                f"{'maximized' if declared == 'max' else 'minimized'}. Use direction "
+                f"{declared!r} (keras_tuner.Objective({self.objective!r}, {declared!r})) or the "
+                f"name alone. Received: objective={self.objective!r} with direction "
+                f"{self.objective_mode!r}"
+            )
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -298,10 +316,14 @@ def pruning_detector(
             (`"val_loss"`). Pass the tuner's, e.g. `"val_accuracy"`. A
             name's direction is the one its compiled metric declares, read
             at the first epoch that logs it (a metric that declares none
-            needs a `keras_tuner.Objective`).
-        objective_patience: The window, in epochs, over which the pace of a
-            trial that is not overfitting is measured. Defaults to twice the
-            detector's `patience`.
+            needs a `keras_tuner.Objective`); an `Objective` whose direction
+            is against the declared one is a `ValueError` there.
+        objective_patience: The window, in validated epochs (`k` epochs
+            apart under `fit(validation_freq=k)`), over which the pace of a
+            trial that is not in a `prune_on` state is measured. Defaults to
+            twice the detector's `patience`. A trial is judged only once it
+            has logged more validated epochs than its window: a `fit` of no
+            more than `objective_patience` validated epochs is never ended.
         **detector_kwargs: Arguments of `kreg.callbacks.OverfittingDetector`
             (`patience`, `smoothing`, ...), except `action`. Its `threshold`
             defaults to 1 noise SD here (`PRUNING_NOISE_THRESHOLD`; the

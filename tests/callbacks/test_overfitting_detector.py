@@ -310,12 +310,18 @@ def test_strengthen_raises_every_adjustable_dropout_rate_and_training_goes_on():
     assert model.get_layer("locked").rate == pytest.approx(0.2 + 3 * 0.15)
 
 
-def test_strengthen_names_rate_zero_layers_once():
-    detector = OverfittingDetector(patience=3, action="strengthen", verbose=0)
+def test_strengthen_names_rate_zero_layers_once(capsys):
+    detector = OverfittingDetector(patience=3, action="strengthen")
     with pytest.warns(UserWarning, match=r"built at 0 cannot be raised: off\.rate") as record:
         model, _ = _fit_sequence_model(0.0, "off", detector)
     assert len([w for w in record if "cannot be raised" in str(w.message)]) == 1
     assert model.get_layer("off").rate == 0.0
+    # Nothing changed, so the curves still speak for the same model: the state
+    # stays overfitting from its onset (not reset to learning) and the
+    # detection is printed once, not at every later epoch.
+    overfitting = STATE_CODES["overfitting"]
+    assert history_states(model)[6:] == [overfitting] * 6
+    assert capsys.readouterr().out.count("Dropout rates now: none changed") == 1
 
 
 def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
@@ -427,9 +433,122 @@ def test_a_vector_valued_monitor_counts_by_its_mean():
 def test_missing_validation_metric_is_an_error():
     x = np.ones((8, 3), "float32")
     with pytest.raises(
-        ValueError, match=r"`val_loss`.*Available: accuracy, loss\..*validation data"
+        ValueError,
+        match=r"argument `monitor`.*`val_loss`.*Available: accuracy, loss\..*validation data"
+        r".*Received: monitor='val_loss'",
     ):
         tiny_model().fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[OverfittingDetector()])
+
+
+def test_a_fit_shorter_than_its_validation_freq_is_an_error_saying_so():
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match=r"argument `monitor`.*`val_loss`.*`validation_freq`"):
+        tiny_model().fit(
+            x, y, validation_data=(x, y), validation_freq=5, epochs=3, verbose=0,
+            callbacks=[OverfittingDetector()],
+        )  # fmt: skip
+
+
+def test_a_misspelt_train_monitor_is_an_error_naming_its_argument():
+    detector = OverfittingDetector(train_monitor="acc")
+    with pytest.raises(
+        ValueError, match=r"argument `train_monitor`.*`acc`.*Received: train_monitor='acc'"
+    ):
+        fit_scripted(tiny_model(), detector, 2, loss=FALLING[:2], val_loss=U_SHAPE[:2])
+
+
+def _warnings_of(fit):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit()
+    return [str(w.message) for w in record if "OverfittingDetector" in str(w.message)]
+
+
+def test_a_run_that_ends_diverged_is_reported_as_diverged():
+    nan = float("nan")
+    # Finite for 8 epochs (the detector judged them), NaN from epoch 9 on.
+    detector = OverfittingDetector(patience=3, action=lambda *_: None)
+    messages = _warnings_of(
+        lambda: fit_scripted(
+            tiny_model(), detector, 11, loss=FALLING[:8] + [nan] * 3,
+            val_loss=U_SHAPE[:8] + [nan] * 3,
+        )
+    )  # fmt: skip
+    assert detector.skipped_epochs == [8, 9, 10]
+    assert [m for m in messages if "diverged" in m][-1].startswith(
+        "OverfittingDetector: the run ended diverged: its last 3 validated epochs (9-11) "
+        "logged NaN or infinite values; its state (overfitting) is that of epoch 8"
+    )
+    # NaN from the first epoch: no advice to train longer.
+    everything = OverfittingDetector(patience=3)
+    messages = _warnings_of(
+        lambda: fit_scripted(tiny_model(), everything, 8, loss=[nan] * 8, val_loss=[nan] * 8)
+    )
+    assert not [m for m in messages if "judged nothing" in m]
+    assert [m for m in messages if "ended diverged" in m] == [
+        "OverfittingDetector: the run ended diverged: its last 8 validated epochs (1-8) "
+        "logged NaN or infinite values; no validated epoch was finite, so nothing was judged."
+    ]
+    # A NaN epoch the run recovers from is only skipped.
+    recovered = OverfittingDetector(patience=3, action=lambda *_: None)
+    messages = _warnings_of(
+        lambda: fit_scripted(
+            tiny_model(), recovered, 12, loss=FALLING[:5] + [nan] + FALLING[6:],
+            val_loss=U_SHAPE[:5] + [nan] + U_SHAPE[6:],
+        )
+    )  # fmt: skip
+    assert not [m for m in messages if "ended diverged" in m]
+
+
+def test_a_run_not_longer_than_patience_says_saturation_and_underfitting_were_not_judged():
+    plateau = [2.1, 1.6, 1.3, 1.1, 1.05, 1.06, 1.04, 1.05, 1.06, 1.04]
+    for criterion in CRITERIA:
+        # 10 validated epochs: the noise exists, but a plateau needs more than 20.
+        detector = OverfittingDetector(patience=20, criterion=criterion)
+        messages = _warnings_of(
+            lambda: fit_scripted(tiny_model(), detector, 10, loss=FALLING[:10], val_loss=plateau)
+        )
+        assert set(detector.states) == {"learning"}
+        assert messages == [
+            "OverfittingDetector: 10 finite validated epochs, not more than patience=20: "
+            "saturation and underfitting were not judged. Train longer or lower `patience`."
+        ], criterion
+    # Longer than patience: saturated, and no such warning.
+    detector = OverfittingDetector(patience=3, action=lambda *_: None)
+    messages = _warnings_of(
+        lambda: fit_scripted(tiny_model(), detector, 10, loss=FALLING[:10], val_loss=plateau)
+    )
+    assert "saturated" in detector.states and messages == []
+
+
+def test_patience_counts_validated_epochs_under_validation_freq():
+    # Validation every 2nd epoch: 14 epochs are 7 validated epochs (enough for
+    # the noise), not more than patience=7, so no saturation can be judged.
+    x, y = tiny_data()
+    detector = OverfittingDetector(patience=7, action=lambda *_: None)
+    messages = _warnings_of(
+        lambda: tiny_model().fit(
+            x, y, validation_data=(x, y), validation_freq=2, epochs=14, verbose=0,
+            callbacks=[detector],
+        )
+    )  # fmt: skip
+    assert len(detector.states) == 7
+    assert [m for m in messages if "patience" in m] == [
+        "OverfittingDetector: 7 finite validated epochs, not more than patience=7: "
+        "saturation and underfitting were not judged. Train longer or lower `patience`."
+    ]
+
+
+def test_a_start_from_epoch_past_the_run_says_it_read_no_epoch():
+    detector = OverfittingDetector(start_from_epoch=10)
+    messages = _warnings_of(
+        lambda: fit_scripted(tiny_model(), detector, 5, loss=FALLING[:5], val_loss=U_SHAPE[:5])
+    )
+    assert detector.states == []
+    assert messages == [
+        "OverfittingDetector read no epoch: start_from_epoch=10, and this fit ended after "
+        "epoch 5. Lower `start_from_epoch` or train longer."
+    ]
 
 
 @pytest.mark.parametrize(

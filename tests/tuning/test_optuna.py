@@ -350,3 +350,40 @@ def test_a_multi_objective_study_is_refused_when_the_callback_is_built():
     trial = optuna.create_study(directions=["minimize", "maximize"]).ask()
     with pytest.raises(ValueError, match=r"`trial`.*2 objectives.*\['minimize', 'maximize'\]"):
         optuna_pruning_callback(trial)
+
+
+def test_a_mode_against_the_declared_direction_is_an_error_naming_mode():
+    # Accuracy declares itself maximized: mode="min" (and a minimizing study
+    # to match) would report and judge it upside down.
+    study = optuna.create_study(direction="minimize")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse", metrics=["accuracy"])
+    data = np.ones((8, 3)), np.ones((8, 2))
+    callback = optuna_pruning_callback(study.ask(), "val_accuracy", mode="min")
+    with pytest.raises(
+        ValueError,
+        match=r"argument `mode`.*'val_accuracy' declares that it is maximized.*"
+        r"Received: mode='min'",
+    ):
+        model.fit(*data, validation_data=data, epochs=2, verbose=0, callbacks=[callback])
+    assert not study.trials[0].intermediate_values
+
+
+def test_a_vector_valued_monitor_is_reported_by_its_mean():
+    # F1Score logs one value per class; Optuna takes one number: their mean,
+    # as OverfittingDetector and the keras-tuner pruning read it.
+    study = optuna.create_study(direction="maximize")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="sigmoid")])
+    model.compile("sgd", "mse", metrics=[keras.metrics.F1Score(threshold=0.5)])
+    data = np.ones((8, 3)), np.ones((8, 2))
+    per_class = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: per_class.append(np.asarray(logs["val_f1_score"]))
+    )
+    callback = optuna_pruning_callback(study.ask(), "val_f1_score")
+    model.fit(*data, validation_data=data, epochs=2, verbose=0, callbacks=[recorder, callback])
+    reported = study.trials[0].intermediate_values
+    assert per_class[0].shape == (2,)
+    assert [reported[epoch] for epoch in (0, 1)] == pytest.approx(
+        [float(np.mean(values)) for values in per_class]
+    )

@@ -5,6 +5,7 @@ import math
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
 from search_helpers import Memorizer
 from search_helpers import PrunedRandomSearch
@@ -236,3 +237,27 @@ def test_the_pruning_detector_keeps_the_band_its_rule_was_chosen_with():
         [1.0, 0.9, 0.8, 0.75, 0.7, 0.69, 0.71, 0.7, 0.72, 0.715]
     )]  # fmt: skip
     assert state[-1] == "overfitting", "0.72, 0.715 lie above 0.69 + 1 noise SD, not 1.5"
+
+
+def test_an_objective_direction_against_the_metric_s_declared_one_is_an_error():
+    # Accuracy declares itself maximized; an Objective that minimizes it would
+    # judge every improving trial as falling behind.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse", metrics=["accuracy"])
+    x = np.ones((8, 3), "float32")
+    detector = pruning_detector(
+        objective=keras_tuner.Objective("val_accuracy", "min"), patience=2, verbose=0
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"argument `objective`.*'val_accuracy' declares that it is maximized.*"
+        r"direction 'max'.*Received: .*'min'",
+    ):
+        model.fit(
+            x, x[:, :1], validation_data=(x, x[:, :1]), epochs=2, verbose=0, callbacks=[detector]
+        )
+    # The direction it declares is accepted.
+    detector = pruning_detector(
+        objective=keras_tuner.Objective("val_accuracy", "max"), patience=2, verbose=0
+    )
+    model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=2, verbose=0, callbacks=[detector])
