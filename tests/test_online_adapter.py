@@ -278,6 +278,25 @@ def test_a_batch_the_model_overflows_on_is_refused_like_a_nan_batch(method):
     _assert_same(_weights(skipping.model), before)
 
 
+def test_robust_recovers_from_samples_whose_statistics_overflow_only_in_the_bank():
+    # 1e20 predicts finitely with the stored statistics, but its square
+    # overflows float32: the batch that holds it is not due for an update and
+    # goes into the bank; the next batch's update then fails on it. That batch
+    # is refused, and the bank must not keep failing every update after it.
+    first, second, third = _stream()
+    adapter = OnlineAdapter(_cnn(), method="robust", memory_size=16)
+    adapter.predict_on_batch(first)
+    poisoned = second[:8].copy()
+    poisoned[3] = np.where(np.arange(36).reshape(6, 6, 1) % 2, 1e20, -1e20)
+    adapter.predict_on_batch(poisoned)
+    with pytest.raises(ValueError, match="Batch 2 .*not finite"):
+        adapter.predict_on_batch(second[8:])
+    at_refusal = _weights(adapter.model)
+    for batch in (third[:8], third[8:], second[8:]):  # two updates' worth
+        assert np.all(np.isfinite(adapter.predict_on_batch(batch)))
+    assert any(not np.array_equal(at_refusal[k], v) for k, v in _weights(adapter.model).items())
+
+
 def test_batches_the_model_cannot_take_are_errors_naming_the_batch():
     model = _cnn()
     source = _weights(model)

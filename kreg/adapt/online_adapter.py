@@ -192,12 +192,14 @@ class OnlineAdapter:
             float32, a model that overflows on them): `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model and the adapter's running
-            state as they were; `"skip"` predicts it with the model as it is,
-            adapts to nothing of it, and counts it in `skipped_batches`. Either
-            way it never changes the model. An empty batch, one of another
-            structure or shape than the model's input, or of values that are
-            not real numbers (strings, complex), is always an error. Ignored by
-            `"none"`.
+            state as they were (`"robust"`: when its memory bank's update fails
+            on samples of earlier batches, those added since the last update
+            are dropped from the bank); `"skip"` predicts it with the model as
+            it is, adapts to nothing of it, and counts it in `skipped_batches`.
+            Either way it never changes the model. An empty batch, one of
+            another structure or shape than the model's input, or of values
+            that are not real numbers (strings, complex), is always an error.
+            Ignored by `"none"`.
         label_shift_ratio: `"eata"`: the threshold on the ratio of the first
             to the last batch norm's distance from the stored statistics below
             which a batch is taken as source inputs of few classes (see above).

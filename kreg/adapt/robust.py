@@ -211,7 +211,26 @@ class RobustAdaptation:
             self.window, self.since_update, bank = before
             if bank is not None:
                 self.bank.set_state(bank)
+                self._drop_unchecked_samples_that_overflow()
             raise
+
+    def _drop_unchecked_samples_that_overflow(self):
+        """After a failed update: when the bank as it was before the batch fails
+        as well, the cause came in earlier, with the samples added since the
+        last update (a value that predicts finitely but whose square overflows
+        float32 reaches no pass before the next update); those are dropped, or
+        every later update would fail on them. The samples older than the last
+        update passed its pass. One more pass, on this rare path only."""
+        samples, _ = self.bank.contents()
+        if not samples:
+            return
+        options = dict(steps=None, batch_size=len(samples), verbose=0)
+        try:
+            collect_statistics(
+                self.model, self.layers, _stack(samples), options, False, stored_weight=1.0
+            )
+        except NonFiniteStatisticsError:
+            self.bank.drop_since(self.bank.clock - self.since_update)
 
     def _predict_and_adapt(self, x, rows):
         shifted = False
