@@ -9,6 +9,7 @@ import numpy as np
 
 from kreg._keras_compat import numpy_batches
 from kreg._validation import check_at_least
+from kreg.adapt.batch_check import check_data_arrays
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import is_arrays
@@ -51,7 +52,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             `keras.utils.PyDataset` (targets in it are ignored), or a generator
             function, called for a fresh generator at every re-estimation. A
             generator object is refused: it is used up by the first one. Usually
-            the training inputs. Not part of `get_config`.
+            the training inputs. Not part of `get_config`. One array is checked
+            when `fit` starts, before training: another shape than the
+            model's input, values that are not real numbers, NaN or inf are an
+            error then, not after the first epoch.
         steps: Optional number of batches per re-estimation (`K` of Wu & Johnson).
             Defaults to all of `data`. With arrays, each re-estimation draws a new
             random subset of `steps * batch_size` samples; a dataset yields its
@@ -138,8 +142,13 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def _check_batched(self):
         """A `ValueError` where `data` yields single samples (an unbatched
         `tf.data.Dataset`, a generator of one sample at a time): each input is a
-        rank below the model's."""
+        rank below the model's; a `ValueError` or `TypeError` for an array the
+        model cannot take (another shape, strings)."""
         inputs = getattr(self.model, "inputs", None)
+        if isinstance(self.data, np.ndarray):
+            # Found now, not after an epoch of training: the checks of a
+            # stream's batches (Keras's errors name neither argument nor array).
+            check_data_arrays(self.model, self.data)
         if self._batch_shapes is None or not inputs:
             return
         expected = [tuple(keras.ops.shape(tensor)) for tensor in keras.tree.flatten(inputs)]

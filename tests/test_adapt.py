@@ -393,6 +393,25 @@ def test_nonfinite_data_is_an_error_and_changes_nothing(bad):
         np.testing.assert_array_equal(_all_weights(model)[path], value, err_msg=path)
 
 
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (np.zeros((16, 7, 7, 1), "float32"), ValueError, r"shape \(16, 7, 7, 1\)"),
+        (np.full((16, 8, 8, 1), "a"), TypeError, "dtype <U1"),
+        (np.full((16, 8, 8, 1), np.nan, "float32"), ValueError, "not finite.*NaN or infinite"),
+        (np.ones((16, 8, 8, 1), "complex64"), TypeError, "dtype complex64"),
+    ],
+)
+@pytest.mark.parametrize("method", ["reestimate", "tent"])
+def test_arrays_the_model_cannot_take_are_errors_naming_data(method, data, error, message):
+    model = _cnn()
+    before = _all_weights(model)
+    with pytest.raises(error, match=f"argument `data`.*{message}"):
+        adapt_batchnorm(model, data, method=method, verbose=0)
+    for path, value in before.items():
+        np.testing.assert_array_equal(_all_weights(model)[path], value, err_msg=path)
+
+
 def test_one_value_per_channel_is_an_error_not_a_zero_variance():
     model = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn")]

@@ -78,3 +78,14 @@ def test_a_full_bank_weighs_its_oldest_sample_on_the_capacity_scale():
     assert len(weights) == 64
     np.testing.assert_allclose(weights.min(), np.exp(-1.0) / (1.0 + np.exp(-1.0)))
     assert weights.min() / weights.max() > 0.5
+
+
+def test_drop_since_removes_exactly_the_samples_added_from_that_clock_on():
+    bank = MemoryBank(capacity=8, classes=2, fill="note")
+    bank.add([np.array([i]) for i in range(3)], [0, 1, 0], [0.5] * 3)
+    clock = bank.clock
+    bank.add([np.array([i]) for i in range(3, 6)], [1, 0, 1], [0.5] * 3)
+    bank.drop_since(clock)
+    samples, ages = bank.contents()
+    assert sorted(int(s[0]) for s in samples) == [0, 1, 2]
+    assert bank.clock == 6 and ages.min() == 4 / 8  # the clock still counts them

@@ -245,6 +245,58 @@ def test_a_batch_holding_nan_or_inf_changes_nothing_in_any_method(method, bad):
     assert np.all(np.isfinite(np.concatenate([w.ravel() for w in _weights(model).values()])))
 
 
+def _overflowing(batch, row=3):
+    # Finite values whose squares overflow float32: the batch's statistics, and
+    # the outputs of a model normalizing with them, are not finite.
+    batch = batch.copy()
+    batch[row] = np.where(np.arange(batch[row].size) % 2, 3e38, -3e38).reshape(batch[row].shape)
+    return batch
+
+
+@pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m not in ("none", "batch")])
+def test_a_batch_the_model_overflows_on_is_refused_like_a_nan_batch(method):
+    model, twin = _cnn(), _cnn()
+    adapter = OnlineAdapter(model, **_arguments(method, memory_size=16))
+    clean = OnlineAdapter(twin, **_arguments(method, memory_size=16))
+    first, second, third = _stream()
+    adapter.predict_on_batch(first)
+    clean.predict_on_batch(first)
+    at_first = _weights(model)
+    with pytest.raises(ValueError, match="Batch 1 .*not finite"):
+        adapter.predict_on_batch(_overflowing(second))
+    _assert_same(_weights(model), at_first)
+    # Nothing of it stayed in the adapter either (a memory bank, statistics so
+    # far): the next batch is adapted to as by an adapter that never saw it.
+    np.testing.assert_array_equal(adapter.predict_on_batch(third), clean.predict_on_batch(third))
+    for ours, theirs in zip(model.weights, twin.weights, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs))
+    skipping = OnlineAdapter(_cnn(), on_invalid="skip", **_arguments(method, memory_size=16))
+    skipping.predict_on_batch(first)
+    before = _weights(skipping.model)
+    skipping.predict_on_batch(_overflowing(second))
+    assert skipping.skipped_batches == 1
+    _assert_same(_weights(skipping.model), before)
+
+
+def test_robust_recovers_from_samples_whose_statistics_overflow_only_in_the_bank():
+    # 1e20 predicts finitely with the stored statistics, but its square
+    # overflows float32: the batch that holds it is not due for an update and
+    # goes into the bank; the next batch's update then fails on it. That batch
+    # is refused, and the bank must not keep failing every update after it.
+    first, second, third = _stream()
+    adapter = OnlineAdapter(_cnn(), method="robust", memory_size=16)
+    adapter.predict_on_batch(first)
+    poisoned = second[:8].copy()
+    poisoned[3] = np.where(np.arange(36).reshape(6, 6, 1) % 2, 1e20, -1e20)
+    adapter.predict_on_batch(poisoned)
+    with pytest.raises(ValueError, match="Batch 2 .*not finite"):
+        adapter.predict_on_batch(second[8:])
+    at_refusal = _weights(adapter.model)
+    for batch in (third[:8], third[8:], second[8:]):  # two updates' worth
+        assert np.all(np.isfinite(adapter.predict_on_batch(batch)))
+    assert any(not np.array_equal(at_refusal[k], v) for k, v in _weights(adapter.model).items())
+
+
 def test_batches_the_model_cannot_take_are_errors_naming_the_batch():
     model = _cnn()
     source = _weights(model)
@@ -258,6 +310,18 @@ def test_batches_the_model_cannot_take_are_errors_naming_the_batch():
     with pytest.raises(TypeError, match="Batch 3 holds values of dtype <U1"):
         adapter.predict_on_batch(np.full((2, 6, 6, 1), "a"))
     _assert_same(_weights(model), source)
+
+
+def test_a_batch_without_the_trailing_axis_of_one_is_taken_as_keras_takes_it():
+    # Keras adds a missing trailing axis of size 1 (`Functional._adjust_input_rank`).
+    first, second, _ = _stream()
+    adapter = OnlineAdapter(_cnn(), method="reestimate")
+    twin = OnlineAdapter(_cnn(), method="reestimate")
+    adapter.predict_on_batch(first[..., 0])
+    twin.predict_on_batch(first)
+    np.testing.assert_array_equal(
+        adapter.predict_on_batch(second[..., 0]), twin.predict_on_batch(second)
+    )
 
 
 def test_a_bfloat16_batch_is_checked_as_the_float_batch_it_is():

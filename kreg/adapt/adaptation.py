@@ -9,6 +9,7 @@ from keras import ops
 from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_positive
+from kreg.adapt.batch_check import check_data_arrays
 from kreg.adapt.eata import SampleSelection
 from kreg.adapt.eata import minimize_selected_entropy
 from kreg.adapt.entropy import check_from_logits
@@ -82,7 +83,10 @@ def adapt_batchnorm(
     Args:
         model: A built Keras model with at least one batch norm layer.
         data: What `model.predict` accepts: arrays, a `tf.data.Dataset`, a
-            `keras.utils.PyDataset`. Targets in the data are ignored.
+            `keras.utils.PyDataset`. Targets in the data are ignored. One
+            array is checked before the pass, as `OnlineAdapter` checks a
+            batch: another shape than the model's input, or values that are
+            not real numbers, are an error naming `data`.
         method: `"reestimate"` (default), `"tent"` or `"eata"`.
         steps: Optional number of batches to use per pass, as in `predict`.
         batch_size: Optional batch size for array data (default 32, as `predict`).
@@ -181,6 +185,10 @@ def plan_adaptation(model, data, method, predict_options, entropy_options, eata_
         )
     if is_empty(data):
         raise no_data_error()
+    if isinstance(data, np.ndarray):
+        # The checks of a stream's batches: Keras's own errors for these name
+        # neither the argument nor the array (a string array is a graph error).
+        check_data_arrays(model, data)
     return AdaptationPlan(
         model, layers, method, data, predict_options, epochs, learning_rate, from_logits, selection
     )

@@ -123,6 +123,10 @@ class MemoryBank:
         del self.items[worst[1]][worst[2]]
         return True
 
+    def drop_since(self, clock):
+        """Removes the samples added at or after `clock` (a value of `self.clock`)."""
+        self.items = [[item for item in items if item[2] < clock] for items in self.items]
+
     def contents(self):
         """`(samples, ages)`: the samples held, in class order, and their ages in
         units of `capacity` (the samples added since each, divided by `capacity`)."""

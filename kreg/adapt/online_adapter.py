@@ -13,6 +13,7 @@ from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg._validation import check_rate
 from kreg.adapt.batch_check import ON_INVALID
+from kreg.adapt.batch_check import NonFiniteStatisticsError
 from kreg.adapt.batch_check import invalid_batch_error
 from kreg.adapt.batch_check import is_finite_batch
 from kreg.adapt.eata import AffineStepper
@@ -186,13 +187,19 @@ class OnlineAdapter:
             as a few classes: their statistics then replace the stored ones at
             once, instead of `statistics_momentum` of the bank's, and the bank
             is emptied. See `kreg/adapt/robust.py`.
-        on_invalid: What a batch holding NaN or inf does: `"raise"` (default)
+        on_invalid: What a batch holding NaN or inf does, and a finite one
+            the adaptation finds not finite (values whose squares overflow
+            float32, a model that overflows on them): `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
-            the adapter's life) and leaves the model as it was; `"skip"` predicts
-            it with the model as it is, adapts to nothing of it, and counts it in
-            `skipped_batches`. Either way it never changes the model. An empty
-            batch, or one of another shape than the model's input, is always an
-            error. Ignored by `"none"`.
+            the adapter's life) and leaves the model and the adapter's running
+            state as they were (`"robust"`: when its memory bank's update fails
+            on samples of earlier batches, those added since the last update
+            are dropped from the bank); `"skip"` predicts it with the model as
+            it is, adapts to nothing of it, and counts it in `skipped_batches`.
+            Either way it never changes the model. An empty batch, one of
+            another structure or shape than the model's input, or of values
+            that are not real numbers (strings, complex), is always an error.
+            Ignored by `"none"`.
         label_shift_ratio: `"eata"`: the threshold on the ratio of the first
             to the last batch norm's distance from the stored statistics below
             which a batch is taken as source inputs of few classes (see above).
@@ -401,15 +408,26 @@ class OnlineAdapter:
         """The predictions on one batch `x`; adapts by it (see the class description)."""
         index = self.batches_seen
         self.batches_seen += 1
-        if not is_finite_batch(self.model, x, index) and self.method != "none":
-            if self.on_invalid == "raise":
-                raise invalid_batch_error(index)
-            self.skipped_batches += 1
-            return self.model.predict_on_batch(x)
-        outputs = self._adapt_and_predict(x)
+        finite = is_finite_batch(self.model, x, index)
+        if finite or self.method == "none":
+            try:
+                outputs = self._adapt_and_predict(x)
+            except NonFiniteStatisticsError as error:
+                # Raised before anything was written: the model and the
+                # adapter's running state are as they were before the batch.
+                return self._refuse(x, index, error)
+        else:
+            return self._refuse(x, index)
         if self.reset_mode == "batch":
             self.reset()
         return outputs
+
+    def _refuse(self, x, index, cause=None):
+        """`on_invalid` for batch `index`, which holds NaN or inf, or gave `cause`."""
+        if self.on_invalid == "raise":
+            raise invalid_batch_error(index, cause) from cause
+        self.skipped_batches += 1
+        return self.model.predict_on_batch(x)
 
     def predict(self, data, batch_size=None, steps=None):
         """`predict_on_batch` on each batch of `data` in order; the outputs concatenated.
@@ -441,6 +459,12 @@ class OnlineAdapter:
             self.few_classes_batches += 1
             return self.model.predict_on_batch(x)
         outputs, probabilities = self._stepper.predict(x)
+        if not np.all(np.isfinite(probabilities)):
+            # The model overflows on the batch: a step would write NaN into
+            # every scale and shift.
+            raise NonFiniteStatisticsError(
+                "the model's outputs with the batch's statistics are not finite"
+            )
         if self.method == "tent":
             self._stepper.step(x)
         elif self.method == "eata":

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from kreg import _keras_compat
+from kreg.adapt.batch_check import NonFiniteStatisticsError
 from kreg.adapt.batch_statistics_pass import Recorder
 from kreg.adapt.batch_statistics_pass import batch_statistics_used
 from kreg.adapt.batch_statistics_pass import replicated
@@ -253,7 +254,7 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
                 "batch norm after a dense layer sees one value per sample)."
             )
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
-            raise ValueError(
+            raise NonFiniteStatisticsError(
                 f"The statistics of the batch norm layer `{layer.path}` over the data are "
                 "not finite: the data holds NaN or infinite values (or the model overflows "
                 "on it). The model was left unchanged; remove or replace those samples."

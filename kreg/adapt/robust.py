@@ -77,6 +77,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kreg.adapt.batch_check import NonFiniteStatisticsError
 from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import entropy_of
 from kreg.adapt.entropy import class_probabilities
@@ -199,6 +200,39 @@ class RobustAdaptation:
         predictions the shift made wrong) is emptied, in place of the bank's
         update; otherwise the bank's update follows the prediction, as without."""
         rows = _rows(x)
+        # What the batch changes before a pass finds its statistics or outputs
+        # not finite is put back, so that the next updates do not fail on its
+        # samples. The bank changes before a pass only when an update is due.
+        due = self.since_update + len(rows) >= self.memory_size
+        before = self.window, self.since_update, self.bank.state() if due else None
+        try:
+            return self._predict_and_adapt(x, rows)
+        except NonFiniteStatisticsError:
+            self.window, self.since_update, bank = before
+            if bank is not None:
+                self.bank.set_state(bank)
+                self._drop_unchecked_samples_that_overflow()
+            raise
+
+    def _drop_unchecked_samples_that_overflow(self):
+        """After a failed update: when the bank as it was before the batch fails
+        as well, the cause came in earlier, with the samples added since the
+        last update (a value that predicts finitely but whose square overflows
+        float32 reaches no pass before the next update); those are dropped, or
+        every later update would fail on them. The samples older than the last
+        update passed its pass. One more pass, on this rare path only."""
+        samples, _ = self.bank.contents()
+        if not samples:
+            return
+        options = dict(steps=None, batch_size=len(samples), verbose=0)
+        try:
+            collect_statistics(
+                self.model, self.layers, _stack(samples), options, False, stored_weight=1.0
+            )
+        except NonFiniteStatisticsError:
+            self.bank.drop_since(self.bank.clock - self.since_update)
+
+    def _predict_and_adapt(self, x, rows):
         shifted = False
         if self.shift_distance is not None:
             # Kept only once the test has taken the batch: a batch it refuses
@@ -209,6 +243,10 @@ class RobustAdaptation:
             self.window = [] if due else window
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
+        if not np.all(np.isfinite(probabilities)):
+            # The model overflows on the batch: its samples would fail every
+            # update of the bank they stayed in.
+            raise NonFiniteStatisticsError("the model's outputs are not finite")
         if probabilities.shape[-1] != self.bank.classes and not len(self.bank):
             # A model without declared outputs (subclassed) tells its number of
             # classes by its first prediction; the bank is still empty then.

@@ -300,3 +300,21 @@ def test_unbatched_data_is_a_clear_error_that_shows_no_array():
         verbose=0,
         callbacks=[PreciseBatchNorm(tf.data.Dataset.from_tensor_slices(centred).batch(8))],
     )
+
+
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (np.zeros((48, 7, 7, 1), "float32"), ValueError, r"shape \(48, 7, 7, 1\)"),
+        (np.full((48, 8, 8, 1), "a"), TypeError, "dtype <U1"),
+        (np.full((48, 8, 8, 1), np.nan, "float32"), ValueError, "not finite.*NaN or infinite"),
+    ],
+)
+def test_arrays_the_model_cannot_take_fail_before_training_naming_data(data, error, message):
+    model = _cnn()
+    x, y = _data()
+    before = [_numpy(w).copy() for w in model.weights]
+    with pytest.raises(error, match=f"argument `data`.*{message}"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[PreciseBatchNorm(data)])
+    for weight, value in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(_numpy(weight), value, err_msg=weight.path)
