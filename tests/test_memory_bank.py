@@ -78,3 +78,26 @@ def test_a_full_bank_weighs_its_oldest_sample_on_the_capacity_scale():
     assert len(weights) == 64
     np.testing.assert_allclose(weights.min(), np.exp(-1.0) / (1.0 + np.exp(-1.0)))
     assert weights.min() / weights.max() > 0.5
+
+
+def test_the_size_follows_the_samples_through_replacements_resets_and_restores():
+    # The bank counts its samples as they come and go rather than summing its
+    # lists per sample added: the count must stay the lists' size whatever
+    # happened to them (a replacement, a reset, a state restored from a bank
+    # holding more or fewer samples).
+    rng = np.random.default_rng(0)
+    for fill in ("rotta", "note"):
+        bank = MemoryBank(capacity=8, classes=3, fill=fill)
+        states = []
+        for step in range(60):
+            n = int(rng.integers(1, 5))
+            bank.add([np.zeros(1)] * n, rng.integers(0, 3, n), rng.uniform(0, 1, n))
+            assert len(bank) == sum(len(items) for items in bank.items) <= 8
+            states.append(bank.state())
+            if step % 17 == 16:
+                bank.reset()
+                assert len(bank) == 0
+            if step % 11 == 10:
+                bank.set_state(states[int(rng.integers(0, len(states)))])
+                assert len(bank) == sum(len(items) for items in bank.items)
+        assert len(bank) == 8
