@@ -493,3 +493,26 @@ def test_from_logits_that_contradicts_the_last_activation_is_refused(method):
         adapt_batchnorm(linear, np.ones((8, 4), "float32"), method=method, verbose=0)
     for path, value in before.items():
         np.testing.assert_array_equal(_all_weights(softmax)[path], value, err_msg=path)
+
+
+def test_the_statistics_pass_reads_the_stored_statistics_as_they_are_at_each_call():
+    # The robust method combines the stored statistics with the bank's from the
+    # values the pass returns: a pass compiled once must read the variables
+    # when it runs, not the values they held when it was traced.
+    from kreg.adapt.reestimation import collect_statistics
+    from kreg.model_graph import batch_norm_layers
+
+    model, x = _cnn(), _target(16)
+    layers = batch_norm_layers(model)
+    options = dict(steps=None, batch_size=16, verbose=0)
+    for shift in (0.0, 2.5):  # the second call reuses the compiled pass
+        for layer in layers:
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(np.arange(channels, dtype="float32") + shift)
+            layer.moving_variance.assign(np.full(channels, 1.0 + shift, "float32"))
+        _, _, stored = collect_statistics(
+            model, layers, x, options, need_variance=False, stored_weight=1.0, with_stored=True
+        )
+        for layer, (mean, variance) in zip(layers, stored):
+            np.testing.assert_array_equal(mean, _numpy(layer.moving_mean))
+            np.testing.assert_array_equal(variance, _numpy(layer.moving_variance))

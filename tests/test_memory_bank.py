@@ -89,3 +89,27 @@ def test_drop_since_removes_exactly_the_samples_added_from_that_clock_on():
     samples, ages = bank.contents()
     assert sorted(int(s[0]) for s in samples) == [0, 1, 2]
     assert bank.clock == 6 and ages.min() == 4 / 8  # the clock still counts them
+    assert len(bank) == 3 and bank.counts == [2, 1]  # the kept counts follow the drop
+
+
+def test_the_size_follows_the_samples_through_replacements_resets_and_restores():
+    # The bank counts its samples as they come and go rather than summing its
+    # lists per sample added: the count must stay the lists' size whatever
+    # happened to them (a replacement, a reset, a state restored from a bank
+    # holding more or fewer samples).
+    rng = np.random.default_rng(0)
+    for fill in ("rotta", "note"):
+        bank = MemoryBank(capacity=8, classes=3, fill=fill)
+        states = []
+        for step in range(60):
+            n = int(rng.integers(1, 5))
+            bank.add([np.zeros(1)] * n, rng.integers(0, 3, n), rng.uniform(0, 1, n))
+            assert len(bank) == sum(len(items) for items in bank.items) <= 8
+            states.append(bank.state())
+            if step % 17 == 16:
+                bank.reset()
+                assert len(bank) == 0
+            if step % 11 == 10:
+                bank.set_state(states[int(rng.integers(0, len(states)))])
+                assert len(bank) == sum(len(items) for items in bank.items)
+        assert len(bank) == 8

@@ -65,6 +65,14 @@ class MemoryBank:
         # samples added, so a sample's age is `clock - arrival`.
         self.items = [[] for _ in range(self.classes)]
         self.clock = 0
+        self._count_held()
+
+    def _count_held(self):
+        # The occupancy, kept as samples come and go rather than summed over
+        # the classes for every sample added (a batch of 64 asked for it a
+        # thousand times).
+        self.counts = [len(items) for items in self.items]
+        self.size = sum(self.counts)
 
     def state(self):
         return self.clock, [[list(item) for item in items] for items in self.items]
@@ -75,9 +83,10 @@ class MemoryBank:
         self.classes = len(self.items)
         self.per_class = self.capacity / self.classes
         self.log_classes = math.log(max(self.classes, 2))
+        self._count_held()
 
     def __len__(self):
-        return sum(len(items) for items in self.items)
+        return self.size
 
     def _score(self, age, entropy):
         return 1.0 / (1.0 + math.exp(-age / self.capacity)) + entropy / self.log_classes
@@ -86,46 +95,55 @@ class MemoryBank:
         """Adds each sample (a structure of arrays without the batch axis) with its
         predicted class and entropy, in order."""
         for sample, label, entropy in zip(samples, predicted, entropies):
-            if self._make_room(int(label), self._score(0, float(entropy))):
-                self.items[int(label)].append([sample, float(entropy), self.clock])
+            label, entropy = int(label), float(entropy)
+            if self._make_room(label, self._score(0, entropy)):
+                self.items[label].append([sample, entropy, self.clock])
+                self.counts[label] += 1
+                self.size += 1
             self.clock += 1  # every sample held, the new one too, is one sample older
 
     def _make_room(self, label, new_score):
+        counts = self.counts
         if self.fill == "note":
-            if len(self) < self.capacity:
+            if self.size < self.capacity:
                 return True
-            most = max(len(items) for items in self.items)
-            if len(self.items[label]) < most:
+            most = max(counts)
+            if counts[label] < most:
                 return self._remove_worst(
-                    [c for c, items in enumerate(self.items) if len(items) == most], new_score
+                    [c for c, held in enumerate(counts) if held == most], new_score
                 )
             return self._remove_worst([label], new_score)
-        if len(self.items[label]) < self.per_class:
-            if len(self) < self.capacity:
+        if counts[label] < self.per_class:
+            if self.size < self.capacity:
                 return True
-            most = max(len(items) for items in self.items)
+            most = max(counts)
             return self._remove_worst(
-                [c for c, items in enumerate(self.items) if len(items) == most], new_score
+                [c for c, held in enumerate(counts) if held == most], new_score
             )
         return self._remove_worst([label], new_score)
 
     def _remove_worst(self, classes, new_score):
-        worst, clock, score_of = None, self.clock, self._score
+        # `_score` written out: a call per held sample was most of the scan.
+        worst, worst_label, worst_index = None, None, None
+        clock, capacity, log_classes, exp = self.clock, self.capacity, self.log_classes, math.exp
         for label in classes:
             for index, (_, entropy, arrival) in enumerate(self.items[label]):
-                score = score_of(clock - arrival, entropy)
-                if worst is None or score >= worst[0]:
-                    worst = (score, label, index)
+                score = 1.0 / (1.0 + exp(-(clock - arrival) / capacity)) + entropy / log_classes
+                if worst is None or score >= worst:
+                    worst, worst_label, worst_index = score, label, index
         if worst is None:
             return True
-        if worst[0] <= new_score:
+        if worst <= new_score:
             return False
-        del self.items[worst[1]][worst[2]]
+        del self.items[worst_label][worst_index]
+        self.counts[worst_label] -= 1
+        self.size -= 1
         return True
 
     def drop_since(self, clock):
         """Removes the samples added at or after `clock` (a value of `self.clock`)."""
         self.items = [[item for item in items if item[2] < clock] for items in self.items]
+        self._count_held()
 
     def contents(self):
         """`(samples, ages)`: the samples held, in class order, and their ages in

@@ -47,6 +47,12 @@ class _StatisticsCollector(keras.Model):
     under a strategy). Keys are `"<layer index>/<call index>/<statistic>"`: a
     shared layer is called more than once per batch. Run it inside
     `batch_statistics_used(model, layers, collector.recorder)`.
+
+    Each layer called also outputs its stored statistics, `"stored/<layer
+    index>/mean"` and `"stored/<layer index>/variance"`, read by the pass
+    itself, so with the values it ran with: a caller that combines the stored
+    statistics with the batch's (the robust method's update) needs no separate
+    read of each variable (a device transfer each, 0.4 ms on TensorFlow).
     """
 
     def __init__(self, model, layers):
@@ -79,6 +85,9 @@ class _StatisticsCollector(keras.Model):
             outputs[f"{index}/{call}/mean"] = mean[None]
             outputs[f"{index}/{call}/variance"] = variance[None]
             outputs[f"{index}/{call}/count"] = ops.reshape(count, (1, 1))
+            if call == 0:
+                outputs[f"stored/{index}/mean"] = ops.expand_dims(layer.moving_mean, 0)
+                outputs[f"stored/{index}/variance"] = ops.expand_dims(layer.moving_variance, 0)
         return outputs
 
 
@@ -201,7 +210,15 @@ def call_order(model, layers):
     return list(_statistics_collector(model, layers).call_order)
 
 
-def collect_statistics(model, layers, data, predict_options, need_variance=True, stored_weight=0.0):
+def collect_statistics(
+    model,
+    layers,
+    data,
+    predict_options,
+    need_variance=True,
+    stored_weight=0.0,
+    with_stored=False,
+):
     """`[(mean, variance, count)]` over `data` for each of `layers`, in float64,
     and the number of samples seen.
 
@@ -209,6 +226,9 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
     (the statistics are to normalize with); without it, its variance is 0.
     During the pass each layer normalizes with its batch's statistics, or with
     `stored_weight` of its stored ones and the rest of the batch's.
+    With `with_stored`, a third value: `[(moving_mean, moving_variance)]`, each
+    layer's stored statistics as the pass read them (at its first batch), as
+    NumPy in the variables' dtype.
     """
     collector = _statistics_collector(model, layers, stored_weight)
     counter = _BatchCounter()
@@ -226,7 +246,7 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
         if counter.batches == 0:
             raise no_data_error() from error
         raise
-    statistics = []
+    statistics, stored = [], []
     samples = int(np.sum(outputs["samples"]))
     for index, layer in enumerate(layers):
         calls = sorted({key.split("/")[1] for key in outputs if key.startswith(f"{index}/")})
@@ -260,4 +280,7 @@ def collect_statistics(model, layers, data, predict_options, need_variance=True,
                 "on it). The model was left unchanged; remove or replace those samples."
             )
         statistics.append((mean, variance, count))
+        stored.append(tuple(outputs[f"stored/{index}/{name}"][0] for name in ("mean", "variance")))
+    if with_stored:
+        return statistics, samples, stored
     return statistics, samples

@@ -319,20 +319,27 @@ class RobustAdaptation:
         # The pass normalizes with the global statistics, as the model predicts:
         # each layer's bank statistics are those of the inputs it meets at
         # inference, and a bank of few classes distorts no layer but its own.
-        statistics, _ = collect_statistics(
-            self.model, self.layers, x, options, need_variance=False, stored_weight=1.0
+        # The stored statistics come with the pass, read by it: the values it
+        # normalized with, without a separate read of each variable.
+        statistics, _, stored_statistics = collect_statistics(
+            self.model,
+            self.layers,
+            x,
+            options,
+            need_variance=False,
+            stored_weight=1.0,
+            with_stored=True,
         )
         # A warm start: the first updates weigh the bank as a running average
         # would (1/2, 1/3... of a full bank), down to `statistics_momentum`
         # (RoTTA's alpha), so a stationary shift is followed within a few
         # updates; a bank still filling (a class-sorted start) moves them less.
         alpha = max(self.momentum, len(samples) / self.memory_size / (self.updates + 2))
-        for layer, (mean, variance, count) in zip(self.layers, statistics):
+        for layer, (mean, variance, count), stored in zip(
+            self.layers, statistics, stored_statistics
+        ):
             if count > 1:
-                stored = tuple(
-                    ops.convert_to_numpy(v).astype("float64")
-                    for v in (layer.moving_mean, layer.moving_variance)
-                )
+                stored = tuple(v.astype("float64") for v in stored)
                 assign_statistics(
                     layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)), stored[1]
                 )
