@@ -278,13 +278,17 @@ def test_a_batch_the_model_overflows_on_is_refused_like_a_nan_batch(method):
     _assert_same(_weights(skipping.model), before)
 
 
-def test_robust_recovers_from_samples_whose_statistics_overflow_only_in_the_bank():
+@pytest.mark.parametrize("shift_distance", ["auto", None])
+def test_robust_recovers_from_samples_whose_statistics_overflow_only_in_the_bank(
+    shift_distance,
+):
     # 1e20 predicts finitely with the stored statistics, but its square
     # overflows float32: the batch that holds it is not due for an update and
-    # goes into the bank; the next batch's update then fails on it. That batch
-    # is refused, and the bank must not keep failing every update after it.
+    # goes into the bank (and the shift test's window); the next batch's update
+    # then fails on it. That batch is refused, and neither the bank nor the
+    # window must keep failing every update after it.
     first, second, third = _stream()
-    adapter = OnlineAdapter(_cnn(), method="robust", memory_size=16)
+    adapter = OnlineAdapter(_cnn(), method="robust", memory_size=16, shift_distance=shift_distance)
     adapter.predict_on_batch(first)
     poisoned = second[:8].copy()
     poisoned[3] = np.where(np.arange(36).reshape(6, 6, 1) % 2, 1e20, -1e20)
@@ -562,6 +566,20 @@ def test_the_shift_state_is_snapshotted_and_a_nan_batch_changes_nothing():
 def test_a_bad_shift_distance_is_refused(value):
     with pytest.raises(ValueError, match=r"shift_distance.*> 0 or None.*Received"):
         OnlineAdapter(_cnn(), shift_distance=value)
+
+
+def test_the_default_tests_for_a_shift_at_the_source_like_bound():
+    # "auto" is the shift test at label_shift.py's bound, the default chosen on
+    # the tuning half of bench/adaptation_grid.py; None turns it off.
+    assert OnlineAdapter(_cnn()).shift_distance == pytest.approx(math.log(1.5))
+    assert OnlineAdapter(_cnn(), shift_distance="auto").shift_distance == pytest.approx(
+        math.log(1.5)
+    )
+    assert OnlineAdapter(_cnn(), shift_distance=None).shift_distance is None
+    with pytest.raises(
+        ValueError, match=r"shift_distance.*'auto', a finite number > 0 or None.*Received"
+    ):
+        OnlineAdapter(_cnn(), shift_distance="Auto")
 
 
 @pytest.mark.parametrize("method", [m for m in ONLINE_METHODS if m != "robust"])
