@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import inspect
 import math
@@ -198,6 +199,10 @@ class TrialPruningDetector(OverfittingDetector):
         )
 
     def on_epoch_end(self, epoch, logs=None):
+        with _fatal_in_a_search():
+            self._on_epoch_end(epoch, logs)
+
+    def _on_epoch_end(self, epoch, logs):
         logs = logs if logs is not None else {}
         self._epoch = epoch
         if self.objective not in logs and not without_validation(logs, (self.objective,)):
@@ -239,7 +244,8 @@ class TrialPruningDetector(OverfittingDetector):
             )
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
+        with _fatal_in_a_search():
+            super().on_train_end(logs)
         if self._objective_values and not self.search.set_by_tuner:
             self.search.update(min(self._objective_values))
 
@@ -256,6 +262,22 @@ class TrialPruningDetector(OverfittingDetector):
             "objective_mode": self.objective_mode,
             "objective_patience": self.objective_patience,
         }
+
+
+@contextlib.contextmanager
+def _fatal_in_a_search():
+    """Bad input the detector finds in `fit` (a monitor missing from the logs, a
+    mode against the metric's declared direction) as a `ValueError` that ends a
+    keras-tuner search: an ordinary one fails the trial, and keras-tuner goes on
+    with the next, which fails alike (`BaseTuner._try_run_and_update_trial`,
+    keras_tuner/src/engine/base_tuner.py)."""
+    try:
+        yield
+    except ValueError as error:
+        fatal = fatal_value_error(str(error))
+        if isinstance(error, type(fatal)):
+            raise
+        raise fatal from error
 
 
 def _objective_name_and_mode(objective, default):

@@ -261,3 +261,25 @@ def test_an_objective_direction_against_the_metric_s_declared_one_is_an_error():
         objective=keras_tuner.Objective("val_accuracy", "max"), patience=2, verbose=0
     )
     model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=2, verbose=0, callbacks=[detector])
+
+
+def test_bad_input_to_the_detector_ends_a_search_at_its_first_trial(tmp_path):
+    # keras-tuner fails a trial on an ordinary ValueError and goes on with the
+    # next, which fails alike (3 in a row before it stops): a misspelt monitor,
+    # the same in every trial, ends the search at once, with its message.
+    x, y = noise(32, 0)
+    tuner = keras_tuner.RandomSearch(
+        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})),
+        objective="val_loss",
+        max_trials=3,
+        directory=tmp_path,
+        project_name="bad_input",
+    )
+    with pytest.raises(
+        keras_tuner.errors.FatalValueError, match=r"argument `train_monitor`.*`los` is not in"
+    ):
+        tuner.search(
+            x, y, validation_data=(x, y), epochs=2, verbose=0,
+            callbacks=[pruning_detector(train_monitor="los", verbose=0)],
+        )  # fmt: skip
+    assert len(tuner.oracle.trials) == 1
