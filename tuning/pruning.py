@@ -214,10 +214,10 @@ class TrialPruningDetector(OverfittingDetector):
             )
         if epoch >= self.start_from_epoch and self.objective in logs:
             if self._objective_direction is None:
+                self._check_objective_direction()
                 self._objective_direction = monitor_direction(
                     self.model, self.objective, self.objective_mode
                 )
-                self._check_objective_direction()
             sign = -1.0 if self._objective_direction == "max" else 1.0
             value = sign * monitored_scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
@@ -231,9 +231,19 @@ class TrialPruningDetector(OverfittingDetector):
 
     def _check_objective_direction(self):
         """A direction given against the one the objective's compiled metric declares
-        would judge every improving trial as falling behind."""
+        would judge every improving trial as falling behind; a name alone whose
+        metric declares none has no direction at all."""
         declared = declared_direction(self.model, self.objective)
-        if declared is not None and declared != self._objective_direction:
+        if declared is None and self.objective_mode == "auto":
+            # `monitor_direction` would ask for `mode`, the monitor's argument.
+            raise fatal_value_error(
+                f"Invalid value received for argument `objective`: the model's metric "
+                f"{self.objective!r} declares no direction, so a name alone cannot say "
+                f"whether it is maximized or minimized. Pass keras_tuner.Objective("
+                f"{self.objective!r}, 'max') or keras_tuner.Objective({self.objective!r}, "
+                f"'min'). Received: objective={self.objective!r}"
+            )
+        if declared is not None and self.objective_mode not in ("auto", declared):
             raise fatal_value_error(
                 f"Invalid value received for argument `objective`: the model's metric "
                 f"{self.objective!r} declares that it is "

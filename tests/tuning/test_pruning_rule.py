@@ -283,3 +283,20 @@ def test_bad_input_to_the_detector_ends_a_search_at_its_first_trial(tmp_path):
             callbacks=[pruning_detector(train_monitor="los", verbose=0)],
         )  # fmt: skip
     assert len(tuner.oracle.trials) == 1
+
+
+def test_an_objective_whose_metric_declares_no_direction_asks_for_an_objective_with_one():
+    # A custom metric declares no direction: the fix is a keras_tuner.Objective
+    # (pruning_detector has no `mode` for its objective; `mode` is the monitor's).
+    detector = pruning_detector(objective="val_custom", patience=2, verbose=0)
+    with pytest.raises(
+        ValueError,
+        match=r"argument `objective`.*'val_custom' declares no direction.*"
+        r"keras_tuner\.Objective\('val_custom', 'max'\).*Received: objective='val_custom'",
+    ):
+        replay(detector, lambda epoch: {"loss": 1.0, "val_loss": 1.0, "val_custom": 0.5}, 3)
+    # With a direction it runs.
+    detector = pruning_detector(
+        objective=keras_tuner.Objective("val_custom", "max"), patience=2, verbose=0
+    )
+    replay(detector, lambda epoch: {"loss": 1.0, "val_loss": 1.0, "val_custom": 0.5}, 3)
