@@ -205,6 +205,12 @@ class TrialPruningDetector(OverfittingDetector):
     def _on_epoch_end(self, epoch, logs):
         logs = logs if logs is not None else {}
         self._epoch = epoch
+        if epoch >= self.start_from_epoch and not without_validation(
+            logs, (self.monitor, self.train_monitor)
+        ):
+            # Before the objective's check: the objective defaults to `monitor`,
+            # and a misspelt one is named as the argument that was passed.
+            self._check_logs(logs)
         if self.objective not in logs and not without_validation(logs, (self.objective,)):
             # A misspelt objective would never prune, silently.
             raise ValueError(

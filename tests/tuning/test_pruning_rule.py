@@ -300,3 +300,13 @@ def test_an_objective_whose_metric_declares_no_direction_asks_for_an_objective_w
         objective=keras_tuner.Objective("val_custom", "max"), patience=2, verbose=0
     )
     replay(detector, lambda epoch: {"loss": 1.0, "val_loss": 1.0, "val_custom": 0.5}, 3)
+
+
+def test_a_misspelt_monitor_is_named_as_the_monitor_not_as_the_objective():
+    # The objective defaults to the detector's monitor: a misspelt monitor is
+    # the argument the user passed, and the error names it.
+    detector = pruning_detector(monitor="val_los", patience=2, verbose=0)
+    with pytest.raises(
+        ValueError, match=r"argument `monitor`.*`val_los` is not in.*Received: monitor='val_los'"
+    ):
+        replay(detector, _flat, epochs=4)
