@@ -368,7 +368,11 @@ def pruning_detector(
             detector's own is higher), the level this rule was chosen with.
 
     Returns:
-        A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`).
+        A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`). Bad
+        input it finds in `fit` (a name missing from the logs, a direction
+        against the metric's) is keras-tuner's `FatalValueError`, a
+        `ValueError` that ends the search at once rather than failing trial
+        after trial alike.
 
     Example:
 
