@@ -9,6 +9,7 @@ from kreg._validation import check_at_least
 from kreg._validation import check_choice
 from kreg._validation import check_positive
 from kreg._validation import check_rate
+from kreg.callbacks.dropout_rates import adjustable_dropout_rates
 from kreg.callbacks.dropout_rates import rates_built_at_zero
 from kreg.callbacks.dropout_rates import update_dropout_rates
 from kreg.callbacks.monitoring import check_declared_direction
@@ -111,8 +112,10 @@ class OverfittingDetector(keras.callbacks.Callback):
       see `kreg.layers.adjustable_rates`) by `strengthen_step` on overfitting
       or saturation, lower it on underfitting; training goes on with the new
       rates at the next step, no retrace. Layers built at rate 0 cannot be
-      raised: they are named once. Where no rate can change, a state is
-      acted on once, as `"warn"` acts, and stays in the logs. On the corpus
+      raised: they are named once. Where no rate can change (none is
+      adjustable, or every one is already at 0.9 when raising, at 0 when
+      lowering; said once), a state is acted on once, as `"warn"` acts, and
+      stays in the logs. On the corpus
       runs where it triggers it did not lower the best validation loss
       (docs/BENCHMARKS.md);
     - a callable (all three), called as `action(detector, epoch)`.
@@ -270,6 +273,7 @@ class OverfittingDetector(keras.callbacks.Callback):
             )
         self.verbose = verbose
         self._rate_zero_reported = False
+        self._bounds_reported = set()  # "ceiling (0.9)" / "floor (0)": rates that cannot move
         self.reset()
         self._check_criterion_direction()
 
@@ -597,9 +601,18 @@ class OverfittingDetector(keras.callbacks.Callback):
 
     def _strengthen(self, state, message):
         step = -self.strengthen_step if state == UNDERFITTING else self.strengthen_step
-        changed, at_zero = strengthen_dropout(self.model, step)
+        changed, at_bound, at_zero = strengthen_dropout(self.model, step)
         self._say(message + f" Dropout rates now: {changed or 'none changed'}.")
-        if not self._rate_zero_reported and (at_zero or not changed):
+        bound = "floor (0)" if step < 0 else f"ceiling ({MAX_STRENGTHENED_RATE:g})"
+        if at_bound and not changed and bound not in self._bounds_reported:
+            # Adjustable rates that cannot move this way: said once per bound.
+            self._bounds_reported.add(bound)
+            warnings.warn(
+                "OverfittingDetector(action='strengthen'): no dropout rate changed: every "
+                f"adjustable rate is at its {bound}: {', '.join(at_bound)}.",
+                stacklevel=3,
+            )
+        if not self._rate_zero_reported and (at_zero or not (changed or at_bound)):
             # Said once per detector: repeated at every detection it helps no one.
             self._rate_zero_reported = True
             warnings.warn(
@@ -609,7 +622,11 @@ class OverfittingDetector(keras.callbacks.Callback):
                     if at_zero
                     else ""
                 )
-                + ("" if changed else "The model has no adjustable kreg dropout rate to change. ")
+                + (
+                    ""
+                    if changed or at_bound
+                    else "The model has no adjustable kreg dropout rate to change. "
+                )
                 + "Build ConsistentDropout / WeightDropLSTM / WeightDropGRU with a rate > 0 to "
                 "let it act.",
                 stacklevel=3,
@@ -676,8 +693,17 @@ MAX_STRENGTHENED_RATE = 0.9
 
 def strengthen_dropout(model, step):
     """Adds `step` to every adjustable kreg dropout rate in `model` (clipped to
-    `[0, 0.9]`); returns `({"layer.rate": new value}, ["layer.rate" built at 0])`."""
-    changed = update_dropout_rates(
+    `[0, 0.9]`); returns `({"layer.rate": new value} of the rates that moved,
+    ["layer.rate" already at the bound `step` pushes against], ["layer.rate"
+    built at 0])`."""
+    before = {
+        f"{layer.name}.{name}": rate
+        for (layer, name), rate in adjustable_dropout_rates(model).items()
+    }
+    rates = update_dropout_rates(
         model, lambda layer, name, rate: min(max(rate + step, 0.0), MAX_STRENGTHENED_RATE)
     )
-    return changed, rates_built_at_zero(model)
+    # A rate at the bound is set to the value it had: it did not change.
+    changed = {key: rate for key, rate in rates.items() if abs(rate - before[key]) > 1e-6}
+    at_bound = [key for key in rates if key not in changed]
+    return changed, at_bound, rates_built_at_zero(model)

@@ -10,6 +10,7 @@ from kreg._validation import check_choice
 from kreg.callbacks.monitoring import check_declared_direction
 from kreg.callbacks.monitoring import monitor_direction
 from kreg.callbacks.monitoring import monitored_scalar
+from kreg.callbacks.monitoring import without_validation
 from kreg.callbacks.overfitting_detector import OVERFITTING
 from kreg.tuning.pruning import StopTrial
 from kreg.tuning.pruning import TrialPruningDetector
@@ -167,9 +168,20 @@ class OptunaPruningCallback(keras.callbacks.Callback):
                 f"Trial {self.trial.number} pruned by {type(self.trial.study.pruner).__name__} "
                 f"after epoch {epoch + 1} ({self.monitor}={value:.4g})."
             )
-        if self.detector.monitor in logs and self.detector.train_monitor in logs:
-            self.detector.search.value = self.study_best()
-            self.detector.on_epoch_end(epoch, logs)
+        detector = self.detector
+        names = {"monitor": detector.monitor, "train_monitor": detector.train_monitor}
+        missing = [(argument, name) for argument, name in names.items() if name not in logs]
+        if missing and not without_validation(logs, tuple(names.values())):
+            # A misspelt name would leave the overfitting rule unread, silently.
+            argument, name = missing[0]
+            raise ValueError(
+                f"Invalid value received for argument `detector_kwargs`: its {argument} "
+                f"`{name}` is not in the epoch's logs, which hold {sorted(logs)}. Received: "
+                f"detector_kwargs={{{argument!r}: {name!r}}}"
+            )
+        if not missing:  # else an epoch without validation: the rule waits for one
+            detector.search.value = self.study_best()
+            detector.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
         if self._epochs_ended and not self._reported:
@@ -240,6 +252,8 @@ def optuna_pruning_callback(
             study's pruner still prunes), `objective_patience` and the
             `OverfittingDetector` arguments (`patience`, `smoothing`, ...),
             except `action` and `objective` (the callback judges `monitor`).
+            Its `monitor` or `train_monitor` missing from the logs of an
+            epoch that ran validation is a `ValueError`.
 
     Returns:
         A `keras.callbacks.Callback` for `model.fit(callbacks=[...])`.

@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import inspect
 import math
@@ -198,8 +199,18 @@ class TrialPruningDetector(OverfittingDetector):
         )
 
     def on_epoch_end(self, epoch, logs=None):
+        with _fatal_in_a_search():
+            self._on_epoch_end(epoch, logs)
+
+    def _on_epoch_end(self, epoch, logs):
         logs = logs if logs is not None else {}
         self._epoch = epoch
+        if epoch >= self.start_from_epoch and not without_validation(
+            logs, (self.monitor, self.train_monitor)
+        ):
+            # Before the objective's check: the objective defaults to `monitor`,
+            # and a misspelt one is named as the argument that was passed.
+            self._check_logs(logs)
         if self.objective not in logs and not without_validation(logs, (self.objective,)):
             # A misspelt objective would never prune, silently.
             raise ValueError(
@@ -209,10 +220,10 @@ class TrialPruningDetector(OverfittingDetector):
             )
         if epoch >= self.start_from_epoch and self.objective in logs:
             if self._objective_direction is None:
+                self._check_objective_direction()
                 self._objective_direction = monitor_direction(
                     self.model, self.objective, self.objective_mode
                 )
-                self._check_objective_direction()
             sign = -1.0 if self._objective_direction == "max" else 1.0
             value = sign * monitored_scalar(logs[self.objective])
             # A NaN epoch (diverged) counts as the worst value there is.
@@ -226,9 +237,19 @@ class TrialPruningDetector(OverfittingDetector):
 
     def _check_objective_direction(self):
         """A direction given against the one the objective's compiled metric declares
-        would judge every improving trial as falling behind."""
+        would judge every improving trial as falling behind; a name alone whose
+        metric declares none has no direction at all."""
         declared = declared_direction(self.model, self.objective)
-        if declared is not None and declared != self._objective_direction:
+        if declared is None and self.objective_mode == "auto":
+            # `monitor_direction` would ask for `mode`, the monitor's argument.
+            raise fatal_value_error(
+                f"Invalid value received for argument `objective`: the model's metric "
+                f"{self.objective!r} declares no direction, so a name alone cannot say "
+                f"whether it is maximized or minimized. Pass keras_tuner.Objective("
+                f"{self.objective!r}, 'max') or keras_tuner.Objective({self.objective!r}, "
+                f"'min'). Received: objective={self.objective!r}"
+            )
+        if declared is not None and self.objective_mode not in ("auto", declared):
             raise fatal_value_error(
                 f"Invalid value received for argument `objective`: the model's metric "
                 f"{self.objective!r} declares that it is "
@@ -239,7 +260,8 @@ class TrialPruningDetector(OverfittingDetector):
             )
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
+        with _fatal_in_a_search():
+            super().on_train_end(logs)
         if self._objective_values and not self.search.set_by_tuner:
             self.search.update(min(self._objective_values))
 
@@ -256,6 +278,22 @@ class TrialPruningDetector(OverfittingDetector):
             "objective_mode": self.objective_mode,
             "objective_patience": self.objective_patience,
         }
+
+
+@contextlib.contextmanager
+def _fatal_in_a_search():
+    """Bad input the detector finds in `fit` (a monitor missing from the logs, a
+    mode against the metric's declared direction) as a `ValueError` that ends a
+    keras-tuner search: an ordinary one fails the trial, and keras-tuner goes on
+    with the next, which fails alike (`BaseTuner._try_run_and_update_trial`,
+    keras_tuner/src/engine/base_tuner.py)."""
+    try:
+        yield
+    except ValueError as error:
+        fatal = fatal_value_error(str(error))
+        if isinstance(error, type(fatal)):
+            raise
+        raise fatal from error
 
 
 def _objective_name_and_mode(objective, default):
@@ -330,7 +368,11 @@ def pruning_detector(
             detector's own is higher), the level this rule was chosen with.
 
     Returns:
-        A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`).
+        A `kreg.callbacks.OverfittingDetector` (a `TrialPruningDetector`). Bad
+        input it finds in `fit` (a name missing from the logs, a direction
+        against the metric's) is keras-tuner's `FatalValueError`, a
+        `ValueError` that ends the search at once rather than failing trial
+        after trial alike.
 
     Example:
 

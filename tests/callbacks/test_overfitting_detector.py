@@ -324,6 +324,20 @@ def test_strengthen_names_rate_zero_layers_once(capsys):
     assert capsys.readouterr().out.count("Dropout rates now: none changed") == 1
 
 
+def test_strengthen_with_every_rate_at_its_ceiling_acts_once(capsys):
+    # A rate already at the 0.9 ceiling is adjustable but cannot rise: nothing
+    # changes, so, as with rate-0 layers, the state is acted on once and kept,
+    # not reset to learning to be detected (and printed) again two epochs on.
+    detector = OverfittingDetector(patience=3, smoothing=0.0, action="strengthen")
+    with pytest.warns(UserWarning, match=r"at its ceiling \(0\.9\): top\.rate") as record:
+        model, _ = _fit_sequence_model(0.9, "top", detector)
+    assert len([w for w in record if "ceiling" in str(w.message)]) == 1
+    assert model.get_layer("top").rate == pytest.approx(0.9)
+    overfitting = STATE_CODES["overfitting"]
+    assert history_states(model)[6:] == [overfitting] * 6
+    assert capsys.readouterr().out.count("Dropout rates now: none changed") == 1
+
+
 def test_nan_and_inf_epochs_are_skipped_with_a_warning_and_detection_goes_on():
     val = U_SHAPE[:5] + [float("nan")] + U_SHAPE[5:7] + [float("inf")] + U_SHAPE[7:]
     train = FALLING[:5] + [float("nan")] + FALLING[5:7] + [0.6] + FALLING[7:]

@@ -387,3 +387,27 @@ def test_a_vector_valued_monitor_is_reported_by_its_mean():
     assert [reported[epoch] for epoch in (0, 1)] == pytest.approx(
         [float(np.mean(values)) for values in per_class]
     )
+
+
+def test_a_detector_monitor_missing_from_the_logs_is_an_error_naming_it():
+    # The overfitting rule reads detector_kwargs' monitor and train_monitor: a
+    # misspelt one never ran it, silently (the trial could not be ended).
+    study = optuna.create_study(direction="minimize")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    data = np.ones((8, 3)), np.ones((8, 1))
+    for argument in ("monitor", "train_monitor"):
+        callback = optuna_pruning_callback(
+            study.ask(), "val_loss", detector_kwargs={argument: "val_los"}
+        )
+        with pytest.raises(
+            ValueError,
+            match=rf"argument `detector_kwargs`.*{argument} `val_los` is not in the epoch's "
+            rf"logs.*'val_loss'.*Received: detector_kwargs=\{{'{argument}': 'val_los'\}}",
+        ):
+            model.fit(*data, validation_data=data, epochs=2, verbose=0, callbacks=[callback])
+    # Without validation data the rule waits for validation logs, as before:
+    # a study of the training loss runs.
+    callback = optuna_pruning_callback(study.ask(), "loss")
+    model.fit(*data, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.detector.states == []

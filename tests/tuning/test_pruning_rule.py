@@ -261,3 +261,52 @@ def test_an_objective_direction_against_the_metric_s_declared_one_is_an_error():
         objective=keras_tuner.Objective("val_accuracy", "max"), patience=2, verbose=0
     )
     model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=2, verbose=0, callbacks=[detector])
+
+
+def test_bad_input_to_the_detector_ends_a_search_at_its_first_trial(tmp_path):
+    # keras-tuner fails a trial on an ordinary ValueError and goes on with the
+    # next, which fails alike (3 in a row before it stops): a misspelt monitor,
+    # the same in every trial, ends the search at once, with its message.
+    x, y = noise(32, 0)
+    tuner = keras_tuner.RandomSearch(
+        Memorizer(space=RegularizationSpace(dropout_ranges={"dense": (0.0, 0.1)})),
+        objective="val_loss",
+        max_trials=3,
+        directory=tmp_path,
+        project_name="bad_input",
+    )
+    with pytest.raises(
+        keras_tuner.errors.FatalValueError, match=r"argument `train_monitor`.*`los` is not in"
+    ):
+        tuner.search(
+            x, y, validation_data=(x, y), epochs=2, verbose=0,
+            callbacks=[pruning_detector(train_monitor="los", verbose=0)],
+        )  # fmt: skip
+    assert len(tuner.oracle.trials) == 1
+
+
+def test_an_objective_whose_metric_declares_no_direction_asks_for_an_objective_with_one():
+    # A custom metric declares no direction: the fix is a keras_tuner.Objective
+    # (pruning_detector has no `mode` for its objective; `mode` is the monitor's).
+    detector = pruning_detector(objective="val_custom", patience=2, verbose=0)
+    with pytest.raises(
+        ValueError,
+        match=r"argument `objective`.*'val_custom' declares no direction.*"
+        r"keras_tuner\.Objective\('val_custom', 'max'\).*Received: objective='val_custom'",
+    ):
+        replay(detector, lambda epoch: {"loss": 1.0, "val_loss": 1.0, "val_custom": 0.5}, 3)
+    # With a direction it runs.
+    detector = pruning_detector(
+        objective=keras_tuner.Objective("val_custom", "max"), patience=2, verbose=0
+    )
+    replay(detector, lambda epoch: {"loss": 1.0, "val_loss": 1.0, "val_custom": 0.5}, 3)
+
+
+def test_a_misspelt_monitor_is_named_as_the_monitor_not_as_the_objective():
+    # The objective defaults to the detector's monitor: a misspelt monitor is
+    # the argument the user passed, and the error names it.
+    detector = pruning_detector(monitor="val_los", patience=2, verbose=0)
+    with pytest.raises(
+        ValueError, match=r"argument `monitor`.*`val_los` is not in.*Received: monitor='val_los'"
+    ):
+        replay(detector, _flat, epochs=4)
