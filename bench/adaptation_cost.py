@@ -19,6 +19,7 @@ milliseconds per batch of each, and the median of the per-round ratios adapter
 
     KERAS_BACKEND=tensorflow python bench/adaptation_cost.py
     KERAS_BACKEND=tensorflow python bench/adaptation_cost.py --methods robust online reestimate
+    KERAS_BACKEND=tensorflow python bench/adaptation_cost.py --shift-distance none  # RoTTA's update alone
     KERAS_BACKEND=jax python bench/adaptation_cost.py --rounds 3
 """
 
@@ -57,7 +58,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (after round 0)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", default="/tmp/kreg-bench-cache")
+    parser.add_argument(
+        "--shift-distance",
+        default="auto",
+        help="the robust method's shift test: auto (the default), none (off) or a distance",
+    )
     args = parser.parse_args()
+    shift_distance = {"auto": "auto", "none": None}.get(args.shift_distance.lower())
+    if shift_distance is None and args.shift_distance.lower() != "none":
+        shift_distance = float(args.shift_distance)
     train, (x_test, _) = load("digits16")
     source = trained("cnn", "digits16", 0, train, args.epochs, args.cache).get_weights()
     print(
@@ -72,7 +81,8 @@ def main():
             batches = np.split(x, args.batches)
             model = trained("cnn", "digits16", 0, train, args.epochs, args.cache)
             model.set_weights(source)
-            adapter = kreg.OnlineAdapter(model, method=method)
+            extra = {"shift_distance": shift_distance} if method == "robust" else {}
+            adapter = kreg.OnlineAdapter(model, method=method, **extra)
             # `predict_on_batch` of the model as the adapter leaves it: the same
             # weights and graph, only the statistics differ, which costs nothing.
             runs = {"predict": model.predict_on_batch, "adapter": adapter.predict_on_batch}
