@@ -737,3 +737,39 @@ def test_robust_without_an_entropy_step_refuses_the_step_filters(name):
         OnlineAdapter(model, method="robust", learning_rate=0, **{name: _NOT_DEFAULT[name]})
     adapter = OnlineAdapter(model, learning_rate=1e-3, **{name: _NOT_DEFAULT[name]})
     assert adapter._robust.stepper is not None
+
+
+def _overflows_below_the_mean():
+    # One batch norm on the raw pixels (pooled over positions, so the shift
+    # test reads it), then a softmax whose first logit is -1e38 times the sum
+    # of the normalized pixels: finite while the inputs sit above the stored
+    # mean, infinite (NaN probabilities) for a sample below it.
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.BatchNormalization(name="bn1")(inputs)
+    x = keras.layers.Flatten()(x)
+    dense = keras.layers.Dense(2, activation="softmax", use_bias=False)
+    model = keras.Model(inputs, dense(x))
+    kernel = np.zeros((16, 2), "float32")
+    kernel[:, 0] = -1e38
+    dense.kernel.assign(kernel)
+    return model
+
+
+def test_a_batch_refused_after_the_shift_test_fired_leaves_everything_as_it_was():
+    # The shift test writes the window's statistics before the batch that
+    # completed the window is predicted; when the model then overflows on it,
+    # the refusal must put back the statistics and the shift test's state, as
+    # for any other refused batch.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(model, memory_size=16, shift_distance="auto")
+    rng = np.random.default_rng(9)
+    first, second = (rng.normal(100.0, 0.1, (8, 4, 4, 1)).astype("float32") for _ in range(2))
+    assert np.all(np.isfinite(adapter.predict_on_batch(first)))
+    at_first, state = _weights(model), adapter._robust.state()
+    with pytest.raises(ValueError, match="Batch 1 .*not finite"):
+        adapter.predict_on_batch(second)
+    _assert_same(_weights(model), at_first)
+    robust = adapter._robust
+    assert (robust.updates, robust.shift_updates, robust.unsettled) == (0, 0, None)
+    assert robust.since_update == state[1] == 8
+    assert len(robust.window) == len(robust.bank) == 8
