@@ -773,3 +773,28 @@ def test_a_batch_refused_after_the_shift_test_fired_leaves_everything_as_it_was(
     assert (robust.updates, robust.shift_updates, robust.unsettled) == (0, 0, None)
     assert robust.since_update == state[1] == 8
     assert len(robust.window) == len(robust.bank) == 8
+
+
+def test_robusts_entropy_step_leaves_out_bank_samples_the_updated_model_overflows_on():
+    # Each sample predicted finitely when it came (above the stored mean); the
+    # bank's update moves the mean into the samples, and the model overflows
+    # on those now below it. The entropy step on the bank must not take them:
+    # a NaN loss (0 weight times NaN is NaN) would make every scale and shift NaN.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(
+        model,
+        memory_size=16,
+        shift_distance=None,
+        statistics_momentum=0.99999,
+        learning_rate=0.01,
+        collapse_factor=1e-9,
+    )
+    rng = np.random.default_rng(10)
+    for _ in range(2):
+        x = (100.0 + rng.uniform(0.0, 0.1, (8, 4, 4, 1))).astype("float32")
+        assert np.all(np.isfinite(adapter.predict_on_batch(x)))
+    assert adapter._robust.updates == 1
+    mean = ops.convert_to_numpy(model.get_layer("bn1").moving_mean)
+    assert 100.0 < mean[0] < 100.1  # the bank's update moved it into the samples
+    for path, value in _weights(model).items():
+        assert np.all(np.isfinite(value)), path

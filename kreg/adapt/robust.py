@@ -373,6 +373,15 @@ class RobustAdaptation:
         _, probabilities = self.stepper.predict(x)
         weights, entropy = self.selection.weights(probabilities)
         weights = (weights * timeliness_weights(ages)).astype("float32")
-        if weights.any():
-            self.stepper.step(x, weights)
+        # Each sample predicted finitely when it came, but the statistics just
+        # written can make the model overflow on some: the filter gives them
+        # weight 0, and 0 times their NaN loss is still NaN in every gradient.
+        finite = np.all(np.isfinite(probabilities), axis=-1)
+        if weights[finite].any():
+            if finite.all():
+                self.stepper.step(x, weights)
+            else:
+                self.stepper.step(
+                    keras.tree.map_structure(lambda leaf: leaf[finite], x), weights[finite]
+                )
         return self.selection.collapsed(weights, entropy)
