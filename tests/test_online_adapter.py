@@ -798,3 +798,27 @@ def test_robusts_entropy_step_leaves_out_bank_samples_the_updated_model_overflow
     assert 100.0 < mean[0] < 100.1  # the bank's update moved it into the samples
     for path, value in _weights(model).items():
         assert np.all(np.isfinite(value)), path
+
+
+@pytest.mark.parametrize(
+    "method, arguments",
+    [("mixed", dict(prior_strength=0)), ("online", dict(online_momentum=0.0)), ("reestimate", {})],
+)
+def test_a_batch_the_model_overflows_on_with_its_updated_statistics_is_refused(method, arguments):
+    # Finite statistics (no square overflows), but the model overflows on the
+    # batch once it normalizes with them (each method's arguments give it the
+    # batch's statistics): refused like a NaN batch, and the statistics it
+    # moved are put back.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(model, method=method, **arguments)
+    rng = np.random.default_rng(11)
+    source = _weights(model)
+    x = rng.normal(100.0, 0.1, (8, 4, 4, 1)).astype("float32")
+    with pytest.raises(ValueError, match="Batch 0 .*not finite"):
+        adapter.predict_on_batch(x)
+    _assert_same(_weights(model), source)
+    assert adapter._accumulated is None
+    skipping = OnlineAdapter(model, method=method, on_invalid="skip", **arguments)
+    assert skipping.predict_on_batch(x).shape == (8, 2)
+    assert skipping.skipped_batches == 1
+    _assert_same(_weights(model), source)
