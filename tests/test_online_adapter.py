@@ -737,3 +737,88 @@ def test_robust_without_an_entropy_step_refuses_the_step_filters(name):
         OnlineAdapter(model, method="robust", learning_rate=0, **{name: _NOT_DEFAULT[name]})
     adapter = OnlineAdapter(model, learning_rate=1e-3, **{name: _NOT_DEFAULT[name]})
     assert adapter._robust.stepper is not None
+
+
+def _overflows_below_the_mean():
+    # One batch norm on the raw pixels (pooled over positions, so the shift
+    # test reads it), then a softmax whose first logit is -1e38 times the sum
+    # of the normalized pixels: finite while the inputs sit above the stored
+    # mean, infinite (NaN probabilities) for a sample below it.
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.BatchNormalization(name="bn1")(inputs)
+    x = keras.layers.Flatten()(x)
+    dense = keras.layers.Dense(2, activation="softmax", use_bias=False)
+    model = keras.Model(inputs, dense(x))
+    kernel = np.zeros((16, 2), "float32")
+    kernel[:, 0] = -1e38
+    dense.kernel.assign(kernel)
+    return model
+
+
+def test_a_batch_refused_after_the_shift_test_fired_leaves_everything_as_it_was():
+    # The shift test writes the window's statistics before the batch that
+    # completed the window is predicted; when the model then overflows on it,
+    # the refusal must put back the statistics and the shift test's state, as
+    # for any other refused batch.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(model, memory_size=16, shift_distance="auto")
+    rng = np.random.default_rng(9)
+    first, second = (rng.normal(100.0, 0.1, (8, 4, 4, 1)).astype("float32") for _ in range(2))
+    assert np.all(np.isfinite(adapter.predict_on_batch(first)))
+    at_first, state = _weights(model), adapter._robust.state()
+    with pytest.raises(ValueError, match="Batch 1 .*not finite"):
+        adapter.predict_on_batch(second)
+    _assert_same(_weights(model), at_first)
+    robust = adapter._robust
+    assert (robust.updates, robust.shift_updates, robust.unsettled) == (0, 0, None)
+    assert robust.since_update == state[1] == 8
+    assert len(robust.window) == len(robust.bank) == 8
+
+
+def test_robusts_entropy_step_leaves_out_bank_samples_the_updated_model_overflows_on():
+    # Each sample predicted finitely when it came (above the stored mean); the
+    # bank's update moves the mean into the samples, and the model overflows
+    # on those now below it. The entropy step on the bank must not take them:
+    # a NaN loss (0 weight times NaN is NaN) would make every scale and shift NaN.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(
+        model,
+        memory_size=16,
+        shift_distance=None,
+        statistics_momentum=0.99999,
+        learning_rate=0.01,
+        collapse_factor=0.0,  # no reset to the source: the step is what is tested
+    )
+    rng = np.random.default_rng(10)
+    for _ in range(2):
+        x = (100.0 + rng.uniform(0.0, 0.1, (8, 4, 4, 1))).astype("float32")
+        assert np.all(np.isfinite(adapter.predict_on_batch(x)))
+    assert (adapter._robust.updates, adapter.collapse_resets) == (1, 0)
+    mean = ops.convert_to_numpy(model.get_layer("bn1").moving_mean)
+    assert 100.0 < mean[0] < 100.1  # the bank's update moved it into the samples
+    for path, value in _weights(model).items():
+        assert np.all(np.isfinite(value)), path
+
+
+@pytest.mark.parametrize(
+    "method, arguments",
+    [("mixed", dict(prior_strength=0)), ("online", dict(online_momentum=0.0)), ("reestimate", {})],
+)
+def test_a_batch_the_model_overflows_on_with_its_updated_statistics_is_refused(method, arguments):
+    # Finite statistics (no square overflows), but the model overflows on the
+    # batch once it normalizes with them (each method's arguments give it the
+    # batch's statistics): refused like a NaN batch, and the statistics it
+    # moved are put back.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(model, method=method, **arguments)
+    rng = np.random.default_rng(11)
+    source = _weights(model)
+    x = rng.normal(100.0, 0.1, (8, 4, 4, 1)).astype("float32")
+    with pytest.raises(ValueError, match="Batch 0 .*not finite"):
+        adapter.predict_on_batch(x)
+    _assert_same(_weights(model), source)
+    assert adapter._accumulated is None
+    skipping = OnlineAdapter(model, method=method, on_invalid="skip", **arguments)
+    assert skipping.predict_on_batch(x).shape == (8, 2)
+    assert skipping.skipped_batches == 1
+    _assert_same(_weights(model), source)

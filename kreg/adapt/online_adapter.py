@@ -513,17 +513,25 @@ class OnlineAdapter:
         )
 
     def _predict_with_updated_statistics(self, x):
-        before = self._weights() if self.method == "mixed" else None
         batch, samples = self._batch_statistics(x)
+        # The statistics as they were (batch renormalization's own averages
+        # too): put back after the prediction (`"mixed"`), or when the model
+        # overflows on the batch with the updated ones.
+        before = [
+            (variable, ops.convert_to_numpy(variable).copy())
+            for layer in self.layers
+            for variable in layer.non_trainable_weights
+        ]
+        values = {id(variable): value for variable, value in before}
         stored = [
             (
-                ops.convert_to_numpy(layer.moving_mean).astype("float64"),
-                ops.convert_to_numpy(layer.moving_variance).astype("float64"),
+                values[id(layer.moving_mean)].astype("float64"),
+                values[id(layer.moving_variance)].astype("float64"),
             )
             for layer in self.layers
         ]
         if self.method == "reestimate":
-            batch = self._accumulated = pool_layer_statistics(self._accumulated, batch)
+            batch = pool_layer_statistics(self._accumulated, batch)
             new = [(mean, variance) for mean, variance, _ in batch]
         else:
             keep = (
@@ -542,10 +550,18 @@ class OnlineAdapter:
         for layer, (mean, variance) in zip(self.layers, new):
             assign_statistics(layer, mean, variance)
         outputs = self.model.predict_on_batch(x)
-        if self.method == "mixed":  # nothing kept from batch to batch
-            for layer in self.layers:
-                for variable, value in zip(layer.weights, before[layer.path]):
-                    variable.assign(value)
+        finite = all(
+            np.all(np.isfinite(ops.convert_to_numpy(leaf))) for leaf in keras.tree.flatten(outputs)
+        )
+        if self.method == "mixed" or not finite:  # "mixed": nothing kept from batch to batch
+            for variable, value in before:
+                variable.assign(value)
+        if not finite:
+            raise NonFiniteStatisticsError(
+                "the model's outputs with the updated statistics are not finite"
+            )
+        if self.method == "reestimate":
+            self._accumulated = batch
         return outputs
 
 

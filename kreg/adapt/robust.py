@@ -160,6 +160,7 @@ class RobustAdaptation:
         self.updates = 0
         self.shift_updates = 0
         self.unsettled = None  # pooled statistics of consecutive shifted windows
+        self._overwritten = None  # [(variable, value)] a shift wrote over in this batch
 
     def state(self):
         optimizer = self.stepper.optimizer_state() if self.stepper is not None else None
@@ -207,12 +208,21 @@ class RobustAdaptation:
         # What the batch changes before a pass finds its statistics or outputs
         # not finite is put back, so that the next updates do not fail on its
         # samples. The bank changes before a pass only when an update is due.
+        # The shift test writes the statistics before the batch is predicted:
+        # a model that overflows on the batch with them refuses it after that
+        # write, which `_follow_a_shift` records in `_overwritten`.
         due = self.since_update + len(rows) >= self.memory_size
+        counters = self.updates, self.shift_updates, self.unsettled
         before = self.window, self.since_update, self.bank.state() if due else None
+        self._overwritten = None
         try:
             return self._predict_and_adapt(x, rows)
         except NonFiniteStatisticsError:
             self.window, self.since_update, bank = before
+            self.updates, self.shift_updates, self.unsettled = counters
+            for variable, value in self._overwritten or ():
+                variable.assign(value)
+            self._overwritten = None
             if bank is not None:
                 self.bank.set_state(bank)
                 self._drop_unchecked_samples_that_overflow()
@@ -311,6 +321,13 @@ class RobustAdaptation:
         # faster than a window) are pooled exactly: AdaBN over the stretch that
         # has not settled, rather than the last window's statistics alone.
         statistics = self.unsettled = pool_layer_statistics(self.unsettled, statistics)
+        # Kept until the batch is predicted (see `predict_and_adapt`); read on
+        # this path only, a shift, not at every update.
+        self._overwritten = [
+            (variable, ops.convert_to_numpy(variable).copy())
+            for layer in self.layers
+            for variable in layer.non_trainable_weights
+        ]
         for layer, (mean, variance, count) in zip(self.layers, statistics):
             if count > 1:
                 assign_statistics(layer, mean, variance)
@@ -356,6 +373,15 @@ class RobustAdaptation:
         _, probabilities = self.stepper.predict(x)
         weights, entropy = self.selection.weights(probabilities)
         weights = (weights * timeliness_weights(ages)).astype("float32")
-        if weights.any():
-            self.stepper.step(x, weights)
+        # Each sample predicted finitely when it came, but the statistics just
+        # written can make the model overflow on some: the filter gives them
+        # weight 0, and 0 times their NaN loss is still NaN in every gradient.
+        finite = np.all(np.isfinite(probabilities), axis=-1)
+        if weights[finite].any():
+            if finite.all():
+                self.stepper.step(x, weights)
+            else:
+                self.stepper.step(
+                    keras.tree.map_structure(lambda leaf: leaf[finite], x), weights[finite]
+                )
         return self.selection.collapsed(weights, entropy)
