@@ -64,6 +64,38 @@ def digits():
     return (x, y), (x_val[:300], y_val[:300])
 
 
+def _channels_first_convolutions_run():
+    """Whether this backend's CPU kernels run a channels_first (NCHW) convolution.
+
+    JAX and torch always do. TensorFlow's own CPU Conv2D is NHWC only; its oneDNN
+    kernels take NCHW too, and TensorFlow turns them on by default on some CPUs only
+    (`TF_ENABLE_ONEDNN_OPTS` forces either). So TensorFlow passes these tests on one
+    machine and fails them on another with `UnimplementedError` ("The Conv2D op
+    currently only supports the NHWC tensor format on the CPU"), Keras's own Conv2D
+    alike. Asked once, of Keras's Conv2D itself, when the tests are collected.
+    """
+    try:
+        keras.layers.Conv2D(1, 1, data_format="channels_first")(np.zeros((1, 1, 2, 2), "float32"))
+    except Exception as error:  # the backend's own "unimplemented" error type
+        if "NHWC" in str(error) or "Unimplemented" in type(error).__name__:
+            return False
+        raise
+    return True
+
+
+needs_channels_first_convolutions = pytest.mark.skipif(
+    not _channels_first_convolutions_run(),
+    reason="this TensorFlow build's CPU convolutions are channels_last only",
+)
+
+
+def float16_convolutions_run(data_format):
+    """Whether a float16 convolution in `data_format` runs on this backend's CPU: not a
+    channels_first one on TensorFlow, whose kernels (its own and oneDNN's) have no
+    float16 NCHW convolution. Keras's own Conv2D fails alike; JAX and torch run it."""
+    return BACKEND != "tensorflow" or data_format != "channels_first"
+
+
 def to_numpy(x):
     """A tensor or variable of any backend as a NumPy array (tests import it)."""
     return np.asarray(keras.ops.convert_to_numpy(x))

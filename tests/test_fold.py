@@ -11,10 +11,9 @@ from keras import ops
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
+from conftest import needs_channels_first_convolutions
 from conftest import to_numpy as _numpy
 from kreg import fold_batch_norms
-
-ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 # (Keras layer, its arguments, input shape without batch)
 PAIRS = {
@@ -106,9 +105,7 @@ def _pair_params():
                 shape,
                 "channels_first",
                 id=f"{name}_channels_first",
-                marks=pytest.mark.skipif(
-                    ON_TENSORFLOW, reason="TensorFlow's CPU convolutions are channels_last only"
-                ),
+                marks=needs_channels_first_convolutions,
             )
         )
     return params

@@ -6,6 +6,8 @@ import pytest
 
 import kreg
 from batch_norm_testing import randomize_batch_norm
+from conftest import float16_convolutions_run
+from conftest import needs_channels_first_convolutions
 from conftest import to_numpy as _numpy
 from layer_test_case import run_layer_test
 
@@ -57,15 +59,11 @@ CHANNELS_FIRST = {
 
 
 def _cases(channels_first=False):
-    """Every case, and with channels_first where the backend runs it (not TF on CPU)."""
+    """Every case, and with channels_first where the backend's CPU kernels run it."""
     params = [pytest.param(*CASES[name], id=name) for name in CASES]
     if channels_first:
         for name, (input_shape, output_shape) in CHANNELS_FIRST.items():
             cls, base, kwargs, _, _ = CASES[name]
-            marks = pytest.mark.skipif(
-                keras.backend.backend() == "tensorflow",
-                reason="TensorFlow's CPU convolutions only support channels_last",
-            )
             params.append(
                 pytest.param(
                     cls,
@@ -74,7 +72,7 @@ def _cases(channels_first=False):
                     input_shape,
                     output_shape,
                     id=f"{name}_channels_first",
-                    marks=marks,
+                    marks=needs_channels_first_convolutions,
                 )
             )
     return params
@@ -104,6 +102,7 @@ def test_layer_contract(cls, base, kwargs, input_shape, output_shape, tmp_path):
         input_shape=input_shape,
         expected_output_shape=output_shape,
         tmp_path=tmp_path,
+        run_mixed_precision_check=float16_convolutions_run(kwargs.get("data_format")),
     )
 
 

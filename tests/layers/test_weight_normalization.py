@@ -4,6 +4,8 @@ import pytest
 from keras import ops
 
 import kreg
+from conftest import float16_convolutions_run
+from conftest import needs_channels_first_convolutions
 from conftest import to_numpy as _numpy
 from kreg.layers import WeightNormalization
 from layer_test_case import run_layer_test
@@ -15,10 +17,11 @@ from layer_test_case import run_layer_test
         (lambda: keras.layers.Dense(3, activation="relu"), (4, 5), (4, 3)),
         (lambda: keras.layers.Conv2D(4, 3, padding="same"), (2, 6, 6, 3), (2, 6, 6, 4)),
         (lambda: keras.layers.Conv1D(2, 3, use_bias=False), (3, 8, 2), (3, 6, 2)),
-        (
+        pytest.param(
             lambda: keras.layers.Conv2D(4, 3, data_format="channels_first"),
             (2, 3, 6, 6),
             (2, 4, 4, 4),
+            marks=needs_channels_first_convolutions,
         ),
     ],
 )
@@ -32,10 +35,9 @@ def test_layer_contract(make_layer, input_shape, output_shape, data_init, tmp_pa
         input_shape=input_shape,
         expected_output_shape=output_shape,
         tmp_path=tmp_path,
-        # TensorFlow's CPU kernels have no float16 NCHW convolution (Keras's own
-        # Conv2D fails alike); JAX and torch have one.
-        run_mixed_precision_check=keras.backend.backend() != "tensorflow"
-        or factory().layer.get_config().get("data_format") != "channels_first",
+        run_mixed_precision_check=float16_convolutions_run(
+            factory().layer.get_config().get("data_format")
+        ),
     )
 
 
@@ -135,7 +137,10 @@ def test_bad_arguments_fail_at_construction(layer, kwargs, message):
         WeightNormalization(layer, **kwargs)
 
 
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "data_format",
+    ["channels_last", pytest.param("channels_first", marks=needs_channels_first_convolutions)],
+)
 def test_causal_conv1d_computes_what_the_plain_layer_computes(data_format):
     # Conv1D pads causal inputs in its own call; the wrapper must too.
     shape = (2, 9, 3) if data_format == "channels_last" else (2, 3, 9)
