@@ -206,9 +206,9 @@ class OnlineAdapter:
             multiple of 16, on those samples (this batch included): a shift
             writes their statistics before the batch is predicted and starts a
             new window, and later windows close to those statistics are pooled
-            in until `memory_size` samples are. At most `memory_size / 16`
-            more passes of at most `memory_size` samples plus a batch, per
-            `memory_size` samples.
+            in until `memory_size` samples are. At most one test per 16
+            samples of the stream (instead of one per `memory_size`), each a
+            pass of at most `memory_size` samples plus a batch.
         shift_pool: `"robust"` with a `shift_distance`: what the statistics of
             a shifted window are pooled with. `"consecutive"` (default): those
             of the shifted windows just before it. `"close"`: a window further

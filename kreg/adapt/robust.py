@@ -73,6 +73,15 @@ tuning half of three training seeds the pre-registered rule chose it (its
 worst cell -4.1 points against -4.8); on the first seed alone it had not (-4.1
 against -1.7).
 
+`shift_test="batch"` (opt-in) runs the test before every batch that brings
+the window past a multiple of 16 samples, on the window so far: the first
+batch of a corruption that changes within a window is then predicted with its
+own statistics, not with the last corruption's. A shift closes the window, and
+the following windows close to its statistics are pooled in until the pool
+holds `memory_size` samples. `shift_pool="close"` starts a new pool when a
+shifted window is further than `shift_distance` from the open one (another
+corruption), where `"consecutive"` (default) pools it in.
+
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
 """
@@ -104,8 +113,9 @@ SHIFT_TESTS = ("window", "batch")
 SHIFT_POOLS = ("consecutive", "close")
 # The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
 # give the first batch norm after a convolution 1,024 values per channel.
-# It also bounds the test's cost: at most `memory_size / 16` passes of at
-# most `memory_size` plus a batch samples per `memory_size` samples.
+# It also bounds the test's cost: a test needs 16 samples more than the last
+# one (or a due update), so at most one per 16 samples of the stream, each a
+# pass of at most `memory_size` samples plus a batch.
 BATCH_TEST_SAMPLES = 16
 
 
