@@ -63,6 +63,13 @@ def main():
         default="auto",
         help="the robust method's shift test: auto (the default), none (off) or a distance",
     )
+    parser.add_argument(
+        "--shift-test",
+        default="window",
+        choices=["window", "batch"],
+        help="the robust method's shift_test: once per memory_size samples (the default) "
+        "or before every batch",
+    )
     args = parser.parse_args()
     shift_distance = {"auto": "auto", "none": None}.get(args.shift_distance.lower())
     if shift_distance is None and args.shift_distance.lower() != "none":
@@ -81,7 +88,11 @@ def main():
             batches = np.split(x, args.batches)
             model = trained("cnn", "digits16", 0, train, args.epochs, args.cache)
             model.set_weights(source)
-            extra = {"shift_distance": shift_distance} if method == "robust" else {}
+            extra = {}
+            if method == "robust":
+                extra = {"shift_distance": shift_distance}
+                if args.shift_test != "window":
+                    extra["shift_test"] = args.shift_test
             adapter = kreg.OnlineAdapter(model, method=method, **extra)
             # `predict_on_batch` of the model as the adapter leaves it: the same
             # weights and graph, only the statistics differ, which costs nothing.

@@ -82,6 +82,24 @@ VARIANTS = [
         "robust",
         {"learning_rate": 0.0, "shift_distance": SOURCE_LIKE_DISTANCE},
     ),
+    # The shift test before each batch (on the window so far, from 16 samples
+    # on), pooling shifted windows as above; and with a window further than
+    # log 1.5 from the pool starting a new one (another corruption).
+    (
+        "robust-shift-batch",
+        "robust",
+        {"learning_rate": 0.0, "shift_distance": SOURCE_LIKE_DISTANCE, "shift_test": "batch"},
+    ),
+    (
+        "robust-shift-batch-close",
+        "robust",
+        {
+            "learning_rate": 0.0,
+            "shift_distance": SOURCE_LIKE_DISTANCE,
+            "shift_test": "batch",
+            "shift_pool": "close",
+        },
+    ),
 ]
 SLOTS = 10  # time slots of the Dirichlet label shift
 

@@ -601,6 +601,8 @@ _NOT_DEFAULT = dict(
     statistics_momentum=0.1,
     memory_fill="note",
     shift_distance=0.5,
+    shift_test="batch",
+    shift_pool="close",
 )
 
 
@@ -822,3 +824,144 @@ def test_a_batch_the_model_overflows_on_with_its_updated_statistics_is_refused(m
     assert skipping.predict_on_batch(x).shape == (8, 2)
     assert skipping.skipped_batches == 1
     _assert_same(_weights(model), source)
+
+
+# `shift_test="batch"`: the shift test before each batch, on the window so far.
+
+_PER_BATCH = dict(memory_size=64, shift_distance=math.log(1.5), shift_test="batch")
+
+
+def _corruption(rng, centre, spread, batches=1, size=16):
+    return [rng.normal(centre, spread, (size, 6, 6, 1)).astype("float32") for _ in range(batches)]
+
+
+def _bn1_statistics(model):
+    layer = model.get_layer("bn1")
+    return [ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance)]
+
+
+@pytest.mark.parametrize("shift_pool", ["consecutive", "close"])
+def test_a_per_batch_test_follows_a_new_corruption_before_its_first_batch_is_predicted(
+    shift_pool,
+):
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, shift_pool=shift_pool, **_PER_BATCH)
+    window = OnlineAdapter(_source_cnn(), **{**_PER_BATCH, "shift_test": "window"})
+    rng = np.random.default_rng(6)
+    first, second = _corruption(rng, 3.0, 2.0, batches=4), _corruption(rng, -3.0, 0.5)
+    for x in first:
+        adapter.predict_on_batch(x)
+        window.predict_on_batch(x)
+    # One shift at the first batch, then the same corruption pooled in until
+    # the pool holds `memory_size` samples: AdaBN on all 64 at the first batch
+    # norm, which sees the inputs through a convolution alone.
+    assert adapter._robust.shift_updates == 4
+    twin = _source_cnn()
+    kreg.adapt_batchnorm(twin, np.concatenate(first), batch_size=64, verbose=0)
+    for got, want in zip(_bn1_statistics(model), _bn1_statistics(twin)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    shifted = adapter.predict_on_batch(second[0])
+    assert adapter._robust.shift_updates == 5
+    twin = _source_cnn()
+    if shift_pool == "close":
+        # Far from the pool: another corruption, whose first batch is predicted
+        # with its own statistics (AdaBN on it) already.
+        kreg.adapt_batchnorm(twin, second[0], batch_size=16, verbose=0)
+        for got, want in zip(model.get_weights(), twin.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(shifted, twin.predict(second[0], verbose=0), atol=1e-5)
+    else:
+        # Pooled with the corruption before it, as windows shifted one after
+        # another are.
+        kreg.adapt_batchnorm(twin, np.concatenate(first + second), batch_size=80, verbose=0)
+        for got, want in zip(_bn1_statistics(model), _bn1_statistics(twin)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Tested once per window, the same batch is predicted with the statistics
+    # of the corruption before it.
+    shifts = window._robust.shift_updates
+    window.predict_on_batch(second[0])
+    assert window._robust.shift_updates == shifts
+
+
+def test_a_per_batch_test_settles_once_the_pool_holds_memory_size_samples():
+    adapter = OnlineAdapter(_source_cnn(), **_PER_BATCH)
+    rng = np.random.default_rng(7)
+    for x in _corruption(rng, 3.0, 2.0, batches=8):
+        adapter.predict_on_batch(x)
+    # Four pooled batches, then a full window close to their statistics:
+    # RoTTA's update from the bank, as after a shifted window.
+    assert adapter._robust.shift_updates == 4
+    assert adapter._robust.updates == 5
+    assert adapter._robust.unsettled is None
+
+
+def test_source_like_inputs_are_not_shifted_by_the_per_batch_test():
+    adapter = OnlineAdapter(_source_cnn(), **_PER_BATCH)
+    plain = OnlineAdapter(_source_cnn(), **{**_PER_BATCH, "shift_test": "window"})
+    rng = np.random.default_rng(8)
+    for x in _corruption(rng, 0.1, 0.95, batches=8):
+        np.testing.assert_allclose(
+            adapter.predict_on_batch(x), plain.predict_on_batch(x), rtol=1e-5, atol=1e-6
+        )
+    assert adapter._robust.shift_updates == 0
+    assert adapter._robust.updates == plain._robust.updates == 2
+
+
+def test_the_per_batch_test_runs_once_per_16_samples_at_batch_size_1(monkeypatch):
+    adapter = OnlineAdapter(_source_cnn(), **_PER_BATCH)
+    tested = []
+    follow = adapter._robust._follow_a_shift
+
+    def counting(window, settle=True):
+        tested.append(len(window))
+        return follow(window, settle)
+
+    monkeypatch.setattr(adapter._robust, "_follow_a_shift", counting)
+    rng = np.random.default_rng(9)
+    for x in _corruption(rng, 0.0, 1.0, batches=64, size=1):
+        adapter.predict_on_batch(x)
+    assert tested == [16, 32, 48, 64]
+
+
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("shift_test", "batches", "'window', 'batch'"),
+        ("shift_pool", None, "'consecutive', 'close'"),
+    ],
+)
+def test_a_bad_shift_test_or_pool_is_refused(name, value, allowed):
+    with pytest.raises(
+        ValueError, match=rf"`{name}`. Expected one of {allowed}. Received: {name}={value!r}"
+    ):
+        OnlineAdapter(_cnn(), **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("shift_test", "batch"), ("shift_pool", "close")])
+def test_a_shift_test_or_pool_without_a_shift_distance_is_refused(name, value):
+    with pytest.raises(ValueError, match=rf"`{name}`.*shift_distance=None.*Received: {name}="):
+        OnlineAdapter(_cnn(), shift_distance=None, **{name: value})
+
+
+def test_the_default_tests_once_per_window_and_pools_consecutive_shifts():
+    adapter = OnlineAdapter(_cnn())
+    assert (adapter.shift_test, adapter.shift_pool) == ("window", "consecutive")
+    assert (adapter._robust.shift_test, adapter._robust.shift_pool) == ("window", "consecutive")
+    adapter = OnlineAdapter(_cnn(), shift_test="batch", shift_pool="close")
+    assert (adapter._robust.shift_test, adapter._robust.shift_pool) == ("batch", "close")
+
+
+def test_the_per_batch_state_is_snapshotted():
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, shift_pool="close", **_PER_BATCH)
+    rng = np.random.default_rng(10)
+    stream = _corruption(rng, 3.0, 2.0, batches=2) + _corruption(rng, -3.0, 0.5, batches=3)
+    adapter.predict_on_batch(stream[0])  # a shift, with a pool of 16 samples open
+    snapshot, at_snapshot = adapter.snapshot(), _weights(model)
+    expected = [adapter.predict_on_batch(x) for x in stream[1:]]
+    assert adapter._robust.unsettled_samples == 48  # the second corruption's pool
+    adapter.restore(snapshot)
+    _assert_same(_weights(model), at_snapshot)
+    assert adapter._robust.unsettled_samples == 16
+    for x, predictions in zip(stream[1:], expected):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), predictions)

@@ -25,6 +25,8 @@ from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
+from kreg.adapt.robust import SHIFT_POOLS
+from kreg.adapt.robust import SHIFT_TESTS
 from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.layers.batch_statistics import mixed_stored_weight
@@ -56,6 +58,8 @@ METHOD_ARGUMENTS = {
     "statistics_momentum": ("robust",),
     "memory_fill": ("robust",),
     "shift_distance": ("robust",),
+    "shift_test": ("robust",),
+    "shift_pool": ("robust",),
 }
 
 
@@ -195,6 +199,20 @@ class OnlineAdapter:
             (RoTTA's slow update only; one forward pass fewer per `memory_size`
             samples). A model whose first batch norm follows a dense layer is
             never tested. See `kreg/adapt/robust.py`.
+        shift_test: `"robust"` with a `shift_distance`: when the shift test
+            runs. `"window"` (default): once per `memory_size` samples, before
+            the batch that completes them is predicted. `"batch"`: also before
+            each batch that brings the samples since the last update past a
+            multiple of 16, on those samples (this batch included): a shift
+            writes their statistics before the batch is predicted and starts a
+            new window, and later windows close to those statistics are pooled
+            in until `memory_size` samples are. At most one test per 16
+            samples of the stream (instead of one per `memory_size`), each a
+            pass of at most `memory_size` samples plus a batch.
+        shift_pool: `"robust"` with a `shift_distance`: what the statistics of
+            a shifted window are pooled with. `"consecutive"` (default): those
+            of the shifted windows just before it. `"close"`: a window further
+            than `shift_distance` from them starts a new pool (another shift).
         on_invalid: What a batch holding NaN or inf does, and a finite one
             the adaptation finds not finite (values whose squares overflow
             float32, a model that overflows on them): `"raise"` (default)
@@ -254,6 +272,8 @@ class OnlineAdapter:
         statistics_momentum=0.05,
         memory_fill="rotta",
         shift_distance="auto",
+        shift_test="window",
+        shift_pool="consecutive",
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -295,6 +315,11 @@ class OnlineAdapter:
             # tuning half of `bench/adaptation_grid.py` (docs/BENCHMARKS.md).
             shift_distance = SOURCE_LIKE_DISTANCE
         self.shift_distance = check_positive("shift_distance", shift_distance, optional=True)
+        self.shift_test = check_choice("shift_test", shift_test, SHIFT_TESTS)
+        self.shift_pool = check_choice("shift_pool", shift_pool, SHIFT_POOLS)
+        if self.shift_distance is None:
+            for name, value in (("shift_test", shift_test), ("shift_pool", shift_pool)):
+                _refuse_if_set(name, value, "a shift test (shift_distance)", "shift_distance=None")
         self.prior_strength = float(check_at_least("prior_strength", prior_strength))
         self.online_momentum = check_rate("online_momentum", online_momentum)
         self.label_shift_ratio = check_positive(
@@ -328,6 +353,8 @@ class OnlineAdapter:
                 SampleSelection(entropy_factor, None, collapse_factor),
                 self.memory_fill,
                 self.shift_distance,
+                self.shift_test,
+                self.shift_pool,
             )
         if method in ("batch", "tent", "eata"):
             self._stepper = AffineStepper(

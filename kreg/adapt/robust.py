@@ -73,6 +73,15 @@ tuning half of three training seeds the pre-registered rule chose it (its
 worst cell -4.1 points against -4.8); on the first seed alone it had not (-4.1
 against -1.7).
 
+`shift_test="batch"` (opt-in) runs the test before every batch that brings
+the window past a multiple of 16 samples, on the window so far: the first
+batch of a corruption that changes within a window is then predicted with its
+own statistics, not with the last corruption's. A shift closes the window, and
+the following windows close to its statistics are pooled in until the pool
+holds `memory_size` samples. `shift_pool="close"` starts a new pool when a
+shifted window is further than `shift_distance` from the open one (another
+corruption), where `"consecutive"` (default) pools it in.
+
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
 """
@@ -93,6 +102,21 @@ from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.layers.batch_statistics import combine_statistics
+
+# When the shift test runs: `"window"`, once per `memory_size` samples, on the
+# samples since the last update; `"batch"`, also on the window so far at the
+# batches that bring it past a multiple of `BATCH_TEST_SAMPLES` samples.
+SHIFT_TESTS = ("window", "batch")
+# What a shifted window's statistics pool with: `"consecutive"`, the shifted
+# windows just before it; `"close"`, those only while it is within
+# `shift_distance` of them (a window further from them is another shift).
+SHIFT_POOLS = ("consecutive", "close")
+# The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
+# give the first batch norm after a convolution 1,024 values per channel.
+# It also bounds the test's cost: a test needs 16 samples more than the last
+# one (or a due update), so at most one per 16 samples of the stream, each a
+# pass of at most `memory_size` samples plus a batch.
+BATCH_TEST_SAMPLES = 16
 
 
 def _rows(x):
@@ -132,9 +156,13 @@ class RobustAdaptation:
         selection,
         memory_fill,
         shift_distance=None,
+        shift_test="window",
+        shift_pool="consecutive",
     ):
         self.model, self.layers = model, layers
         self.shift_distance = shift_distance
+        self.shift_test = shift_test
+        self.shift_pool = shift_pool
         self.memory_size = memory_size
         self.momentum = statistics_momentum
         self.from_logits = from_logits
@@ -160,6 +188,7 @@ class RobustAdaptation:
         self.updates = 0
         self.shift_updates = 0
         self.unsettled = None  # pooled statistics of consecutive shifted windows
+        self.unsettled_samples = 0  # the samples pooled in `unsettled`
         self._overwritten = None  # [(variable, value)] a shift wrote over in this batch
 
     def state(self):
@@ -173,6 +202,7 @@ class RobustAdaptation:
             list(self.window),
             self.shift_updates,
             self.unsettled,
+            self.unsettled_samples,
         )
 
     def set_state(self, state):
@@ -185,6 +215,7 @@ class RobustAdaptation:
             window,
             self.shift_updates,
             self.unsettled,
+            self.unsettled_samples,
         ) = state
         self.bank.set_state(bank)
         self.window = list(window)
@@ -212,14 +243,16 @@ class RobustAdaptation:
         # a model that overflows on the batch with them refuses it after that
         # write, which `_follow_a_shift` records in `_overwritten`.
         due = self.since_update + len(rows) >= self.memory_size
-        counters = self.updates, self.shift_updates, self.unsettled
-        before = self.window, self.since_update, self.bank.state() if due else None
+        # `shift_test="batch"` can empty the bank at any batch.
+        bank_may_change = due or (self.shift_distance is not None and self.shift_test == "batch")
+        counters = self.updates, self.shift_updates, self.unsettled, self.unsettled_samples
+        before = self.window, self.since_update, self.bank.state() if bank_may_change else None
         self._overwritten = None
         try:
             return self._predict_and_adapt(x, rows)
         except NonFiniteStatisticsError:
             self.window, self.since_update, bank = before
-            self.updates, self.shift_updates, self.unsettled = counters
+            self.updates, self.shift_updates, self.unsettled, self.unsettled_samples = counters
             for variable, value in self._overwritten or ():
                 variable.assign(value)
             self._overwritten = None
@@ -256,8 +289,20 @@ class RobustAdaptation:
             # (statistics not finite) must not stay to fail the next windows.
             window = self.window + rows
             due = self.since_update + len(rows) >= self.memory_size
-            shifted = due and self._follow_a_shift(window)
-            self.window = [] if due else window
+            if self.shift_test == "window":
+                shifted = due and self._follow_a_shift(window)
+                self.window = [] if due else window
+            else:
+                # Tested before the batch is predicted, so that the first
+                # batch of a new corruption is predicted with its statistics,
+                # not the last one's; at most once per `BATCH_TEST_SAMPLES`
+                # samples, which bounds the passes at a small batch size.
+                step = min(BATCH_TEST_SAMPLES, self.memory_size)
+                tested = due or len(window) // step > len(self.window) // step
+                shifted = tested and self._follow_a_shift(window, settle=due)
+                # A statistics write closes the window: the next one starts
+                # from the statistics it wrote.
+                self.window = [] if due or shifted else window
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if not np.all(np.isfinite(probabilities)):
@@ -278,10 +323,16 @@ class RobustAdaptation:
             collapsed = self._update_from_bank()
         return outputs, collapsed
 
-    def _follow_a_shift(self, window):
+    def _follow_a_shift(self, window, settle=True):
         """The shift test on `window`, the samples since the last update; on a
         shift, their statistics (pooled with those of the shifted windows just
         before it) replace the stored ones. Returns whether it did.
+
+        With `shift_test="batch"`, a window within `shift_distance` of the
+        statistics of a shift that has pooled fewer than `memory_size`
+        samples is pooled in as well (the same shift, its statistics from more
+        samples); `settle=False` (a window that is not yet due) keeps the
+        pool open when the window is close.
 
         A class-balanced bank protects the statistics from label shift, at the
         price of following a covariate shift by a few per cent per update; but
@@ -315,12 +366,25 @@ class RobustAdaptation:
             return False
         distance = distance_from_stored_statistics(self.layers[first], mean, variance)
         if distance <= self.shift_distance:
-            self.unsettled = None  # the stream has settled where the statistics are
-            return False
+            refine = (
+                self.shift_test == "batch"
+                and self.unsettled is not None
+                and self.unsettled_samples < self.memory_size
+            )
+            if not refine:
+                if settle:
+                    # The stream has settled where the statistics are.
+                    self.unsettled, self.unsettled_samples = None, 0
+                return False
+        elif self.shift_pool == "close":
+            # Further than `shift_distance` from the stored statistics, which
+            # are the pool's when one is open: another shift, a new pool.
+            self.unsettled, self.unsettled_samples = None, 0
         # Windows found shifted one after another (corruptions that change
         # faster than a window) are pooled exactly: AdaBN over the stretch that
         # has not settled, rather than the last window's statistics alone.
         statistics = self.unsettled = pool_layer_statistics(self.unsettled, statistics)
+        self.unsettled_samples += len(window)
         # Kept until the batch is predicted (see `predict_and_adapt`); read on
         # this path only, a shift, not at every update.
         self._overwritten = [
