@@ -65,10 +65,11 @@ def main():
     )
     parser.add_argument(
         "--shift-test",
-        default="window",
+        default="batch",
         choices=["window", "batch"],
-        help="the robust method's shift_test: once per memory_size samples (the default) "
-        "or before every batch",
+        help="the robust method's shift_test: before every batch (the default, with "
+        "shift_pool='close') or once per memory_size samples (with shift_pool='consecutive', "
+        "as before the per-batch test)",
     )
     args = parser.parse_args()
     shift_distance = {"auto": "auto", "none": None}.get(args.shift_distance.lower())
@@ -91,8 +92,8 @@ def main():
             extra = {}
             if method == "robust":
                 extra = {"shift_distance": shift_distance}
-                if args.shift_test != "window":
-                    extra["shift_test"] = args.shift_test
+                if shift_distance is not None and args.shift_test == "window":
+                    extra.update(shift_test="window", shift_pool="consecutive")
             adapter = kreg.OnlineAdapter(model, method=method, **extra)
             # `predict_on_batch` of the model as the adapter leaves it: the same
             # weights and graph, only the statistics differ, which costs nothing.

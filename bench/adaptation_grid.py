@@ -80,7 +80,12 @@ VARIANTS = [
     (
         "robust-rotta-shift",
         "robust",
-        {"learning_rate": 0.0, "shift_distance": SOURCE_LIKE_DISTANCE},
+        {
+            "learning_rate": 0.0,
+            "shift_distance": SOURCE_LIKE_DISTANCE,
+            "shift_test": "window",
+            "shift_pool": "consecutive",
+        },
     ),
     # The shift test before each batch (on the window so far, from 16 samples
     # on), pooling shifted windows as above; and with a window further than
@@ -88,7 +93,12 @@ VARIANTS = [
     (
         "robust-shift-batch",
         "robust",
-        {"learning_rate": 0.0, "shift_distance": SOURCE_LIKE_DISTANCE, "shift_test": "batch"},
+        {
+            "learning_rate": 0.0,
+            "shift_distance": SOURCE_LIKE_DISTANCE,
+            "shift_test": "batch",
+            "shift_pool": "consecutive",
+        },
     ),
     (
         "robust-shift-batch-close",

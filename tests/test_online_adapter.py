@@ -483,6 +483,9 @@ def test_robust_adapts_a_subclassed_model_with_more_than_two_classes():
 # The robust method's shift test (`shift_distance`).
 
 _SHIFT = dict(memory_size=16, shift_distance=math.log(1.5))
+# The shift test as it was before the per-batch test became the default: once
+# per window, consecutive shifted windows pooled.
+_PER_WINDOW = dict(shift_test="window", shift_pool="consecutive")
 
 
 def _source_cnn(seed=0):
@@ -601,8 +604,8 @@ _NOT_DEFAULT = dict(
     statistics_momentum=0.1,
     memory_fill="note",
     shift_distance=0.5,
-    shift_test="batch",
-    shift_pool="close",
+    shift_test="window",
+    shift_pool="consecutive",
 )
 
 
@@ -627,7 +630,7 @@ def test_windows_shifted_one_after_another_are_pooled():
     # Corruptions that change faster than a window: the statistics are those of
     # every window since the stream last settled, not of the last one alone.
     model, twin = _source_cnn(), _source_cnn()
-    adapter = OnlineAdapter(model, **_SHIFT)
+    adapter = OnlineAdapter(model, **_SHIFT, **_PER_WINDOW)
     rng = np.random.default_rng(5)
     stream = [rng.normal(centre, 2.0, (16, 6, 6, 1)).astype("float32") for centre in (3.0, -3.0)]
     for x in stream:
@@ -715,7 +718,7 @@ def test_the_shift_test_takes_every_sample_since_the_last_update(batch_size):
     # windows found shifted one after another pool to AdaBN over the whole
     # stretch, batch by batch as `adapt_batchnorm` does it.
     model, twin = _source_cnn(), _source_cnn()
-    adapter = OnlineAdapter(model, **_SHIFT)
+    adapter = OnlineAdapter(model, **_SHIFT, **_PER_WINDOW)
     rng = np.random.default_rng(8)
     centres = (3.0, 3.0, -3.0, -3.0) if batch_size == 12 else (3.0, -3.0)
     stream = [rng.normal(c, 2.0, (batch_size, 6, 6, 1)).astype("float32") for c in centres]
@@ -937,18 +940,18 @@ def test_a_bad_shift_test_or_pool_is_refused(name, value, allowed):
         OnlineAdapter(_cnn(), **{name: value})
 
 
-@pytest.mark.parametrize("name, value", [("shift_test", "batch"), ("shift_pool", "close")])
+@pytest.mark.parametrize("name, value", [("shift_test", "window"), ("shift_pool", "consecutive")])
 def test_a_shift_test_or_pool_without_a_shift_distance_is_refused(name, value):
     with pytest.raises(ValueError, match=rf"`{name}`.*shift_distance=None.*Received: {name}="):
         OnlineAdapter(_cnn(), shift_distance=None, **{name: value})
 
 
-def test_the_default_tests_once_per_window_and_pools_consecutive_shifts():
+def test_the_default_tests_before_each_batch_and_pools_close_shifts():
     adapter = OnlineAdapter(_cnn())
-    assert (adapter.shift_test, adapter.shift_pool) == ("window", "consecutive")
-    assert (adapter._robust.shift_test, adapter._robust.shift_pool) == ("window", "consecutive")
-    adapter = OnlineAdapter(_cnn(), shift_test="batch", shift_pool="close")
+    assert (adapter.shift_test, adapter.shift_pool) == ("batch", "close")
     assert (adapter._robust.shift_test, adapter._robust.shift_pool) == ("batch", "close")
+    adapter = OnlineAdapter(_cnn(), **_PER_WINDOW)
+    assert (adapter._robust.shift_test, adapter._robust.shift_pool) == ("window", "consecutive")
 
 
 def test_the_per_batch_state_is_snapshotted():

@@ -200,19 +200,24 @@ class OnlineAdapter:
             samples). A model whose first batch norm follows a dense layer is
             never tested. See `kreg/adapt/robust.py`.
         shift_test: `"robust"` with a `shift_distance`: when the shift test
-            runs. `"window"` (default): once per `memory_size` samples, before
-            the batch that completes them is predicted. `"batch"`: also before
-            each batch that brings the samples since the last update past a
-            multiple of 16, on those samples (this batch included): a shift
-            writes their statistics before the batch is predicted and starts a
-            new window, and later windows close to those statistics are pooled
-            in until `memory_size` samples are. At most one test per 16
-            samples of the stream (instead of one per `memory_size`), each a
-            pass of at most `memory_size` samples plus a batch.
+            runs. `"batch"` (default): before each batch that brings the
+            samples since the last update past a multiple of 16, and before
+            the batch that completes `memory_size` of them, on those samples
+            (this batch included): a shift writes their statistics before the
+            batch is predicted and starts a new window, and later windows
+            close to those statistics are pooled in until `memory_size`
+            samples are. At most one test per 16 samples of the stream, each a
+            pass of at most `memory_size` samples plus a batch. `"window"`:
+            once per `memory_size` samples only, before the batch that
+            completes them is predicted (fewer passes at batch sizes 4 to 32;
+            the first batches of a new corruption are then predicted with the
+            last one's statistics).
         shift_pool: `"robust"` with a `shift_distance`: what the statistics of
-            a shifted window are pooled with. `"consecutive"` (default): those
-            of the shifted windows just before it. `"close"`: a window further
-            than `shift_distance` from them starts a new pool (another shift).
+            a shifted window are pooled with. `"close"` (default): those of
+            the open shift only while the window is within `shift_distance`
+            of them; a window further from them starts a new pool (another
+            corruption). `"consecutive"`: those of every shifted window just
+            before it, whatever their distance.
         on_invalid: What a batch holding NaN or inf does, and a finite one
             the adaptation finds not finite (values whose squares overflow
             float32, a model that overflows on them): `"raise"` (default)
@@ -272,8 +277,8 @@ class OnlineAdapter:
         statistics_momentum=0.05,
         memory_fill="rotta",
         shift_distance="auto",
-        shift_test="window",
-        shift_pool="consecutive",
+        shift_test="batch",
+        shift_pool="close",
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
