@@ -73,14 +73,22 @@ tuning half of three training seeds the pre-registered rule chose it (its
 worst cell -4.1 points against -4.8); on the first seed alone it had not (-4.1
 against -1.7).
 
-`shift_test="batch"` (opt-in) runs the test before every batch that brings
-the window past a multiple of 16 samples, on the window so far: the first
-batch of a corruption that changes within a window is then predicted with its
-own statistics, not with the last corruption's. A shift closes the window, and
-the following windows close to its statistics are pooled in until the pool
-holds `memory_size` samples. `shift_pool="close"` starts a new pool when a
-shifted window is further than `shift_distance` from the open one (another
-corruption), where `"consecutive"` (default) pools it in.
+`shift_test="batch"` (opt-in) also runs the test before every batch that
+brings the window past a multiple of 16 samples (of `memory_size` when
+smaller), on the window so far: the first batch of a corruption that changes
+within a window is then predicted with its own statistics, not with the last
+corruption's. A shift closes the window, and the following windows close to
+its statistics are pooled in until the pool holds `memory_size` samples; each
+of those is written like a shift (before its batch is predicted, emptying the
+bank, counted as an update); a close window due for an update settles a
+pool that holds `memory_size` samples, as by default. Its tests cost more
+passes: from 16 samples each, a window of `memory_size` samples is passed up
+to `memory_size / 16` times, and a model whose first batch norm follows a
+dense layer still runs them (it never shifts). `shift_pool="close"` starts a new pool at every
+shifted window (further than `shift_distance` from the stored statistics,
+which are the open pool's: another corruption), so only the close windows of
+`shift_test="batch"` are ever pooled; `"consecutive"` (default) pools the
+shifted windows until the stream settles.
 
 The entropy step is off unless `learning_rate` is given (a default chosen on
 the tuning half of `bench/adaptation_grid.py`, see docs/BENCHMARKS.md).
@@ -113,9 +121,10 @@ SHIFT_TESTS = ("window", "batch")
 SHIFT_POOLS = ("consecutive", "close")
 # The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
 # give the first batch norm after a convolution 1,024 values per channel.
-# It also bounds the test's cost: a test needs 16 samples more than the last
-# one (or a due update), so at most one per 16 samples of the stream, each a
-# pass of at most `memory_size` samples plus a batch.
+# It also bounds the test's cost: a test needs the window to pass a multiple
+# of 16 samples, or an update to be due, so at most one per 16 samples of the
+# stream when `memory_size` is a multiple of 16 (one more per `memory_size`
+# otherwise), each a pass of at most `memory_size` samples plus a batch.
 BATCH_TEST_SAMPLES = 16
 
 
@@ -229,7 +238,8 @@ class RobustAdaptation:
         the bank. Returns `(outputs, collapsed)`.
 
         With `shift_distance`, the shift test comes first, before the batch
-        that completes `memory_size` samples is predicted: when the samples
+        that completes `memory_size` samples is predicted (`shift_test="batch"`:
+        also before each batch that brings them past a multiple of 16): when the samples
         since the last update (this batch included) sit further than
         `shift_distance` from the first batch norm's stored statistics, every
         batch norm takes their statistics outright and the bank (filled under
@@ -238,10 +248,11 @@ class RobustAdaptation:
         rows = _rows(x)
         # What the batch changes before a pass finds its statistics or outputs
         # not finite is put back, so that the next updates do not fail on its
-        # samples. The bank changes before a pass only when an update is due.
-        # The shift test writes the statistics before the batch is predicted:
-        # a model that overflows on the batch with them refuses it after that
-        # write, which `_follow_a_shift` records in `_overwritten`.
+        # samples. The bank changes before a pass only when an update is due,
+        # or when a per-batch shift test empties it. The shift test writes the
+        # statistics before the batch is predicted: a model that overflows on
+        # the batch with them refuses it after that write, which
+        # `_follow_a_shift` records in `_overwritten`.
         due = self.since_update + len(rows) >= self.memory_size
         # `shift_test="batch"` can empty the bank at any batch.
         bank_may_change = due or (self.shift_distance is not None and self.shift_test == "batch")
