@@ -1137,7 +1137,7 @@ def test_tested_once_per_window_a_close_pool_takes_each_shifted_window_alone():
     # every shift starts a new pool, and without the per-batch test no close
     # window is pooled in, so each shift writes its own window's statistics.
     model, twin = _source_cnn(), _source_cnn()
-    adapter = OnlineAdapter(model, shift_pool="close", **_SHIFT)
+    adapter = OnlineAdapter(model, shift_test="window", shift_pool="close", **_SHIFT)
     rng = np.random.default_rng(17)
     stream = _corruption(rng, 3.0, 2.0) + _corruption(rng, -3.0, 0.5)
     for x in stream:
