@@ -196,10 +196,10 @@ class OnlineAdapter:
             classes: their statistics then replace the stored ones at once,
             instead of `statistics_momentum` of the bank's, and the bank is
             emptied. `"auto"` (default): `math.log(1.5)`. `None`: no shift test
-            (RoTTA's slow update only; one forward pass fewer per `memory_size`
-            samples). A model whose first batch norm follows a dense layer
-            never shifts (the test's pass still runs). See
-            `kreg/adapt/robust.py`.
+            (RoTTA's slow update only; with `shift_test="window"`, one forward
+            pass fewer per `memory_size` samples). A model whose first batch
+            norm follows a dense layer never shifts (the test's pass still
+            runs). See `kreg/adapt/robust.py`.
         shift_test: `"robust"` with a `shift_distance`: when the shift test
             runs. `"window"` (default): once per `memory_size` samples, before
             the batch that completes them is predicted. `"batch"`: also before
@@ -217,11 +217,10 @@ class OnlineAdapter:
             a shifted window are pooled with. `"consecutive"` (default): those
             of the shifted windows (and of the close windows pooled in) since
             the stream last settled (a window due for an update found close to
-            the stored statistics). `"close"`:
-            none; a shifted window is further than `shift_distance` from the
-            stored statistics, which are the open pool's, so it starts a new
-            pool (another shift), and only the close windows of
-            `shift_test="batch"` are pooled in.
+            the stored statistics). `"close"`: none; a shifted window is
+            further than `shift_distance` from the stored statistics, which
+            are the open pool's, so it starts a new pool (another shift), and
+            only the close windows of `shift_test="batch"` are pooled in.
         on_invalid: What a batch holding NaN or inf does, and a finite one
             the adaptation finds not finite (values whose squares overflow
             float32, a model that overflows on them): `"raise"` (default)
