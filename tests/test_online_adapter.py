@@ -968,3 +968,185 @@ def test_the_per_batch_state_is_snapshotted():
     assert adapter._robust.unsettled_samples == 16
     for x, predictions in zip(stream[1:], expected):
         np.testing.assert_array_equal(adapter.predict_on_batch(x), predictions)
+
+
+def _robust_state(adapter):
+    robust = adapter._robust
+    return (
+        robust.updates,
+        robust.shift_updates,
+        robust.unsettled_samples,
+        robust.since_update,
+        len(robust.window),
+        len(robust.bank),
+    )
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+def test_a_batch_refused_after_the_per_batch_test_pooled_it_in_leaves_everything_as_it_was(
+    on_invalid,
+):
+    # A shift at the second batch opens a pool of 16 samples; the fourth batch
+    # brings a window close to it, which is pooled in (the statistics written
+    # before the batch is predicted), and the model then overflows on it (it
+    # sits below the pooled mean): the pooled statistics, the pool, the
+    # window, the bank and the counters are put back.
+    model = _overflows_below_the_mean()
+    arguments = dict(memory_size=64, shift_distance="auto", shift_test="batch")
+    adapter = OnlineAdapter(model, on_invalid=on_invalid, **arguments)
+    twin = _overflows_below_the_mean()
+    clean = OnlineAdapter(twin, **arguments)
+    rng = np.random.default_rng(12)
+
+    def batch(centre):
+        return rng.normal(centre, 0.001, (8, 4, 4, 1)).astype("float32")
+
+    tests = []
+    follow = adapter._robust._follow_a_shift
+
+    def recording(window, settle=True):
+        tests.append(follow(window, settle))
+        return tests[-1]
+
+    adapter._robust._follow_a_shift = recording
+    for x in (batch(99.9), batch(100.1), batch(100.12)):
+        assert np.all(np.isfinite(adapter.predict_on_batch(x)))
+        clean.predict_on_batch(x)
+    assert tests == [True]  # the shift, at 16 samples
+    at_third, state = _weights(model), _robust_state(adapter)
+    assert state == (1, 1, 16, 8, 8, 16)
+    bank = adapter._robust.bank.contents()[1]
+    if on_invalid == "raise":
+        with pytest.raises(ValueError, match="Batch 3 .*not finite"):
+            adapter.predict_on_batch(batch(99.9))
+    else:
+        adapter.predict_on_batch(batch(99.9))
+        assert adapter.skipped_batches == 1
+    assert tests == [True, True]  # pooled in, then refused
+    _assert_same(_weights(model), at_third)
+    assert _robust_state(adapter) == state
+    np.testing.assert_array_equal(adapter._robust.bank.contents()[1], bank)
+    for x in (batch(100.1), batch(100.1), batch(100.15)):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), clean.predict_on_batch(x))
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shift_pool", ["consecutive", "close"])
+def test_a_nan_batch_in_an_open_pool_changes_nothing_and_reset_closes_the_pool(shift_pool):
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, shift_pool=shift_pool, **_PER_BATCH)
+    clean = OnlineAdapter(_source_cnn(), shift_pool=shift_pool, **_PER_BATCH)
+    rng = np.random.default_rng(13)
+    stream = _corruption(rng, 3.0, 2.0, batches=3, size=8)
+    for x in stream[:2]:
+        adapter.predict_on_batch(x), clean.predict_on_batch(x)
+    assert adapter._robust.unsettled_samples == 16  # a pool open at the second batch
+    at_pool, state = _weights(model), _robust_state(adapter)
+    bad = stream[2].copy()
+    bad[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="Batch 2 holds NaN or infinite values"):
+        adapter.predict_on_batch(bad)
+    adapter.on_invalid = "skip"
+    adapter.predict_on_batch(bad)
+    _assert_same(_weights(model), at_pool)
+    assert _robust_state(adapter) == state
+    for x in stream[2:] + _corruption(rng, -3.0, 0.5, batches=3, size=8):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), clean.predict_on_batch(x))
+    adapter.reset()
+    for got, want in zip(model.get_weights(), _source_cnn().get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert _robust_state(adapter) == (0, 0, 0, 0, 0, 0)
+    assert adapter._robust.unsettled is None
+    fresh = OnlineAdapter(_source_cnn(), shift_pool=shift_pool, **_PER_BATCH)
+    for x in stream:
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), fresh.predict_on_batch(x))
+
+
+@pytest.mark.parametrize("memory_size, batch_size", [(8, 1), (8, 4), (8, 17), (64, 64), (64, 100)])
+@pytest.mark.parametrize("shift_pool", ["consecutive", "close"])
+def test_the_per_batch_test_is_the_window_test_when_every_test_is_due(
+    memory_size, batch_size, shift_pool
+):
+    # memory_size <= 16, or batches of memory_size samples or more: the test
+    # runs only at the batches that complete a window, and a shift's pool holds
+    # memory_size samples at once, so nothing is pooled in: "batch" adapts
+    # exactly as "window".
+    arguments = dict(memory_size=memory_size, shift_distance=math.log(1.5), shift_pool=shift_pool)
+    per_batch = OnlineAdapter(_source_cnn(), shift_test="batch", **arguments)
+    per_window = OnlineAdapter(_source_cnn(), shift_test="window", **arguments)
+    rng = np.random.default_rng(14)
+    samples = max(4 * memory_size, 3 * batch_size)
+    centres = [3.0, -3.0, 0.0, 3.0]
+    for i in range(0, samples, batch_size):
+        x = rng.normal(centres[i * 4 // samples], 2.0, (batch_size, 6, 6, 1)).astype("float32")
+        np.testing.assert_array_equal(per_batch.predict_on_batch(x), per_window.predict_on_batch(x))
+    assert per_batch._robust.shift_updates == per_window._robust.shift_updates > 0
+    assert per_batch._robust.updates == per_window._robust.updates
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 17, 64, 100])
+@pytest.mark.parametrize("memory_size", [8, 64])
+def test_the_per_batch_test_never_fires_after_a_dense_layer(batch_size, memory_size):
+    # The first batch norm follows a dense layer: one value per channel and
+    # sample, class-specific features (see the module), however far they are.
+    arguments = dict(memory_size=memory_size, shift_pool="close")
+    tested = OnlineAdapter(_mlp(), shift_distance=math.log(1.5), shift_test="batch", **arguments)
+    untested = OnlineAdapter(_mlp(), shift_distance=None, memory_size=memory_size)
+    rng = np.random.default_rng(15)
+    for centre in (5.0, -5.0, 5.0):
+        x = rng.normal(centre, 3.0, (batch_size, 4)).astype("float32")
+        np.testing.assert_array_equal(tested.predict_on_batch(x), untested.predict_on_batch(x))
+    assert tested._robust.shift_updates == 0
+    assert tested._robust.updates == untested._robust.updates
+
+
+def test_the_per_batch_test_takes_a_dict_of_inputs():
+    keras.utils.set_random_seed(0)
+    inputs = {
+        "image": keras.Input((6, 6, 1), name="image"),
+        "extra": keras.Input((2,), name="extra"),
+    }
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs["image"])
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    x = keras.layers.Concatenate()([x, inputs["extra"]])
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    rng = np.random.default_rng(16)
+    source = {
+        "image": rng.normal(0.0, 1.0, (64, 6, 6, 1)).astype("float32"),
+        "extra": rng.normal(0.0, 1.0, (64, 2)).astype("float32"),
+    }
+    kreg.adapt_batchnorm(model, source, batch_size=64, verbose=0)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    adapter = OnlineAdapter(model, shift_pool="close", **_PER_BATCH)
+    stream = [
+        {"image": image, "extra": rng.normal(0.0, 1.0, (16, 2)).astype("float32")}
+        for image in _corruption(rng, 3.0, 2.0, batches=4)
+    ]
+    for x in stream:
+        assert adapter.predict_on_batch(x).shape == (16, 3)
+    assert adapter._robust.shift_updates == 4  # a shift, then pooled in up to 64 samples
+    pooled = keras.tree.map_structure(lambda *leaves: np.concatenate(leaves), *stream)
+    kreg.adapt_batchnorm(twin, pooled, batch_size=64, verbose=0)
+    for got, want in zip(_bn1_statistics(model), _bn1_statistics(twin)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_tested_once_per_window_a_close_pool_takes_each_shifted_window_alone():
+    # A shifted window is further than `shift_distance` from the stored
+    # statistics, which are those of the open pool: with shift_pool="close"
+    # every shift starts a new pool, and without the per-batch test no close
+    # window is pooled in, so each shift writes its own window's statistics.
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, shift_test="window", shift_pool="close", **_SHIFT)
+    rng = np.random.default_rng(17)
+    stream = _corruption(rng, 3.0, 2.0) + _corruption(rng, -3.0, 0.5)
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 2
+    assert adapter._robust.unsettled_samples == 16
+    kreg.adapt_batchnorm(twin, stream[1], batch_size=16, verbose=0)
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

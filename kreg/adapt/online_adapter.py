@@ -196,28 +196,35 @@ class OnlineAdapter:
             classes: their statistics then replace the stored ones at once,
             instead of `statistics_momentum` of the bank's, and the bank is
             emptied. `"auto"` (default): `math.log(1.5)`. `None`: no shift test
-            (RoTTA's slow update only; one forward pass fewer per `memory_size`
-            samples). A model whose first batch norm follows a dense layer is
-            never tested. See `kreg/adapt/robust.py`.
+            (RoTTA's slow update only; with `shift_test="window"`, one forward
+            pass fewer per `memory_size` samples). A model whose first batch
+            norm follows a dense layer never shifts (the test's pass still
+            runs). See `kreg/adapt/robust.py`.
         shift_test: `"robust"` with a `shift_distance`: when the shift test
             runs. `"batch"` (default): before each batch that brings the
-            samples since the last update past a multiple of 16, and before
-            the batch that completes `memory_size` of them, on those samples
-            (this batch included): a shift writes their statistics before the
-            batch is predicted and starts a new window, and later windows
-            close to those statistics are pooled in until `memory_size`
-            samples are. At most one test per 16 samples of the stream, each a
-            pass of at most `memory_size` samples plus a batch. `"window"`:
-            once per `memory_size` samples only, before the batch that
-            completes them is predicted (fewer passes at batch sizes 4 to 32;
-            the first batches of a new corruption are then predicted with the
-            last one's statistics).
+            samples since the last update past a multiple of 16 (of
+            `memory_size` when smaller: then as `"window"`), and before the
+            batch that completes `memory_size` of them, on those samples (this
+            batch included): a shift writes their statistics before the batch
+            is predicted, empties the bank and starts a new window, and later
+            windows close to those statistics are pooled in the same way (each
+            counted as an update) until `memory_size` samples are. At most one
+            test per 16 samples of the stream when `memory_size` is a multiple
+            of 16 (one more per `memory_size` otherwise), each a pass of at
+            most `memory_size` samples plus a batch. `"window"`: once per
+            `memory_size` samples only, before the batch that completes them
+            is predicted (fewer passes at batch sizes 4 to 32; the first
+            batches of a new corruption are then predicted with the last
+            one's statistics).
         shift_pool: `"robust"` with a `shift_distance`: what the statistics of
-            a shifted window are pooled with. `"close"` (default): those of
-            the open shift only while the window is within `shift_distance`
-            of them; a window further from them starts a new pool (another
-            corruption). `"consecutive"`: those of every shifted window just
-            before it, whatever their distance.
+            a shifted window are pooled with. `"close"` (default): none; a
+            shifted window is further than `shift_distance` from the stored
+            statistics, which are the open pool's, so it starts a new pool
+            (another corruption), and only the close windows of
+            `shift_test="batch"` are pooled in. `"consecutive"`: those of the
+            shifted windows (and of the close windows pooled in) since the
+            stream last settled (a window due for an update found close to the
+            stored statistics), whatever their distance.
         on_invalid: What a batch holding NaN or inf does, and a finite one
             the adaptation finds not finite (values whose squares overflow
             float32, a model that overflows on them): `"raise"` (default)

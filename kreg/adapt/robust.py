@@ -65,12 +65,16 @@ update from the bank, every `memory_size` samples. Weak corruptions (noise,
 speckle, quantization: 0.1 to 0.3) stay on RoTTA's slow path. A model whose
 first batch norm follows a dense layer sees class-specific features there (one
 class moves it by 1 to 2, as far as a corruption), so the test never fires in
-it (the grid's MLP): RoTTA's path. Each test is a forward pass of its window
-(at most `memory_size` samples plus a batch), at most one per 16 samples of
-the stream. `shift_test="window"` tests once per `memory_size` samples only,
-and `shift_pool="consecutive"` pools every shifted window with those just
-before it, however far apart: the first version of the test, whose window's
-statistics served the next corruption where it changed every window.
+it (the grid's MLP): RoTTA's path, though the test's passes still run. Each
+test is a forward pass of its window (at most `memory_size` samples plus a
+batch), at most one per 16 samples of the stream when `memory_size` is a
+multiple of 16 (below 16, once per `memory_size`, as `"window"`). Each close
+window pooled in is written like a shift: before its batch is predicted,
+emptying the bank, counted as an update. `shift_test="window"` tests once
+per `memory_size` samples only, and `shift_pool="consecutive"` pools every
+shifted window with those just before it, however far apart: the first
+version of the test, whose window's statistics served the next corruption
+where it changed every window.
 
 Measured on `bench/adaptation_grid.py` (docs/BENCHMARKS.md), held-out half
 of three training seeds (conv models, batch 16 and 64, 203 cells): mean
@@ -112,9 +116,10 @@ SHIFT_TESTS = ("window", "batch")
 SHIFT_POOLS = ("consecutive", "close")
 # The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
 # give the first batch norm after a convolution 1,024 values per channel.
-# It also bounds the test's cost: a test needs 16 samples more than the last
-# one (or a due update), so at most one per 16 samples of the stream, each a
-# pass of at most `memory_size` samples plus a batch.
+# It also bounds the test's cost: a test needs the window to pass a multiple
+# of 16 samples, or an update to be due, so at most one per 16 samples of the
+# stream when `memory_size` is a multiple of 16 (one more per `memory_size`
+# otherwise), each a pass of at most `memory_size` samples plus a batch.
 BATCH_TEST_SAMPLES = 16
 
 
@@ -228,7 +233,8 @@ class RobustAdaptation:
         the bank. Returns `(outputs, collapsed)`.
 
         With `shift_distance`, the shift test comes first, before the batch
-        that completes `memory_size` samples is predicted: when the samples
+        that completes `memory_size` samples is predicted (`shift_test="batch"`:
+        also before each batch that brings them past a multiple of 16): when the samples
         since the last update (this batch included) sit further than
         `shift_distance` from the first batch norm's stored statistics, every
         batch norm takes their statistics outright and the bank (filled under
@@ -237,10 +243,11 @@ class RobustAdaptation:
         rows = _rows(x)
         # What the batch changes before a pass finds its statistics or outputs
         # not finite is put back, so that the next updates do not fail on its
-        # samples. The bank changes before a pass only when an update is due.
-        # The shift test writes the statistics before the batch is predicted:
-        # a model that overflows on the batch with them refuses it after that
-        # write, which `_follow_a_shift` records in `_overwritten`.
+        # samples. The bank changes before a pass only when an update is due,
+        # or when a per-batch shift test empties it. The shift test writes the
+        # statistics before the batch is predicted: a model that overflows on
+        # the batch with them refuses it after that write, which
+        # `_follow_a_shift` records in `_overwritten`.
         due = self.since_update + len(rows) >= self.memory_size
         # `shift_test="batch"` can empty the bank at any batch.
         bank_may_change = due or (self.shift_distance is not None and self.shift_test == "batch")
