@@ -992,7 +992,11 @@ def test_a_batch_refused_after_the_per_batch_test_pooled_it_in_leaves_everything
     # sits below the pooled mean): the pooled statistics, the pool, the
     # window, the bank and the counters are put back.
     model = _overflows_below_the_mean()
-    arguments = dict(memory_size=64, shift_distance="auto", shift_test="batch")
+    # "consecutive": the stream after the refusal is built for its pooling
+    # (with "close" its later windows start pools the model overflows on).
+    arguments = dict(
+        memory_size=64, shift_distance="auto", shift_test="batch", shift_pool="consecutive"
+    )
     adapter = OnlineAdapter(model, on_invalid=on_invalid, **arguments)
     twin = _overflows_below_the_mean()
     clean = OnlineAdapter(twin, **arguments)
