@@ -1154,3 +1154,108 @@ def test_tested_once_per_window_a_close_pool_takes_each_shifted_window_alone():
     kreg.adapt_batchnorm(twin, stream[1], batch_size=16, verbose=0)
     for got, want in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# The shift test runs each sample once, up to the first batch norm.
+
+
+class _SubclassedCNN(keras.Model):
+    """`_cnn` as a subclassed model: no graph to take the part before `bn1` from."""
+
+    def __init__(self):
+        super().__init__(name="subclassed_cnn")
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
+        self.bn1 = keras.layers.BatchNormalization(name="bn1")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.hidden = keras.layers.Dense(5, use_bias=False)
+        self.bn2 = keras.layers.BatchNormalization(name="bn2")
+        self.classifier = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, x, training=False):
+        x = self.pool(keras.activations.relu(self.bn1(self.conv(x), training=training)))
+        return self.classifier(self.bn2(self.hidden(x), training=training))
+
+
+def _shared_first_batch_norm_cnn():
+    # `bn1` normalizes the convolution's output, then the second convolution's:
+    # a whole pass pools both calls, the part before its first call sees one.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 1))
+    shared = keras.layers.BatchNormalization(name="bn1")
+    x = shared(keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(keras.layers.ReLU()(x))
+    x = keras.layers.GlobalAveragePooling2D()(shared(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def _nested_cnn():
+    return keras.Sequential([keras.Input((6, 6, 1)), _cnn()], name="nested")
+
+
+def _shifting_stream(size):
+    # Source-like, then two corruptions, each for 64 samples.
+    rng = np.random.default_rng(11)
+    stream = []
+    for centre, spread in ((0.0, 1.0), (3.0, 2.0), (-2.0, 0.5)):
+        stream += _corruption(rng, centre, spread, batches=64 // size, size=size)
+    return stream
+
+
+@pytest.mark.parametrize("size", [4, 16, 64])
+def test_the_shift_test_runs_the_part_before_the_first_batch_norm_on_each_sample_once(
+    size, monkeypatch
+):
+    # The first batch norm's input does not depend on any stored statistics,
+    # so the moments of the samples tested before pool exactly with the new
+    # ones: the decisions and statistics are those of a whole pass over the
+    # window at every test.
+    model, twin = _source_cnn(), _source_cnn()
+    adapter = OnlineAdapter(model, memory_size=64)
+    whole = OnlineAdapter(twin, memory_size=64)
+    measured = []
+    moments_of = kreg.adapt.robust.moments_of
+
+    def counting(moments_model, x):
+        measured.append(len(x))
+        return moments_of(moments_model, x)
+
+    monkeypatch.setattr(kreg.adapt.robust, "moments_of", counting)
+    stream = _shifting_stream(size)
+    first = max(1, 16 // size)  # the batches up to the first test
+    for x in stream[:first]:  # the first test: a whole pass, then the check
+        adapter.predict_on_batch(x), whole.predict_on_batch(x)
+    assert isinstance(adapter._robust._input_moments, keras.Model)
+    whole._robust._input_moments = False  # the whole model on the new samples
+    measured.clear()
+    for x in stream[first:]:
+        np.testing.assert_allclose(
+            adapter.predict_on_batch(x), whole.predict_on_batch(x), rtol=1e-4, atol=1e-5
+        )
+    assert adapter._robust.shift_updates == whole._robust.shift_updates >= 2
+    assert adapter._robust.updates == whole._robust.updates
+    for got, want in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Every sample after the first test, once: at batch 4 in runs of 16, the
+    # samples since the last test.
+    assert sum(measured) == sum(len(x) for x in stream[first:])
+    assert set(measured) == {max(size, 16)}
+
+
+@pytest.mark.parametrize(
+    "build", [_SubclassedCNN, _shared_first_batch_norm_cnn, _nested_cnn], ids=lambda b: b.__name__
+)
+def test_the_shift_test_runs_the_whole_model_where_no_shorter_pass_matches_it(build):
+    # No graph to cut (subclassed, nested), or a cut whose moments differ from
+    # the whole pass's (a batch norm called twice): the test runs the whole
+    # model on the new samples, and still follows a shift at once.
+    model = build()
+    model(np.zeros((1, 6, 6, 1), "float32"))
+    source = np.random.default_rng(10).normal(0.0, 1.0, (64, 6, 6, 1)).astype("float32")
+    kreg.adapt_batchnorm(model, source, batch_size=64, verbose=0)
+    adapter = OnlineAdapter(model, memory_size=64)
+    rng = np.random.default_rng(12)
+    adapter.predict_on_batch(_corruption(rng, 0.0, 1.0)[0])
+    assert adapter._robust._input_moments is False
+    for x in _corruption(rng, 3.0, 2.0):
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 1

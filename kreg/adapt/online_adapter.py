@@ -196,10 +196,9 @@ class OnlineAdapter:
             classes: their statistics then replace the stored ones at once,
             instead of `statistics_momentum` of the bank's, and the bank is
             emptied. `"auto"` (default): `math.log(1.5)`. `None`: no shift test
-            (RoTTA's slow update only; with `shift_test="window"`, one forward
-            pass fewer per `memory_size` samples). A model whose first batch
-            norm follows a dense layer never shifts (the test's pass still
-            runs). See `kreg/adapt/robust.py`.
+            (RoTTA's slow update only, without the test's passes). A model
+            whose first batch norm follows a dense layer never shifts (the
+            test still runs). See `kreg/adapt/robust.py`.
         shift_test: `"robust"` with a `shift_distance`: when the shift test
             runs. `"batch"` (default): before each batch that brings the
             samples since the last update past a multiple of 16 (of
@@ -210,10 +209,13 @@ class OnlineAdapter:
             windows close to those statistics are pooled in the same way (each
             counted as an update) until `memory_size` samples are. At most one
             test per 16 samples of the stream when `memory_size` is a multiple
-            of 16 (one more per `memory_size` otherwise), each a pass of at
-            most `memory_size` samples plus a batch. `"window"`: once per
+            of 16 (one more per `memory_size` otherwise). A test runs the
+            layers before the first batch norm on the samples no test has seen
+            (`kreg/adapt/input_moments.py`; the whole model on them where the
+            model's graph gives no such part, a subclassed model), and a shift
+            the whole model on its window. `"window"`: once per
             `memory_size` samples only, before the batch that completes them
-            is predicted (fewer passes at batch sizes 4 to 32; the first
+            is predicted (fewer tests at batch sizes 4 to 32; the first
             batches of a new corruption are then predicted with the last
             one's statistics).
         shift_pool: `"robust"` with a `shift_distance`: what the statistics of

@@ -65,10 +65,16 @@ update from the bank, every `memory_size` samples. Weak corruptions (noise,
 speckle, quantization: 0.1 to 0.3) stay on RoTTA's slow path. A model whose
 first batch norm follows a dense layer sees class-specific features there (one
 class moves it by 1 to 2, as far as a corruption), so the test never fires in
-it (the grid's MLP): RoTTA's path, though the test's passes still run. Each
-test is a forward pass of its window (at most `memory_size` samples plus a
-batch), at most one per 16 samples of the stream when `memory_size` is a
-multiple of 16 (below 16, once per `memory_size`, as `"window"`). Each close
+it (the grid's MLP): RoTTA's path, though the test still runs. A test
+reads the first batch norm's input only, which no batch norm's statistics
+change: each sample is run once, through the layers before that batch norm
+(`input_moments.py`), and its moments pool exactly with those of the samples
+tested before it; a shift then runs the whole model on the window, for every
+batch norm's statistics. (Where the model's graph gives no such part, a
+subclassed or nested model, or its moments differ from a whole pass's, checked
+at the first test, the whole model runs on the new samples.) At most one test
+per 16 samples of the stream when `memory_size` is a multiple of 16 (below
+16, once per `memory_size`, as `"window"`). Each close
 window pooled in is written like a shift: before its batch is predicted,
 emptying the bank, counted as an update. `shift_test="window"` tests once
 per `memory_size` samples only, and `shift_pool="consecutive"` pools every
@@ -94,9 +100,13 @@ import numpy as np
 from keras import ops
 
 from kreg.adapt.batch_check import NonFiniteStatisticsError
+from kreg.adapt.batch_statistics_pass import replicated
 from kreg.adapt.eata import AffineStepper
 from kreg.adapt.eata import entropy_of
 from kreg.adapt.entropy import class_probabilities
+from kreg.adapt.input_moments import input_moments_model
+from kreg.adapt.input_moments import moments_of
+from kreg.adapt.input_moments import same_moments
 from kreg.adapt.label_shift import distance_from_stored_statistics
 from kreg.adapt.memory_bank import MemoryBank
 from kreg.adapt.memory_bank import timeliness_weights
@@ -104,6 +114,7 @@ from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
 from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
+from kreg.adapt.reestimation import pool_statistics
 from kreg.layers.batch_statistics import combine_statistics
 
 # When the shift test runs: `"window"`, once per `memory_size` samples, on the
@@ -116,10 +127,10 @@ SHIFT_TESTS = ("window", "batch")
 SHIFT_POOLS = ("consecutive", "close")
 # The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
 # give the first batch norm after a convolution 1,024 values per channel.
-# It also bounds the test's cost: a test needs the window to pass a multiple
+# It also bounds the test's calls: a test needs the window to pass a multiple
 # of 16 samples, or an update to be due, so at most one per 16 samples of the
 # stream when `memory_size` is a multiple of 16 (one more per `memory_size`
-# otherwise), each a pass of at most `memory_size` samples plus a batch.
+# otherwise), each on the samples no test has seen.
 BATCH_TEST_SAMPLES = 16
 
 
@@ -177,6 +188,11 @@ class RobustAdaptation:
             else None
         )
         self.bank = MemoryBank(memory_size, max(classes or 2, 2), memory_fill)
+        # The part of the model before its first batch norm, which the shift
+        # test runs on each sample once (`input_moments.py`): None until the
+        # first test has found that batch norm, False where the model's graph
+        # gives no such part or its moments differ from a whole pass's.
+        self._input_moments = None
         self.stepper = None
         if learning_rate:
             self.stepper = AffineStepper(
@@ -188,6 +204,9 @@ class RobustAdaptation:
         self.selection.reset()
         self.bank.reset()
         self.window = []  # with `shift_distance`: the samples since the last update
+        # `(mean, variance, count, rows)`: the first batch norm's input moments
+        # over the first `rows` samples of `window` (those a test has seen).
+        self.window_moments = None
         self.since_update = 0
         self.updates = 0
         self.shift_updates = 0
@@ -207,6 +226,7 @@ class RobustAdaptation:
             self.shift_updates,
             self.unsettled,
             self.unsettled_samples,
+            self.window_moments,
         )
 
     def set_state(self, state):
@@ -220,6 +240,7 @@ class RobustAdaptation:
             self.shift_updates,
             self.unsettled,
             self.unsettled_samples,
+            self.window_moments,
         ) = state
         self.bank.set_state(bank)
         self.window = list(window)
@@ -252,12 +273,17 @@ class RobustAdaptation:
         # `shift_test="batch"` can empty the bank at any batch.
         bank_may_change = due or (self.shift_distance is not None and self.shift_test == "batch")
         counters = self.updates, self.shift_updates, self.unsettled, self.unsettled_samples
-        before = self.window, self.since_update, self.bank.state() if bank_may_change else None
+        before = (
+            self.window,
+            self.window_moments,
+            self.since_update,
+            self.bank.state() if bank_may_change else None,
+        )
         self._overwritten = None
         try:
             return self._predict_and_adapt(x, rows)
         except NonFiniteStatisticsError:
-            self.window, self.since_update, bank = before
+            self.window, self.window_moments, self.since_update, bank = before
             self.updates, self.shift_updates, self.unsettled, self.unsettled_samples = counters
             for variable, value in self._overwritten or ():
                 variable.assign(value)
@@ -286,6 +312,7 @@ class RobustAdaptation:
             except NonFiniteStatisticsError:
                 self.bank.drop_since(self.bank.clock - self.since_update)
                 self.window = []  # the samples since the last update, as dropped
+                self.window_moments = None
                 return
 
     def _predict_and_adapt(self, x, rows):
@@ -298,6 +325,8 @@ class RobustAdaptation:
             if self.shift_test == "window":
                 shifted = due and self._follow_a_shift(window)
                 self.window = [] if due else window
+                if due:
+                    self.window_moments = None
             else:
                 # Tested before the batch is predicted, so that the first
                 # batch of a new corruption is predicted with its statistics,
@@ -309,6 +338,8 @@ class RobustAdaptation:
                 # A statistics write closes the window: the next one starts
                 # from the statistics it wrote.
                 self.window = [] if due or shifted else window
+                if due or shifted:
+                    self.window_moments = None
         outputs = self.model.predict_on_batch(x)
         probabilities = ops.convert_to_numpy(class_probabilities(outputs, self.from_logits))
         if not np.all(np.isfinite(probabilities)):
@@ -354,15 +385,7 @@ class RobustAdaptation:
         batch norm normalizing with them (AdaBN on the window, the limit of
         DELTA's renormalization towards the batch, Zhao et al., 2023).
         """
-        x = _stack(list(window))
-        options = dict(steps=None, batch_size=len(window), verbose=0)
-        statistics, _ = collect_statistics(
-            self.model, self.layers, x, options, need_variance=False, stored_weight=0.0
-        )
-        # The first batch norm the model calls: where a shift of the inputs
-        # shows first (`label_shift.py`); the order is known after a pass.
-        first = call_order(self.model, self.layers)[0]
-        mean, variance, count = statistics[first]
+        first, (mean, variance, count), statistics = self._first_input_moments(window)
         # Only statistics pooled over positions (a batch norm after a
         # convolution: more values per channel than samples) are low-level
         # features whose class means stay close; one after a dense layer on
@@ -386,6 +409,10 @@ class RobustAdaptation:
             # Further than `shift_distance` from the stored statistics, which
             # are the pool's when one is open: another shift, a new pool.
             self.unsettled, self.unsettled_samples = None, 0
+        if statistics is None:
+            # Every batch norm's statistics over the window, each normalizing
+            # with them (AdaBN on the window): on a shift only.
+            statistics = self._window_statistics(window)
         # Windows found shifted one after another (corruptions that change
         # faster than a window) are pooled exactly: AdaBN over the stretch that
         # has not settled, rather than the last window's statistics alone.
@@ -405,6 +432,68 @@ class RobustAdaptation:
         self.updates += 1
         self.shift_updates += 1
         return True
+
+    def _window_statistics(self, samples):
+        options = dict(steps=None, batch_size=len(samples), verbose=0)
+        statistics, _ = collect_statistics(
+            self.model,
+            self.layers,
+            _stack(list(samples)),
+            options,
+            need_variance=False,
+            stored_weight=0.0,
+        )
+        return statistics
+
+    def _first_input_moments(self, window):
+        """`(first, (mean, variance, count), statistics)`: the index of the
+        first batch norm the model calls, its input moments over `window`, and
+        every batch norm's statistics over `window` when a pass of the whole
+        model over it was run (else None). Records the moments in
+        `window_moments`.
+
+        Each sample is measured once: the samples a test has not seen are run
+        up to the first batch norm (`input_moments.py`) and their moments
+        pooled exactly with those of the samples before them. The first test
+        runs the whole model, which finds the first batch norm, and checks the
+        shorter pass against it; a model where that pass cannot be built, or
+        differs, runs the whole model on the samples not yet seen.
+        """
+        seen = 0 if self.window_moments is None else self.window_moments[3]
+        statistics = None
+        if self._input_moments is None:
+            statistics = self._window_statistics(window)
+            first = call_order(self.model, self.layers)[0]
+            moments = statistics[first]
+            self._input_moments = self._checked_input_moments_model(first, window, moments)
+        elif self._input_moments is False:
+            first = call_order(self.model, self.layers)[0]
+            moments = self._window_statistics(window[seen:])[first]
+        else:
+            first = call_order(self.model, self.layers)[0]
+            moments = moments_of(self._input_moments, _stack(list(window[seen:])))
+            if not (np.all(np.isfinite(moments[0])) and np.all(np.isfinite(moments[1]))):
+                raise NonFiniteStatisticsError(
+                    f"The statistics of the batch norm layer `{self.layers[first].path}` over "
+                    "the batch are not finite: the data holds NaN or infinite values (or the "
+                    "model overflows on it)."
+                )
+        if self.window_moments is not None and statistics is None:
+            moments = pool_statistics(*zip(self.window_moments[:3], moments))
+        self.window_moments = (*moments, len(window))
+        return first, moments, statistics
+
+    def _checked_input_moments_model(self, first, window, moments):
+        if replicated(self.model):
+            return False
+        candidate = input_moments_model(self.model, self.layers[first])
+        if candidate is None:
+            return False
+        try:
+            shorter = moments_of(candidate, _stack(list(window)))
+        except Exception:  # noqa: BLE001 - any failure means: use the whole pass
+            return False
+        return candidate if same_moments(shorter, moments) else False
 
     def _update_from_bank(self):
         samples, ages = self.bank.contents()
