@@ -64,7 +64,7 @@ DATA = ("digits8", "digits16")
 # the robust method; `choose_default` picks one on the tuning half.
 # The candidates recorded before the shift test became OnlineAdapter's default
 # ("auto") ran without it; they keep doing so.
-_NO_SHIFT = {"shift_distance": None}
+_NO_SHIFT = {"shift_distance": None, "statistics_warm_start": "source"}
 VARIANTS = [
     ("none", "none", {}),
     ("batch", "batch", {}),
@@ -88,6 +88,7 @@ VARIANTS = [
             "shift_distance": SOURCE_LIKE_DISTANCE,
             "shift_test": "window",
             "shift_pool": "consecutive",
+            "statistics_warm_start": "source",
         },
     ),
     # The shift test before each batch (on the window so far, from 16 samples
@@ -101,6 +102,7 @@ VARIANTS = [
             "shift_distance": SOURCE_LIKE_DISTANCE,
             "shift_test": "batch",
             "shift_pool": "consecutive",
+            "statistics_warm_start": "source",
         },
     ),
     (
@@ -111,6 +113,32 @@ VARIANTS = [
             "shift_distance": SOURCE_LIKE_DISTANCE,
             "shift_test": "batch",
             "shift_pool": "close",
+            "statistics_warm_start": "source",
+        },
+    ),
+    # The bank's warm start (kreg/adapt/robust.py, `_bank_weight`) only for
+    # statistics a shift wrote, the model's own following RoTTA's alpha from
+    # the first update; and RoTTA's alpha always.
+    (
+        "robust-warm-shift",
+        "robust",
+        {
+            "learning_rate": 0.0,
+            "shift_distance": SOURCE_LIKE_DISTANCE,
+            "shift_test": "batch",
+            "shift_pool": "close",
+            "statistics_warm_start": "shift",
+        },
+    ),
+    (
+        "robust-rotta-alpha",
+        "robust",
+        {
+            "learning_rate": 0.0,
+            "shift_distance": SOURCE_LIKE_DISTANCE,
+            "shift_test": "batch",
+            "shift_pool": "close",
+            "statistics_warm_start": None,
         },
     ),
 ]

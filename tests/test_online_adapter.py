@@ -606,6 +606,7 @@ _NOT_DEFAULT = dict(
     shift_distance=0.5,
     shift_test="window",
     shift_pool="consecutive",
+    statistics_warm_start="shift",
 )
 
 
@@ -1259,3 +1260,90 @@ def test_the_shift_test_runs_the_whole_model_where_no_shorter_pass_matches_it(bu
     for x in _corruption(rng, 3.0, 2.0):
         adapter.predict_on_batch(x)
     assert adapter._robust.shift_updates == 1
+
+
+# The warm start of the bank's updates (`statistics_warm_start`).
+
+
+def _update_weights(adapter, monkeypatch, sizes=None):
+    """Records the share of the bank in each of `adapter`'s bank updates (and
+    the bank's size in `sizes`)."""
+    weights = []
+    bank_weight = adapter._robust._bank_weight
+
+    def recording(samples):
+        weights.append(bank_weight(samples))
+        if sizes is not None:
+            sizes.append(samples)
+        return weights[-1]
+
+    monkeypatch.setattr(adapter._robust, "_bank_weight", recording)
+    return weights
+
+
+@pytest.mark.parametrize(
+    "warm_start, expected",
+    [("source", [1 / 3, 1 / 4]), ("shift", [0.05] * 2), (None, [0.05] * 2)],
+)
+def test_the_models_statistics_are_warm_started_only_with_source(warm_start, expected, monkeypatch):
+    # Source-like inputs, no shift: "source" weighs the model's statistics as
+    # one full bank; "shift" and None move them by RoTTA's alpha from the start.
+    adapter = OnlineAdapter(_source_cnn(), memory_size=16, statistics_warm_start=warm_start)
+    sizes = []
+    weights = _update_weights(adapter, monkeypatch, sizes)
+    rng = np.random.default_rng(13)
+    for x in _corruption(rng, 0.0, 1.0, batches=3):
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 0
+    # The first bank is not yet full (a class holds at most 16 / 3 samples):
+    # "source" weighs it by its share of a full bank, 1/2 of that.
+    assert sizes[0] < 16 and sizes[1:] == [16, 16]
+    first = 0.5 * sizes[0] / 16 if warm_start == "source" else 0.05
+    np.testing.assert_allclose(weights, [first, *expected])
+
+
+def test_statistics_a_shift_wrote_are_averaged_with_the_banks_that_follow(monkeypatch):
+    # A shift writes the statistics of its 16 samples: the next bank of 16
+    # weighs 16 / 32, the one after 16 / 48, as a running average since the
+    # shift; then down to alpha. None keeps alpha after a shift as well.
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, memory_size=16, statistics_warm_start="shift")
+    rotta = OnlineAdapter(_source_cnn(), memory_size=16, statistics_warm_start=None)
+    weights = _update_weights(adapter, monkeypatch)
+    rotta_weights = _update_weights(rotta, monkeypatch)
+    rng = np.random.default_rng(14)
+    stream = _corruption(rng, 3.0, 2.0, batches=1 + 30)
+    for x in stream:
+        adapter.predict_on_batch(x), rotta.predict_on_batch(x)
+    assert adapter._robust.shift_updates == rotta._robust.shift_updates == 1
+    running = [1 / (n + 1) for n in range(1, 31)]  # after 16 n samples
+    np.testing.assert_allclose(weights, np.maximum(running, 0.05))
+    assert weights[-1] == 0.05
+    np.testing.assert_allclose(rotta_weights, [0.05] * 30)
+
+
+def test_the_warm_start_state_is_snapshotted_and_put_back_on_a_refused_batch():
+    adapter = OnlineAdapter(_source_cnn(), memory_size=16, statistics_warm_start="shift")
+    rng = np.random.default_rng(15)
+    stream = _corruption(rng, 3.0, 2.0, batches=4)
+    adapter.predict_on_batch(stream[0])  # the shift: 16 samples
+    assert adapter._robust.averaged_samples == 16
+    snapshot = adapter.snapshot()
+    adapter.predict_on_batch(stream[1])
+    assert adapter._robust.averaged_samples == 32
+    with pytest.raises(ValueError, match="not finite"):
+        adapter.predict_on_batch(np.full((16, 6, 6, 1), 3e38, "float32"))
+    assert adapter._robust.averaged_samples == 32
+    adapter.restore(snapshot)
+    assert adapter._robust.averaged_samples == 16
+    adapter.reset()
+    assert adapter._robust.averaged_samples is None
+
+
+def test_a_bad_statistics_warm_start_is_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"`statistics_warm_start`. Expected one of 'source', 'shift', None. "
+        r"Received: statistics_warm_start='always'",
+    ):
+        OnlineAdapter(_cnn(), statistics_warm_start="always")

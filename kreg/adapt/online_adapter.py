@@ -27,6 +27,7 @@ from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.adapt.robust import SHIFT_POOLS
 from kreg.adapt.robust import SHIFT_TESTS
+from kreg.adapt.robust import WARM_STARTS
 from kreg.adapt.robust import RobustAdaptation
 from kreg.layers.batch_statistics import combine_statistics
 from kreg.layers.batch_statistics import mixed_stored_weight
@@ -60,6 +61,7 @@ METHOD_ARGUMENTS = {
     "shift_distance": ("robust",),
     "shift_test": ("robust",),
     "shift_pool": ("robust",),
+    "statistics_warm_start": ("robust",),
 }
 
 
@@ -184,6 +186,14 @@ class OnlineAdapter:
             number of samples between two updates. Defaults to `64` (RoTTA's).
         statistics_momentum: `"robust"`: the share of the bank's statistics
             in each update once warm (RoTTA's `alpha`). Defaults to `0.05`.
+        statistics_warm_start: `"robust"`: which stored statistics the bank's
+            first updates move faster, weighing the bank as a running average
+            would, down to `statistics_momentum`. `"source"` (default): the
+            model's, counted as one full bank (the first updates take `1/2,
+            1/3...` of a full bank's statistics). `"shift"`: only those a
+            shift wrote (`shift_distance`), counted as the samples it pooled;
+            the model's own follow `statistics_momentum` from the first
+            update, as in RoTTA. `None`: `statistics_momentum` always.
         memory_fill: `"robust"`: how the memory bank fills, `"rotta"` (a class
             holds at most `memory_size / classes` samples) or `"note"` (full
             from the start, balanced by replacement); see
@@ -288,6 +298,7 @@ class OnlineAdapter:
         shift_distance="auto",
         shift_test="batch",
         shift_pool="close",
+        statistics_warm_start="source",
     ):
         if not isinstance(model, keras.Model) or not model.built:
             raise TypeError(
@@ -318,6 +329,9 @@ class OnlineAdapter:
         self.memory_size = check_at_least("memory_size", memory_size, integer=True, minimum=2)
         self.statistics_momentum = check_rate("statistics_momentum", statistics_momentum)
         self.memory_fill = check_choice("memory_fill", memory_fill, MEMORY_FILLS)
+        self.statistics_warm_start = check_choice(
+            "statistics_warm_start", statistics_warm_start, WARM_STARTS
+        )
         if isinstance(shift_distance, str):
             if shift_distance != "auto":
                 raise ValueError(
@@ -369,6 +383,7 @@ class OnlineAdapter:
                 self.shift_distance,
                 self.shift_test,
                 self.shift_pool,
+                self.statistics_warm_start,
             )
         if method in ("batch", "tent", "eata"):
             self._stepper = AffineStepper(

@@ -125,6 +125,12 @@ SHIFT_TESTS = ("window", "batch")
 # windows just before it; `"close"`, those only while it is within
 # `shift_distance` of them (a window further from them is another shift).
 SHIFT_POOLS = ("consecutive", "close")
+# Which stored statistics the bank's first updates move faster (a running
+# average's warm start, `_update_from_bank`): `"source"`, the model's from the
+# first update (they count as one bank); `"shift"`, only those a shift wrote
+# (they count as the samples it pooled), the model's following RoTTA's `alpha`
+# from the first update; None, none (RoTTA's `alpha` always).
+WARM_STARTS = ("source", "shift", None)
 # The fewest samples `shift_test="batch"` tests: 16 samples of an 8x8 input
 # give the first batch norm after a convolution 1,024 values per channel.
 # It also bounds the test's calls: a test needs the window to pass a multiple
@@ -173,8 +179,10 @@ class RobustAdaptation:
         shift_distance=None,
         shift_test="window",
         shift_pool="consecutive",
+        warm_start="source",
     ):
         self.model, self.layers = model, layers
+        self.warm_start = warm_start
         self.shift_distance = shift_distance
         self.shift_test = shift_test
         self.shift_pool = shift_pool
@@ -212,6 +220,9 @@ class RobustAdaptation:
         self.shift_updates = 0
         self.unsettled = None  # pooled statistics of consecutive shifted windows
         self.unsettled_samples = 0  # the samples pooled in `unsettled`
+        # With `warm_start="shift"`: the samples the stored statistics average
+        # since a shift wrote them; None while they are the model's own.
+        self.averaged_samples = None
         self._overwritten = None  # [(variable, value)] a shift wrote over in this batch
 
     def state(self):
@@ -227,6 +238,7 @@ class RobustAdaptation:
             self.unsettled,
             self.unsettled_samples,
             self.window_moments,
+            self.averaged_samples,
         )
 
     def set_state(self, state):
@@ -241,6 +253,7 @@ class RobustAdaptation:
             self.unsettled,
             self.unsettled_samples,
             self.window_moments,
+            self.averaged_samples,
         ) = state
         self.bank.set_state(bank)
         self.window = list(window)
@@ -272,7 +285,13 @@ class RobustAdaptation:
         due = self.since_update + len(rows) >= self.memory_size
         # `shift_test="batch"` can empty the bank at any batch.
         bank_may_change = due or (self.shift_distance is not None and self.shift_test == "batch")
-        counters = self.updates, self.shift_updates, self.unsettled, self.unsettled_samples
+        counters = (
+            self.updates,
+            self.shift_updates,
+            self.unsettled,
+            self.unsettled_samples,
+            self.averaged_samples,
+        )
         before = (
             self.window,
             self.window_moments,
@@ -284,7 +303,13 @@ class RobustAdaptation:
             return self._predict_and_adapt(x, rows)
         except NonFiniteStatisticsError:
             self.window, self.window_moments, self.since_update, bank = before
-            self.updates, self.shift_updates, self.unsettled, self.unsettled_samples = counters
+            (
+                self.updates,
+                self.shift_updates,
+                self.unsettled,
+                self.unsettled_samples,
+                self.averaged_samples,
+            ) = counters
             for variable, value in self._overwritten or ():
                 variable.assign(value)
             self._overwritten = None
@@ -431,7 +456,30 @@ class RobustAdaptation:
         self.bank.reset()
         self.updates += 1
         self.shift_updates += 1
+        self.averaged_samples = self.unsettled_samples
         return True
+
+    def _bank_weight(self, samples):
+        """The share of the bank's statistics in an update of `samples` samples.
+
+        RoTTA's `alpha` (`statistics_momentum`), after a warm start: the
+        first updates weigh the bank as a running average would, so that a
+        stationary shift is followed within a few updates. `"source"`: from
+        the model's statistics, counted as one full bank (`1/2, 1/3...` of a
+        full bank; a bank still filling, a class-sorted start, moves them
+        less). `"shift"`: from the statistics a shift wrote, counted as the
+        samples it pooled (`samples / (pooled + samples)`, and so on); the
+        model's own follow `alpha` from the first update, as they do in RoTTA:
+        on a clean stream of few classes every update moves them away from
+        statistics estimated on the whole training set.
+        """
+        if self.warm_start == "source":
+            return max(self.momentum, samples / self.memory_size / (self.updates + 2))
+        if self.warm_start == "shift" and self.averaged_samples is not None:
+            weight = samples / (self.averaged_samples + samples)
+            self.averaged_samples += samples
+            return max(self.momentum, weight)
+        return self.momentum
 
     def _window_statistics(self, samples):
         options = dict(steps=None, batch_size=len(samples), verbose=0)
@@ -513,11 +561,8 @@ class RobustAdaptation:
             stored_weight=1.0,
             with_stored=True,
         )
-        # A warm start: the first updates weigh the bank as a running average
-        # would (1/2, 1/3... of a full bank), down to `statistics_momentum`
-        # (RoTTA's alpha), so a stationary shift is followed within a few
-        # updates; a bank still filling (a class-sorted start) moves them less.
-        alpha = max(self.momentum, len(samples) / self.memory_size / (self.updates + 2))
+        # RoTTA's alpha, after a warm start (`warm_start`).
+        alpha = self._bank_weight(len(samples))
         for layer, (mean, variance, count), stored in zip(
             self.layers, statistics, stored_statistics
         ):
