@@ -606,7 +606,7 @@ _NOT_DEFAULT = dict(
     shift_distance=0.5,
     shift_test="window",
     shift_pool="consecutive",
-    statistics_warm_start="shift",
+    statistics_warm_start="source",
 )
 
 

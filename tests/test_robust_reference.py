@@ -17,6 +17,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from kreg import OnlineAdapter
@@ -83,8 +84,12 @@ class _ReferenceBank:
         return np.stack([item[0] for items in self.data for item in items])
 
 
-def _reference_run(model, stream):
-    """Predictions of each batch, and the model's statistics after the stream."""
+def _reference_run(model, stream, warm_start):
+    """Predictions of each batch, and the model's statistics after the stream.
+
+    RoTTA's alpha from the first update; with `warm_start`, the first updates
+    weigh the bank as a running average from the model's statistics, counted
+    as one full bank (`statistics_warm_start="source"`)."""
     layers = batch_norm_layers(model)
     # With its stored statistics every batch norm normalizes as the model predicts.
     inputs_of = keras.Model(model.inputs, [layer.input for layer in layers])
@@ -100,7 +105,9 @@ def _reference_run(model, stream):
             continue
         since_update = 0
         samples = bank.samples()
-        alpha = max(_MOMENTUM, len(samples) / _CAPACITY / (updates + 2))
+        alpha = _MOMENTUM
+        if warm_start:
+            alpha = max(_MOMENTUM, len(samples) / _CAPACITY / (updates + 2))
         features = inputs_of.predict_on_batch(samples)
         for layer, feature in zip(layers, features):
             feature = np.asarray(feature, np.float64).reshape(-1, feature.shape[-1])
@@ -116,7 +123,8 @@ def _reference_run(model, stream):
     return predictions, [ops.convert_to_numpy(w) for w in model.weights]
 
 
-def test_the_default_method_matches_a_plain_reference_computation():
+@pytest.mark.parametrize("warm_start", ["shift", "source"])
+def test_the_default_method_matches_a_plain_reference_computation(warm_start):
     # Batch sizes that divide 64, fall short of it and pass it; inputs spread
     # over the classes so that the bank holds several and replaces samples.
     rng = np.random.default_rng(0)
@@ -126,9 +134,10 @@ def test_the_default_method_matches_a_plain_reference_computation():
         for n in sizes
     ]
     model, reference = _cnn(), _cnn()
-    adapter = OnlineAdapter(model, shift_distance=None)
+    # Without a shift, "shift" (the default) warm-starts nothing.
+    adapter = OnlineAdapter(model, shift_distance=None, statistics_warm_start=warm_start)
     got = [adapter.predict_on_batch(x) for x in stream]
-    expected, expected_weights = _reference_run(reference, stream)
+    expected, expected_weights = _reference_run(reference, stream, warm_start == "source")
     assert adapter._robust.updates == 3  # the stream crossed 64 samples three times
     for batch, (a, b) in enumerate(zip(got, expected)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"batch {batch}")

@@ -13,9 +13,13 @@ their reference code:
   and the time-aware reweighting of the bank's samples,
   `exp(-age) / (1 + exp(-age))`. Changed: the bank's statistics are taken with
   the model normalizing as it predicts (RoTTA's pass mixes in the bank's own
-  statistics at every layer), and the first updates move by `1/2, 1/3...` of a
-  full bank before `alpha` (a running average's warm start), so that a
-  stationary shift is followed within a few updates rather than sixty.
+  statistics at every layer), and the first updates after a shift (below)
+  weigh the bank as a running average over the samples since the shift would,
+  before `alpha` (a warm start: the statistics of 16 to 64 samples are not
+  worth 19 of 20 parts of each later bank). The model's own statistics,
+  estimated on its whole training set, follow `alpha` from the first update,
+  as in RoTTA (`statistics_warm_start`; warm-starting them as well cost up to
+  3.1 points on clean streams of few classes, docs/BENCHMARKS.md).
   Not taken: the teacher-student pair with strong
   augmentations and a consistency loss: augmentations are data-specific, and
   the teacher doubles the model's memory and its inference cost.
