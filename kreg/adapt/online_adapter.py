@@ -115,7 +115,7 @@ class OnlineAdapter:
       statistics at once with those of the samples since the last update,
       before the batch is predicted. On `bench/adaptation_grid.py`'s held-out
       cells (3 seeds, batch 16 and 64) it had the best mean of the methods,
-      and was at worst 1.9 points below no adaptation (docs/BENCHMARKS.md).
+      and was at worst 1.04 points below no adaptation (docs/BENCHMARKS.md).
       `kreg/adapt/robust.py` says which parts of RoTTA, NOTE, DELTA, EATA and
       SAR it takes and why.
     - `"eata"`: the same as `"tent"` with EATA's filters and weights, and SAR's collapse
