@@ -1306,3 +1306,25 @@ def test_without_a_cut_the_recorded_moments_are_those_of_a_pass_over_the_window(
     want = robust._window_statistics(samples)[kreg.adapt.robust.call_order(model, robust.layers)[0]]
     for got, expected in zip(robust.window_moments[:3], want):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_new_samples_that_are_all_padding_are_tested_with_the_window():
+    # A masked first batch norm (no cut: the mask is one of its inputs): the
+    # samples since the last test, all padding, give it no value to pool;
+    # the window before them does.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 3))
+    x = keras.layers.BatchNormalization(name="bn1")(keras.layers.Masking()(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    kreg.adapt_batchnorm(model, rng.normal(size=(64, 12, 3)).astype("float32"), verbose=0)
+    adapter = OnlineAdapter(model, memory_size=64)
+    stream = [rng.normal(0.0, 1.0, (16, 12, 3)).astype("float32") for _ in range(2)]
+    stream.append(np.zeros((16, 12, 3), "float32"))
+    for x in stream:
+        assert np.all(np.isfinite(adapter.predict_on_batch(x)))
+    assert adapter._robust._input_moments == "new"
+    # The 48 samples tested, of which the first 32 hold every value.
+    assert adapter._robust.window_moments[3] == 48
+    assert adapter._robust.window_moments[2] == 32 * 12

@@ -480,7 +480,16 @@ class RobustAdaptation:
             moments = statistics[first]
         elif self._input_moments == "new":
             first = call_order(self.model, self.layers)[0]
-            moments = self._window_statistics(window[seen:])[first]
+            try:
+                moments = self._window_statistics(window[seen:])[first]
+            except NonFiniteStatisticsError:
+                raise
+            except ValueError:
+                # New samples that leave a batch norm no value (all of them
+                # masked): the whole window, whose earlier samples hold some,
+                # as `collect_statistics` takes it.
+                statistics = self._window_statistics(window)
+                moments = statistics[first]
         else:
             first = call_order(self.model, self.layers)[0]
             moments = moments_of(self._input_moments, _stack(list(window[seen:])))
@@ -519,7 +528,7 @@ class RobustAdaptation:
             parts = [
                 self._window_statistics(part)[first] for part in (window[:half], window[half:])
             ]
-        except NonFiniteStatisticsError:
+        except ValueError:  # a half not finite, or with every position masked
             return False
         return same_moments(pool_statistics(*zip(*parts)), moments)
 
