@@ -54,3 +54,22 @@ def test_same_moments_allows_rounding_only():
     assert not same_moments((mean, variance, 8.0), (mean + 0.1, variance, 8.0))
     assert not same_moments((mean, variance, 8.0), (mean, variance * 1.1, 8.0))
     assert not same_moments((mean, variance, 8.0), (mean, variance, 16.0))
+
+
+def test_a_sequential_model_is_cut_too():
+    # Keras answers a Sequential model's `input` only once it has been called
+    # symbolically; its `inputs` are known from its `Input`.
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 3)),
+            keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+        ]
+    )
+    x = np.random.default_rng(2).normal(size=(4, 5, 5, 3)).astype("float32")
+    moments_model = input_moments_model(model, model.get_layer("bn"))
+    assert moments_model is not None
+    features = keras.ops.convert_to_numpy(model.get_layer("conv")(x)).astype("float64")
+    mean, _, count = moments_of(moments_model, x)
+    np.testing.assert_allclose(mean, features.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    assert count == 4 * 3 * 3

@@ -1226,7 +1226,7 @@ def test_the_shift_test_runs_the_part_before_the_first_batch_norm_on_each_sample
     for x in stream[:first]:  # the first test: a whole pass, then the check
         adapter.predict_on_batch(x), whole.predict_on_batch(x)
     assert isinstance(adapter._robust._input_moments, keras.Model)
-    whole._robust._input_moments = False  # the whole model on the new samples
+    whole._robust._input_moments = "new"  # the whole model on the new samples
     measured.clear()
     for x in stream[first:]:
         np.testing.assert_allclose(
@@ -1256,7 +1256,10 @@ def test_the_shift_test_runs_the_whole_model_where_no_shorter_pass_matches_it(bu
     adapter = OnlineAdapter(model, memory_size=64)
     rng = np.random.default_rng(12)
     adapter.predict_on_batch(_corruption(rng, 0.0, 1.0)[0])
-    assert adapter._robust._input_moments is False
+    # A batch norm called twice: the new samples' moments do not pool into
+    # the window's, the whole model runs on the window.
+    shared = build is _shared_first_batch_norm_cnn
+    assert adapter._robust._input_moments == ("window" if shared else "new")
     for x in _corruption(rng, 3.0, 2.0):
         adapter.predict_on_batch(x)
     assert adapter._robust.shift_updates == 1
@@ -1347,3 +1350,69 @@ def test_a_bad_statistics_warm_start_is_refused():
         r"Received: statistics_warm_start='always'",
     ):
         OnlineAdapter(_cnn(), statistics_warm_start="always")
+
+
+def test_a_sequential_model_runs_the_part_before_its_first_batch_norm():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    source = np.random.default_rng(10).normal(0.0, 1.0, (64, 6, 6, 1)).astype("float32")
+    kreg.adapt_batchnorm(model, source, batch_size=64, verbose=0)
+    adapter = OnlineAdapter(model, memory_size=64)
+    rng = np.random.default_rng(12)
+    adapter.predict_on_batch(_corruption(rng, 0.0, 1.0)[0])
+    assert isinstance(adapter._robust._input_moments, keras.Model)
+    for x in _corruption(rng, 3.0, 2.0):
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 1
+
+
+def test_without_a_cut_the_recorded_moments_are_those_of_a_pass_over_the_window():
+    # A batch norm called twice normalizes its second input with the batch's
+    # statistics: the moments of a pass over the new samples alone do not pool
+    # into those of a pass over the window, which the test is to read.
+    model = _shared_first_batch_norm_cnn()
+    source = np.random.default_rng(10).normal(0.0, 1.0, (64, 6, 6, 1)).astype("float32")
+    kreg.adapt_batchnorm(model, source, batch_size=64, verbose=0)
+    adapter = OnlineAdapter(model, memory_size=64)
+    robust = adapter._robust
+    rng = np.random.default_rng(13)
+    # Drifting slowly, so that no test fires and the window grows to 48.
+    stream = [rng.normal(0.05 * i, 1.0, (4, 6, 6, 1)).astype("float32") for i in range(12)]
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert robust._input_moments == "window"
+    assert robust.shift_updates == 0 and robust.window_moments[3] == 48
+    samples = [row for x in stream for row in x]
+    want = robust._window_statistics(samples)[kreg.adapt.robust.call_order(model, robust.layers)[0]]
+    for got, expected in zip(robust.window_moments[:3], want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_new_samples_that_are_all_padding_are_tested_with_the_window():
+    # A masked first batch norm (no cut: the mask is one of its inputs): the
+    # samples since the last test, all padding, give it no value to pool;
+    # the window before them does.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 3))
+    x = keras.layers.BatchNormalization(name="bn1")(keras.layers.Masking()(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    kreg.adapt_batchnorm(model, rng.normal(size=(64, 12, 3)).astype("float32"), verbose=0)
+    adapter = OnlineAdapter(model, memory_size=64)
+    stream = [rng.normal(0.0, 1.0, (16, 12, 3)).astype("float32") for _ in range(2)]
+    stream.append(np.zeros((16, 12, 3), "float32"))
+    for x in stream:
+        assert np.all(np.isfinite(adapter.predict_on_batch(x)))
+    assert adapter._robust._input_moments == "new"
+    # The 48 samples tested, of which the first 32 hold every value.
+    assert adapter._robust.window_moments[3] == 48
+    assert adapter._robust.window_moments[2] == 32 * 12

@@ -45,11 +45,21 @@ def input_moments_model(model, layer):
     or a layer before it whose output depends on the batch, would make them
     differ)."""
     try:
-        prefix = keras.Model(model.input, layer.input, name=f"{model.name}_before_{layer.name}")
+        prefix = keras.Model(_inputs(model), layer.input, name=f"{model.name}_before_{layer.name}")
     except (AttributeError, ValueError, TypeError, KeyError):
         return None
     axis = layer.axis % len(prefix.outputs[0].shape)
     return _InputMoments(prefix, axis)
+
+
+def _inputs(model):
+    """`model.input`; a Sequential model's one `Input` where Keras answers its
+    `input` only after a symbolic call (`keras/src/models/sequential.py`, whose
+    `inputs` come from the functional model its `Input` builds)."""
+    if isinstance(model, keras.Sequential):
+        (inputs,) = model.inputs
+        return inputs
+    return model.input
 
 
 def moments_of(moments_model, x):

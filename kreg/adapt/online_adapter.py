@@ -227,12 +227,13 @@ class OnlineAdapter:
             of 16 (one more per `memory_size` otherwise). A test runs the
             layers before the first batch norm on the samples no test has seen
             (`kreg/adapt/input_moments.py`; the whole model on them where the
-            model's graph gives no such part, a subclassed model), and a shift
-            the whole model on its window. `"window"`: once per
-            `memory_size` samples only, before the batch that completes them
-            is predicted (fewer tests at batch sizes 4 to 32; the first
-            batches of a new corruption are then predicted with the last
-            one's statistics).
+            model's graph gives no such part, a subclassed model, or on the
+            window where their moments do not pool exactly, a first batch norm
+            called twice), and a shift the whole model on its window.
+            `"window"`: once per `memory_size` samples only, before the batch
+            that completes them is predicted (fewer tests at batch sizes 4 to
+            32; the first batches of a new corruption are then predicted with
+            the last one's statistics).
         shift_pool: `"robust"` with a `shift_distance`: what the statistics of
             a shifted window are pooled with. `"close"` (default): none; a
             shifted window is further than `shift_distance` from the stored

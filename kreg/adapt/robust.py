@@ -76,10 +76,12 @@ change: each sample is run once, through the layers before that batch norm
 tested before it; a shift then runs the whole model on the window, for every
 batch norm's statistics. (Where the model's graph gives no such part, a
 subclassed or nested model, or its moments differ from a whole pass's, checked
-at the first test, the whole model runs on the new samples.) At most one test
-per 16 samples of the stream when `memory_size` is a multiple of 16 (below
-16, once per `memory_size`, as `"window"`). Each close
-window pooled in is written like a shift: before its batch is predicted,
+at the first test, the whole model runs on the new samples; on the whole
+window where their moments do not pool into the window's, as where a first
+batch norm called twice normalizes its second input with the batch's
+statistics.) At most one test per 16 samples of the stream when
+`memory_size` is a multiple of 16 (below 16, once per `memory_size`, as
+`"window"`). Each close window pooled in is written like a shift: before its batch is predicted,
 emptying the bank, counted as an update. `shift_test="window"` tests once
 per `memory_size` samples only, and `shift_pool="consecutive"` pools every
 shifted window with those just before it, however far apart: the first
@@ -205,8 +207,11 @@ class RobustAdaptation:
         self.bank = MemoryBank(memory_size, max(classes or 2, 2), memory_fill)
         # The part of the model before its first batch norm, which the shift
         # test runs on each sample once (`input_moments.py`): None until the
-        # first test has found that batch norm, False where the model's graph
-        # gives no such part or its moments differ from a whole pass's.
+        # first test has found that batch norm. Where the model's graph gives
+        # no such part, or its moments differ from a whole pass's: `"new"`,
+        # the whole model on the samples no test has seen, where their moments
+        # pool into the window's (checked at the first test), else `"window"`,
+        # the whole model on the window.
         self._input_moments = None
         self.stepper = None
         if learning_rate:
@@ -512,7 +517,10 @@ class RobustAdaptation:
         pooled exactly with those of the samples before them. The first test
         runs the whole model, which finds the first batch norm, and checks the
         shorter pass against it; a model where that pass cannot be built, or
-        differs, runs the whole model on the samples not yet seen.
+        differs, runs the whole model on the samples not yet seen, or on the
+        window where their moments do not pool into the window's (a first batch
+        norm called twice normalizes its second input with the batch's
+        statistics).
         """
         seen = 0 if self.window_moments is None else self.window_moments[3]
         statistics = None
@@ -521,9 +529,22 @@ class RobustAdaptation:
             first = call_order(self.model, self.layers)[0]
             moments = statistics[first]
             self._input_moments = self._checked_input_moments_model(first, window, moments)
-        elif self._input_moments is False:
+        elif self._input_moments == "window":
+            statistics = self._window_statistics(window)
             first = call_order(self.model, self.layers)[0]
-            moments = self._window_statistics(window[seen:])[first]
+            moments = statistics[first]
+        elif self._input_moments == "new":
+            first = call_order(self.model, self.layers)[0]
+            try:
+                moments = self._window_statistics(window[seen:])[first]
+            except NonFiniteStatisticsError:
+                raise
+            except ValueError:
+                # New samples that leave a batch norm no value (all of them
+                # masked): the whole window, whose earlier samples hold some,
+                # as `collect_statistics` takes it.
+                statistics = self._window_statistics(window)
+                moments = statistics[first]
         else:
             first = call_order(self.model, self.layers)[0]
             moments = moments_of(self._input_moments, _stack(list(window[seen:])))
@@ -539,16 +560,32 @@ class RobustAdaptation:
         return first, moments, statistics
 
     def _checked_input_moments_model(self, first, window, moments):
-        if replicated(self.model):
+        candidate = (
+            None if replicated(self.model) else input_moments_model(self.model, self.layers[first])
+        )
+        if candidate is not None:
+            try:
+                shorter = moments_of(candidate, _stack(list(window)))
+            except Exception:  # noqa: BLE001 - any failure means: use the whole pass
+                shorter = None
+            if shorter is not None and same_moments(shorter, moments):
+                return candidate
+        return "new" if self._new_samples_pool_exactly(first, window, moments) else "window"
+
+    def _new_samples_pool_exactly(self, first, window, moments):
+        """Whether whole passes over two halves of `window` give, pooled, the
+        first batch norm's input moments over it (`moments`): they do where
+        that input depends on each sample alone."""
+        if len(window) < 2:
             return False
-        candidate = input_moments_model(self.model, self.layers[first])
-        if candidate is None:
-            return False
+        half = len(window) // 2
         try:
-            shorter = moments_of(candidate, _stack(list(window)))
-        except Exception:  # noqa: BLE001 - any failure means: use the whole pass
+            parts = [
+                self._window_statistics(part)[first] for part in (window[:half], window[half:])
+            ]
+        except ValueError:  # a half not finite, or with every position masked
             return False
-        return candidate if same_moments(shorter, moments) else False
+        return same_moments(pool_statistics(*zip(*parts)), moments)
 
     def _update_from_bank(self):
         samples, ages = self.bank.contents()
