@@ -1352,6 +1352,169 @@ def test_a_bad_statistics_warm_start_is_refused():
         OnlineAdapter(_cnn(), statistics_warm_start="always")
 
 
+def _recorded_banks(adapter, monkeypatch):
+    """Records the samples of each bank `adapter` reads, as the update reads them."""
+    banks = []
+    contents = adapter._robust.bank.contents
+
+    def recording():
+        samples, ages = contents()
+        banks.append(np.stack(samples))
+        return samples, ages
+
+    monkeypatch.setattr(adapter._robust.bank, "contents", recording)
+    return banks
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_after_a_shift_the_banks_join_its_statistics_as_a_count_weighted_average(
+    one_class, monkeypatch
+):
+    # A shift writes the statistics of its 16 samples; the two banks that
+    # follow join them as a running average: bn1's stored mean is the mean of
+    # the shift's window and of both banks weighted by their samples, and its
+    # variance their variances so weighted (an update mixes variances
+    # linearly, as RoTTA's does; only a shift pools its windows exactly). bn1's
+    # input is the convolution's output, which no stored statistics change, so
+    # each bank's moments there are exact. A model that predicts one class
+    # fills RoTTA's bank to a third only (6 of 16 samples, at most 16 / 3 of a
+    # class).
+    model = _source_cnn()
+    if one_class:
+        model.layers[-1].bias.assign(np.array([10.0, 0.0, 0.0], "float32"))
+    source = model.get_weights()
+    adapter = OnlineAdapter(model, memory_size=16)  # statistics_warm_start="shift"
+    banks = _recorded_banks(adapter, monkeypatch)
+    rng = np.random.default_rng(16)
+    stream = _corruption(rng, 3.0, 2.0, batches=3)
+    for x in stream:
+        adapter.predict_on_batch(x)
+    assert (adapter._robust.updates, adapter._robust.shift_updates) == (3, 1)
+    assert [len(bank) for bank in banks] == ([6, 6] if one_class else [16, 16])
+    assert adapter._robust.averaged_samples == 16 + sum(map(len, banks))
+    # Of three classes, the first bank holds samples of the shift's window as
+    # well (the batch the shift was tested on goes into the emptied bank):
+    # they count twice. Of one, the next batch replaced them all.
+    held = any(np.array_equal(row, seen) for row in banks[0] for seen in stream[0])
+    assert held is not one_class
+    features = keras.Model(model.inputs, model.get_layer("bn1").input)
+    parts = [stream[0], *banks]  # the shift's window, then each bank
+    moments = []
+    for part in parts:
+        values = np.asarray(features.predict_on_batch(part), np.float64).reshape(-1, 4)
+        moments.append((values.mean(0), values.var(0)))
+    counts = np.array([len(part) for part in parts], np.float64)
+    expected_mean = sum(c * m for c, (m, _) in zip(counts, moments)) / counts.sum()
+    expected_variance = sum(c * v for c, (_, v) in zip(counts, moments)) / counts.sum()
+    mean, variance = _bn1_statistics(model)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(variance, expected_variance, rtol=1e-4, atol=1e-5)
+    # None (RoTTA's alpha) is further from that average after the same stream.
+    twin = _source_cnn()
+    twin.set_weights(source)
+    rotta = OnlineAdapter(twin, memory_size=16, statistics_warm_start=None)
+    for x in stream:
+        rotta.predict_on_batch(x)
+    assert np.abs(_bn1_statistics(rotta.model)[0] - expected_mean).max() > 1e-2
+
+
+def test_without_a_shift_test_the_shift_warm_start_is_rottas_alpha():
+    # With shift_distance=None no shift writes statistics: "shift" is None.
+    stream = _corruption(np.random.default_rng(17), 3.0, 2.0, batches=5)
+    shift = OnlineAdapter(_source_cnn(), memory_size=16, shift_distance=None)
+    rotta = OnlineAdapter(
+        _source_cnn(), memory_size=16, shift_distance=None, statistics_warm_start=None
+    )
+    for x in stream:
+        np.testing.assert_array_equal(shift.predict_on_batch(x), rotta.predict_on_batch(x))
+    assert shift._robust.updates == 5 and shift._robust.averaged_samples is None
+    for got, want in zip(shift.model.get_weights(), rotta.model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(memory_size=16),
+        dict(memory_size=16, learning_rate=0.01),
+        dict(memory_size=16, shift_test="window", shift_pool="consecutive"),
+        # Not a multiple of 16: the shift at 16 samples pools the next 16 in.
+        dict(memory_size=24),
+    ],
+)
+def test_a_snapshot_taken_after_a_shift_resumes_its_warm_start_exactly(arguments):
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, **arguments)
+    rng = np.random.default_rng(18)
+    stream = _corruption(rng, 3.0, 2.0, batches=8, size=8)
+    for x in stream[:2]:
+        adapter.predict_on_batch(x)
+    assert adapter._robust.shift_updates == 1
+    snapshot, samples = adapter.snapshot(), adapter._robust.averaged_samples
+    assert samples == 16
+    expected = [adapter.predict_on_batch(x) for x in stream[2:]]
+    expected_weights, expected_samples = _weights(model), adapter._robust.averaged_samples
+    robust = adapter._robust
+    assert robust.updates > robust.shift_updates and expected_samples > samples  # bank updates
+    adapter.restore(snapshot)
+    assert adapter._robust.averaged_samples == samples
+    for x, predictions in zip(stream[2:], expected):
+        np.testing.assert_array_equal(adapter.predict_on_batch(x), predictions)
+    _assert_same(_weights(model), expected_weights)
+    assert adapter._robust.averaged_samples == expected_samples
+    adapter.reset()
+    assert adapter._robust.averaged_samples is None
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+def test_a_batch_refused_after_the_shift_test_fired_puts_back_the_warm_start(on_invalid):
+    # The shift test writes its statistics (and the warm start's count) before
+    # the batch is predicted; the model overflows on the batch: both go back.
+    model = _overflows_below_the_mean()
+    adapter = OnlineAdapter(model, memory_size=16, on_invalid=on_invalid)
+    rng = np.random.default_rng(9)
+    first, second = (rng.normal(100.0, 0.1, (8, 4, 4, 1)).astype("float32") for _ in range(2))
+    adapter.predict_on_batch(first)
+    follow = adapter._robust._follow_a_shift
+    shifted = []
+
+    def recording(window, settle=True):
+        shifted.append(follow(window, settle))
+        assert adapter._robust.averaged_samples == (16 if shifted[-1] else None)
+        return shifted[-1]
+
+    adapter._robust._follow_a_shift = recording
+    if on_invalid == "raise":
+        with pytest.raises(ValueError, match="Batch 1 .*not finite"):
+            adapter.predict_on_batch(second)
+    else:
+        adapter.predict_on_batch(second)
+        assert adapter.skipped_batches == 1
+    assert shifted == [True]
+    assert adapter._robust.averaged_samples is None
+    assert adapter._robust.shift_updates == 0
+
+
+def test_a_bank_update_refused_after_a_shift_leaves_the_warm_start_as_it_was():
+    # 1e20 predicts finitely but its square overflows float32: the bank's
+    # update after a shift fails on it, before the update's share is counted.
+    model = _source_cnn()
+    adapter = OnlineAdapter(model, memory_size=16, shift_distance=math.log(1.5))
+    rng = np.random.default_rng(19)
+    first, second, third = _corruption(rng, 3.0, 2.0, batches=3)
+    adapter.predict_on_batch(first)
+    assert adapter._robust.averaged_samples == 16
+    poisoned = second[:8].copy()
+    poisoned[3] = np.where(np.arange(36).reshape(6, 6, 1) % 2, 1e20, -1e20)
+    adapter.predict_on_batch(poisoned)
+    at_poisoned = _weights(model)
+    with pytest.raises(ValueError, match="Batch 2 .*not finite"):
+        adapter.predict_on_batch(second[8:])
+    _assert_same(_weights(model), at_poisoned)
+    assert adapter._robust.averaged_samples == 16
+    assert adapter._robust.updates == 1
+
+
 def test_a_sequential_model_runs_the_part_before_its_first_batch_norm():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
