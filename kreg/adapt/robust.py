@@ -14,13 +14,17 @@ their reference code:
   `exp(-age) / (1 + exp(-age))`. Changed: the bank's statistics are taken with
   the model normalizing as it predicts (RoTTA's pass mixes in the bank's own
   statistics at every layer), and the first updates after a shift (below)
-  weigh the bank as a running average over the samples since the shift would,
-  before `alpha` (a warm start: the statistics of 16 to 64 samples are not
-  worth 19 of 20 parts of each later bank). The model's own statistics,
-  estimated on its whole training set, follow `alpha` from the first update,
-  as in RoTTA (`statistics_warm_start`; warm-starting them as well cost up to
-  3.1 points on clean streams of few classes, docs/BENCHMARKS.md).
-  Not taken: the teacher-student pair with strong
+  weigh the bank as a running average would, the shift's statistics counted as
+  the samples it pooled and each bank as the samples it holds, before `alpha`
+  (a warm start: the statistics of 16 to 64 samples are not worth 19 of 20
+  parts of each later bank). A bank keeps samples over updates, as RoTTA's
+  does (the first after a shift can hold the batch the shift was tested on),
+  so a sample counts once per bank that holds it; and an update mixes the
+  variances linearly, as RoTTA's does, where a shift pools them exactly. The
+  model's own statistics, estimated on its whole training set, follow `alpha`
+  from the first update, as in RoTTA (`statistics_warm_start`; warm-starting
+  them as well cost up to 3.1 points on clean streams of few classes,
+  docs/BENCHMARKS.md). Not taken: the teacher-student pair with strong
   augmentations and a consistency loss: augmentations are data-specific, and
   the teacher doubles the model's memory and its inference cost.
 - **EATA / SAR** (Niu et al., 2022, 2023). Taken: the entropy loss on reliable
@@ -233,7 +237,8 @@ class RobustAdaptation:
         self.unsettled = None  # pooled statistics of consecutive shifted windows
         self.unsettled_samples = 0  # the samples pooled in `unsettled`
         # With `warm_start="shift"`: the samples the stored statistics average
-        # since a shift wrote them; None while they are the model's own.
+        # since a shift wrote them (its pooled samples, then each bank's, a
+        # sample once per bank that held it); None while they are the model's own.
         self.averaged_samples = None
         self._overwritten = None  # [(variable, value)] a shift wrote over in this batch
 
