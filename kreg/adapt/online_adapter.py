@@ -248,9 +248,10 @@ class OnlineAdapter:
             float32, a model that overflows on them): `"raise"` (default)
             raises a `ValueError` naming the batch's index (counted from 0 over
             the adapter's life) and leaves the model and the adapter's running
-            state as they were (`"robust"`: when its memory bank's update fails
-            on samples of earlier batches, those added since the last update
-            are dropped from the bank); `"skip"` predicts it with the model as
+            state as they were (`"robust"`: when its memory bank's update, or
+            the whole pass over a shifted window, fails on samples of earlier
+            batches, those added since the last update are dropped from the
+            bank and the window); `"skip"` predicts it with the model as
             it is, adapts to nothing of it, and counts it in `skipped_batches`.
             Either way it never changes the model. An empty batch, one of
             another structure or shape than the model's input, or of values
