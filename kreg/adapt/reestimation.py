@@ -204,6 +204,17 @@ def _predict_in_batches(collector, data, batch_size, steps):
     return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
 
 
+def check_finite_statistics(layer, mean, variance):
+    """Raises `NonFiniteStatisticsError` when `layer`'s input statistics over
+    the data are not finite."""
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
+        raise NonFiniteStatisticsError(
+            f"The statistics of the batch norm layer `{layer.path}` over the data are "
+            "not finite: the data holds NaN or infinite values (or the model overflows "
+            "on it). The model was left unchanged; remove or replace those samples."
+        )
+
+
 def call_order(model, layers):
     """Indices of `layers` in the order `model` called them in the last
     `collect_statistics(model, layers, ...)`: shallowest first."""
@@ -273,12 +284,7 @@ def collect_statistics(
                 "in the data: a variance needs at least two. Adapt on more samples (a "
                 "batch norm after a dense layer sees one value per sample)."
             )
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
-            raise NonFiniteStatisticsError(
-                f"The statistics of the batch norm layer `{layer.path}` over the data are "
-                "not finite: the data holds NaN or infinite values (or the model overflows "
-                "on it). The model was left unchanged; remove or replace those samples."
-            )
+        check_finite_statistics(layer, mean, variance)
         statistics.append((mean, variance, count))
         stored.append(tuple(outputs[f"stored/{index}/{name}"][0] for name in ("mean", "variance")))
     if with_stored:

@@ -125,6 +125,7 @@ from kreg.adapt.memory_bank import MemoryBank
 from kreg.adapt.memory_bank import timeliness_weights
 from kreg.adapt.reestimation import assign_statistics
 from kreg.adapt.reestimation import call_order
+from kreg.adapt.reestimation import check_finite_statistics
 from kreg.adapt.reestimation import collect_statistics
 from kreg.adapt.reestimation import pool_layer_statistics
 from kreg.adapt.reestimation import pool_statistics
@@ -493,9 +494,7 @@ class RobustAdaptation:
         if self.warm_start == "source":
             return max(self.momentum, samples / self.memory_size / (self.updates + 2))
         if self.warm_start == "shift" and self.averaged_samples is not None:
-            weight = samples / (self.averaged_samples + samples)
-            self.averaged_samples += samples
-            return max(self.momentum, weight)
+            return max(self.momentum, samples / (self.averaged_samples + samples))
         return self.momentum
 
     def _window_statistics(self, samples):
@@ -529,17 +528,15 @@ class RobustAdaptation:
         """
         seen = 0 if self.window_moments is None else self.window_moments[3]
         statistics = None
-        if self._input_moments is None:
+        # The first test runs the whole model: the call order is known after a pass.
+        if self._input_moments is None or self._input_moments == "window":
             statistics = self._window_statistics(window)
-            first = call_order(self.model, self.layers)[0]
+        first = call_order(self.model, self.layers)[0]
+        if statistics is not None:
             moments = statistics[first]
-            self._input_moments = self._checked_input_moments_model(first, window, moments)
-        elif self._input_moments == "window":
-            statistics = self._window_statistics(window)
-            first = call_order(self.model, self.layers)[0]
-            moments = statistics[first]
+            if self._input_moments is None:
+                self._input_moments = self._checked_input_moments_model(first, window, moments)
         elif self._input_moments == "new":
-            first = call_order(self.model, self.layers)[0]
             try:
                 moments = self._window_statistics(window[seen:])[first]
             except NonFiniteStatisticsError:
@@ -551,14 +548,8 @@ class RobustAdaptation:
                 statistics = self._window_statistics(window)
                 moments = statistics[first]
         else:
-            first = call_order(self.model, self.layers)[0]
             moments = moments_of(self._input_moments, _stack(list(window[seen:])))
-            if not (np.all(np.isfinite(moments[0])) and np.all(np.isfinite(moments[1]))):
-                raise NonFiniteStatisticsError(
-                    f"The statistics of the batch norm layer `{self.layers[first].path}` over "
-                    "the batch are not finite: the data holds NaN or infinite values (or the "
-                    "model overflows on it)."
-                )
+            check_finite_statistics(self.layers[first], *moments[:2])
         if self.window_moments is not None and statistics is None:
             moments = pool_statistics(*zip(self.window_moments[:3], moments))
         self.window_moments = (*moments, len(window))
@@ -621,6 +612,8 @@ class RobustAdaptation:
                     layer, *combine_statistics(1.0 - alpha, stored, (mean, variance)), stored[1]
                 )
         self.updates += 1
+        if self.warm_start == "shift" and self.averaged_samples is not None:
+            self.averaged_samples += len(samples)  # the running average's count
         if self.stepper is None:
             return False
         _, probabilities = self.stepper.predict(x)
